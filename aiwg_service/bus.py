@@ -1,0 +1,304 @@
+"""The event bus: typed events, wildcard subscriptions, retries, a dead-letter queue and history.
+
+Every subscriber has its own bounded queue and its own worker task, so a slow or failing subscriber
+never blocks the publisher or the other subscribers. ``publish`` is synchronous and never waits.
+A handler that raises is retried with exponential backoff (1 s, 2 s, 4 s, jittered) without holding up the
+events behind it; after the last retry the event and the error go to the dead-letter queue, which is
+persisted so that it survives a restart, and can be listed and replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .protocol import Event
+
+log = logging.getLogger("aiwg.bus")
+
+Handler = Callable[[Event], Awaitable[None] | None]
+HISTORY = 1000
+DLQ_MAX = 1000
+RETRY_DELAYS = (1.0, 2.0, 4.0)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_counter = itertools.count()
+
+
+def new_event_id() -> str:
+    """Sortable and unique within a process lifetime and across restarts: ms timestamp + counter."""
+    return f"ev-{time.time_ns() // 1_000_000:011x}-{next(_counter) & 0xFFFFF:05x}"
+
+
+def compile_pattern(pattern: str) -> Callable[[str], bool]:
+    """``*`` matches all, ``file.*`` a prefix, other globs via a regex; otherwise exact."""
+    if pattern in ("*", "**", ""):
+        return lambda _t: True
+    if "*" not in pattern and "?" not in pattern and "[" not in pattern:
+        return pattern.__eq__
+    if pattern.endswith(".*") and not any(c in pattern[:-2] for c in "*?["):
+        prefix = pattern[:-1]
+        return lambda t: t.startswith(prefix)
+    rx = re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."))
+    return lambda t: rx.fullmatch(t) is not None
+
+
+class Subscription:
+    """One subscriber: a pattern, a handler, and the bounded queue in front of it."""
+
+    def __init__(self, bus: EventBus, pattern: str, handler: Handler, name: str, max_queue: int,
+                 retries: int) -> None:
+        self.bus = bus
+        self.pattern = pattern
+        self.matches = compile_pattern(pattern)
+        self.handler = handler
+        self.name = name
+        self.max_queue = max_queue
+        self.retries = retries
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self.queue: deque[tuple[Event, int]] = deque()
+        self.wake = asyncio.Event()
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def offer(self, event: Event, attempt: int = 0) -> None:
+        if len(self.queue) >= self.max_queue:
+            self.dropped += 1
+            self.bus.dropped += 1
+            if self.dropped in (1, 10, 100, 1000) or self.dropped % 10000 == 0:
+                log.warning("subscriber %s is falling behind: %d events dropped (queue of %d full)",
+                            self.name, self.dropped, self.max_queue)
+            return
+        self.queue.append((event, attempt))
+        if not self.wake.is_set():
+            self.wake.set()
+
+    async def run(self) -> None:
+        q = self.queue
+        while True:
+            if not q:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            event, attempt = q.popleft()
+            try:
+                if self.is_async:
+                    await self.handler(event)  # type: ignore[misc]
+                else:
+                    res = self.handler(event)
+                    if inspect.isawaitable(res):
+                        await res
+                self.delivered += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failed(event, attempt, exc)
+            if not self.is_async and (self.delivered & 0x3FF) == 0:
+                await asyncio.sleep(0)  # let others run during a long burst
+
+    def _failed(self, event: Event, attempt: int, exc: Exception) -> None:
+        self.failed += 1
+        if attempt < self.retries:
+            delay = self.bus.retry_delays[min(attempt, len(self.bus.retry_delays) - 1)]
+            delay *= 1 + random.uniform(-self.bus.jitter, self.bus.jitter)
+            log.info("subscriber %s failed on %s (%s); retry %d in %.2fs", self.name, event.type, exc,
+                     attempt + 1, delay)
+            self.bus._later(delay, lambda: self.offer(event, attempt + 1))
+        else:
+            log.error("subscriber %s failed on %s %s after %d attempts: %s", self.name, event.type, event.id,
+                      attempt + 1, exc, extra={"EVENT": event.type})
+            self.bus.dead_letter(event, self.name, f"{type(exc).__name__}: {exc}", attempt + 1)
+
+
+class DeadLetter(msgspec.Struct):
+    id: str
+    event: Event
+    subscriber: str
+    error: str
+    attempts: int
+    time: str
+
+
+class EventBus:
+    """The in-process pub/sub router; also the first subsystem to start and the last to stop."""
+
+    name = "router"
+
+    def __init__(self, dlq_path: Path | None = None, *, history: int = HISTORY,
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS, jitter: float = 0.25) -> None:
+        self.subs: list[Subscription] = []
+        self.history: deque[Event] = deque(maxlen=history)
+        self.dlq_path = dlq_path
+        self.dlq: list[DeadLetter] = []
+        self.retry_delays = retry_delays
+        self.jitter = jitter
+        self.published = 0
+        self.dropped = 0
+        self.by_type: Counter[str] = Counter()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._started = False
+        self._dlq_seq = itertools.count()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._load_dlq()
+        self._started = True
+        for sub in self.subs:
+            self._start_sub(sub)
+
+    async def stop(self) -> None:
+        self._started = False
+        for t in self._timers:
+            t.cancel()
+        self._timers.clear()
+        tasks = [s.task for s in self.subs if s.task is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for s in self.subs:
+            s.task = None
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "published": self.published,
+            "dropped": self.dropped,
+            "dead_letters": len(self.dlq),
+            "queue_depth": sum(len(s.queue) for s in self.subs),
+            "subscribers": len(self.subs),
+            "events_by_type": dict(self.by_type),
+        }
+
+    # -- publish / subscribe ---------------------------------------------------------------------------
+    def publish(self, type: str, project: str | None = None, data: dict[str, Any] | None = None,
+                source: str = "") -> Event:
+        event = Event(new_event_id(), type, now_iso(), project, source, data if data is not None else {})
+        self.publish_event(event)
+        return event
+
+    def publish_event(self, event: Event) -> None:
+        self.published += 1
+        self.by_type[event.type] += 1
+        self.history.append(event)
+        t = event.type
+        for sub in self.subs:
+            if sub.matches(t):
+                sub.offer(event)
+
+    def subscribe(self, pattern: str, handler: Handler, *, name: str | None = None, max_queue: int = 10_000,
+                  retries: int = 3) -> Subscription:
+        sub = Subscription(self, pattern, handler, name or getattr(handler, "__qualname__", "subscriber"),
+                           max_queue, retries)
+        self.subs.append(sub)
+        if self._started:
+            self._start_sub(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self.subs:
+            self.subs.remove(sub)
+        if sub.task is not None:
+            sub.task.cancel()
+            sub.task = None
+
+    def _start_sub(self, sub: Subscription) -> None:
+        if sub.task is None:
+            sub.task = asyncio.get_running_loop().create_task(sub.run(), name=f"bus:{sub.name}")
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> None:
+        if not self._started:
+            return
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            fn()
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
+
+    # -- history ---------------------------------------------------------------------------------------
+    def query(self, pattern: str | None = None, project: str | None = None, since: str | None = None,
+              limit: int = 100) -> list[Event]:
+        """Events after ``since`` (an event id or an ISO time), oldest first, at most ``limit``."""
+        match = compile_pattern(pattern) if pattern else None
+        out: list[Event] = []
+        for ev in self.history:
+            if since is not None:
+                if since.startswith("ev-"):
+                    if ev.id <= since:
+                        continue
+                elif ev.time <= since:
+                    continue
+            if match is not None and not match(ev.type):
+                continue
+            if project is not None and ev.project != project:
+                continue
+            out.append(ev)
+            if len(out) >= limit:
+                break
+        return out
+
+    # -- dead letters ----------------------------------------------------------------------------------
+    def dead_letter(self, event: Event, subscriber: str, error: str, attempts: int) -> None:
+        dl = DeadLetter(f"dl-{time.time_ns() // 1000:x}-{next(self._dlq_seq)}", event, subscriber, error,
+                        attempts, now_iso())
+        self.dlq.append(dl)
+        del self.dlq[:-DLQ_MAX]
+        self._save_dlq()
+
+    def replay(self, dl_id: str) -> DeadLetter | None:
+        """Deliver a dead letter again to its subscriber (or to everyone, if it is gone)."""
+        for i, dl in enumerate(self.dlq):
+            if dl.id == dl_id:
+                del self.dlq[i]
+                self._save_dlq()
+                targets = [s for s in self.subs if s.name == dl.subscriber]
+                if targets:
+                    for s in targets:
+                        s.offer(dl.event)
+                else:
+                    self.publish_event(dl.event)
+                return dl
+        return None
+
+    def _save_dlq(self) -> None:
+        if self.dlq_path is None:
+            return
+        tmp = self.dlq_path.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(msgspec.json.encode(self.dlq))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.dlq_path)
+        except OSError as exc:
+            log.error("cannot persist the dead-letter queue to %s: %s", self.dlq_path, exc)
+
+    def _load_dlq(self) -> None:
+        if self.dlq_path is None or not self.dlq_path.exists():
+            return
+        try:
+            self.dlq = msgspec.json.decode(self.dlq_path.read_bytes(), type=list[DeadLetter])
+        except (OSError, msgspec.DecodeError, json.JSONDecodeError) as exc:
+            log.error("dead-letter file %s unreadable (%s); starting with an empty queue", self.dlq_path, exc)
+            self.dlq = []

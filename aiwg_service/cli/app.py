@@ -1,0 +1,132 @@
+"""``aiwgctl``: talk to the running service (or, for a few commands, work without one).
+
+Every command has ``--json`` for scripts. Errors are one clear line and a non-zero exit, never a
+traceback. Heavy modules are imported inside the commands that need them, so start-up stays quick.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import paths
+from . import render
+from .core import call, cmd_ping, cmd_status, fail, options, use_instance
+
+app = typer.Typer(
+    help="Control aiwg-service, the per-user service that supervises your projects.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+project_app = typer.Typer(help="Projects the service watches (like watchman's roots).", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)
+app.add_typer(project_app, name="project")
+app.add_typer(config_app, name="config")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+
+
+@app.callback()
+def _main(
+    socket: Annotated[Path | None, typer.Option(
+        "--socket", envvar=paths.SOCKET_ENV,
+        help="service socket (default: $XDG_RUNTIME_DIR/aiwg/daemon.sock)")] = None,
+    instance: Annotated[Path | None, typer.Option("--instance", help="talk to the per-project instance "
+                                                  "aiwg@<escaped PATH> instead of the user service")] = None,
+) -> None:
+    if socket is not None:
+        options.socket = socket
+    elif instance is not None:
+        use_instance(instance)
+
+
+@app.command()
+def ping(json: JsonOpt = False) -> None:
+    """Check that the service answers."""
+    cmd_ping(json)
+
+
+@app.command()
+def status(json: JsonOpt = False) -> None:
+    """Show the service's state: projects, subsystems, config, counts."""
+    cmd_status(json)
+
+
+@app.command()
+def reload(json: JsonOpt = False) -> None:
+    """Re-read every config file; invalid config is refused and the old one keeps running."""
+    res = call("daemon.reload")
+    if json:
+        render.emit_json(res)
+        return
+    print("reloaded")
+    for w in res.get("warnings", []):
+        print(f"warning: {w}")
+
+
+@project_app.command("add")
+def project_add(path: Annotated[Path, typer.Argument(help="project root")] = Path("."), json: JsonOpt = False) -> None:
+    """Register a project root: watched, scheduled, and remembered across restarts."""
+    res = call("project.add", {"path": str(path.expanduser().resolve())})
+    if json:
+        render.emit_json(res)
+        return
+    pr = res["project"]
+    print(f"{'added' if res['added'] else 'already registered'}: {pr['path']}")
+    for w in pr.get("warnings", []):
+        print(f"warning: {w}")
+
+
+@project_app.command("remove")
+def project_remove(path: Annotated[Path, typer.Argument(help="project root")] = Path("."),
+                   json: JsonOpt = False) -> None:
+    """Stop serving a project root (its files are left alone)."""
+    res = call("project.remove", {"path": str(path.expanduser().resolve())})
+    if json:
+        render.emit_json(res)
+    else:
+        print(f"removed: {res['path']}")
+
+
+@project_app.command("list")
+def project_list(json: JsonOpt = False) -> None:
+    """List the projects the service serves."""
+    res = call("project.list")
+    if json:
+        render.emit_json(res)
+        return
+    render.table(["project", "persistent", "config"],
+                 [(pr["path"], "yes" if pr["persistent"] else "no", pr["config"]) for pr in res["projects"]],
+                 empty="no projects (add one with `aiwgctl project add PATH`)")
+
+
+@config_app.command("check")
+def config_check(
+    path: Annotated[Path | None, typer.Argument(help="a daemon.json (default: ./.aiwg/daemon.json)")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Validate a config file without a running service."""
+    from .. import config
+
+    target = path or paths.project_config_file(Path.cwd())
+    if not target.exists():
+        fail(f"{target}: no such file")
+    try:
+        loaded = config.load_file(target)
+    except config.ConfigError as exc:
+        if json:
+            render.emit_json({"valid": False, "errors": exc.errors})
+        else:
+            for e in exc.errors:
+                print(e, file=sys.stderr)
+        raise typer.Exit(1) from None
+    if json:
+        render.emit_json({"valid": True, "warnings": loaded.warnings})
+        return
+    for w in loaded.warnings:
+        print(f"warning: {w}")
+    print(f"{target}: valid")

@@ -1,0 +1,159 @@
+"""What every aiwgctl command needs: find the socket, call the service, fail with one clear line.
+
+Free of typer on purpose: ``ping`` and ``status`` run from here before typer is imported (typer 0.29
+pulls in pydantic at run time, ~90 ms), which keeps the commands scripts poll in a loop fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .. import paths
+from .. import protocol as p
+from . import render
+
+START_HINT = ("start it with `systemctl --user start aiwg.socket` (or `aiwgctl install` once), "
+              "or in the foreground with `aiwg-service run`")
+
+
+class CliExit(Exception):
+    """Leave aiwgctl with this status (the message, if any, was already printed)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class Options:
+    socket: Path | None = None
+
+
+options = Options()
+
+
+def fail(msg: str, code: int = 1) -> NoReturn:
+    render.error(msg)
+    raise CliExit(code)
+
+
+def resolve_socket() -> Path:
+    """--socket / $AIWG_SOCKET, --instance, the project link above the cwd, then the default."""
+    if options.socket is not None:
+        return options.socket
+    if os.environ.get(paths.SOCKET_ENV):
+        return paths.socket_path()
+    here = Path.cwd()
+    for d in (here, *here.parents):
+        link = paths.project_socket_link(d)
+        if link.is_symlink() or link.exists():
+            target = link.resolve()
+            if target.exists():
+                return target
+            break
+    return paths.default_socket_path()
+
+
+def use_instance(project: Path) -> None:
+    from ..sdescape import escape_path
+
+    options.socket = paths.instance_socket_path(escape_path(str(project.expanduser().resolve())))
+
+
+def call(method: str, params: dict[str, Any] | None = None, timeout: float | None = 30.0) -> Any:
+    from .client import Client, NotRunning
+
+    path = resolve_socket()
+    try:
+        with Client(path, timeout) as c:
+            return c.call(method, params)
+    except NotRunning as exc:
+        fail(f"{exc}; {START_HINT}")
+    except p.RpcError as exc:
+        lines = [exc.message]
+        if isinstance(exc.data, dict):
+            lines += [f"  {e}" for e in exc.data.get("errors", []) if e not in exc.message]
+        fail("\n".join(lines))
+    except TimeoutError:
+        fail(f"the service on {path} did not answer within {timeout:.0f}s")
+    except OSError as exc:
+        fail(f"lost the connection to the service on {path}: {exc.strerror or exc}")
+
+
+# -- the two commands that also run without typer -------------------------------------------------------
+
+
+def cmd_ping(json: bool) -> None:
+    import time
+
+    t0 = time.perf_counter()
+    res = call("ping")
+    ms = (time.perf_counter() - t0) * 1000
+    if json:
+        render.emit_json(res)
+    else:
+        print(f"pong from {resolve_socket()} in {ms:.1f} ms")
+
+
+def cmd_status(json: bool) -> None:
+    st = call("daemon.status")
+    if json:
+        render.emit_json(st)
+        return
+    cfg = st.get("config", {})
+    render.kv([
+        ("service", f"running, pid {st['pid']}, up {render.duration(st['uptime_seconds'])}, v{st['version']}"),
+        ("status", st.get("status", "")),
+        ("socket", st["socket"] + (" (from systemd)" if st.get("socket_activated") else "")),
+        ("state", st["state_dir"]),
+        ("config", "ok" if cfg.get("ok", True) else f"last reload refused at {cfg.get('time')}"),
+    ])
+    for e in cfg.get("errors", []):
+        print(f"  {e}")
+    print()
+    render.table(["project", "persistent"], [(pr["path"], "yes" if pr["persistent"] else "no (this run)")
+                                             for pr in st["projects"]], empty="no projects")
+    print()
+    rows = []
+    for name, h in st["subsystems"].items():
+        rows.append((name, ", ".join(f"{k}={v}" for k, v in h.items() if not isinstance(v, dict | list))))
+    render.table(["subsystem", "health"], rows)
+
+
+FAST = {"ping": cmd_ping, "status": cmd_status}
+
+
+def fast_path(argv: list[str]) -> bool:
+    """Handle ``[--socket PATH] ping|status [--json]`` without typer; False for anything else."""
+    args = list(argv)
+    if len(args) >= 2 and args[0] == "--socket":
+        options.socket = Path(args[1])
+        args = args[2:]
+    elif args and args[0].startswith("--socket="):
+        options.socket = Path(args[0].split("=", 1)[1])
+        args = args[1:]
+    if not args or args[0] not in FAST or any(a not in ("--json",) for a in args[1:]):
+        options.socket = None
+        return False
+    FAST[args[0]]("--json" in args[1:])
+    return True
+
+
+def main() -> None:
+    """The ``aiwgctl`` entry point: fast path, else typer; never a traceback."""
+    try:
+        if not fast_path(sys.argv[1:]):
+            from .app import app
+
+            app()
+    except CliExit as exc:
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as exc:  # the promise: no traceback ever reaches a user
+        render.error(f"unexpected error: {type(exc).__name__}: {exc} (please report this)")
+        sys.exit(2)

@@ -1,0 +1,111 @@
+"""``aiwg-service``: the daemon's entry point (argparse, not typer, to keep cold activation quick)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+
+from . import __version__, config
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="aiwg-service", description="Per-user service supervising projects.")
+    ap.add_argument("--version", action="version", version=f"aiwg-service {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the service in the foreground")
+    run.add_argument("--project", action="append", default=[], metavar="DIR",
+                     help="serve this project root (repeatable; default: the current directory)")
+    run.add_argument("--registered", action="store_true",
+                     help="serve only the projects registered with `aiwgctl project add` (the units use this)")
+    run.add_argument("--socket", metavar="PATH", help="socket path (default $AIWG_SOCKET or "
+                     "$XDG_RUNTIME_DIR/aiwg/daemon.sock); ignored when systemd passes a socket")
+    run.add_argument("--log-file", metavar="PATH", help="write a size-rotated log file instead of stderr")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                     help="override daemon.log.level")
+    return ap.parse_args(argv)
+
+
+def setup_logging(args: argparse.Namespace, log_cfg: config.LogConfig) -> None:
+    from . import systemd as sd
+
+    root = logging.getLogger()
+    root.handlers.clear()
+    level = (args.log_level or log_cfg.level).upper()
+    root.setLevel(level)
+    handler: logging.Handler
+    if args.log_file:
+        handler = logging.handlers.RotatingFileHandler(
+            args.log_file, maxBytes=log_cfg.max_size_mb * 1024 * 1024, backupCount=log_cfg.max_files)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    elif sd.under_journal():
+        handler = sd.make_journal_handler("aiwg")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+
+
+def _init_as_pid1() -> None:
+    """As PID 1 in a container: fork; the parent reaps every orphan and forwards signals to the service."""
+    child = os.fork()
+    if child == 0:
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, lambda s, _f: os.kill(child, s))
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        except InterruptedError:
+            continue
+        if pid == child:
+            os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from . import paths
+
+    # the service-wide log settings are needed before anything else can log
+    try:
+        service_cfg = config.load_file(paths.service_config_file()).config
+    except config.ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        sys.exit(config.EX_CONFIG)
+    setup_logging(args, service_cfg.daemon.log)
+    if os.getpid() == 1 and not os.environ.get("AIWG_NO_INIT"):
+        _init_as_pid1()
+
+    import uvloop
+
+    from .rpc import SocketInUse
+    from .service import AlreadyRunning, RunOptions, Service
+
+    opts = RunOptions(projects=args.project, registered_only=args.registered, socket=args.socket,
+                      log_file=args.log_file)
+    log = logging.getLogger("aiwg.service")
+    try:
+        uvloop.run(Service(opts).run())
+    except config.ConfigError as exc:
+        for line in exc.errors:
+            log.error("%s", line)
+        if args.log_file:  # the log went to a file: the operator still needs to see why
+            print("\n".join(exc.errors), file=sys.stderr)
+        sys.exit(config.EX_CONFIG)
+    except (AlreadyRunning, SocketInUse, PermissionError) as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

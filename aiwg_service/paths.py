@@ -1,0 +1,90 @@
+"""Where the socket, state, config and logs live.
+
+One place for every path, so the client and the service always agree. systemd's ``*_DIRECTORY``
+variables win over the XDG defaults because the unit files are the source of truth under systemd.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SOCKET_ENV = "AIWG_SOCKET"
+PROJECT_CONFIG = Path(".aiwg") / "daemon.json"
+PROJECT_SOCKET_LINK = Path(".aiwg") / "daemon" / "daemon.sock"
+
+
+def _home() -> Path:
+    return Path(os.environ.get("HOME") or Path.home())
+
+
+def runtime_base() -> Path:
+    """The per-user runtime directory ($XDG_RUNTIME_DIR/aiwg, or /tmp/aiwg-$UID without one)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "aiwg"
+    return Path(f"/tmp/aiwg-{os.getuid()}")
+
+
+def default_socket_path() -> Path:
+    return runtime_base() / "daemon.sock"
+
+
+def instance_socket_path(escaped_name: str) -> Path:
+    """Socket of a per-project instance (``aiwg@<escaped>.socket`` listens here)."""
+    return runtime_base() / "instances" / f"{escaped_name}.sock"
+
+
+def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--socket beats $AIWG_SOCKET beats the default."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(SOCKET_ENV)
+    if env:
+        return Path(env)
+    return default_socket_path()
+
+
+def state_dir() -> Path:
+    """$STATE_DIRECTORY (systemd's StateDirectory=) or $XDG_STATE_HOME/aiwg."""
+    sd = os.environ.get("STATE_DIRECTORY")
+    if sd:
+        return Path(sd.split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else _home() / ".local" / "state") / "aiwg"
+
+
+def config_dir() -> Path:
+    """$CONFIGURATION_DIRECTORY or $XDG_CONFIG_HOME/aiwg."""
+    cd = os.environ.get("CONFIGURATION_DIRECTORY")
+    if cd:
+        return Path(cd.split(":")[0])
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(xdg) if xdg else _home() / ".config") / "aiwg"
+
+
+def service_config_file() -> Path:
+    return config_dir() / "daemon.json"
+
+
+def user_unit_dir() -> Path:
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(xdg) if xdg else _home() / ".config") / "systemd" / "user"
+
+
+def project_config_file(root: str | os.PathLike[str]) -> Path:
+    return Path(root) / PROJECT_CONFIG
+
+
+def project_socket_link(root: str | os.PathLike[str]) -> Path:
+    return Path(root) / PROJECT_SOCKET_LINK
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` as a 0700 directory owned by us; refuse one that another user owns."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"{path} is owned by uid {st.st_uid}, not by us ({os.getuid()})")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)

@@ -1,0 +1,310 @@
+"""The JSON-RPC 2.0 protocol: framing, error codes, and every method's params.
+
+Shared by the service and every client (``aiwgctl``, bridges, the REPL), so both sides agree on one
+definition. Imports only msgspec, to keep client start-up fast.
+
+Framing: one JSON value per line (UTF-8, ``\\n``-terminated), both ways.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
+
+JSONRPC = "2.0"
+MAX_LINE = 1024 * 1024  # a request line over 1 MiB is refused and the connection closed
+
+# -- error codes (JSON-RPC 2.0 section 5.1, plus the implementation-defined range) --------------------
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# -32000 .. -32099: server errors of this service
+SERVER_BUSY = -32000
+CONFIG_INVALID = -32001
+REQUEST_TOO_LARGE = -32002
+NOT_FOUND = INVALID_PARAMS  # the AIWG daemon answers an unknown task id with -32602; clients rely on it
+
+ID = int | float | str | None
+
+
+class Request(Struct, omit_defaults=True):
+    """A request or notification envelope; ``params`` stays raw until the method is known."""
+
+    jsonrpc: Literal["2.0"]
+    method: str
+    params: Raw = Raw(b"")
+    id: ID | UnsetType = UNSET
+
+    @property
+    def is_notification(self) -> bool:
+        return self.id is UNSET
+
+
+class ErrorObject(Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = UNSET
+
+
+class Response(Struct):
+    """A reply; UNSET result/error are left out, jsonrpc and id never are."""
+
+    jsonrpc: str = JSONRPC
+    id: ID = None
+    result: Any = UNSET
+    error: ErrorObject | UnsetType = UNSET
+
+
+class Notification(Struct):
+    jsonrpc: str = JSONRPC
+    method: str = ""
+    params: Any = UNSET
+
+
+class RpcError(Exception):
+    """Raised by handlers (and the client) to produce or report a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_object(self) -> ErrorObject:
+        return ErrorObject(self.code, self.message, UNSET if self.data is None else self.data)
+
+
+# -- events: what the bus carries and clients receive ------------------------------------------------
+
+
+class Event(Struct, omit_defaults=True):
+    """One event on the bus. ``id`` sorts by time; ``project`` is the root path or None."""
+
+    id: str
+    type: str
+    time: str
+    project: str | None = None
+    source: str = ""
+    data: dict[str, Any] = {}
+
+
+# -- params: one Struct per method; unknown params are refused so that typos surface ----------------
+
+
+class Params(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class NoParams(Params):
+    pass
+
+
+class ProjectPathParams(Params):
+    path: Annotated[str, Meta(min_length=1)]
+
+
+class ReloadParams(Params):
+    pass
+
+
+TaskState = Literal["queued", "running", "completed", "failed", "timeout", "cancelled", "interrupted"]
+TaskSource = Literal["cli", "rule", "cron", "chat", "messaging", "webhook"]
+Limit = Annotated[int, Meta(ge=1, le=1000)]
+
+
+class TaskSubmitParams(Params):
+    prompt: Annotated[str, Meta(min_length=1)]
+    agent: str | None = None
+    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
+    project: str | None = None
+    timeout: Annotated[float, Meta(gt=0)] | None = None  # seconds
+    wait: bool = False
+    source: TaskSource = "cli"
+
+
+class TaskIdParams(Params):
+    taskId: Annotated[str, Meta(min_length=1)]
+
+
+class TaskListParams(Params):
+    state: TaskState | None = None
+    project: str | None = None
+    source: TaskSource | None = None
+    limit: Limit = 20
+    before: str | None = None  # keyset cursor: ids older than this one
+
+
+class TaskStatsParams(Params):
+    project: str | None = None
+
+
+class TaskLogsParams(Params):
+    taskId: Annotated[str, Meta(min_length=1)]
+    offset: Annotated[int, Meta(ge=0)] = 0
+    limit: Annotated[int, Meta(ge=1, le=MAX_LINE // 2)] = 65536
+    follow: bool = False
+
+
+class RuleIdParams(Params):
+    ruleId: str | None = None  # the AIWG daemon's clients may omit it: then it means every rule
+    project: str | None = None
+
+
+class AutomationStatusParams(Params):
+    project: str | None = None
+
+
+class AutomationTraceParams(Params):
+    ruleId: Annotated[str, Meta(min_length=1)]
+    runId: str | None = None
+    project: str | None = None
+    limit: Limit = 20
+
+
+class AutomationTestParams(Params):
+    ruleId: Annotated[str, Meta(min_length=1)]
+    event: dict[str, Any] | None = None
+    project: str | None = None
+
+
+class EventsListParams(Params):
+    type: str | None = None  # exact type or wildcard pattern: file.*, *
+    project: str | None = None
+    since: str | None = None  # an event id or an ISO-8601 time
+    limit: Limit = 100
+
+
+class EventsSubscribeParams(Params):
+    type: str = "*"
+    project: str | None = None
+
+
+class EventIdParams(Params):
+    id: Annotated[str, Meta(min_length=1)]
+
+
+class ChatSendParams(Params):
+    message: Annotated[str, Meta(min_length=1)]
+    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
+    project: str | None = None
+
+
+#: Every method and its params type. The namespace is fixed here so clients and later subsystems agree.
+METHODS: dict[str, type[Params]] = {
+    "ping": NoParams,
+    "daemon.status": NoParams,
+    "daemon.reload": ReloadParams,
+    "project.add": ProjectPathParams,
+    "project.remove": ProjectPathParams,
+    "project.list": NoParams,
+    "task.submit": TaskSubmitParams,
+    "task.cancel": TaskIdParams,
+    "task.list": TaskListParams,
+    "task.get": TaskIdParams,
+    "task.stats": TaskStatsParams,
+    "task.logs": TaskLogsParams,
+    "automation.status": AutomationStatusParams,
+    "automation.enable": RuleIdParams,
+    "automation.disable": RuleIdParams,
+    "automation.trace": AutomationTraceParams,
+    "automation.test": AutomationTestParams,
+    "events.list": EventsListParams,
+    "events.dlq": NoParams,
+    "events.replay": EventIdParams,
+    "events.subscribe": EventsSubscribeParams,
+    "cron.list": NoParams,
+    "chat.send": ChatSendParams,
+}
+
+#: Server-to-client notifications on a streaming connection.
+NOTIFY_EVENT = "events.event"
+NOTIFY_TASK_OUTPUT = "task.output"
+
+_encoder = msgspec.json.Encoder()
+_request_decoder = msgspec.json.Decoder(Request)
+_raw_list_decoder = msgspec.json.Decoder(list[Raw])
+_param_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_MISSING = re.compile(r"Object missing required field `(?P<f>[^`]+)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<f>[^`]+)`")
+
+
+def encode(obj: Any) -> bytes:
+    """Encode one frame (with its newline)."""
+    return _encoder.encode(obj) + b"\n"
+
+
+def encode_result(req_id: ID, result: Any) -> bytes:
+    return b'{"jsonrpc":"2.0","id":%b,"result":%b}\n' % (_encoder.encode(req_id), _encoder.encode(result))
+
+
+def encode_error(req_id: ID, err: RpcError) -> bytes:
+    return encode(Response(id=req_id, error=err.to_object()))
+
+
+def decode_request(raw: bytes) -> Request:
+    return _request_decoder.decode(raw)
+
+
+def decode_batch(raw: bytes) -> list[Raw]:
+    return _raw_list_decoder.decode(raw)
+
+
+def _split_validation(err: msgspec.ValidationError) -> tuple[str, str]:
+    """msgspec says "Expected `int`, got `str` - at `$.priority`": return (param path, problem)."""
+    m = _AT.match(str(err))
+    assert m is not None
+    msg, path = m.group("msg"), (m.group("path") or "")
+    for rx in (_MISSING, _UNKNOWN):
+        fm = rx.match(msg)
+        if fm:
+            path = f"{path}.{fm.group('f')}"
+            msg = "is required" if rx is _MISSING else "is not a parameter of this method"
+            break
+    else:
+        msg = msg.replace("`", "")
+    return path.lstrip("."), msg
+
+
+def decode_params(method: str, raw: Raw) -> Params:
+    """Decode and validate a method's params in one pass; raise -32602 naming the bad param."""
+    ptype = METHODS[method]
+    data = bytes(raw)
+    first = data.lstrip()[:1]
+    if data.strip() in (b"", b"null"):
+        data = b"{}"
+    elif first not in (b"{", b"["):
+        raise RpcError(INVALID_REQUEST, "Invalid Request: params must be an object or an array")
+    elif first == b"[":
+        # by-position params: map onto the fields in declaration order
+        try:
+            values = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:  # pragma: no cover - the envelope already parsed
+            raise RpcError(INVALID_PARAMS, "Invalid params: not valid JSON") from exc
+        fields = ptype.__struct_fields__
+        if len(values) > len(fields):
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {method} takes at most {len(fields)} params")
+        data = _encoder.encode(dict(zip(fields, values, strict=False)))
+    dec = _param_decoders.get(ptype)
+    if dec is None:
+        dec = _param_decoders[ptype] = msgspec.json.Decoder(ptype)
+    try:
+        return dec.decode(data)
+    except msgspec.ValidationError as exc:
+        param, problem = _split_validation(exc)
+        if problem == "is required":
+            message = f"Missing required parameter: {param}"
+        elif param:
+            message = f"Invalid params: {param}: {problem}"
+        else:
+            message = f"Invalid params: {problem}"
+        raise RpcError(INVALID_PARAMS, message, {"param": param or None, "problem": problem}) from exc
+
+
+def to_builtins(obj: Any) -> Any:
+    return msgspec.to_builtins(obj)

@@ -1,0 +1,502 @@
+"""The service core: load config, start subsystems in order, serve, reload, and stop in reverse.
+
+Subsystems never import each other; they meet at the bus (and the task store), and this module wires
+them. Each one follows the same small contract (``Subsystem``), so the start order is one list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from . import __version__, config, paths
+from . import protocol as p
+from . import systemd as sd
+from .bus import EventBus
+from .rpc import Connection, RpcServer, bind_socket
+
+log = logging.getLogger("aiwg.service")
+
+
+class Subsystem(Protocol):
+    """What every subsystem offers the core. ``apply`` is called after start and on every config change."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class Placeholder:
+    """A subsystem slot that a later part fills; it keeps the start/stop order honest meanwhile."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.running = False
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+    def health(self) -> dict[str, Any]:
+        return {"state": "not built yet"}
+
+
+@dataclass
+class Project:
+    root: str
+    config: config.Config
+    warnings: list[str] = field(default_factory=list)
+    persistent: bool = True
+
+    def info(self) -> dict[str, Any]:
+        return {"path": self.root, "persistent": self.persistent, "warnings": self.warnings,
+                "config": str(paths.project_config_file(self.root))}
+
+
+@dataclass
+class Configs:
+    """Everything loaded: the service-wide file and each project's file. Replaced whole on reload."""
+
+    service: config.Config
+    service_warnings: list[str]
+    projects: dict[str, Project]
+
+
+@dataclass
+class RunOptions:
+    projects: list[str] = field(default_factory=list)
+    registered_only: bool = False
+    socket: str | None = None
+    log_file: str | None = None
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def resolve_root(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+class Service:
+    """One per user (or per project instance): owns the lock, the socket and the subsystems."""
+
+    def __init__(self, opts: RunOptions) -> None:
+        self.opts = opts
+        self.state_dir = paths.state_dir()
+        self.socket_path = paths.socket_path(opts.socket)
+        self.bus = EventBus(self.state_dir / "deadletters.json")
+        self.rpc = RpcServer()
+        self.subsystems: list[Any] = []
+        self.started: list[Any] = []
+        self.configs: Configs | None = None
+        self.started_at = time.time()
+        self.stop_event = asyncio.Event()
+        self.last_reload: dict[str, Any] = {"ok": True, "time": None, "errors": []}
+        self.socket_activated = False
+        self._lock_fd: int | None = None
+        self._timers: list[asyncio.Task[None]] = []
+        self._status_pending = False
+        self._reloading = asyncio.Lock()
+        self.on_configs: list[Callable[[Configs], Any]] = []
+
+    # -- config ----------------------------------------------------------------------------------------
+    def registry_file(self) -> Path:
+        return self.state_dir / "projects.json"
+
+    def registered(self) -> list[str]:
+        try:
+            data = json.loads(self.registry_file().read_text())
+            return [str(x) for x in data.get("projects", [])]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            log.error("project registry %s unreadable (%s); serving no registered projects",
+                      self.registry_file(), exc)
+            return []
+
+    def save_registry(self) -> None:
+        assert self.configs is not None
+        roots = sorted(r for r, pr in self.configs.projects.items() if pr.persistent)
+        _atomic_write(self.registry_file(), json.dumps({"projects": roots}, indent=2).encode() + b"\n")
+
+    def load_project(self, root: str, persistent: bool) -> Project:
+        if not Path(root).is_dir():
+            raise config.ConfigError([f"{root}: not a directory"])
+        cfg_path = paths.project_config_file(root)
+        try:
+            if config.write_default(cfg_path):
+                log.info("wrote the default config to %s", cfg_path, extra={"PROJECT": root})
+        except OSError as exc:
+            raise config.ConfigError([f"{cfg_path}: cannot write the default config: {exc.strerror}"]) from None
+        loaded = config.load_file(cfg_path, Path(root))
+        return Project(root, loaded.config, loaded.warnings, persistent)
+
+    def load_all(self) -> Configs:
+        """Load the service file and every project's file; raise ConfigError with every problem."""
+        errors: list[str] = []
+        service_cfg = config.Config()
+        service_warnings: list[str] = []
+        try:
+            loaded = config.load_file(paths.service_config_file())
+            service_cfg, service_warnings = loaded.config, loaded.warnings
+        except config.ConfigError as exc:
+            errors.extend(exc.errors)
+        roots: dict[str, bool] = {}
+        for r in self.registered():
+            roots[resolve_root(r)] = True
+        cli = self.opts.projects or ([] if self.opts.registered_only else [os.getcwd()])
+        for r in cli:
+            roots.setdefault(resolve_root(r), False)
+        if self.configs is not None:  # projects added at run time stay through a reload
+            for r, pr in self.configs.projects.items():
+                roots.setdefault(r, pr.persistent)
+        projects: dict[str, Project] = {}
+        for root, persistent in roots.items():
+            try:
+                projects[root] = self.load_project(root, persistent)
+            except config.ConfigError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise config.ConfigError(errors)
+        return Configs(service_cfg, service_warnings, projects)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        paths.ensure_private_dir(self.state_dir)
+        fd = os.open(self.state_dir / "service.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"aiwg-service is already running for this user (pid {other}, state {self.state_dir}); "
+                f"talk to it with `aiwgctl status`, or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def listening_socket(self) -> socket.socket:
+        for fd, name in sd.listen_fds():
+            if name in ("rpc", "aiwg.socket", "unknown", "") or name.endswith(".socket"):
+                self.socket_activated = True
+                sock = socket.socket(fileno=fd)
+                log.info("serving on the socket passed by systemd (fd %d)", fd)
+                return sock
+        return bind_socket(self.socket_path)
+
+    def build(self) -> None:
+        """The fixed start order; later parts replace the placeholders with real subsystems."""
+        from .wiring import build_subsystems
+
+        self.subsystems = build_subsystems(self)
+
+    async def start(self) -> None:
+        self.acquire_lock()
+        self.configs = self.load_all()
+        for w in self.configs.service_warnings:
+            log.warning("%s", w)
+        for pr in self.configs.projects.values():
+            for w in pr.warnings:
+                log.warning("%s", w, extra={"PROJECT": pr.root})
+        self.register_rpc()
+        self.build()
+        for sub in self.subsystems:
+            log.debug("starting %s", sub.name)
+            await sub.start()
+            self.started.append(sub)
+        await self.apply_configs()
+        for root in self.configs.projects:
+            self.link_project(root)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self._timers.append(asyncio.ensure_future(self._heartbeat()))
+        interval = sd.watchdog_interval()
+        if interval:
+            self._timers.append(asyncio.ensure_future(self._watchdog(interval)))
+        self.bus.subscribe("task.*", lambda _e: self.schedule_status(), name="status-line")
+        self.write_state()
+        sd.notify_status(self.status_line())
+        sd.notify_ready()
+        log.info("aiwg-service %s ready: %d project(s), socket %s", __version__, len(self.configs.projects),
+                 "from systemd" if self.socket_activated else self.socket_path)
+
+    async def run(self) -> None:
+        await self.start()
+        await self.stop_event.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        if not self.stop_event.is_set():
+            log.info("stopping")
+            self.rpc.accepting = False
+            self.stop_event.set()
+
+    async def stop(self) -> None:
+        sd.notify_stopping()
+        assert self.configs is not None
+        grace = self.configs.service.daemon.stop_timeout_seconds
+        sd.notify_extend_timeout((grace + 15) * 1_000_000)
+        for t in self._timers:
+            t.cancel()
+        for sub in reversed(self.started):
+            try:
+                await sub.stop()
+            except Exception:
+                log.exception("stopping %s failed", sub.name)
+        self.started.clear()
+        self.write_state(stopped=True)
+        if not self.socket_activated:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        log.info("stopped")
+
+    async def apply_configs(self) -> None:
+        assert self.configs is not None
+        for sub in self.started:
+            apply = getattr(sub, "apply", None)
+            if apply is not None:
+                res = apply(self.configs)
+                if asyncio.iscoroutine(res):
+                    await res
+        self.schedule_status()
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read every config file; apply only if all of it is valid, else keep the old one running."""
+        async with self._reloading:
+            sd.notify_reloading()
+            when = datetime.now(UTC).isoformat(timespec="seconds")
+            try:
+                new = self.load_all()
+            except config.ConfigError as exc:
+                self.last_reload = {"ok": False, "time": when, "errors": exc.errors}
+                for e in exc.errors:
+                    log.error("reload refused: %s", e)
+                sd.notify_status("reload refused: invalid config; old config still running · " + self.status_line())
+                sd.notify_ready()
+                return {"reloaded": False, "errors": exc.errors}
+            self.configs = new
+            await self.apply_configs()
+            warnings = new.service_warnings + [w for pr in new.projects.values() for w in pr.warnings]
+            self.last_reload = {"ok": True, "time": when, "errors": [], "warnings": warnings}
+            self.write_state()
+            log.info("reloaded: %d project(s)", len(new.projects))
+            sd.notify_status(self.status_line())
+            sd.notify_ready()
+            return {"reloaded": True, "errors": [], "warnings": warnings}
+
+    # -- state, heartbeat, watchdog, status line --------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for sub in self.subsystems:
+            try:
+                out[sub.name] = sub.health()
+            except Exception as exc:
+                out[sub.name] = {"error": str(exc)}
+        return out
+
+    def state(self) -> dict[str, Any]:
+        assert self.configs is not None
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": datetime.fromtimestamp(self.started_at, UTC).isoformat(timespec="seconds"),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "socket": str(self.socket_path),
+            "socket_activated": self.socket_activated,
+            "state_dir": str(self.state_dir),
+            "projects": [pr.info() for pr in self.configs.projects.values()],
+            "subsystems": self.health(),
+            "counts": {"requests": self.rpc.requests, "connections": len(self.rpc.connections),
+                       "internal_errors": self.rpc.errors, "events": self.bus.published},
+            "config": self.last_reload,
+            "status": self.status_line(),
+        }
+
+    def write_state(self, stopped: bool = False) -> None:
+        try:
+            st = self.state()
+            st["running"] = not stopped
+            _atomic_write(self.state_dir / "state.json", msgspec.json.encode(st))
+        except OSError as exc:
+            log.error("cannot write state.json: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        hb = self.state_dir / "heartbeat"
+        while True:
+            try:
+                hb.write_text(datetime.now(UTC).isoformat(timespec="seconds") + "\n")
+            except OSError as exc:
+                log.error("cannot touch the heartbeat file: %s", exc)
+            self.write_state()
+            assert self.configs is not None
+            await asyncio.sleep(self.configs.service.daemon.heartbeat_interval_seconds)
+
+    async def _watchdog(self, interval: float) -> None:
+        # sent from the event loop itself: if the loop hangs, systemd stops hearing from us
+        while True:
+            sd.notify_watchdog()
+            await asyncio.sleep(interval)
+
+    def status_line(self) -> str:
+        assert self.configs is not None
+        n = len(self.configs.projects)
+        parts = [f"{n} project{'s' if n != 1 else ''}"]
+        health = self.health()
+        tasks = health.get("supervisor", {})
+        if "running" in tasks:
+            parts.append(f"{tasks['running']} running")
+            parts.append(f"{tasks.get('queued', 0)} queued")
+        watcher = health.get("watcher", {})
+        if "watched_dirs" in watcher:
+            parts.append(f"watching {watcher['watched_dirs']:,} dirs")
+        if not self.last_reload.get("ok", True):
+            parts.append("last reload refused")
+        return " · ".join(parts)
+
+    def schedule_status(self) -> None:
+        """Coalesce STATUS= updates: at most one per half second, however busy the bus is."""
+        if self._status_pending:
+            return
+        self._status_pending = True
+
+        def send() -> None:
+            self._status_pending = False
+            if self.configs is not None:
+                sd.notify_status(self.status_line())
+
+        asyncio.get_running_loop().call_later(0.5, send)
+
+    # -- projects --------------------------------------------------------------------------------------
+    def link_project(self, root: str) -> None:
+        """Give AIWG tools the socket where they look: <root>/.aiwg/daemon/daemon.sock -> ours."""
+        link = paths.project_socket_link(root)
+        target = str(self.socket_path)
+        try:
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink():
+                if os.readlink(link) == target:
+                    return
+                link.unlink()
+            elif link.exists():
+                log.warning("%s exists and is not our link (an old AIWG daemon?); leaving it", link,
+                            extra={"PROJECT": root})
+                return
+            os.symlink(target, link)
+        except OSError as exc:
+            log.warning("cannot link %s to the socket: %s", link, exc, extra={"PROJECT": root})
+
+    def unlink_project(self, root: str) -> None:
+        link = paths.project_socket_link(root)
+        with contextlib.suppress(OSError):
+            if link.is_symlink() and os.readlink(link) == str(self.socket_path):
+                link.unlink()
+
+    # -- RPC handlers ----------------------------------------------------------------------------------
+    def register_rpc(self) -> None:
+        r = self.rpc.register
+        r("ping", self.rpc_ping)
+        r("daemon.status", lambda _p, _c: self.state())
+        r("daemon.reload", self.rpc_reload)
+        r("project.add", self.rpc_project_add)
+        r("project.remove", self.rpc_project_remove)
+        r("project.list", self.rpc_project_list)
+
+    @staticmethod
+    def rpc_ping(_params: p.NoParams, _conn: Connection) -> dict[str, Any]:
+        return {"pong": True, "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds")}
+
+    async def rpc_reload(self, _params: p.ReloadParams, _conn: Connection) -> dict[str, Any]:
+        result = await self.reload()
+        if not result["reloaded"]:
+            raise p.RpcError(p.CONFIG_INVALID, "reload refused: invalid config; the old config keeps running",
+                             {"errors": result["errors"]})
+        return result
+
+    def rpc_project_list(self, _params: p.NoParams, _conn: Connection) -> dict[str, Any]:
+        assert self.configs is not None
+        return {"projects": [pr.info() for pr in self.configs.projects.values()]}
+
+    async def rpc_project_add(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
+        assert self.configs is not None
+        root = resolve_root(params.path)
+        existing = self.configs.projects.get(root)
+        if existing is not None and existing.persistent:
+            return {"added": False, "project": existing.info()}
+        try:
+            project = self.load_project(root, persistent=True)
+        except config.ConfigError as exc:
+            raise p.RpcError(p.CONFIG_INVALID if Path(root).is_dir() else p.INVALID_PARAMS,
+                             f"cannot add {root}: {exc.errors[0]}", {"param": "path", "errors": exc.errors}) from None
+        self.configs.projects[root] = project
+        self.save_registry()
+        self.link_project(root)
+        await self.apply_configs()
+        self.write_state()
+        log.info("project added: %s", root, extra={"PROJECT": root})
+        return {"added": True, "project": project.info()}
+
+    async def rpc_project_remove(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
+        assert self.configs is not None
+        root = resolve_root(params.path)
+        if root not in self.configs.projects:
+            raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: path: {root} is not a registered project",
+                             {"param": "path"})
+        del self.configs.projects[root]
+        self.save_registry()
+        self.unlink_project(root)
+        await self.apply_configs()
+        self.write_state()
+        log.info("project removed: %s", root, extra={"PROJECT": root})
+        return {"removed": True, "path": root}
+
+
+class IpcSubsystem:
+    """The JSON-RPC server as a subsystem, so it starts after the engines it serves."""
+
+    name = "ipc"
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def start(self) -> None:
+        await self.service.rpc.serve(self.service.listening_socket())
+
+    async def stop(self) -> None:
+        await self.service.rpc.close()
+
+    def health(self) -> dict[str, Any]:
+        return {"connections": len(self.service.rpc.connections), "requests": self.service.rpc.requests}

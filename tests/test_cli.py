@@ -1,0 +1,94 @@
+"""aiwgctl against the real service: readable output, --json, clear errors, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from service_fixture import ServiceEnv
+
+
+def test_not_running_is_one_clear_line(svc_env: ServiceEnv) -> None:
+    for cmd in (["ping"], ["status"], ["status", "--json"], ["reload"], ["project", "list"]):
+        res = svc_env.ctl(*cmd)
+        assert res.returncode == 1
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1, res.stderr
+        assert "aiwg-service is not running" in lines[0]
+        assert "systemctl --user start aiwg.socket" in lines[0] and "aiwg-service run" in lines[0]
+
+
+def test_ping_status_json_and_readable(service: ServiceEnv) -> None:
+    res = service.ctl("ping", check=True)
+    assert res.stdout.startswith("pong from ")
+    assert json.loads(service.ctl("ping", "--json", check=True).stdout)["pong"] is True
+    st = json.loads(service.ctl("status", "--json", check=True).stdout)
+    assert st["pid"] == service.proc.pid  # type: ignore[union-attr]
+    out = service.ctl("status", check=True).stdout
+    assert "running, pid" in out and str(service.project) in out and "SUBSYSTEM" in out
+    # the typer path gives the same answers as the fast path
+    out2 = service.ctl("--socket", str(service.socket), "status", "--json", check=True).stdout
+    assert json.loads(out2)["pid"] == st["pid"]
+
+
+def test_project_commands(service: ServiceEnv, tmp_path: Path) -> None:
+    other = tmp_path / "p2"
+    other.mkdir()
+    assert "added: " in service.ctl("project", "add", str(other), check=True).stdout
+    assert "already registered" in service.ctl("project", "add", str(other), check=True).stdout
+    listing = service.ctl("project", "list", check=True).stdout
+    assert listing.splitlines()[0].split() == ["PROJECT", "PERSISTENT", "CONFIG"]
+    assert str(other) in listing
+    data = json.loads(service.ctl("project", "list", "--json", check=True).stdout)
+    assert str(other) in {p["path"] for p in data["projects"]}
+    assert "removed" in service.ctl("project", "remove", str(other), check=True).stdout
+    res = service.ctl("project", "remove", str(other))
+    assert res.returncode == 1 and "is not a registered project" in res.stderr
+    res = service.ctl("project", "add", str(tmp_path / "missing"))
+    assert res.returncode == 1 and "not a directory" in res.stderr
+
+
+def test_reload_reports_errors(service: ServiceEnv) -> None:
+    assert "reloaded" in service.ctl("reload", check=True).stdout
+    service.write_project_config({"schedule": {"jobs": [{"id": "x"}]}})
+    res = service.ctl("reload")
+    assert res.returncode == 1
+    assert "reload refused" in res.stderr and "schedule.jobs[0].cron: is required" in res.stderr
+
+
+def test_config_check_without_a_service(svc_env: ServiceEnv) -> None:
+    good = svc_env.write_project_config({"watch": {"debounce_ms": 10}, "colour": 1})
+    res = svc_env.ctl("config", "check", str(good), check=True)
+    assert "valid" in res.stdout and "colour: unknown key" in res.stdout
+    res = svc_env.ctl("config", "check")  # default: ./.aiwg/daemon.json in the cwd (the project)
+    assert res.returncode == 0
+    svc_env.write_project_config({"watch": {"paths": [{"path": "src/", "events": ["modfy"]}]}})
+    res = svc_env.ctl("config", "check")
+    assert res.returncode == 1
+    assert 'watch.paths[0].events[0]: "modfy" is not one of create, modify, delete' in res.stderr
+    data = json.loads(svc_env.ctl("config", "check", "--json").stdout)
+    assert data["valid"] is False and len(data["errors"]) == 1
+    res = svc_env.ctl("config", "check", "/nonexistent.json")
+    assert res.returncode == 1 and "no such file" in res.stderr
+
+
+def test_help_and_completion(svc_env: ServiceEnv) -> None:
+    res = svc_env.ctl("--help", check=True)
+    assert "project" in res.stdout and "status" in res.stdout
+    res = svc_env.ctl("--show-completion", "bash")
+    assert res.returncode == 0 and "complete" in res.stdout
+
+
+def test_socket_found_through_the_project_link(service: ServiceEnv, tmp_path: Path) -> None:
+    env = dict(service.env)
+    env["XDG_RUNTIME_DIR"] = str(tmp_path / "elsewhere")  # the default path would miss the service
+    sub = service.project / "src" / "deep"
+    sub.mkdir(parents=True)
+    import subprocess
+
+    from service_fixture import BIN
+
+    res = subprocess.run([str(BIN / "aiwgctl"), "ping", "--json"], cwd=sub, env=env, capture_output=True,
+                         text=True, timeout=20)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["pong"] is True
