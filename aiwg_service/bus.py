@@ -239,19 +239,25 @@ class EventBus:
     # -- history ---------------------------------------------------------------------------------------
     def query(self, pattern: str | None = None, project: str | None = None, since: str | None = None,
               limit: int = 100) -> list[Event]:
-        """Events after ``since`` (an event id or an ISO time), oldest first, at most ``limit``."""
+        """Matching events, oldest first: the newest ``limit``, or the first ``limit`` after ``since``
+        (an event id or an ISO time), which is how a client pages forward."""
         match = compile_pattern(pattern) if pattern else None
+
+        def wanted(ev: Event) -> bool:
+            return (match is None or match(ev.type)) and (project is None or ev.project == project)
+
         out: list[Event] = []
+        if since is None:
+            for ev in reversed(self.history):
+                if wanted(ev):
+                    out.append(ev)
+                    if len(out) >= limit:
+                        break
+            out.reverse()
+            return out
+        by_id = since.startswith("ev-")
         for ev in self.history:
-            if since is not None:
-                if since.startswith("ev-"):
-                    if ev.id <= since:
-                        continue
-                elif ev.time <= since:
-                    continue
-            if match is not None and not match(ev.type):
-                continue
-            if project is not None and ev.project != project:
+            if (ev.id if by_id else ev.time) <= since or not wanted(ev):
                 continue
             out.append(ev)
             if len(out) >= limit:

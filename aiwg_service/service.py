@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from . import __version__, config, paths
+from . import __version__, config, events_api, paths
 from . import protocol as p
 from . import systemd as sd
 from .bus import EventBus
@@ -434,6 +434,7 @@ class Service:
         r("project.add", self.rpc_project_add)
         r("project.remove", self.rpc_project_remove)
         r("project.list", self.rpc_project_list)
+        events_api.register(self.rpc, self.bus)
 
     @staticmethod
     def rpc_ping(_params: p.NoParams, _conn: Connection) -> dict[str, Any]:
@@ -467,6 +468,7 @@ class Service:
         await self.apply_configs()
         self.write_state()
         log.info("project added: %s", root, extra={"PROJECT": root})
+        self.bus.publish("project.added", root, {"path": root}, "service")
         return {"added": True, "project": project.info()}
 
     async def rpc_project_remove(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
@@ -481,6 +483,7 @@ class Service:
         await self.apply_configs()
         self.write_state()
         log.info("project removed: %s", root, extra={"PROJECT": root})
+        self.bus.publish("project.removed", root, {"path": root}, "service")
         return {"removed": True, "path": root}
 
 

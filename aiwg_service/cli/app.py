@@ -15,6 +15,7 @@ import typer
 from .. import paths
 from . import render
 from .core import call, cmd_ping, cmd_status, fail, options, use_instance
+from .events import events_app
 
 app = typer.Typer(
     help="Control aiwg-service, the per-user service that supervises your projects.",
@@ -26,6 +27,7 @@ project_app = typer.Typer(help="Projects the service watches (like watchman's ro
 config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
 app.add_typer(config_app, name="config")
+app.add_typer(events_app, name="events")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 

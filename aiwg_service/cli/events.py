@@ -1,0 +1,74 @@
+"""``aiwgctl events``: the bus's recent history, or follow it live."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from .. import protocol as p
+from . import render
+from .core import START_HINT, call, fail, resolve_socket
+
+events_app = typer.Typer(help="Events on the bus: history, live follow, dead letters.")
+
+
+def _line(ev: dict[str, Any]) -> str:
+    data = ev.get("data", {})
+    detail = data.get("path") or data.get("job_id") or data.get("taskId") or data.get("id") or ""
+    if ev["type"] == "file.batch":
+        detail = f"{data.get('count', 0)} files"
+    project = ev.get("project") or "-"
+    return f"{ev['time']}  {ev['type']:<16} {project}  {detail}".rstrip()
+
+
+@events_app.callback(invoke_without_command=True)
+def events(
+    ctx: typer.Context,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="keep printing events as they come")] = False,
+    type: Annotated[str, typer.Option("--type", "-t", help="event type or pattern: file.*, task.failed, *")] = "*",
+    project: Annotated[str | None, typer.Option("--project", help="only this project root")] = None,
+    limit: Annotated[int, typer.Option("-n", help="how many past events to show")] = 50,
+    dead: Annotated[bool, typer.Option("--dead", help="list the dead-letter queue instead")] = False,
+    json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Show recent events from the bus; -f follows new ones as they come."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if dead:
+        res = call("events.dlq")
+        if json:
+            render.emit_json(res)
+            return
+        render.table(["id", "subscriber", "event", "attempts", "error"],
+                     [(d["id"], d["subscriber"], d["event"]["type"], d["attempts"], d["error"])
+                      for d in res["dead_letters"]], empty="no dead letters")
+        return
+    if not follow:
+        res = call("events.list", {"type": type, "project": project, "limit": max(1, min(limit, 1000))})
+        for ev in res["events"]:
+            print(render.dumps(ev) if json else _line(ev))
+        return
+    from .client import Client, NotRunning
+
+    try:
+        with Client(resolve_socket(), None) as c:
+            stream = c.stream("events.subscribe", {"type": type, "project": project})
+            for msg in stream:
+                if msg.get("method") == p.NOTIFY_EVENT:
+                    ev = msg["params"]
+                    print(render.dumps(ev) if json else _line(ev), flush=True)
+    except NotRunning as exc:
+        fail(f"{exc}; {START_HINT}")
+    except p.RpcError as exc:
+        fail(exc.message)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+@events_app.command("replay")
+def replay(dead_letter_id: Annotated[str, typer.Argument(help="a dead letter's id (see `events --dead`)")]) -> None:
+    """Deliver a dead letter again to the subscriber that failed on it."""
+    res = call("events.replay", {"id": dead_letter_id})
+    print(f"replayed {res['event']['type']} {res['event']['id']} to {res['subscriber']}")
