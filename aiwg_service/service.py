@@ -337,6 +337,7 @@ class Service:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "socket": str(self.socket_path),
             "socket_activated": self.socket_activated,
+            "log_file": self.opts.log_file and str(Path(self.opts.log_file).resolve()),
             "state_dir": str(self.state_dir),
             "projects": [pr.info() for pr in self.configs.projects.values()],
             "subsystems": self.health(),

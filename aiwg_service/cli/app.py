@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from .. import paths
-from . import render
+from . import render, systemctl
 from .core import call, cmd_ping, cmd_status, fail, options, use_instance
 from .events import events_app
 
@@ -132,3 +132,8 @@ def config_check(
     for w in loaded.warnings:
         print(f"warning: {w}")
     print(f"{target}: valid")
+
+
+for _fn in (systemctl.install, systemctl.uninstall, systemctl.start, systemctl.stop, systemctl.restart,
+            systemctl.logs):
+    app.command()(_fn)

@@ -1,0 +1,125 @@
+"""``aiwgctl install|uninstall|start|stop|restart|logs``: the systemd side, for a pip-installed service.
+
+These wrap ``systemctl --user`` and ``journalctl`` and say plainly what to do when no user manager runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import paths
+from .core import fail
+
+UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service")
+NO_MANAGER = ("no systemd user manager is reachable ({why}). In a login session it runs by itself; over ssh "
+              "or for a service that outlives logins run `loginctl enable-linger $USER`; in a container run "
+              "the service in the foreground with `aiwg-service run`")
+
+
+def unit_texts() -> dict[str, str]:
+    """The shipped unit files: from the installed package, or from units/ in a source checkout."""
+    try:
+        from importlib.resources import files
+
+        base = files("aiwg_service.units")
+        return {name: (base / name).read_text() for name in UNITS}
+    except (ModuleNotFoundError, FileNotFoundError):
+        src = Path(__file__).resolve().parents[2] / "units"
+        return {name: (src / name).read_text() for name in UNITS}
+
+
+def service_bindir() -> Path:
+    """Where the aiwg-service executable lives (systemd needs an absolute ExecStart=)."""
+    found = shutil.which("aiwg-service")
+    if found:
+        return Path(found).resolve().parent
+    return Path(sys.executable).parent
+
+
+def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if shutil.which("systemctl") is None:
+        fail(NO_MANAGER.format(why="systemctl is not installed"))
+    res = subprocess.run(["systemctl", "--user", *args], capture_output=True, text=True)
+    if res.returncode != 0 and check:
+        err = (res.stderr or res.stdout).strip()
+        if "Failed to connect to bus" in err or "No medium found" in err or "$DBUS_SESSION_BUS_ADDRESS" in err:
+            fail(NO_MANAGER.format(why=err.splitlines()[0]))
+        fail(f"systemctl --user {' '.join(args)} failed: {err}")
+    return res
+
+
+def install(
+    start: Annotated[bool, typer.Option(help="enable and start aiwg.socket now")] = True,
+) -> None:
+    """Install the user units (ExecStart pointing at this aiwg-service), daemon-reload, enable the socket."""
+    target = paths.user_unit_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    bindir = service_bindir()
+    for name, text in unit_texts().items():
+        (target / name).write_text(text.replace("@BINDIR@", str(bindir)))
+        print(f"wrote {target / name}")
+    systemctl("daemon-reload")
+    if start:
+        systemctl("enable", "--now", "aiwg.socket")
+        print("aiwg.socket enabled and listening; the service starts on first use (try `aiwgctl ping`)")
+
+
+def uninstall() -> None:
+    """Stop and disable the units and remove the files `install` wrote."""
+    systemctl("disable", "--now", "aiwg.socket", "aiwg.service", check=False)
+    target = paths.user_unit_dir()
+    for name in UNITS:
+        f = target / name
+        if f.exists():
+            f.unlink()
+            print(f"removed {f}")
+    systemctl("daemon-reload")
+
+
+def start() -> None:
+    """Start the service (systemctl --user start aiwg.socket aiwg.service)."""
+    systemctl("start", "aiwg.socket", "aiwg.service")
+    print("started")
+
+
+def stop() -> None:
+    """Stop the service; the socket stays, so the next request starts it again."""
+    systemctl("stop", "aiwg.service")
+    print("stopped (aiwg.socket still listens; use `systemctl --user stop aiwg.socket` to stop that too)")
+
+
+def restart() -> None:
+    """Restart the service; requests sent meanwhile wait on the socket and are answered."""
+    systemctl("restart", "aiwg.service")
+    print("restarted")
+
+
+def logs(
+    lines: Annotated[int, typer.Option("-n", "--lines", help="how many lines")] = 50,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="keep printing new lines")] = False,
+) -> None:
+    """Show the service's log: its journal under systemd, else its foreground --log-file."""
+    state_file = paths.state_dir() / "state.json"
+    log_file = None
+    with contextlib.suppress(OSError, ValueError):
+        log_file = json.loads(state_file.read_text()).get("log_file")
+    if log_file:
+        cmd = ["tail", "-n", str(lines), *(["-F"] if follow else []), log_file]
+    elif shutil.which("journalctl"):
+        cmd = ["journalctl", "-t", "aiwg", "-n", str(lines), "--no-pager", *(["-f"] if follow else [])]
+    else:
+        fail("no log to show: the service is not under systemd and was not started with --log-file "
+             "(in the foreground it logs to its stderr)")
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as exc:
+        fail(f"cannot run {cmd[0]}: {exc.strerror}")
