@@ -617,7 +617,7 @@ class FileWatcher:
             dst = self._accepting(d2.owners, d2.path, name2)
             for r, (rel, specs) in dst.items():
                 if r in src:
-                    self._enqueue(r, rel, "move", specs, src[r][0])
+                    self._enqueue(r, rel, "move", specs, src[r][0], replaced=existed)
                 else:
                     self._enqueue(r, rel, "modify" if existed else "create", specs)
             for r, (rel, specs) in src.items():
@@ -695,16 +695,26 @@ class FileWatcher:
             self._enqueue(r, rel, kind, specs)
 
     def _enqueue(
-        self, r: _Root, rel: str, kind: str, specs: tuple[_Spec, ...], from_rel: str | None = None
+        self,
+        r: _Root,
+        rel: str,
+        kind: str,
+        specs: tuple[_Spec, ...],
+        from_rel: str | None = None,
+        replaced: bool = False,
     ) -> None:
-        """Merge a change into the root's settle window (see ``_MERGE``)."""
+        """Merge a change into the root's settle window (see ``_MERGE``).
+
+        ``replaced``: a rename landed on an existing file (atomic save), so a rename of a file
+        created within the window is reported as ``modify`` of the target, not ``create``.
+        """
         pend = r.pending
         prev = pend.pop(rel, None)
         if kind == "move":
             src = pend.pop(from_rel, None) if from_rel is not None else None
             if src is not None:
-                if src.kind == "create":  # created and renamed within the window: a create
-                    kind, from_rel = "create", None
+                if src.kind == "create":  # created and renamed within the window
+                    kind, from_rel = ("modify" if replaced else "create"), None
                 elif src.kind == "move":  # a -> b -> c collapses to a -> c
                     from_rel = src.from_rel
             if prev is not None and prev.kind == "delete" and kind == "create":
@@ -1001,9 +1011,7 @@ class FileWatcher:
                 if self._roots.get(s.root.path) is s.root and s.root.specs.get(s.spec) is s:
                     self._activate(s, "sync")
 
-    def _walk(
-        self, specs: list[_Spec], top: str, mode: str, since_ns: int | None = None
-    ) -> set[_Dir]:
+    def _walk(self, specs: list[_Spec], top: str, mode: str, since_ns: int | None = None) -> set[_Dir]:
         """Watch ``top`` and every non-pruned directory below it, refreshing the view.
 
         mode ``baseline``: record only. ``sync``: report files that are new to the view (a new

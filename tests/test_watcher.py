@@ -188,6 +188,30 @@ def test_rename_move_in_and_out(tmp_path: Path) -> None:
     run(main)
 
 
+def test_atomic_save_is_one_modify(tmp_path: Path) -> None:
+    """Editors write a temp file and rename it over the target: one modify of the target."""
+    rec = Recorder()
+    write(tmp_path / "src" / "a.py", "old")
+
+    async def main() -> None:
+        w = FileWatcher(rec, debounce_ms=50)
+        await w.start()
+        w.set_root(str(tmp_path), [WatchSpec("src")])
+        (tmp_path / "src" / "a.py.new").write_text("new")
+        os.rename(tmp_path / "src" / "a.py.new", tmp_path / "src" / "a.py")
+        (tmp_path / "src" / "b.py~").write_text("backup")  # ignored backup renamed onto a new name
+        os.rename(tmp_path / "src" / "b.py~", tmp_path / "src" / "b.py")
+        await until(lambda: len(rec.events) >= 2)
+        await settle()
+        assert sorted((t, d["path"]) for t, _, d in rec.events) == [
+            ("file.create", "src/b.py"),
+            ("file.modify", "src/a.py"),
+        ]
+        await w.stop()
+
+    run(main)
+
+
 def test_mkdir_p_deep_tree_fast(tmp_path: Path) -> None:
     rec = Recorder()
     (tmp_path / "src").mkdir()
