@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from systemd_env import UserManager, require_private_manager_support  # noqa: E402
+from systemd_env import UserManager, require_private_manager_support
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

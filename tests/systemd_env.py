@@ -250,11 +250,15 @@ class UserManager:
             input=input,
         )
 
-    def popen(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, **kw: object) -> subprocess.Popen:
+    def popen(
+        self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, **kw: object
+    ) -> subprocess.Popen:
         """Start *cmd* inside the namespace without waiting (e.g. ``journalctl -f``)."""
         return subprocess.Popen([*self._nsenter(), *cmd], env={**self.env, **(env or {})}, **kw)  # type: ignore[call-overload]
 
-    def systemctl(self, *args: str, check: bool = False, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def systemctl(
+        self, *args: str, check: bool = False, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
         """``systemctl --user ARGS``."""
         return self.run(["systemctl", "--user", "--no-pager", *args], check=check, timeout=timeout)
 
@@ -298,7 +302,9 @@ class UserManager:
         for src in sorted(UNITS_DIR.iterdir()) if names is None else [UNITS_DIR / n for n in names]:
             if src.suffix not in (".service", ".socket"):
                 continue
-            paths.append(self.install_unit_text(src.name, src.read_text().replace(BINDIR_PLACEHOLDER, str(bindir))))
+            paths.append(
+                self.install_unit_text(src.name, src.read_text().replace(BINDIR_PLACEHOLDER, str(bindir)))
+            )
         if reload:
             self.daemon_reload()
         return paths
@@ -424,9 +430,15 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _mount(libc: ctypes.CDLL, source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+def _mount(
+    libc: ctypes.CDLL, source: str, target: str, fstype: str | None, flags: int, data: str | None
+) -> None:
     rc = libc.mount(
-        source.encode(), target.encode(), fstype.encode() if fstype else None, flags, data.encode() if data else None
+        source.encode(),
+        target.encode(),
+        fstype.encode() if fstype else None,
+        flags,
+        data.encode() if data else None,
     )
     if rc != 0:
         err = ctypes.get_errno()
@@ -469,7 +481,14 @@ def _holder_main(base: Path, cgroup_name: str) -> int:
 
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    for var in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "INVOCATION_ID", "JOURNAL_STREAM"):
+    for var in (
+        "NOTIFY_SOCKET",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "INVOCATION_ID",
+        "JOURNAL_STREAM",
+    ):
         env.pop(var, None)
 
     jlog = open(base / "journald.log", "w")  # noqa: SIM115
@@ -513,4 +532,3 @@ def _holder_main(base: Path, cgroup_name: str) -> int:
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--holder":
     sys.exit(_holder_main(Path(sys.argv[2]), sys.argv[3]))
-
