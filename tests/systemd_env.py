@@ -125,7 +125,15 @@ class UserManager:
     never raise on a non-zero exit unless ``check=True``.
     """
 
-    def __init__(self, base: Path | None = None) -> None:
+    def __init__(self, base: Path | None = None, uid: int = 0) -> None:
+        """*uid* != 0 runs the manager (and systemctl) as that unprivileged user.
+
+        Root is the default because tests can then read/write whatever the
+        units produce; an unprivileged manager is what real users have and is
+        what the sandboxing tests need (namespacing directives behave
+        differently without privileges).
+        """
+        self.uid = uid
         self.base = Path(base or tempfile.mkdtemp(prefix="aiwg-sd-"))
         self.runtime_dir = self.base / "rt"
         self.home = self.base / "home"
@@ -170,7 +178,7 @@ class UserManager:
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env={**self.env, "PYTHONDONTWRITEBYTECODE": "1"},
+            env={**self.env, "PYTHONDONTWRITEBYTECODE": "1", "AIWG_SD_UID": str(self.uid)},
         )
         log.close()
         assert self._holder.stdout is not None
@@ -230,6 +238,12 @@ class UserManager:
             raise ManagerError("manager not started")
         return ["nsenter", f"--mount=/proc/{self.holder_pid}/ns/mnt", "--"]
 
+    def _as_user(self) -> list[str]:
+        """Drop to the manager's uid for clients that must talk to it as its owner."""
+        if self.uid == 0:
+            return []
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--"]
+
     def run(
         self,
         cmd: Sequence[str],
@@ -238,10 +252,15 @@ class UserManager:
         check: bool = False,
         timeout: float = 60.0,
         input: str | None = None,
+        as_user: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Run *cmd* inside the namespace with the client env (plus *env*) and capture output."""
+        """Run *cmd* inside the namespace with the client env (plus *env*) and capture output.
+
+        *as_user*: run as the manager's uid (matters only for ``uid != 0``;
+        e.g. ``systemd-run --user``).
+        """
         return subprocess.run(
-            [*self._nsenter(), *cmd],
+            [*self._nsenter(), *(self._as_user() if as_user else []), *cmd],
             env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
@@ -260,7 +279,9 @@ class UserManager:
         self, *args: str, check: bool = False, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
         """``systemctl --user ARGS``."""
-        return self.run(["systemctl", "--user", "--no-pager", *args], check=check, timeout=timeout)
+        return self.run(
+            ["systemctl", "--user", "--no-pager", *args], check=check, timeout=timeout, as_user=True
+        )
 
     def journalctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """``journalctl ARGS`` against the private journald (records land in /run/log/journal).
@@ -331,7 +352,9 @@ class UserManager:
 
     def verify(self, *unit_paths: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
         """``systemd-analyze --user verify --man=no`` in the manager's environment."""
-        return self.run(["systemd-analyze", "--user", "verify", "--man=no", *map(str, unit_paths)])
+        return self.run(
+            ["systemd-analyze", "--user", "verify", "--man=no", *map(str, unit_paths)], as_user=True
+        )
 
     # ----------------------------------------------------------------- waiting
 
@@ -467,6 +490,13 @@ def _holder_main(base: Path, cgroup_name: str) -> int:
 
     _mount(libc, "tmpfs", "/run/systemd", "tmpfs", 0, "mode=0755")
     Path("/run/systemd/system").mkdir()  # makes sd_booted() true -- only in here
+    # journald: volatile only, and do not read the host's kernel ring buffer (it would
+    # import other sessions' kmsg lines into our journal).
+    Path("/run/systemd/journald.conf.d").mkdir()
+    Path("/run/systemd/journald.conf.d/aiwg-test.conf").write_text(
+        "[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\nForwardToWall=no\n"
+        "RateLimitIntervalSec=0\n"
+    )
     Path("/run/log").mkdir(exist_ok=True)
     _mount(libc, "tmpfs", "/run/log", "tmpfs", 0, "mode=0755")
     Path("/run/log/journal").mkdir()
@@ -500,13 +530,29 @@ def _holder_main(base: Path, cgroup_name: str) -> int:
             return 1
         time.sleep(0.02)
 
+    uid = int(env.pop("AIWG_SD_UID", "0"))
+    if uid:
+        # Delegate our cgroups and hand the user its dirs, as logind/user@.service would.
+        for d in (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified")):
+            for f in (
+                d,
+                *(d / n for n in ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads", "tasks")),
+            ):
+                if f.exists():
+                    os.chown(f, uid, uid)
+        for root, dirs, files in os.walk(base):
+            for n in (root, *(os.path.join(root, x) for x in dirs + files)):
+                os.chown(n, uid, uid)
     mlog = open(base / "manager.log", "w")  # noqa: SIM115
     manager = subprocess.Popen(
-        [SYSTEMD, "--user", "--log-target=console", "--log-level=info"],
+        [SYSTEMD, "--user", "--log-target=journal", "--log-level=info"],
         stdin=subprocess.DEVNULL,
         stdout=mlog,
         stderr=mlog,
         env=env,
+        user=uid or None,
+        group=uid or None,
+        extra_groups=[] if uid else None,
     )
     print(f"ready {os.getpid()} {journald.pid} {manager.pid}", flush=True)
 
