@@ -192,7 +192,7 @@ def _is_journal_field(name: str) -> bool:
     )
 
 
-def _journal_send(message: str, **fields: object) -> None:
+def _journal_send(message: str, /, **fields: object) -> None:
     """Sender for JournalHandler: forward only real journal fields, stringified."""
     from systemd import journal
 

@@ -331,8 +331,9 @@ class UserManager:
         return paths
 
     def install_unit_text(self, name: str, text: str, *, reload: bool = False) -> Path:
-        """Write a unit file named *name* with *text* (for ad-hoc test units)."""
+        """Write a unit file (or drop-in, e.g. ``aiwg.service.d/test.conf``) named *name*."""
         path = self.unit_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         self._installed.append(name)
         if reload:
@@ -343,8 +344,10 @@ class UserManager:
         """Stop and remove every unit installed through this handle (between tests)."""
         names = list(dict.fromkeys(self._installed))
         self._installed.clear()
-        if names:
-            self.systemctl("stop", *names, timeout=120)
+        # Templates: stop every running instance (systemctl accepts globs for loaded units).
+        units = [n.replace("@.", "@*.") for n in names if "/" not in n]
+        if units:
+            self.systemctl("stop", *units, timeout=120)
         for n in names:
             (self.unit_dir / n).unlink(missing_ok=True)
         self.systemctl("reset-failed")
