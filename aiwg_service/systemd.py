@@ -223,7 +223,9 @@ def make_journal_handler(identifier: str = "aiwg", level: int = logging.NOTSET) 
         every LogRecord attribute (msg, args, levelname, ...) for journald to
         discard.  Extras named like the fields above are ignored rather than
         losing the record.
-      * exceptions (``logger.exception``): EXCEPTION_TEXT carries the traceback.
+      * exceptions (``logger.exception``): EXCEPTION_TEXT carries the
+        traceback; with the default formatter MESSAGE has it appended too.
+      * ``logger.info("x %s", arg)`` adds CODE_ARGS=str(args).
     """
     from systemd import journal
 
