@@ -168,6 +168,7 @@ class UserManager:
 
     def start(self, timeout: float = 30.0) -> UserManager:
         """Boot the holder, journald and the manager; wait until it is ``running``."""
+        sweep_stale_cgroups()
         for d in (self.runtime_dir, self.unit_dir, self.state_home):
             d.mkdir(parents=True, exist_ok=True)
         self.runtime_dir.chmod(0o700)
@@ -437,11 +438,30 @@ def _kill_and_remove_cgroup(name: str) -> None:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)
     for d in dirs:
-        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                sub.rmdir()
+        _kill_and_remove_cgroup_dir(d)
+
+
+def _kill_and_remove_cgroup_dir(d: Path) -> None:
+    """rmdir a (now empty) cgroup tree bottom-up."""
+    for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):
-            d.rmdir()
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        d.rmdir()
+
+
+def sweep_stale_cgroups() -> None:
+    """Remove empty fixture cgroups left behind by a test run that was SIGKILLed.
+
+    Only dirs named ``aiwg-test-<pid>-*`` whose creating pytest process is gone
+    are touched, so a concurrent run (another worktree) is never disturbed.
+    """
+    for parent in {d.parent for d in _host_cgroup_dirs("x")}:
+        with contextlib.suppress(OSError):
+            for d in parent.glob("aiwg-test-*-*"):
+                pid = d.name.split("-")[2]
+                if pid.isdigit() and not Path(f"/proc/{pid}").exists() and not _cgroup_pids(d):
+                    _kill_and_remove_cgroup_dir(d)
 
 
 # --------------------------------------------------------------------------- the holder process

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import systemd_env
 from systemd_env import REPO_ROOT, UNITS_DIR, UserManager
 
 from aiwg_service.systemd import systemd_escape_path
@@ -250,3 +251,40 @@ def test_journal_structured_fields(sd: UserManager) -> None:
     # The documented query form works.
     out = sd.journalctl("-t", ident, "PROJECT=/q", "-o", "cat").stdout
     assert out.startswith("boom\nTraceback")  # MESSAGE carries the formatted traceback too
+
+
+SANDBOX_KEYS = (
+    "NoNewPrivileges",
+    "LockPersonality",
+    "RestrictRealtime",
+    "RestrictSUIDSGID",
+    "SystemCallArchitectures",
+    "KeyringMode",
+    "UMask",
+)
+
+
+@pytest.mark.systemd
+def test_sandbox_works_in_unprivileged_user_manager() -> None:
+    """Real users run an unprivileged manager: the unit's sandbox lines must not fail there."""
+    systemd_env.require_private_manager_support()
+    lines = [
+        line
+        for line in (UNITS_DIR / "aiwg.service").read_text().splitlines()
+        if line.split("=", 1)[0] in SANDBOX_KEYS
+    ]
+    assert len(lines) == len(SANDBOX_KEYS)
+    with UserManager(uid=65534) as mgr:
+        out = mgr.runtime_dir / "probe.out"
+        mgr.install_unit_text(
+            "probe.service",
+            "[Service]\nType=oneshot\n"
+            f"ExecStart=/bin/sh -c 'grep -E \"^(NoNewPrivs|Seccomp):\" /proc/self/status; umask' \n"
+            f"StandardOutput=file:{out}\n" + "\n".join(lines) + "\n",
+        )
+        os.chown(mgr.unit_dir / "probe.service", 65534, 65534)
+        mgr.daemon_reload()
+        res = mgr.systemctl("start", "probe.service")
+        assert res.returncode == 0, res.stderr + mgr.journalctl("-o", "cat", "-n", "20").stdout
+        text = out.read_text()
+        assert "NoNewPrivs:\t1" in text and "Seccomp:\t2" in text and "0077" in text
