@@ -1,16 +1,33 @@
-"""Shared fixtures (service_fixture.py) and the CI rule that no test passes by skipping.
+"""Shared fixtures, and the CI rule that no test passes by skipping.
 
-With ``AIWG_NO_SKIP=1`` (``.ci/run`` sets it) every skipped test is reported as a failure, so a
-test that needs root, ``unshare`` or a systemd user manager cannot silently not run in CI.
+- ``service_fixture.py``: the real ``aiwg-service`` as a subprocess with private XDG directories
+  (``svc_env``, ``service``).
+- ``user_manager`` (session-scoped) boots a private systemd user manager; see ``systemd_env.py`` for
+  how and ``UserManager`` for the API. Tests using it are marked ``systemd`` automatically.
+- With ``AIWG_NO_SKIP=1`` (``.ci/run`` sets it) every skipped test is reported as a failure, so a test
+  that needs root, ``unshare`` or a systemd user manager cannot silently not run in CI.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from systemd_env import UserManager, require_private_manager_support
+
 pytest_plugins = ["service_fixture"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if {"user_manager", "sd"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.systemd)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -21,3 +38,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.longrepr = f"skipped, but AIWG_NO_SKIP=1 forbids skips: {reason}"
+
+
+@pytest.fixture(scope="session")
+def user_manager() -> Iterator[UserManager]:
+    """One private ``systemd --user`` (+ journald) for the whole session."""
+    require_private_manager_support()
+    with UserManager() as manager:
+        yield manager
+
+
+@pytest.fixture
+def sd(user_manager: UserManager) -> Iterator[UserManager]:
+    """Per-test view of ``user_manager`` that removes the units the test installed."""
+    yield user_manager
+    user_manager.cleanup_units()
