@@ -20,10 +20,10 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiwg_service.tasks.agents import profile_lookup  # noqa: E402
-from aiwg_service.tasks.model import AgentProfile  # noqa: E402
-from aiwg_service.tasks.store import Store  # noqa: E402
-from aiwg_service.tasks.supervisor import Supervisor  # noqa: E402
+from aiwg_service.tasks.agents import profile_lookup
+from aiwg_service.tasks.model import AgentProfile
+from aiwg_service.tasks.store import Store
+from aiwg_service.tasks.supervisor import Supervisor
 
 
 async def crash(state: str, project: str, prompt: str, retry: int) -> None:

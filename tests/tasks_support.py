@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -51,7 +52,8 @@ class Events:
                 and not (transitions_only and e == "task.session")]
 
 
-def make_supervisor(tmp: Path, events: Events | None = None, *, profiles: dict[str, AgentProfile] | None = None,
+def make_supervisor(tmp: Path, events: Events | None = None, *,
+                    profiles: dict[str, AgentProfile] | None = None,
                     **kw: Any) -> Supervisor:
     ev = events or Events()
     store = Store(tmp / "state", ev)
@@ -95,7 +97,5 @@ def read_pid(path: Path, timeout: float = 10.0) -> int:
 
 
 def kill_quiet(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, 9)
-    except ProcessLookupError:
-        pass

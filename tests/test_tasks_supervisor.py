@@ -257,7 +257,8 @@ def test_output_cap(tmp_path: Path, fake_path: Path, project: str) -> None:
     run(main())
 
 
-def test_env_sanitized(tmp_path: Path, fake_path: Path, project: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_sanitized(tmp_path: Path, fake_path: Path, project: str,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIWG_TEST_SECRET", "hunter2")
     monkeypatch.setenv("AIWG_TEST_PASSED", "visible")
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/x")
@@ -286,8 +287,8 @@ def test_env_sanitized(tmp_path: Path, fake_path: Path, project: str, monkeypatc
 
 def test_unknown_agent_and_bad_command(tmp_path: Path, fake_path: Path, project: str) -> None:
     async def main() -> None:
-        sup = make_supervisor(tmp_path, profiles={"bad": AgentProfile(kind="command",
-                                                                      command=["/nonexistent/agent", "{prompt}"])})
+        bad = AgentProfile(kind="command", command=["/nonexistent/agent", "{prompt}"])
+        sup = make_supervisor(tmp_path, profiles={"bad": bad})
         await sup.start()
         with pytest.raises(KeyError):
             sup.submit(project, "x", agent="nope")
@@ -300,12 +301,15 @@ def test_unknown_agent_and_bad_command(tmp_path: Path, fake_path: Path, project:
     run(main())
 
 
+RETRY_PROFILES = {"r1": AgentProfile(retry=1), "r0": AgentProfile(retry=0)}
+
+
 def test_stop_interrupts_and_next_start_requeues(tmp_path: Path, fake_path: Path, project: str) -> None:
     ev = Events()
     pidfile = tmp_path / "p.pid"
 
     async def first() -> tuple[str, str]:
-        sup = make_supervisor(tmp_path, ev, profiles={"r1": AgentProfile(retry=1), "r0": AgentProfile(retry=0)},
+        sup = make_supervisor(tmp_path, ev, profiles=RETRY_PROFILES,
                               kill_grace_s=0.5)
         await sup.start()
         a = sup.submit(project, f"sleep=30 pidfile={pidfile}", agent="r1")
@@ -323,7 +327,7 @@ def test_stop_interrupts_and_next_start_requeues(tmp_path: Path, fake_path: Path
 
     async def second() -> None:
         # a per-project limit of 0 keeps the re-queued task from running again in this test
-        sup = make_supervisor(tmp_path, ev, profiles={"r1": AgentProfile(retry=1), "r0": AgentProfile(retry=0)},
+        sup = make_supervisor(tmp_path, ev, profiles=RETRY_PROFILES,
                               per_project_limit=lambda p: 0)
         await sup.start()
         ta, tb = sup.store.get(aid), sup.store.get(bid)

@@ -139,7 +139,7 @@ class _Line(msgspec.Struct):
     num_turns: int | None = None
     usage: _Usage | None = None
     # Raw: only decoded for assistant lines; tool results ("user") can be large.
-    message: msgspec.Raw | None = None
+    message: msgspec.Raw = msgspec.Raw()  # (msgspec cannot put Raw in a union with None)
 
 
 _line_decoder = msgspec.json.Decoder(_Line)
@@ -222,7 +222,7 @@ class StreamJsonParser:
         if t == "system":
             if line.model:
                 self.model = line.model
-        elif t == "assistant" and line.message is not None:
+        elif t == "assistant" and len(line.message):
             self._assistant(line.message)
         elif t == "result":
             self.result_subtype = line.subtype
@@ -240,6 +240,7 @@ class StreamJsonParser:
         try:
             msg = _msg_decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
+            self.garbage_lines += 1  # JSON, but not the shape claude emits
             return
         if isinstance(msg.content, str):
             self.last_text = msg.content[: self.MAX_RESULT]

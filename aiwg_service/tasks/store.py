@@ -131,7 +131,8 @@ class Store:
     def _migrate(self) -> None:
         cur = self.schema_version
         if cur > len(MIGRATIONS):
-            raise StoreError(f"{self.path} has schema v{cur}, newer than this aiwg-service (v{len(MIGRATIONS)})")
+            raise StoreError(f"{self.path} has schema v{cur}, newer than this aiwg-service "
+                             f"(v{len(MIGRATIONS)})")
         for version in range(cur, len(MIGRATIONS)):
             with self._tx():
                 for stmt in _split_sql(MIGRATIONS[version]):
@@ -252,7 +253,8 @@ class Store:
                                 (TaskState.running.value, TaskState.interrupted.value)).fetchall()
         return [self._row(r) for r in rows]
 
-    def next_queued(self, exclude_projects: Iterable[str] = (), exclude_ids: Iterable[str] = ()) -> Task | None:
+    def next_queued(self, exclude_projects: Iterable[str] = (),
+                    exclude_ids: Iterable[str] = ()) -> Task | None:
         """Highest priority, then oldest, among queued tasks not in an excluded project."""
         xp, xi = list(exclude_projects), list(exclude_ids)
         sql = f"SELECT {_COLS} FROM tasks WHERE state = 'queued'"
@@ -289,7 +291,8 @@ class Store:
 
     # -- transitions ------------------------------------------------------------
 
-    def mark_started(self, task_id: str, *, pid: int, pid_start: str | None, log_path: str | None) -> Task | None:
+    def mark_started(self, task_id: str, *, pid: int, pid_start: str | None,
+                     log_path: str | None) -> Task | None:
         """queued -> running (attempts + 1); emits ``task.started``."""
         return self._transition(task_id, [TaskState.queued], "task.started", {
             "state": TaskState.running, "started_at": utc_now(), "finished_at": None,
@@ -311,8 +314,8 @@ class Store:
 
     def cancel_queued(self, task_id: str) -> Task | None:
         """queued -> cancelled; None if it is not queued (any more)."""
-        return self._transition(task_id, [TaskState.queued], "task.cancelled",
-                                {"state": TaskState.cancelled, "finished_at": utc_now(), "error": "cancelled"})
+        sets = {"state": TaskState.cancelled, "finished_at": utc_now(), "error": "cancelled"}
+        return self._transition(task_id, [TaskState.queued], "task.cancelled", sets)
 
     def mark_interrupted(self, task_id: str, **fields: Any) -> Task | None:
         """running -> interrupted (the run was cut short by a service stop/crash); emits
