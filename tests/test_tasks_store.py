@@ -211,3 +211,15 @@ def test_list_fast_at_100k(tmp_path: Path) -> None:
     s.stats()
     assert time.perf_counter() - a < 1.0
     s.close()
+
+
+def test_next_queued_uses_the_queue_index(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    s.submit("/p", "x")
+    captured: list[str] = []
+    s._db.set_trace_callback(captured.append)
+    s.next_queued(["/q"], ["t-x"])
+    s._db.set_trace_callback(None)
+    plan = s._db.execute("EXPLAIN QUERY PLAN " + captured[-1]).fetchall()
+    assert any("tasks_queue" in row[-1] for row in plan) and not any("TEMP B-TREE" in row[-1] for row in plan)
+    s.close()

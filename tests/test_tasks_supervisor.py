@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from aiwg_service.tasks.model import AgentProfile, TaskState
+from aiwg_service.tasks.store import StoreError
 from tests.tasks_support import (
     Events,
     await_for,
@@ -339,3 +340,32 @@ def test_stop_interrupts_and_next_start_requeues(tmp_path: Path, fake_path: Path
     run(second())
     assert ev.types(aid) == ["task.queued", "task.started", "task.interrupted", "task.queued"]
     assert ev.types(bid) == ["task.queued", "task.started", "task.interrupted", "task.failed"]
+
+
+def test_store_failure_at_start_kills_the_agent(tmp_path: Path, fake_path: Path, project: str) -> None:
+    """If 'running' cannot be recorded (disk full), the spawned agent must not live on unrecorded."""
+    ev = Events()
+    pids: list[int] = []
+
+    async def main() -> None:
+        sup = make_supervisor(tmp_path, ev)
+        sup.store_retry_s = 60
+        real = sup.store.mark_started
+
+        def failing(task_id: str, **kw: object) -> None:
+            pids.append(int(kw["pid"]))  # type: ignore[call-overload]
+            raise StoreError("task store write failed, nothing was changed: database or disk is full")
+
+        sup.store.mark_started = failing  # type: ignore[method-assign]
+        await sup.start()
+        t = sup.submit(project, "sleep=30")
+        await sup.wait_idle()
+        assert pids and not pid_alive(pids[0])
+        q = sup.store.get(t.id)
+        assert q and q.state is TaskState.queued and q.attempts == 0
+        assert ("task.store_error", project) in [(e, p) for e, p, _ in ev.items]
+        sup.store.mark_started = real  # type: ignore[method-assign]
+        await sup.stop(0)
+        sup.store.close()
+
+    run(main())

@@ -257,7 +257,9 @@ class Store:
                     exclude_ids: Iterable[str] = ()) -> Task | None:
         """Highest priority, then oldest, among queued tasks not in an excluded project."""
         xp, xi = list(exclude_projects), list(exclude_ids)
-        sql = f"SELECT {_COLS} FROM tasks WHERE state = 'queued'"
+        # Force the partial queue index: the planner otherwise picks (state, id) and sorts
+        # every queued row for each pick.
+        sql = f"SELECT {_COLS} FROM tasks INDEXED BY tasks_queue WHERE state = 'queued'"
         if xp:
             sql += f" AND project NOT IN ({', '.join('?' * len(xp))})"
         if xi:

@@ -74,6 +74,8 @@ class Supervisor:
         self.use_systemd_scope = use_systemd_scope
         self.kill_grace_s = kill_grace_s
         self.drain_timeout_s = drain_timeout_s
+        #: Pause before trying the queue again after a failed store write (disk full).
+        self.store_retry_s = 5.0
         self._runs: dict[str, _Run] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -201,8 +203,14 @@ class Supervisor:
         return self.default_timeout_s
 
     async def _run(self, run: _Run) -> None:
+        store_failed = False
         try:
             await self._run_inner(run)
+        except StoreError as e:
+            # e.g. disk full: the task stays queued; retry after a pause rather than spin on it.
+            store_failed = True
+            log.error("task %s: store write failed: %s", run.task.id, e)
+            self._emit("task.store_error", run.task.project, {"id": run.task.id, "error": str(e)})
         except Exception:
             log.exception("task %s: supervisor error", run.task.id)
         finally:
@@ -211,7 +219,10 @@ class Supervisor:
                     h.cancel()
             self._runs.pop(run.task.id, None)
             if not self._stopping:
-                self.wake()
+                if store_failed and self._loop is not None:
+                    self._loop.call_later(self.store_retry_s, self.wake)
+                else:
+                    self.wake()
             if not self._runs:
                 self._idle.set()
 
@@ -246,8 +257,15 @@ class Supervisor:
                 self.store.fail_queued(task.id, f"cannot start agent {argv[0]!r}: {e}")
                 return
             run.proc = proc
-            started = self.store.mark_started(task.id, pid=proc.pid, pid_start=proc_identity(proc.pid),
-                                              log_path=str(log_path))
+            try:
+                started = self.store.mark_started(task.id, pid=proc.pid, pid_start=proc_identity(proc.pid),
+                                                  log_path=str(log_path))
+            except StoreError:
+                # Not recorded as running, so it must not run: kill it before anyone depends on it.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+                raise
             if started is None:  # no longer queued (cancelled behind our back): do not run it
                 run.reason = run.reason or "cancel"
             else:
@@ -281,7 +299,8 @@ class Supervisor:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
-            logf.write(b"\n[aiwg: output still open after the agent exited; stopped reading]\n")
+            with contextlib.suppress(OSError):
+                logf.write(b"\n[aiwg: output still open after the agent exited; stopped reading]\n")
         parser.close()
         if record:
             self._record(run, rc, parser, state, timeout)
@@ -302,20 +321,23 @@ class Supervisor:
                 del tail[:-_TAIL]
             if not state["truncated"]:
                 room = cap - written
-                if len(chunk) <= room:
-                    logf.write(chunk)
-                    written += len(chunk)
-                else:
-                    logf.write(chunk[:room])
-                    written = cap
+                try:
+                    if len(chunk) <= room:
+                        logf.write(chunk)
+                        written += len(chunk)
+                    else:
+                        logf.write(chunk[:room])
+                        written = cap
+                        state["truncated"] = True
+                        logf.write(f"\n[aiwg: output truncated at {cap // (1024 * 1024)} MB; "
+                                   f"the rest was read and discarded]\n".encode())
+                except OSError as e:  # e.g. ENOSPC: keep draining so the agent never blocks on the pipe
                     state["truncated"] = True
-                    logf.write(f"\n[aiwg: output truncated at {cap // (1024 * 1024)} MB; "
-                               f"the rest was read and discarded]\n".encode())
-            if not had_session and parser.session_id and self.emit is not None:
+                    log.warning("task %s: log write failed, output no longer logged: %s", run.task.id, e)
+            if not had_session and parser.session_id:
                 had_session = True
-                with contextlib.suppress(Exception):
-                    self.emit("task.session", run.task.project,
-                              {"id": run.task.id, "session_id": parser.session_id, "model": parser.model})
+                self._emit("task.session", run.task.project,
+                           {"id": run.task.id, "session_id": parser.session_id, "model": parser.model})
 
     def _record(self, run: _Run, rc: int, parser: StreamJsonParser, state: dict[str, Any],
                 timeout: float) -> None:
@@ -359,9 +381,15 @@ class Supervisor:
         except StoreError as e:
             # The row stays 'running'; the next start's recovery settles it.
             log.error("task %s: could not record its outcome: %s", tid, e)
-            if self.emit is not None:
-                with contextlib.suppress(Exception):
-                    self.emit("task.store_error", run.task.project, {"id": tid, "error": str(e)})
+            self._emit("task.store_error", run.task.project, {"id": tid, "error": str(e)})
+
+    def _emit(self, event: str, project: str | None, data: dict[str, Any]) -> None:
+        if self.emit is None:
+            return
+        try:
+            self.emit(event, project, data)
+        except Exception:
+            log.exception("event handler failed for %s", event)
 
     def _terminate(self, run: _Run, reason: str) -> None:
         """SIGTERM the run's group now, SIGKILL it after ``kill_grace_s``.  Idempotent."""
