@@ -1,0 +1,356 @@
+"""Agent profiles -> argv, child environment, stream-json parsing, process identity.
+
+Pure functions and a small incremental parser: no asyncio here, so the parser
+can be fed from the supervisor's read loop and unit-tested on bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+from collections.abc import Callable, Mapping, Sequence
+
+import msgspec
+
+from .model import AgentProfile
+
+__all__ = [
+    "BUILTIN_PROFILES",
+    "SAFE_ENV",
+    "StreamJsonParser",
+    "build_argv",
+    "child_env",
+    "kill_orphan_group",
+    "proc_identity",
+    "profile_lookup",
+    "systemd_scope_argv",
+]
+
+BUILTIN_PROFILES: dict[str, AgentProfile] = {
+    "claude": AgentProfile(kind="claude"),
+    "shell": AgentProfile(kind="shell"),
+}
+
+#: Variables a child may inherit from the service; everything else is dropped
+#: (API tokens, AWS_*, NOTIFY_SOCKET, LISTEN_FDS, INVOCATION_ID, WATCHDOG_*, ...).
+SAFE_ENV: frozenset[str] = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TZ", "SHELL", "TMPDIR", "XDG_RUNTIME_DIR"}
+)
+
+
+def profile_lookup(custom: Mapping[str, AgentProfile]) -> Callable[[str], AgentProfile]:
+    """Name -> profile resolver: configured profiles win over the built-ins; KeyError if unknown."""
+
+    def lookup(name: str) -> AgentProfile:
+        p = custom.get(name) or BUILTIN_PROFILES.get(name)
+        if p is None:
+            raise KeyError(f"unknown agent profile {name!r}")
+        return p
+
+    return lookup
+
+
+def build_argv(profile: AgentProfile, prompt: str) -> list[str]:
+    """The argv to exec for ``prompt``; the prompt is always one argv element, never shell-parsed
+    (except by the ``shell`` kind, whose whole point is that)."""
+    if profile.command:
+        argv = [part.replace("{prompt}", prompt) for part in profile.command]
+        return argv + list(profile.args)
+    if profile.kind == "shell":
+        return ["/bin/sh", "-c", prompt, *profile.args]
+    argv = ["claude", "-p", prompt, "--output-format", "stream-json", "--verbose"]
+    if profile.model:
+        argv += ["--model", profile.model]
+    if profile.max_turns is not None:
+        argv += ["--max-turns", str(profile.max_turns)]
+    if profile.allowed_tools:
+        argv += ["--allowedTools", ",".join(profile.allowed_tools)]
+    if profile.permission_mode:
+        argv += ["--permission-mode", profile.permission_mode]
+    return argv + list(profile.args)
+
+
+def systemd_scope_argv(task_id: str, profile: AgentProfile, argv: Sequence[str]) -> list[str]:
+    """Wrap ``argv`` so it runs in its own transient user scope (own cgroup, limits, accounting).
+
+    ``systemd-run --scope`` execs the command in place, so the pid and process
+    group we started stay the agent's.
+    """
+    out = ["systemd-run", "--user", "--scope", "--quiet", "--collect", f"--unit=aiwg-task-{task_id}"]
+    if profile.memory_max:
+        out += ["-p", f"MemoryMax={profile.memory_max}"]
+    if profile.cpu_quota:
+        out += ["-p", f"CPUQuota={profile.cpu_quota}"]
+    return [*out, "--", *argv]
+
+
+def child_env(
+    profile: AgentProfile, task_id: str, parent: Mapping[str, str] | None = None, *, systemd: bool = False
+) -> dict[str, str]:
+    """Sanitized environment: the safe base set, ``LC_*``, the profile's ``env`` names, ``AIWG_TASK_ID``.
+
+    With ``systemd`` the user-bus address is kept as well, since ``systemd-run --user``
+    needs it to reach the manager when it is not at the default path.
+    """
+    src = os.environ if parent is None else parent
+    keep = set(SAFE_ENV) | set(profile.env)
+    if systemd:
+        keep.add("DBUS_SESSION_BUS_ADDRESS")
+    env = {k: v for k, v in src.items() if k in keep or k.startswith("LC_")}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["AIWG_TASK_ID"] = task_id
+    return env
+
+
+# --- stream-json ---------------------------------------------------------------
+
+
+class _Usage(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class _Block(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+
+
+class _Message(msgspec.Struct):
+    id: str | None = None
+    content: list[_Block] | str = []
+    usage: _Usage | None = None
+
+
+class _Line(msgspec.Struct):
+    """The fields we use from any stream-json line; the rest is skipped by msgspec."""
+
+    type: str = ""
+    subtype: str | None = None
+    session_id: str | None = None
+    model: str | None = None
+    result: str | None = None
+    is_error: bool = False
+    total_cost_usd: float | None = None
+    num_turns: int | None = None
+    usage: _Usage | None = None
+    # Raw: only decoded for assistant lines; tool results ("user") can be large.
+    message: msgspec.Raw = msgspec.Raw()  # (msgspec cannot put Raw in a union with None)
+
+
+_line_decoder = msgspec.json.Decoder(_Line)
+_msg_decoder = msgspec.json.Decoder(_Message)
+
+
+class StreamJsonParser:
+    """Incremental parser for ``claude --output-format stream-json --verbose``.
+
+    Feed it raw bytes as they arrive.  Lines that are not JSON (or not the shape
+    we expect) are counted and ignored: the log keeps them, the parser never fails.
+    """
+
+    #: Longest line we buffer; longer ones (huge tool output) are skipped whole.
+    MAX_LINE = 16 * 1024 * 1024
+    #: Longest result text kept on the task (the full text is in the log).
+    MAX_RESULT = 8000
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._skipping = False
+        self.session_id: str | None = None
+        self.model: str | None = None
+        self.result: str | None = None
+        self.result_subtype: str | None = None
+        self.is_error: bool = False
+        self.cost_usd: float | None = None
+        self.num_turns: int | None = None
+        self.usage: _Usage | None = None
+        self.last_text: str | None = None
+        self.garbage_lines = 0
+        self.json_lines = 0
+        self._msg_usage: dict[str, _Usage] = {}
+
+    def feed(self, data: bytes) -> None:
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                rest = data[start:]
+                if not self._skipping:
+                    self._buf += rest
+                    if len(self._buf) > self.MAX_LINE:
+                        self._buf.clear()
+                        self._skipping = True
+                        self.garbage_lines += 1
+                return
+            if self._skipping:
+                self._skipping = False
+            elif self._buf:
+                self._buf += data[start:nl]
+                self._line(bytes(self._buf))
+                self._buf.clear()
+            else:
+                self._line(data[start:nl])
+            start = nl + 1
+
+    def close(self) -> None:
+        """End of stream: a final line without newline still counts."""
+        if self._buf and not self._skipping:
+            self._line(bytes(self._buf))
+        self._buf.clear()
+
+    def _line(self, raw: bytes) -> None:
+        raw = raw.strip()
+        if not raw:
+            return
+        if raw[:1] != b"{":
+            self.garbage_lines += 1
+            return
+        try:
+            line = _line_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.garbage_lines += 1
+            return
+        self.json_lines += 1
+        if line.session_id:
+            self.session_id = line.session_id
+        t = line.type
+        if t == "system":
+            if line.model:
+                self.model = line.model
+        elif t == "assistant" and len(line.message):
+            self._assistant(line.message)
+        elif t == "result":
+            self.result_subtype = line.subtype
+            self.is_error = bool(line.is_error) or (line.subtype not in (None, "success"))
+            if line.result is not None:
+                self.result = line.result[: self.MAX_RESULT]
+            if line.total_cost_usd is not None:
+                self.cost_usd = line.total_cost_usd
+            if line.num_turns is not None:
+                self.num_turns = line.num_turns
+            if line.usage is not None:
+                self.usage = line.usage
+
+    def _assistant(self, raw: msgspec.Raw) -> None:
+        try:
+            msg = _msg_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.garbage_lines += 1  # JSON, but not the shape claude emits
+            return
+        if isinstance(msg.content, str):
+            self.last_text = msg.content[: self.MAX_RESULT]
+        else:
+            texts = [b.text for b in msg.content if b.type == "text" and b.text]
+            if texts:
+                self.last_text = "\n".join(texts)[: self.MAX_RESULT]
+        if msg.usage is not None:
+            # claude repeats a message (same id, same usage) once per content block.
+            self._msg_usage[msg.id or f"#{len(self._msg_usage)}"] = msg.usage
+
+    def total_usage(self) -> _Usage | None:
+        """The result line's usage, else the sum over distinct assistant messages (run was cut short)."""
+        if self.usage is not None:
+            return self.usage
+        if not self._msg_usage:
+            return None
+        tot = _Usage()
+        for u in self._msg_usage.values():
+            tot.input_tokens += u.input_tokens
+            tot.output_tokens += u.output_tokens
+            tot.cache_creation_input_tokens += u.cache_creation_input_tokens
+            tot.cache_read_input_tokens += u.cache_read_input_tokens
+        return tot
+
+    def summary(self) -> str | None:
+        return self.result if self.result is not None else self.last_text
+
+
+# --- process identity and orphan cleanup -------------------------------------
+
+_boot_id: str | None = None
+
+
+def _get_boot_id() -> str:
+    global _boot_id
+    if _boot_id is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _boot_id = f.read().strip()
+        except OSError:
+            _boot_id = "?"
+    return _boot_id
+
+
+def proc_identity(pid: int) -> str | None:
+    """``"<boot_id>:<starttime>"`` of a live pid, None if it does not exist.
+
+    starttime (field 22 of /proc/PID/stat, clock ticks since boot) plus the boot id
+    identify a process uniquely, so a recycled pid is never mistaken for ours.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # comm (field 2) may contain spaces and parens: split after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] == b"Z":
+        return None  # zombie: already dead, only waiting to be reaped
+    return f"{_get_boot_id()}:{int(fields[19])}"
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait (without polling) for a non-child pid to exit, via pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError as e:
+        return e.errno == errno.ESRCH
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        return bool(p.poll(timeout * 1000))
+    finally:
+        os.close(fd)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_orphan_group(pid: int, identity: str | None, grace_s: float = 2.0) -> bool:
+    """Kill the process group a previous service life started, if it is provably ours.
+
+    - leader alive with the recorded identity: ours -> SIGTERM, grace, SIGKILL the group;
+    - leader alive with another identity: the pid was recycled -> leave it alone;
+    - leader gone: Linux does not reuse a pid while it is still some group's pgid,
+      so any members left in group ``pid`` are ours -> SIGKILL them.
+    Returns True if something was signalled.
+    """
+    if pid <= 1:
+        return False
+    ident = proc_identity(pid)
+    if ident is not None:
+        if identity is None or ident != identity:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        _wait_gone(pid, grace_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        return True
+    if _group_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        return True
+    return False

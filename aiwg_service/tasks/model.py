@@ -1,0 +1,209 @@
+"""Task and agent-profile model shared by the service and its clients.
+
+Kept to msgspec + stdlib so that ``aiwgctl`` can import it without paying for
+asyncio, sqlite3 or the supervisor.  Times are ISO-8601 UTC strings with
+millisecond precision and a trailing ``Z`` (fixed width, so they sort
+lexically in SQLite and read well in JSON).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "FINISHED_STATES",
+    "AgentProfile",
+    "Emit",
+    "Task",
+    "TaskSource",
+    "TaskState",
+    "new_task_id",
+    "parse_time",
+    "utc_now",
+]
+
+
+#: ``emit(event_type, project_root_or_None, data)``: synchronous, must not block.
+Emit = Callable[[str, str | None, dict[str, Any]], None]
+
+
+class TaskState(enum.StrEnum):
+    """Lifecycle states; ``interrupted`` is transient (then queued or failed)."""
+
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    timeout = "timeout"
+    cancelled = "cancelled"
+    interrupted = "interrupted"
+
+
+FINISHED_STATES: frozenset[TaskState] = frozenset(
+    {TaskState.completed, TaskState.failed, TaskState.timeout, TaskState.cancelled}
+)
+
+
+class TaskSource(enum.StrEnum):
+    """Who asked for the task; used for filtering and accounting."""
+
+    cli = "cli"
+    rule = "rule"
+    cron = "cron"
+    chat = "chat"
+    messaging = "messaging"
+    webhook = "webhook"
+
+
+NonNegInt = Annotated[int, Meta(ge=0)]
+PosInt = Annotated[int, Meta(ge=1)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+#: systemd size, e.g. "512M", "2G", "infinity".
+SizeStr = Annotated[str, Meta(pattern=r"^([0-9]+[KMGT]?|[0-9]+%|infinity)$")]
+#: systemd CPUQuota, e.g. "50%", "200%".
+PercentStr = Annotated[str, Meta(pattern=r"^[0-9]+%$")]
+EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+ProfileName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class Task(Struct, kw_only=True, omit_defaults=False):
+    """One unit of agent work.  Serialised as-is to clients (JSON) and to SQLite columns."""
+
+    id: str
+    project: str
+    prompt: str
+    agent: str = "claude"
+    priority: int = 0
+    state: TaskState = TaskState.queued
+    source: TaskSource = TaskSource.cli
+    created_at: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    #: Number of times the task was started (a re-queued task is started again).
+    attempts: NonNegInt = 0
+    #: Number of times a run was cut short by a service crash/stop (history of ``interrupted``).
+    interruptions: NonNegInt = 0
+    pid: int | None = None
+    #: "<boot_id>:<starttime ticks>" of ``pid``; lets recovery tell our process from a recycled pid.
+    pid_start: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    session_id: str | None = None
+    cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    num_turns: int | None = None
+    result: str | None = None
+    log_path: str | None = None
+    output_truncated: bool = False
+    timeout_s: Annotated[float, Meta(gt=0)] | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (enums as strings) for events and JSON-RPC results."""
+        return msgspec.to_builtins(self)
+
+    def run_seconds(self) -> float | None:
+        if not self.started_at or not self.finished_at:
+            return None
+        return parse_time(self.finished_at) - parse_time(self.started_at)
+
+
+class AgentProfile(Struct, kw_only=True, forbid_unknown_fields=True):
+    """How to run an agent.  ``kind`` picks a built-in argv; ``command`` overrides it.
+
+    ``command`` is an argv template; every ``{prompt}`` in it is replaced by the
+    prompt text.  It is exec'd directly, never through a shell, unless the
+    template itself names one (e.g. ``["/bin/sh", "-c", "{prompt}"]``).
+    """
+
+    kind: str = "claude"  # "claude" | "shell" | "command"
+    command: list[str] | None = None
+    model: str | None = None
+    max_turns: PosInt | None = None
+    allowed_tools: list[str] = []
+    permission_mode: str | None = None
+    args: list[str] = []
+    env: list[EnvName] = []
+    #: How many times an interrupted task is re-queued; 0 = mark it failed.
+    retry: Annotated[int, Meta(ge=0, le=100)] = 1
+    memory_max: SizeStr | None = None
+    cpu_quota: PercentStr | None = None
+    max_output_mb: Annotated[int, Meta(ge=1, le=10_000)] = 10
+    timeout_minutes: Annotated[float, Meta(gt=0)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("claude", "shell", "command"):
+            raise ValueError(f"unknown agent kind {self.kind!r} (expected claude, shell or command)")
+        if self.kind == "command" and not self.command:
+            raise ValueError("kind 'command' needs a non-empty 'command' argv")
+        if self.command is not None and not self.command:
+            raise ValueError("'command' must not be empty")
+
+
+# --- ids and times -----------------------------------------------------------
+
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lowercase: sorts like the numbers
+_id_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
+def _b32(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        out.append(_B32[n & 31])
+        n >>= 5
+    return "".join(reversed(out))
+
+
+def new_task_id() -> str:
+    """``t-`` + 9 base32 chars of ms since epoch + 3 chars of sequence.
+
+    14 chars, sortable by creation within a process (monotonic even if the
+    clock steps back), ~4000 ids per ms before borrowing the next ms.  The
+    sequence starts at a random point each ms so ids from two processes
+    started in the same ms rarely collide (the store's primary key catches it).
+    """
+    global _last_ms, _seq
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms = ms
+            _seq = int.from_bytes(os.urandom(2)) & 0x7FF  # leave half the space for bursts
+        else:
+            _seq += 1
+            if _seq >= 1 << 15:
+                _last_ms += 1
+                _seq = 0
+        return "t-" + _b32(_last_ms, 9) + _b32(_seq, 3)
+
+
+def utc_now() -> str:
+    """Current time as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    return format_time(time.time())
+
+
+def format_time(ts: float) -> str:
+    dt = datetime.fromtimestamp(ts, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_time(s: str) -> float:
+    """Inverse of :func:`utc_now` (epoch seconds)."""
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Task-runner figures (no assertions).
+
+1. 1,000 trivial shell tasks (``true``) at max_parallel=3: tasks/s and the
+   supervisor's overhead per task beyond a bare ``create_subprocess_exec`` + wait.
+2. ``Store.list`` first-page (20) latency p50/p99 with 100,000 tasks stored.
+3. Cost of single store transitions (each is one fsync'd transaction).
+
+Run:  PYTHONPATH=. /work/venv/bin/python bench/tasks.py [--tasks N] [--rows N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiwg_service.tasks.agents import build_argv, profile_lookup
+from aiwg_service.tasks.model import AgentProfile, format_time, new_task_id
+from aiwg_service.tasks.store import Store
+from aiwg_service.tasks.supervisor import Supervisor
+
+SHELL = AgentProfile(kind="shell")
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+async def raw_spawn(argv: list[str], n: int, parallel: int) -> float:
+    """Seconds per process, spawn+wait only, ``parallel`` at a time (same shape as the supervisor)."""
+    sem = asyncio.Semaphore(parallel)
+
+    async def one() -> None:
+        async with sem:
+            p = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                     stdout=asyncio.subprocess.PIPE,
+                                                     stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            await p.communicate()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return (time.perf_counter() - t0) / n
+
+
+async def run_tasks(n: int, parallel: int) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        store = Store(Path(d) / "state")
+        sup = Supervisor(store, profile_lookup({"sh": SHELL}), None, max_parallel=parallel,
+                         log_dir=Path(d) / "logs", default_timeout_s=60)
+        await sup.start()
+        proj = str(Path(d))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            sup.submit(proj, "true", agent="sh")
+        t_submit = time.perf_counter() - t0
+        await sup.wait_idle()
+        wall = time.perf_counter() - t0
+        st = store.stats()
+        store.close()
+    raw_true = await raw_spawn(["true"], n, parallel)
+    raw_sh = await raw_spawn(build_argv(SHELL, "true"), n, parallel)
+    per_task = wall / n
+    print(f"{n} tasks, max_parallel={parallel}: {wall:.2f} s wall, {n / wall:.0f} tasks/s "
+          f"(completed={st['completed']}, submit {t_submit / n * 1e6:.0f} us/task)")
+    print(f"  raw spawn+wait at the same parallelism: 'true' {raw_true * 1e3:.2f} ms/proc, "
+          f"'/bin/sh -c true' {raw_sh * 1e3:.2f} ms/proc")
+    print(f"  supervisor overhead per task beyond spawn (same argv): {(per_task - raw_sh) * 1e3:.2f} ms "
+          f"({per_task * 1e3:.2f} - {raw_sh * 1e3:.2f}); includes 3 fsync'd transitions and the log file")
+
+
+def store_bench(rows: int) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        s = Store(d)
+        t0 = time.time() - rows
+        states = ["completed"] * 8 + ["failed", "queued"]
+        data = []
+        for i in range(rows):
+            ts = format_time(t0 + i)
+            data.append((new_task_id(), f"/home/u/src/p{i % 20}", "prompt " * 20, "claude", 0, states[i % 10],
+                         ("cli", "cron", "rule", "webhook")[i % 4], ts, ts, ts, "result " * 50, 0.01))
+        a = time.perf_counter()
+        with s._tx() as db:
+            db.executemany("INSERT INTO tasks (id, project, prompt, agent, priority, state, source, "
+                           "created_at, started_at, finished_at, result, cost_usd) "
+                           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", data)
+        print(f"store: {rows} rows inserted in {time.perf_counter() - a:.1f} s")
+        cases = {"no filter": {}, "state=failed": {"state": "failed"},
+                 "project": {"project": "/home/u/src/p7"},
+                 "project+state": {"project": "/home/u/src/p9", "state": "queued"},
+                 "source": {"source": "cron"}}
+        for name, kw in cases.items():
+            lat = []
+            for _ in range(300):
+                a = time.perf_counter()
+                s.list(limit=20, **kw)  # type: ignore[arg-type]
+                lat.append(time.perf_counter() - a)
+            print(f"  list first page of 20 [{name}]: p50 {statistics.median(lat) * 1e3:.3f} ms, "
+                  f"p99 {pct(lat, 99) * 1e3:.3f} ms")
+        _, cur = s.list(limit=20, cursor=None)
+        for _ in range(2000):
+            _, cur = s.list(limit=20, cursor=cur)
+        lat = []
+        for _ in range(300):
+            a = time.perf_counter()
+            s.list(limit=20, cursor=cur)
+            lat.append(time.perf_counter() - a)
+        print(f"  list page 2001 via cursor: p50 {statistics.median(lat) * 1e3:.3f} ms")
+        a = time.perf_counter()
+        s.stats()
+        print(f"  stats() over {rows}: {(time.perf_counter() - a) * 1e3:.1f} ms")
+        a = time.perf_counter()
+        s.next_queued()
+        print(f"  next_queued(): {(time.perf_counter() - a) * 1e3:.3f} ms")
+        lat = []
+        for _ in range(200):
+            a = time.perf_counter()
+            t = s.submit("/p", "x")
+            lat.append(time.perf_counter() - a)
+        print(f"  submit (1 fsync'd transaction): p50 {statistics.median(lat) * 1e3:.3f} ms, "
+              f"p99 {pct(lat, 99) * 1e3:.3f} ms")
+        lat = []
+        for _ in range(200):
+            a = time.perf_counter()
+            s.get(t.id)
+            lat.append(time.perf_counter() - a)
+        print(f"  get: p50 {statistics.median(lat) * 1e6:.0f} us")
+        s.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=1000)
+    ap.add_argument("--parallel", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=100_000)
+    a = ap.parse_args()
+    uvloop.run(run_tasks(a.tasks, a.parallel))
+    store_bench(a.rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Stand-in for ``claude -p PROMPT --output-format stream-json --verbose``.
+
+Behaviour is steered by words in the prompt:
+  sleep=S          sleep S seconds before answering
+  fail             exit 1 after an error result
+  error-result     result line with is_error/error_max_turns, exit 0
+  ignore-term      ignore SIGTERM
+  spawn-grandchild fork a grandchild that ignores SIGTERM and sleeps; pidfile=PATH gets its pid
+  pidfile=PATH     where to write the grandchild's (or, without it, our own) pid
+  big=N            print N MB of assistant text lines
+  garbage          interleave non-JSON lines
+  env=NAME         report the value of env var NAME in the result text
+  mark=PATH        append "start <pid> <t>" / "end <pid> <t>" lines to PATH
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+
+def out(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def opt(words: list[str], key: str) -> str | None:
+    for w in words:
+        if w.startswith(key + "="):
+            return w.split("=", 1)[1]
+    return None
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    prompt = argv[argv.index("-p") + 1] if "-p" in argv else ""
+    model = argv[argv.index("--model") + 1] if "--model" in argv else "fake-model"
+    words = prompt.split()
+    sid = f"sess-{os.getpid()}"
+    mark = opt(words, "mark")
+    if mark:
+        with open(mark, "a") as f:
+            f.write(f"start {os.getpid()} {time.time():.6f}\n")
+    if "ignore-term" in words:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pidfile = opt(words, "pidfile")
+    if "spawn-grandchild" in words:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.execvp("sleep", ["sleep", "300"])
+        if pidfile:
+            with open(pidfile + ".tmp", "w") as f:
+                f.write(str(pid))
+            os.rename(pidfile + ".tmp", pidfile)
+    elif pidfile:
+        with open(pidfile + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(pidfile + ".tmp", pidfile)
+
+    out({"type": "system", "subtype": "init", "session_id": sid, "model": model,
+         "cwd": os.getcwd(), "tools": ["Bash", "Read", "Edit"], "argv": argv})
+    if "garbage" in words:
+        sys.stdout.write("this is not json\n{broken json\n")
+        sys.stderr.write("warning: something on stderr\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+    usage1 = {"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 100,
+              "cache_read_input_tokens": 200}
+    msg = {"id": "msg_1", "role": "assistant", "model": model,
+           "content": [{"type": "text", "text": "Working on it."}], "usage": usage1}
+    out({"type": "assistant", "message": msg, "session_id": sid})
+    tool = {"id": "msg_1", "role": "assistant", "model": model,
+            "content": [{"type": "tool_use", "id": "tu_1", "name": "Bash", "input": {"command": "ls"}}],
+            "usage": usage1}
+    out({"type": "assistant", "message": tool, "session_id": sid})
+    out({"type": "user", "message": {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "tu_1", "content": [{"type": "text", "text": "a\nb"}]}]},
+        "session_id": sid})
+    if "garbage" in words:
+        sys.stdout.write("\x00\x01 binary-ish junk\n[]\n42\n")
+        sys.stdout.flush()
+    big = opt(words, "big")
+    if big:
+        line = json.dumps({"type": "assistant", "message": {"id": "msg_big", "content": [
+            {"type": "text", "text": "x" * 1000}]}, "session_id": sid}) + "\n"
+        n = int(float(big) * 1024 * 1024) // len(line) + 1
+        chunk = line * 64
+        for _ in range(n // 64 + 1):
+            sys.stdout.write(chunk)
+        sys.stdout.flush()
+    sleep = opt(words, "sleep")
+    if sleep:
+        end = time.monotonic() + float(sleep)
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(left)
+    text = "Done: " + prompt[:200]
+    envname = opt(words, "env")
+    if envname:
+        text = f"{envname}={os.environ.get(envname, '<unset>')}"
+    failed = "fail" in words
+    err_result = "error-result" in words
+    usage = {"input_tokens": 1234, "output_tokens": 567, "cache_creation_input_tokens": 89,
+             "cache_read_input_tokens": 4321}
+    out({"type": "result", "subtype": "error_max_turns" if err_result else
+         ("error_during_execution" if failed else "success"),
+         "is_error": failed or err_result, "result": text, "session_id": sid,
+         "total_cost_usd": 0.0123, "duration_ms": 1500, "duration_api_ms": 1200, "num_turns": 3,
+         "usage": usage})
+    if mark:
+        with open(mark, "a") as f:
+            f.write(f"end {os.getpid()} {time.time():.6f}\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
