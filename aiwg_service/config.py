@@ -315,10 +315,19 @@ def validate(raw: Any, display: str) -> Loaded:
 def _check_schedule(cfg: Config) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     seen: set[str] = set()
+    from .cron import validate_expression, validate_timezone
+
     for i, job in enumerate(cfg.schedule.jobs):
         if job.id in seen:
             errors.append((f"schedule.jobs[{i}].id", f"duplicate job id {_show(job.id)}"))
         seen.add(job.id)
+        problem = validate_expression(job.cron)
+        if problem:
+            errors.append((f"schedule.jobs[{i}].cron", problem))
+        if job.tz:
+            problem = validate_timezone(job.tz)
+            if problem:
+                errors.append((f"schedule.jobs[{i}].tz", problem))
     return errors
 
 

@@ -2,6 +2,7 @@
 
 Start order: event router, task store, agent supervisor, automation engine, IPC server, file watcher,
 cron scheduler, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
+Subsystems never import each other: this module hands each one the bus (and the store) it needs.
 """
 
 from __future__ import annotations
@@ -9,19 +10,59 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .service import Service
+    from .service import Configs, Service
+
+
+class WatcherSubsystem:
+    """The inotify engine, fed each project's ``watch`` section, publishing on the bus."""
+
+    name = "watcher"
+
+    def __init__(self, service: Service) -> None:
+        from .watcher import FileWatcher
+
+        bus = service.bus
+        self.engine = FileWatcher(lambda type, root, data: bus.publish(type, root, data, "watch"))
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+
+    def apply(self, configs: Configs) -> None:
+        from .watcher import WatchSpec
+
+        for root in list(self.engine._roots):
+            if root not in configs.projects:
+                self.engine.remove_root(root)
+        for root, project in configs.projects.items():
+            w = project.config.watch
+            specs = [WatchSpec(s.path, tuple(s.events), tuple(s.extensions), tuple(s.ignore)) for s in w.paths]
+            self.engine.set_root(root, specs, debounce_ms=w.debounce_ms, enabled=w.enabled)
+
+    def health(self) -> dict[str, Any]:
+        h = self.engine.health()
+        roots = h.get("roots", {})
+        h["watched_dirs"] = sum(r["watched_dirs"] for r in roots.values())
+        h["unwatched_dirs"] = sum(r["unwatched_dirs"] for r in roots.values())
+        return h
 
 
 def build_subsystems(service: Service) -> list[Any]:
+    from .scheduler import CronScheduler
     from .service import IpcSubsystem, Placeholder
 
+    scheduler = CronScheduler(service.bus, service.state_dir)
+    service.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
     return [
         service.bus,
         Placeholder("store"),
         Placeholder("supervisor"),
         Placeholder("automation"),
         IpcSubsystem(service),
-        Placeholder("watcher"),
-        Placeholder("scheduler"),
+        WatcherSubsystem(service),
+        scheduler,
         Placeholder("messaging"),
     ]
+

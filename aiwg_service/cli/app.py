@@ -15,6 +15,7 @@ import typer
 from .. import paths
 from . import render, systemctl
 from .core import call, cmd_ping, cmd_status, fail, options, use_instance
+from .cron import cron_app
 from .events import events_app
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
 app.add_typer(config_app, name="config")
 app.add_typer(events_app, name="events")
+app.add_typer(cron_app, name="cron")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 

@@ -57,9 +57,9 @@ def resolve_socket() -> Path:
 
 
 def use_instance(project: Path) -> None:
-    from ..sdescape import escape_path
+    from ..systemd import systemd_escape_path
 
-    options.socket = paths.instance_socket_path(escape_path(str(project.expanduser().resolve())))
+    options.socket = paths.instance_socket_path(systemd_escape_path(str(project.expanduser().resolve())))
 
 
 def call(method: str, params: dict[str, Any] | None = None, timeout: float | None = 30.0) -> Any:
