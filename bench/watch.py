@@ -5,7 +5,7 @@
 Figures:
 * setup: time for ``set_root`` to watch a tree of N directories (targets: < 0.5 s for 20,000);
 * latency: write -> emitted ``file.*`` event with ``debounce_ms=0`` (target: p50 < 5 ms);
-* bus throughput: placeholder, filled in by the integrator once the event bus exists.
+* bus throughput: events per second from publish to one subscriber's handler.
 """
 
 from __future__ import annotations
@@ -138,14 +138,31 @@ async def bench_latency(n_writes: int) -> None:
         )
 
 
-async def bench_bus_throughput() -> None:
-    """PLACEHOLDER -- events per second through the event bus.
+async def bench_bus_throughput(n: int = 200_000) -> None:
+    """Events per second through the event bus to one subscriber: publish n events, wait for all to arrive."""
+    from aiwg_service.bus import EventBus
 
-    To be filled in by the integrator (the bus lives elsewhere): wire ``FileWatcher(emit=bus.publish)``,
-    generate a burst of writes under a watched root with debounce_ms=0 and a high
-    batch_threshold, and report delivered events per second at the subscriber side.
-    """
-    print("bus throughput: not measured (placeholder, see bench_bus_throughput)")
+    bus = EventBus(None)
+    done = asyncio.get_running_loop().create_future()
+    seen = 0
+
+    def handler(_ev: object) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == n and not done.done():
+            done.set_result(None)
+
+    bus.subscribe("file.*", handler, name="bench", max_queue=n)
+    await bus.start()
+    t0 = time.perf_counter()
+    for i in range(n):
+        bus.publish("file.modify", "/proj", {"path": f"src/f{i % 1000}.py", "event_type": "modify"}, "watch")
+    t_pub = time.perf_counter() - t0
+    await done
+    total = time.perf_counter() - t0
+    await bus.stop()
+    print(f"bus: {n:,} events to one subscriber in {total:.3f} s = {n / total:,.0f} events/s "
+          f"(publish alone {n / t_pub:,.0f}/s)")
 
 
 async def main(args: argparse.Namespace) -> None:
