@@ -221,6 +221,10 @@ METHODS: dict[str, type[Params]] = {
     "chat.send": ChatSendParams,
 }
 
+#: Methods that only read: still answered while the service is stopping (everything else is refused).
+READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
+                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list"})
+
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"
 NOTIFY_TASK_OUTPUT = "task.output"

@@ -152,7 +152,7 @@ class RpcServer:
         self.connections: set[Connection] = set()
         self.uid = os.getuid()
         self.server: asyncio.AbstractServer | None = None
-        self.accepting = True
+        self.accepting = True  # False once a stop begins: only READ_ONLY methods are served then
         self.requests = 0
         self.errors = 0
 
@@ -245,6 +245,9 @@ class RpcServer:
         try:
             params = p.decode_params(req.method, req.params)
         except p.RpcError as err:
+            return None if notification else p.encode_error(rid, err)
+        if not self.accepting and req.method not in p.READ_ONLY:
+            err = p.RpcError(p.SERVER_BUSY, "the service is stopping and takes no new work; retry once it is back")
             return None if notification else p.encode_error(rid, err)
         if entry.is_async:
             conn.spawn(self._run_async(entry, params, conn, rid, notification, batch_fut))

@@ -222,3 +222,25 @@ def test_stale_socket_is_replaced_but_a_live_one_is_not(tmp_path: Path) -> None:
     s = socket.socket(socket.AF_UNIX)
     with pytest.raises(ConnectionRefusedError):
         s.connect(str(path))
+
+
+def test_stopping_service_refuses_new_work_but_answers_reads(tmp_path: Path) -> None:
+    async def scenario() -> tuple[dict[str, object], dict[str, object]]:
+        server = RpcServer()
+        server.register("ping", lambda _p, _c: {"pong": True})
+        server.register("project.add", lambda _p, _c: {"added": True})
+        sock_path = tmp_path / "s" / "rpc.sock"
+        await server.serve(bind_socket(sock_path))
+        server.accepting = False  # what a SIGTERM does first
+        reader, writer = await asyncio.open_unix_connection(str(sock_path))
+        writer.write(b'{"jsonrpc":"2.0","method":"project.add","params":{"path":"/x"},"id":1}\\n'
+                     b'{"jsonrpc":"2.0","method":"ping","id":2}\\n')
+        first = json.loads(await reader.readline())
+        second = json.loads(await reader.readline())
+        writer.close()
+        await server.close()
+        return first, second
+
+    refused, ping = asyncio.run(scenario())
+    assert refused["error"]["code"] == -32000 and "stopping" in refused["error"]["message"]
+    assert ping["result"] == {"pong": True}
