@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from service_fixture import ServiceEnv
@@ -75,8 +76,10 @@ def test_config_check_without_a_service(svc_env: ServiceEnv) -> None:
 def test_help_and_completion(svc_env: ServiceEnv) -> None:
     res = svc_env.ctl("--help", check=True)
     assert "project" in res.stdout and "status" in res.stdout
-    res = svc_env.ctl("--show-completion", "bash")
-    assert res.returncode == 0 and "complete" in res.stdout
+    # typer detects the shell from the parent process, so ask from inside bash
+    res = subprocess.run(["bash", "-c", "aiwgctl --show-completion"], env=svc_env.env, capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 0 and "complete" in res.stdout, res.stderr
 
 
 def test_socket_found_through_the_project_link(service: ServiceEnv, tmp_path: Path) -> None:
