@@ -22,6 +22,8 @@ import msgspec
 import msgspec.inspect as mi
 from msgspec import Meta, Struct, field
 
+from .tasks.model import PERCENT_PATTERN, SIZE_PATTERN, AgentKind, AgentProfile, profile_problems
+
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit's RestartPreventExitStatus= names it
 
 EventKind = Literal["create", "modify", "delete"]
@@ -37,6 +39,8 @@ PATTERN_HELP: dict[str, str] = {
     ENV_NAME: "{v} must be the name of an environment variable",
     EXTENSION: '{v} must start with a dot, like ".ts"',
     JOB_ID: "{v} may use only letters, digits and _ . : -",
+    SIZE_PATTERN: '{v} must be a size like "512M", "2G", "50%" or "infinity"',
+    PERCENT_PATTERN: '{v} must be a percentage like "50%" or "200%"',
 }
 #: Literal types keep their declared order in messages (msgspec sorts them).
 LITERAL_ORDER: dict[frozenset[Any], tuple[Any, ...]] = {}
@@ -47,7 +51,7 @@ def register_literal(*aliases: Any) -> None:
         LITERAL_ORDER[frozenset(get_args(a))] = get_args(a)
 
 
-register_literal(EventKind, LogLevel)
+register_literal(EventKind, LogLevel, AgentKind)
 
 
 class LogConfig(Struct, forbid_unknown_fields=False):
@@ -117,7 +121,9 @@ class Config(Struct):
     daemon: DaemonSection = field(default_factory=DaemonSection)
     watch: WatchSection = field(default_factory=WatchSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
-    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Agent profiles by name: the service file's apply everywhere; a project's file adds or overrides
+    #: profiles for that project only.
+    agents: dict[str, AgentProfile] = field(default_factory=dict)
     rules: list[dict[str, Any]] = field(default_factory=list)
     webhook: WebhookSection = field(default_factory=WebhookSection)
     messaging: dict[str, Any] = field(default_factory=dict)
@@ -298,18 +304,33 @@ def validate(raw: Any, display: str) -> Loaded:
     if not isinstance(raw, dict):
         raise ConfigError([f"{display}: the top level must be a JSON object"])
     _walk(raw, _CONFIG_TYPE, "", errors, warnings)
-    for section in ("agents", "rules", "messaging"):
+    for section in ("rules", "messaging"):  # agents are typed: the walker checks their keys
         if section in raw:
             _secret_scan(raw[section], section, errors)
     cfg: Config | None = None
     if not errors:
-        cfg = msgspec.convert(raw, Config)
+        try:
+            cfg = msgspec.convert(raw, Config)
+        except msgspec.ValidationError as exc:  # a __post_init__ check the walker cannot see
+            raise ConfigError([f"{display}: {p}: {m}" for p, m in _convert_errors(raw, exc)]) from None
         for check in SEMANTIC_CHECKS:
             errors.extend(check(cfg))
     if errors:
         raise ConfigError([f"{display}: {p or '(top level)'}: {m}" for p, m in errors])
     assert cfg is not None
     return Loaded(cfg, [f"{display}: {p}: {m}" for p, m in warnings])
+
+
+def _convert_errors(raw: dict[str, Any], exc: msgspec.ValidationError) -> list[tuple[str, str]]:
+    """Name the profile a __post_init__ refused (msgspec says ``$.agents[...]`` for a dict value)."""
+    out: list[tuple[str, str]] = []
+    agents = raw.get("agents")
+    for name, value in (agents.items() if isinstance(agents, dict) else ()):
+        try:
+            msgspec.convert(value, AgentProfile)
+        except msgspec.ValidationError as e:
+            out.append((_join("agents", name), str(e).partition(" - at `$")[0]))
+    return out or [("(top level)", str(exc))]
 
 
 def _check_schedule(cfg: Config) -> list[tuple[str, str]]:
@@ -332,6 +353,21 @@ def _check_schedule(cfg: Config) -> list[tuple[str, str]]:
 
 
 SEMANTIC_CHECKS.append(_check_schedule)
+
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_agents(cfg: Config) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    for name, profile in cfg.agents.items():
+        if not PROFILE_NAME.match(name):
+            errors.append((_join("agents", name), "a profile name may use only letters, digits and _ . - "
+                                                  "(at most 64, starting with a letter or digit)"))
+        errors.extend((_join(_join("agents", name), f), m) for f, m in profile_problems(profile))
+    return errors
+
+
+SEMANTIC_CHECKS.append(_check_agents)
 
 
 def default_dict() -> dict[str, Any]:

@@ -190,7 +190,7 @@ class EventIdParams(Params):
 
 class ChatSendParams(Params):
     message: Annotated[str, Meta(min_length=1)]
-    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
+    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 5  # the AIWG daemon's default: chat goes first
     project: str | None = None
 
 

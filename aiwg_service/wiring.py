@@ -52,13 +52,15 @@ class WatcherSubsystem:
 def build_subsystems(service: Service) -> list[Any]:
     from .scheduler import CronScheduler
     from .service import IpcSubsystem, Placeholder
+    from .tasks import subsystems as tasks
 
     scheduler = CronScheduler(service.bus, service.state_dir)
     service.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
+    store, supervisor = tasks.build(service)  # also registers task.* and chat.send
     return [
         service.bus,
-        Placeholder("store"),
-        Placeholder("supervisor"),
+        store,
+        supervisor,
         Placeholder("automation"),
         IpcSubsystem(service),
         WatcherSubsystem(service),

@@ -5,15 +5,21 @@
    supervisor's overhead per task beyond a bare ``create_subprocess_exec`` + wait.
 2. ``Store.list`` first-page (20) latency p50/p99 with 100,000 tasks stored.
 3. Cost of single store transitions (each is one fsync'd transaction).
+4. The same 1,000 ``true`` tasks through a real ``aiwg-service`` process over its socket
+   (``task.submit`` from a client, completion seen as ``task.completed`` events on a subscription):
+   tasks/s end to end, submit round trip, and the overhead per task beyond a bare spawn.
 
-Run:  PYTHONPATH=. /work/venv/bin/python bench/tasks.py [--tasks N] [--rows N]
+Run:  PYTHONPATH=. /work/venv/bin/python bench/tasks.py [--tasks N] [--rows N] [--no-service]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -137,14 +143,74 @@ def store_bench(rows: int) -> None:
         s.close()
 
 
+def service_bench(n: int, parallel: int) -> None:
+    """1,000 ``task.submit`` of a shell ``true`` to a real service, ``parallel`` at a time."""
+    from aiwg_service.cli.client import Client
+
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        (tmp / "run").mkdir(mode=0o700)
+        (tmp / "project").mkdir()
+        (tmp / "config" / "aiwg").mkdir(parents=True)
+        (tmp / "config" / "aiwg" / "daemon.json").write_text(json.dumps(
+            {"daemon": {"max_parallel_actions": parallel, "stop_timeout_seconds": 0},
+             "agents": {"sh": {"kind": "shell"}}}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "LISTEN_", "AIWG_"))}
+        env.update(XDG_RUNTIME_DIR=str(tmp / "run"), XDG_STATE_HOME=str(tmp / "state"),
+                   XDG_CONFIG_HOME=str(tmp / "config"), PYTHONPATH=str(repo))
+        env.pop("INVOCATION_ID", None)
+        sock = tmp / "run" / "aiwg" / "daemon.sock"
+        proc = subprocess.Popen([sys.executable, "-c", "from aiwg_service.main import main; main()", "run",
+                                 "--project", str(tmp / "project"), "--log-level", "warning"],
+                                env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 15
+            while not sock.exists():
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("the service did not start")
+                time.sleep(0.02)
+            time.sleep(0.2)
+            with Client(sock, 60) as sub, Client(sock, 60) as c:
+                sub.call("events.subscribe", {"type": "task.completed"})
+                lat = []
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    a = time.perf_counter()
+                    c.call("task.submit", {"prompt": "true", "agent": "sh"})
+                    lat.append(time.perf_counter() - a)
+                t_submit = time.perf_counter() - t0
+                done = 0
+                while done < n:
+                    msg = sub.read()
+                    if msg.get("method") == "events.event":
+                        done += 1
+                wall = time.perf_counter() - t0
+                st = c.call("task.stats")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    raw_sh = uvloop.run(raw_spawn(build_argv(SHELL, "true"), n, parallel))
+    per_task = wall / n
+    print(f"service over the socket: {n} task.submit, max_parallel={parallel}: {wall:.2f} s wall, "
+          f"{n / wall:.0f} tasks/s (completed={st['completed']})")
+    print(f"  task.submit round trip: p50 {statistics.median(lat) * 1e3:.2f} ms, p99 {pct(lat, 99) * 1e3:.2f} ms "
+          f"({t_submit / n * 1e3:.2f} ms/submit while tasks run)")
+    print(f"  overhead per task beyond a bare '/bin/sh -c true' spawn: {(per_task - raw_sh) * 1e3:.2f} ms "
+          f"({per_task * 1e3:.2f} - {raw_sh * 1e3:.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=1000)
     ap.add_argument("--parallel", type=int, default=3)
     ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--no-service", action="store_true", help="skip the run through a real service")
     a = ap.parse_args()
     uvloop.run(run_tasks(a.tasks, a.parallel))
     store_bench(a.rows)
+    if not a.no_service:
+        service_bench(a.tasks, a.parallel)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 
 BIN = Path(sys.executable).parent
+#: This checkout, first on the service's and aiwgctl's path: they run with cwd = the test's tmp dir, so an
+#: inherited relative PYTHONPATH=. would not find it, and the venv's editable install may point elsewhere.
+REPO = Path(__file__).resolve().parent.parent
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
@@ -90,6 +93,7 @@ class ServiceEnv:
             "XDG_CONFIG_HOME": str(self.config_home),
             "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
         }
         self.socket = self.runtime / "aiwg" / "daemon.sock"
         self.state_dir = self.state_home / "aiwg"

@@ -107,3 +107,36 @@ def test_write_default_never_clobbers(tmp_path: Path) -> None:
     assert config.write_default(path) is False
     assert json.loads(path.read_text()) == {"watch": {"enabled": False}}
     assert list(path.parent.iterdir()) == [path]  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    ("agents", "expected"),
+    [
+        ({"lint": {"max_turns": 0}}, "agents.lint.max_turns: 0 must be >= 1"),
+        ({"lint": {"kind": "robot"}}, 'agents.lint.kind: "robot" is not one of claude, shell, command'),
+        ({"lint": {"kind": "command"}}, "agents.lint: kind 'command' needs a non-empty 'command' argv"),
+        ({"lint": {"kind": "command", "command": ["lint", "--all"]}},
+         "agents.lint.command: must contain {prompt} (where the task's prompt goes)"),
+        ({"lint": {"memory_max": "lots"}}, 'agents.lint.memory_max: "lots" must be a size like "512M", "2G", '
+                                           '"50%" or "infinity"'),
+        ({"lint": {"cpu_quota": "half"}}, 'agents.lint.cpu_quota: "half" must be a percentage like "50%" or "200%"'),
+        ({"lint": {"env": ["NOT VALID"]}}, 'agents.lint.env[0]: "NOT VALID" must be the name of an environment '
+                                           'variable'),
+        ({"lint": {"retry": "x"}}, 'agents.lint.retry: must be an integer, not "x"'),
+        ({"lint": {"api_key": "sk-123"}}, "agents.lint.api_key: looks like a secret"),
+        ({"bad name": {}}, "agents.bad name: a profile name may use only letters, digits and _ . -"),
+        ({"lint": []}, "agents.lint: must be an object, not a list"),
+    ],
+)
+def test_agent_profile_errors_name_their_path(agents: dict[str, object], expected: str) -> None:
+    errs = errors_of({"agents": agents})
+    assert len(errs) == 1 and errs[0].startswith(f"{F}: {expected}"), errs
+
+
+def test_agent_profiles_load_typed_and_unknown_keys_warn() -> None:
+    from aiwg_service.tasks.model import AgentProfile
+
+    loaded = config.parse(json.dumps({"agents": {"lint": {"kind": "command", "command": ["lint", "{prompt}"],
+                                                          "retry": 0, "colour": "red"}}}), F)
+    assert loaded.config.agents == {"lint": AgentProfile(kind="command", command=["lint", "{prompt}"], retry=0)}
+    assert loaded.warnings == [f"{F}: agents.lint.colour: unknown key, ignored"]

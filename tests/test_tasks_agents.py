@@ -52,15 +52,22 @@ def test_task_json_roundtrip() -> None:
     ({"env": ["NOT VALID"]}, "$.env[0]"),
     ({"max_output_mb": 0}, "$.max_output_mb"),
     ({"timeout_minutes": -5}, "$.timeout_minutes"),
-    ({"bogus": 1}, "bogus"),
+    ({"kind": "robot"}, "$.kind"),
 ])
 def test_profile_validation_reports_path(bad: dict[str, object], path: str) -> None:
     with pytest.raises(msgspec.ValidationError, match=path.replace("$", r"\$").replace("[", r"\[")):
         msgspec.convert(bad, AgentProfile)
 
 
+def test_profile_unknown_keys_are_ignored() -> None:
+    # the config loader warns about them (like every other section); they never stop a profile loading
+    assert msgspec.convert({"kind": "shell", "bogus": 1}, AgentProfile) == AgentProfile(kind="shell")
+
+
 def test_profile_kind_checks() -> None:
-    with pytest.raises(msgspec.ValidationError, match="unknown agent kind"):
+    with pytest.raises(ValueError, match="unknown agent kind"):
+        AgentProfile(kind="robot")  # type: ignore[arg-type]
+    with pytest.raises(msgspec.ValidationError, match="Invalid enum value 'robot'"):
         msgspec.convert({"kind": "robot"}, AgentProfile)
     with pytest.raises(msgspec.ValidationError, match="needs a non-empty"):
         msgspec.convert({"kind": "command"}, AgentProfile)

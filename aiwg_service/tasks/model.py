@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -28,6 +28,7 @@ __all__ = [
     "TaskState",
     "new_task_id",
     "parse_time",
+    "profile_problems",
     "utc_now",
 ]
 
@@ -67,10 +68,12 @@ class TaskSource(enum.StrEnum):
 NonNegInt = Annotated[int, Meta(ge=0)]
 PosInt = Annotated[int, Meta(ge=1)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
+SIZE_PATTERN = r"^([0-9]+[KMGT]?|[0-9]+%|infinity)$"
+PERCENT_PATTERN = r"^[0-9]+%$"
 #: systemd size, e.g. "512M", "2G", "infinity".
-SizeStr = Annotated[str, Meta(pattern=r"^([0-9]+[KMGT]?|[0-9]+%|infinity)$")]
+SizeStr = Annotated[str, Meta(pattern=SIZE_PATTERN)]
 #: systemd CPUQuota, e.g. "50%", "200%".
-PercentStr = Annotated[str, Meta(pattern=r"^[0-9]+%$")]
+PercentStr = Annotated[str, Meta(pattern=PERCENT_PATTERN)]
 EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 ProfileName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 
@@ -124,15 +127,21 @@ class Task(Struct, kw_only=True, omit_defaults=False):
         return parse_time(self.finished_at) - parse_time(self.started_at)
 
 
-class AgentProfile(Struct, kw_only=True, forbid_unknown_fields=True):
+AgentKind = Literal["claude", "shell", "command"]
+
+
+class AgentProfile(Struct, kw_only=True):
     """How to run an agent.  ``kind`` picks a built-in argv; ``command`` overrides it.
 
     ``command`` is an argv template; every ``{prompt}`` in it is replaced by the
     prompt text.  It is exec'd directly, never through a shell, unless the
     template itself names one (e.g. ``["/bin/sh", "-c", "{prompt}"]``).
+
+    Unknown keys are ignored (the config loader reports them as warnings, like
+    every other section), so a profile written for a newer version still loads.
     """
 
-    kind: str = "claude"  # "claude" | "shell" | "command"
+    kind: AgentKind = "claude"
     command: list[str] | None = None
     model: str | None = None
     max_turns: PosInt | None = None
@@ -154,6 +163,15 @@ class AgentProfile(Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("kind 'command' needs a non-empty 'command' argv")
         if self.command is not None and not self.command:
             raise ValueError("'command' must not be empty")
+
+
+def profile_problems(profile: AgentProfile) -> list[tuple[str, str]]:
+    """Checks beyond types, as (field, problem): a ``command`` template that never uses ``{prompt}``
+    would run the agent without its task, silently."""
+    out: list[tuple[str, str]] = []
+    if profile.command and not any("{prompt}" in part for part in profile.command):
+        out.append(("command", "must contain {prompt} (where the task's prompt goes)"))
+    return out
 
 
 # --- ids and times -----------------------------------------------------------

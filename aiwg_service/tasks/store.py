@@ -248,6 +248,11 @@ class Store:
         nxt = tasks[-1].id if len(tasks) == limit else None
         return tasks, nxt
 
+    def count(self, state: TaskState | str) -> int:
+        """Tasks in ``state`` (an index range count: cheap enough for every status line)."""
+        return int(self._db.execute("SELECT count(*) FROM tasks WHERE state = ?",
+                                    (TaskState(state).value,)).fetchone()[0])
+
     def running(self) -> list[Task]:
         rows = self._db.execute(f"SELECT {_COLS} FROM tasks WHERE state IN (?, ?) ORDER BY id",
                                 (TaskState.running.value, TaskState.interrupted.value)).fetchall()
@@ -337,13 +342,15 @@ class Store:
             "state": TaskState.failed, "finished_at": t.finished_at or utc_now(), "error": "interrupted"})
 
     def recover(self, retry_for: Callable[[str], int],
-                kill_orphan: Callable[[int, str | None], bool] = kill_orphan_group) -> list[Task]:
+                kill_orphan: Callable[[int, str | None], bool] = kill_orphan_group, *,
+                retry_for_task: Callable[[Task], int] | None = None) -> list[Task]:
         """Start-up: settle tasks a previous life left ``running`` or ``interrupted``.
 
         For each: kill its orphaned process group if it is provably ours
         (``kill_orphan(pid, pid_start)`` compares /proc start time and boot id),
         record ``interrupted`` (event), then re-queue it if ``attempts <= retry``
-        (``retry_for(agent)``; an unknown agent counts as 0) or fail it with
+        (``retry_for(agent)``, or ``retry_for_task(task)`` when given, for profiles that
+        depend on the project; an unknown agent counts as 0) or fail it with
         error "interrupted".  Returns the settled tasks.
         """
         out = []
@@ -356,7 +363,7 @@ class Store:
                         log.warning("could not kill orphan group %s of %s: %s", t.pid, t.id, e)
                 self.mark_interrupted(t.id, finished_at=utc_now(), error="service restarted while running")
             try:
-                retry = retry_for(t.agent)
+                retry = retry_for_task(t) if retry_for_task is not None else retry_for(t.agent)
             except Exception:
                 retry = 0
             done = self.resolve_interrupted(t.id, retry)

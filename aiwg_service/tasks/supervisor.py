@@ -13,13 +13,22 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .agents import StreamJsonParser, build_argv, child_env, proc_identity, systemd_scope_argv
+from .agents import (
+    StreamJsonParser,
+    build_argv,
+    child_env,
+    proc_identity,
+    process_umask,
+    systemd_scope_argv,
+    umask_argv,
+)
 from .model import AgentProfile, Emit, Task, TaskSource, TaskState
 from .store import Store, StoreError
 
@@ -56,12 +65,20 @@ class Supervisor:
         *,
         max_parallel: int = 3,
         per_project_limit: Callable[[str], int | None] | None = None,
-        default_timeout_s: float = 3600.0,
+        default_timeout_s: float | Callable[[str], float] = 3600.0,
         log_dir: str | os.PathLike[str],
         use_systemd_scope: bool = False,
         kill_grace_s: float = 5.0,
         drain_timeout_s: float = 2.0,
+        project_profiles: Callable[[str, str], AgentProfile] | None = None,
+        child_umask: int | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> None:
+        """``project_profiles(agent, project)``, when given, resolves profiles instead of ``profiles``
+        (a project may override service-wide profiles).  ``default_timeout_s`` may be a function of
+        the project.  ``child_umask`` is the umask agents run with (see :func:`umask_argv`).
+        ``on_output(task_id, data)`` sees every byte appended to a task's log, as it is written
+        (``task.logs`` followers hang off it: no polling of the log file)."""
         if max_parallel < 1:
             raise ValueError("max_parallel must be >= 1")
         self.store = store
@@ -74,6 +91,9 @@ class Supervisor:
         self.use_systemd_scope = use_systemd_scope
         self.kill_grace_s = kill_grace_s
         self.drain_timeout_s = drain_timeout_s
+        self.project_profiles = project_profiles
+        self.child_umask = child_umask
+        self.on_output = on_output
         #: Pause before trying the queue again after a failed store write (disk full).
         self.store_retry_s = 5.0
         self._runs: dict[str, _Run] = {}
@@ -91,7 +111,7 @@ class Supervisor:
         Returns the recovered tasks."""
         self._loop = asyncio.get_running_loop()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        recovered = self.store.recover(self._retry_for)
+        recovered = self.store.recover(self._retry_for, retry_for_task=self._retry_for_task)
         self._started = True
         self._stopping = False
         self.wake()
@@ -117,7 +137,7 @@ class Supervisor:
                source: TaskSource | str = TaskSource.cli, timeout_s: float | None = None) -> Task:
         """Queue a task (raises KeyError for an unknown agent, StoreError if it could not be
         stored) and wake the scheduler."""
-        self.profiles(agent)
+        self._profile(agent, project)
         task = self.store.submit(project, prompt, agent=agent, priority=priority, source=source,
                                  timeout_s=timeout_s)
         self._idle.clear()
@@ -158,6 +178,14 @@ class Supervisor:
 
     def _retry_for(self, agent: str) -> int:
         return self.profiles(agent).retry
+
+    def _retry_for_task(self, task: Task) -> int:
+        return self._profile(task.agent, task.project).retry
+
+    def _profile(self, agent: str, project: str) -> AgentProfile:
+        if self.project_profiles is not None:
+            return self.project_profiles(agent, project)
+        return self.profiles(agent)
 
     def _limit(self, project: str) -> int | None:
         return None if self.per_project_limit is None else self.per_project_limit(project)
@@ -200,6 +228,8 @@ class Supervisor:
             return task.timeout_s
         if profile.timeout_minutes:
             return profile.timeout_minutes * 60.0
+        if callable(self.default_timeout_s):
+            return self.default_timeout_s(task.project)
         return self.default_timeout_s
 
     async def _run(self, run: _Run) -> None:
@@ -229,14 +259,21 @@ class Supervisor:
     async def _run_inner(self, run: _Run) -> None:
         task = run.task
         try:
-            profile = self.profiles(task.agent)
+            profile = self._profile(task.agent, task.project)
         except Exception as e:
             self.store.fail_queued(task.id, f"unknown agent profile {task.agent!r}: {e}")
             return
         argv = build_argv(profile, task.prompt)
+        env = child_env(profile, task.id, systemd=self.use_systemd_scope)
+        if self.child_umask is not None and self.child_umask != process_umask():
+            # Resolve here so "no such agent" stays a spawn error, not an exit 127 of the wrapper.
+            exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
+            if exe is None:
+                self.store.fail_queued(task.id, f"cannot start agent {argv[0]!r}: not found on PATH")
+                return
+            argv = umask_argv([exe, *argv[1:]], self.child_umask)
         if self.use_systemd_scope:
             argv = systemd_scope_argv(task.id, profile, argv)
-        env = child_env(profile, task.id, systemd=self.use_systemd_scope)
         log_path = self.log_dir / f"{task.id}.log"
         timeout = self._timeout_for(task, profile)
         if self._stopping or run.reason is not None:
@@ -300,7 +337,7 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
             with contextlib.suppress(OSError):
-                logf.write(b"\n[aiwg: output still open after the agent exited; stopped reading]\n")
+                self._log_write(run, logf, b"\n[aiwg: output still open after the agent exited; stopped reading]\n")
         parser.close()
         if record:
             self._record(run, rc, parser, state, timeout)
@@ -323,14 +360,14 @@ class Supervisor:
                 room = cap - written
                 try:
                     if len(chunk) <= room:
-                        logf.write(chunk)
+                        self._log_write(run, logf, chunk)
                         written += len(chunk)
                     else:
-                        logf.write(chunk[:room])
+                        self._log_write(run, logf, chunk[:room])
                         written = cap
                         state["truncated"] = True
-                        logf.write(f"\n[aiwg: output truncated at {cap // (1024 * 1024)} MB; "
-                                   f"the rest was read and discarded]\n".encode())
+                        self._log_write(run, logf, f"\n[aiwg: output truncated at {cap // (1024 * 1024)} MB; "
+                                        f"the rest was read and discarded]\n".encode())
                 except OSError as e:  # e.g. ENOSPC: keep draining so the agent never blocks on the pipe
                     state["truncated"] = True
                     log.warning("task %s: log write failed, output no longer logged: %s", run.task.id, e)
@@ -338,6 +375,15 @@ class Supervisor:
                 had_session = True
                 self._emit("task.session", run.task.project,
                            {"id": run.task.id, "session_id": parser.session_id, "model": parser.model})
+
+    def _log_write(self, run: _Run, logf: BinaryIO, data: bytes) -> None:
+        """Append to the log, then tell ``on_output`` (only what really reached the file)."""
+        logf.write(data)
+        if self.on_output is not None and data:
+            try:
+                self.on_output(run.task.id, data)
+            except Exception:  # an observer must never stop the pump
+                log.exception("output observer failed for %s", run.task.id)
 
     def _record(self, run: _Run, rc: int, parser: StreamJsonParser, state: dict[str, Any],
                 timeout: float) -> None:

@@ -1,0 +1,319 @@
+"""The ``task.*`` and ``chat.send`` RPC methods, and the hub that fans task events out.
+
+Compatible with the AIWG daemon's clients: ``task.submit {prompt, agent?, priority?}`` answers
+``{taskId, state}`` (plus every task field), ``task.get`` of an unknown id is -32602,
+``task.cancel`` answers ``{cancelled}``, ``task.stats`` has ``total/queued/running/completed/failed/
+cancelled``, ``chat.send {message, priority?}`` answers ``{taskId}``.
+
+Nothing here polls: ``task.submit {wait: true}`` and ``task.logs {follow: true}`` hang off the
+:class:`TaskHub`, which sees every state transition (the store's ``emit``) and every byte the
+supervisor appends to a log (its ``on_output``) as it happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .. import protocol as p
+from ..rpc import Connection, RpcServer
+from .model import FINISHED_STATES, Task, TaskSource, TaskState
+from .store import Store, StoreError
+from .supervisor import Supervisor
+
+__all__ = ["TaskHub", "register"]
+
+log = logging.getLogger(__name__)
+
+_FINAL_EVENTS = frozenset(f"task.{s.value}" for s in FINISHED_STATES)
+#: A follower whose socket has this much unsent data stops getting live chunks; it catches up from
+#: the log file (the source of truth) once the client reads again, so nothing is lost or buffered twice.
+MAX_PENDING_BYTES = 4 * 1024 * 1024
+_CHUNK = 256 * 1024
+
+
+def task_result(task: Task) -> dict[str, Any]:
+    """A task as clients see it: every field, plus ``taskId`` (the AIWG daemon's name for ``id``)."""
+    d = task.to_dict()
+    d["taskId"] = task.id
+    return d
+
+
+def _utf8_boundary(data: bytes) -> int:
+    """Length of ``data`` without a trailing incomplete UTF-8 sequence (so offsets stay on characters)."""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b < 0x80:
+            return len(data)
+        if b >= 0xC0:  # a lead byte: is its sequence complete?
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)
+
+
+class _Follower:
+    """One ``task.logs {follow: true}`` stream: ``offset`` is the next byte of the log to send."""
+
+    def __init__(self, hub: TaskHub, conn: Connection, task_id: str, path: Path, offset: int) -> None:
+        self.hub = hub
+        self.conn = conn
+        self.task_id = task_id
+        self.path = path
+        self.offset = offset
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.lagging = False
+
+    def _send(self, data: bytes) -> None:
+        self.offset += len(data)
+        text = self.decoder.decode(data)
+        if text:
+            self.conn.notify(p.NOTIFY_TASK_OUTPUT, {"taskId": self.task_id, "data": text, "offset": self.offset})
+
+    def _congested(self) -> bool:
+        t = self.conn.transport
+        return t is not None and t.get_write_buffer_size() > MAX_PENDING_BYTES
+
+    def catch_up(self) -> None:
+        """Send what the log holds beyond ``offset`` (start-up backlog, or after lagging)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                while not self.conn.is_closing:
+                    data = f.read(_CHUNK)
+                    if not data:
+                        break
+                    self._send(data)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("task %s: cannot read its log for a follower: %s", self.task_id, exc)
+        self.lagging = False
+
+    def chunk(self, data: bytes) -> None:
+        if self.conn.is_closing:
+            return
+        if self._congested():
+            self.lagging = True
+            return
+        if self.lagging:
+            self.catch_up()  # the file already holds ``data`` too
+        else:
+            self._send(data)
+
+    def done(self, state: str) -> None:
+        if self.conn.is_closing:
+            return
+        self.catch_up()
+        tail = self.decoder.decode(b"", final=True)
+        msg: dict[str, Any] = {"taskId": self.task_id, "data": tail, "offset": self.offset, "done": True,
+                               "state": state}
+        self.conn.notify(p.NOTIFY_TASK_OUTPUT, msg)
+
+
+class TaskHub:
+    """Where task events go: the bus (everyone) and the in-process waiters and log followers."""
+
+    def __init__(self, publish: Callable[[str, str | None, dict[str, Any]], Any]) -> None:
+        self.publish = publish
+        self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._followers: dict[str, set[_Follower]] = {}
+
+    # -- fed by the store and the supervisor ----------------------------------------------------------
+    def emit(self, event: str, project: str | None, data: dict[str, Any]) -> None:
+        """The store's and supervisor's ``emit``: publish ``task.*`` with data = the task (+ ``taskId``)."""
+        tid = data.get("id")
+        out = dict(data)
+        if tid is not None:
+            out.setdefault("taskId", tid)
+        try:
+            self.publish(event, project, out)
+        finally:
+            if event in _FINAL_EVENTS and tid is not None:
+                for fut in self._waiters.pop(tid, []):
+                    if not fut.done():
+                        fut.set_result(out)
+                for f in self._followers.pop(tid, set()):
+                    f.done(str(out.get("state")))
+
+    def output(self, task_id: str, data: bytes) -> None:
+        """The supervisor's ``on_output``: bytes just appended to ``task_id``'s log."""
+        for f in list(self._followers.get(task_id, ())):
+            f.chunk(data)
+
+    # -- used by the RPC methods ----------------------------------------------------------------------
+    def waiter(self, task_id: str) -> asyncio.Future[dict[str, Any]]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, []).append(fut)
+        return fut
+
+    def drop_waiter(self, task_id: str, fut: asyncio.Future[dict[str, Any]]) -> None:
+        lst = self._waiters.get(task_id)
+        if lst and fut in lst:
+            lst.remove(fut)
+            if not lst:
+                del self._waiters[task_id]
+
+    def follow(self, follower: _Follower) -> None:
+        self._followers.setdefault(follower.task_id, set()).add(follower)
+
+    def unfollow(self, follower: _Follower) -> None:
+        s = self._followers.get(follower.task_id)
+        if s is not None:
+            s.discard(follower)
+            if not s:
+                del self._followers[follower.task_id]
+
+    @property
+    def followers(self) -> int:
+        return sum(len(s) for s in self._followers.values())
+
+
+def _invalid(param: str, message: str, **data: Any) -> p.RpcError:
+    return p.RpcError(p.INVALID_PARAMS, f"Invalid params: {param}: {message}", {"param": param, **data})
+
+
+def register(
+    rpc: RpcServer,
+    store: Callable[[], Store],
+    supervisor: Callable[[], Supervisor],
+    hub: TaskHub,
+    *,
+    projects: Callable[[], Iterable[str]],
+    agent_names: Callable[[str], list[str]],
+    resolve_root: Callable[[str], str],
+    log_dir: Path,
+) -> None:
+    """Register the methods.  ``store``/``supervisor`` are getters: both are built when their
+    subsystems start, after the methods are registered (and before the socket serves)."""
+
+    def project_of(value: str | None) -> str:
+        served = list(projects())
+        if value is None:
+            if len(served) == 1:
+                return served[0]
+            if not served:
+                raise _invalid("project", "the service serves no project; add one with `aiwgctl project add`")
+            raise _invalid("project", f"required: the service serves {len(served)} projects ({', '.join(served)})",
+                           projects=served)
+        root = resolve_root(value)
+        if root not in served:
+            raise _invalid("project", f"{root} is not a project this service serves"
+                           + (f" (serving: {', '.join(served)})" if served else ""), projects=served)
+        return root
+
+    def submit(prompt: str, agent: str | None, priority: int, project: str | None, timeout: float | None,
+               source: str) -> Task:
+        root = project_of(project)
+        name = agent or "claude"
+        known = agent_names(root)
+        if name not in known:
+            raise _invalid("agent", f"unknown agent profile {name!r} (known: {', '.join(known)})", known=known)
+        try:
+            return supervisor().submit(root, prompt, agent=name, priority=priority, source=TaskSource(source),
+                                       timeout_s=timeout)
+        except KeyError as exc:  # the profile vanished in a reload between the check and the submit
+            raise _invalid("agent", str(exc).strip("\"'"), known=known) from None
+        except StoreError as exc:
+            raise p.RpcError(p.SERVER_BUSY, f"the task store cannot take the task: {exc}") from None
+
+    def get_task(task_id: str) -> Task:
+        task = store().get(task_id)
+        if task is None:
+            raise _invalid("taskId", f"Task not found: {task_id}")
+        return task
+
+    async def task_submit(params: p.TaskSubmitParams, conn: Connection) -> dict[str, Any]:
+        task = submit(params.prompt, params.agent, params.priority, params.project, params.timeout, params.source)
+        if not params.wait:
+            return task_result(task)
+        fut = hub.waiter(task.id)
+        try:
+            # It may have finished already (a queued task can be cancelled in the same loop turn).
+            now = store().get(task.id)
+            if now is not None and now.finished:
+                return task_result(now)
+            await fut
+        finally:
+            hub.drop_waiter(task.id, fut)
+        final = store().get(task.id)
+        return task_result(final if final is not None else task)
+
+    def task_get(params: p.TaskIdParams, _conn: Connection) -> dict[str, Any]:
+        return task_result(get_task(params.taskId))
+
+    def task_cancel(params: p.TaskIdParams, _conn: Connection) -> dict[str, Any]:
+        task = store().get(params.taskId)
+        if task is None:  # the AIWG daemon answers {cancelled: false} here, not an error
+            return {"taskId": params.taskId, "cancelled": False, "state": None, "error": "no such task"}
+        cancelled = supervisor().cancel(task.id)
+        now = store().get(task.id) or task
+        return {"taskId": task.id, "cancelled": cancelled, "state": now.state.value}
+
+    def task_list(params: p.TaskListParams, _conn: Connection) -> dict[str, Any]:
+        project = resolve_root(params.project) if params.project else None
+        tasks, nxt = store().list(state=params.state, project=project, source=params.source, limit=params.limit,
+                                  cursor=params.before)
+        return {"tasks": [task_result(t) for t in tasks], "next": nxt}
+
+    def task_stats(params: p.TaskStatsParams, _conn: Connection) -> dict[str, Any]:
+        project = resolve_root(params.project) if params.project else None
+        out = store().stats(project)
+        sup = supervisor()
+        out["max_parallel"] = sup.max_parallel
+        return out
+
+    def task_logs(params: p.TaskLogsParams, conn: Connection) -> dict[str, Any]:
+        task = get_task(params.taskId)
+        path = Path(task.log_path) if task.log_path else log_dir / f"{task.id}.log"
+        data = b""
+        size = 0
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(params.offset)
+                data = f.read(params.limit)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise p.RpcError(p.INTERNAL_ERROR, f"cannot read the log of {task.id}: {exc.strerror}") from None
+        end = params.offset + len(data)
+        if end < size or not task.finished:
+            data = data[:_utf8_boundary(data)]
+        nxt = params.offset + len(data)
+        result = {"taskId": task.id, "data": data.decode("utf-8", "replace"), "offset": nxt,
+                  "eof": task.finished and nxt >= size, "state": task.state.value, "size": size}
+        if params.follow:
+            follower = _Follower(hub, conn, task.id, path, nxt)
+
+            def attach() -> None:
+                # After the reply went out, so notifications always follow it.  Everything on the loop
+                # thread: no chunk can slip between this backlog read and the registration.
+                if conn.is_closing:
+                    return
+                follower.catch_up()
+                now = store().get(task.id)
+                if now is None or now.state in FINISHED_STATES:
+                    follower.done(now.state.value if now is not None else TaskState.failed.value)
+                    return
+                hub.follow(follower)
+                conn.on_close(lambda: hub.unfollow(follower))
+
+            asyncio.get_running_loop().call_soon(attach)
+        return result
+
+    def chat_send(params: p.ChatSendParams, _conn: Connection) -> dict[str, Any]:
+        task = submit(params.message, None, params.priority, params.project, None, TaskSource.chat.value)
+        return {"taskId": task.id, "state": task.state.value}
+
+    rpc.register("task.submit", task_submit)
+    rpc.register("task.get", task_get)
+    rpc.register("task.cancel", task_cancel)
+    rpc.register("task.list", task_list)
+    rpc.register("task.stats", task_stats)
+    rpc.register("task.logs", task_logs)
+    rpc.register("chat.send", chat_send)

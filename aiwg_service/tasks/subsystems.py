@@ -1,0 +1,186 @@
+"""The task store and the agent supervisor as service subsystems (see ``wiring.py`` for the order).
+
+Profiles, limits and timeouts are read from the service's *current* configs at each lookup, so a
+reload takes effect for every task that starts after it; ``apply`` only has to move the service-wide
+limit and kick the scheduler.
+
+Limits: ``daemon.max_parallel_actions`` of the service file caps all tasks together; each project's
+own ``daemon.max_parallel_actions`` caps that project's tasks (the AIWG daemon's meaning of the key,
+per project). Timeouts: the task's ``timeout``, else its profile's ``timeout_minutes``, else the
+project's ``daemon.action_timeout_minutes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .agents import BUILTIN_PROFILES, systemd_scope_available
+from .api import TaskHub, register
+from .model import AgentProfile, TaskState
+from .store import Store
+from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from ..service import Configs, Service
+
+log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_S = 86400.0
+#: Agents create files in project trees: they get a normal umask, not the service's UMask=0077.
+CHILD_UMASK = 0o022
+
+
+class StoreSubsystem:
+    """Opens ``<state>/tasks.db``; prunes finished tasks past ``daemon.retention_days`` at start and daily."""
+
+    name = "store"
+
+    def __init__(self, service: Service, hub: TaskHub) -> None:
+        self.service = service
+        self.hub = hub
+        self.store: Store | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.last_pruned = 0
+
+    async def start(self) -> None:
+        self.store = Store(self.service.state_dir, emit=self.hub.emit)
+        self.prune()
+
+    def prune(self) -> None:
+        """One pass, then re-arm: a daily timer, not a loop that wakes to look."""
+        assert self.store is not None
+        configs = self.service.configs
+        days = configs.service.daemon.retention_days if configs is not None else 30
+        try:
+            self.last_pruned = self.store.prune(days)
+            if self.last_pruned:
+                log.info("pruned %d finished task(s) older than %d days", self.last_pruned, days)
+        except Exception as exc:  # a full disk must not take the service down; try again tomorrow
+            log.error("pruning the task store failed: %s", exc)
+        self._timer = asyncio.get_running_loop().call_later(PRUNE_INTERVAL_S, self.prune)
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.store is not None:
+            self.store.close()
+
+    def health(self) -> dict[str, Any]:
+        if self.store is None:
+            return {"state": "not started"}
+        return {"path": str(self.store.path), "schema": self.store.schema_version, "last_pruned": self.last_pruned}
+
+
+class SupervisorSubsystem:
+    """Runs queued tasks under the service-wide and per-project limits."""
+
+    name = "supervisor"
+
+    def __init__(self, service: Service, stores: StoreSubsystem, hub: TaskHub) -> None:
+        self.service = service
+        self.stores = stores
+        self.hub = hub
+        self.supervisor: Supervisor | None = None
+        self.log_dir = service.state_dir / "logs"
+
+    # -- lookups against the current configs --------------------------------------------------------
+    def _configs(self) -> Configs:
+        assert self.service.configs is not None
+        return self.service.configs
+
+    def profile(self, agent: str, project: str | None = None) -> AgentProfile:
+        """Project file's profile, else the service file's, else a built-in; KeyError if none."""
+        c = self._configs()
+        pr = c.projects.get(project) if project is not None else None
+        if pr is not None and agent in pr.config.agents:
+            return pr.config.agents[agent]
+        if agent in c.service.agents:
+            return c.service.agents[agent]
+        if agent in BUILTIN_PROFILES:
+            return BUILTIN_PROFILES[agent]
+        raise KeyError(f"unknown agent profile {agent!r}")
+
+    def agent_names(self, project: str) -> list[str]:
+        c = self._configs()
+        names = set(BUILTIN_PROFILES) | set(c.service.agents)
+        pr = c.projects.get(project)
+        if pr is not None:
+            names |= set(pr.config.agents)
+        return sorted(names)
+
+    def project_limit(self, project: str) -> int | None:
+        pr = self._configs().projects.get(project)
+        return pr.config.daemon.max_parallel_actions if pr is not None else None
+
+    def project_timeout(self, project: str) -> float:
+        c = self._configs()
+        pr = c.projects.get(project)
+        return 60.0 * (pr.config if pr is not None else c.service).daemon.action_timeout_minutes
+
+    # -- subsystem ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        assert self.stores.store is not None, "the store subsystem starts first"
+        c = self._configs()
+        scope = systemd_scope_available()
+        self.supervisor = Supervisor(
+            self.stores.store, self.profile, self.hub.emit,
+            max_parallel=c.service.daemon.max_parallel_actions,
+            per_project_limit=self.project_limit,
+            default_timeout_s=self.project_timeout,
+            log_dir=self.log_dir,
+            use_systemd_scope=scope,
+            project_profiles=self.profile,
+            child_umask=CHILD_UMASK,
+            on_output=self.hub.output,
+        )
+        recovered = await self.supervisor.start()
+        for t in recovered:
+            log.warning("task %s was interrupted by a restart: now %s", t.id, t.state.value,
+                        extra={"PROJECT": t.project})
+        log.info("agent supervisor started: max %d parallel%s", self.supervisor.max_parallel,
+                 ", each task in its own systemd scope" if scope else "")
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop(grace_s=self._configs().service.daemon.stop_timeout_seconds)
+
+    def apply(self, configs: Configs) -> None:
+        if self.supervisor is None:
+            return
+        self.supervisor.max_parallel = configs.service.daemon.max_parallel_actions
+        self.supervisor.wake()  # a raised limit (or a changed project cap) may let queued tasks start
+
+    def health(self) -> dict[str, Any]:
+        sup = self.supervisor
+        if sup is None:
+            return {"state": "not started"}
+        try:
+            queued = sup.store.count(TaskState.queued)
+        except Exception:
+            queued = None
+        return {"running": len(sup.running), "queued": queued, "max_parallel": sup.max_parallel,
+                "systemd_scope": sup.use_systemd_scope, "log_followers": self.hub.followers}
+
+
+def build(service: Service) -> tuple[StoreSubsystem, SupervisorSubsystem]:
+    """Both subsystems and the ``task.*``/``chat.send`` methods, sharing one event hub."""
+    from ..service import resolve_root
+
+    hub = TaskHub(lambda type, project, data: service.bus.publish(type, project, data, "tasks"))
+    stores = StoreSubsystem(service, hub)
+    sup = SupervisorSubsystem(service, stores, hub)
+
+    def get_store() -> Store:
+        assert stores.store is not None
+        return stores.store
+
+    def get_sup() -> Supervisor:
+        assert sup.supervisor is not None
+        return sup.supervisor
+
+    register(service.rpc, get_store, get_sup, hub,
+             projects=lambda: list(sup._configs().projects), agent_names=sup.agent_names,
+             resolve_root=resolve_root, log_dir=sup.log_dir)
+    return stores, sup
