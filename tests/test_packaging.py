@@ -2,7 +2,8 @@
 
 One build per module (about 20 s with a warm pip cache). The checks read the package, never the checkout: the
 control fields and maintainer scripts (``dpkg-deb -I``/``-f``), the file list (``dpkg-deb -c``), and a tree
-extracted with ``dpkg-deb -x`` whose bundled interpreter must run from where it was extracted. Finally the
+extracted with ``dpkg-deb -x`` whose bundled interpreter must run from where it was extracted (the packaged
+daemon answers the packaged ``aiwgctl ping``). Finally the
 package is installed and purged with ``dpkg --root`` in a throwaway root, which runs its maintainer scripts.
 
 Needs Debian: dpkg-deb, and the build dependencies (``build.sh`` installs missing ones when run as root).
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +204,34 @@ def test_aiwgctl_runs_from_the_extracted_tree(root: Path) -> None:
     # the console script itself (its shebang names the installed path, so start it with the bundled python)
     res = run(bundled_python(root), root / "usr/bin/aiwgctl", "cron", "next", "0 12 * * *", "-n", "2")
     assert len(res.stdout.splitlines()) == 2
+
+
+def test_packaged_daemon_answers_ping(root: Path, tmp_path: Path) -> None:
+    """The packaged aiwg-service runs from the extracted tree and the packaged aiwgctl gets its pong."""
+    home = tmp_path / "home"
+    (home / "run").mkdir(parents=True, mode=0o700)
+    project = tmp_path / "project"
+    project.mkdir()
+    sock = tmp_path / "s.sock"
+    env = clean_env() | {"XDG_STATE_HOME": str(home / "state"), "XDG_CONFIG_HOME": str(home / "config"),
+                         "XDG_RUNTIME_DIR": str(home / "run"), "HOME": str(home)}
+    env.pop("NOTIFY_SOCKET", None)
+    daemon = subprocess.Popen([bundled_python(root), str(root / "usr/bin/aiwg-service"), "run", "--project",
+                               str(project), "--socket", str(sock)], cwd="/", env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and daemon.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sock.exists(), "the packaged daemon never created its socket"
+        res = subprocess.run([bundled_python(root), str(root / "usr/bin/aiwgctl"), "--socket", str(sock), "ping"],
+                             capture_output=True, text=True, env=env, cwd="/", timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("pong"), res.stdout
+    finally:
+        daemon.terminate()
+        out, _ = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, out
 
 
 def test_dpkg_root_install_and_purge(built: Built, tmp_path: Path) -> None:
