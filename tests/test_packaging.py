@@ -1,10 +1,10 @@
 """The Debian package: build it for real with ``packaging/deb/build.sh`` and check the .deb without installing it.
 
-One build per module (about 20 s with a warm pip cache). The checks read the package, never the checkout: the
-control fields and maintainer scripts (``dpkg-deb -I``/``-f``), the file list (``dpkg-deb -c``), and a tree
-extracted with ``dpkg-deb -x`` whose bundled interpreter must run from where it was extracted (the packaged
-daemon answers the packaged ``aiwgctl ping``). Finally the
-package is installed and purged with ``dpkg --root`` in a throwaway root, which runs its maintainer scripts.
+One build per module (about 20 s with a warm pip cache). The checks read the package (the checkout only as the
+reference for the units): the control fields and maintainer scripts (``dpkg-deb -I``/``-f``), the file list
+(``dpkg-deb -c``), and a tree extracted with ``dpkg-deb -x`` whose bundled interpreter must run from where it
+was extracted (the packaged daemon answers the packaged ``aiwgctl ping``). Finally the package is installed and
+purged with ``dpkg --root`` in a throwaway root, which runs its maintainer scripts.
 
 Needs Debian: dpkg-deb, and the build dependencies (``build.sh`` installs missing ones when run as root).
 """
