@@ -213,7 +213,14 @@ def test_reload_good_then_bad_config(svc: Svc, project: Path) -> None:
     # Bad config: refused, the service stays up on the old config; the error shows everywhere.
     cfg_file.write_text('{"watch": {"debounce_ms": "soon"}}')
     cursor = svc.cursor()
-    svc.sd.systemctl("reload", "aiwg.service", check=True)
+    svc.sd.systemctl("log-level", "debug", check=True)  # the manager then logs each notify message
+    try:
+        svc.sd.systemctl("reload", "aiwg.service", check=True)
+    finally:
+        svc.sd.systemctl("log-level", "info", check=True)
+    manager = "\n".join(svc.messages(cursor, ident="systemd"))
+    assert re.search(r"\(RELOADING=1, MONOTONIC_USEC=\d+", manager), manager  # then READY=1, even refused:
+    assert manager.index("RELOADING=1") < manager.rindex("READY=1")
     refused = [r for r in svc.journal(cursor) if "reload refused" in r["MESSAGE"]]
     assert refused and refused[0]["PRIORITY"] == "3", refused
     assert "debounce_ms" in refused[0]["MESSAGE"]
