@@ -212,7 +212,12 @@ class Service:
             if name in ("rpc", "aiwg.socket", "unknown", "") or name.endswith(".socket"):
                 self.socket_activated = True
                 sock = socket.socket(fileno=fd)
-                log.info("serving on the socket passed by systemd (fd %d)", fd)
+                # The unit decides the path (aiwg@.socket: instances/<escaped>.sock), not our default:
+                # project links and daemon.status must name the socket clients can really reach.
+                bound = sock.getsockname()
+                if isinstance(bound, str) and bound.startswith("/"):
+                    self.socket_path = Path(bound)
+                log.info("serving on the socket passed by systemd (fd %d, %s)", fd, self.socket_path)
                 return sock
         return bind_socket(self.socket_path)
 

@@ -110,6 +110,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--project")
+    parser.add_argument("--registered", action="store_true")  # what aiwg.service passes
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, handlers=[sd.make_journal_handler("aiwg")])
     sys.exit(asyncio.run(main(args.project)))

@@ -76,6 +76,17 @@ def test_units_have_bindir_placeholder() -> None:
         text = (UNITS_DIR / name).read_text()
         assert "ExecStart=@BINDIR@/aiwg-service run" in text
     assert "--project /%I\n" in (UNITS_DIR / "aiwg@.service").read_text()
+    # The user service serves the registered projects, not its cwd ($HOME); an instance serves its own.
+    assert "ExecStart=@BINDIR@/aiwg-service run --registered\n" in (UNITS_DIR / "aiwg.service").read_text()
+    assert "--registered" not in (UNITS_DIR / "aiwg@.service").read_text()
+
+
+def test_units_leave_umask_alone_and_abort_quickly() -> None:
+    """UMask= would be inherited by agents (0600 files in project trees); TimeoutAbortSec= bounds a hang."""
+    for name in ("aiwg.service", "aiwg@.service"):
+        keys = [line.split("=", 1)[0] for line in (UNITS_DIR / name).read_text().splitlines() if "=" in line]
+        assert "UMask" not in keys, name
+        assert "TimeoutAbortSec" in keys, name
 
 
 def test_units_verify(units: UserManager) -> None:
@@ -190,7 +201,8 @@ def test_socket_activation_and_sandbox(units: UserManager) -> None:
     # Sandboxing from the unit is in effect.
     assert info["NoNewPrivs"] == "1"
     assert info["Seccomp"] == "2"
-    assert info["umask"] == "0o77"
+    # No UMask= in the unit: the daemon (and so its agents) keep the manager's umask.
+    assert info["umask"] != "0o77"
 
 
 def test_template_instance_per_project(units: UserManager) -> None:
@@ -260,7 +272,6 @@ SANDBOX_KEYS = (
     "RestrictSUIDSGID",
     "SystemCallArchitectures",
     "KeyringMode",
-    "UMask",
 )
 
 
@@ -287,4 +298,4 @@ def test_sandbox_works_in_unprivileged_user_manager() -> None:
         res = mgr.systemctl("start", "probe.service")
         assert res.returncode == 0, res.stderr + mgr.journalctl("-o", "cat", "-n", "20").stdout
         text = out.read_text()
-        assert "NoNewPrivs:\t1" in text and "Seccomp:\t2" in text and "0077" in text
+        assert "NoNewPrivs:\t1" in text and "Seccomp:\t2" in text and "0077" not in text

@@ -22,6 +22,16 @@ class NotRunning(Exception):
         self.path = path
 
 
+class Dropped(NotRunning):
+    """The connection closed (or was reset) before the reply: the service died or stopped mid-request.
+
+    The request may or may not have been carried out; callers may resend only what changes nothing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "the service closed the connection")
+
+
 class Client:
     def __init__(self, path: Path, timeout: float | None = 30.0) -> None:
         self.path = path
@@ -57,13 +67,19 @@ class Client:
         req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": rid}
         if params:
             req["params"] = {k: v for k, v in params.items() if v is not None}
-        self.sock.sendall(p.encode(req))
+        try:
+            self.sock.sendall(p.encode(req))
+        except (BrokenPipeError, ConnectionResetError):  # not aiwgctl's stdout: never a silent exit 0
+            raise Dropped(self.path) from None
         return rid
 
     def read(self) -> dict[str, Any]:
-        line = self._rfile.readline(p.MAX_LINE + 2)
+        try:
+            line = self._rfile.readline(p.MAX_LINE + 2)
+        except ConnectionResetError:
+            raise Dropped(self.path) from None
         if not line:
-            raise NotRunning(self.path, "the service closed the connection")
+            raise Dropped(self.path)
         return msgspec.json.decode(line)
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:

@@ -62,11 +62,23 @@ def use_instance(project: Path) -> None:
     options.socket = paths.instance_socket_path(systemd_escape_path(str(project.expanduser().resolve())))
 
 
+#: Requests that change nothing. One lost because the service died under it (kill -9, watchdog) is sent
+#: once more: the listening socket belongs to systemd, so the new connection waits for the restarted service.
+RETRY_SAFE = frozenset({"ping", "daemon.status", "project.list", "cron.list", "events.list", "events.dlq",
+                        "task.list", "task.get", "task.stats", "automation.status"})
+
+
 def call(method: str, params: dict[str, Any] | None = None, timeout: float | None = 30.0) -> Any:
-    from .client import Client, NotRunning
+    from .client import Client, Dropped, NotRunning
 
     path = resolve_socket()
     try:
+        try:
+            with Client(path, timeout) as c:
+                return c.call(method, params)
+        except Dropped:
+            if method not in RETRY_SAFE:
+                raise
         with Client(path, timeout) as c:
             return c.call(method, params)
     except NotRunning as exc:
