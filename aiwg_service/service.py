@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -254,6 +255,8 @@ class Service:
             self._timers.append(asyncio.ensure_future(self._watchdog(interval)))
         self.bus.subscribe("task.*", lambda _e: self.schedule_status(), name="status-line")
         self.write_state()
+        # start-up objects live as long as the service: keep them out of every future GC pass
+        gc.freeze()
         sd.notify_status(self.status_line())
         sd.notify_ready()
         log.info("aiwg-service %s ready: %d project(s), socket %s", __version__, len(self.configs.projects),

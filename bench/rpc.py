@@ -80,6 +80,33 @@ def concurrent(path: Path, clients: int, per_client: int) -> tuple[list[float], 
     return lat, clients * per_client / (time.perf_counter() - t0)
 
 
+FLOOR_SERVER = """
+import asyncio, sys, uvloop
+class P(asyncio.Protocol):
+    def connection_made(self, t): self.t = t
+    def data_received(self, d): self.t.write(b'{"jsonrpc":"2.0","id":1,"result":{"pong":true}}\\n')
+async def main():
+    await asyncio.get_running_loop().create_unix_server(P, sys.argv[1])
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+
+
+def floor(tmp: Path, n: int) -> None:
+    """The same client against a bare uvloop server that answers every line: the machine's floor."""
+    path = tmp / "floor.sock"
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        lat, rps = sequential(path, n)
+        print(f"floor (bare uvloop server, no JSON-RPC): {rps:,.0f} req/s, "
+              f"p50 {pct(lat, .5) * 1e6:.1f} us, p99 {pct(lat, .99) * 1e6:.1f} us")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20000)
@@ -102,6 +129,7 @@ def main() -> None:
                     sys.exit("the service did not start")
                 time.sleep(0.02)
             time.sleep(0.2)
+            floor(t, args.n)
             lat, rps = sequential(sock, args.n)
             print(f"sequential ping, 1 connection, {args.n} requests: {rps:,.0f} req/s, "
                   f"p50 {pct(lat, .5) * 1e6:.1f} us, p99 {pct(lat, .99) * 1e6:.1f} us")
