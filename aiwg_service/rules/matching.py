@@ -98,7 +98,7 @@ class Glob:
 
 def compile_glob(text: str) -> Glob:
     pat = text[2:] if text.startswith("./") else text
-    basename = "/" not in pat.rstrip("/")
+    basename = "/" not in pat
     if pat.endswith("/"):
         pat += "**"  # "src/" means everything under src
     rx = re.compile(glob_to_regex(pat), re.S)
