@@ -334,7 +334,8 @@ def _aiwg_rule(v: _V, raw: dict[str, Any], rid: str, project: str) -> Rule | Non
                      "use one form per rule")
     if v.count > n:
         return None
-    return Rule(rid, project, "aiwg", desc, enabled, triggers, conds, acts, "single", DEFAULT_MAX, cooldown,
+    # the AIWG daemon ran every match independently: parallel keeps that (its actions only queue or post)
+    return Rule(rid, project, "aiwg", desc, enabled, triggers, conds, acts, "parallel", DEFAULT_MAX, cooldown,
                 DEFAULT_MAX_RUNS_PER_MINUTE, True, approval)
 
 
