@@ -116,12 +116,15 @@ async def run_shell(cmd: str, ctx: Ctx, timeout: float | None) -> dict[str, Any]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(readers), 2.0)
     finally:
-        if proc.returncode is None:  # cancelled (restart mode, shutdown): kill the tree, reap without waiting
+        if proc.returncode is None:  # cancelled (restart mode, shutdown): kill the tree and reap it
             _killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(proc.wait(), 2.0)
         if not readers.done():
             readers.cancel()
+        readers.add_done_callback(lambda f: f.cancelled() or f.exception())
     return {
         "command": cmd,
         "exit": proc.returncode,

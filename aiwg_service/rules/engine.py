@@ -278,7 +278,20 @@ class AutomationEngine:
             coro = self._run(rule, st, ctx, trace, t0, True)
         else:
             coro = self._run(rule, st, ctx, trace, t0, False)
-        st.running[run_id] = asyncio.get_running_loop().create_task(coro, name=f"rule:{rule.id}:{run_id}")
+        task = asyncio.get_running_loop().create_task(coro, name=f"rule:{rule.id}:{run_id}")
+        st.running[run_id] = task
+        task.add_done_callback(lambda _t: self._reap(rule, st, ctx, trace, t0))
+
+    def _reap(self, rule: Rule, st: RuleState, ctx: Ctx, trace: dict[str, Any], t0: float) -> None:
+        """A task cancelled before its first step never enters ``_run``: finish its trace here."""
+        if trace.get("finished") is not None:
+            return
+        st.running.pop(ctx.run_id, None)
+        reason = ("restarted by a newer trigger (mode restart)" if ctx.run_id in st.restarted
+                  else "cancelled: the service is stopping")
+        st.restarted.discard(ctx.run_id)
+        self._finish(rule, st, trace, t0, "cancelled", reason)
+        self._drain(rule, st)
 
     def _guard(self, rule: Rule, st: RuleState, trace: dict[str, Any]) -> str | None:
         """About to act: the loop guard and the approval gate. Returns why not, or None."""
