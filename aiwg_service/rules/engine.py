@@ -99,7 +99,7 @@ class AutomationEngine:
         self.store.open()
         self.overrides = self.store.overrides()
         self._stopping = False
-        self._sub = self.bus.subscribe("*", self.on_event, name="automation", retries=0)
+        self._sub = self.bus.subscribe("*", self.on_event, name="automation", retries=0, max_queue=100_000)
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop(), name="automation:flush")
 
     async def stop(self) -> None:
@@ -123,7 +123,9 @@ class AutomationEngine:
         while True:
             await asyncio.sleep(self.flush_interval)
             try:
-                self.store.flush()
+                batch = self.store.take()
+                if batch:
+                    await asyncio.to_thread(self.store.write, batch)  # keeps SQLite off the event loop
             except Exception:
                 log.exception("cannot write automation traces to %s", self.store.path)
 

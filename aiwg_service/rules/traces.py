@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class TraceStore:
         self.db: sqlite3.Connection | None = None
         self.pending: dict[tuple[str, str], deque[dict[str, Any]]] = {}
         self.written = 0
+        self.lock = threading.Lock()  # the periodic write runs in a worker thread
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,51 +74,62 @@ class TraceStore:
             q = self.pending[key] = deque(maxlen=self.keep)  # older ones would be pruned at once anyway
         q.append(trace)
 
-    def flush(self) -> int:
-        if not self.pending or self.db is None:
-            return 0
+    def take(self) -> dict[tuple[str, str], deque[dict[str, Any]]]:
+        """Detach the buffered traces (on the loop thread) so ``write`` can run in a worker thread."""
         pending, self.pending = self.pending, {}
+        return pending
+
+    def write(self, pending: dict[tuple[str, str], deque[dict[str, Any]]]) -> int:
+        if not pending or self.db is None:
+            return 0
         rows = []
         for q in pending.values():
             for t in q:
                 rows.append((t["run_id"], t["project"], t["rule_id"], t["started"], t["outcome"],
                              json.dumps(summary_of(t), default=str), json.dumps(t, default=str)))
-        db = self.db
-        db.execute("BEGIN")
-        try:
-            db.executemany("INSERT OR REPLACE INTO runs (run_id, project, rule_id, started, outcome, summary, detail)"
-                           " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            for project, rule_id in pending:
-                db.execute("DELETE FROM runs WHERE project = ? AND rule_id = ? AND seq < (SELECT seq FROM runs "
-                           "WHERE project = ? AND rule_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                           (project, rule_id, project, rule_id, self.keep - 1))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        with self.lock:
+            db = self.db
+            db.execute("BEGIN")
+            try:
+                db.executemany("INSERT OR REPLACE INTO runs (run_id, project, rule_id, started, outcome, summary, "
+                               "detail) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                for project, rule_id in pending:
+                    db.execute("DELETE FROM runs WHERE project = ? AND rule_id = ? AND seq < (SELECT seq FROM runs "
+                               "WHERE project = ? AND rule_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                               (project, rule_id, project, rule_id, self.keep - 1))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         self.written += len(rows)
         return len(rows)
+
+    def flush(self) -> int:
+        return self.write(self.take())
 
     def runs(self, project: str, rule_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """Newest first."""
         self.flush()
         assert self.db is not None
-        cur = self.db.execute("SELECT summary FROM runs WHERE project = ? AND rule_id = ? ORDER BY seq DESC LIMIT ?",
-                              (project, rule_id, limit))
-        return [json.loads(r[0]) for r in cur]
+        with self.lock:
+            rows = self.db.execute("SELECT summary FROM runs WHERE project = ? AND rule_id = ? ORDER BY seq DESC "
+                                   "LIMIT ?", (project, rule_id, limit)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def run(self, project: str, rule_id: str, run_id: str) -> dict[str, Any] | None:
         self.flush()
         assert self.db is not None
-        row = self.db.execute("SELECT detail FROM runs WHERE project = ? AND rule_id = ? AND run_id = ?",
-                              (project, rule_id, run_id)).fetchone()
+        with self.lock:
+            row = self.db.execute("SELECT detail FROM runs WHERE project = ? AND rule_id = ? AND run_id = ?",
+                                  (project, rule_id, run_id)).fetchone()
         return json.loads(row[0]) if row else None
 
     def count(self, project: str, rule_id: str) -> int:
         self.flush()
         assert self.db is not None
-        return self.db.execute("SELECT COUNT(*) FROM runs WHERE project = ? AND rule_id = ?",
-                               (project, rule_id)).fetchone()[0]
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM runs WHERE project = ? AND rule_id = ?",
+                                   (project, rule_id)).fetchone()[0]
 
     def last(self, project: str, rule_id: str) -> dict[str, Any] | None:
         got = self.runs(project, rule_id, 1)
@@ -129,6 +142,7 @@ class TraceStore:
 
     def set_override(self, project: str, rule_id: str, enabled: bool, when: str) -> None:
         assert self.db is not None
-        self.db.execute("INSERT INTO overrides (project, rule_id, enabled, updated) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (project, rule_id) DO UPDATE SET enabled = excluded.enabled, "
-                        "updated = excluded.updated", (project, rule_id, int(enabled), when))
+        with self.lock:
+            self.db.execute("INSERT INTO overrides (project, rule_id, enabled, updated) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT (project, rule_id) DO UPDATE SET enabled = excluded.enabled, "
+                            "updated = excluded.updated", (project, rule_id, int(enabled), when))
