@@ -12,14 +12,29 @@ if TYPE_CHECKING:
     from .service import Service
 
 
+def _no_task_queue(*_args: Any) -> str:
+    raise RuntimeError("task queue not available yet")
+
+
+def _minimal_doctor(project: str) -> dict[str, Any]:
+    from pathlib import Path
+
+    ok = Path(project).is_dir()
+    return {"ok": ok, "checks": [{"name": "project directory", "ok": ok, "detail": project}]}
+
+
 def build_subsystems(service: Service) -> list[Any]:
+    from .rules.engine import AutomationEngine
     from .service import IpcSubsystem, Placeholder
 
+    # until the task supervisor lands, agent actions fail with a clear reason and the doctor is minimal
+    automation = AutomationEngine(service.bus, service.state_dir, submit_task=_no_task_queue, doctor=_minimal_doctor)
+    automation.register_rpc(service.rpc)
     return [
         service.bus,
         Placeholder("store"),
         Placeholder("supervisor"),
-        Placeholder("automation"),
+        automation,
         IpcSubsystem(service),
         Placeholder("watcher"),
         Placeholder("scheduler"),
