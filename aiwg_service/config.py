@@ -370,6 +370,16 @@ def _check_agents(cfg: Config) -> list[tuple[str, str]]:
 SEMANTIC_CHECKS.append(_check_agents)
 
 
+def _check_rules(cfg: Config) -> list[tuple[str, str]]:
+    """Rules (both forms) and the schedule.jobs shorthand, checked by the engine's own schema code."""
+    from .rules.schema import check_config  # lazy: keeps `aiwgctl` start-up free of the engine's imports
+
+    return check_config(cfg)
+
+
+SEMANTIC_CHECKS.append(_check_rules)
+
+
 def default_dict() -> dict[str, Any]:
     """The default project file, exactly the AIWG daemon's (what a new project gets written)."""
     return {

@@ -50,6 +50,8 @@ class WatcherSubsystem:
 
 
 def build_subsystems(service: Service) -> list[Any]:
+    from . import doctor
+    from .rules.engine import AutomationEngine
     from .scheduler import CronScheduler
     from .service import IpcSubsystem, Placeholder
     from .tasks import subsystems as tasks
@@ -57,14 +59,29 @@ def build_subsystems(service: Service) -> list[Any]:
     scheduler = CronScheduler(service.bus, service.state_dir)
     service.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
     store, supervisor = tasks.build(service)  # also registers task.* and chat.send
+
+    def submit_task(project: str, prompt: str, agent: str | None, priority: int, source: str,
+                    timeout_s: float | None, origin: dict[str, Any]) -> str:
+        """The automation engine's way into the task queue (it never imports the supervisor)."""
+        if supervisor.supervisor is None:
+            raise RuntimeError("the task queue is not running")
+        try:
+            task = supervisor.supervisor.submit(project, prompt, agent=agent or "claude", priority=priority,
+                                                source=source, timeout_s=timeout_s)
+        except KeyError:
+            raise ValueError(f"unknown agent profile {agent!r}") from None
+        return task.id
+
+    automation = AutomationEngine(service.bus, service.state_dir, submit_task=submit_task,
+                                  doctor=lambda project: doctor.run(service, project))
+    automation.register_rpc(service.rpc)
     return [
         service.bus,
         store,
         supervisor,
-        Placeholder("automation"),
+        automation,
         IpcSubsystem(service),
         WatcherSubsystem(service),
         scheduler,
         Placeholder("messaging"),
     ]
-

@@ -1,0 +1,588 @@
+"""The automation engine subsystem: match bus events against each project's rules and run them.
+
+Matching happens inline on the bus handler (indexed, so 1,000 rules stay cheap); rules whose conditions are all
+synchronous are decided there too, so only runs that act (or that need a shell condition) become tasks. Modes
+follow Home Assistant (single, queued, restart, parallel); a cooldown spaces runs; the loop guard pauses a rule
+that acts more than ``max_runs_per_minute`` times in a minute. Every run leaves a trace in SQLite.
+
+Injected, never imported: ``submit_task`` (the task supervisor) and ``doctor``; see ``actions.Hooks``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .. import protocol as p
+from ..bus import EventBus, now_iso
+from ..protocol import Event
+from .actions import ActionFailed, Doctor, Hooks, SubmitTask
+from .conditions import Ctx
+from .matching import TriggerIndex, event_paths
+from .schema import Rule, rules_for
+from .traces import TraceStore, summary_of
+
+log = logging.getLogger("aiwg.automation")
+
+LOOP_WINDOW = 60.0
+LOOP_DISABLE_SECONDS = 300.0
+FLUSH_INTERVAL = 0.25
+EVENT_DATA_CAP = 4000
+_seq = itertools.count()
+
+
+def new_run_id() -> str:
+    return f"run-{time.time_ns() // 1_000_000:011x}-{next(_seq) & 0xFFFFF:05x}"
+
+
+def _event_summary(event: Event) -> dict[str, Any]:
+    data: Any = event.data
+    raw = msgspec.json.encode(data)
+    if len(raw) > EVENT_DATA_CAP:
+        data = {"truncated": raw[:EVENT_DATA_CAP].decode(errors="replace")}
+    return {"id": event.id, "type": event.type, "time": event.time, "project": event.project,
+            "source": event.source, "data": data}
+
+
+class RuleState:
+    """Per (project, rule id); survives config reloads so counters, cooldowns and the loop guard carry over."""
+
+    __slots__ = ("acted", "disabled_reason", "disabled_until", "last_acted", "last_outcome", "last_run", "queue",
+                 "restarted", "running", "runs", "skipped")
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.skipped = 0
+        self.last_run: str | None = None
+        self.last_outcome: str | None = None
+        self.last_acted = float("-inf")
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.queue: deque[tuple[Event, list[str]]] = deque()
+        self.acted: deque[float] = deque()
+        self.disabled_until = 0.0
+        self.disabled_reason: str | None = None
+        self.restarted: set[str] = set()
+
+
+class AutomationEngine:
+    name = "automation"
+
+    def __init__(self, bus: EventBus, state_dir: Path | str, *, submit_task: SubmitTask, doctor: Doctor,
+                 keep_traces: int = 100, loop_disable_seconds: float = LOOP_DISABLE_SECONDS,
+                 flush_interval: float = FLUSH_INTERVAL) -> None:
+        self.bus = bus
+        self.store = TraceStore(Path(state_dir) / "automation.db", keep_traces)
+        self.hooks = Hooks(bus, submit_task, doctor)
+        self.loop_disable_seconds = loop_disable_seconds
+        self.flush_interval = flush_interval
+        self.rules: dict[str, dict[str, Rule]] = {}
+        self.indexes: dict[str, TriggerIndex] = {}
+        self.states: dict[tuple[str, str], RuleState] = {}
+        self.overrides: dict[tuple[str, str], bool] = {}
+        self.errors: dict[str, list[str]] = {}
+        self.events_seen = 0
+        self.events_matched = 0
+        self._sub: Any = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.store.open()
+        self.overrides = self.store.overrides()
+        self._stopping = False
+        self._sub = self.bus.subscribe("*", self.on_event, name="automation", retries=0, max_queue=100_000)
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop(), name="automation:flush")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._sub is not None:
+            self.bus.unsubscribe(self._sub)
+            self._sub = None
+        tasks = [t for st in self.states.values() for t in st.running.values()]
+        for st in self.states.values():
+            st.queue.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        self.store.close()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                batch = self.store.take()
+                if batch:
+                    await asyncio.to_thread(self.store.write, batch)  # keeps SQLite off the event loop
+            except Exception:
+                log.exception("cannot write automation traces to %s", self.store.path)
+
+    def health(self) -> dict[str, Any]:
+        states = list(self.states.values())
+        now = time.monotonic()
+        return {
+            "projects": len(self.rules),
+            "rules": sum(len(r) for r in self.rules.values()),
+            "enabled": sum(1 for rs in self.rules.values() for r in rs.values() if self._enabled(r)),
+            "running": sum(len(s.running) for s in states),
+            "queued": sum(len(s.queue) for s in states),
+            "runs": sum(s.runs for s in states),
+            "skipped": sum(s.skipped for s in states),
+            "loop_guarded": sum(1 for s in states if s.disabled_until > now),
+            "events_seen": self.events_seen,
+            "events_matched": self.events_matched,
+            "config_errors": sum(len(e) for e in self.errors.values()),
+        }
+
+    # -- configuration -----------------------------------------------------------------------------------------
+    def apply(self, configs: Any) -> None:
+        """Rebuild every project's rules; counters, overrides and in-flight runs carry over."""
+        roots = set()
+        for root, project in configs.projects.items():
+            self.set_project(root, project.config)
+            roots.add(root)
+        for root in list(self.rules):
+            if root not in roots:
+                del self.rules[root]
+                del self.indexes[root]
+
+    def set_project(self, root: str, cfg: Any) -> list[Rule]:
+        rules, errors = rules_for(cfg, root)
+        # config validation already refused these; this only guards a config built without config.validate
+        self.errors[root] = [f"{path}: {problem}" for path, problem in errors]
+        for e in self.errors[root]:
+            log.error("rule left out: %s", e, extra={"PROJECT": root})
+        self.set_rules(root, rules)
+        return rules
+
+    def set_rules(self, root: str, rules: list[Rule]) -> None:
+        self.rules[root] = {r.id: r for r in rules}
+        self.indexes[root] = TriggerIndex(rules)
+        for r in rules:
+            st = self.states.get((root, r.id))
+            if st is not None and st.disabled_until:  # a reload lifts the loop guard
+                st.disabled_until, st.disabled_reason = 0.0, None
+                st.acted.clear()
+
+    def _state(self, key: tuple[str, str]) -> RuleState:
+        st = self.states.get(key)
+        if st is None:
+            st = self.states[key] = RuleState()
+        return st
+
+    def _enabled(self, rule: Rule) -> bool:
+        return self.overrides.get((rule.project, rule.id), rule.enabled)
+
+    # -- matching ----------------------------------------------------------------------------------------------
+    def on_event(self, event: Event) -> None:
+        """The bus handler (sync on purpose: the bus runs sync handlers without a coroutine per event)."""
+        if event.type.startswith("automation.") or self._stopping:
+            return
+        self.events_seen += 1
+        if event.project is not None:
+            idx = self.indexes.get(event.project)
+            if idx is not None:
+                self._match(event.project, idx, event)
+        else:
+            for root, idx in list(self.indexes.items()):
+                self._match(root, idx, event)
+
+    def _match(self, root: str, idx: TriggerIndex, event: Event) -> None:
+        d = event.data
+        paths = event_paths(event, root) if ("path" in d or "paths" in d) else []
+        matched = idx.match(event, paths)
+        if not matched:
+            return
+        self.events_matched += 1
+        own = d.get("rule_id")
+        for rule, _trig in matched:
+            if own is not None and own == rule.id and rule.ignore_own_events:
+                continue
+            self.fire(rule, event, paths)
+
+    def fire(self, rule: Rule, event: Event, paths: list[str]) -> None:
+        """A trigger matched: apply enable state, loop guard, cooldown and mode, then run (or skip)."""
+        key = (rule.project, rule.id)
+        if not self.overrides.get(key, rule.enabled):
+            return
+        st = self._state(key)
+        now = time.monotonic()
+        if st.disabled_until:
+            if now < st.disabled_until:
+                st.skipped += 1  # the loop guard's trace already says why; one per trigger would flood
+                return
+            st.disabled_until, st.disabled_reason = 0.0, None
+        if rule.cooldown_s and now - st.last_acted < rule.cooldown_s:
+            left = rule.cooldown_s - (now - st.last_acted)
+            self._skip(rule, st, event, paths, f"cooldown: {left:.1f}s of {rule.cooldown_s:g}s left")
+            return
+        if st.running:
+            mode = rule.mode
+            if mode == "single":
+                self._skip(rule, st, event, paths, "already running (mode single)")
+                return
+            if mode == "queued":
+                if len(st.running) + len(st.queue) >= rule.max:
+                    self._skip(rule, st, event, paths, f"queue full (mode queued, max {rule.max})")
+                else:
+                    st.queue.append((event, paths))
+                return
+            if mode == "restart":
+                for run_id, task in list(st.running.items()):
+                    st.restarted.add(run_id)
+                    del st.running[run_id]
+                    task.cancel()
+            elif len(st.running) >= rule.max:
+                self._skip(rule, st, event, paths, f"{len(st.running)} runs in flight (mode parallel, max {rule.max})")
+                return
+        self._start(rule, st, event, paths)
+
+    # -- runs --------------------------------------------------------------------------------------------------
+    def _trace(self, rule: Rule, event: Event, paths: list[str], run_id: str) -> dict[str, Any]:
+        return {"run_id": run_id, "rule_id": rule.id, "project": rule.project, "form": rule.form, "mode": rule.mode,
+                "event": _event_summary(event), "event_type": event.type,
+                "event_path": paths[0] if paths else None, "started": now_iso(), "conditions": [], "actions": [],
+                "task_ids": [], "outcome": None, "reason": None}
+
+    def _skip(self, rule: Rule, st: RuleState, event: Event, paths: list[str], reason: str) -> None:
+        trace = self._trace(rule, event, paths, new_run_id())
+        self._finish(rule, st, trace, time.monotonic(), "skipped", reason)
+
+    def _start(self, rule: Rule, st: RuleState, event: Event, paths: list[str]) -> None:
+        run_id = new_run_id()
+        t0 = time.monotonic()
+        ctx = Ctx(event, rule.project, rule.id, run_id, paths)
+        trace = self._trace(rule, event, paths, run_id)
+        if rule.sync_conditions:
+            for c in rule.conditions:
+                r = c.check(ctx)
+                trace["conditions"].append(r)
+                if not r["ok"]:
+                    self._finish(rule, st, trace, t0, "condition_failed", f"conditions[{len(trace['conditions']) - 1}]"
+                                                                          f" ({r['kind']}) not met")
+                    return
+            blocked = self._guard(rule, st, trace)
+            if blocked:
+                self._finish(rule, st, trace, t0, "skipped", blocked)
+                return
+            coro = self._run(rule, st, ctx, trace, t0, True)
+        else:
+            coro = self._run(rule, st, ctx, trace, t0, False)
+        task = asyncio.get_running_loop().create_task(coro, name=f"rule:{rule.id}:{run_id}")
+        st.running[run_id] = task
+        task.add_done_callback(lambda _t: self._reap(rule, st, ctx, trace, t0))
+
+    def _reap(self, rule: Rule, st: RuleState, ctx: Ctx, trace: dict[str, Any], t0: float) -> None:
+        """A task cancelled before its first step never enters ``_run``: finish its trace here."""
+        if trace.get("finished") is not None:
+            return
+        st.running.pop(ctx.run_id, None)
+        reason = ("restarted by a newer trigger (mode restart)" if ctx.run_id in st.restarted
+                  else "cancelled: the service is stopping")
+        st.restarted.discard(ctx.run_id)
+        self._finish(rule, st, trace, t0, "cancelled", reason)
+        self._drain(rule, st)
+
+    def _guard(self, rule: Rule, st: RuleState, trace: dict[str, Any]) -> str | None:
+        """About to act: the loop guard and the approval gate. Returns why not, or None."""
+        now = time.monotonic()
+        st.last_acted = now
+        acted = st.acted
+        while acted and acted[0] < now - LOOP_WINDOW:
+            acted.popleft()
+        acted.append(now)
+        if len(acted) > rule.max_runs_per_minute:
+            n = len(acted)
+            st.disabled_until = now + self.loop_disable_seconds
+            reason = (f"loop guard: {n} runs within {LOOP_WINDOW:g}s exceeds max_runs_per_minute "
+                      f"{rule.max_runs_per_minute}; rule paused for {self.loop_disable_seconds:g}s (or until "
+                      f"reload or automation.enable)")
+            st.disabled_reason = f"{reason}, since {now_iso()}"
+            st.queue.clear()
+            acted.clear()
+            log.warning("rule %s: %s", rule.id, reason, extra={"PROJECT": rule.project})
+            self.bus.publish("automation.loop_detected", rule.project,
+                             {"rule_id": rule.id, "run_id": trace["run_id"], "runs": n,
+                              "max_runs_per_minute": rule.max_runs_per_minute,
+                              "disabled_seconds": self.loop_disable_seconds, "event_type": trace["event_type"]},
+                             source="automation")
+            return reason
+        if rule.requires_approval:
+            self.bus.publish("automation.approval_requested", rule.project,
+                             {"rule_id": rule.id, "run_id": trace["run_id"], "event": trace["event"]},
+                             source="automation")
+            return "requiresApproval: the approval flow is not available yet, so the action was not run"
+        return None
+
+    async def _run(self, rule: Rule, st: RuleState, ctx: Ctx, trace: dict[str, Any], t0: float,
+                   conditions_done: bool) -> None:
+        outcome, reason = "success", None
+        current: dict[str, Any] | None = None
+        try:
+            if not conditions_done:
+                for c in rule.conditions:
+                    r = await c.acheck(ctx)
+                    trace["conditions"].append(r)
+                    if not r["ok"]:
+                        outcome = "condition_failed"
+                        reason = f"conditions[{len(trace['conditions']) - 1}] ({r['kind']}) not met"
+                        return
+                blocked = self._guard(rule, st, trace)
+                if blocked:
+                    outcome, reason = "skipped", blocked
+                    return
+            for i, action in enumerate(rule.actions):
+                t1 = time.monotonic()
+                current = {"index": i, "kind": action.kind, "ok": None}
+                trace["actions"].append(current)
+                try:
+                    res = await action.run(ctx, self.hooks)
+                    current.update(ok=True, result=res)
+                    if "task_id" in res:
+                        trace["task_ids"].append(res["task_id"])
+                except ActionFailed as exc:
+                    current.update(ok=False, error=str(exc), result=exc.detail)
+                except Exception as exc:
+                    log.exception("rule %s: actions[%d] (%s) crashed", rule.id, i, action.kind)
+                    current.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+                current["duration_ms"] = round((time.monotonic() - t1) * 1000, 1)
+                if not current["ok"]:
+                    if outcome == "success":
+                        outcome, reason = "error", f"actions[{i}] ({action.kind}): {current['error']}"
+                    if not action.continue_on_error:
+                        break
+                current = None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            reason = ("restarted by a newer trigger (mode restart)" if ctx.run_id in st.restarted
+                      else "cancelled: the service is stopping")
+            if current is not None:
+                current.update(ok=False, error="cancelled")
+            raise
+        except Exception as exc:  # a bug in a condition: fail this run, never the engine
+            log.exception("rule %s: run %s crashed", rule.id, ctx.run_id)
+            outcome, reason = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            st.running.pop(ctx.run_id, None)
+            st.restarted.discard(ctx.run_id)
+            self._finish(rule, st, trace, t0, outcome, reason)
+            self._drain(rule, st)
+
+    def _finish(self, rule: Rule, st: RuleState, trace: dict[str, Any], t0: float, outcome: str,
+                reason: str | None) -> None:
+        trace["finished"] = now_iso()
+        trace["duration_ms"] = round((time.monotonic() - t0) * 1000, 2)
+        trace["outcome"], trace["reason"] = outcome, reason
+        if outcome == "skipped":
+            st.skipped += 1
+        else:
+            st.runs += 1
+            st.last_run, st.last_outcome = trace["started"], outcome
+        self.store.add(trace)
+        if outcome in ("success", "error", "cancelled"):
+            lvl = logging.WARNING if outcome == "error" else logging.INFO
+            log.log(lvl, "rule %s run %s: %s%s", rule.id, trace["run_id"], outcome, f" ({reason})" if reason else "",
+                    extra={"PROJECT": rule.project})
+            if not self._stopping:
+                self.bus.publish("automation.run", rule.project,
+                                 {"rule_id": rule.id, "run_id": trace["run_id"], "outcome": outcome,
+                                  "reason": reason, "task_ids": trace["task_ids"]}, source="automation")
+
+    def _drain(self, rule: Rule, st: RuleState) -> None:
+        """Queued mode: start the next waiting trigger once nothing is in flight."""
+        while st.queue and not st.running and not self._stopping:
+            if not self._enabled(rule) or st.disabled_until > time.monotonic():
+                st.queue.clear()
+                return
+            event, paths = st.queue.popleft()
+            self._start(rule, st, event, paths)
+
+    # -- enable / disable --------------------------------------------------------------------------------------
+    def set_enabled(self, rule: Rule, enabled: bool) -> None:
+        key = (rule.project, rule.id)
+        self.overrides[key] = enabled
+        self.store.set_override(rule.project, rule.id, enabled, now_iso())
+        st = self.states.get(key)
+        if st is not None:
+            if enabled:
+                st.disabled_until, st.disabled_reason = 0.0, None
+                st.acted.clear()
+            else:
+                st.queue.clear()
+
+    # -- queries -----------------------------------------------------------------------------------------------
+    def _project(self, project: str | None) -> str | None:
+        if project is None:
+            return None
+        if project in self.rules:
+            return project
+        root = str(Path(project).expanduser().resolve())
+        if root not in self.rules:
+            raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: project: {project} is not a registered project",
+                             {"param": "project"})
+        return root
+
+    def find(self, rule_id: str | None, project: str | None = None) -> list[Rule]:
+        root = self._project(project)
+        out = []
+        for r, rules in self.rules.items():
+            if root is not None and r != root:
+                continue
+            if rule_id is None:
+                out.extend(rules.values())
+            elif rule_id in rules:
+                out.append(rules[rule_id])
+        if rule_id is not None and not out:
+            raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: ruleId: no rule '{rule_id}'", {"param": "ruleId"})
+        return out
+
+    def disabled_reason(self, rule: Rule) -> str | None:
+        key = (rule.project, rule.id)
+        ov = self.overrides.get(key)
+        if ov is False:
+            return "disabled by automation.disable" + (" (the config enables it)" if rule.enabled else "")
+        if ov is None and not rule.enabled:
+            return "disabled in config"
+        st = self.states.get(key)
+        if st is not None and st.disabled_until > time.monotonic():
+            return st.disabled_reason
+        return None
+
+    def rule_status(self, rule: Rule) -> dict[str, Any]:
+        st = self.states.get((rule.project, rule.id)) or RuleState()
+        reason = self.disabled_reason(rule)
+        out: dict[str, Any] = {
+            "id": rule.id, "project": rule.project, "description": rule.description, "enabled": reason is None,
+            "form": rule.form, "mode": rule.mode, "triggers": rule.triggers_text(), "last_run": st.last_run,
+            "last_outcome": st.last_outcome, "runs": st.runs, "skipped": st.skipped, "running": len(st.running),
+            "queued": len(st.queue),
+        }
+        if reason:
+            out["disabled_reason"] = reason
+        nf = _next_fire(rule)
+        if nf:
+            out["next_fire"] = nf
+        return out
+
+    # -- RPC ---------------------------------------------------------------------------------------------------
+    def register_rpc(self, rpc: Any) -> None:
+        rpc.register("automation.status", self.rpc_status)
+        rpc.register("automation.enable", self.rpc_enable)
+        rpc.register("automation.disable", self.rpc_disable)
+        rpc.register("automation.trace", self.rpc_trace)
+        rpc.register("automation.test", self.rpc_test)
+
+    def rpc_status(self, params: p.AutomationStatusParams, _conn: Any = None) -> dict[str, Any]:
+        return {"rules": [self.rule_status(r) for r in self.find(None, params.project)]}
+
+    def _set(self, params: p.RuleIdParams, enabled: bool) -> dict[str, Any]:
+        rules = self.find(params.ruleId, params.project)
+        for r in rules:
+            self.set_enabled(r, enabled)
+            log.info("rule %s %s", r.id, "enabled" if enabled else "disabled", extra={"PROJECT": r.project})
+        out: dict[str, Any] = {"ruleId": params.ruleId, "enabled": enabled}
+        if params.ruleId is None:
+            out["rules"] = [r.id for r in rules]
+        return out
+
+    def rpc_enable(self, params: p.RuleIdParams, _conn: Any = None) -> dict[str, Any]:
+        return self._set(params, True)
+
+    def rpc_disable(self, params: p.RuleIdParams, _conn: Any = None) -> dict[str, Any]:
+        return self._set(params, False)
+
+    def rpc_trace(self, params: p.AutomationTraceParams, _conn: Any = None) -> dict[str, Any]:
+        rules = self.find(params.ruleId, params.project)
+        if params.runId is not None:
+            for r in rules:
+                run = self.store.run(r.project, r.id, params.runId)
+                if run is not None:
+                    return {"run": run}
+            raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: runId: no run '{params.runId}' of rule "
+                                               f"'{params.ruleId}'", {"param": "runId"})
+        runs = [x for r in rules for x in self.store.runs(r.project, r.id, params.limit)]
+        runs.sort(key=lambda x: x["run_id"], reverse=True)
+        return {"ruleId": params.ruleId, "runs": runs[: params.limit]}
+
+    async def rpc_test(self, params: p.AutomationTestParams, _conn: Any = None) -> dict[str, Any]:
+        rule = self.find(params.ruleId, params.project)[0]
+        return await self.test_rule(rule, params.event)
+
+    async def test_rule(self, rule: Rule, raw_event: dict[str, Any] | None) -> dict[str, Any]:
+        """Trigger match and conditions (shell ones really run), and what the actions would do; never acts."""
+        if raw_event is None:
+            event = rule.triggers[0].synthetic_event(rule.project)
+        else:
+            data = raw_event.get("data", raw_event.get("payload", {}))
+            if not isinstance(data, dict):
+                raise p.RpcError(p.INVALID_PARAMS, "Invalid params: event.data: must be an object",
+                                 {"param": "event.data"})
+            data = dict(data)
+            for k in ("path", "paths", "job_id", "agent"):
+                if k in raw_event and k not in data:
+                    data[k] = raw_event[k]
+            event = Event("ev-test", str(raw_event.get("type", rule.triggers[0].type)), now_iso(),
+                          raw_event.get("project") or rule.project, str(raw_event.get("source", "test")), data)
+        paths = event_paths(event, rule.project)
+        matched = [t.text for t in rule.triggers if t.full_match(event, paths)]
+        ctx = Ctx(event, rule.project, rule.id, "test-" + new_run_id()[4:], paths)
+        results, passed = [], True
+        for c in rule.conditions:
+            r = await c.acheck(ctx)
+            results.append(r)
+            if not r["ok"]:
+                passed = False
+                break
+        blocked = []
+        reason = self.disabled_reason(rule)
+        if reason:
+            blocked.append(reason)
+        st = self.states.get((rule.project, rule.id))
+        if st is not None:
+            left = rule.cooldown_s - (time.monotonic() - st.last_acted)
+            if rule.cooldown_s and left > 0:
+                blocked.append(f"cooldown: {left:.1f}s left")
+            if st.running and rule.mode == "single":
+                blocked.append("a run is in flight (mode single): this trigger would be skipped")
+        if event.data.get("rule_id") == rule.id and rule.ignore_own_events:
+            blocked.append("the event was emitted by this rule (ignore_own_events)")
+        if rule.requires_approval:
+            blocked.append("requiresApproval: the approval flow is not available yet")
+        would = bool(matched) and passed and not blocked
+        return {"ruleId": rule.id, "project": rule.project, "event": msgspec.to_builtins(event),
+                "triggered": bool(matched), "matched_triggers": matched, "conditions": results,
+                "conditions_passed": passed, "blocked_by": blocked, "would_run": would,
+                "actions": [a.describe(ctx) for a in rule.actions], "acted": False}
+
+
+def _next_fire(rule: Rule) -> str | None:
+    """When a schedule: rule fires next (in the job's tz, else local time); None if unknown."""
+    if not rule.cron or not rule.enabled:
+        return None
+    try:
+        from cronsim import CronSim
+
+        if rule.tz:
+            from zoneinfo import ZoneInfo
+
+            now = datetime.now(ZoneInfo(rule.tz))
+        else:
+            now = datetime.now().astimezone()
+        return next(CronSim(rule.cron, now)).isoformat(timespec="seconds")
+    except Exception:
+        return None
+
+
+__all__ = ["AutomationEngine", "RuleState", "summary_of"]
