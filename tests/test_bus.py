@@ -163,8 +163,10 @@ def test_async_handler_failure_and_unsubscribe(tmp_path: Path) -> None:
 
 
 def test_subscribe_and_list_over_the_real_socket(service: ServiceEnv, tmp_path: Path) -> None:
+    baseline = service.call("daemon.status")["subsystems"]["router"]["subscribers"]
     sub = service.connect()
     reply = sub.request("events.subscribe", {"type": "project.*"})
+    assert service.call("daemon.status")["subsystems"]["router"]["subscribers"] == baseline + 1
     assert reply["result"]["subscribed"] is True
     other = tmp_path / "p2"
     other.mkdir()
@@ -179,7 +181,7 @@ def test_subscribe_and_list_over_the_real_socket(service: ServiceEnv, tmp_path: 
     assert bad["error"]["code"] == -32602 and bad["error"]["data"]["param"] == "id"
     assert service.call("events.dlq") == {"dead_letters": []}
     sub.close()
-    wait_for(lambda: service.call("daemon.status")["subsystems"]["router"]["subscribers"] <= 1,
+    wait_for(lambda: service.call("daemon.status")["subsystems"]["router"]["subscribers"] == baseline,
              what="the subscription to go away with its connection")
 
 

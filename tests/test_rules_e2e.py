@@ -1,14 +1,14 @@
 """Through the real service process: rules from .aiwg/daemon.json, RPC as AIWG clients call it, persistence.
 
-The service has no event source yet in this branch (watcher, scheduler and supervisor land elsewhere), so events
-cannot be injected from outside; automation.test drives the real engine's trigger match and shell conditions.
-TODO(integrator): once the watcher and supervisor are wired, add: write src/x.py -> file.modify -> rule runs its
-shell condition -> agent task queued (task.list shows it, automation.trace shows the task id).
+automation.test drives the real engine's trigger match and shell conditions without acting.
+The last two tests go all the way through real files: inotify -> bus -> rule -> shell condition -> task -> agent.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 from service_fixture import ServiceEnv, wait_for
@@ -76,3 +76,72 @@ def test_rules_through_the_real_service(svc_env: ServiceEnv) -> None:
     rules = {r["id"]: r for r in st["rules"]}
     assert rules["ts-review"]["enabled"] is False and "automation.disable" in rules["ts-review"]["disabled_reason"]
     assert svc_env.stop() == 0
+
+
+def _start_with_fake_claude(svc_env: ServiceEnv, cfg: dict[str, object]) -> None:
+    from tasks_support import make_fakebin
+
+    svc_env.env["PATH"] = f"{make_fakebin(svc_env.tmp)}:{svc_env.env['PATH']}"
+    (svc_env.project / "src").mkdir(exist_ok=True)
+    svc_env.write_project_config(cfg)
+    svc_env.start()
+
+
+def test_file_write_fires_rule_condition_and_agent_task(svc_env: ServiceEnv) -> None:
+    """write src/x.py -> file.modify -> shell condition runs for real -> agent task -> fake claude completes it."""
+    cfg = {
+        "watch": {"debounce_ms": 0, "paths": [{"path": "src/", "events": ["create", "modify"]}]},
+        "schedule": {"jobs": []},
+        "rules": [{"id": "lint-fix", "triggers": [{"type": "file.*", "paths": ["src/**/*.py"]}],
+                   "conditions": [{"shell": "echo \"$AIWG_EVENT_PATH\" >> checked.txt; exit 1", "expect": "fail"}],
+                   "actions": [{"agent": {"prompt": "Fix the lint errors in {paths}"}}], "mode": "single"}],
+    }
+    _start_with_fake_claude(svc_env, cfg)
+    (svc_env.project / "src" / "x.py").write_text("import os\n")
+
+    def done_task() -> dict[str, object] | None:
+        tasks = svc_env.call("task.list", {"source": "rule"})["tasks"]
+        return next((t for t in tasks if t["state"] == "completed"), None)
+
+    try:
+        task = wait_for(done_task, timeout=20, what="the rule's agent task to complete")
+    except AssertionError:
+        raise AssertionError(json.dumps({"tasks": svc_env.call("task.list", {}),
+                                         "trace": svc_env.call("automation.trace", {"ruleId": "lint-fix"})},
+                                        indent=1)[:6000]) from None
+    assert task["prompt"] == "Fix the lint errors in src/x.py"
+    assert task["project"] == str(svc_env.project) and task["agent"] == "claude"
+    assert task["session_id"] and task["cost_usd"] is not None  # parsed from the fake's stream-json
+    assert "src/x.py" in (svc_env.project / "checked.txt").read_text()  # the condition really ran
+    runs = svc_env.call("automation.trace", {"ruleId": "lint-fix"})
+    runs = runs["runs"] if isinstance(runs, dict) else runs
+    # a create then a modify: one run acts, the one that arrives meanwhile is skipped (mode single)
+    acted = [r for r in runs if r["outcome"] == "success"]
+    assert len(acted) == 1, runs
+    full = svc_env.call("automation.trace", {"ruleId": "lint-fix", "runId": acted[0]["run_id"]})
+    text = json.dumps(full)
+    assert task["id"] in text and "src/x.py" in text
+
+
+def test_loop_guard_stops_a_rule_that_rewrites_its_own_file(svc_env: ServiceEnv) -> None:
+    cfg = {
+        "watch": {"debounce_ms": 0, "paths": [{"path": "src/", "events": ["modify"]}]},
+        "schedule": {"jobs": []},
+        "rules": [{"id": "rewriter", "triggers": [{"type": "file.modify", "paths": ["src/loop.py"]}],
+                   "actions": [{"shell": "echo again >> src/loop.py"}], "mode": "queued",
+                   "max_runs_per_minute": 5}],
+    }
+    _start_with_fake_claude(svc_env, cfg)
+    sub = svc_env.connect()
+    sub.request("events.subscribe", {"type": "automation.loop_detected"})
+    (svc_env.project / "src" / "loop.py").write_text("start\n")
+    note = sub.read()
+    assert note["params"]["type"] == "automation.loop_detected"
+    assert note["params"]["data"].get("rule_id", note["params"]["data"].get("ruleId")) == "rewriter"
+    lines_then = (svc_env.project / "src" / "loop.py").read_text().count("again")
+    time.sleep(1.0)
+    assert (svc_env.project / "src" / "loop.py").read_text().count("again") == lines_then  # it really stopped
+    assert lines_then <= 7
+    status = svc_env.call("automation.status")
+    rule = next(r for r in status["rules"] if r["id"] == "rewriter")
+    assert rule.get("disabled_reason"), rule

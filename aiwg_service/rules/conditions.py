@@ -97,7 +97,9 @@ async def run_shell(cmd: str, ctx: Ctx, timeout: float | None) -> dict[str, Any]
     readers = asyncio.gather(_read_capped(proc.stdout, out), _read_capped(proc.stderr, err))
     try:
         if proc.stdin is not None:
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            # a command that never reads stdin may exit before we write; uvloop then reports the closed pipe
+            # as RuntimeError ("handler is closed") rather than BrokenPipeError: either way, nothing to feed
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
                 proc.stdin.write(msgspec.json.encode(ctx.event))
                 await proc.stdin.drain()
             proc.stdin.close()
