@@ -183,6 +183,11 @@ class Service:
                 roots.setdefault(r, pr.persistent)
         projects: dict[str, Project] = {}
         for root, persistent in roots.items():
+            if persistent and not Path(root).is_dir():
+                # a deleted project must not keep the whole service down (exit 78 is never restarted)
+                service_warnings.append(f"registered project {root} no longer exists; skipped "
+                                        f"(`aiwgctl project remove {root}` forgets it)")
+                continue
             try:
                 projects[root] = self.load_project(root, persistent)
             except config.ConfigError as exc:

@@ -174,3 +174,15 @@ def test_runs_as_pid1_reaps_and_stops_on_sigterm(svc_env: ServiceEnv) -> None:
     assert "Z" not in states, children
     os.kill(init_pid, signal.SIGTERM)
     assert proc.wait(20) == 0
+
+
+def test_a_deleted_registered_project_does_not_stop_the_service(service: ServiceEnv, tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    service.call("project.add", {"path": str(gone)})
+    service.stop()
+    shutil.rmtree(gone)
+    service.start()
+    paths = {p["path"] for p in service.call("project.list")["projects"]}
+    assert str(gone) not in paths and str(service.project) in paths
+    assert f"registered project {gone} no longer exists" in service.log_text()

@@ -100,7 +100,6 @@ class AutomationEngine:
         self.overrides = self.store.overrides()
         self._stopping = False
         self._sub = self.bus.subscribe("*", self.on_event, name="automation", retries=0, max_queue=100_000)
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop(), name="automation:flush")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -114,20 +113,28 @@ class AutomationEngine:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._flusher is not None:
-            self._flusher.cancel()
+            # let a pending flush finish (at most flush_interval): cancelling it mid-write would leave its
+            # thread writing while close() flushes on the same connection
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         self.store.close()
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            try:
-                batch = self.store.take()
-                if batch:
-                    await asyncio.to_thread(self.store.write, batch)  # keeps SQLite off the event loop
-            except Exception:
-                log.exception("cannot write automation traces to %s", self.store.path)
+    def _add_trace(self, trace: dict[str, Any]) -> None:
+        """Keep a trace; the first one after a quiet spell schedules a flush (an idle engine never wakes)."""
+        self.store.add(trace)
+        if self._flusher is None and not self._stopping:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon(), name="automation:flush")
+
+    async def _flush_soon(self) -> None:
+        """Write the traces gathered over ``flush_interval`` in one transaction, off the event loop."""
+        await asyncio.sleep(self.flush_interval)
+        self._flusher = None  # traces added while we write schedule the next flush
+        try:
+            batch = self.store.take()
+            if batch:
+                await asyncio.to_thread(self.store.write, batch)  # keeps SQLite off the event loop
+        except Exception:
+            log.exception("cannot write automation traces to %s", self.store.path)
 
     def health(self) -> dict[str, Any]:
         states = list(self.states.values())
@@ -390,7 +397,7 @@ class AutomationEngine:
         else:
             st.runs += 1
             st.last_run, st.last_outcome = trace["started"], outcome
-        self.store.add(trace)
+        self._add_trace(trace)
         if outcome in ("success", "error", "cancelled"):
             lvl = logging.WARNING if outcome == "error" else logging.INFO
             log.log(lvl, "rule %s run %s: %s%s", rule.id, trace["run_id"], outcome, f" ({reason})" if reason else "",
