@@ -396,7 +396,8 @@ class Service:
             parts.append(f"{tasks.get('queued', 0)} queued")
         watcher = health.get("watcher", {})
         if "watched_dirs" in watcher:
-            parts.append(f"watching {watcher['watched_dirs']:,} dirs")
+            n_dirs = watcher["watched_dirs"]
+            parts.append(f"watching {n_dirs:,} dir{'s' if n_dirs != 1 else ''}")
         if not self.last_reload.get("ok", True):
             parts.append("last reload refused")
         return " · ".join(parts)

@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent  # holds aiwg-service and aiwgctl (the venv's,
 WATCHDOG_SEC = 2
 TIMEOUT_ABORT_SEC = 10  # from the shipped unit
 
-STATUS_RE = re.compile(r"^1 project( · \d+ running · \d+ queued)? · watching \d+ dirs$")
+STATUS_RE = re.compile(r"^1 project( · \d+ running · \d+ queued)? · watching \d+ dirs?$")
 
 
 def dropin(config_home: Path) -> str:
