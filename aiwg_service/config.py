@@ -158,7 +158,8 @@ def _join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as error messages quote it: JSON for scalars, \"an object\" / \"a list\" for containers."""
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, list):
@@ -200,13 +201,13 @@ def _constraint_errors(value: float | int | str | list[Any], t: Any) -> str | No
                            ("le", float.__le__, "<="), ("lt", float.__lt__, "<")):
         bound = getattr(t, attr, None)
         if bound is not None and isinstance(value, int | float) and not op(float(value), float(bound)):
-            return f"{_show(value)} must be {word} {bound}"
+            return f"{show_value(value)} must be {word} {bound}"
     min_len = getattr(t, "min_length", None)
     if min_len is not None and len(value) < min_len:  # type: ignore[arg-type]
         return "must not be empty" if min_len == 1 else f"must have at least {min_len} items"
     pattern = getattr(t, "pattern", None)
     if pattern is not None and isinstance(value, str) and not re.search(pattern, value):
-        return PATTERN_HELP.get(pattern, "{v} does not match " + pattern).format(v=_show(value))
+        return PATTERN_HELP.get(pattern, "{v} does not match " + pattern).format(v=show_value(value))
     return None
 
 
@@ -231,11 +232,11 @@ def _walk(value: Any, t: Any, path: str, errors: list[tuple[str, str]], warnings
     if isinstance(t, mi.LiteralType):
         if value not in t.values:
             allowed = LITERAL_ORDER.get(frozenset(t.values), t.values)
-            errors.append((path, f"{_show(value)} is not one of {', '.join(map(str, allowed))}"))
+            errors.append((path, f"{show_value(value)} is not one of {', '.join(map(str, allowed))}"))
         return
     expected = _TYPE_NAMES.get(type(t), "a valid value")
     if not _TYPE_CHECKS.get(type(t), _anything)(value):
-        errors.append((path, f"must be {expected}, not {_show(value)}"))
+        errors.append((path, f"must be {expected}, not {show_value(value)}"))
         return
     problem = _constraint_errors(value, t) if not isinstance(t, mi.StructType | mi.DictType) else None
     if problem:
@@ -275,7 +276,7 @@ def _secret_scan(value: Any, path: str, errors: list[tuple[str, str]]) -> None:
             p = _join(path, k)
             if k.endswith("_env"):
                 if not (isinstance(v, str) and re.search(ENV_NAME, v)):
-                    errors.append((p, PATTERN_HELP[ENV_NAME].format(v=_show(v))))
+                    errors.append((p, PATTERN_HELP[ENV_NAME].format(v=show_value(v))))
             elif _SECRET_KEY.search(k) and isinstance(v, str) and v:
                 errors.append((p, f"looks like a secret; keep it out of config: set an environment variable "
                                   f"and name it in \"{k}_env\""))
@@ -340,7 +341,7 @@ def _check_schedule(cfg: Config) -> list[tuple[str, str]]:
 
     for i, job in enumerate(cfg.schedule.jobs):
         if job.id in seen:
-            errors.append((f"schedule.jobs[{i}].id", f"duplicate job id {_show(job.id)}"))
+            errors.append((f"schedule.jobs[{i}].id", f"duplicate job id {show_value(job.id)}"))
         seen.add(job.id)
         problem = validate_expression(job.cron)
         if problem:

@@ -12,13 +12,13 @@ Two forms:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..bus import compile_pattern
+from ..config import show_value
 from ..protocol import Event
 from . import actions as A
 from . import conditions as C
@@ -41,14 +41,6 @@ RICH_KEYS = {"id", "description", "enabled", "triggers", "conditions", "actions"
              "max_runs_per_minute", "ignore_own_events"}
 TRIGGER_KEYS = {"type", "paths", "agent", "source", "job_id", "data"}
 SCHEDULE_PREFIX = "schedule:"
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, dict):
-        return "an object"
-    if isinstance(v, list):
-        return "a list"
-    return json.dumps(v, ensure_ascii=False)
 
 
 # -- compiled forms -----------------------------------------------------------------------------------------
@@ -146,7 +138,7 @@ class _V:
         self.errors.append((f"{self.base}: {path}" if path else self.base, problem))
 
     def type_err(self, path: str, want: str, v: Any) -> None:
-        self.err(path, f"must be {want}, not {_show(v)}")
+        self.err(path, f"must be {want}, not {show_value(v)}")
 
     def str_(self, d: dict[str, Any], key: str, path: str, *, required: bool = False,
              default: str | None = None) -> str | None:
@@ -175,7 +167,7 @@ class _V:
             return default
         if (v <= lo if strict_lo else v < lo) or (hi is not None and v > hi):
             rng = f"> {lo:g}" if strict_lo else f">= {lo:g}"
-            self.err(p, f"{_show(v)} must be {rng}" + (f" and <= {hi:g}" if hi is not None else ""))
+            self.err(p, f"{show_value(v)} must be {rng}" + (f" and <= {hi:g}" if hi is not None else ""))
             return default
         return v
 
@@ -190,7 +182,7 @@ class _V:
 
     def one_of(self, v: Any, allowed: tuple[str, ...], path: str) -> bool:
         if v not in allowed:
-            self.err(path, f"{_show(v)} is not one of {', '.join(allowed)}")
+            self.err(path, f"{show_value(v)} is not one of {', '.join(allowed)}")
             return False
         return True
 
@@ -203,7 +195,7 @@ class _V:
         try:
             return re.compile(v)
         except re.error as exc:
-            self.err(path, f"{_show(v)} is not a valid regular expression ({exc}){hint}")
+            self.err(path, f"{show_value(v)} is not a valid regular expression ({exc}){hint}")
             return None
 
     def glob(self, v: Any, path: str) -> Glob | None:
@@ -213,13 +205,13 @@ class _V:
         try:
             return compile_glob(v)
         except (ValueError, re.error) as exc:
-            self.err(path, f"{_show(v)} is not a valid glob: {exc}")
+            self.err(path, f"{show_value(v)} is not a valid glob: {exc}")
             return None
 
 
 def _type_pattern(v: _V, t: str, path: str) -> tuple[bool, Callable[[str], bool]] | None:
     if not t.strip() or any(c.isspace() for c in t):
-        v.err(path, f"{_show(t)} is not an event type pattern (like \"file.modify\", \"file.*\" or \"*\")")
+        v.err(path, f"{show_value(t)} is not an event type pattern (like \"file.modify\", \"file.*\" or \"*\")")
         return None
     exact = not any(c in t for c in "*?[")
     return exact, compile_pattern(t)
@@ -236,7 +228,7 @@ def _priority(v: _V, d: dict[str, Any], path: str) -> int:
     if isinstance(p, str) and p.lower() in A.PRIORITY_NAMES:
         return A.PRIORITY_NAMES[p.lower()]
     if isinstance(p, bool) or not isinstance(p, int) or not -1000 <= p <= 1000:
-        v.err(f"{path}.priority", f"{_show(p)} must be an integer from -1000 to 1000 or one of "
+        v.err(f"{path}.priority", f"{show_value(p)} must be an integer from -1000 to 1000 or one of "
                                   f"{', '.join(A.PRIORITY_NAMES)}")
         return 0
     return p
@@ -256,7 +248,7 @@ def _aiwg_condition(v: _V, c: Any, path: str) -> C.Condition | None:
         v.err(f"{path}.operator", "is required")
     elif v.one_of(op, C.OPERATORS, f"{path}.operator") and op not in ("exists", "not_exists") \
             and "value" not in c:
-        v.err(f"{path}.value", f"is required with operator {_show(op)}")
+        v.err(f"{path}.value", f"is required with operator {show_value(op)}")
     rx = None
     if op == "matches" and "value" in c:
         if not isinstance(c["value"], str):
@@ -321,7 +313,7 @@ def _aiwg_rule(v: _V, raw: dict[str, Any], rid: str, project: str) -> Rule | Non
             else:
                 url = v.str_(act, "url", "action", required=True)
                 if url is not None and not url.startswith(("http://", "https://")):
-                    v.err("action.url", f"{_show(url)} must be an http:// or https:// URL")
+                    v.err("action.url", f"{show_value(url)} must be an http:// or https:// URL")
                 elif url is not None:
                     acts.append(A.WebhookAction(url, v.str_(act, "message", "action")))
     cooldown = v.num(raw, "cooldownMs", "", 0, lo=0) / 1000.0
@@ -398,7 +390,7 @@ def _time_condition(v: _V, t: Any, path: str) -> C.Condition | None:
             for j, d in enumerate(wd):
                 key = d[:3].lower() if isinstance(d, str) else None
                 if key not in C.WEEKDAYS:
-                    v.err(f"{path}.weekdays[{j}]", f"{_show(d)} is not one of {', '.join(C.WEEKDAYS)}")
+                    v.err(f"{path}.weekdays[{j}]", f"{show_value(d)} is not one of {', '.join(C.WEEKDAYS)}")
                 else:
                     days.add(C.WEEKDAYS.index(key))
     start = end = None
@@ -407,7 +399,7 @@ def _time_condition(v: _V, t: Any, path: str) -> C.Condition | None:
         parts = hours.split("-")
         ms = [_HHMM.match(x.strip()) for x in parts] if len(parts) == 2 else []
         if len(ms) != 2 or not all(ms) or any(int(m.group(1)) > 24 or int(m.group(2)) > 59 for m in ms if m):
-            v.err(f"{path}.hours", f"{_show(hours)} must be a range like \"09:00-18:00\"")
+            v.err(f"{path}.hours", f"{show_value(hours)} must be a range like \"09:00-18:00\"")
         else:
             start, end = (int(m.group(1)) * 60 + int(m.group(2)) for m in ms if m)
     tz = None
@@ -418,7 +410,7 @@ def _time_condition(v: _V, t: Any, path: str) -> C.Condition | None:
         try:
             tz = ZoneInfo(tzname)
         except (ZoneInfoNotFoundError, ValueError):
-            v.err(f"{path}.tz", f"{_show(tzname)} is not a known time zone (like \"Europe/Berlin\")")
+            v.err(f"{path}.tz", f"{show_value(tzname)} is not a known time zone (like \"Europe/Berlin\")")
     if v.count > n:
         return None
     return C.TimeCondition(days, start, end, tz, {k: t[k] for k in ("weekdays", "hours", "tz") if k in t})
@@ -433,7 +425,7 @@ def _rich_condition(v: _V, c: Any, path: str) -> C.Condition | None:
     kinds = [k for k in CONDITION_KINDS if k in c]
     if len(kinds) != 1:
         if not kinds:
-            v.err(path, f"unknown condition kind {', '.join(map(_show, c)) or '(empty object)'}: "
+            v.err(path, f"unknown condition kind {', '.join(map(show_value, c)) or '(empty object)'}: "
                         f"use one of {', '.join(CONDITION_KINDS)}, or field/operator/value")
         else:
             v.err(path, f"has {' and '.join(kinds)}: one condition kind per object (wrap several in all/any)")
@@ -500,7 +492,7 @@ def _rich_action(v: _V, a: Any, path: str, source: str = "rule") -> A.Action | N
     if len(kinds) != 1:
         others = [k for k in a if k != "continue_on_error"]
         if not kinds:
-            v.err(path, f"unknown action kind {', '.join(map(_show, others)) or '(empty object)'}: "
+            v.err(path, f"unknown action kind {', '.join(map(show_value, others)) or '(empty object)'}: "
                         f"use one of {', '.join(ACTION_KINDS)}")
         else:
             v.err(path, f"has {' and '.join(kinds)}: one action per object (list them in order)")
@@ -544,7 +536,7 @@ def _rich_action(v: _V, a: Any, path: str, source: str = "rule") -> A.Action | N
         v.unknown(body, {"type", "data"}, p, "an emit action")
         typ = v.str_(body, "type", p, required=True)
         if typ is not None and (any(c in typ for c in "*?[ ") or typ.startswith("automation.")):
-            v.err(f"{p}.type", f"{_show(typ)} must be a concrete event type (no wildcards, not automation.*)")
+            v.err(f"{p}.type", f"{show_value(typ)} must be a concrete event type (no wildcards, not automation.*)")
         data = body.get("data", {})
         if not isinstance(data, dict):
             v.type_err(f"{p}.data", "an object", data)
@@ -552,7 +544,7 @@ def _rich_action(v: _V, a: Any, path: str, source: str = "rule") -> A.Action | N
     v.unknown(body, {"url", "message"}, p, "a webhook action")
     url = v.str_(body, "url", p, required=True)
     if url is not None and not url.startswith(("http://", "https://")):
-        v.err(f"{p}.url", f"{_show(url)} must be an http:// or https:// URL")
+        v.err(f"{p}.url", f"{show_value(url)} must be an http:// or https:// URL")
     return None if v.count > n or url is None else A.WebhookAction(url, v.str_(body, "message", p), coe)
 
 
@@ -580,7 +572,7 @@ def _rich_rule(v: _V, raw: dict[str, Any], rid: str, project: str) -> Rule | Non
     v.one_of(mode, MODES, "mode")
     mx = v.num(raw, "max", "", DEFAULT_MAX, lo=1, hi=10_000, integer=True)
     if "max" in raw and mode in ("single", "restart"):
-        v.err("max", f"only applies to mode queued or parallel, not {_show(mode)}")
+        v.err("max", f"only applies to mode queued or parallel, not {show_value(mode)}")
     cooldown = v.num(raw, "cooldown_seconds", "", 0, lo=0, hi=30 * 86_400)
     mrpm = v.num(raw, "max_runs_per_minute", "", DEFAULT_MAX_RUNS_PER_MINUTE, lo=1, hi=100_000, integer=True)
     own = v.bool_(raw, "ignore_own_events", "", True)
@@ -609,7 +601,7 @@ def job_rule(v: _V, job: CronJob, project: str) -> Rule | None:
         act = A.DoctorAction()
     elif action == "agent" or job.prompt is not None:
         if not job.prompt:
-            v.err("prompt", f"is required when action is {_show(action)}")
+            v.err("prompt", f"is required when action is {show_value(action)}")
             return None
         act = A.AgentAction(job.prompt, job.agent, 0, None, "cron")
     elif action.startswith("shell:"):
@@ -647,13 +639,13 @@ def compile_rules(raw_rules: list[Any], jobs: list[CronJob], project: str = "") 
             continue
         if not isinstance(rid, str) or not rid.strip():
             v.err("id", "is required (a non-empty string)" if rid is None else f"must be a non-empty string, "
-                                                                              f"not {_show(rid)}")
+                                                                              f"not {show_value(rid)}")
             continue
         if rid.startswith(SCHEDULE_PREFIX):
-            v.err("id", f"{_show(rid)}: ids starting with \"schedule:\" are reserved for schedule.jobs")
+            v.err("id", f"{show_value(rid)}: ids starting with \"schedule:\" are reserved for schedule.jobs")
             continue
         if rid in seen:
-            v.err("id", f"duplicate rule id {_show(rid)} (also rules[{seen[rid]}])")
+            v.err("id", f"duplicate rule id {show_value(rid)} (also rules[{seen[rid]}])")
             continue
         seen[rid] = i
         aiwg = "trigger" in raw or "action" in raw
