@@ -166,10 +166,21 @@ class RpcServer:
         sock.setblocking(False)
         self.server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=1024)
 
-    async def close(self) -> None:
-        """Stop accepting, then close every connection (in-flight replies already written stay written)."""
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop accepting, answer what accepted connections already sent, then close them.
+
+        Under socket activation, closing our listening fd leaves systemd's socket open, so new connections
+        wait in its backlog for the next instance. A request that was already accepted must not be reset:
+        give in-flight data a moment to arrive (the next loop turns run ``data_received``) and let running
+        handlers finish, within ``grace`` seconds.
+        """
         if self.server is not None:
             self.server.close()
+        self.accepting = False
+        await asyncio.sleep(0.05)
+        pending = [t for c in self.connections for t in c._tasks]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()

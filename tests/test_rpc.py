@@ -248,3 +248,34 @@ def test_stopping_service_refuses_new_work_but_answers_reads(tmp_path: Path) -> 
     refused, ping = asyncio.run(scenario())
     assert refused["error"]["code"] == -32000 and "stopping" in refused["error"]["message"]
     assert ping["result"] == {"pong": True}
+
+
+def test_close_answers_requests_already_accepted(tmp_path: Path) -> None:
+    """A graceful stop (systemctl restart) must not reset a connection whose request is in flight."""
+
+    async def scenario() -> list[dict[str, object]]:
+        server = RpcServer()
+
+        async def slow(_p: object, _c: object) -> dict[str, bool]:
+            await asyncio.sleep(0.2)
+            return {"pong": True}
+
+        server.register("ping", lambda _p, _c: {"pong": True})
+        server.register("daemon.status", slow)
+        sock_path = tmp_path / "s" / "rpc.sock"
+        await server.serve(bind_socket(sock_path))
+        r1, w1 = await asyncio.open_unix_connection(str(sock_path))
+        w1.write(b'{"jsonrpc":"2.0","method":"daemon.status","id":1}\n')  # a handler still running at close
+        await w1.drain()
+        r2, w2 = await asyncio.open_unix_connection(str(sock_path))
+        await asyncio.sleep(0.02)  # accepted, nothing sent yet
+        closing = asyncio.ensure_future(server.close())
+        w2.write(b'{"jsonrpc":"2.0","method":"ping","id":2}\n')  # sent just as the stop begins
+        await w2.drain()
+        replies = [json.loads(await r1.readline()), json.loads(await r2.readline())]
+        await closing
+        return replies
+
+    slow_reply, ping_reply = asyncio.run(scenario())
+    assert slow_reply["result"] == {"pong": True}
+    assert ping_reply["result"] == {"pong": True}
