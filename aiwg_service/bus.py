@@ -14,19 +14,18 @@ import inspect
 import itertools
 import json
 import logging
-import os
 import random
 import re
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from .protocol import Event
+from .atomic import write_atomic
+from .protocol import Event, utc_now
 
 log = logging.getLogger("aiwg.bus")
 
@@ -34,10 +33,6 @@ Handler = Callable[[Event], Awaitable[None] | None]
 HISTORY = 1000
 DLQ_MAX = 1000
 RETRY_DELAYS = (1.0, 2.0, 4.0)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _counter = itertools.count()
@@ -191,7 +186,7 @@ class EventBus:
     # -- publish / subscribe ---------------------------------------------------------------------------
     def publish(self, type: str, project: str | None = None, data: dict[str, Any] | None = None,
                 source: str = "") -> Event:
-        event = Event(new_event_id(), type, now_iso(), project, source, data if data is not None else {})
+        event = Event(new_event_id(), type, utc_now(), project, source, data if data is not None else {})
         self.publish_event(event)
         return event
 
@@ -267,7 +262,7 @@ class EventBus:
     # -- dead letters ----------------------------------------------------------------------------------
     def dead_letter(self, event: Event, subscriber: str, error: str, attempts: int) -> None:
         dl = DeadLetter(f"dl-{time.time_ns() // 1000:x}-{next(self._dlq_seq)}", event, subscriber, error,
-                        attempts, now_iso())
+                        attempts, utc_now())
         self.dlq.append(dl)
         del self.dlq[:-DLQ_MAX]
         self._save_dlq()
@@ -290,13 +285,8 @@ class EventBus:
     def _save_dlq(self) -> None:
         if self.dlq_path is None:
             return
-        tmp = self.dlq_path.with_suffix(".tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(msgspec.json.encode(self.dlq))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.dlq_path)
+            write_atomic(self.dlq_path, msgspec.json.encode(self.dlq))
         except OSError as exc:
             log.error("cannot persist the dead-letter queue to %s: %s", self.dlq_path, exc)
 

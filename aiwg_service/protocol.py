@@ -9,6 +9,7 @@ Framing: one JSON value per line (UTF-8, ``\\n``-terminated), both ways.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -228,6 +229,11 @@ READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "tas
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"
 NOTIFY_TASK_OUTPUT = "task.output"
+
+def utc_now() -> str:
+    """Now as ``YYYY-MM-DDTHH:MM:SS.mmmZ``: the one time format of events and tasks on the wire."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
 
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(Request)

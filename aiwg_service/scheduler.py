@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
 from .bus import EventBus
 from .cron import CronSchedule, format_time
 from .walltimer import WallTimer
@@ -141,10 +141,8 @@ class CronScheduler:
         log.info("cron job %s fired (scheduled %s)", job.id, data["scheduled"], extra={"PROJECT": job.project})
 
     def _save(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(self.last_runs))
-            os.replace(tmp, self.state_file)
+            write_atomic(self.state_file, json.dumps(self.last_runs).encode())
         except OSError as exc:
             log.error("cannot save cron state: %s", exc)
 

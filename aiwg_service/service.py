@@ -27,6 +27,7 @@ import msgspec
 from . import __version__, config, events_api, paths
 from . import protocol as p
 from . import systemd as sd
+from .atomic import write_atomic
 from .bus import EventBus
 from .rpc import Connection, RpcServer, bind_socket
 
@@ -95,15 +96,6 @@ class AlreadyRunning(RuntimeError):
     pass
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def resolve_root(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
@@ -148,7 +140,7 @@ class Service:
     def save_registry(self) -> None:
         assert self.configs is not None
         roots = sorted(r for r, pr in self.configs.projects.items() if pr.persistent)
-        _atomic_write(self.registry_file(), json.dumps({"projects": roots}, indent=2).encode() + b"\n")
+        write_atomic(self.registry_file(), json.dumps({"projects": roots}, indent=2).encode() + b"\n")
 
     def load_project(self, root: str, persistent: bool) -> Project:
         if not Path(root).is_dir():
@@ -364,7 +356,7 @@ class Service:
         try:
             st = self.state()
             st["running"] = not stopped
-            _atomic_write(self.state_dir / "state.json", msgspec.json.encode(st))
+            write_atomic(self.state_dir / "state.json", msgspec.json.encode(st))
         except OSError as exc:
             log.error("cannot write state.json: %s", exc)
 

@@ -68,11 +68,11 @@ async def throughput(n: int, tmp: Path) -> None:
         eng.set_project(root, cfg)
         t0 = time.perf_counter()
         if direct:
-            from aiwg_service.bus import new_event_id, now_iso
-            from aiwg_service.protocol import Event
+            from aiwg_service.bus import new_event_id
+            from aiwg_service.protocol import Event, utc_now
 
             for p in paths:
-                eng.on_event(Event(new_event_id(), "file.modify", now_iso(), root, "watch", {"path": p, "kind": "c"}))
+                eng.on_event(Event(new_event_id(), "file.modify", utc_now(), root, "watch", {"path": p, "kind": "c"}))
         else:
             sub = eng._sub
             for i, p in enumerate(paths):

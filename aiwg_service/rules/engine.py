@@ -22,8 +22,8 @@ from typing import Any
 import msgspec
 
 from .. import protocol as p
-from ..bus import EventBus, now_iso
-from ..protocol import Event
+from ..bus import EventBus
+from ..protocol import Event, utc_now
 from .actions import ActionFailed, Doctor, Hooks, SubmitTask
 from .conditions import Ctx
 from .matching import TriggerIndex, event_paths
@@ -260,7 +260,7 @@ class AutomationEngine:
     def _trace(self, rule: Rule, event: Event, paths: list[str], run_id: str) -> dict[str, Any]:
         return {"run_id": run_id, "rule_id": rule.id, "project": rule.project, "form": rule.form, "mode": rule.mode,
                 "event": _event_summary(event), "event_type": event.type,
-                "event_path": paths[0] if paths else None, "started": now_iso(), "conditions": [], "actions": [],
+                "event_path": paths[0] if paths else None, "started": utc_now(), "conditions": [], "actions": [],
                 "task_ids": [], "outcome": None, "reason": None}
 
     def _skip(self, rule: Rule, st: RuleState, event: Event, paths: list[str], reason: str) -> None:
@@ -316,7 +316,7 @@ class AutomationEngine:
             reason = (f"loop guard: {n} runs within {LOOP_WINDOW:g}s exceeds max_runs_per_minute "
                       f"{rule.max_runs_per_minute}; rule paused for {self.loop_disable_seconds:g}s (or until "
                       f"reload or automation.enable)")
-            st.disabled_reason = f"{reason}, since {now_iso()}"
+            st.disabled_reason = f"{reason}, since {utc_now()}"
             st.queue.clear()
             acted.clear()
             log.warning("rule %s: %s", rule.id, reason, extra={"PROJECT": rule.project})
@@ -389,7 +389,7 @@ class AutomationEngine:
 
     def _finish(self, rule: Rule, st: RuleState, trace: dict[str, Any], t0: float, outcome: str,
                 reason: str | None) -> None:
-        trace["finished"] = now_iso()
+        trace["finished"] = utc_now()
         trace["duration_ms"] = round((time.monotonic() - t0) * 1000, 2)
         trace["outcome"], trace["reason"] = outcome, reason
         if outcome == "skipped":
@@ -420,7 +420,7 @@ class AutomationEngine:
     def set_enabled(self, rule: Rule, enabled: bool) -> None:
         key = (rule.project, rule.id)
         self.overrides[key] = enabled
-        self.store.set_override(rule.project, rule.id, enabled, now_iso())
+        self.store.set_override(rule.project, rule.id, enabled, utc_now())
         st = self.states.get(key)
         if st is not None:
             if enabled:
@@ -540,7 +540,7 @@ class AutomationEngine:
             for k in ("path", "paths", "job_id", "agent"):
                 if k in raw_event and k not in data:
                     data[k] = raw_event[k]
-            event = Event("ev-test", str(raw_event.get("type", rule.triggers[0].type)), now_iso(),
+            event = Event("ev-test", str(raw_event.get("type", rule.triggers[0].type)), utc_now(),
                           raw_event.get("project") or rule.project, str(raw_event.get("source", "test")), data)
         paths = event_paths(event, rule.project)
         matched = [t.text for t in rule.triggers if t.full_match(event, paths)]

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from ..protocol import utc_now
+
 __all__ = [
     "FINISHED_STATES",
     "AgentProfile",
@@ -210,11 +212,6 @@ def new_task_id() -> str:
                 _last_ms += 1
                 _seq = 0
         return "t-" + _b32(_last_ms, 9) + _b32(_seq, 3)
-
-
-def utc_now() -> str:
-    """Current time as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
-    return format_time(time.time())
 
 
 def format_time(ts: float) -> str:
