@@ -176,7 +176,6 @@ _TYPE_NAMES = {
     mi.DictType: "an object",
     mi.StructType: "an object",
     mi.NoneType: "null",
-    mi.LiteralType: "one of the allowed values",
 }
 
 

@@ -27,7 +27,6 @@ INTERNAL_ERROR = -32603
 # -32000 .. -32099: server errors of this service
 SERVER_BUSY = -32000
 CONFIG_INVALID = -32001
-REQUEST_TOO_LARGE = -32002
 NOT_FOUND = INVALID_PARAMS  # the AIWG daemon answers an unknown task id with -32602; clients rely on it
 
 ID = int | float | str | None

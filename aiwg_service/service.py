@@ -109,8 +109,8 @@ class Service:
         self.socket_path = paths.socket_path(opts.socket)
         self.bus = EventBus(self.state_dir / "deadletters.json")
         self.rpc = RpcServer()
-        self.subsystems: list[Any] = []
-        self.started: list[Any] = []
+        self.subsystems: list[Subsystem] = []
+        self.started: list[Subsystem] = []
         self.configs: Configs | None = None
         self.started_at = time.time()
         self.stop_event = asyncio.Event()

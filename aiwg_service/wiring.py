@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .service import Configs, Service
+    from .service import Configs, Service, Subsystem
 
 
 class WatcherSubsystem:
@@ -49,7 +49,7 @@ class WatcherSubsystem:
         return h
 
 
-def build_subsystems(service: Service) -> list[Any]:
+def build_subsystems(service: Service) -> list[Subsystem]:
     from . import doctor
     from .rules.engine import AutomationEngine
     from .scheduler import CronScheduler

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,8 +88,7 @@ class Client:
             if msg.get("id") != rid:
                 continue  # a notification on a streaming connection
             if "error" in msg:
-                err = msg["error"]
-                raise p.RpcError(err.get("code", p.INTERNAL_ERROR), err.get("message", "error"), err.get("data"))
+                raise _error(msg["error"])
             return msg.get("result")
 
     def stream(self, method: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
@@ -103,16 +101,10 @@ class Client:
             except NotRunning:
                 return
             if msg.get("id") == rid and "error" in msg:
-                err = msg["error"]
-                raise p.RpcError(err.get("code", p.INTERNAL_ERROR), err.get("message", "error"), err.get("data"))
+                raise _error(msg["error"])
             yield msg
 
 
-def connect(path: Path | None = None, timeout: float | None = 30.0) -> Client:
-    from .. import paths
-
-    return Client(path or paths.socket_path(), timeout)
-
-
-def is_tty() -> bool:
-    return os.isatty(1)
+def _error(err: dict[str, Any]) -> p.RpcError:
+    """The service's error object as the exception aiwgctl reports."""
+    return p.RpcError(err.get("code", p.INTERNAL_ERROR), err.get("message", "error"), err.get("data"))
