@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,7 +119,6 @@ class Service:
         self._timers: list[asyncio.Task[None]] = []
         self._status_pending = False
         self._reloading = asyncio.Lock()
-        self.on_configs: list[Callable[[Configs], Any]] = []
 
     # -- config ----------------------------------------------------------------------------------------
     def registry_file(self) -> Path:
