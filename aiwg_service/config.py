@@ -336,7 +336,7 @@ def _convert_errors(raw: dict[str, Any], exc: msgspec.ValidationError) -> list[t
 def _check_schedule(cfg: Config) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     seen: set[str] = set()
-    from .cron import validate_expression, validate_timezone
+    from .events.cron import validate_expression, validate_timezone
 
     for i, job in enumerate(cfg.schedule.jobs):
         if job.id in seen:

@@ -23,11 +23,12 @@ from typing import Any, Protocol
 
 import msgspec
 
-from . import __version__, config, events_api, paths
+from . import __version__, config, paths
 from . import protocol as p
 from . import systemd as sd
 from .atomic import write_atomic
-from .bus import EventBus
+from .events import api as events_api
+from .events.bus import EventBus
 from .rpc import Connection, RpcServer, bind_socket
 
 log = logging.getLogger("aiwg.service")

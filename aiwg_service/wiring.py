@@ -19,7 +19,7 @@ class WatcherSubsystem:
     name = "watcher"
 
     def __init__(self, service: Service) -> None:
-        from .watcher import FileWatcher
+        from .events.watcher import FileWatcher
 
         bus = service.bus
         self.engine = FileWatcher(lambda type, root, data: bus.publish(type, root, data, "watch"))
@@ -31,7 +31,7 @@ class WatcherSubsystem:
         await self.engine.stop()
 
     def apply(self, configs: Configs) -> None:
-        from .watcher import WatchSpec
+        from .events.watcher import WatchSpec
 
         for root in list(self.engine._roots):
             if root not in configs.projects:
@@ -51,8 +51,8 @@ class WatcherSubsystem:
 
 def build_subsystems(service: Service) -> list[Subsystem]:
     from . import doctor
+    from .events.scheduler import CronScheduler
     from .rules.engine import AutomationEngine
-    from .scheduler import CronScheduler
     from .service import IpcSubsystem, Placeholder
     from .tasks import subsystems as tasks
 

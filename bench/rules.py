@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiwg_service import config
-from aiwg_service.bus import EventBus
+from aiwg_service.events.bus import EventBus
 from aiwg_service.rules.engine import AutomationEngine
 
 
@@ -68,7 +68,7 @@ async def throughput(n: int, tmp: Path) -> None:
         eng.set_project(root, cfg)
         t0 = time.perf_counter()
         if direct:
-            from aiwg_service.bus import new_event_id
+            from aiwg_service.events.bus import new_event_id
             from aiwg_service.protocol import Event, utc_now
 
             for p in paths:

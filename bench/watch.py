@@ -23,7 +23,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiwg_service.watcher import FileWatcher, WatchSpec
+from aiwg_service.events.watcher import FileWatcher, WatchSpec
 
 LIMIT_PATH = "/proc/sys/fs/inotify/max_user_watches"
 
@@ -140,7 +140,7 @@ async def bench_latency(n_writes: int) -> None:
 
 async def bench_bus_throughput(n: int = 200_000) -> None:
     """Events per second through the event bus to one subscriber: publish n events, wait for all to arrive."""
-    from aiwg_service.bus import EventBus
+    from aiwg_service.events.bus import EventBus
 
     bus = EventBus(None)
     done = asyncio.get_running_loop().create_future()

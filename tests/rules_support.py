@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aiwg_service import config
-from aiwg_service.bus import EventBus
+from aiwg_service.events.bus import EventBus
 from aiwg_service.protocol import Event
 from aiwg_service.rules.engine import AutomationEngine
 

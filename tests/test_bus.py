@@ -12,7 +12,7 @@ import pytest
 import uvloop
 from service_fixture import ServiceEnv, wait_for
 
-from aiwg_service.bus import EventBus, compile_pattern
+from aiwg_service.events.bus import EventBus, compile_pattern
 from aiwg_service.protocol import Event
 
 

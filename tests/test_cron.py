@@ -1,4 +1,4 @@
-"""Tests for aiwg_service.cron: real fire-time computations, checked against cronsim and by hand."""
+"""Tests for aiwg_service.events.cron: real fire-time computations, checked against cronsim and by hand."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from cronsim import CronSim
 
-from aiwg_service.cron import (
+from aiwg_service.events.cron import (
     MACROS,
     CronSchedule,
     format_time,
@@ -525,7 +525,7 @@ def test_parse_time() -> None:
 
 def test_import_is_lazy() -> None:
     """``aiwgctl`` imports this module on every invocation; cronsim/zoneinfo must not load eagerly."""
-    code = "import sys, aiwg_service.cron; print('cronsim' in sys.modules, 'zoneinfo' in sys.modules)"
+    code = "import sys, aiwg_service.events.cron; print('cronsim' in sys.modules, 'zoneinfo' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

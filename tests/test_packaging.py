@@ -250,7 +250,7 @@ def test_dpkg_root_install_and_purge(built: Built, tmp_path: Path) -> None:
     assert compiled, "postinst byte-compiles the venv"
     pyc = next(venv.rglob("cronsim*.pyc")).read_bytes()
     assert str(droot).encode() not in pyc, "bytecode records installed paths, not the dpkg --root"
-    res = run(str(venv / "bin/python"), "-c", "import aiwg_service.cron")
+    res = run(str(venv / "bin/python"), "-c", "import aiwg_service.events.cron")
     assert res.returncode == 0
     run(*dpkg, "--purge", "aiwg-service")
     assert not venv.exists(), "purge leaves nothing (prerm removed the bytecode postinst wrote)"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from aiwg_service.watcher import FileWatcher, IgnoreMatcher, WatchSpec
+from aiwg_service.events.watcher import FileWatcher, IgnoreMatcher, WatchSpec
 
 
 class Recorder:

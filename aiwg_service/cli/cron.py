@@ -23,7 +23,7 @@ def cron_next(
     """Print the next N fire times of EXPR, one ISO-8601 time a line. No service needed."""
     from datetime import UTC, datetime
 
-    from ..cron import CronSchedule, format_time, parse_time
+    from ..events.cron import CronSchedule, format_time, parse_time
 
     try:
         sched = CronSchedule(expr, tz)

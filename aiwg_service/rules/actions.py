@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..bus import EventBus
+from ..events.bus import EventBus
 from .conditions import Ctx, run_shell
 from .matching import render
 

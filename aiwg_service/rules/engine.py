@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from .. import protocol as p
-from ..bus import EventBus
+from ..events.bus import EventBus
 from ..protocol import Event, utc_now
 from .actions import ActionFailed, Doctor, Hooks, SubmitTask
 from .conditions import Ctx

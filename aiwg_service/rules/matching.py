@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..bus import compile_pattern
+from ..events.bus import compile_pattern
 from ..protocol import Event
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..bus import compile_pattern
 from ..config import show_value
+from ..events.bus import compile_pattern
 from ..protocol import Event
 from . import actions as A
 from . import conditions as C

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
+from ..atomic import write_atomic
 from .bus import EventBus
 from .cron import CronSchedule, format_time
 from .walltimer import WallTimer

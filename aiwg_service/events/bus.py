@@ -24,8 +24,8 @@ from typing import Any
 
 import msgspec
 
-from .atomic import write_atomic
-from .protocol import Event, utc_now
+from ..atomic import write_atomic
+from ..protocol import Event, utc_now
 
 log = logging.getLogger("aiwg.bus")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import protocol as p
+from .. import protocol as p
+from ..rpc import Connection, RpcServer
 from .bus import EventBus
-from .rpc import Connection, RpcServer
 
 #: A subscriber whose socket has this much unsent data gets events dropped (and counted), not buffered.
 MAX_PENDING_BYTES = 4 * 1024 * 1024
