@@ -113,7 +113,7 @@ class ReloadParams(Params):
 
 
 TaskState = Literal["queued", "running", "completed", "failed", "timeout", "cancelled", "interrupted"]
-TaskSource = Literal["cli", "rule", "cron", "chat", "messaging", "webhook"]
+TaskSource = Literal["cli", "rule", "cron", "chat", "messaging", "webhook", "session"]
 Limit = Annotated[int, Meta(ge=1, le=1000)]
 
 
@@ -192,6 +192,21 @@ class ChatSendParams(Params):
     message: Annotated[str, Meta(min_length=1)]
     priority: Annotated[int, Meta(ge=-1000, le=1000)] = 5  # the AIWG daemon's default: chat goes first
     project: str | None = None
+    conversation: str | None = None  # omitted: a new conversation
+
+
+class ChatListParams(Params):
+    project: str | None = None
+    limit: Limit = 50
+
+
+class ChatConversationParams(Params):
+    conversation: Annotated[str, Meta(min_length=1)]
+
+
+class ChatForkParams(Params):
+    conversation: Annotated[str, Meta(min_length=1)]
+    at_turn: Annotated[int, Meta(ge=1)] | None = None  # omitted: after the last turn
 
 
 #: Every method and its params type. The namespace is fixed here so clients and later subsystems agree.
@@ -219,11 +234,16 @@ METHODS: dict[str, type[Params]] = {
     "events.subscribe": EventsSubscribeParams,
     "cron.list": NoParams,
     "chat.send": ChatSendParams,
+    "chat.list": ChatListParams,
+    "chat.history": ChatConversationParams,
+    "chat.fork": ChatForkParams,
+    "chat.delete": ChatConversationParams,
 }
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
-                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list"})
+                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
+                       "chat.list", "chat.history"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

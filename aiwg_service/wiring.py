@@ -1,7 +1,7 @@
 """The fixed start order of the subsystems, and what each is built from.
 
-Start order: event router, task store, agent supervisor, automation engine, IPC server, file watcher,
-cron scheduler, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
+Start order: event router, task store, agent supervisor, automation engine, chat, IPC server, file
+watcher, cron scheduler, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
 Subsystems never import each other: this module hands each one the bus (and the store) it needs.
 """
 
@@ -51,14 +51,15 @@ class WatcherSubsystem:
 
 def build_subsystems(service: Service) -> list[Subsystem]:
     from . import doctor
+    from .chat.subsystem import ChatSubsystem
     from .events.scheduler import CronScheduler
     from .rules.engine import AutomationEngine
-    from .service import IpcSubsystem, Placeholder
+    from .service import IpcSubsystem, Placeholder, resolve_root
     from .tasks import subsystems as tasks
 
     scheduler = CronScheduler(service.bus, service.state_dir)
     service.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
-    store, supervisor = tasks.build(service)  # also registers task.* and chat.send
+    store, supervisor = tasks.build(service)  # also registers task.*
 
     def submit_task(project: str, prompt: str, agent: str | None, priority: int, source: str,
                     timeout_s: float | None, origin: dict[str, Any]) -> str:
@@ -72,6 +73,18 @@ def build_subsystems(service: Service) -> list[Subsystem]:
             raise ValueError(f"unknown agent profile {agent!r}") from None
         return task.id
 
+    def get_task(task_id: str) -> dict[str, Any] | None:
+        if store.store is None:
+            return None
+        task = store.store.get(task_id)
+        return None if task is None else task.to_dict()
+
+    chat = ChatSubsystem(state_dir=service.state_dir, rpc=service.rpc, subscribe=service.bus.subscribe,
+                         unsubscribe=service.bus.unsubscribe, submit=submit_task, get_task=get_task,
+                         projects=lambda: list(service.configs.projects) if service.configs else [],
+                         resolve_root=resolve_root)
+    supervisor.agent_args = chat.agent_args  # a turn's session flags, decided as it starts
+
     automation = AutomationEngine(service.bus, service.state_dir, submit_task=submit_task,
                                   doctor=lambda project: doctor.run(service, project))
     automation.register_rpc(service.rpc)
@@ -80,6 +93,7 @@ def build_subsystems(service: Service) -> list[Subsystem]:
         store,
         supervisor,
         automation,
+        chat,
         IpcSubsystem(service),
         WatcherSubsystem(service),
         scheduler,

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .agents import BUILTIN_PROFILES, systemd_scope_available
 from .api import TaskHub, register
-from .model import AgentProfile, TaskState
+from .model import AgentProfile, Task, TaskState
 from .store import Store
 from .supervisor import Supervisor
 
@@ -84,6 +85,8 @@ class SupervisorSubsystem:
         self.hub = hub
         self.supervisor: Supervisor | None = None
         self.log_dir = service.state_dir / "logs"
+        #: Set by wiring: extra agent arguments per task (the chat subsystem's session flags).
+        self.agent_args: Callable[[Task], list[str]] | None = None
 
     # -- lookups against the current configs --------------------------------------------------------
     def _configs(self) -> Configs:
@@ -134,6 +137,7 @@ class SupervisorSubsystem:
             project_profiles=self.profile,
             child_umask=CHILD_UMASK,
             on_output=self.hub.output,
+            agent_args=self.agent_args,
         )
         recovered = await self.supervisor.start()
         for t in recovered:
@@ -165,7 +169,7 @@ class SupervisorSubsystem:
 
 
 def build(service: Service) -> tuple[StoreSubsystem, SupervisorSubsystem]:
-    """Both subsystems and the ``task.*``/``chat.send`` methods, sharing one event hub."""
+    """Both subsystems and the ``task.*`` methods, sharing one event hub."""
     from ..service import resolve_root
 
     hub = TaskHub(lambda type, project, data: service.bus.publish(type, project, data, "tasks"))

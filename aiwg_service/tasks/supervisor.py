@@ -73,12 +73,14 @@ class Supervisor:
         project_profiles: Callable[[str, str], AgentProfile] | None = None,
         child_umask: int | None = None,
         on_output: Callable[[str, bytes], None] | None = None,
+        agent_args: Callable[[Task], list[str]] | None = None,
     ) -> None:
         """``project_profiles(agent, project)``, when given, resolves profiles instead of ``profiles``
         (a project may override service-wide profiles).  ``default_timeout_s`` may be a function of
         the project.  ``child_umask`` is the umask agents run with (see :func:`umask_argv`).
         ``on_output(task_id, data)`` sees every byte appended to a task's log, as it is written
-        (``task.logs`` followers hang off it: no polling of the log file)."""
+        (``task.logs`` followers hang off it: no polling of the log file).  ``agent_args(task)`` gives
+        extra arguments for a ``claude`` agent as the task starts (a chat turn's session flags)."""
         if max_parallel < 1:
             raise ValueError("max_parallel must be >= 1")
         self.store = store
@@ -94,6 +96,7 @@ class Supervisor:
         self.project_profiles = project_profiles
         self.child_umask = child_umask
         self.on_output = on_output
+        self.agent_args = agent_args
         #: Pause before trying the queue again after a failed store write (disk full).
         self.store_retry_s = 5.0
         self._runs: dict[str, _Run] = {}
@@ -264,6 +267,13 @@ class Supervisor:
             self.store.fail_queued(task.id, f"unknown agent profile {task.agent!r}: {e}")
             return
         argv = build_argv(profile, task.prompt)
+        if self.agent_args is not None and profile.kind == "claude":
+            try:
+                argv += self.agent_args(task)
+            except Exception as e:
+                log.exception("task %s: cannot compute its agent arguments", task.id)
+                self.store.fail_queued(task.id, f"cannot prepare the agent's arguments: {e}")
+                return
         env = child_env(profile, task.id, systemd=self.use_systemd_scope)
         if self.child_umask is not None and self.child_umask != process_umask():
             # Resolve here so "no such agent" stays a spawn error, not an exit 127 of the wrapper.
