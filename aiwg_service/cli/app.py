@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from .. import paths
+from . import chat as chat_cmd
 from . import render, systemctl
 from .core import call, cmd_ping, cmd_status, fail, options, use_instance
 from .cron import cron_app
@@ -139,6 +140,8 @@ def config_check(
         print(f"warning: {w}")
     print(f"{target}: valid")
 
+
+app.command()(chat_cmd.chat)
 
 for _fn in (systemctl.install, systemctl.uninstall, systemctl.start, systemctl.stop, systemctl.restart,
             systemctl.logs):

@@ -1,0 +1,442 @@
+"""``aiwgctl chat``: talk to the agent through the service, one conversation at a time.
+
+Each message is a turn of a conversation (``chat.send``); its answer streams from the turn's task log
+(``task.logs {follow}``): text as it comes, each tool call as one dim line, a spinner while nothing
+arrives.  Ctrl-C cancels the turn in flight (the REPL stays); Ctrl-D quits.  A turn keeps running when
+the REPL goes away (it is a task of the service); ``/history`` shows it later.
+
+prompt_toolkit is imported only by the interactive REPL (``aiwgctl``'s start-up stays quick), and runs
+on the stock asyncio loop: prompt_toolkit redraws badly under uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from .. import protocol as p
+from .chat_rpc import AsyncRpc
+
+__all__ = ["COMMANDS", "one_shot", "repl"]
+
+COMMANDS: dict[str, str] = {
+    "/help": "this list",
+    "/status": "the service's state",
+    "/history": "the turns of this conversation",
+    "/tasks": "recent tasks of the service",
+    "/run": "/run PROMPT: queue a one-off agent task (not part of the conversation)",
+    "/cancel": "/cancel [ID]: cancel the turn in flight, or task ID",
+    "/new": "start a new conversation with the next message",
+    "/list": "the conversations of this project",
+    "/switch": "/switch ID: continue another conversation",
+    "/fork": "/fork [TURN]: continue in a branch of this conversation",
+    "/cost": "what this conversation cost so far",
+    "/quit": "leave (Ctrl-D too); a turn in flight keeps running",
+}
+EXIT = {"completed": 0}
+
+
+def _tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class Style:
+    def __init__(self, color: bool) -> None:
+        self.color = color
+
+    def dim(self, s: str) -> str:
+        return f"\x1b[2m{s}\x1b[0m" if self.color else s
+
+    def red(self, s: str) -> str:
+        return f"\x1b[31m{s}\x1b[0m" if self.color else s
+
+    def bold(self, s: str) -> str:
+        return f"\x1b[1m{s}\x1b[0m" if self.color else s
+
+
+def _excerpt(text: str, n: int) -> str:
+    one = " ".join(str(text).split())
+    return one if len(one) <= n else one[: n - 1] + "…"
+
+
+def _tool_input(inp: Any) -> str:
+    if isinstance(inp, dict):
+        for key in ("command", "file_path", "path", "pattern", "url", "description", "prompt"):
+            if isinstance(inp.get(key), str):
+                return _excerpt(inp[key], 100)
+        return _excerpt(json.dumps(inp, ensure_ascii=False), 100)
+    return _excerpt(str(inp), 100)
+
+
+class TurnPrinter:
+    """Turns a turn's stream-json log into what a person reads: answer text, dim tool lines, errors."""
+
+    def __init__(self, write: Callable[[str], None], style: Style) -> None:
+        self.write = write
+        self.s = style
+        self.buf = ""
+        self.texts: list[str] = []
+        self.result: dict[str, Any] | None = None
+
+    def feed(self, data: str) -> None:
+        self.buf += data
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            self._line(line)
+
+    def close(self) -> None:
+        if self.buf.strip():
+            self._line(self.buf)
+        self.buf = ""
+
+    def _line(self, line: str) -> None:
+        s = line.strip()
+        if not s:
+            return
+        obj: Any = None
+        if s.startswith("{"):
+            with contextlib.suppress(ValueError):
+                obj = json.loads(s)
+        if not isinstance(obj, dict) or "type" not in obj:
+            self.write(self.s.red(line) + "\n")  # the agent's own words on stderr (e.g. an unknown session)
+            return
+        kind = obj["type"]
+        msg = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+        content = msg.get("content", [])
+        if kind == "assistant":
+            if isinstance(content, str):
+                content = [{"type": "text", "text": content}]
+            for b in content if isinstance(content, list) else []:
+                if not isinstance(b, dict):
+                    continue
+                if b.get("type") == "text" and b.get("text"):
+                    self.texts.append(str(b["text"]))
+                    self.write(str(b["text"]).rstrip("\n") + "\n")
+                elif b.get("type") == "tool_use":
+                    self.write(self.s.dim(f"→ {b.get('name', 'tool')}: {_tool_input(b.get('input'))}") + "\n")
+        elif kind == "user":
+            for b in content if isinstance(content, list) else []:
+                if isinstance(b, dict) and b.get("type") == "tool_result":
+                    c = b.get("content")
+                    text = c if isinstance(c, str) else " ".join(
+                        x.get("text", "") for x in (c or []) if isinstance(x, dict))
+                    self.write(self.s.dim(f"  ⎿ {_excerpt(text, 80)}") + "\n")
+        elif kind == "result":
+            self.result = obj
+            text = obj.get("result")
+            if obj.get("is_error"):
+                self.write(self.s.red(f"✗ {obj.get('subtype', 'error')}: {text or ''}".rstrip(": ")) + "\n")
+            elif isinstance(text, str) and text.strip() and (not self.texts or text.strip() != self.texts[-1].strip()):
+                self.write(text.rstrip("\n") + "\n")
+            cost = obj.get("total_cost_usd")
+            if isinstance(cost, int | float):
+                self.write(self.s.dim(f"(${cost:.4f})") + "\n")
+
+
+class Spinner:
+    """A spinner on the terminal while the agent thinks; silent when output is not a terminal."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, out: Any, on: bool) -> None:
+        self.out = out
+        self.on = on
+        self.task: asyncio.Task[None] | None = None
+        self.shown = False
+
+    def start(self) -> None:
+        if self.on and self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._spin())
+
+    async def _spin(self) -> None:
+        i = 0
+        while True:
+            self.out.write(f"\r\x1b[K{self.FRAMES[i % len(self.FRAMES)]} thinking…")
+            self.out.flush()
+            self.shown = True
+            i += 1
+            await asyncio.sleep(0.1)
+
+    def clear(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if self.shown:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+            self.shown = False
+
+
+async def follow_turn(rpc: AsyncRpc, task_id: str, printer: TurnPrinter, spinner: Spinner) -> str:
+    """Stream the task's log through ``printer`` until the task is done; its final state."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[str] = loop.create_future()
+
+    def on_output(params: dict[str, Any]) -> None:
+        if params.get("taskId") != task_id:
+            return
+        if params.get("data"):
+            spinner.clear()
+            printer.feed(params["data"])
+            spinner.start()
+        if params.get("done") and not done.done():
+            done.set_result(str(params.get("state", "unknown")))
+
+    off = rpc.on(p.NOTIFY_TASK_OUTPUT, on_output)
+    spinner.start()
+    try:
+        res = await rpc.call("task.logs", {"taskId": task_id, "follow": True})
+        if res.get("data"):
+            spinner.clear()
+            printer.feed(res["data"])
+            spinner.start()
+        closed = loop.create_task(rpc.closed.wait())
+        await asyncio.wait([done, closed], return_when=asyncio.FIRST_COMPLETED)
+        closed.cancel()
+        if not done.done():
+            raise ConnectionError("the service closed the connection")
+        return done.result()
+    finally:
+        off()
+        spinner.clear()
+        printer.close()
+
+
+def _socket() -> Path:
+    from .core import resolve_socket
+
+    return resolve_socket()
+
+
+# -- non-interactive ---------------------------------------------------------------------------------
+
+
+async def one_shot(message: str, conversation: str | None, project: str | None) -> int:
+    """Send one message, print the answer as it streams, exit 0 if the turn completed, else 1."""
+    rpc = await AsyncRpc.connect(_socket())
+    try:
+        res = await rpc.call("chat.send", {"message": message, "conversation": conversation, "project": project})
+        printer = TurnPrinter(lambda s: (sys.stdout.write(s), sys.stdout.flush()), Style(_tty(sys.stdout)))
+        state = await follow_turn(rpc, res["taskId"], printer, Spinner(sys.stderr, _tty(sys.stderr)))
+        sys.stderr.write(f"conversation {res['conversation']} turn {res['turn']}: {state}\n")
+        if state != "completed":
+            t = await rpc.call("task.get", {"taskId": res["taskId"]})
+            if t.get("error"):
+                sys.stderr.write(f"aiwgctl: {t['error']}\n")
+        return EXIT.get(state, 1)
+    finally:
+        await rpc.close()
+
+
+# -- the REPL ----------------------------------------------------------------------------------------
+
+
+class Repl:
+    def __init__(self, rpc: AsyncRpc, conversation: str | None, project: str | None, write: Callable[[str], None],
+                 color: bool) -> None:
+        self.rpc = rpc
+        self.conversation = conversation
+        self.project = project
+        self.write = write
+        self.s = Style(color)
+        self.current: str | None = None  # the task of the turn in flight
+        self.done = False
+
+    def say(self, text: str) -> None:
+        self.write(text.rstrip("\n") + "\n")
+
+    async def handle(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        try:
+            if line.startswith("/"):
+                await self.command(line)
+            else:
+                await self.turn(line)
+        except p.RpcError as exc:
+            self.say(self.s.red(exc.message))
+
+    async def turn(self, message: str) -> None:
+        res = await self.rpc.call("chat.send", {"message": message, "conversation": self.conversation,
+                                               "project": self.project})
+        if res["conversation"] != self.conversation:
+            self.say(self.s.dim(f"(conversation {res['conversation']})"))
+        self.conversation = res["conversation"]
+        self.current = res["taskId"]
+        try:
+            printer = TurnPrinter(self.write, self.s)
+            # The spinner bypasses patch_stdout's proxy (no prompt is on screen while a turn runs).
+            state = await follow_turn(self.rpc, res["taskId"], printer, Spinner(sys.__stdout__, self.s.color))
+        finally:
+            self.current = None
+        if state != "completed":
+            t = await self.rpc.call("task.get", {"taskId": res["taskId"]})
+            self.say(self.s.red(f"turn {res['turn']} {state}" + (f": {t['error']}" if t.get("error") else "")))
+
+    async def cancel_current(self) -> None:
+        if self.current is not None:
+            with contextlib.suppress(p.RpcError, ConnectionError):
+                await self.rpc.call("task.cancel", {"taskId": self.current})
+            self.say(self.s.dim("(cancelling the turn…)"))
+
+    async def command(self, line: str) -> None:
+        cmd, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if cmd == "/help":
+            width = max(map(len, COMMANDS))
+            for name, text in COMMANDS.items():
+                self.say(f"{name:<{width}}  {text}")
+        elif cmd in ("/quit", "/exit"):
+            self.done = True
+        elif cmd == "/status":
+            st = await self.rpc.call("daemon.status")
+            self.say(f"{st.get('status', '')} (pid {st['pid']}, {len(st['projects'])} project(s))")
+        elif cmd == "/history":
+            if self.conversation is None:
+                self.say("no conversation yet: say something")
+                return
+            h = await self.rpc.call("chat.history", {"conversation": self.conversation})
+            self.say(self.s.bold(f"{h['id']}: {h['title']}") + self.s.dim(f"  session {h['session_id']} "
+                                                                          f"({h['session_state']})"))
+            for t in h["turns"]:
+                self.say(f"[{t['n']}] you: {t['message']}")
+                answer = t.get("result") or t.get("error") or f"({t['state']})"
+                self.say(f"[{t['n']}] {t['state']}: {answer}")
+        elif cmd == "/tasks":
+            res = await self.rpc.call("task.list", {"limit": 10})
+            for t in res["tasks"]:
+                self.say(f"{t['id']}  {t['state']:<9}  {t['source']:<8}  {_excerpt(t['prompt'], 50)}")
+            if not res["tasks"]:
+                self.say("no tasks")
+        elif cmd == "/run":
+            if not arg:
+                self.say("usage: /run PROMPT")
+                return
+            res = await self.rpc.call("task.submit", {"prompt": arg, "project": self.project})
+            self.say(f"queued task {res['taskId']}")
+        elif cmd == "/cancel":
+            target = arg or self.current
+            if target is None:
+                self.say("nothing to cancel")
+                return
+            res = await self.rpc.call("task.cancel", {"taskId": target})
+            self.say(f"{target}: {'cancelled' if res.get('cancelled') else 'not cancelled'} ({res.get('state')})")
+        elif cmd == "/new":
+            self.conversation = None
+            self.say("the next message starts a new conversation")
+        elif cmd == "/list":
+            res = await self.rpc.call("chat.list", {"project": self.project, "limit": 20})
+            for c in res["conversations"]:
+                mark = "*" if c["id"] == self.conversation else " "
+                self.say(f"{mark} {c['id']}  {c['turns']:>3} turns  ${c['cost_usd']:.4f}  {c['last_used_at'][:16]}  "
+                         f"{c['title']}" + (f"  [{c['session_state']}]" if c["session_state"] == "lost" else ""))
+            if not res["conversations"]:
+                self.say("no conversations")
+        elif cmd == "/switch":
+            if not arg:
+                self.say("usage: /switch ID")
+                return
+            h = await self.rpc.call("chat.history", {"conversation": arg})
+            self.conversation = h["id"]
+            self.say(f"now in {h['id']}: {h['title']} ({len(h['turns'])} turns)")
+        elif cmd == "/fork":
+            if self.conversation is None:
+                self.say("no conversation to fork")
+                return
+            at = int(arg) if arg.isdigit() else None
+            res = await self.rpc.call("chat.fork", {"conversation": self.conversation, "at_turn": at})
+            self.conversation = res["conversation"]
+            self.say(f"forked at turn {res['at_turn']} into {res['conversation']} ({res['mode']})")
+        elif cmd == "/cost":
+            if self.conversation is None:
+                self.say("$0.0000")
+                return
+            h = await self.rpc.call("chat.history", {"conversation": self.conversation})
+            self.say(f"${h['cost_usd']:.4f} over {len(h['turns'])} turn(s)")
+        else:
+            self.say(f"unknown command {cmd}; /help lists them")
+
+
+def completer() -> Any:
+    """Tab completes the slash commands (at the start of the line only)."""
+    from prompt_toolkit.completion import WordCompleter
+
+    return WordCompleter(list(COMMANDS), sentence=True)
+
+
+async def _pick_conversation(rpc: AsyncRpc, conversation: str | None, project: str | None, new: bool) -> str | None:
+    if new:
+        return None
+    if conversation is not None:
+        h = await rpc.call("chat.history", {"conversation": conversation})
+        return str(h["id"])
+    res = await rpc.call("chat.list", {"project": project, "limit": 1})
+    convs = res.get("conversations", [])
+    return str(convs[0]["id"]) if convs else None
+
+
+async def repl(conversation: str | None, project: str | None, new: bool, *, input: Any = None,
+               output: Any = None) -> int:
+    """The interactive loop.  ``input``/``output`` are prompt_toolkit's (tests pass a pipe input)."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    rpc = await AsyncRpc.connect(_socket())
+    try:
+        conv = await _pick_conversation(rpc, conversation, project, new)
+        hist_dir = paths.state_dir()
+        hist_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        hist_file = hist_dir / "chat_history"
+        fd = os.open(hist_file, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
+        os.close(fd)
+        session: PromptSession[str] = PromptSession(
+            history=FileHistory(str(hist_file)), completer=completer(),
+            input=input, output=output)
+
+        out = sys.__stdout__ or sys.stdout
+
+        def write(s: str) -> None:
+            # Straight to the terminal: no prompt is on screen while a turn or a command prints.
+            out.write(s)
+            out.flush()
+
+        r = Repl(rpc, conv, project, write, _tty(sys.stdout) and output is None)
+        where = f"conversation {conv}" if conv else "a new conversation"
+        r.say(r.s.dim(f"aiwg chat: {where}. /help for commands, Ctrl-D to quit."))
+        loop = asyncio.get_running_loop()
+        with patch_stdout(raw=True):
+            while not r.done:
+                try:
+                    line = await session.prompt_async("you> ")
+                except KeyboardInterrupt:
+                    continue
+                except EOFError:
+                    break
+                job = loop.create_task(r.handle(line))
+                # Ctrl-C while a turn runs cancels the turn, not the REPL.
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(signal.SIGINT, lambda: loop.create_task(r.cancel_current()))
+                try:
+                    await job
+                except ConnectionError as exc:
+                    r.say(r.s.red(f"lost the service: {exc}"))
+                    return 1
+                finally:
+                    with contextlib.suppress(NotImplementedError, RuntimeError):
+                        loop.remove_signal_handler(signal.SIGINT)
+        return 0
+    finally:
+        await rpc.close()

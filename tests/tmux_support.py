@@ -1,0 +1,43 @@
+"""A private tmux server for tests: type into panes with send-keys, read them with capture-pane."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from service_fixture import wait_for
+
+
+class Tmux:
+    def __init__(self, socket: Path, env: dict[str, str]) -> None:
+        self.socket = socket
+        self.env = env
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(["tmux", "-S", str(self.socket), *args], env=self.env, capture_output=True, text=True,
+                             timeout=20)
+        if check:
+            assert res.returncode == 0, f"tmux {' '.join(args)}: {res.stderr}"
+        return res
+
+    def new(self, name: str, argv: list[str], cwd: Path, width: int = 160, height: int = 50) -> None:
+        # One tmux command line: the pane is kept (remain-on-exit) before its process can exit.
+        self.run("new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), "-c", str(cwd), *argv,
+                 ";", "set-option", "-w", "remain-on-exit", "on")
+
+    def keys(self, name: str, *keys: str) -> None:
+        self.run("send-keys", "-t", f"={name}:", *keys)
+
+    def type(self, name: str, text: str) -> None:
+        self.run("send-keys", "-t", f"={name}:", "-l", text)
+        self.run("send-keys", "-t", f"={name}:", "Enter")
+
+    def screen(self, name: str) -> str:
+        return self.run("capture-pane", "-p", "-J", "-S", "-200", "-t", f"={name}:").stdout
+
+    def wait(self, name: str, text: str, timeout: float = 20.0) -> str:
+        return wait_for(lambda: self.screen(name) if text in self.screen(name) else None, timeout, interval=0.05,
+                        what=f"{text!r} in tmux pane {name}")
+
+    def kill(self) -> None:
+        self.run("kill-server", check=False)
