@@ -33,7 +33,7 @@ class WatcherSubsystem:
     def apply(self, configs: Configs) -> None:
         from .events.watcher import WatchSpec
 
-        for root in list(self.engine._roots):
+        for root in self.engine.roots():
             if root not in configs.projects:
                 self.engine.remove_root(root)
         for root, project in configs.projects.items():
