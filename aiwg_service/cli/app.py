@@ -119,7 +119,7 @@ def config_check(
     json: JsonOpt = False,
 ) -> None:
     """Validate a config file without a running service."""
-    from .. import config
+    from .. import config, schemas  # noqa: F401  (schemas registers every section, so all of them are checked)
 
     target = path or paths.project_config_file(Path.cwd())
     if not target.exists():
