@@ -30,6 +30,11 @@ def default_socket_path() -> Path:
     return runtime_base() / "daemon.sock"
 
 
+def tmux_socket_path() -> Path:
+    """The private tmux server of the dashboard and the interactive agent sessions."""
+    return runtime_base() / "tmux.sock"
+
+
 def instance_socket_path(escaped_name: str) -> Path:
     """Socket of a per-project instance (``aiwg@<escaped>.socket`` listens here)."""
     return runtime_base() / "instances" / f"{escaped_name}.sock"

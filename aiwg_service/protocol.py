@@ -209,6 +209,37 @@ class ChatForkParams(Params):
     at_turn: Annotated[int, Meta(ge=1)] | None = None  # omitted: after the last turn
 
 
+class SessionNewParams(Params):
+    project: str | None = None
+    agent: str | None = None  # claude's --agent
+    worktree: str | None = None  # a new branch, checked out in a fresh worktree
+    prompt: str | None = None
+
+
+class SessionListParams(Params):
+    project: str | None = None
+    all: bool = False  # include sessions that exited
+
+
+class SessionIdParams(Params):
+    id: Annotated[str, Meta(min_length=1)]
+
+
+class SessionSendParams(Params):
+    id: Annotated[str, Meta(min_length=1)]
+    text: Annotated[str, Meta(min_length=1)]
+
+
+class SessionKillParams(Params):
+    id: Annotated[str, Meta(min_length=1)]
+    keep_worktree: bool = False
+
+
+class DashboardParams(Params):
+    name: Annotated[str, Meta(min_length=1)] = "aiwg"
+    project: str | None = None
+
+
 #: Every method and its params type. The namespace is fixed here so clients and later subsystems agree.
 METHODS: dict[str, type[Params]] = {
     "ping": NoParams,
@@ -238,12 +269,18 @@ METHODS: dict[str, type[Params]] = {
     "chat.history": ChatConversationParams,
     "chat.fork": ChatForkParams,
     "chat.delete": ChatConversationParams,
+    "session.new": SessionNewParams,
+    "session.list": SessionListParams,
+    "session.capture": SessionIdParams,
+    "session.send": SessionSendParams,
+    "session.kill": SessionKillParams,
+    "session.dashboard": DashboardParams,
 }
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
                        "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
-                       "chat.list", "chat.history"})
+                       "chat.list", "chat.history", "session.list", "session.capture"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from msgspec import Meta, Struct
 
 from . import config
+from .chat import section as _chat  # sessions
 from .config import EnvName
 from .events import section as _events  # watch, schedule
 from .rules import section as _rules  # rules
@@ -29,4 +30,4 @@ config.register_section("webhook", WebhookSection, WebhookSection)
 config.register_section("messaging", dict[str, Any], dict, scan_secrets=True)
 config.sections_complete()
 
-__all__ = ["_events", "_rules", "_tasks"]
+__all__ = ["_chat", "_events", "_rules", "_tasks"]

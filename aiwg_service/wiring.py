@@ -26,6 +26,55 @@ from .rules.engine import AutomationEngine
 from .tasks import subsystems as tasks
 
 
+class SessionRecorder:
+    """The task store's port for the chat subsystem's interactive sessions (tasks of source ``session``)."""
+
+    def __init__(self, store: tasks.StoreSubsystem, log_dir: Path) -> None:
+        self.stores = store
+        self.log_dir = log_dir
+
+    def _store(self) -> Any:
+        if self.stores.store is None:
+            raise RuntimeError("the task store is not open")
+        return self.stores.store
+
+    def begin(self, project: str, prompt: str, agent: str, log_path: str) -> str:
+        return str(self._store().begin_external(project, prompt, agent=agent, source="session").id)
+
+    def end(self, task_id: str, *, exit_code: int | None, result: str | None, error: str | None,
+            cancelled: bool) -> None:
+        from .tasks.model import TaskState
+
+        state = TaskState.cancelled if cancelled else TaskState.completed if exit_code == 0 else TaskState.failed
+        self._store().mark_finished(task_id, state, exit_code=exit_code, result=result, error=error,
+                                    log_path=str(self.log_dir / f"{task_id}.log"))
+
+    def state(self, task_id: str) -> str | None:
+        t = self._store().get(task_id)
+        return None if t is None else t.state.value
+
+
+def interactive_argv(profile: Any) -> list[str]:
+    """``claude`` as a person runs it (no ``-p``), with the profile's model, tools and mode."""
+    argv = ["claude"]
+    if profile.model:
+        argv += ["--model", profile.model]
+    if profile.allowed_tools:
+        argv += ["--allowedTools", ",".join(profile.allowed_tools)]
+    if profile.permission_mode:
+        argv += ["--permission-mode", profile.permission_mode]
+    return argv + list(profile.args)
+
+
+def worktree_setup(configs: Any, project: str) -> tuple[list[str] | None, float]:
+    """The project's ``sessions.worktree_setup``, else the service file's."""
+    pr = configs.projects.get(project)
+    for section in ([pr.config.sessions] if pr is not None else []) + [configs.service.sessions]:
+        if section.worktree_setup:
+            return list(section.worktree_setup), section.setup_timeout_seconds
+    return None, configs.service.sessions.setup_timeout_seconds
+
+
 @dataclass(frozen=True)
 class CorePorts:
     """What the core owns and lends out; each subsystem takes only the parts it uses."""
@@ -66,7 +115,11 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
 
     chat = ChatSubsystem(state_dir=core.state_dir, rpc=core.rpc, subscribe=core.bus.subscribe,
                          unsubscribe=core.bus.unsubscribe, submit=submit_task, get_task=get_task,
-                         projects=lambda: list(core.configs().projects), resolve_root=resolve_root)
+                         recorder=SessionRecorder(store, core.state_dir / "logs"),
+                         projects=lambda: list(core.configs().projects), resolve_root=resolve_root,
+                         agent_argv=lambda project: interactive_argv(supervisor.profile("claude", project)),
+                         setup=lambda project: worktree_setup(core.configs(), project),
+                         socket_path=core.socket_path)
     supervisor.agent_args = chat.agent_args  # a turn's session flags, decided as it starts
 
     facts = doctor.Facts(config_status=core.config_status, serving=lambda: core.rpc.serving,

@@ -53,3 +53,45 @@ def register(rpc: Any, conversations: Callable[[], Conversations]) -> None:
     rpc.register("chat.history", guarded(history))
     rpc.register("chat.fork", guarded(fork))
     rpc.register("chat.delete", guarded(delete))
+
+
+def register_sessions(rpc: Any, sessions: Callable[[], Any], dashboard: Callable[[], Any],
+                      default_cwd: Callable[[str | None], str]) -> None:
+    """``session.*``: interactive agent sessions in tmux, and the dashboard session."""
+    from .tmux import TmuxError
+
+    def guarded(fn: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+        async def handler(params: Any, _conn: Any) -> Any:
+            try:
+                return await fn(params)
+            except ChatError as exc:
+                raise rpc_error(exc) from None
+            except TmuxError as exc:
+                raise p.RpcError(p.SERVER_BUSY, str(exc), {"tmux": True}) from None
+        return handler
+
+    async def new(params: p.SessionNewParams) -> Any:
+        return await sessions().new(project=params.project, agent=params.agent, worktree=params.worktree,
+                                    prompt=params.prompt)
+
+    async def list_(params: p.SessionListParams) -> Any:
+        return {"sessions": await sessions().list(params.project, all=params.all)}
+
+    async def capture(params: p.SessionIdParams) -> Any:
+        return await sessions().capture(params.id)
+
+    async def send(params: p.SessionSendParams) -> Any:
+        return await sessions().send(params.id, params.text)
+
+    async def kill(params: p.SessionKillParams) -> Any:
+        return await sessions().kill(params.id, keep_worktree=params.keep_worktree)
+
+    async def dash(params: p.DashboardParams) -> Any:
+        return await dashboard().ensure(params.name, default_cwd(params.project), project=params.project)
+
+    rpc.register("session.new", guarded(new))
+    rpc.register("session.list", guarded(list_))
+    rpc.register("session.capture", guarded(capture))
+    rpc.register("session.send", guarded(send))
+    rpc.register("session.kill", guarded(kill))
+    rpc.register("session.dashboard", guarded(dash))

@@ -55,6 +55,21 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (conversation, n)
     );
     """,
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY NOT NULL,
+        project TEXT NOT NULL,
+        tmux TEXT NOT NULL,
+        cwd TEXT NOT NULL,
+        worktree TEXT,
+        branch TEXT,
+        agent TEXT,
+        prompt TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        ended_at TEXT,
+        exit_status INTEGER
+    );
+    """,
 ]
 
 #: Turn states after which nothing changes (the task store's final states, plus ``lost`` for a turn
@@ -236,6 +251,34 @@ class ConversationStore:
         rows = self._db.execute(f"SELECT {', '.join(_TURN_FIELDS)} FROM turns WHERE state NOT IN "
                                 f"({', '.join('?' * len(finals))})", finals).fetchall()
         return [Turn(**dict(zip(_TURN_FIELDS, r, strict=True))) for r in rows]
+
+    # -- interactive sessions -----------------------------------------------------------------------
+    def add_session(self, row: dict[str, Any]) -> None:
+        cols = list(row)
+        with self.tx() as db:
+            db.execute(f"INSERT INTO sessions ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                       [row[c] for c in cols])
+
+    def sessions(self, project: str | None = None, *, live_only: bool = False) -> list[dict[str, Any]]:
+        where, params = [], []
+        if project is not None:
+            where.append("project = ?")
+            params.append(project)
+        if live_only:
+            where.append("ended_at IS NULL")
+        sql = "SELECT * FROM sessions" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        cur = self._db.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def session(self, sid: str) -> dict[str, Any] | None:
+        cur = self._db.execute("SELECT * FROM sessions WHERE id = ?", (sid,))
+        row = cur.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
+
+    def end_session(self, sid: str, ended_at: str, exit_status: int | None) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE sessions SET ended_at = ?, exit_status = ? WHERE id = ?", (ended_at, exit_status, sid))
 
     def update_turn(self, task_id: str, **fields: Any) -> None:
         bad = set(fields) - set(_TURN_FIELDS)

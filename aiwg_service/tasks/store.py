@@ -208,6 +208,22 @@ class Store:
                     timeout_s=timeout_s)
         return self.insert(task)
 
+    def begin_external(self, project: str, prompt: str, *, agent: str, source: TaskSource | str,
+                       log_path: str | None = None) -> Task:
+        """Record work the supervisor does not run (an interactive session in tmux) as a ``running`` task;
+        its owner ends it with :meth:`mark_finished`, and :meth:`recover` leaves it alone."""
+        now = utc_now()
+        task = Task(id=new_task_id(), project=str(project), prompt=prompt, agent=agent, source=TaskSource(source),
+                    state=TaskState.running, created_at=now, started_at=now, attempts=1)
+        if log_path is not None:
+            task.log_path = log_path
+        vals = [getattr(task, f) for f in _FIELDS]
+        vals = [v.value if isinstance(v, TaskState | TaskSource) else v for v in vals]
+        with self._tx() as db:
+            db.execute(f"INSERT INTO tasks ({_COLS}) VALUES ({', '.join('?' * len(_FIELDS))})", vals)
+        self._emit("task.started", task)
+        return task
+
     def insert(self, task: Task) -> Task:
         vals = [getattr(task, f) for f in _FIELDS]
         vals = [v.value if isinstance(v, TaskState | TaskSource) else v for v in vals]
@@ -355,6 +371,8 @@ class Store:
         """
         out = []
         for t in self.running():
+            if t.source is TaskSource.session:
+                continue  # an interactive session lives in tmux, outside the supervisor; its owner settles it
             if t.state is TaskState.running:
                 if t.pid:
                     try:
