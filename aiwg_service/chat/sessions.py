@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +28,7 @@ from typing import Any, Protocol
 from ..protocol import utc_now
 from .conversations import ChatError
 from .store import ConversationStore
-from .tmux import Tmux, TmuxError
+from .tmux import Tmux, TmuxError, TmuxMissing
 
 __all__ = ["Recorder", "Sessions"]
 
@@ -97,6 +99,8 @@ class Sessions:
     async def new(self, *, project: str | None, agent: str | None, worktree: str | None,
                   prompt: str | None) -> dict[str, Any]:
         root = self._project(project)
+        if shutil.which("tmux", path=(self.tmux.env or os.environ).get("PATH")) is None:
+            raise TmuxMissing()
         cwd = root
         branch = None
         wt_path = None
@@ -121,7 +125,7 @@ class Sessions:
             self.recorder.end(sid, exit_code=None, result=None, error=f"tmux: {exc}", cancelled=False)
             if wt_path is not None:
                 await _git("worktree", "remove", "--force", wt_path, cwd=root)
-            raise ChatError(str(exc)) from None
+            raise
         row = {"id": sid, "project": root, "tmux": name, "cwd": cwd, "worktree": wt_path, "branch": branch,
                "agent": agent, "prompt": prompt or "", "created_at": utc_now()}
         self.store.add_session(row)
@@ -137,6 +141,9 @@ class Sessions:
                 info["state"] = "exited"
             else:
                 info["state"] = await self.state_of(row)
+                if info["state"] == "exited":  # dead, and its end not recorded yet: the pane knows the status
+                    pane = await self.tmux.pane(row["tmux"])
+                    info["exit_status"] = pane.status if pane is not None else None
             out.append(info)
         return out
 
@@ -146,6 +153,8 @@ class Sessions:
             return "exited"
         screen = await self.tmux.capture(row["tmux"])
         lines = [ln for ln in screen.splitlines() if ln.strip()][-TAIL_LINES:]
+        if not lines:
+            return "starting"
         tail = "\n".join(lines[-3:]).lower()
         return "working" if any(m in tail for m in BUSY_MARKS) else "waiting for input"
 
@@ -288,7 +297,7 @@ class Sessions:
             pane = await self.tmux.pane(row["tmux"])
             if pane is not None:
                 status = pane.status if pane.dead else status
-                text = (await self.tmux.capture(row["tmux"], history=True)).rstrip() + "\n"
+                text = re.sub(r"\n{3,}", "\n\n", (await self.tmux.capture(row["tmux"], history=True)).rstrip()) + "\n"
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
