@@ -249,7 +249,7 @@ class Conversations:
         return root
 
     def _turn_count(self, conv_id: str) -> int:
-        return len(self.store.turns(conv_id))
+        return self.store.turn_count(conv_id)
 
     def _queue_turn(self, conv: Conversation, message: str, source: str, priority: int) -> SendResult:
         n = self._turn_count(conv.id) + 1
@@ -288,11 +288,10 @@ class Conversations:
     def _sync(self, conv_id: str, before: int | None = None) -> None:
         """Bring unfinished turns up to date from the task store (events may have been missed, e.g.
         across a crash)."""
-        for t in self.store.turns(conv_id):
+        for t in self.store.unfinished_turns(conv_id):
             if before is not None and t.n >= before:
                 break
-            if not t.finished:
-                self._sync_turn(t)
+            self._sync_turn(t)
 
     def _sync_turn(self, turn: Turn) -> None:
         task = self._get_task(turn.task_id)

@@ -145,7 +145,10 @@ class ConversationStore:
             self._db.execute("PRAGMA journal_mode=WAL")
         finally:
             os.umask(old)
-        self._db.execute("PRAGMA synchronous=FULL")
+        # NORMAL: in WAL mode a commit survives a crash or kill -9 of the service (it is in the WAL, in the
+        # page cache); only a power loss can take the last ones.  The tasks a turn stands for are in the
+        # task store, which syncs every commit.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
 
@@ -246,10 +249,17 @@ class ConversationStore:
                                (task_id,)).fetchone()
         return None if row is None else Turn(**dict(zip(_TURN_FIELDS, row, strict=True)))
 
-    def unfinished_turns(self) -> list[Turn]:
+    def turn_count(self, conv_id: str) -> int:
+        return int(self._db.execute("SELECT count(*) FROM turns WHERE conversation = ?", (conv_id,)).fetchone()[0])
+
+    def unfinished_turns(self, conv_id: str | None = None) -> list[Turn]:
         finals = sorted(FINAL)
-        rows = self._db.execute(f"SELECT {', '.join(_TURN_FIELDS)} FROM turns WHERE state NOT IN "
-                                f"({', '.join('?' * len(finals))})", finals).fetchall()
+        sql = f"SELECT {', '.join(_TURN_FIELDS)} FROM turns WHERE state NOT IN ({', '.join('?' * len(finals))})"
+        params: list[Any] = list(finals)
+        if conv_id is not None:
+            sql += " AND conversation = ?"
+            params.append(conv_id)
+        rows = self._db.execute(sql + " ORDER BY conversation, n", params).fetchall()
         return [Turn(**dict(zip(_TURN_FIELDS, r, strict=True))) for r in rows]
 
     # -- interactive sessions -----------------------------------------------------------------------
