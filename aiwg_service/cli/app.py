@@ -49,7 +49,7 @@ def _main(
                                                   "aiwg@<escaped PATH> instead of the user service")] = None,
 ) -> None:
     if socket is not None:
-        options.socket = socket
+        options.socket = str(socket)
     elif instance is not None:
         use_instance(instance)
 
