@@ -56,6 +56,9 @@ def main() -> int:
         sys.stderr.write(f"{exc}\n")
         return 1
     sid = session.id if session is not None else f"sess-{os.getpid()}"
+    described = session.describe() if session is not None else ""
+    if session is not None:
+        session.begin(prompt)
     mark = opt(words, "mark")
     if mark:
         with open(mark, "a") as f:
@@ -119,7 +122,7 @@ def main() -> int:
     if envname:
         text = f"{envname}={os.environ.get(envname, '<unset>')}"
     if session is not None:
-        text += " " + session.describe()
+        text += " " + described
         session.add_turn(prompt, text)
     failed = "fail" in words
     err_result = "error-result" in words

@@ -55,20 +55,27 @@ class Session:
         self.turns = turns
         self.forked_from = forked_from
 
+    def begin(self, prompt: str) -> None:
+        """Record the user's message at once, as claude does: a run cut short still leaves a session."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"prompt": prompt, "sessionId": self.id}) + "\n")
+
     def describe(self) -> str:
         earlier = " | ".join(t["prompt"][:60] for t in self.turns)
         fork = f" forked from {self.forked_from}" if self.forked_from else ""
         return f"(turn {len(self.turns) + 1} of session {self.id}{fork}; earlier: {earlier or '-'})"
 
     def add_turn(self, prompt: str, answer: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.write(json.dumps({"prompt": prompt, "answer": answer, "sessionId": self.id}) + "\n")
+            f.write(json.dumps({"answer": answer, "sessionId": self.id}) + "\n")
         self.turns.append({"prompt": prompt, "answer": answer})
 
 
 def _load(path: Path) -> list[dict[str, str]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The user messages so far (a line per message, a line per answer)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"prompt": r["prompt"]} for r in lines if "prompt" in r]
 
 
 def open_session(argv: list[str]) -> Session | None:
@@ -166,6 +173,7 @@ def interactive(argv: list[str]) -> int:
         if sleep:
             time.sleep(float(sleep))
         answer = f"Done: {line} {session.describe()}"
+        session.begin(line)
         session.add_turn(line, answer)
         sys.stdout.write("\r\033[K" + answer + "\n")
         sys.stdout.flush()

@@ -25,7 +25,9 @@ def tmux(svc_env: ServiceEnv) -> Iterator[Tmux]:
 
 
 def test_repl_streams_answers_keeps_context_and_survives_ctrl_c(chat: ServiceEnv, tmux: Tmux) -> None:
-    tmux.new("repl", [str(BIN / "aiwgctl"), "chat", "--new"], chat.project)
+    rc_file = chat.tmp / "repl.rc"
+    # the exit status through a file: tmux may take its time to reap a pane's process
+    tmux.new("repl", ["sh", "-c", f'"{BIN / "aiwgctl"}" chat --new; echo $? > "{rc_file}"'], chat.project)
     tmux.wait("repl", "you>")
     tmux.type("repl", "remember teal")
     screen = tmux.wait("repl", "Done: remember teal")
@@ -35,7 +37,7 @@ def test_repl_streams_answers_keeps_context_and_survives_ctrl_c(chat: ServiceEnv
     assert re.search(r"turn 2 of session [0-9a-f-]{36}; earlier: remember teal", screen)
 
     tmux.type("repl", "ponder sleep=30")
-    tmux.wait("repl", "Working on it.\n→ Bash")
+    tmux.wait_after("repl", "ponder sleep=30", "→ Bash")
     tmux.keys("repl", "C-c")  # cancels the turn, not the REPL
     tmux.wait("repl", "turn 3 cancelled")
     tmux.type("repl", "/history")
@@ -49,9 +51,10 @@ def test_repl_streams_answers_keeps_context_and_survives_ctrl_c(chat: ServiceEnv
     screen = tmux.wait("repl", "fork of remember teal")
     tmux.type("repl", "/bogus")
     tmux.wait("repl", "unknown command /bogus")
+    tmux.wait_prompt("repl", "you>")
     tmux.keys("repl", "C-d")
-    wait_for(lambda: tmux.run("display-message", "-p", "-t", "=repl:", "#{pane_dead} #{pane_dead_status}")
-             .stdout.strip() == "1 0", 10, what="the REPL to exit 0")
+    wait_for(lambda: rc_file.exists() and rc_file.read_text().strip(), 20, what="the REPL to exit")
+    assert rc_file.read_text().strip() == "0"
     convs = chat.call("chat.list", {})["conversations"]
     assert len(convs) == 2 and {c["turns"] for c in convs} == {0, 3}
 

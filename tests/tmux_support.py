@@ -35,9 +35,36 @@ class Tmux:
     def screen(self, name: str) -> str:
         return self.run("capture-pane", "-p", "-J", "-S", "-200", "-t", f"={name}:").stdout
 
-    def wait(self, name: str, text: str, timeout: float = 20.0) -> str:
-        return wait_for(lambda: self.screen(name) if text in self.screen(name) else None, timeout, interval=0.05,
-                        what=f"{text!r} in tmux pane {name}")
+    def wait(self, name: str, text: str, timeout: float = 30.0) -> str:
+        try:
+            return wait_for(lambda: self.screen(name) if text in self.screen(name) else None, timeout,
+                            interval=0.05, what=f"{text!r} in tmux pane {name}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the pane shows:\n{self.screen(name)}") from None
+
+    def wait_after(self, name: str, anchor: str, text: str) -> str:
+        """Until ``text`` shows up after the last ``anchor`` on screen (not an older copy of it)."""
+        def seen() -> str | None:
+            screen = self.screen(name)
+            i = screen.rfind(anchor)
+            return screen if i >= 0 and text in screen[i + len(anchor):] else None
+
+        try:
+            return wait_for(seen, 30, interval=0.05, what=f"{text!r} after {anchor!r} in tmux pane {name}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the pane shows:\n{self.screen(name)}") from None
+
+    def wait_prompt(self, name: str, prompt: str) -> str:
+        """Until the pane's last line is the prompt again (keys typed before it would reach the wrong reader)."""
+        def ready() -> str | None:
+            screen = self.screen(name)
+            lines = [ln for ln in screen.splitlines() if ln.strip()]
+            return screen if lines and lines[-1].strip() == prompt else None
+
+        try:
+            return wait_for(ready, 30, interval=0.05, what=f"the prompt {prompt!r} in tmux pane {name}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the pane shows:\n{self.screen(name)}") from None
 
     def kill(self) -> None:
         self.run("kill-server", check=False)

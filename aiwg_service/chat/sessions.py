@@ -305,7 +305,6 @@ class Sessions:
                 f.write(text)
         except OSError as exc:
             log.warning("session %s: cannot save its output: %s", sid, exc)
-        await self.tmux.kill_session(row["tmux"])
         self.store.end_session(sid, utc_now(), status)
         tail = "\n".join([ln for ln in text.splitlines() if ln.strip()][-20:]) or None
         if killed:
@@ -317,4 +316,5 @@ class Sessions:
         else:
             err = None if status == 0 else "exit status unknown"
         self.recorder.end(sid, exit_code=status, result=tail, error=err, cancelled=killed)
+        await self.tmux.kill_session(row["tmux"])  # last: until now the dead pane still said how it ended
         self._killing.discard(sid)

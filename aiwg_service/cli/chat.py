@@ -23,8 +23,8 @@ def chat(
                                                 "answer and exit (0 done, 1 failed)")] = None,
 ) -> None:
     """Talk to the agent; each conversation keeps its context (one resumed agent session)."""
+    from ..client import NotRunning
     from .chat_repl import one_shot, repl
-    from .client import NotRunning
 
     proj = str(project.expanduser().resolve()) if project is not None else None
     conv = conversation

@@ -15,10 +15,8 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .. import paths
@@ -213,7 +211,7 @@ async def follow_turn(rpc: AsyncRpc, task_id: str, printer: TurnPrinter, spinner
         printer.close()
 
 
-def _socket() -> Path:
+def _socket() -> str:
     from .core import resolve_socket
 
     return resolve_socket()
@@ -251,7 +249,13 @@ class Repl:
         self.write = write
         self.s = Style(color)
         self.current: str | None = None  # the task of the turn in flight
+        self.job: asyncio.Task[None] | None = None  # the turn in flight, as the REPL awaits it
+        self.lost: Exception | None = None
         self.done = False
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and not self.job.done()
 
     def say(self, text: str) -> None:
         self.write(text.rstrip("\n") + "\n")
@@ -267,6 +271,10 @@ class Repl:
                 await self.turn(line)
         except p.RpcError as exc:
             self.say(self.s.red(exc.message))
+        except ConnectionError as exc:
+            self.lost = exc
+            self.done = True
+            self.say(self.s.red(f"lost the service: {exc}"))
 
     async def turn(self, message: str) -> None:
         res = await self.rpc.call("chat.send", {"message": message, "conversation": self.conversation,
@@ -277,8 +285,7 @@ class Repl:
         self.current = res["taskId"]
         try:
             printer = TurnPrinter(self.write, self.s)
-            # The spinner bypasses patch_stdout's proxy (no prompt is on screen while a turn runs).
-            state = await follow_turn(self.rpc, res["taskId"], printer, Spinner(sys.__stdout__, self.s.color))
+            state = await follow_turn(self.rpc, res["taskId"], printer, Spinner(sys.stdout, False))
         finally:
             self.current = None
         if state != "completed":
@@ -406,37 +413,72 @@ async def repl(conversation: str | None, project: str | None, new: bool, *, inpu
             history=FileHistory(str(hist_file)), completer=completer(),
             input=input, output=output)
 
-        out = sys.__stdout__ or sys.stdout
-
         def write(s: str) -> None:
-            # Straight to the terminal: no prompt is on screen while a turn or a command prints.
-            out.write(s)
-            out.flush()
+            sys.stdout.write(s)  # patch_stdout's proxy: lines appear above the prompt, never through it
+            sys.stdout.flush()
 
         r = Repl(rpc, conv, project, write, _tty(sys.stdout) and output is None)
         where = f"conversation {conv}" if conv else "a new conversation"
         r.say(r.s.dim(f"aiwg chat: {where}. /help for commands, Ctrl-D to quit."))
         loop = asyncio.get_running_loop()
+        frame = [0]
+        spinner: asyncio.Task[None] | None = None
+
+        def message() -> str:
+            if r.busy:
+                return f"{Spinner.FRAMES[frame[0] % len(Spinner.FRAMES)]} thinking… "
+            return "you> "
+
+        async def spin() -> None:
+            # Only while a turn runs: the prompt line shows a spinner; idle, nothing wakes up.
+            while r.busy:
+                frame[0] += 1
+                session.app.invalidate()
+                await asyncio.sleep(0.1)
+            session.app.invalidate()
+
+        # The prompt stays up while a turn streams (its output goes above it), so every key reaches
+        # prompt_toolkit: Ctrl-C there cancels the turn, Ctrl-D quits, and the terminal mode never races.
         with patch_stdout(raw=True):
             while not r.done:
                 try:
-                    line = await session.prompt_async("you> ")
+                    line = await session.prompt_async(message)
                 except KeyboardInterrupt:
+                    if r.busy:
+                        await r.cancel_current()
                     continue
                 except EOFError:
                     break
+                if not line.strip():
+                    continue
+                if r.busy and not line.strip().startswith("/"):
+                    r.say(r.s.dim("a turn is still answering: wait for it, or Ctrl-C to cancel it"))
+                    continue
                 job = loop.create_task(r.handle(line))
-                # Ctrl-C while a turn runs cancels the turn, not the REPL.
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(signal.SIGINT, lambda: loop.create_task(r.cancel_current()))
-                try:
+                if line.strip().startswith("/"):
                     await job
-                except ConnectionError as exc:
-                    r.say(r.s.red(f"lost the service: {exc}"))
-                    return 1
-                finally:
-                    with contextlib.suppress(NotImplementedError, RuntimeError):
-                        loop.remove_signal_handler(signal.SIGINT)
+                    continue
+                r.job = job
+
+                def turn_done(_job: asyncio.Task[None]) -> None:
+                    if not session.app.is_running:
+                        return
+                    if r.done:  # the service went away: leave the prompt
+                        session.app.exit(exception=EOFError())
+                    else:
+                        session.app.invalidate()
+
+                job.add_done_callback(turn_done)
+                spinner = loop.create_task(spin())
+            if r.job is not None and not r.job.done():
+                r.job.cancel()  # stop following; the turn itself keeps running in the service
+                with contextlib.suppress(asyncio.CancelledError):
+                    await r.job
+                if spinner is not None:
+                    await spinner
+        if r.lost is not None:
+            r.say(r.s.red(f"lost the service: {r.lost}"))
+            return 1
         return 0
     finally:
         await rpc.close()

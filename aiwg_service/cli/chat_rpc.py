@@ -33,7 +33,7 @@ class AsyncRpc:
         self.closed = asyncio.Event()
 
     @classmethod
-    async def connect(cls, path: Path) -> AsyncRpc:
+    async def connect(cls, path: str | Path) -> AsyncRpc:
         reader, writer = await asyncio.open_unix_connection(str(path), limit=_LIMIT)
         return cls(reader, writer)
 
