@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
 from service_fixture import wait_for
+
+# A tmux server keeps the signal mask of the client that started it: with SIGCHLD blocked (as a parent shell
+# may leave it) it never reaps its panes.  Children of this test process get it unblocked.
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
 
 
 class Tmux:

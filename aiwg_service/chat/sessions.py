@@ -34,6 +34,12 @@ __all__ = ["Recorder", "Sessions"]
 
 log = logging.getLogger(__name__)
 
+#: The pane runs the agent under this constant script: everything a user typed stays in "$@" (never shell
+#: code).  It writes the agent's exit status to a file and signals the session's wait-for channel itself, so
+#: the end is known even when tmux is slow to reap the pane (tmux 3.3 sometimes leaves it a zombie).
+WRAPPER = ('f=$1; sock=$2; ch=$3; shift 3; "$@"; s=$?; printf %s "$s" > "$f"; '
+           'tmux -S "$sock" wait-for -S "$ch"; exit "$s"')
+
 #: What claude shows while it works (and the fake claude imitates).
 BUSY_MARKS = ("esc to interrupt",)
 TAIL_LINES = 15
@@ -118,8 +124,12 @@ class Sessions:
         log_path = log_dir / f"{sid}.log"
         name = f"aiwg-{sid}"
         channel = f"aiwg-exit-{sid}"
+        status_dir = self.state_dir / "sessions"
+        status_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        wrapped = ["/bin/sh", "-c", WRAPPER, "aiwg-session", str(status_dir / f"{sid}.status"),
+                   str(self.tmux.socket), channel, *argv]
         try:
-            await self.tmux.new_session(name, argv, cwd, env=self._pane_env(), extra=[
+            await self.tmux.new_session(name, wrapped, cwd, env=self._pane_env(), extra=[
                 ";", "set-hook", "-t", f"={name}:", "pane-died", f"wait-for -S {channel}"])
         except TmuxError as exc:
             self.recorder.end(sid, exit_code=None, result=None, error=f"tmux: {exc}", cancelled=False)
@@ -293,10 +303,15 @@ class Sessions:
         sid = row["id"]
         log_path = self.state_dir / "logs" / f"{sid}.log"
         text = ""
+        status_file = self.state_dir / "sessions" / f"{sid}.status"
+        with contextlib.suppress(OSError, ValueError):
+            status = int(status_file.read_text().strip())
+            status_file.unlink()
         with contextlib.suppress(TmuxError):
             pane = await self.tmux.pane(row["tmux"])
+            if status is None and pane is not None and pane.dead:
+                status = pane.status  # the wrapper itself was killed: tmux's word, if it has it
             if pane is not None:
-                status = pane.status if pane.dead else status
                 text = re.sub(r"\n{3,}", "\n\n", (await self.tmux.capture(row["tmux"], history=True)).rstrip()) + "\n"
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import stat
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,14 @@ def scope_available(environ: Mapping[str, str] | None = None) -> bool:
     return False
 
 
+def _unblock_sigchld() -> None:
+    """A tmux server keeps the signal mask of the client that started it, and a server with SIGCHLD blocked
+    never reaps its panes (no exit status, no ``pane-died``).  The loop's spawn hands children the mask of
+    this thread, which may still be the one the service inherited (a shell or a test runner can block
+    SIGCHLD), so make sure it is unblocked first."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+
+
 class Pane:
     """What ``display-message`` says of a session's first pane."""
 
@@ -69,6 +78,7 @@ class Tmux:
     async def run(self, *args: str, check: bool = True, prefix: Sequence[str] = ()) -> str:
         if shutil.which("tmux") is None:
             raise TmuxMissing()
+        _unblock_sigchld()
         # Output goes through files, not pipes: a tmux server this call starts may keep the inherited
         # descriptors (it does under uvloop), and a pipe would then never reach EOF.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -162,6 +172,7 @@ class Tmux:
         """Start ``tmux wait-for CHANNEL``: it exits when the channel is signalled (or the server dies)."""
         if shutil.which("tmux") is None:
             raise TmuxMissing()
+        _unblock_sigchld()
         return await asyncio.create_subprocess_exec(
             *self.argv("wait-for", channel), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL, env=self.env)
