@@ -27,6 +27,8 @@ INTERNAL_ERROR = -32603
 # -32000 .. -32099: server errors of this service
 SERVER_BUSY = -32000
 CONFIG_INVALID = -32001
+ALREADY_DECIDED = -32004  # an approval was decided before this request (data.approval says by whom)
+NOT_ALLOWED = -32005  # the caller is not one of an approval's approvers
 NOT_FOUND = INVALID_PARAMS  # the AIWG daemon answers an unknown task id with -32602; clients rely on it
 
 ID = int | float | str | None
@@ -172,6 +174,21 @@ class AutomationTestParams(Params):
     project: str | None = None
 
 
+ApprovalState = Literal["pending", "approved", "rejected", "expired"]
+
+
+class ApprovalListParams(Params):
+    state: ApprovalState | Literal["all"] = "pending"
+    project: str | None = None
+    limit: Limit = 100
+
+
+class ApprovalDecideParams(Params):
+    approvalId: Annotated[str, Meta(min_length=1)]
+    reason: Annotated[str, Meta(max_length=2000)] | None = None
+    via: Annotated[str, Meta(min_length=1, max_length=40)] = "rpc"  # how: cli, rpc (who comes from SO_PEERCRED)
+
+
 class EventsListParams(Params):
     type: str | None = None  # exact type or wildcard pattern: file.*, *
     project: str | None = None
@@ -213,6 +230,9 @@ METHODS: dict[str, type[Params]] = {
     "automation.disable": RuleIdParams,
     "automation.trace": AutomationTraceParams,
     "automation.test": AutomationTestParams,
+    "approval.list": ApprovalListParams,
+    "approval.approve": ApprovalDecideParams,
+    "approval.reject": ApprovalDecideParams,
     "events.list": EventsListParams,
     "events.dlq": NoParams,
     "events.replay": EventIdParams,
@@ -223,7 +243,8 @@ METHODS: dict[str, type[Params]] = {
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
-                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list"})
+                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
+                       "approval.list"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

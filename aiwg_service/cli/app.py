@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from .. import paths
+from . import approvals as approvals_cli
 from . import render, systemctl
 from .core import call, cmd_ping, cmd_status, fail, options, use_instance
 from .cron import cron_app
@@ -139,6 +140,9 @@ def config_check(
         print(f"warning: {w}")
     print(f"{target}: valid")
 
+
+for _fn in (approvals_cli.approvals, approvals_cli.approve, approvals_cli.reject):
+    app.command()(_fn)
 
 for _fn in (systemctl.install, systemctl.uninstall, systemctl.start, systemctl.stop, systemctl.restart,
             systemctl.logs):
