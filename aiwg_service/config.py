@@ -23,6 +23,7 @@ import msgspec.inspect as mi
 from msgspec import Meta, Struct, field
 
 from .tasks.model import PERCENT_PATTERN, SIZE_PATTERN, AgentKind, AgentProfile, profile_problems
+from .webhooks.schema import HOOK_ID, HookKind, WebhookSection, check_section
 
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit's RestartPreventExitStatus= names it
 
@@ -41,6 +42,7 @@ PATTERN_HELP: dict[str, str] = {
     JOB_ID: "{v} may use only letters, digits and _ . : -",
     SIZE_PATTERN: '{v} must be a size like "512M", "2G", "50%" or "infinity"',
     PERCENT_PATTERN: '{v} must be a percentage like "50%" or "200%"',
+    HOOK_ID: "{v} may use only letters, digits and _ . - (at most 64, starting with a letter or digit)",
 }
 #: Literal types keep their declared order in messages (msgspec sorts them).
 LITERAL_ORDER: dict[frozenset[Any], tuple[Any, ...]] = {}
@@ -51,7 +53,7 @@ def register_literal(*aliases: Any) -> None:
         LITERAL_ORDER[frozenset(get_args(a))] = get_args(a)
 
 
-register_literal(EventKind, LogLevel, AgentKind)
+register_literal(EventKind, LogLevel, AgentKind, HookKind)
 
 
 class LogConfig(Struct, forbid_unknown_fields=False):
@@ -107,12 +109,6 @@ def _default_jobs() -> list[CronJob]:
 class ScheduleSection(Struct):
     enabled: bool = True
     jobs: list[CronJob] = field(default_factory=_default_jobs)
-
-
-class WebhookSection(Struct):
-    enabled: bool = False
-    port: Annotated[int, Meta(ge=1, le=65535)] = 9471
-    secret_env: EnvName = "AIWG_WEBHOOK_SECRET"
 
 
 class Config(Struct):
@@ -206,7 +202,8 @@ def _constraint_errors(value: float | int | str | list[Any], t: Any) -> str | No
         return "must not be empty" if min_len == 1 else f"must have at least {min_len} items"
     pattern = getattr(t, "pattern", None)
     if pattern is not None and isinstance(value, str) and not re.search(pattern, value):
-        return PATTERN_HELP.get(pattern, "{v} does not match " + pattern).format(v=show_value(value))
+        helptext = PATTERN_HELP.get(pattern)
+        return helptext.format(v=show_value(value)) if helptext else f"{show_value(value)} does not match {pattern}"
     return None
 
 
@@ -368,6 +365,14 @@ def _check_agents(cfg: Config) -> list[tuple[str, str]]:
 
 
 SEMANTIC_CHECKS.append(_check_agents)
+
+
+def _check_webhooks(cfg: Config) -> list[tuple[str, str]]:
+    """Hook ids, and every enabled hook's secret set in the environment or as a systemd credential."""
+    return check_section(cfg.webhook)
+
+
+SEMANTIC_CHECKS.append(_check_webhooks)
 
 
 def _check_rules(cfg: Config) -> list[tuple[str, str]]:

@@ -189,6 +189,12 @@ class ApprovalDecideParams(Params):
     via: Annotated[str, Meta(min_length=1, max_length=40)] = "rpc"  # how: cli, rpc (who comes from SO_PEERCRED)
 
 
+class WebhookTestParams(Params):
+    hookId: Annotated[str, Meta(min_length=1)]
+    event: Annotated[str, Meta(min_length=1, max_length=100)] | None = None
+    payload: Any = None
+
+
 class EventsListParams(Params):
     type: str | None = None  # exact type or wildcard pattern: file.*, *
     project: str | None = None
@@ -233,6 +239,8 @@ METHODS: dict[str, type[Params]] = {
     "approval.list": ApprovalListParams,
     "approval.approve": ApprovalDecideParams,
     "approval.reject": ApprovalDecideParams,
+    "webhook.list": NoParams,
+    "webhook.test": WebhookTestParams,
     "events.list": EventsListParams,
     "events.dlq": NoParams,
     "events.replay": EventIdParams,
@@ -244,7 +252,7 @@ METHODS: dict[str, type[Params]] = {
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
                        "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
-                       "approval.list"})
+                       "approval.list", "webhook.list"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

@@ -1,7 +1,7 @@
 """The fixed start order of the subsystems, and what each is built from.
 
 Start order: event router, task store, agent supervisor, automation engine, IPC server, file watcher,
-cron scheduler, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
+cron scheduler, webhooks, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
 Subsystems never import each other: this module hands each one the bus (and the store) it needs.
 """
 
@@ -75,6 +75,11 @@ def build_subsystems(service: Service) -> list[Subsystem]:
     automation = AutomationEngine(service.bus, service.state_dir, submit_task=submit_task,
                                   doctor=lambda project: doctor.run(service, project))
     automation.register_rpc(service.rpc)
+    from . import systemd as sd
+    from .webhooks.subsystem import FD_NAMES, WebhookSubsystem
+
+    webhooks = WebhookSubsystem(service.bus.publish, service.state_dir, lambda: sd.named_fd(*FD_NAMES))
+    webhooks.register_rpc(service.rpc)
     return [
         service.bus,
         store,
@@ -83,5 +88,6 @@ def build_subsystems(service: Service) -> list[Subsystem]:
         IpcSubsystem(service),
         WatcherSubsystem(service),
         scheduler,
+        webhooks,
         Placeholder("messaging"),
     ]

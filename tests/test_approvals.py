@@ -122,8 +122,9 @@ def test_reject_ends_the_run_and_single_mode_skips_while_pending(tmp_path: Path)
 def test_expiry_and_restart_while_pending(tmp_path: Path) -> None:
     async def body() -> None:
         h = Harness(tmp_path)
-        rules = gated(timeout_minutes=0.01) + [{"id": "later", "triggers": [{"type": "later"}],
-                                                "actions": [{"approve": {}}, {"shell": "touch later-ran"}]}]
+        rules = [*gated(timeout_minutes=0.01),
+                 {"id": "later", "triggers": [{"type": "later"}],
+                  "actions": [{"approve": {}}, {"shell": "touch later-ran"}]}]
         eng = await h.start(rules)
         eng.arm_approvals()
         h.publish("later")

@@ -20,6 +20,7 @@ from .cron import cron_app
 from .events import events_app
 from .rules import rules_app
 from .tasks import task_app
+from .webhooks import webhook_app
 
 app = typer.Typer(
     help="Control aiwg-service, the per-user service that supervises your projects.",
@@ -35,6 +36,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(cron_app, name="cron")
 app.add_typer(rules_app, name="rules")
 app.add_typer(task_app, name="task")
+app.add_typer(webhook_app, name="webhook")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 
