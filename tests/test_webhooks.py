@@ -36,9 +36,17 @@ RULES = [{"id": "on-push", "triggers": [{"type": "webhook.github", "data": {"eve
           "actions": [{"shell": "echo \"$AIWG_EVENT_JSON\" > pushed.json"}]}]
 
 
-def setup(env: ServiceEnv, port: int, rate: dict[str, float] | None = None) -> None:
+def setup(env: ServiceEnv, port: int, rate: dict[str, float] | None = None, credentials: bool = False) -> None:
+    """Secrets in the service's environment, or (``credentials``) as files in a $CREDENTIALS_DIRECTORY."""
     env.env["PYTHONPATH"] = os.pathsep.join(x for x in (WORKTREE, env.env.get("PYTHONPATH")) if x)
-    env.env.update(SECRETS)
+    if credentials:
+        creds = env.tmp / "credentials"
+        creds.mkdir(mode=0o700)
+        for name, value in SECRETS.items():
+            (creds / name).write_text(value + "\n")
+        env.env["CREDENTIALS_DIRECTORY"] = str(creds)
+    else:
+        env.env.update(SECRETS)
     service_cfg = env.config_home / "aiwg" / "daemon.json"
     service_cfg.parent.mkdir(parents=True, exist_ok=True)
     service_cfg.write_text(json.dumps({"webhook": {
@@ -49,6 +57,13 @@ def setup(env: ServiceEnv, port: int, rate: dict[str, float] | None = None) -> N
                               "rules": RULES})
 
 
+def start(env: ServiceEnv) -> None:
+    """Start, then wait for the listener: it opens when the configs are applied, just after the RPC socket."""
+    env.start()
+    wait_for(lambda: env.call("daemon.status")["subsystems"]["webhooks"].get("listening"), 15,
+             what="the webhook listener")
+
+
 def events(env: ServiceEnv, type_: str) -> list[dict[str, object]]:
     return env.call("events.list", {"type": type_})["events"]
 
@@ -57,7 +72,7 @@ def test_each_kind_good_bad_missing_stale_replayed(svc_env: ServiceEnv) -> None:
     env = svc_env
     port = free_port()
     setup(env, port)
-    env.start()
+    start(env)
     body = json.dumps({"ref": "refs/heads/main", "commits": [{"id": "abc"}]}).encode()
     gh, gl, std, tok = (SECRETS[k] for k in ("AIWG_TEST_GH", "AIWG_TEST_GL", "AIWG_TEST_STD", "AIWG_TEST_TOK"))
 
@@ -168,8 +183,8 @@ def test_floods_per_source_and_per_hook(svc_env: ServiceEnv) -> None:
     env = svc_env
     port = free_port()
     setup(env, port, {"per_source_burst": 20, "per_source_per_second": 1, "per_hook_burst": 1000,
-                      "per_hook_per_second": 1000})
-    env.start()
+                      "per_hook_per_second": 1000}, credentials=True)  # secrets from systemd-style credentials
+    start(env)
     tok = SECRETS["AIWG_TEST_TOK"]
     codes = [post(port, "/hooks/tok", b"{}", token_headers(tok, b"{}", f"a-{i}"), source="127.0.0.2")[0]
              for i in range(40)]
@@ -202,7 +217,8 @@ def test_port_in_use_and_no_hooks_no_port(svc_env: ServiceEnv) -> None:
     blocker.listen()
     try:
         env.start()
-        st = env.call("daemon.status")["subsystems"]["webhooks"]
+        st = wait_for(lambda: (w := env.call("daemon.status")["subsystems"]["webhooks"]).get("error") and w, 15,
+                      what="the listener's error")
         assert st["listening"] is None and f"cannot listen on 127.0.0.1:{port}" in st["error"]
         assert env.call("ping")["pong"] is True  # the rest of the service runs
         assert f"cannot listen on 127.0.0.1:{port}" in env.log_text() and "Traceback" not in env.log_text()
