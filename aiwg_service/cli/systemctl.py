@@ -60,7 +60,7 @@ def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
 
 def webhook_port() -> int:
     """``webhook.port`` from the service-wide config (9471 when unset); a broken file is a clear error."""
-    from .. import config
+    from .. import config, schemas  # noqa: F401  (schemas registers every section, webhook's too)
 
     try:
         return config.load_file(paths.service_config_file()).config.webhook.port
