@@ -13,8 +13,6 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -22,37 +20,17 @@ from aiohttp import web
 
 from ..protocol import utc_now
 from .dedup import DeliveryLog
+from .hooks import LiveHook, Publish
 from .limits import Buckets, LogLimiter
-from .verify import Verdict
 
 log = logging.getLogger("aiwg.webhooks")
 
-Publish = Callable[[str, "str | None", dict[str, Any], str], Any]
 #: headers a rule may want; signatures and tokens are never copied into events
 KEEP_HEADERS = ("User-Agent", "Content-Type", "X-GitHub-Event", "X-GitHub-Delivery", "X-GitHub-Hook-ID",
                 "X-Gitlab-Event", "X-Gitlab-Event-UUID", "X-Gitlab-Instance", "webhook-id", "webhook-timestamp",
                 "Idempotency-Key")
 MAX_CAP = 64 * 1024 * 1024
 EVENT_HEADER = {"github": "X-GitHub-Event", "gitlab": "X-Gitlab-Event"}
-
-
-@dataclass(slots=True)
-class LiveHook:
-    """A configured hook, ready to verify: its key is resolved from the env or a credential at apply time."""
-
-    id: str
-    kind: str
-    project: str | None
-    key: bytes
-    events: frozenset[str] | None
-    verify: Callable[..., Verdict] = field(repr=False)
-    accepted: int = 0
-    duplicates: int = 0
-    refused: int = 0
-    last: dict[str, Any] | None = None
-
-    def record(self, result: str, status: int, delivery_id: str | None) -> None:
-        self.last = {"time": utc_now(), "result": result, "status": status, "delivery_id": delivery_id}
 
 
 def _body(status: int, **fields: Any) -> web.Response:

@@ -19,14 +19,17 @@ import secrets
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import ClientSession, ClientTimeout, web
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .receiver import Receiver
 
 from .. import protocol as p
 from .dedup import DeliveryLog
+from .hooks import LiveHook, Publish
 from .limits import Buckets
-from .receiver import LiveHook, Publish, Receiver
 from .schema import DEFAULT_MAX_BODY, DEFAULT_PORT, WebhookSection, secret_name
 from .secrets import read_secret, secret_key
 from .verify import VERIFIERS, sign_headers
@@ -43,7 +46,8 @@ class WebhookSubsystem:
     def __init__(self, publish: Publish, state_dir: Path | str,
                  inherited_fd: Callable[[], int | None] = lambda: None) -> None:
         self.deliveries = DeliveryLog(Path(state_dir) / "webhooks.db")
-        self.receiver = Receiver(publish, self.deliveries)
+        self.publish = publish
+        self.receiver: Receiver | None = None  # built (and aiohttp imported) when the first hook is configured
         self.inherited_fd = inherited_fd
         self.runner: web.AppRunner | None = None
         self.site: web.BaseSite | None = None
@@ -61,7 +65,7 @@ class WebhookSubsystem:
     async def stop(self) -> None:
         async with self._lock:
             await self._close()
-        self.deliveries.close()
+        await self.deliveries.close()
 
     async def _close(self) -> None:
         if self.runner is not None:
@@ -70,9 +74,10 @@ class WebhookSubsystem:
         self.address = None
 
     def health(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"hooks": len(self.receiver.hooks),
+        rc = self.receiver
+        out: dict[str, Any] = {"hooks": len(rc.hooks) if rc else 0,
                                "listening": f"{self.address[0]}:{self.address[1]}" if self.address else None,
-                               "from_systemd": self.from_systemd, **self.receiver.counts}
+                               "from_systemd": self.from_systemd, **(rc.counts if rc else {})}
         if self.error:
             out["error"] = self.error
         if self.conflicts:
@@ -108,6 +113,12 @@ class WebhookSubsystem:
             log.error("webhooks: %s", c)
         self.conflicts = conflicts
         rl = service.rate_limit
+        if self.receiver is None:
+            if not hooks:
+                return
+            from .receiver import Receiver
+
+            self.receiver = Receiver(self.publish, self.deliveries)
         self.receiver.configure(hooks, service.max_body_bytes if service.max_body_bytes else DEFAULT_MAX_BODY,
                                 Buckets(rl.per_hook_per_second, rl.per_hook_burst),
                                 Buckets(rl.per_source_per_second, rl.per_source_burst))
@@ -125,6 +136,9 @@ class WebhookSubsystem:
             await self._listen()
 
     async def _listen(self) -> None:
+        from aiohttp import web
+
+        assert self.receiver is not None
         runner = web.AppRunner(self.receiver.app(), handle_signals=False, access_log=None)
         await runner.setup()
         fd = self.inherited_fd()
@@ -170,13 +184,15 @@ class WebhookSubsystem:
         hooks = [{"id": h.id, "kind": h.kind, "project": h.project, "url": self.url(h.id),
                   "events": sorted(h.events) if h.events is not None else None, "accepted": h.accepted,
                   "duplicates": h.duplicates, "refused": h.refused, "last": h.last}
-                 for h in self.receiver.hooks.values()]
+                 for h in (self.receiver.hooks.values() if self.receiver else ())]
         return {"listening": self.health()["listening"], "from_systemd": self.from_systemd, "error": self.error,
                 "conflicts": self.conflicts, "hooks": hooks}
 
     async def rpc_test(self, params: p.WebhookTestParams, _conn: Any = None) -> dict[str, Any]:
         """Sign a delivery with the hook's own secret and POST it to the listener, as the sender would."""
-        hook = self.receiver.hooks.get(params.hookId)
+        from aiohttp import ClientSession, ClientTimeout
+
+        hook = self.receiver.hooks.get(params.hookId) if self.receiver else None
         if hook is None:
             raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: hookId: no hook '{params.hookId}'",
                              {"param": "hookId"})
