@@ -85,6 +85,8 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         hook_id = request.match_info["id"]
+        if not hook_id.isprintable():  # a %0A in the URL must not forge log lines
+            hook_id = "".join(c if c.isprintable() else "?" for c in hook_id)
         source = request.remote or "?"
         hook = self.hooks.get(hook_id)
         if request.method != "POST":
