@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 from service_fixture import ServiceEnv, wait_for
@@ -17,12 +18,14 @@ CONFIG = {
     "rules": [{"id": "ship", "triggers": [{"type": "file.*", "paths": ["inbox/*.req"]}],
                "actions": [{"approve": {"message": "ship {path}?", "timeout_minutes": 30}},
                            {"shell": "cp \"$AIWG_EVENT_PATH\" shipped.txt"}],
-               "mode": "queued", "max": 5}],
+               "mode": "queued", "max": 5},
+              {"id": "quick", "requires_approval": True, "triggers": [{"type": "file.*", "paths": ["inbox/*.quick"]}],
+               "actions": [{"shell": "touch quick-ran"}]}],
 }
 
 
-def pending(env: ServiceEnv) -> list[dict[str, object]]:
-    return env.call("approval.list", {})["approvals"]
+def pending(env: ServiceEnv, rule: str = "ship") -> list[dict[str, object]]:
+    return [a for a in env.call("approval.list", {})["approvals"] if a["rule_id"] == rule]
 
 
 def test_approval_end_to_end_through_a_real_file(svc_env: ServiceEnv) -> None:
@@ -71,4 +74,23 @@ def test_approval_end_to_end_through_a_real_file(svc_env: ServiceEnv) -> None:
     assert (env.project / "shipped.txt").read_text() == "payload one\n"
     everything = env.ctl("approvals", "--all", "--json", check=True).stdout
     assert {a["state"] for a in json.loads(everything)["approvals"]} == {"approved", "rejected"}
+
+    # expiry: a requires_approval rule whose approval nobody decides ends `expired` (1 h by default; here the
+    # row's deadline is moved to now through the real database, then a restart finds it overdue)
+    (env.project / "inbox" / "x.quick").write_text("x")
+    quick = wait_for(lambda: pending(env, "quick"), 15, what="the quick approval")[0]
+    assert quick["message"] == "rule quick wants to run: shell 'touch quick-ran'"
+    assert env.stop() == 0
+    db = sqlite3.connect(env.state_dir / "approvals.db")
+    with db:
+        db.execute("UPDATE approvals SET expires_at = 0 WHERE id = ?", (quick["id"],))
+    db.close()
+    env.start()
+    expired = wait_for(lambda: env.call("events.list", {"type": "gate.timeout"})["events"], 15, what="gate.timeout")
+    assert expired[0]["data"]["id"] == quick["id"] and expired[0]["data"]["state"] == "expired"
+    assert env.call("events.list", {"type": "approval.expired"})["events"][0]["data"]["decided_by"] == "timeout"
+    runs = wait_for(lambda: env.call("automation.trace", {"ruleId": "quick"})["runs"], 10, what="the quick trace")
+    assert runs[0]["outcome"] == "expired" and not (env.project / "quick-ran").exists()
+    late = env.ctl("approve", quick["id"])
+    assert late.returncode == 1 and "already expired" in late.stderr
     assert env.stop() == 0
