@@ -40,7 +40,8 @@ class DeliveryLog:
         self.path = path
         self.window_s = window_s
         self.flush_interval = flush_interval
-        self.db: sqlite3.Connection | None = None
+        self.db: sqlite3.Connection | None = None  # the writer, used by the flush thread
+        self.reader: sqlite3.Connection | None = None  # the loop's: WAL lets it read while the writer commits
         self.pending: dict[tuple[str, str], float] = {}
         self._writing: dict[tuple[str, str], float] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -56,6 +57,7 @@ class DeliveryLog:
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
         self.db = db
+        self.reader = sqlite3.connect(self.path, isolation_level=None)
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -65,16 +67,18 @@ class DeliveryLog:
         if self.db is not None:
             self.db.close()
             self.db = None
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
 
     def first_time(self, hook: str, delivery_id: str, now: float | None = None) -> bool:
         """Record the delivery; True if it was not seen in the window (so it should be published)."""
-        assert self.db is not None
+        assert self.reader is not None
         now = time.time() if now is None else now
         key = (hook, delivery_id)
-        if key in self.pending or key in self._writing:
+        if key in self.pending or key in self._writing:  # not committed yet: the reader cannot see these
             return False
-        with self._lock:
-            row = self.db.execute("SELECT received FROM deliveries WHERE hook = ? AND delivery_id = ?", key).fetchone()
+        row = self.reader.execute("SELECT received FROM deliveries WHERE hook = ? AND delivery_id = ?", key).fetchone()
         if row is not None and row[0] >= now - self.window_s:
             return False
         self.pending[key] = now
