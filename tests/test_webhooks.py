@@ -204,7 +204,13 @@ def test_floods_per_source_and_per_hook(svc_env: ServiceEnv) -> None:
     log = env.log_text()
     assert "webhook tok: refused 429 from 127.0.0.2: rate limit for 127.0.0.2" in log
     assert "webhook std: refused 429" in log and "rate limit for the hook" in log
-    assert log.count("rate limit for 127.0.0.2") < 5  # logged once, then summarised, not once per request
+    assert log.count("rate limit for 127.0.0.2") == 1  # logged once, then summarised, not once per request
+    # random unknown hook ids from many addresses: one log line, not one per request
+    for i in range(20):
+        assert post(port, f"/hooks/random-{i}", b"{}", source=f"127.0.2.{i + 1}")[0] == 404
+    assert post(port, "/hooks/%0Aforged", b"{}")[0] == 404
+    log = env.log_text()
+    assert log.count("refused 404") == 1 and "\nforged" not in log
     assert env.stop() == 0
 
 

@@ -34,14 +34,18 @@ class Buckets:
 
 
 class LogLimiter:
-    """One line per (hook, reason) per ``every`` seconds; the next line says how many were left out."""
+    """One line per (hook, status) per ``every`` seconds; the next line says how many were left out.
+
+    Keyed by status, not by reason or address, and every unknown hook id shares one key: a flood of random
+    paths, bodies or source addresses cannot turn into a flood of log lines.
+    """
 
     def __init__(self, log: logging.Logger, every: float = 10.0) -> None:
         self.log, self.every = log, every
-        self._last: dict[tuple[str, str], list[float]] = {}
+        self._last: dict[tuple[str, int], list[float]] = {}
 
-    def refused(self, hook: str, reason: str, status: int, source: str) -> None:
-        key = (hook, reason)
+    def refused(self, hook: str, known: bool, reason: str, status: int, source: str) -> None:
+        key = (hook if known else "<unknown>", status)
         now = time.monotonic()
         st = self._last.get(key)
         if st is not None and now - st[0] < self.every:
@@ -49,7 +53,6 @@ class LogLimiter:
             return
         more = int(st[1]) if st is not None else 0
         self._last[key] = [now, 0]
-        if len(self._last) > 10_000:
-            self._last.clear()
         self.log.warning("webhook %s: refused %d from %s: %s%s", hook, status, source, reason,
-                         f" (and {more} more like it)" if more else "", extra={"HOOK": hook})
+                         f" (and {more} more refused {status} since the last line)" if more else "",
+                         extra={"HOOK": hook})

@@ -73,7 +73,7 @@ class Receiver:
         if hook is not None:
             hook.refused += 1
             hook.record(f"refused: {reason}", status, delivery_id)
-        self.logs.refused(hook_id, reason, status, source)
+        self.logs.refused(hook_id, hook is not None, reason, status, source)
         resp = _body(status, error=answer)
         if status == 405:
             resp.headers["Allow"] = "POST"
