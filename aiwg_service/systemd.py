@@ -122,6 +122,11 @@ def watchdog_interval() -> float | None:
 # ---------------------------------------------------------------------------- socket activation
 
 
+#: what systemd passed, kept: the environment is cleared on the first call, and the IPC server and the webhook
+#: listener each pick their own fd by name
+_passed: list[tuple[int, str]] | None = None
+
+
 def listen_fds() -> list[tuple[int, str]]:
     """Return socket-activated fds as ``[(fd, name), ...]`` (name from FileDescriptorName=).
 
@@ -149,11 +154,6 @@ def listen_fds() -> list[tuple[int, str]]:
         os.set_inheritable(fd, False)
     _passed = [(fd, name or "unknown") for fd, name in fds]
     return list(_passed)
-
-
-#: what systemd passed, kept: the environment is cleared on the first call, and the IPC server and the webhook
-#: listener each pick their own fd by name
-_passed: list[tuple[int, str]] | None = None
 
 
 def named_fd(*names: str) -> int | None:
