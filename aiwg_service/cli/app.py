@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from .. import paths
+from . import approvals as approvals_cli
 from . import chat as chat_cmd
 from . import render, systemctl
 from . import sessions as sessions_cmd
@@ -21,6 +22,7 @@ from .cron import cron_app
 from .events import events_app
 from .rules import rules_app
 from .tasks import task_app
+from .webhooks import webhook_app
 
 app = typer.Typer(
     help="Control aiwg-service, the per-user service that supervises your projects.",
@@ -36,6 +38,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(cron_app, name="cron")
 app.add_typer(rules_app, name="rules")
 app.add_typer(task_app, name="task")
+app.add_typer(webhook_app, name="webhook")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 
@@ -163,6 +166,8 @@ def top(once: Annotated[bool, typer.Option("--once", help="print the screen once
         code = 0
     raise typer.Exit(code)
 
+for _fn in (approvals_cli.approvals, approvals_cli.approve, approvals_cli.reject):
+    app.command()(_fn)
 
 for _fn in (systemctl.install, systemctl.uninstall, systemctl.start, systemctl.stop, systemctl.restart,
             systemctl.logs):
