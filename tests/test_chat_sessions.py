@@ -162,6 +162,16 @@ def test_dashboard_is_created_repaired_and_top_redraws_on_events(svc: ServiceEnv
     assert len(tmux.run("list-panes", "-t", "=aiwg:").stdout.splitlines()) == 2
     res = svc.ctl("attach")  # no terminal here
     assert res.returncode == 1 and "needs a terminal" in res.stderr
+    # a real terminal: a pane of another tmux server attaches to the dashboard, read-only
+    outer = Tmux(svc.tmp / "outer.sock", {**svc.env, "TERM": "xterm-256color"})
+    try:
+        outer.new("term", [str(BIN / "aiwgctl"), "attach", "--read-only"], svc.project, width=120, height=40)
+        clients = wait_for(lambda: tmux.run("list-clients", "-t", "=aiwg", "-F", "#{client_readonly}",
+                                            check=False).stdout.split(), 20, what="a client on the dashboard")
+        assert clients == ["1"]
+        outer.wait("term", "aiwg top")  # the dashboard shows through the attached terminal
+    finally:
+        outer.kill()
     assert error(svc, "session.dashboard", {"name": "bad name!"})["data"]["param"] == "name"
 
 

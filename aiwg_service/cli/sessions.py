@@ -33,8 +33,10 @@ def _exec_attach(socket: str, session: str, read_only: bool) -> None:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         fail("attaching needs a terminal (use --detach to create the session only)")
     argv = ["tmux", "-S", socket, "attach-session", *(["-r"] if read_only else []), "-t", f"={session}"]
+    # From inside another tmux, $TMUX makes tmux refuse to nest; ours is a different server, so nest.
+    env = {k: v for k, v in os.environ.items() if k != "TMUX"}
     sys.stdout.flush()
-    os.execvp("tmux", argv)
+    os.execvpe("tmux", argv, env)
 
 
 def attach(
