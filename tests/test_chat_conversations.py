@@ -90,3 +90,19 @@ def test_store_files_are_private(tmp_path: Path) -> None:
         p = tmp_path / "s" / name
         assert p.exists() and (p.stat().st_mode & 0o777) == 0o600, name
     store.close()
+
+
+def test_a_conversation_of_a_project_no_longer_served_is_refused(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    project.mkdir()
+    served = [str(project)]
+    q = Queue()
+    convs = Conversations(ConversationStore(tmp_path / "state"), submit=q.submit, get_task=q.tasks.get,
+                          projects=lambda: list(served), resolve_root=lambda s: str(Path(s).resolve()))
+    a = convs.send("hi")
+    q.finish(a.task_id, session_id=convs.get(a.conversation).session_id)
+    served.clear()
+    with pytest.raises(ChatError) as gone:
+        convs.send("again", conversation=a.conversation)
+    assert gone.value.param == "conversation" and "no longer serves" in str(gone.value)
+    assert len(q.tasks) == 1  # nothing queued

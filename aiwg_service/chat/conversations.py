@@ -104,6 +104,9 @@ class Conversations:
             if root is not None and root != conv.project:
                 raise ChatError(f"conversation {conv.id} belongs to project {conv.project}, not {root}",
                                 param="project", project=conv.project)
+            if conv.project not in list(self._projects()):
+                raise ChatError(f"conversation {conv.id} belongs to {conv.project}, which this service no longer "
+                                f"serves (add it back with `aiwgctl project add`)", param="conversation")
             self._sync(conv.id)
             conv = self._get(conv.id)
             if conv.session_state == "lost":
