@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,47 @@ log = logging.getLogger("aiwg.rpc")
 Handler = Callable[[Any, "Connection"], Any]
 PEER_REFUSED = -32003
 
+#: Replies and notifications waiting for one client to read them. Past this the connection stops being
+#: read (no new requests run), subscriptions drop events (counted) and log followers wait; below
+#: ``OUTPUT_LOW`` everything resumes. So a client that never reads costs at most this, plus one reply.
+OUTPUT_BUDGET = 1024 * 1024
+OUTPUT_LOW = 256 * 1024
+#: Coroutine handlers running at once for one connection (each holds a reply to come).
+MAX_INFLIGHT = 128
+#: ``events.subscribe`` and ``task.logs {follow}`` streams one connection may hold.
+MAX_STREAMS = 64
+#: A request line must be complete this long after its first byte, or the connection is closed.
+PARTIAL_LINE_TIMEOUT = 30.0
+#: Bytes of incomplete request lines held across every connection; past it, connections holding one
+#: stop being read until the total falls (their data waits in the kernel, not in our memory).
+INPUT_BUDGET = 32 * 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 256
+#: JSON's whitespace (RFC 8259): a line of only these is skipped; any other control character is an error.
+_JSON_WS = b" \t\r"
+
+
+class _Throttle:
+    """At most ``burst`` log records per key per ``window`` seconds: a client must not flood the journal."""
+
+    def __init__(self, burst: int = 5, window: float = 60.0) -> None:
+        self.burst = burst
+        self.window = window
+        self._seen: dict[str, list[float]] = {}  # key -> [window start, count]
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        entry = self._seen.get(key)
+        if entry is None or now - entry[0] > self.window:
+            suppressed = int(entry[1]) - self.burst if entry is not None else 0
+            if suppressed > 0:
+                log.warning("%d more like %r in the last %.0f s were not logged", suppressed, key, self.window)
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            self._seen[key] = [now, 1]
+            return True
+        entry[1] += 1
+        return entry[1] <= self.burst
+
 
 class _Entry:
     __slots__ = ("fn", "is_async")
@@ -38,7 +80,7 @@ class _Entry:
 
 
 class Connection(asyncio.Protocol):
-    """One client connection: NDJSON in, NDJSON out."""
+    """One client connection: NDJSON in, NDJSON out, within a byte budget each way."""
 
     def __init__(self, server: RpcServer) -> None:
         self.server = server
@@ -48,12 +90,21 @@ class Connection(asyncio.Protocol):
         self.peer_uid: int | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self._close_callbacks: list[Callable[[], None]] = []
-        self._paused = False
+        self._drain_callbacks: list[Callable[[], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._write_full = False  # the transport holds OUTPUT_BUDGET bytes the client has not read
+        self._held = False  # complete lines wait in ``buf`` until there is room for their replies
+        self._starved = False  # paused for the server-wide input budget
+        self._reading = True
+        self._counted = 0  # bytes of ``buf`` counted in server.input_bytes
+        self._partial_timer: asyncio.TimerHandle | None = None
+        self._lines = 0
+        self.streams = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=OUTPUT_BUDGET, low=OUTPUT_LOW)
         sock = transport.get_extra_info("socket")
         try:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -61,9 +112,21 @@ class Connection(asyncio.Protocol):
         except OSError:
             self.peer_uid = None
         if self.peer_uid != self.server.uid:
-            log.warning("refused a connection from uid %s (pid %s): not the service's user",
-                        self.peer_uid, self.peer_pid)
+            if self.server.throttle.allow("peer-uid"):
+                log.warning("refused a connection from uid %s (pid %s): not the service's user",
+                            self.peer_uid, self.peer_pid)
             err = p.RpcError(PEER_REFUSED, "permission denied: this service belongs to another user")
+            transport.write(p.encode_error(None, err))
+            transport.close()
+            return
+        limit = self.server.max_connections
+        if len(self.server.connections) >= limit:
+            if self.server.throttle.allow("max-connections"):
+                log.warning("refused a connection (pid %s): %d connections open, daemon.max_connections is %d",
+                            self.peer_pid, len(self.server.connections), limit)
+            err = p.RpcError(p.SERVER_BUSY, f"the service has too many connections open ({limit}, "
+                             "daemon.max_connections); close some or raise the limit, then retry",
+                             {"max_connections": limit})
             transport.write(p.encode_error(None, err))
             transport.close()
             return
@@ -71,6 +134,12 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self._release_input(len(self.buf))
+        self.buf.clear()
+        self.server.starving.discard(self)
+        if self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
         if not self.closed.done():
             self.closed.set_result(None)
         for cb in self._close_callbacks:
@@ -79,41 +148,130 @@ class Connection(asyncio.Protocol):
             except Exception:  # a cleanup hook must not break the others
                 log.exception("connection close callback failed")
         self._close_callbacks.clear()
+        self._drain_callbacks.clear()
         for t in self._tasks:
             t.cancel()
 
     def pause_writing(self) -> None:
-        # the client is not reading: stop reading its requests until it catches up
-        self._paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        # the client is not reading: stop running its requests until it catches up
+        self._write_full = True
+        self._set_reading()
 
     def resume_writing(self) -> None:
-        self._paused = False
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self._write_full = False
+        callbacks, self._drain_callbacks = self._drain_callbacks, []
+        for cb in callbacks:
+            if self.is_closing or self._write_full:
+                self._drain_callbacks.append(cb)
+                continue
+            try:
+                cb()
+            except Exception:
+                log.exception("connection drain callback failed")
+        self._process()
 
     def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._process()
+
+    # -- the read side ---------------------------------------------------------------------------------
+    @property
+    def full(self) -> bool:
+        """No room for more replies: the client must read first (or running handlers must finish)."""
+        return self._write_full or len(self._tasks) >= MAX_INFLIGHT
+
+    def _process(self) -> None:
+        """Run the complete lines in ``buf`` while there is room for their replies."""
         buf = self.buf
-        buf += data
         start = 0
-        while True:
+        while not self.full:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
             line = bytes(buf[start:nl])
             start = nl + 1
+            self._lines += 1
             if len(line) > p.MAX_LINE:
                 self._too_large()
                 return
-            if line.strip():
+            if line.strip(_JSON_WS):
                 self.server.handle_line(line, self)
-            if self.transport is None or self.transport.is_closing():
+            if self.is_closing:
                 return
         if start:
             del buf[:start]
-        if len(buf) > p.MAX_LINE:
+        self._held = self.full and buf.find(b"\n") >= 0
+        if not self._held and len(buf) > p.MAX_LINE:
             self._too_large()
+            return
+        self._account_input()
+        if buf and self._partial_timer is None:
+            self._partial_timer = asyncio.get_running_loop().call_later(
+                self.server.partial_line_timeout, self._partial_timeout, self._lines)
+        elif not buf and self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
+        self._set_reading()
+
+    def _account_input(self) -> None:
+        """Keep the server-wide total of buffered input current; past the budget, stop reading here."""
+        size = len(self.buf)
+        delta = size - self._counted
+        if delta < 0:
+            self._release_input(-delta)
+        elif delta:
+            self._counted = size
+            self.server.input_bytes += delta
+        if size and self.server.input_bytes > self.server.input_budget:
+            self._starved = True
+            self.server.starving.add(self)
+        elif self._starved:
+            self._starved = False
+            self.server.starving.discard(self)
+
+    def _release_input(self, n: int) -> None:
+        n = min(n, self._counted)
+        if not n:
+            return
+        self._counted -= n
+        self.server.input_bytes -= n
+        if self.server.starving and self.server.input_bytes <= self.server.input_budget // 2:
+            for conn in list(self.server.starving):
+                conn._starved = False
+                conn._set_reading()
+            self.server.starving.clear()
+
+    def _set_reading(self) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        want = not (self._write_full or self._held or self._starved)
+        if want != self._reading:
+            self._reading = want
+            if want:
+                t.resume_reading()
+            else:
+                t.pause_reading()
+
+    def _partial_timeout(self, lines_then: int) -> None:
+        self._partial_timer = None
+        if self.is_closing or not self.buf:
+            return
+        if self._held or self._write_full or self._lines != lines_then:
+            # waiting on us (replies to drain), or a new line began since: give it its own time
+            self._partial_timer = asyncio.get_running_loop().call_later(
+                self.server.partial_line_timeout, self._partial_timeout, self._lines)
+            return
+        err = p.RpcError(p.INVALID_REQUEST, f"Invalid Request: a request line stayed incomplete for "
+                         f"{self.server.partial_line_timeout:g} s; closing the connection")
+        self.send(p.encode_error(None, err))
+        self._discard_input()
+        assert self.transport is not None
+        self.transport.close()
+
+    def _discard_input(self) -> None:
+        self._release_input(len(self.buf))
+        self.buf.clear()
 
     # -- helpers for handlers --------------------------------------------------------------------------
     def send(self, frame: bytes) -> None:
@@ -125,21 +283,50 @@ class Connection(asyncio.Protocol):
         self.send(p.encode(p.Notification(method=method, params=params)))
 
     @property
+    def writable(self) -> bool:
+        """Room for a notification: streams check this and drop (or defer) what does not fit."""
+        return not self._write_full and not self.is_closing
+
+    def when_writable(self, cb: Callable[[], None]) -> None:
+        """Call ``cb`` once the client has read enough for the connection to be writable again."""
+        if self.writable:
+            asyncio.get_running_loop().call_soon(cb)
+        else:
+            self._drain_callbacks.append(cb)
+
+    @property
     def is_closing(self) -> bool:
         return self.transport is None or self.transport.is_closing()
 
     def on_close(self, cb: Callable[[], None]) -> None:
         self._close_callbacks.append(cb)
 
+    def open_stream(self) -> None:
+        """Count one more subscription or follow on this connection; -32600 past ``MAX_STREAMS``."""
+        if self.streams >= MAX_STREAMS:
+            raise p.RpcError(p.INVALID_REQUEST, f"Invalid Request: this connection already holds {MAX_STREAMS} "
+                             "subscriptions and log follows (the limit); open another connection",
+                             {"max_streams": MAX_STREAMS})
+        self.streams += 1
+
+    def close_stream(self) -> None:
+        self.streams = max(0, self.streams - 1)
+
     def spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        full = self.full
+        self._tasks.discard(task)
+        if full and not self.is_closing:
+            self._process()
 
     def _too_large(self) -> None:
         err = p.RpcError(p.INVALID_REQUEST, f"request line exceeds {p.MAX_LINE} bytes; closing the connection")
         self.send(p.encode_error(None, err))
-        self.buf.clear()
+        self._discard_input()
         if self.transport is not None:
             self.transport.close()
 
@@ -155,6 +342,12 @@ class RpcServer:
         self.accepting = True  # False once a stop begins: only READ_ONLY methods are served then
         self.requests = 0
         self.errors = 0
+        self.max_connections = DEFAULT_MAX_CONNECTIONS
+        self.partial_line_timeout = PARTIAL_LINE_TIMEOUT
+        self.input_budget = INPUT_BUDGET
+        self.input_bytes = 0  # incomplete request lines held, over every connection
+        self.starving: set[Connection] = set()
+        self.throttle = _Throttle()
 
     def register(self, method: str, fn: Handler) -> None:
         if method not in p.METHODS:
@@ -189,6 +382,15 @@ class RpcServer:
 
     # -- dispatch ---------------------------------------------------------------------------------------
     def handle_line(self, line: bytes, conn: Connection) -> None:
+        if not line.isascii():
+            try:
+                line.decode()
+            except UnicodeDecodeError as exc:
+                # the whole line is not JSON text, batch or not (RFC 8259 8.1); echo the id if it shows
+                rid = _salvage_id(line.decode("utf-8", "replace").encode())
+                conn.send(p.encode_error(rid, p.RpcError(p.PARSE_ERROR, f"Parse error: invalid UTF-8 at byte "
+                                                                        f"{exc.start}")))
+                return
         first = line.lstrip()[:1]
         if first == b"[":
             self._handle_batch(line, conn)
@@ -201,6 +403,9 @@ class RpcServer:
         except msgspec.DecodeError:
             conn.send(p.encode_error(None, p.RpcError(p.PARSE_ERROR, "Parse error")))
             return
+        except RecursionError:
+            conn.send(p.encode_error(None, _TOO_DEEP))
+            return
         out = self._call(req, conn, None)
         if out is not None:
             conn.send(out)
@@ -211,22 +416,34 @@ class RpcServer:
         except msgspec.DecodeError:
             conn.send(p.encode_error(None, p.RpcError(p.PARSE_ERROR, "Parse error")))
             return
+        except RecursionError:
+            conn.send(p.encode_error(None, _TOO_DEEP))
+            return
         if not items:
             conn.send(p.encode_error(None, p.RpcError(p.INVALID_REQUEST, "Invalid Request: empty batch")))
             return
         pending: list[asyncio.Future[bytes | None]] = []
         replies: list[bytes] = []
+        size = 0
         for raw in items:
             try:
                 req = p.decode_request(bytes(raw))
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 replies.append(p.encode_error(_salvage_id(bytes(raw)),
                                               p.RpcError(p.INVALID_REQUEST, "Invalid Request")))
+                continue
+            if size > OUTPUT_BUDGET:
+                # one batch is one reply line: it may not outgrow a connection's budget
+                if not req.is_notification:
+                    replies.append(p.encode_error(req.id, p.RpcError(
+                        p.INVALID_REQUEST, f"Invalid Request: not run, the batch's replies passed {OUTPUT_BUDGET} "
+                        "bytes; send fewer requests per batch")))
                 continue
             fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
             out = self._call(req, conn, fut)
             if out is not None:
                 replies.append(out)
+                size += len(out)
             elif not fut.done() and req.method in self.handlers and self.handlers[req.method].is_async:
                 pending.append(fut)
 
@@ -251,7 +468,8 @@ class RpcServer:
             if req.method in p.METHODS:
                 err = p.RpcError(p.METHOD_NOT_FOUND, f"Method not available yet: {req.method}")
             else:
-                err = p.RpcError(p.METHOD_NOT_FOUND, f"Method not found: {req.method}")
+                name = req.method if len(req.method) <= p.MAX_QUOTE else p.quote(req.method)
+                err = p.RpcError(p.METHOD_NOT_FOUND, f"Method not found: {name}")
             return None if notification else p.encode_error(rid, err)
         try:
             params = p.decode_params(req.method, req.params)
@@ -290,17 +508,21 @@ class RpcServer:
 
     def _internal(self, method: str, rid: p.ID, notification: bool) -> bytes | None:
         self.errors += 1
-        log.exception("internal error in %s", method)
+        if self.throttle.allow(f"internal error in {method}"):
+            log.exception("internal error in %s", method)
         if notification:
             return None
         return p.encode_error(rid, p.RpcError(p.INTERNAL_ERROR, "Internal error (details are in the service log)"))
+
+
+_TOO_DEEP = p.RpcError(p.PARSE_ERROR, "Parse error: nested too deeply")
 
 
 def _salvage_id(line: bytes) -> p.ID:
     """The id of an invalid request, when it can be read and is of a valid type; else null."""
     try:
         obj = msgspec.json.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     if isinstance(obj, dict):
         rid = obj.get("id")

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from . import __version__, config, paths
+from . import __version__, aiwg_shape, config, paths, pidfile
 from . import protocol as p
 from . import systemd as sd
 from .atomic import write_atomic
@@ -120,6 +120,7 @@ class Service:
         self._timers: list[asyncio.Task[None]] = []
         self._status_pending = False
         self._reloading = asyncio.Lock()
+        self.last_heartbeat: str | None = None
 
     # -- config ----------------------------------------------------------------------------------------
     def registry_file(self) -> Path:
@@ -190,6 +191,9 @@ class Service:
     # -- lifecycle -------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
         paths.ensure_private_dir(self.state_dir)
+        changed = paths.tighten_tree(self.state_dir)
+        if changed:
+            log.info("made %d file(s) in %s private (0600/0700)", changed, self.state_dir)
         fd = os.open(self.state_dir / "service.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -282,6 +286,8 @@ class Service:
             except Exception:
                 log.exception("stopping %s failed", sub.name)
         self.started.clear()
+        for root in self.configs.projects:
+            self.remove_pid_file(root)
         self.write_state(stopped=True)
         if not self.socket_activated:
             with contextlib.suppress(FileNotFoundError):
@@ -351,10 +357,19 @@ class Service:
             "status": self.status_line(),
         }
 
+    def daemon_status(self) -> dict[str, Any]:
+        """``daemon.status``: our state, plus the fields the AIWG daemon's CLI prints (``aiwg_shape``)."""
+        st = self.state()
+        problems = aiwg_shape.issues(st["subsystems"], self.last_reload)
+        st.update(aiwg_shape.status(st["subsystems"], len(self.rpc.connections), problems))
+        return st
+
     def write_state(self, stopped: bool = False) -> None:
         try:
             st = self.state()
             st["running"] = not stopped
+            st["last_heartbeat"] = self.last_heartbeat
+            st.update(aiwg_shape.state_file(st["subsystems"], aiwg_shape.issues(st["subsystems"], self.last_reload)))
             write_atomic(self.state_dir / "state.json", msgspec.json.encode(st))
         except OSError as exc:
             log.error("cannot write state.json: %s", exc)
@@ -362,8 +377,9 @@ class Service:
     async def _heartbeat(self) -> None:
         hb = self.state_dir / "heartbeat"
         while True:
+            self.last_heartbeat = datetime.now(UTC).isoformat(timespec="seconds")
             try:
-                hb.write_text(datetime.now(UTC).isoformat(timespec="seconds") + "\n")
+                write_atomic(hb, self.last_heartbeat.encode() + b"\n", fsync=False)
             except OSError as exc:
                 log.error("cannot touch the heartbeat file: %s", exc)
             self.write_state()
@@ -424,8 +440,22 @@ class Service:
             os.symlink(target, link)
         except OSError as exc:
             log.warning("cannot link %s to the socket: %s", link, exc, extra={"PROJECT": root})
+        finally:
+            self.write_pid_file(root)
+
+    def write_pid_file(self, root: str) -> None:
+        """The AIWG CLI's first check: ``.aiwg/daemon.pid`` holds a live pid (see ``pidfile``)."""
+        try:
+            pidfile.write(root)
+        except OSError as exc:
+            log.warning("cannot write %s/.aiwg/%s: %s", root, pidfile.NAME, exc, extra={"PROJECT": root})
+
+    def remove_pid_file(self, root: str) -> None:
+        with contextlib.suppress(OSError):
+            pidfile.remove(root)
 
     def unlink_project(self, root: str) -> None:
+        self.remove_pid_file(root)
         link = paths.project_socket_link(root)
         with contextlib.suppress(OSError):
             if link.is_symlink() and os.readlink(link) == str(self.socket_path):
@@ -435,7 +465,7 @@ class Service:
     def register_rpc(self) -> None:
         r = self.rpc.register
         r("ping", self.rpc_ping)
-        r("daemon.status", lambda _p, _c: self.state())
+        r("daemon.status", lambda _p, _c: self.daemon_status())
         r("daemon.reload", self.rpc_reload)
         r("project.add", self.rpc_project_add)
         r("project.remove", self.rpc_project_remove)
@@ -503,6 +533,9 @@ class IpcSubsystem:
 
     async def start(self) -> None:
         await self.service.rpc.serve(self.service.listening_socket())
+
+    def apply(self, configs: Configs) -> None:
+        self.service.rpc.max_connections = configs.service.daemon.max_connections
 
     async def stop(self) -> None:
         await self.service.rpc.close()

@@ -86,6 +86,8 @@ class Client:
         while True:
             msg = self.read()
             if msg.get("id") != rid:
+                if msg.get("id") is None and "error" in msg:
+                    raise _error(msg["error"])  # refused before reading us (too many connections, ...)
                 continue  # a notification on a streaming connection
             if "error" in msg:
                 raise _error(msg["error"])

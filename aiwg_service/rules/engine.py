@@ -142,7 +142,9 @@ class AutomationEngine:
         return {
             "projects": len(self.rules),
             "rules": sum(len(r) for r in self.rules.values()),
-            "enabled": sum(1 for rs in self.rules.values() for r in rs.values() if self._enabled(r)),
+            "enabled": True,  # the engine runs (the AIWG CLI prints it as "Automation: enabled")
+            "ruleCount": sum(len(r) for r in self.rules.values()),
+            "rules_enabled": sum(1 for rs in self.rules.values() for r in rs.values() if self._enabled(r)),
             "running": sum(len(s.running) for s in states),
             "queued": sum(len(s.queue) for s in states),
             "runs": sum(s.runs for s in states),

@@ -114,6 +114,9 @@ class Task(Struct, kw_only=True, omit_defaults=False):
     output_truncated: bool = False
     timeout_s: Annotated[float, Meta(gt=0)] | None = None
     error: str | None = None
+    #: A Claude Code subagent (``claude --agent NAME``): what the AIWG daemon's ``agent`` means when it
+    #: names no profile of ours. ``agent`` is then the profile that runs it (``claude``).
+    subagent: str | None = None
 
     @property
     def finished(self) -> bool:
