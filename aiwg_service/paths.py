@@ -12,6 +12,7 @@ from pathlib import Path
 SOCKET_ENV = "AIWG_SOCKET"
 PROJECT_CONFIG = Path(".aiwg") / "daemon.json"
 PROJECT_SOCKET_LINK = Path(".aiwg") / "daemon" / "daemon.sock"
+PROJECT_STATE_LINK = Path(".aiwg") / "daemon" / "state.json"
 
 
 def _home() -> Path:
@@ -78,6 +79,11 @@ def project_config_file(root: str | os.PathLike[str]) -> Path:
 
 def project_socket_link(root: str | os.PathLike[str]) -> Path:
     return Path(root) / PROJECT_SOCKET_LINK
+
+
+def project_state_link(root: str | os.PathLike[str]) -> Path:
+    """Where the AIWG CLI reads the daemon's state when the socket does not answer."""
+    return Path(root) / PROJECT_STATE_LINK
 
 
 def ensure_private_dir(path: Path) -> None:

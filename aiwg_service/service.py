@@ -410,7 +410,8 @@ class Service:
         return " · ".join(parts)
 
     def schedule_status(self) -> None:
-        """Coalesce STATUS= updates: at most one per half second, however busy the bus is."""
+        """Coalesce STATUS= updates and state.json rewrites (the AIWG CLI's fallback reads its agent
+        counts): at most one per half second, however busy the bus is."""
         if self._status_pending:
             return
         self._status_pending = True
@@ -419,14 +420,21 @@ class Service:
             self._status_pending = False
             if self.configs is not None:
                 sd.notify_status(self.status_line())
+                if self.started:
+                    self.write_state()
 
         asyncio.get_running_loop().call_later(0.5, send)
 
     # -- projects --------------------------------------------------------------------------------------
     def link_project(self, root: str) -> None:
-        """Give AIWG tools the socket where they look: <root>/.aiwg/daemon/daemon.sock -> ours."""
-        link = paths.project_socket_link(root)
-        target = str(self.socket_path)
+        """Give AIWG tools what they look for, where they look: ``.aiwg/daemon.pid``, and links
+        ``.aiwg/daemon/daemon.sock`` -> our socket and ``.aiwg/daemon/state.json`` -> our state file."""
+        self._link(root, paths.project_socket_link(root), str(self.socket_path))
+        self._link(root, paths.project_state_link(root), str(self.state_dir / "state.json"))
+        self.write_pid_file(root)
+
+    @staticmethod
+    def _link(root: str, link: Path, target: str) -> None:
         try:
             link.parent.mkdir(parents=True, exist_ok=True)
             if link.is_symlink():
@@ -439,9 +447,7 @@ class Service:
                 return
             os.symlink(target, link)
         except OSError as exc:
-            log.warning("cannot link %s to the socket: %s", link, exc, extra={"PROJECT": root})
-        finally:
-            self.write_pid_file(root)
+            log.warning("cannot link %s to %s: %s", link, target, exc, extra={"PROJECT": root})
 
     def write_pid_file(self, root: str) -> None:
         """The AIWG CLI's first check: ``.aiwg/daemon.pid`` holds a live pid (see ``pidfile``)."""
@@ -456,10 +462,11 @@ class Service:
 
     def unlink_project(self, root: str) -> None:
         self.remove_pid_file(root)
-        link = paths.project_socket_link(root)
-        with contextlib.suppress(OSError):
-            if link.is_symlink() and os.readlink(link) == str(self.socket_path):
-                link.unlink()
+        for link, target in ((paths.project_socket_link(root), self.socket_path),
+                             (paths.project_state_link(root), self.state_dir / "state.json")):
+            with contextlib.suppress(OSError):
+                if link.is_symlink() and os.readlink(link) == str(target):
+                    link.unlink()
 
     # -- RPC handlers ----------------------------------------------------------------------------------
     def register_rpc(self) -> None:
