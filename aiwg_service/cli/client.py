@@ -69,8 +69,20 @@ class Client:
         try:
             self.sock.sendall(p.encode(req))
         except (BrokenPipeError, ConnectionResetError):  # not aiwgctl's stdout: never a silent exit 0
+            self._refusal()
             raise Dropped(self.path) from None
         return rid
+
+    def _refusal(self) -> None:
+        """The service may have said why it closed before we wrote (too many connections, another user's
+        socket): raise that, rather than a misleading "not running"."""
+        try:
+            line = self._rfile.readline(64 * 1024)
+            msg = msgspec.json.decode(line) if line else None
+        except (OSError, msgspec.DecodeError):
+            return
+        if isinstance(msg, dict) and msg.get("id") is None and isinstance(msg.get("error"), dict):
+            raise _error(msg["error"])
 
     def read(self) -> dict[str, Any]:
         try:
