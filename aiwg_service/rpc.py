@@ -42,7 +42,7 @@ MAX_STREAMS = 64
 PARTIAL_LINE_TIMEOUT = 30.0
 #: Bytes of incomplete request lines held across every connection; past it, connections holding one
 #: stop being read until the total falls (their data waits in the kernel, not in our memory).
-INPUT_BUDGET = 32 * 1024 * 1024
+INPUT_BUDGET = 16 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 256
 #: JSON's whitespace (RFC 8259): a line of only these is skipped; any other control character is an error.
 _JSON_WS = b" \t\r"
