@@ -79,7 +79,14 @@ class _Entry:
         self.is_async = inspect.iscoroutinefunction(fn)
 
 
-class Connection(asyncio.Protocol):
+#: Bytes read from a socket at once. A buffered protocol with one shared buffer, so that a connection
+#: paused for the input budget has taken at most this much past it (uvloop's default read is 256 KiB).
+READ_SIZE = 64 * 1024
+_read_buffer = bytearray(READ_SIZE)
+_read_view = memoryview(_read_buffer)
+
+
+class Connection(asyncio.BufferedProtocol):
     """One client connection: NDJSON in, NDJSON out, within a byte budget each way."""
 
     def __init__(self, server: RpcServer) -> None:
@@ -136,7 +143,10 @@ class Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         self._release_input(len(self.buf))
         self.buf.clear()
-        self.server.starving.discard(self)
+        self.server.starving.pop(self, None)
+        if self.server.privileged is self:
+            self.server.privileged = None
+            self.server.wake_starving()
         if self._partial_timer is not None:
             self._partial_timer.cancel()
             self._partial_timer = None
@@ -168,6 +178,14 @@ class Connection(asyncio.Protocol):
                 cb()
             except Exception:
                 log.exception("connection drain callback failed")
+        self._process()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # one buffer for every connection: each read is copied into ``buf`` before the next one runs
+        return _read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.buf += _read_view[:nbytes]
         self._process()
 
     def data_received(self, data: bytes) -> None:
@@ -214,20 +232,30 @@ class Connection(asyncio.Protocol):
         self._set_reading()
 
     def _account_input(self) -> None:
-        """Keep the server-wide total of buffered input current; past the budget, stop reading here."""
+        """Keep the server-wide total of buffered input current. Past the budget, a connection holding
+        part of a line stops being read, except one (the first to need it), which may finish its line:
+        so memory stays within the budget plus one line, and some connection always makes progress."""
+        server = self.server
         size = len(self.buf)
         delta = size - self._counted
         if delta < 0:
             self._release_input(-delta)
         elif delta:
             self._counted = size
-            self.server.input_bytes += delta
-        if size and self.server.input_bytes > self.server.input_budget:
-            self._starved = True
-            self.server.starving.add(self)
-        elif self._starved:
+            server.input_bytes += delta
+        if size and server.input_bytes > server.input_budget and server.privileged not in (None, self):
+            if not self._starved:
+                self._starved = True
+                server.starving[self] = None
+            return
+        if size and server.input_bytes > server.input_budget:
+            server.privileged = self
+        elif server.privileged is self and not size:
+            server.privileged = None
+            server.wake_starving()
+        if self._starved:
             self._starved = False
-            self.server.starving.discard(self)
+            server.starving.pop(self, None)
 
     def _release_input(self, n: int) -> None:
         n = min(n, self._counted)
@@ -236,10 +264,7 @@ class Connection(asyncio.Protocol):
         self._counted -= n
         self.server.input_bytes -= n
         if self.server.starving and self.server.input_bytes <= self.server.input_budget // 2:
-            for conn in list(self.server.starving):
-                conn._starved = False
-                conn._set_reading()
-            self.server.starving.clear()
+            self.server.wake_starving(every=True)
 
     def _set_reading(self) -> None:
         t = self.transport
@@ -346,13 +371,31 @@ class RpcServer:
         self.partial_line_timeout = PARTIAL_LINE_TIMEOUT
         self.input_budget = INPUT_BUDGET
         self.input_bytes = 0  # incomplete request lines held, over every connection
-        self.starving: set[Connection] = set()
+        self.starving: dict[Connection, None] = {}  # paused for the input budget, oldest first
+        self.privileged: Connection | None = None  # the one allowed past the budget to finish its line
         self.throttle = _Throttle()
+
+    def wake_starving(self, every: bool = False) -> None:
+        """Read again from connections paused for the input budget: all of them once the total has
+        fallen, else the oldest, which becomes the one allowed to finish its line."""
+        while self.starving:
+            conn = next(iter(self.starving))
+            del self.starving[conn]
+            conn._starved = False
+            if not every:
+                self.privileged = conn
+            conn._set_reading()
+            if not every:
+                return
 
     def register(self, method: str, fn: Handler) -> None:
         if method not in p.METHODS:
             raise KeyError(f"{method} is not in protocol.METHODS")
         self.handlers[method] = _Entry(fn)
+
+    @property
+    def serving(self) -> bool:
+        return self.server is not None and self.server.is_serving()
 
     async def serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -529,6 +572,28 @@ def _salvage_id(line: bytes) -> p.ID:
         if isinstance(rid, int | float | str) and not isinstance(rid, bool):
             return rid
     return None
+
+
+class RpcSubsystem:
+    """The JSON-RPC server as a subsystem, so it starts after the engines it serves."""
+
+    name = "ipc"
+
+    def __init__(self, rpc: RpcServer, listen: Callable[[], socket.socket]) -> None:
+        self.rpc = rpc
+        self.listen = listen
+
+    async def start(self) -> None:
+        await self.rpc.serve(self.listen())
+
+    def apply(self, configs: Any) -> None:
+        self.rpc.max_connections = configs.service.daemon.max_connections
+
+    async def stop(self) -> None:
+        await self.rpc.close()
+
+    def health(self) -> dict[str, Any]:
+        return {"connections": len(self.rpc.connections), "requests": self.rpc.requests}
 
 
 # -- the listening socket ---------------------------------------------------------------------------------
