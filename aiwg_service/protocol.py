@@ -111,10 +111,9 @@ Limit = Annotated[int, Meta(ge=1, le=1000)]
 
 
 Priority = Annotated[int, Meta(ge=-1000, le=1000)]
-#: An agent profile, or a Claude Code subagent (``claude --agent NAME``) if it is a plain identifier:
-#: letters, digits, ``_``, ``-``, ``:``, not starting with ``-``, so it never becomes an option or a path.
+#: An agent profile, or a Claude Code subagent (``claude --agent NAME``) if it is a plain identifier
+#: (checked by ``tasks.model.split_agent``).
 AgentName = Annotated[str, Meta(min_length=1, max_length=128)]
-SUBAGENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_:-]*")
 
 
 class TaskSubmitParams(Params):

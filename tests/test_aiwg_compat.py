@@ -176,3 +176,17 @@ def test_aiwgctl_status_and_task_list_follow(asvc: ServiceEnv) -> None:
     assert "health" in asvc.ctl("status", check=True).stdout.lower()
     os.kill(asvc.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
     assert asvc.proc.wait(20) == 0  # type: ignore[union-attr]
+
+
+def test_an_aiwg_rules_agent_is_a_subagent(svc_env: ServiceEnv) -> None:
+    """A rule written for the AIWG daemon names a Claude Code subagent in ``action.agent``: it runs."""
+    svc_env.write_project_config({"rules": [{
+        "id": "review-after-sh", "trigger": {"type": "task.completed"},
+        "conditions": [{"field": "payload.agent", "operator": "eq", "value": "sh"}],
+        "action": {"type": "agent", "agent": "code-reviewer", "prompt": "review {{payload.taskId}}"}}]})
+    start(svc_env)
+    t = svc_env.call("task.submit", {"prompt": "true", "agent": "sh", "wait": True})
+    rule_task = wait_for(lambda: svc_env.call("task.list", {"source": "rule"}), 20, what="the rule's task")[0]
+    assert rule_task["agent"] == "claude" and rule_task["subagent"] == "code-reviewer"
+    assert rule_task["prompt"] == f"review {t['id']}"
+    assert wait_state(svc_env, rule_task["id"], "completed")["result"].startswith("Done: review")

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import protocol as p
 from ..rpc import Connection, RpcServer
-from .model import FINISHED_STATES, Task, TaskSource, TaskState
+from .model import FINISHED_STATES, Task, TaskSource, TaskState, split_agent
 from .store import Store, StoreError
 from .supervisor import Supervisor
 
@@ -236,17 +236,13 @@ def register(
     def submit(prompt: str, agent: str | None, priority: int, project: str | None, timeout: float | None,
                source: str) -> Task:
         root = project_of(project)
-        name = agent or "claude"
         known = agent_names(root)
-        subagent = None
-        if name not in known:
-            # The AIWG daemon's ``agent`` names a Claude Code subagent: run it with the claude profile,
-            # as ``claude --agent NAME``. Only a plain identifier, so it can never become an option or a path.
-            if not p.SUBAGENT_NAME.fullmatch(name):
-                raise _invalid("agent", f"{p.quote(name)} is neither an agent profile (known: {', '.join(known)}) "
-                               "nor a subagent name (letters, digits, _, - and :, not starting with -)",
-                               known=known)
-            name, subagent = "claude", name
+        try:
+            # The AIWG daemon's ``agent`` names a Claude Code subagent: one that names no profile of ours
+            # runs with the claude profile, as ``claude --agent NAME``.
+            name, subagent = split_agent(agent, known)
+        except ValueError as exc:
+            raise _invalid("agent", f"{p.quote(agent)} {exc}", known=known) from None
         try:
             return supervisor().submit(root, prompt, agent=name, priority=priority, source=TaskSource(source),
                                        timeout_s=timeout, subagent=subagent)
