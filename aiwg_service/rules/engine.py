@@ -455,7 +455,7 @@ class AutomationEngine:
                 out.append(rules[rule_id])
         if rule_id is not None and not out:
             raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: ruleId: no rule {p.quote(rule_id)}"
-                             + (f" in {p.quote(root)}" if root else ""), {"param": "ruleId", "ruleId": rule_id[:200]})
+                             + (f" in {p.quote(root)}" if root else ""), {"param": "ruleId"})
         return out
 
     def disabled_reason(self, rule: Rule) -> str | None:
