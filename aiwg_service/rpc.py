@@ -40,6 +40,8 @@ MAX_INFLIGHT = 128
 MAX_STREAMS = 64
 #: A request line must be complete this long after its first byte, or the connection is closed.
 PARTIAL_LINE_TIMEOUT = 30.0
+#: Requests one connection runs in a row before the others get the loop (pipelined clients, batches of lines).
+LINES_PER_TURN = 32
 #: Bytes of incomplete request lines held across every connection; past it, connections holding one
 #: stop being read until the total falls (their data waits in the kernel, not in our memory).
 INPUT_BUDGET = 16 * 1024 * 1024
@@ -102,6 +104,7 @@ class Connection(asyncio.BufferedProtocol):
         self._write_full = False  # the transport holds OUTPUT_BUDGET bytes the client has not read
         self._held = False  # complete lines wait in ``buf`` until there is room for their replies
         self._starved = False  # paused for the server-wide input budget
+        self._yielding = False  # more lines wait for the next loop turn
         self._reading = True
         self._counted = 0  # bytes of ``buf`` counted in server.input_bytes
         self._partial_timer: asyncio.TimerHandle | None = None
@@ -199,13 +202,22 @@ class Connection(asyncio.BufferedProtocol):
         return self._write_full or len(self._tasks) >= MAX_INFLIGHT
 
     def _process(self) -> None:
-        """Run the complete lines in ``buf`` while there is room for their replies."""
+        """Run the complete lines in ``buf`` while there is room for their replies, at most
+        ``LINES_PER_TURN`` of them before letting the other connections have the loop."""
+        if self._yielding:
+            return
         buf = self.buf
         start = 0
+        turn = 0
         while not self.full:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
+            if turn == LINES_PER_TURN:
+                self._yielding = True
+                asyncio.get_running_loop().call_soon(self._next_turn)
+                break
+            turn += 1
             line = bytes(buf[start:nl])
             start = nl + 1
             self._lines += 1
@@ -218,7 +230,7 @@ class Connection(asyncio.BufferedProtocol):
                 return
         if start:
             del buf[:start]
-        self._held = self.full and buf.find(b"\n") >= 0
+        self._held = (self.full or self._yielding) and buf.find(b"\n") >= 0
         if not self._held and len(buf) > p.MAX_LINE:
             self._too_large()
             return
@@ -230,6 +242,11 @@ class Connection(asyncio.BufferedProtocol):
             self._partial_timer.cancel()
             self._partial_timer = None
         self._set_reading()
+
+    def _next_turn(self) -> None:
+        self._yielding = False
+        if not self.is_closing:
+            self._process()
 
     def _account_input(self) -> None:
         """Keep the server-wide total of buffered input current. Past the budget, a connection holding

@@ -90,28 +90,47 @@ class Conn:
             self.sock.close()
 
 
-class Pinger(threading.Thread):
-    """The well-behaved client: pings without pause, recording each round trip."""
+class Pinger:
+    """The well-behaved client, in its own process (so the attackers here never hold its GIL): pings without
+    pause until told to stop, then reports each round trip."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.conn = Conn(path)
+        self.path = path
         self.lat: list[float] = []
-        self.stop = threading.Event()
         self.failures = 0
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    def run(self) -> None:
-        ping = req("ping") + b"\n"
-        while not self.stop.is_set():
-            t = time.perf_counter()
-            try:
-                self.conn.send(ping)
-                self.conn.read()
-            except (OSError, EOFError, ValueError):
-                self.failures += 1
-                return
-            self.lat.append(time.perf_counter() - t)
-            time.sleep(0.001)
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--ping-client", str(self.path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def finish(self) -> None:
+        assert self.proc is not None
+        out, _ = self.proc.communicate(b"stop\n", timeout=60)
+        data = json.loads(out)
+        self.lat, self.failures = data["lat"], data["failures"]
+
+
+def ping_client(path: str) -> int:
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    conn = Conn(Path(path))
+    ping = req("ping") + b"\n"
+    lat: list[float] = []
+    failures = 0
+    while not stop.is_set():
+        t = time.perf_counter()
+        try:
+            conn.send(ping)
+            conn.read()
+        except (OSError, EOFError, ValueError):
+            failures += 1
+            break
+        lat.append(time.perf_counter() - t)
+        time.sleep(0.001)
+    conn.close()
+    sys.stdout.write(json.dumps({"lat": lat, "failures": failures}))
+    return 0
 
 
 class Sampler(threading.Thread):
@@ -325,6 +344,8 @@ def fuzz(path: Path, project: Path, log_task: str, seed: int, count: int, deadli
 
 
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--ping-client":
+        return ping_client(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--count", type=int, default=20_000)
@@ -366,9 +387,8 @@ def main() -> int:
             rss_before = rss_mb(proc.pid)
             floor = Pinger(sock)
             floor.start()
-            time.sleep(2.0)
-            floor.stop.set()
-            floor.join()
+            time.sleep(3.0)
+            floor.finish()
             sampler = Sampler(proc.pid)
             sampler.start()
             pinger = Pinger(sock)
@@ -378,8 +398,7 @@ def main() -> int:
             held, attack = attacks(sock, log_task)
             fuzzed = fuzz(sock, project, log_task, args.seed, args.count, started + args.time_limit)
             attack_s = time.monotonic() - t0
-            pinger.stop.set()
-            pinger.join()
+            pinger.finish()
             for c in held:
                 c.close()
             time.sleep(2.0)

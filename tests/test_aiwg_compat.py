@@ -174,7 +174,7 @@ def test_aiwgctl_status_and_task_list_follow(asvc: ServiceEnv) -> None:
     t = asvc.call("task.submit", {"prompt": "x", "agent": "reviewer", "wait": True})
     out = asvc.ctl("task", "list", check=True).stdout
     assert t["id"] in out and "claude:reviewer" in out
-    assert re.search(r"^health\s+healthy$", asvc.ctl("status", check=True).stdout, re.M)
+    assert re.search(r"^health:\s+healthy$", asvc.ctl("status", check=True).stdout, re.M)
     os.kill(asvc.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
     assert asvc.proc.wait(20) == 0  # type: ignore[union-attr]
 

@@ -40,6 +40,7 @@ _CHUNK = 128 * 1024
 LIST_BYTES = 512 * 1024
 #: Fields of a task that grow with client input; the rest add about this much each.
 _TASK_OVERHEAD = 1024
+_LIST_PAGE = 100
 
 
 def task_result(task: Task) -> dict[str, Any]:
@@ -288,15 +289,21 @@ def register(
     def task_list(params: p.TaskListParams, _conn: Connection) -> list[dict[str, Any]]:
         """An array, newest first, as the AIWG CLI iterates it; the next page is ``before`` = the last id."""
         project = root_of(params.project) if params.project else None
-        tasks, _nxt = store().list(state=params.state, project=project, source=params.source, limit=params.limit,
-                                   cursor=params.before)
-        out = []
+        out: list[dict[str, Any]] = []
         size = 0
-        for t in tasks:
-            if out and size > LIST_BYTES:
+        cursor = params.before
+        while len(out) < params.limit and size <= LIST_BYTES:
+            # read in small keyset pages: a page of long prompts ends early without reading the rest
+            want = min(_LIST_PAGE, params.limit - len(out))
+            tasks, cursor = store().list(state=params.state, project=project, source=params.source, limit=want,
+                                         cursor=cursor)
+            for t in tasks:
+                if out and size > LIST_BYTES:
+                    break
+                size += _TASK_OVERHEAD + len(t.prompt) + len(t.result or "") + len(t.error or "")
+                out.append(task_result(t))
+            if cursor is None:
                 break
-            size += _TASK_OVERHEAD + len(t.prompt) + len(t.result or "") + len(t.error or "")
-            out.append(task_result(t))
         return out
 
     def task_stats(params: p.TaskStatsParams, _conn: Connection) -> dict[str, Any]:
