@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from . import paths
+from . import memtrim, paths
 from . import protocol as p
 
 log = logging.getLogger("aiwg.rpc")
@@ -42,6 +42,7 @@ MAX_STREAMS = 64
 PARTIAL_LINE_TIMEOUT = 30.0
 #: Requests one connection runs in a row before the others get the loop (pipelined clients, batches of lines).
 LINES_PER_TURN = 32
+TURN_SECONDS = 0.001
 #: Bytes of incomplete request lines held across every connection; past it, connections holding one
 #: stop being read until the total falls (their data waits in the kernel, not in our memory).
 INPUT_BUDGET = 16 * 1024 * 1024
@@ -105,6 +106,7 @@ class Connection(asyncio.BufferedProtocol):
         self._held = False  # complete lines wait in ``buf`` until there is room for their replies
         self._starved = False  # paused for the server-wide input budget
         self._yielding = False  # more lines wait for the next loop turn
+        self._big = False  # it held a budget's worth of memory at some point
         self._reading = True
         self._counted = 0  # bytes of ``buf`` counted in server.input_bytes
         self._partial_timer: asyncio.TimerHandle | None = None
@@ -144,6 +146,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self._big:
+            memtrim.trim_soon()  # it held megabytes: give the heap pages back once it is gone
         self._release_input(len(self.buf))
         self.buf.clear()
         self.server.starving.pop(self, None)
@@ -168,6 +172,7 @@ class Connection(asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         # the client is not reading: stop running its requests until it catches up
         self._write_full = True
+        self._big = True
         self._set_reading()
 
     def resume_writing(self) -> None:
@@ -202,18 +207,19 @@ class Connection(asyncio.BufferedProtocol):
         return self._write_full or len(self._tasks) >= MAX_INFLIGHT
 
     def _process(self) -> None:
-        """Run the complete lines in ``buf`` while there is room for their replies, at most
-        ``LINES_PER_TURN`` of them before letting the other connections have the loop."""
+        """Run the complete lines in ``buf`` while there is room for their replies, for at most
+        ``LINES_PER_TURN`` lines or ``TURN_SECONDS`` before letting the other connections have the loop."""
         if self._yielding:
             return
         buf = self.buf
         start = 0
         turn = 0
+        until = time.perf_counter() + TURN_SECONDS
         while not self.full:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
-            if turn == LINES_PER_TURN:
+            if turn == LINES_PER_TURN or (turn and time.perf_counter() > until):
                 self._yielding = True
                 asyncio.get_running_loop().call_soon(self._next_turn)
                 break
@@ -254,6 +260,8 @@ class Connection(asyncio.BufferedProtocol):
         so memory stays within the budget plus one line, and some connection always makes progress."""
         server = self.server
         size = len(self.buf)
+        if size > OUTPUT_LOW:
+            self._big = True
         delta = size - self._counted
         if delta < 0:
             self._release_input(-delta)
