@@ -43,6 +43,8 @@ PARTIAL_LINE_TIMEOUT = 30.0
 #: Requests one connection runs in a row before the others get the loop (pipelined clients, batches of lines).
 LINES_PER_TURN = 32
 TURN_SECONDS = 0.001
+#: Batches up to this many items run at once; longer ones in turns (as a task), their reply when done.
+BATCH_INLINE = 8
 #: Bytes of incomplete request lines held across every connection; past it, connections holding one
 #: stop being read until the total falls (their data waits in the kernel, not in our memory).
 INPUT_BUDGET = 16 * 1024 * 1024
@@ -490,31 +492,60 @@ class RpcServer:
         if not items:
             conn.send(p.encode_error(None, p.RpcError(p.INVALID_REQUEST, "Invalid Request: empty batch")))
             return
-        pending: list[asyncio.Future[bytes | None]] = []
+        if len(items) <= BATCH_INLINE:
+            self._run_batch_now(items, conn)
+        else:
+            # a long batch is one line but many requests: run it in turns, so other clients get the loop
+            conn.spawn(self._run_batch(items, conn))
+
+    def _run_batch_now(self, items: list[msgspec.Raw], conn: Connection) -> None:
         replies: list[bytes] = []
+        pending: list[asyncio.Future[bytes | None]] = []
         size = 0
         for raw in items:
-            try:
-                req = p.decode_request(bytes(raw))
-            except (msgspec.DecodeError, RecursionError):
-                replies.append(p.encode_error(_salvage_id(bytes(raw)),
-                                              p.RpcError(p.INVALID_REQUEST, "Invalid Request")))
-                continue
-            if size > OUTPUT_BUDGET:
-                # one batch is one reply line: it may not outgrow a connection's budget
-                if not req.is_notification:
-                    replies.append(p.encode_error(req.id, p.RpcError(
-                        p.INVALID_REQUEST, f"Invalid Request: not run, the batch's replies passed {OUTPUT_BUDGET} "
-                        "bytes; send fewer requests per batch")))
-                continue
-            fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-            out = self._call(req, conn, fut)
-            if out is not None:
-                replies.append(out)
-                size += len(out)
-            elif not fut.done() and req.method in self.handlers and self.handlers[req.method].is_async:
-                pending.append(fut)
+            size += self._batch_item(raw, conn, replies, pending, size)
+        self._finish_batch(conn, replies, pending)
 
+    async def _run_batch(self, items: list[msgspec.Raw], conn: Connection) -> None:
+        replies: list[bytes] = []
+        pending: list[asyncio.Future[bytes | None]] = []
+        size = 0
+        until = time.perf_counter() + TURN_SECONDS
+        for raw in items:
+            if time.perf_counter() > until:
+                await asyncio.sleep(0)
+                until = time.perf_counter() + TURN_SECONDS
+                if conn.is_closing:
+                    return
+            size += self._batch_item(raw, conn, replies, pending, size)
+        self._finish_batch(conn, replies, pending)
+
+    def _batch_item(self, raw: msgspec.Raw, conn: Connection, replies: list[bytes],
+                    pending: list[asyncio.Future[bytes | None]], size: int) -> int:
+        """Run one item of a batch; returns the bytes its reply added."""
+        try:
+            req = p.decode_request(bytes(raw))
+        except (msgspec.DecodeError, RecursionError):
+            replies.append(p.encode_error(_salvage_id(bytes(raw)), p.RpcError(p.INVALID_REQUEST, "Invalid Request")))
+            return 0
+        if size > OUTPUT_BUDGET:
+            # one batch is one reply line: it may not outgrow a connection's budget
+            if not req.is_notification:
+                replies.append(p.encode_error(req.id, p.RpcError(
+                    p.INVALID_REQUEST, f"Invalid Request: not run, the batch's replies passed {OUTPUT_BUDGET} "
+                    "bytes; send fewer requests per batch")))
+            return 0
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        out = self._call(req, conn, fut)
+        if out is not None:
+            replies.append(out)
+            return len(out)
+        if not fut.done() and req.method in self.handlers and self.handlers[req.method].is_async:
+            pending.append(fut)
+        return 0
+
+    @staticmethod
+    def _finish_batch(conn: Connection, replies: list[bytes], pending: list[asyncio.Future[bytes | None]]) -> None:
         async def finish() -> None:
             done = await asyncio.gather(*pending)
             frames = replies + [f for f in done if f is not None]
