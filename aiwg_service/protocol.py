@@ -314,6 +314,10 @@ def check_str_param(name: str, value: str) -> None:
             raise RpcError(INVALID_PARAMS, f"Invalid params: {name}: {problem}", {"param": name, "problem": problem})
 
 
+def _cut(text: str, limit: int = MAX_QUOTE) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def decode_params(method: str, raw: Raw) -> Params:
     """Decode and validate a method's params in one pass; raise -32602 naming the bad param."""
     ptype = METHODS[method]
@@ -342,6 +346,7 @@ def decode_params(method: str, raw: Raw) -> Params:
         params = dec.decode(data)
     except msgspec.ValidationError as exc:
         param, problem = _split_validation(exc)
+        param, problem = _cut(param), _cut(problem)  # both may repeat client input (a key, a value)
         if problem == "is required":
             message = f"Missing required parameter: {param}"
         elif param:

@@ -318,3 +318,10 @@ def test_log_is_not_flooded(hsvc: ServiceEnv) -> None:
         c.close()
     assert len(hsvc.log_text()) < 20_000
     assert_quiet_log(hsvc)
+
+
+def test_error_messages_cut_client_input(hsvc: ServiceEnv) -> None:
+    c = hsvc.connect()
+    for params in ({"state": "x" * 100_000}, {"k" * 100_000: 1}):
+        err = c.request("task.list", params)["error"]
+        assert err["code"] == -32602 and len(err["message"]) < 500 and len(json.dumps(err["data"])) < 600
