@@ -338,7 +338,12 @@ class Service:
         while True:
             self.last_heartbeat = datetime.now(UTC).isoformat(timespec="seconds")
             try:
-                write_atomic(hb, self.last_heartbeat.encode() + b"\n", fsync=False)
+                # rewritten in place (its mtime is what counts), created private whatever the umask
+                fd = os.open(hb, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                try:
+                    os.write(fd, self.last_heartbeat.encode() + b"\n")
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 log.error("cannot touch the heartbeat file: %s", exc)
             self.write_state()
