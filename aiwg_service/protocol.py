@@ -195,15 +195,18 @@ class WebhookTestParams(Params):
     payload: Any = None
 
 
+EventPattern = Annotated[str, Meta(max_length=256)]
+
+
 class EventsListParams(Params):
-    type: str | None = None  # exact type or wildcard pattern: file.*, *
+    type: EventPattern | None = None  # exact type or wildcard pattern: file.*, *
     project: str | None = None
     since: str | None = None  # an event id or an ISO-8601 time
     limit: Limit = 100
 
 
 class EventsSubscribeParams(Params):
-    type: str = "*"
+    type: EventPattern = "*"
     project: str | None = None
 
 

@@ -325,3 +325,26 @@ def test_error_messages_cut_client_input(hsvc: ServiceEnv) -> None:
     for params in ({"state": "x" * 100_000}, {"k" * 100_000: 1}):
         err = c.request("task.list", params)["error"]
         assert err["code"] == -32602 and len(err["message"]) < 500 and len(json.dumps(err["data"])) < 600
+
+
+def test_event_patterns_cannot_backtrack_catastrophically(hsvc: ServiceEnv) -> None:
+    """``*?*?*?…`` as a regex takes a quarter second per event type (minutes over the history): the matcher
+    for many-wildcard patterns is quadratic at worst, and the same as the regex on every answer."""
+    import random
+    import re
+
+    from aiwg_service.events.bus import _wildcard_match, compile_pattern
+
+    assert compile_pattern("*a" * 12 + "*c")("a" * 60 + "b") is False  # years as a regex
+    assert compile_pattern("*?" * 10 + "z")("automation.loop_detected") is False
+    assert compile_pattern("t*s*.*u*d")("task.queued") is True
+    rng = random.Random(7)
+    for _ in range(5000):
+        pat = "".join(rng.choice("ab*?.") for _ in range(rng.randint(0, 8)))
+        s = "".join(rng.choice("ab.") for _ in range(rng.randint(0, 8)))
+        rx = re.compile(re.escape(pat).replace(r"\*", ".*").replace(r"\?", "."))
+        assert _wildcard_match(pat, s) == (rx.fullmatch(s) is not None), (pat, s)
+    c = hsvc.connect()
+    assert c.call("events.list", {"type": "*?" * 10 + "z"})["events"] == []
+    err = c.request("events.subscribe", {"type": "*" * 300})["error"]
+    assert err["code"] == -32602 and err["data"]["param"] == "type"
