@@ -398,6 +398,7 @@ class RpcServer:
         self.partial_line_timeout = PARTIAL_LINE_TIMEOUT
         self.input_budget = INPUT_BUDGET
         self.input_bytes = 0  # incomplete request lines held, over every connection
+        self.notifications_dropped = 0  # events not sent to subscribers whose budget was full
         self.starving: dict[Connection, None] = {}  # paused for the input budget, oldest first
         self.privileged: Connection | None = None  # the one allowed past the budget to finish its line
         self.throttle = _Throttle()
@@ -649,7 +650,10 @@ class RpcSubsystem:
         await self.rpc.close()
 
     def health(self) -> dict[str, Any]:
-        return {"connections": len(self.rpc.connections), "requests": self.rpc.requests}
+        rpc = self.rpc
+        return {"connections": len(rpc.connections), "requests": rpc.requests,
+                "max_connections": rpc.max_connections, "input_buffered": rpc.input_bytes,
+                "notifications_dropped": rpc.notifications_dropped}
 
 
 # -- the listening socket ---------------------------------------------------------------------------------

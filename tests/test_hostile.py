@@ -356,3 +356,20 @@ def test_event_patterns_cannot_backtrack_catastrophically(hsvc: ServiceEnv) -> N
     assert c.call("events.list", {"type": "*?" * 10 + "z"})["events"] == []
     err = c.request("events.subscribe", {"type": "*" * 300})["error"]
     assert err["code"] == -32602 and err["data"]["param"] == "type"
+
+
+def test_a_subscriber_that_never_reads_has_events_dropped_and_counted(hsvc: ServiceEnv) -> None:
+    sub = hsvc.connect()
+    sub.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sub.send_raw(b"".join(req("events.subscribe", {"type": "*"}, i) + b"\n" for i in range(MAX_STREAMS)))
+    pid = hsvc.proc.pid  # type: ignore[union-attr]
+    before = rss_mb(pid)
+    c = hsvc.connect()
+    batch = [{"jsonrpc": "2.0", "method": "task.submit", "params": {"prompt": f"echo {i}", "agent": "sh"}, "id": i}
+             for i in range(40)]
+    c.send_raw(json.dumps(batch).encode() + b"\n")
+    assert len(c.read()) == 40
+    ipc = wait_for(lambda: (h := c.call("daemon.status")["subsystems"]["ipc"])["notifications_dropped"] > 0 and h,
+                   30, what="events dropped for the subscriber that does not read")
+    assert ipc["max_connections"] == 256 and rss_mb(pid) - before < 40
+    assert c.call("ping")["pong"] is True

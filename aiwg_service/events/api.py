@@ -39,6 +39,7 @@ def register(rpc: RpcServer, bus: EventBus) -> None:
                 return
             if not conn.writable:
                 dropped += 1
+                conn.server.notifications_dropped += 1
                 return
             conn.notify(p.NOTIFY_EVENT, ev)
 
