@@ -31,8 +31,9 @@ def register(rpc: Any, conversations: Callable[[], Conversations]) -> None:
         return handler
 
     def send(params: p.ChatSendParams) -> dict[str, Any]:
+        priority = 5 if params.priority is None else params.priority  # the AIWG daemon's default for chat
         return conversations().send(params.message, conversation=params.conversation, project=params.project,
-                                    priority=params.priority).to_dict()
+                                    priority=priority).to_dict()
 
     def list_(params: p.ChatListParams) -> dict[str, Any]:
         return {"conversations": conversations().list(params.project, params.limit)}
