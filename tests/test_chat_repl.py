@@ -45,6 +45,8 @@ def test_repl_streams_answers_keeps_context_and_survives_ctrl_c(chat: ServiceEnv
     assert "[1] you: remember teal" in screen and "[2] completed: Done: which word?" in screen
     tmux.type("repl", "/cost")
     tmux.wait("repl", "over 3 turn(s)")
+    tmux.type("repl", "/tasks")
+    tmux.wait("repl", "cancelled  chat      ponder sleep=30")
     tmux.type("repl", "/fork 2")
     tmux.wait("repl", "forked at turn 2 into c-")
     tmux.type("repl", "/list")

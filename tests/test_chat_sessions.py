@@ -88,7 +88,7 @@ def test_session_lifecycle_state_from_the_pane_and_exit_status_recorded(svc: Ser
     assert sid not in sessions(svc) and sessions(svc, all=True)[sid]["exit_status"] == 3
     log = Path(t["log_path"]).read_text()
     assert "Done: think hard sleep=3" in log and "> exit=3\n" in log
-    assert svc.call("task.list", {"source": "session"})["tasks"][0]["id"] == sid
+    assert svc.call("task.list", {"source": "session"})[0]["id"] == sid
     assert error(svc, "session.send", {"id": sid, "text": "x"})["data"]["param"] == "id"
     assert error(svc, "session.send", {"id": "t-nosuch", "text": "x"})["data"]["param"] == "id"
 
@@ -190,4 +190,4 @@ def test_top_once_and_no_tmux_is_a_clear_error(svc_env: ServiceEnv) -> None:
     svc_env.start()
     err = error(svc_env, "session.new", {"prompt": "x"})
     assert "tmux is not installed" in err["message"] and "apt-get install tmux" in err["message"]
-    assert svc_env.call("task.list", {"source": "session"})["tasks"] == []  # nothing half-made
+    assert svc_env.call("task.list", {"source": "session"}) == []  # nothing half-made

@@ -154,9 +154,10 @@ class Repl:
                 self.say(f"[{t['n']}] {t['state']}: {answer}")
         elif cmd == "/tasks":
             res = await self.rpc.call("task.list", {"limit": 10})
-            for t in res["tasks"]:
+            tasks = res if isinstance(res, list) else res.get("tasks", [])
+            for t in tasks:
                 self.say(f"{t['id']}  {t['state']:<9}  {t['source']:<8}  {excerpt(t['prompt'], 50)}")
-            if not res["tasks"]:
+            if not tasks:
                 self.say("no tasks")
         elif cmd == "/run":
             if not arg:

@@ -28,6 +28,11 @@ def _short(text: str, n: int) -> str:
     return one if len(one) <= n else one[: max(1, n - 1)] + "…"
 
 
+def _tasks(res: Any) -> list[dict[str, Any]]:
+    """``task.list`` answers an array (as the AIWG CLI reads it); older services a ``{tasks}`` object."""
+    return list(res) if isinstance(res, list) else list(res.get("tasks", []))
+
+
 class Top:
     def __init__(self, rpc: AsyncRpc, out: Any) -> None:
         self.rpc = rpc
@@ -63,8 +68,8 @@ class Top:
             self.rpc.call("task.list", {"limit": 200}),
         )
         today = datetime.now(UTC).strftime("%Y-%m-%d")
-        cost = sum(t.get("cost_usd") or 0.0 for t in recent["tasks"] if (t.get("finished_at") or "").startswith(today))
-        return {"running": running["tasks"], "queued": queued["tasks"], "rules": rules.get("rules", []),
+        cost = sum(t.get("cost_usd") or 0.0 for t in _tasks(recent) if (t.get("finished_at") or "").startswith(today))
+        return {"running": _tasks(running), "queued": _tasks(queued), "rules": rules.get("rules", []),
                 "cost_today": cost}
 
     def render(self, data: dict[str, Any], width: int) -> list[str]:
