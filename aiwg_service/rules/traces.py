@@ -14,6 +14,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from .. import redact
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -85,8 +87,12 @@ class TraceStore:
         rows = []
         for q in pending.values():
             for t in q:
+                detail = json.dumps(t, default=str)
+                if redact.find(detail):  # rare: a command printed a token, an event carried a URL with a password
+                    t = redact.redact_obj(json.loads(detail))
+                    detail = json.dumps(t)
                 rows.append((t["run_id"], t["project"], t["rule_id"], t["started"], t["outcome"],
-                             json.dumps(summary_of(t), default=str), json.dumps(t, default=str)))
+                             json.dumps(summary_of(t), default=str), detail))
         with self.lock:
             db = self.db
             db.execute("BEGIN")
