@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -191,13 +192,28 @@ def _post(url: str, body: bytes) -> tuple[int, str]:
 
 
 class WebhookAction(Action):
-    """The AIWG daemon's ``webhook`` (a no-op there): POST the event and message as JSON, in a thread."""
+    """The AIWG daemon's ``webhook`` (a no-op there): POST the event and message as JSON, in a thread.
+
+    A URL that carries a token (Slack, Discord) belongs in the environment: ``url_env`` names the variable,
+    read at each run, and traces show ``$NAME``, never the URL.
+    """
 
     kind = "webhook"
 
-    def __init__(self, url: str, message: str | None, continue_on_error: bool = False) -> None:
+    def __init__(self, url: str | None, message: str | None, continue_on_error: bool = False, *,
+                 url_env: str | None = None) -> None:
         super().__init__(continue_on_error)
-        self.url, self.message = url, message
+        self.url_env = url_env
+        self.url = url if url is not None else f"${url_env}"
+        self.message = message
+
+    def _target(self) -> str:
+        if self.url_env is None:
+            return self.url
+        url = os.environ.get(self.url_env, "")
+        if not url.startswith(("http://", "https://")):
+            raise ActionFailed(f"${self.url_env} is unset or not an http(s) URL", {"url": self.url})
+        return url
 
     def _body(self, ctx: Ctx) -> dict[str, Any]:
         msg = render(self.message, ctx.event, ctx.paths) if self.message else None
@@ -211,10 +227,12 @@ class WebhookAction(Action):
 
     async def run(self, ctx: Ctx, hooks: Hooks) -> dict[str, Any]:
         body = json.dumps(self._body(ctx), ensure_ascii=False).encode()
+        target = self._target()
         try:
-            status, text = await asyncio.to_thread(_post, self.url, body)
+            status, text = await asyncio.to_thread(_post, target, body)
         except Exception as exc:
-            raise ActionFailed(f"POST {self.url} failed: {exc}", {"url": self.url}) from exc
+            why = str(exc).replace(target, self.url)  # never the URL that came from the environment
+            raise ActionFailed(f"POST {self.url} failed: {why}", {"url": self.url}) from exc
         res = {"url": self.url, "status": status, "response": text[:500]}
         if not 200 <= status < 300:
             raise ActionFailed(f"POST {self.url} answered HTTP {status}", res)

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from ..childenv import sanitized
 from ..protocol import Event
 from .matching import MISSING, get_field
 
@@ -37,12 +38,15 @@ class Ctx:
     rule_id: str
     run_id: str
     paths: list[str] = field(default_factory=list)
+    #: variables of the service's environment the rule asked for by name (its ``env`` list)
+    env_names: tuple[str, ...] = ()
 
     def env(self) -> dict[str, str]:
+        """The allow-listed environment (as agents get), the rule's own names, and the event as AIWG_* vars."""
         ev = self.event
         d = ev.data
         return {
-            **os.environ,
+            **sanitized(self.env_names),
             "AIWG_EVENT_TYPE": ev.type,
             "AIWG_EVENT_ID": ev.id,
             "AIWG_EVENT_SOURCE": ev.source,

@@ -270,7 +270,7 @@ class AutomationEngine:
     def _start(self, rule: Rule, st: RuleState, event: Event, paths: list[str]) -> None:
         run_id = new_run_id()
         t0 = time.monotonic()
-        ctx = Ctx(event, rule.project, rule.id, run_id, paths)
+        ctx = Ctx(event, rule.project, rule.id, run_id, paths, rule.env)
         trace = self._trace(rule, event, paths, run_id)
         if rule.sync_conditions:
             for c in rule.conditions:
@@ -544,7 +544,7 @@ class AutomationEngine:
                           raw_event.get("project") or rule.project, str(raw_event.get("source", "test")), data)
         paths = event_paths(event, rule.project)
         matched = [t.text for t in rule.triggers if t.full_match(event, paths)]
-        ctx = Ctx(event, rule.project, rule.id, "test-" + new_run_id()[4:], paths)
+        ctx = Ctx(event, rule.project, rule.id, "test-" + new_run_id()[4:], paths, rule.env)
         results, passed = [], True
         for c in rule.conditions:
             r = await c.acheck(ctx)

@@ -38,7 +38,8 @@ DEFAULT_MAX_RUNS_PER_MINUTE = 30
 DEFAULT_SHELL_TIMEOUT = 60.0
 AIWG_KEYS = {"id", "description", "enabled", "trigger", "conditions", "action", "cooldownMs", "requiresApproval"}
 RICH_KEYS = {"id", "description", "enabled", "triggers", "conditions", "actions", "mode", "max", "cooldown_seconds",
-             "max_runs_per_minute", "ignore_own_events"}
+             "max_runs_per_minute", "ignore_own_events", "env"}
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TRIGGER_KEYS = {"type", "paths", "agent", "source", "job_id", "data"}
 SCHEDULE_PREFIX = "schedule:"
 
@@ -115,6 +116,8 @@ class Rule:
     cron: str | None = None
     tz: str | None = None
     sync_conditions: bool = True
+    #: environment variables its shell conditions and actions may see, beyond the safe base set
+    env: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.sync_conditions = all(c.is_sync for c in self.conditions)
@@ -541,7 +544,14 @@ def _rich_action(v: _V, a: Any, path: str, source: str = "rule") -> A.Action | N
         if not isinstance(data, dict):
             v.type_err(f"{p}.data", "an object", data)
         return None if v.count > n or typ is None else A.EmitAction(typ, data, coe)
-    v.unknown(body, {"url", "message"}, p, "a webhook action")
+    v.unknown(body, {"url", "url_env", "message"}, p, "a webhook action")
+    url_env = v.str_(body, "url_env", p)
+    if url_env is not None:
+        if "url" in body:
+            v.err(p, "takes url or url_env, not both")
+        if not ENV_NAME.match(url_env):
+            v.err(f"{p}.url_env", f"{show_value(url_env)} must be the name of an environment variable")
+        return None if v.count > n else A.WebhookAction(None, v.str_(body, "message", p), coe, url_env=url_env)
     url = v.str_(body, "url", p, required=True)
     if url is not None and not url.startswith(("http://", "https://")):
         v.err(f"{p}.url", f"{show_value(url)} must be an http:// or https:// URL")
@@ -578,10 +588,26 @@ def _rich_rule(v: _V, raw: dict[str, Any], rid: str, project: str) -> Rule | Non
     own = v.bool_(raw, "ignore_own_events", "", True)
     enabled = v.bool_(raw, "enabled", "", True)
     desc = v.str_(raw, "description", "") or ""
+    env = _env_names(v, raw)
     if v.count > n:
         return None
     return Rule(rid, project, "rich", desc, enabled, [t for t in triggers if t], [c for c in conds if c],
-                [a for a in acts if a], mode, int(mx), float(cooldown), int(mrpm), own)
+                [a for a in acts if a], mode, int(mx), float(cooldown), int(mrpm), own, env=env)
+
+
+def _env_names(v: _V, raw: dict[str, Any]) -> tuple[str, ...]:
+    """``env``: names of the service's environment variables the rule's shell commands may see."""
+    names = raw.get("env", [])
+    if not isinstance(names, list):
+        v.type_err("env", "a list of environment variable names", names)
+        return ()
+    out = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not ENV_NAME.match(name):
+            v.err(f"env[{i}]", f"{show_value(name)} must be the name of an environment variable")
+        else:
+            out.append(name)
+    return tuple(out)
 
 
 # -- schedule.jobs shorthand --------------------------------------------------------------------------------
