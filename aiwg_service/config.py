@@ -343,8 +343,8 @@ def validate(raw: Any, display: str) -> Loaded:
                 errors.extend(check(cfg))
         for check in SEMANTIC_CHECKS:
             errors.extend(check(cfg))
-    if errors:
-        raise ConfigError([f"{display}: {p or '(top level)'}: {m}" for p, m in errors])
+    if errors:  # the walker and the secret scan may both see one unknown secret-named key: say it once
+        raise ConfigError([f"{display}: {p or '(top level)'}: {m}" for p, m in dict.fromkeys(errors)])
     assert cfg is not None
     return Loaded(cfg, [f"{display}: {p}: {m}" for p, m in warnings])
 
