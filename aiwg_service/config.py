@@ -70,6 +70,8 @@ class DaemonSection(Struct):
     action_timeout_minutes: Annotated[int, Meta(ge=1, le=7 * 24 * 60)] = 120
     stop_timeout_seconds: Annotated[int, Meta(ge=0, le=3600)] = 60
     retention_days: Annotated[int, Meta(ge=1, le=3650)] = 30
+    #: shell conditions and actions of every rule together; more wait their turn (the service file's applies)
+    max_rule_processes: Annotated[int, Meta(ge=1, le=256)] = 8
     log: LogConfig = field(default_factory=LogConfig)
 
 

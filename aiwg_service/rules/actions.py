@@ -50,7 +50,7 @@ async def _maybe_await(v: Any) -> Any:
 
 def origin_of(ctx: Ctx) -> dict[str, Any]:
     return {"rule_id": ctx.rule_id, "run_id": ctx.run_id, "project": ctx.project, "event_id": ctx.event.id,
-            "event_type": ctx.event.type}
+            "event_type": ctx.event.type, "chain_depth": ctx.depth + 1}
 
 
 class Action:
@@ -168,6 +168,7 @@ class EmitAction(Action):
         out = {k: render(v, ctx.event, ctx.paths, extra) if isinstance(v, str) else v for k, v in self.data.items()}
         out["rule_id"] = ctx.rule_id
         out["origin"] = origin_of(ctx)
+        out["chain_depth"] = ctx.depth + 1
         return out
 
     def describe(self, ctx: Ctx) -> dict[str, Any]:

@@ -22,7 +22,9 @@ from ..events.bus import compile_pattern
 from ..protocol import Event
 from . import actions as A
 from . import conditions as C
+from . import regexes
 from .matching import MISSING, Glob, compile_glob, get_field
+from .regexes import RegexTimeout, UserRegex
 
 if TYPE_CHECKING:
     from ..events.section import CronJob
@@ -36,6 +38,12 @@ EXPECT = ("success", "fail")
 DEFAULT_MAX = 10
 DEFAULT_MAX_RUNS_PER_MINUTE = 30
 DEFAULT_SHELL_TIMEOUT = 60.0
+#: sane limits: past them a config is refused with a clear error, not accepted and then run away with
+MAX_RULES = 2_000  # per project, schedule jobs included
+MAX_JOBS = 200
+MAX_PER_RULE = 50  # triggers, conditions, actions, globs per trigger
+MAX_PARALLEL = 100  # a rule's "max"
+MAX_RUNS_PER_MINUTE = 600
 AIWG_KEYS = {"id", "description", "enabled", "trigger", "conditions", "action", "cooldownMs", "requiresApproval"}
 RICH_KEYS = {"id", "description", "enabled", "triggers", "conditions", "actions", "mode", "max", "cooldown_seconds",
              "max_runs_per_minute", "ignore_own_events", "env"}
@@ -60,13 +68,17 @@ class Trigger:
     job_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     globs: list[Glob] = field(default_factory=list)
-    regex: re.Pattern[str] | None = None  # the AIWG form's pattern over "type:source"
+    regex: UserRegex | None = None  # the AIWG form's pattern over "type:source"
 
     def matches(self, event: Event, paths: list[str]) -> bool:
         if self.source is not None and event.source != self.source:
             return False
-        if self.regex is not None and self.regex.search(f"{event.type}:{event.source}") is None:
-            return False
+        if self.regex is not None:
+            try:
+                if not self.regex.search(f"{event.type}:{event.source}"):
+                    return False
+            except RegexTimeout:
+                return False
         d = event.data
         if self.job_id is not None and d.get("job_id") != self.job_id:
             return False
@@ -194,10 +206,10 @@ class _V:
             if k not in known:
                 self.err(f"{path}.{k}" if path else k, f"unknown key in {what} (known: {', '.join(sorted(known))})")
 
-    def regex(self, v: str, path: str, hint: str = "") -> re.Pattern[str] | None:
+    def regex(self, v: str, path: str, hint: str = "") -> UserRegex | None:
         try:
-            return re.compile(v)
-        except re.error as exc:
+            return UserRegex(v)
+        except regexes.error as exc:
             self.err(path, f"{show_value(v)} is not a valid regular expression ({exc}){hint}")
             return None
 
@@ -351,6 +363,8 @@ def _rich_trigger(v: _V, t: Any, path: str) -> Trigger | None:
         ps = [ps]
     if not isinstance(ps, list):
         v.type_err(f"{path}.paths", "a list of globs", ps)
+    elif len(ps) > MAX_PER_RULE:
+        v.err(f"{path}.paths", f"has {len(ps)} globs: at most {MAX_PER_RULE}")
     else:
         for j, g in enumerate(ps):
             cg = v.glob(g, f"{path}.paths[{j}]")
@@ -569,6 +583,9 @@ def _list(v: _V, raw: dict[str, Any], key: str, required: bool) -> list[Any]:
         return []
     if required and not val:
         v.err(key, "must not be empty")
+    if len(val) > MAX_PER_RULE:
+        v.err(key, f"has {len(val)} entries: at most {MAX_PER_RULE}")
+        return []
     return val
 
 
@@ -580,11 +597,12 @@ def _rich_rule(v: _V, raw: dict[str, Any], rid: str, project: str) -> Rule | Non
     acts = [_rich_action(v, a, f"actions[{i}]") for i, a in enumerate(_list(v, raw, "actions", True))]
     mode = raw.get("mode", "single")
     v.one_of(mode, MODES, "mode")
-    mx = v.num(raw, "max", "", DEFAULT_MAX, lo=1, hi=10_000, integer=True)
+    mx = v.num(raw, "max", "", DEFAULT_MAX, lo=1, hi=MAX_PARALLEL, integer=True)
     if "max" in raw and mode in ("single", "restart"):
         v.err("max", f"only applies to mode queued or parallel, not {show_value(mode)}")
     cooldown = v.num(raw, "cooldown_seconds", "", 0, lo=0, hi=30 * 86_400)
-    mrpm = v.num(raw, "max_runs_per_minute", "", DEFAULT_MAX_RUNS_PER_MINUTE, lo=1, hi=100_000, integer=True)
+    mrpm = v.num(raw, "max_runs_per_minute", "", DEFAULT_MAX_RUNS_PER_MINUTE, lo=1, hi=MAX_RUNS_PER_MINUTE,
+                 integer=True)
     own = v.bool_(raw, "ignore_own_events", "", True)
     enabled = v.bool_(raw, "enabled", "", True)
     desc = v.str_(raw, "description", "") or ""
@@ -656,6 +674,13 @@ def compile_rules(raw_rules: list[Any], jobs: list[CronJob], project: str = "") 
     errors: list[tuple[str, str]] = []
     out: list[Rule] = []
     seen: dict[str, int] = {}
+    if len(raw_rules) + len(jobs) > MAX_RULES:
+        errors.append(("rules", f"{len(raw_rules)} rules and {len(jobs)} schedule jobs: at most {MAX_RULES} "
+                                f"together per project"))
+        return out, errors
+    if len(jobs) > MAX_JOBS:
+        errors.append(("schedule.jobs", f"{len(jobs)} jobs: at most {MAX_JOBS} per project"))
+        return out, errors
     for i, raw in enumerate(raw_rules):
         rid = raw.get("id") if isinstance(raw, dict) else None
         base = f"rules[{i}]" + (f" ({rid})" if isinstance(rid, str) and rid else "")
