@@ -46,6 +46,7 @@ class Ctx:
     depth: int = 0
     #: the engine's cap on rule subprocesses, shared by every run
     gate: ProcessGate | None = None
+    approval_id: str | None = None  # set when the run resumes after an approval, for task origins
 
     def env(self) -> dict[str, str]:
         """The allow-listed environment (as agents get), the rule's own names, and the event as AIWG_* vars."""
