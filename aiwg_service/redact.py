@@ -13,7 +13,8 @@ from typing import Any
 
 MASK = "[REDACTED]"
 
-# (name, needles, pattern, group to keep before the secret: 0 = mask the whole match). A rule runs only when
+# (name, needles, pattern, group to keep before the secret: 0 = mask the whole match). A secret part written as
+# ``$NAME`` refers to a variable: it names a secret, it does not hold one. A rule runs only when
 # one of its needles (lower case) is in the lower-cased text: most text has none, and a substring test is cheap.
 _RULES: list[tuple[str, tuple[str, ...], str, int]] = [
     ("private key", ("private key",), r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY( BLOCK)?-----[\s\S]{0,20000}?"
@@ -30,19 +31,19 @@ _RULES: list[tuple[str, tuple[str, ...], str, int]] = [
     ("Telegram bot token", (":aa",), r"\b\d{6,12}:AA[A-Za-z0-9_-]{30,40}\b", 0),
     ("JWT", ("eyj",), r"\beyJ[A-Za-z0-9_-]{8,2000}\.eyJ[A-Za-z0-9_-]{8,4000}\.[A-Za-z0-9_-]{8,2000}", 0),
     ("URL credentials", ("://",),
-     r"(\b[A-Za-z][A-Za-z0-9+.-]{0,20}://[^/\s:@\"'<>]{1,200}:)[^/\s@\"'<>]{1,300}(?=@)", 1),
-    ("bearer token", ("bearer",), r"(\b[Bb]earer\s+)[A-Za-z0-9._~+/=-]{12,2000}", 1),
+     r"(\b[A-Za-z][A-Za-z0-9+.-]{0,20}://[^/\s:@\"'<>]{1,200}:)(?!\$)[^/\s@\"'<>]{1,300}(?=@)", 1),
+    ("bearer token", ("bearer",), r"(\b[Bb]earer\s+)(?!\$)[A-Za-z0-9._~+/=-]{12,2000}", 1),
     ("authorization header", ("authorization",),
-     r"(\b[Aa]uthorization[\"']?\s*[:=]\s*[\"']?(?:[A-Za-z]{1,20}\s+)?)[^\s\"',;]{8,2000}", 1),
+     r"(\b[Aa]uthorization[\"']?\s*[:=]\s*[\"']?(?:[A-Za-z]{1,20}\s+)?)(?!\$)[^\s\"',;]{8,2000}", 1),
     # name=value or name: value, where the name says secret; the value must not be an environment variable's
     # name (``token=GITHUB_TOKEN`` names a secret, it does not hold one)
     ("secret assignment", _KEYWORDS := ("key", "secret", "token", "passw", "credential"),
      r"(\b[A-Za-z0-9_.-]{0,40}(?i:api[_-]?key|secret|token|passw(?:or)?d|passwd|access[_-]?key|private[_-]?key|"
-     r"credential)s?[\"']?\s*[=:]\s*[\"']?)(?![A-Z][A-Z0-9_]*\b[\"']?(?:\s|$|,))[^\s\"',;]{8,2000}", 1),
+     r"credential)s?[\"']?\s*[=:]\s*[\"']?)(?![A-Z][A-Z0-9_]*\b[\"']?(?:\s|$|,))(?!\$)[^\s\"',;]{8,2000}", 1),
     # command-line flags: --api-key VALUE, --token=VALUE
     ("secret option", _KEYWORDS,
      r"(?<![\w-])(--?[A-Za-z0-9-]{0,40}(?i:key|secret|token|passw(?:or)?d|credential)s?(?:=|\s+))"
-     r"(?![A-Z][A-Z0-9_]*\b)(?!-)[^\s\"',;]{6,2000}", 1),
+     r"(?![A-Z][A-Z0-9_]*\b)(?![-$])[^\s\"',;]{6,2000}", 1),
 ]
 
 _COMPILED = [(name, re.compile(rx), keep) for name, _needles, rx, keep in _RULES]

@@ -29,6 +29,7 @@ from .actions import ActionFailed, ApproveAction, Doctor, Hooks, SubmitTask
 from .approvals import ApprovalAlreadyDecided, ApprovalGate, ApprovalNotAllowed, ApprovalNotFound
 from .conditions import Ctx, ProcessGate
 from .matching import TriggerIndex, event_paths
+from .regexes import TIMEOUT_S as REGEX_TIMEOUT_S
 from .regexes import UserRegex
 from .schema import Rule, rules_for
 from .traces import TraceStore, summary_of
@@ -225,13 +226,17 @@ class AutomationEngine:
         if event.type.startswith("automation.") or self._stopping:
             return
         self.events_seen += 1
-        if event.project is not None:
-            idx = self.indexes.get(event.project)
-            if idx is not None:
-                self._match(event.project, idx, event)
-        else:
-            for root, idx in list(self.indexes.items()):
-                self._match(root, idx, event)
+        UserRegex.deadline = time.monotonic() + REGEX_TIMEOUT_S  # one regex budget for the whole dispatch
+        try:
+            if event.project is not None:
+                idx = self.indexes.get(event.project)
+                if idx is not None:
+                    self._match(event.project, idx, event)
+            else:
+                for root, idx in list(self.indexes.items()):
+                    self._match(root, idx, event)
+        finally:
+            UserRegex.deadline = None
 
     def _match(self, root: str, idx: TriggerIndex, event: Event) -> None:
         d = event.data
