@@ -30,8 +30,8 @@ class UserRegex:
     """A compiled rule regex; ``search`` answers within ``TIMEOUT_S`` or raises ``RegexTimeout``.
 
     While the engine dispatches one event, every regex of every rule shares one budget of ``TIMEOUT_S``
-    (``deadline``, set by the engine around each dispatch): a file.batch of a hundred crafted names, or twenty rules with the same bad pattern, cost
-    the loop that much once, not once per match.
+    (``deadline``, set by the engine around each dispatch): a file.batch of a hundred crafted names, or
+    twenty rules with the same bad pattern, cost the loop that much once, not once per match.
     """
 
     __slots__ = ("_rx", "pattern")
