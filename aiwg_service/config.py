@@ -72,6 +72,8 @@ class DaemonSection(Struct):
     retention_days: Annotated[int, Meta(ge=1, le=3650)] = 30
     #: shell conditions and actions of every rule together; more wait their turn (the service file's applies)
     max_rule_processes: Annotated[int, Meta(ge=1, le=256)] = 8
+    #: Client connections open at once; one more is answered with an error and closed.
+    max_connections: Annotated[int, Meta(ge=1, le=65_536)] = 256
     log: LogConfig = field(default_factory=LogConfig)
 
 
