@@ -61,7 +61,8 @@ def test_every_contract_command(asvc: ServiceEnv) -> None:
     assert done["agent"] == "claude" and done["subagent"] == "security-auditor" and done["priority"] == 7
     log = asvc.call("task.logs", {"taskId": tid2})["data"]
     argv = json.loads(log.splitlines()[0])["argv"]  # fake claude echoes its argv in the init line
-    assert argv[argv.index("--agent") + 1] == "security-auditor" and argv[-2:] == ["--", "audit it"]  # the prompt after "--"
+    # the prompt comes last, after "--"
+    assert argv[argv.index("--agent") + 1] == "security-auditor" and argv[-2:] == ["--", "audit it"]
     bad = aiwg(asvc, "task", "submit", "x", "--agent=--dangerously-skip-permissions")
     assert bad.returncode == 1 and "nor a subagent name" in bad.stdout
 
