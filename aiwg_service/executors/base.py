@@ -99,7 +99,8 @@ class ExitInfo(msgspec.Struct, kw_only=True):
     signal: int | None = None
     #: The executor's own wall-clock limit stopped it.
     timed_out: bool = False
-    #: Bytes of the log that belong to this run (the end of the stream); None if unknown.
+    #: The log file's size when the stream ended (earlier attempts may precede this run's output
+    #: in the same file); a follower has read everything once it reaches it.  None if unknown.
     log_bytes: int | None = None
     #: Output past ``max_output_bytes`` was discarded.
     truncated: bool = False
@@ -124,6 +125,8 @@ class Probe(msgspec.Struct, kw_only=True):
 
     state: ProbeState
     handle: Handle | None = None
+    #: Offset in the log where this run's output starts (to re-parse its stream after a restart).
+    log_start: int | None = None
     exit: ExitInfo | None = None
 
 
@@ -167,6 +170,11 @@ class Executor(Protocol):
     async def cancel(self, handle: Handle, *, grace_s: float = 5.0) -> None:
         """Ask the run to stop: SIGTERM the agent and everything it spawned, SIGKILL after
         ``grace_s``.  Returns at once; :meth:`wait` reports the end.  Idempotent."""
+        ...
+
+    async def forget(self, handle: Handle) -> None:
+        """The outcome is recorded in the task store: drop what was kept for the run (exit records,
+        claims, finished units).  Called once per finished run; never stops a live one."""
         ...
 
     async def close(self) -> None:
