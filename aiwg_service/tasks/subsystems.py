@@ -16,7 +16,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .agents import BUILTIN_PROFILES, systemd_scope_available
+from ..executors.local import LocalExecutor, systemd_available
+from ..executors.registry import Executors
+from .agents import BUILTIN_PROFILES
 from .api import TaskHub, register
 from .model import AgentProfile, TaskState
 from .store import Store
@@ -84,6 +86,12 @@ class SupervisorSubsystem:
         self.hub = hub
         self.supervisor: Supervisor | None = None
         self.log_dir = service.state_dir / "logs"
+        #: Where tasks run; ``wiring.py`` may register more executors before start.
+        self.use_units = systemd_available()
+        self.executors = Executors(LocalExecutor(service.state_dir, use_systemd=self.use_units))
+        #: Budget check and cost observer (set by ``wiring.py``; None: no budgets).
+        self.admit: Any = None
+        self.on_cost: Any = None
 
     # -- lookups against the current configs --------------------------------------------------------
     def _configs(self) -> Configs:
@@ -123,7 +131,7 @@ class SupervisorSubsystem:
     async def start(self) -> None:
         assert self.stores.store is not None, "the store subsystem starts first"
         c = self._configs()
-        scope = systemd_scope_available()
+        scope = self.use_units
         self.supervisor = Supervisor(
             self.stores.store, self.profile, self.hub.emit,
             max_parallel=c.service.daemon.max_parallel_actions,
@@ -134,13 +142,17 @@ class SupervisorSubsystem:
             project_profiles=self.profile,
             child_umask=CHILD_UMASK,
             on_output=self.hub.output,
+            executors=self.executors,
+            admit=self.admit,
+            on_cost=self.on_cost,
         )
         recovered = await self.supervisor.start()
         for t in recovered:
             log.warning("task %s was interrupted by a restart: now %s", t.id, t.state.value,
                         extra={"PROJECT": t.project})
-        log.info("agent supervisor started: max %d parallel%s", self.supervisor.max_parallel,
-                 ", each task in its own systemd scope" if scope else "")
+        log.info("agent supervisor started: max %d parallel, %d running%s", self.supervisor.max_parallel,
+                 len(self.supervisor.running), ", each task in its own transient systemd unit" if scope else
+                 ", each task under a detached runner")
 
     async def stop(self) -> None:
         if self.supervisor is not None:
@@ -150,6 +162,7 @@ class SupervisorSubsystem:
         if self.supervisor is None:
             return
         self.supervisor.max_parallel = configs.service.daemon.max_parallel_actions
+        self.supervisor.release_held()  # a raised budget lets held tasks go
         self.supervisor.wake()  # a raised limit (or a changed project cap) may let queued tasks start
 
     def health(self) -> dict[str, Any]:
@@ -160,8 +173,10 @@ class SupervisorSubsystem:
             queued = sup.store.count(TaskState.queued)
         except Exception:
             queued = None
-        return {"running": len(sup.running), "queued": queued, "max_parallel": sup.max_parallel,
-                "systemd_scope": sup.use_systemd_scope, "log_followers": self.hub.followers}
+        adopted = sum(1 for t in sup.running.values() if t.adopted)
+        return {"running": len(sup.running), "adopted": adopted, "queued": queued,
+                "max_parallel": sup.max_parallel, "systemd_units": sup.use_systemd_scope,
+                "executors": self.executors.names(), "log_followers": self.hub.followers}
 
 
 def build(service: Service) -> tuple[StoreSubsystem, SupervisorSubsystem]:
