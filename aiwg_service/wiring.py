@@ -67,7 +67,7 @@ def build_subsystems(service: Service) -> list[Subsystem]:
             raise RuntimeError("the task queue is not running")
         try:
             task = supervisor.supervisor.submit(project, prompt, agent=agent or "claude", priority=priority,
-                                                source=source, timeout_s=timeout_s)
+                                                source=source, timeout_s=timeout_s, origin=origin)
         except KeyError:
             raise ValueError(f"unknown agent profile {agent!r}") from None
         return task.id

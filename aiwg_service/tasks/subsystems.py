@@ -197,5 +197,5 @@ def build(service: Service) -> tuple[StoreSubsystem, SupervisorSubsystem]:
 
     register(service.rpc, get_store, get_sup, hub,
              projects=lambda: list(sup._configs().projects), agent_names=sup.agent_names,
-             resolve_root=resolve_root, log_dir=sup.log_dir)
+             resolve_root=resolve_root, log_dir=sup.log_dir, request_stop=service.request_stop)
     return stores, sup
