@@ -369,10 +369,10 @@ class Store:
                            [(now, t) for t in task_ids])
 
     def requeue_unstarted(self, task_id: str) -> Task | None:
-        """running -> queued for an attempt recovery proved never started (does not count)."""
+        """running -> queued for an attempt recovery proved never started and never will (its
+        number stays used: the next launch is a new attempt with its own claim)."""
         return self._transition(task_id, [TaskState.running], "task.queued", {
-            "state": TaskState.queued, "attempts": _Expr("max(attempts - 1, 0)"), "started_at": None,
-            "handle": None, "pid": None, "pid_start": None})
+            "state": TaskState.queued, "started_at": None, "handle": None, "pid": None, "pid_start": None})
 
     def hold(self, task_id: str, reason: str) -> Task | None:
         """queued -> held (a budget is spent); emits ``task.held``."""
