@@ -22,6 +22,7 @@ import msgspec
 import msgspec.inspect as mi
 from msgspec import Meta, Struct, field
 
+from .budgets.schema import BudgetSection, check_budgets
 from .tasks.model import PERCENT_PATTERN, SIZE_PATTERN, AgentKind, AgentProfile, profile_problems
 
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit's RestartPreventExitStatus= names it
@@ -127,6 +128,9 @@ class Config(Struct):
     rules: list[dict[str, Any]] = field(default_factory=list)
     webhook: WebhookSection = field(default_factory=WebhookSection)
     messaging: dict[str, Any] = field(default_factory=dict)
+    #: Cost limits (see ``budgets/schema.py``): service-wide ones in the service file, a project's own
+    #: and its rules' in the project file.
+    budgets: BudgetSection = field(default_factory=BudgetSection)
 
 
 #: Extra checks that need more than types (cron syntax, time zones, regexes). Subsystems add theirs.
@@ -353,6 +357,7 @@ def _check_schedule(cfg: Config) -> list[tuple[str, str]]:
 
 
 SEMANTIC_CHECKS.append(_check_schedule)
+SEMANTIC_CHECKS.append(check_budgets)
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -72,12 +72,35 @@ def build_subsystems(service: Service) -> list[Subsystem]:
             raise ValueError(f"unknown agent profile {agent!r}") from None
         return task.id
 
+    from .budgets.subsystem import BudgetsSubsystem
+    from .service import resolve_root
+
+    def sections() -> tuple[Any, dict[str, Any]]:
+        c = service.configs
+        assert c is not None
+        return c.service.budgets, {root: pr.config.budgets for root, pr in c.projects.items()}
+
+    def held() -> list[Any]:
+        return store.store.held() if store.store is not None else []
+
+    budgets = BudgetsSubsystem(
+        cost_rows=lambda: store.store.costs_since,  # type: ignore[union-attr]
+        held=held, sections=sections,
+        projects=lambda: list(service.configs.projects) if service.configs is not None else [],
+        resolve_root=resolve_root,
+        emit=lambda type, project, data: service.bus.publish(type, project, data, "budgets"),
+        release=lambda: supervisor.supervisor.release_held() if supervisor.supervisor is not None else None)
+    budgets.register_rpc(service.rpc)
+    supervisor.admit = budgets.ledger.admit
+    supervisor.on_cost = budgets.ledger.on_cost
+
     automation = AutomationEngine(service.bus, service.state_dir, submit_task=submit_task,
                                   doctor=lambda project: doctor.run(service, project))
     automation.register_rpc(service.rpc)
     return [
         service.bus,
         store,
+        budgets,
         supervisor,
         automation,
         IpcSubsystem(service),

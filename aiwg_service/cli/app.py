@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from .. import paths
+from . import budget as budget_cmd
 from . import render, systemctl
 from .core import call, cmd_ping, cmd_status, fail, options, use_instance
 from .cron import cron_app
@@ -34,6 +35,8 @@ app.add_typer(events_app, name="events")
 app.add_typer(cron_app, name="cron")
 app.add_typer(rules_app, name="rules")
 app.add_typer(task_app, name="task")
+app.command("budget")(budget_cmd.budget)
+app.command("trace")(budget_cmd.trace)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 

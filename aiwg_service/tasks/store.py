@@ -384,6 +384,14 @@ class Store:
         return self._transition(task_id, [TaskState.held], "task.queued",
                                 {"state": TaskState.queued, "held_reason": None})
 
+    def costs_since(self, since: str) -> list[tuple[str, str | None, float, str]]:
+        """``(project, rule, cost_usd, finished_at)`` of tasks finished since ``since`` with a cost
+        (the budgets' ledger loads a month with it)."""
+        return self._db.execute(
+            "SELECT project, json_extract(origin, '$.rule'), cost_usd, finished_at FROM tasks "
+            "INDEXED BY tasks_finished_at WHERE finished_at IS NOT NULL AND finished_at >= ? "
+            "AND cost_usd IS NOT NULL", (since,)).fetchall()
+
     def held(self) -> list[Task]:
         rows = self._db.execute(f"SELECT {_COLS} FROM tasks INDEXED BY tasks_held WHERE state = 'held' "
                                 "ORDER BY priority DESC, id").fetchall()

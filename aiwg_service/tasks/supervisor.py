@@ -519,19 +519,20 @@ class Supervisor:
             reason = "timeout"
         try:
             if reason == "stop":
-                self.store.mark_interrupted(tid, finished_at=None, error="service stopped while running", **fields)
+                done = self.store.mark_interrupted(tid, finished_at=None, error="service stopped while running",
+                                                   **fields)
             elif reason == "cancel":
-                self.store.mark_finished(tid, TaskState.cancelled, error="cancelled", **fields)
+                done = self.store.mark_finished(tid, TaskState.cancelled, error="cancelled", **fields)
             elif reason == "timeout":
-                self.store.mark_finished(tid, TaskState.timeout, error=f"timed out after {run.timeout:g}s"
+                done = self.store.mark_finished(tid, TaskState.timeout, error=f"timed out after {run.timeout:g}s"
                                          if run.timeout else "timed out", **fields)
             elif reason == "budget":
                 cost = parser.running_cost()
                 lim = run.budget if run.budget is not None else run.task.max_budget_usd
-                self.store.mark_finished(tid, TaskState.failed, error=(
+                done = self.store.mark_finished(tid, TaskState.failed, error=(
                     f"stopped: its cost ${cost or 0:.4f} passed its budget ${lim or 0:g}"), **fields)
             elif info.exit_code == 0 and not parser.is_error:
-                self.store.mark_finished(tid, TaskState.completed, **fields)
+                done = self.store.mark_finished(tid, TaskState.completed, **fields)
             else:
                 if info.error and info.exit_code in (None, 127) and info.signal is None:
                     err = info.error
@@ -541,7 +542,9 @@ class Supervisor:
                     err = f"killed by {_signame(info.signal)}"
                 else:
                     err = f"exit code {info.exit_code}"
-                self.store.mark_finished(tid, TaskState.failed, error=err[:500], **fields)
+                done = self.store.mark_finished(tid, TaskState.failed, error=err[:500], **fields)
+            if done is not None and self.on_cost is not None:
+                self._safe(self.on_cost, done, done.cost_usd)  # charge the final cost to the budgets
         except StoreError as e:
             # The row stays 'running'; the next start's recovery settles it (the exit record stays).
             log.error("task %s: could not record its outcome: %s", tid, e)
