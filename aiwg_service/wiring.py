@@ -1,64 +1,52 @@
-"""The fixed start order of the subsystems, and what each is built from.
+"""The one module that knows every subsystem: what each is built from, and the fixed start order.
 
-Start order: event router, task store, agent supervisor, automation engine, IPC server, file watcher,
+Start order: event router, task store, budgets, agent supervisor, automation engine, IPC server, file watcher,
 cron scheduler, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
-Subsystems never import each other: this module hands each one the bus (and the store) it needs.
+Subsystems never import each other: this module hands each one the narrow ports it needs (the bus, the
+RPC server, a view of the current configs, the state directory, the task queue's submit function).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from .service import Configs, Service, Subsystem
-
-
-class WatcherSubsystem:
-    """The inotify engine, fed each project's ``watch`` section, publishing on the bus."""
-
-    name = "watcher"
-
-    def __init__(self, service: Service) -> None:
-        from .events.watcher import FileWatcher
-
-        bus = service.bus
-        self.engine = FileWatcher(lambda type, root, data: bus.publish(type, root, data, "watch"))
-
-    async def start(self) -> None:
-        await self.engine.start()
-
-    async def stop(self) -> None:
-        await self.engine.stop()
-
-    def apply(self, configs: Configs) -> None:
-        from .events.watcher import WatchSpec
-
-        for root in list(self.engine._roots):
-            if root not in configs.projects:
-                self.engine.remove_root(root)
-        for root, project in configs.projects.items():
-            w = project.config.watch
-            specs = [WatchSpec(s.path, tuple(s.events), tuple(s.extensions), tuple(s.ignore)) for s in w.paths]
-            self.engine.set_root(root, specs, debounce_ms=w.debounce_ms, enabled=w.enabled)
-
-    def health(self) -> dict[str, Any]:
-        h = self.engine.health()
-        roots = h.get("roots", {})
-        h["watched_dirs"] = sum(r["watched_dirs"] for r in roots.values())
-        h["unwatched_dirs"] = sum(r["unwatched_dirs"] for r in roots.values())
-        return h
+from . import doctor
+from .budgets.subsystem import BudgetsSubsystem
+from .config import resolve_root
+from .events.bus import EventBus
+from .events.scheduler import CronScheduler
+from .events.subsystems import WatcherSubsystem
+from .ports import ConfigsView, Placeholder, Subsystem
+from .rpc import RpcServer, RpcSubsystem
+from .rules.engine import AutomationEngine
+from .tasks import subsystems as tasks
 
 
-def build_subsystems(service: Service) -> list[Subsystem]:
-    from . import doctor
-    from .events.scheduler import CronScheduler
-    from .rules.engine import AutomationEngine
-    from .service import IpcSubsystem, Placeholder
-    from .tasks import subsystems as tasks
+@dataclass(frozen=True)
+class CorePorts:
+    """What the core owns and lends out; each subsystem takes only the parts it uses."""
 
-    scheduler = CronScheduler(service.bus, service.state_dir)
-    service.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
-    store, supervisor = tasks.build(service)  # also registers task.* and chat.send
+    bus: EventBus
+    rpc: RpcServer
+    configs: ConfigsView
+    state_dir: Path
+    listen: Callable[[], socket.socket]
+    health: Callable[[], dict[str, Any]]
+    config_status: Callable[[], dict[str, Any]]
+    socket_path: Callable[[], Path]
+    #: Stop the service as SIGTERM would (``daemon.stop``).
+    request_stop: Callable[[], None] | None = None
+
+
+def build_subsystems(core: CorePorts) -> list[Subsystem]:
+    scheduler = CronScheduler(core.bus, core.state_dir)
+    core.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
+    # also registers task.* and chat.send
+    store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir, core.request_stop)
 
     def submit_task(project: str, prompt: str, agent: str | None, priority: int, source: str,
                     timeout_s: float | None, origin: dict[str, Any]) -> str:
@@ -72,12 +60,8 @@ def build_subsystems(service: Service) -> list[Subsystem]:
             raise ValueError(f"unknown agent profile {agent!r}") from None
         return task.id
 
-    from .budgets.subsystem import BudgetsSubsystem
-    from .service import resolve_root
-
     def sections() -> tuple[Any, dict[str, Any]]:
-        c = service.configs
-        assert c is not None
+        c = core.configs()
         return c.service.budgets, {root: pr.config.budgets for root, pr in c.projects.items()}
 
     def held() -> list[Any]:
@@ -85,26 +69,26 @@ def build_subsystems(service: Service) -> list[Subsystem]:
 
     budgets = BudgetsSubsystem(
         cost_rows=lambda: store.store.costs_since,  # type: ignore[union-attr]
-        held=held, sections=sections,
-        projects=lambda: list(service.configs.projects) if service.configs is not None else [],
-        resolve_root=resolve_root,
-        emit=lambda type, project, data: service.bus.publish(type, project, data, "budgets"),
+        held=held, sections=sections, projects=lambda: list(core.configs().projects), resolve_root=resolve_root,
+        emit=lambda type, project, data: core.bus.publish(type, project, data, "budgets"),
         release=lambda: supervisor.supervisor.release_held() if supervisor.supervisor is not None else None)
-    budgets.register_rpc(service.rpc)
+    budgets.register_rpc(core.rpc)
     supervisor.admit = budgets.ledger.admit
     supervisor.on_cost = budgets.ledger.on_cost
 
-    automation = AutomationEngine(service.bus, service.state_dir, submit_task=submit_task,
-                                  doctor=lambda project: doctor.run(service, project))
-    automation.register_rpc(service.rpc)
+    facts = doctor.Facts(config_status=core.config_status, serving=lambda: core.rpc.serving,
+                         socket_path=core.socket_path, health=core.health, state_dir=core.state_dir)
+    automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
+                                  doctor=lambda project: doctor.run(facts, project))
+    automation.register_rpc(core.rpc)
     return [
-        service.bus,
+        core.bus,
         store,
         budgets,
         supervisor,
         automation,
-        IpcSubsystem(service),
-        WatcherSubsystem(service),
+        RpcSubsystem(core.rpc, core.listen),
+        WatcherSubsystem(core.bus),
         scheduler,
         Placeholder("messaging"),
     ]

@@ -211,7 +211,7 @@ def follow_logs(task_id: str, offset: int, raw: bool, label: str, quiet: bool = 
     byte received, so every line is shown exactly once."""
     import time
 
-    from .client import Client, NotRunning
+    from ..client import Client, NotRunning
 
     state = "unknown"
     done = False
