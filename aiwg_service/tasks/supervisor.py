@@ -50,6 +50,7 @@ class _Run:
         "had_session",
         "handle",
         "job",
+        "launch",
         "parser",
         "reason",
         "replaying",
@@ -63,6 +64,7 @@ class _Run:
         self.task = task
         self.executor = executor
         self.handle: Handle | None = None
+        self.launch: asyncio.Future[Handle] | None = None
         self.job: asyncio.Task[None] | None = None
         self.reason: str | None = None  # None | "timeout" | "cancel" | "stop" | "budget"
         self.parser = StreamJsonParser()
@@ -173,6 +175,13 @@ class Supervisor:
             for job in jobs:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
+            for run in runs:  # launches under way: let them finish and record their handles
+                if run.launch is not None and run.handle is None:
+                    try:
+                        handle = await asyncio.wait_for(run.launch, 30)
+                        self.store.set_handle(run.task.id, handle)
+                    except Exception as e:  # recovery's claim settles it at the next start
+                        log.warning("task %s: launch cut short by the stop: %s", run.task.id, e)
             try:
                 self.store.note_detached(self.detached)
             except StoreError as e:
@@ -406,8 +415,10 @@ class Supervisor:
             max_output_bytes=profile.max_output_mb * 1024 * 1024, kill_grace_s=self.kill_grace_s,
             profile=task.agent, project=task.project, options=dict(profile.executor_options))
         self._prices(run, profile)
+        # Shielded: a graceful stop arriving mid-launch lets the launch finish (see :meth:`stop`).
+        run.launch = asyncio.ensure_future(run.executor.start(spec))
         try:
-            handle = await run.executor.start(spec)
+            handle = await asyncio.shield(run.launch)
         except LaunchError as e:
             self.store.mark_finished(task.id, TaskState.failed, error=str(e)[:500])
             return
