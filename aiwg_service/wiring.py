@@ -24,6 +24,8 @@ from .ports import ConfigsView, Placeholder, Subsystem
 from .rpc import RpcServer, RpcSubsystem
 from .rules.engine import AutomationEngine
 from .tasks import subsystems as tasks
+from .trace import api as trace_api
+from .trace.graph import TracePorts, Tracer
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
                                   doctor=lambda project: doctor.run(facts, project))
     automation.register_rpc(core.rpc)
+    trace_api.register(core.rpc, Tracer(_trace_ports(core, store, automation)))
     return [
         core.bus,
         store,
@@ -92,3 +95,40 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
         scheduler,
         Placeholder("messaging"),
     ]
+
+
+def _trace_ports(core: CorePorts, store: tasks.StoreSubsystem, automation: AutomationEngine) -> TracePorts:
+    """``trace.get`` reads the bus history, the rule traces and the task store, through these."""
+
+    def event_dict(ev: Any) -> dict[str, Any]:
+        return {"id": ev.id, "type": ev.type, "time": ev.time, "project": ev.project, "source": ev.source,
+                "data": ev.data}
+
+    def event(eid: str) -> dict[str, Any] | None:
+        for ev in reversed(core.bus.history):
+            if ev.id == eid:
+                return event_dict(ev)
+        runs = automation.store.by_event(eid)
+        return dict(runs[0]["event"]) if runs else None
+
+    def task(tid: str) -> dict[str, Any] | None:
+        t = store.store.get(tid) if store.store is not None else None
+        return t.to_dict() if t is not None else None
+
+    def by_origin(key: str, value: str) -> list[dict[str, Any]]:
+        if store.store is None:
+            return []
+        return [t.to_dict() for t in store.store.by_origin(key, value)]
+
+    def events_of_task(tid: str) -> list[dict[str, Any]]:
+        out = {ev.id: event_dict(ev) for ev in core.bus.history
+               if ev.type.startswith("task.") and isinstance(ev.data, dict) and ev.data.get("id") == tid}
+        for run in automation.store.by_event(task_id=tid):
+            e = run.get("event") or {}
+            if e.get("id"):
+                out.setdefault(e["id"], dict(e))
+        return sorted(out.values(), key=lambda e: e["id"])
+
+    return TracePorts(event=event, rule_run=automation.store.by_run_id,
+                      runs_for_event=lambda eid: automation.store.by_event(eid), task=task,
+                      tasks_by_origin=by_origin, events_of_task=events_of_task)

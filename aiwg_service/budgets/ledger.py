@@ -62,6 +62,12 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
+def _rule_of(task: Any) -> str | None:
+    o = task.origin or {}
+    r = o.get("rule") or o.get("rule_id")
+    return str(r) if r else None
+
+
 class Ledger:
     """``admit(task)``: None, or why it must wait.  ``on_cost(task, cost)``: live and final costs."""
 
@@ -151,7 +157,7 @@ class Ledger:
     def admit(self, task: Any, _profile: Any = None) -> str | None:
         """None if ``task`` may start; else the reason it waits (``held``)."""
         self._roll()
-        rule = task.origin.get("rule") if task.origin else None
+        rule = _rule_of(task)
         for b in self.budgets_for(task.project, rule):
             s = self.spent(b)
             if s >= b.limit:
@@ -162,7 +168,7 @@ class Ledger:
         return None
 
     def blocking(self, task: Any) -> Budget | None:
-        rule = task.origin.get("rule") if task.origin else None
+        rule = _rule_of(task)
         for b in self.budgets_for(task.project, rule):
             if self.spent(b) >= b.limit:
                 return b
@@ -171,7 +177,7 @@ class Ledger:
     def on_cost(self, task: Any, cost: float | None) -> None:
         """A running task's cost so far (None: it ended); a finished task's final cost is charged."""
         rolled = self._roll()
-        rule = task.origin.get("rule") if task.origin else None
+        rule = _rule_of(task)
         state = getattr(task.state, "value", task.state)
         if state != "running":
             self.live.pop(task.id, None)
