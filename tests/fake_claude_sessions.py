@@ -138,9 +138,9 @@ def interactive(argv: list[str]) -> int:
     print(f"cwd: {os.getcwd()}", flush=True)
     takes_value = {"--session-id", "--resume", "-r", "--agent", "--model", "--permission-mode",
                    "--allowedTools", "--max-turns"}
-    first = None
+    first = argv[argv.index("--") + 1] if "--" in argv and argv.index("--") + 1 < len(argv) else None
     skip = False
-    for a in argv:
+    for a in ([] if first is not None else argv):
         if skip:
             skip = False
         elif a in takes_value:

@@ -117,7 +117,7 @@ class Sessions:
         if agent:
             argv += ["--agent", agent]
         if prompt:
-            argv.append(prompt)
+            argv += ["--", prompt]  # a prompt that starts with "-" stays a prompt
         log_dir = self.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         sid = self.recorder.begin(root, prompt or "(interactive session)", "claude", "")

@@ -14,6 +14,7 @@ import typer
 
 from .. import paths
 from . import approvals as approvals_cli
+from . import budget as budget_cmd
 from . import chat as chat_cmd
 from . import render, systemctl
 from . import sessions as sessions_cmd
@@ -38,6 +39,8 @@ app.add_typer(events_app, name="events")
 app.add_typer(cron_app, name="cron")
 app.add_typer(rules_app, name="rules")
 app.add_typer(task_app, name="task")
+app.command("budget")(budget_cmd.budget)
+app.command("trace")(budget_cmd.trace)
 app.add_typer(webhook_app, name="webhook")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from .. import paths
+from .. import paths, redact
 
 #: traces are encoded in the flush thread while it holds the GIL: msgspec is several times faster than json, so
 #: the event loop waits less for the GIL (that wait showed up in the webhook listener's p99)
@@ -94,8 +94,12 @@ class TraceStore:
         rows = []
         for q in pending.values():
             for t in q:
+                detail = _encode(t).decode()
+                if redact.find(detail):  # rare: a command printed a token, an event carried a URL with a password
+                    t = redact.redact_obj(json.loads(detail))
+                    detail = _encode(t).decode()
                 rows.append((t["run_id"], t["project"], t["rule_id"], t["started"], t["outcome"],
-                             _encode(summary_of(t)).decode(), _encode(t).decode()))
+                             _encode(summary_of(t)).decode(), detail))
         with self.lock:
             db = self.db
             db.execute("BEGIN")
@@ -132,6 +136,24 @@ class TraceStore:
             row = self.db.execute("SELECT detail FROM runs WHERE project = ? AND rule_id = ? AND run_id = ?",
                                   (project, rule_id, run_id)).fetchone()
         return json.loads(row[0]) if row else None
+
+    def by_run_id(self, run_id: str) -> dict[str, Any] | None:
+        """One run in full by its id alone (``trace.get``)."""
+        self.flush()
+        assert self.db is not None
+        with self.lock:
+            row = self.db.execute("SELECT detail FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def by_event(self, event_id: str = "", *, task_id: str = "") -> list[dict[str, Any]]:
+        """Runs a given event triggered, or runs triggered by events about a task (``trace.get``)."""
+        self.flush()
+        assert self.db is not None
+        path, value = ("$.event.id", event_id) if event_id else ("$.event.data.id", task_id)
+        with self.lock:
+            rows = self.db.execute("SELECT detail FROM runs WHERE json_extract(detail, ?) = ? ORDER BY seq",
+                                   (path, value)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def count(self, project: str, rule_id: str) -> int:
         self.flush()
