@@ -408,12 +408,18 @@ def test_batch_for_burst(tmp_path: Path) -> None:
         w.set_root(str(tmp_path), [WatchSpec("src")])
         for i in range(200):
             (tmp_path / "src" / f"f{i}.txt").write_text("x")
-        await until(lambda: rec.of("file.batch"), what="batch")
+        await until(lambda: len(rec.of("file.batch")) == 2, what="batch parts")
         await settle(0.3)
-        assert [t for t, _, _ in rec.events] == ["file.batch"]
-        b = rec.of("file.batch")[0]
-        assert b["count"] == 200 and b["kinds"] == {"create": 200}
-        assert b["truncated"] is True and len(b["paths"]) == 120
+        # one flush of 200 paths, cap 120: two parts naming every path once, same flush id
+        assert [t for t, _, _ in rec.events] == ["file.batch", "file.batch"]
+        b1, b2 = rec.of("file.batch")
+        assert [len(b1["paths"]), len(b2["paths"])] == [120, 80]
+        assert (b1["part"], b2["part"], b1["parts"], b2["parts"]) == (1, 2, 2, 2)
+        assert b1["flush"] == b2["flush"]
+        for b in (b1, b2):
+            assert b["count"] == 200 and b["kinds"] == {"create": 200} and b["truncated"] is False
+            assert b["path_kinds"] == ["create"] * len(b["paths"])
+        assert set(b1["paths"]) | set(b2["paths"]) == {f"src/f{i}.txt" for i in range(200)}
         # below the threshold: individual events again
         rec.clear()
         for i in range(5):

@@ -24,6 +24,13 @@ from .table import isdir as is_dir
 
 log = logging.getLogger("aiwg.watcher")
 
+#: While the watch limit leaves directories unwatched, their subtrees are re-checked this often.
+RECHECK_S = 2.0
+#: After watches were freed (directories deleted), the unwatched ones are retried this soon.
+FREED_RECHECK_S = 0.05
+#: Clock slack for the ctime watermark of a re-check (coarse kernel timestamps).
+RECHECK_CTIME_SLACK_NS = 20_000_000
+
 #: Unpaired IN_MOVED_FROM waits this long for its IN_MOVED_TO (the pair can straddle two reads).
 MOVE_PAIR_GRACE_S = 0.01
 
@@ -49,9 +56,11 @@ class FileWatcher:
                               batch_threshold=max(0, int(batch_threshold)))
         self.scan = Scanner(self.table, self._file_change)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._moves: dict[int, tuple[Dir, str, bool, float]] = {}
+        self._moves: dict[int, tuple[Dir, str, bool, float]] = {}  # cookie -> IN_MOVED_FROM awaiting its pair
         self._move_timer: asyncio.TimerHandle | None = None
         self._last_read_ns = time.time_ns()
+        self._recheck_timer: asyncio.TimerHandle | None = None
+        self._recheck_ns = 0  # start of the previous re-check of unwatched directories (ctime watermark)
 
     # Tunables live in the settle step; these keep them where callers have always set them.
     @property
@@ -124,6 +133,9 @@ class FileWatcher:
         if self._move_timer is not None:
             self._move_timer.cancel()
             self._move_timer = None
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
+            self._recheck_timer = None
         self._moves.clear()
         self.table.close()
 
@@ -160,8 +172,7 @@ class FileWatcher:
                 self._deactivate(s)
             elif not s.active and s.wait_dir is None:
                 self._activate(s, "baseline")
-            elif s.unwatched:
-                self.scan.walk([s], s.abs, "sync")  # retry directories refused earlier (watch limit)
+        self._recheck()  # retry directories the watch limit refused (it may have been raised)
         self._log_limit()
 
     def remove_root(self, root: str) -> None:
@@ -178,11 +189,17 @@ class FileWatcher:
         return list(self._roots)
 
     def health(self) -> dict:
-        """Snapshot for ``aiwgctl status``: global fd state plus per-root counters."""
+        """Snapshot for ``aiwgctl status``: global fd state plus per-root counters.
+
+        While the watch limit leaves directories unwatched, nothing tells us about directories made or
+        removed inside them, so the snapshot re-checks those subtrees first: the count is true when read.
+        """
+        if self._any_unwatched():
+            self._recheck()
         roots: dict[str, dict] = {}
         for path, r in self._roots.items():
             dirs: set[Dir] = set()
-            unwatched: set[str] = set()
+            unwatched: set[Dir] = set()
             specs = []
             for s in r.specs.values():
                 dirs |= s.dirs
@@ -267,15 +284,17 @@ class FileWatcher:
                 self._moves[cookie] = (d, name, isdir, time.monotonic())
             elif mask & _F_TO:
                 src = self._moves.pop(cookie, None)
-                if src is not None and by_wd.get(src[0].wd) is src[0]:
+                if src is not None and self._known(src[0], src[1], src[2]):
                     self._moved(src[0], src[1], d, name, isdir)
-                else:
-                    self._appeared(d, name, isdir)
+                else:  # from outside, or a source the view no longer has (a scan got there first)
+                    self._appeared(d, name, isdir, moved_in=True)
             elif mask & _F_CREATE:
                 self._appeared(d, name, isdir)
             elif mask & _F_DELETE:
                 self._vanished(d, name, isdir)
-            elif mask & _F_CHANGE and not isdir and d.owners:
+            elif mask & _F_CHANGE and not isdir and d.owners and name in d.files:
+                # a name the view does not have was created before its directory's watch and gone before the
+                # scan: its changes are not news (it neither existed before nor exists now)
                 self._file_change(d.owners, d.path, name, "modify")
         if self._moves and self._move_timer is None and self._loop is not None:
             self._move_timer = self._loop.call_later(MOVE_PAIR_GRACE_S, self._expire_moves)
@@ -288,14 +307,20 @@ class FileWatcher:
         for cookie, (d, name, isdir, t) in list(self._moves.items()):
             if t <= limit:
                 del self._moves[cookie]
-                if self.table.by_wd.get(d.wd) is d:
+                if self._known(d, name, isdir):
                     self._vanished(d, name, isdir)
         if self._moves and self._loop is not None:
             self._move_timer = self._loop.call_later(MOVE_PAIR_GRACE_S, self._expire_moves)
 
     # ---------------------------------------------------------------- event handlers
 
-    def _appeared(self, d: Dir, name: str, isdir: bool) -> None:
+    def _known(self, d: Dir, name: str, isdir: bool) -> bool:
+        """Is ``name`` in the view of the live directory ``d``? Events that contradict the view are stale."""
+        if self.table.by_wd.get(d.wd) is not d:
+            return False
+        return name in d.children if isdir else name in d.files
+
+    def _appeared(self, d: Dir, name: str, isdir: bool, moved_in: bool = False) -> None:
         if isdir and d.waiters:
             for s in [w for w in d.waiters if w.wait_name == name]:
                 if s.wait_dir is d:
@@ -308,70 +333,85 @@ class FileWatcher:
             if specs:
                 self.scan.walk(specs, path, "sync")
                 self._log_limit()
+        elif name in d.files:
+            # renamed onto an existing file: its content is replaced; a plain create the view already has
+            # comes from a scan that saw the file before this queued event was read
+            self._file_change(d.owners, d.path, name, "create" if moved_in else "modify", replaced=True)
         else:
-            kind = "modify" if name in d.files else "create"
             d.files.add(name)
-            self._file_change(d.owners, d.path, name, kind)
+            self._file_change(d.owners, d.path, name, "create")
 
     def _vanished(self, d: Dir, name: str, isdir: bool) -> None:
         if isdir:
             child = d.children.get(name)
             if child is not None:
                 self._drop_tree(child, emit_deletes=True, rm=True)
-        else:
+        elif name in d.files:  # not in the view: a scan already saw it gone
             d.files.discard(name)
             if d.owners:
                 self._file_change(d.owners, d.path, name, "delete")
 
+    def _move_file(self, src_owners: Iterable[Spec], src_path: str, dst_owners: Iterable[Spec], dst_path: str,
+                   replaced: bool) -> None:
+        """Report one file's rename per root: a move where both names are accepted, else a create/delete."""
+        src = self._accepting(src_owners, *src_path.rsplit("/", 1))
+        dst = self._accepting(dst_owners, *dst_path.rsplit("/", 1))
+        for r, (rel, specs) in dst.items():
+            if r in src:
+                self.settle.enqueue(r, rel, "move", specs, src[r][0], replaced=replaced)
+            else:
+                self.settle.enqueue(r, rel, "create", specs, replaced=replaced)
+        for r, (rel, specs) in src.items():
+            if r not in dst:
+                self.settle.enqueue(r, rel, "delete", specs)
+
     def _moved(self, d1: Dir, name1: str, d2: Dir, name2: str, isdir: bool) -> None:
-        """A rename with both ends in watched directories."""
+        """A rename with both ends in watched directories (and the source in the view)."""
+        old_path, new_path = f"{d1.path}/{name1}", f"{d2.path}/{name2}"
         if not isdir:
             d1.files.discard(name1)
-            src = self._accepting(d1.owners, d1.path, name1)
-            existed = name2 in d2.files
+            replaced = name2 in d2.files
             if d2.owners:
                 d2.files.add(name2)
-            dst = self._accepting(d2.owners, d2.path, name2)
-            for r, (rel, specs) in dst.items():
-                if r in src:
-                    self.settle.enqueue(r, rel, "move", specs, src[r][0], replaced=existed)
-                else:
-                    self.settle.enqueue(r, rel, "modify" if existed else "create", specs)
-            for r, (rel, specs) in src.items():
-                if r not in dst:
-                    self.settle.enqueue(r, rel, "delete", specs)
+            self._move_file(d1.owners, old_path, d2.owners, new_path, replaced)
             return
-        old_path, new_path = f"{d1.path}/{name1}", f"{d2.path}/{name2}"
-        old_rels: dict[Root, list[tuple[str, tuple[Spec, ...]]]] = {}
+        # The subtree's files as the view knew them (suffix below the moved directory -> owners).
+        old_files: dict[str, tuple[Spec, ...]] = {}
         old_wds: list[int] = []
         child = d1.children.get(name1)
+        cut = len(old_path)
         if child is not None:
             stack = [child]
             while stack:
                 x = stack.pop()
                 stack.extend(x.children.values())
                 old_wds.append(x.wd)
-                for fname in x.files:
-                    for r, entry in self._accepting(x.owners, x.path, fname).items():
-                        old_rels.setdefault(r, []).append(entry)
+                if x.owners:
+                    owners = tuple(x.owners)
+                    prefix = x.path[cut:]
+                    for fname in x.files:
+                        old_files[f"{prefix}/{fname}"] = owners
             self._drop_tree(child, emit_deletes=False, rm=False)
         for s in [w for w in d2.waiters if w.wait_name == name2]:
             if s.wait_dir is d2:
                 self._activate(s, "sync")
+        found: list[tuple[tuple[Spec, ...], str, str, str]] = []
         specs = [s for s in d2.owners if not s.prunes(new_path, name2)]
         if specs:
-            self.scan.walk(specs, new_path, "sync")  # enqueues creates at the new location
-        cut = len(old_path)
-        for r, entries in old_rels.items():
-            for rel, fspecs in entries:
-                new_rel = (new_path + (r.path + "/" + rel)[cut:])[r.plen :]
-                p = r.pending.get(new_rel)
-                if p is not None and p.kind == "create" and new_path.startswith(r.path + "/"):
-                    self.settle.enqueue(r, new_rel, "move", p.specs, rel)
-                else:
-                    self.settle.enqueue(r, rel, "delete", fspecs)
+            self.scan.walk(specs, new_path, "sync",
+                           report=lambda o, dp, n, k: found.append((tuple(o), dp, n, k)))
+        ncut = len(new_path)
+        for owners, dpath, fname, kind in found:
+            suffix = f"{dpath[ncut:]}/{fname}"
+            src_owners = old_files.pop(suffix, None) if kind == "create" else None
+            if src_owners is not None:
+                self._move_file(src_owners, old_path + suffix, owners, f"{dpath}/{fname}", False)
+            else:
+                self._file_change(owners, dpath, fname, kind)
+        for suffix, owners in old_files.items():  # gone before the scan (its events are now stale)
+            self._file_change(owners, *(old_path + suffix).rsplit("/", 1), "delete")
         for wd in old_wds:
-            if wd not in self.table.by_wd:
+            if wd >= 0 and wd not in self.table.by_wd:
                 self.table.rm_watch(wd)
         self._log_limit()
 
@@ -407,9 +447,10 @@ class FileWatcher:
                 out[r] = (path[r.plen :], (*prev[1], s) if prev else (s,))
         return out
 
-    def _file_change(self, owners: Iterable[Spec], dpath: str, name: str, kind: str) -> None:
+    def _file_change(self, owners: Iterable[Spec], dpath: str, name: str, kind: str,
+                     replaced: bool = False) -> None:
         for r, (rel, specs) in self._accepting(owners, dpath, name).items():
-            self.settle.enqueue(r, rel, kind, specs)
+            self.settle.enqueue(r, rel, kind, specs, replaced=replaced)
 
     def _report_gone(self, d: Dir) -> None:
         """Every file the view knows in ``d`` is gone from its old path."""
@@ -460,8 +501,6 @@ class FileWatcher:
                 if top is not None and s in top.owners:
                     s.active = True
                     return
-                if s.abs in s.unwatched:
-                    return  # refused by the watch limit; retried on rescan / set_root
             s.active = False
             parent, child = os.path.split(s.abs)
             while parent != "/" and not is_dir(parent):
@@ -501,6 +540,7 @@ class FileWatcher:
         if the path exists (e.g. re-created), otherwise they wait on the nearest parent.
         """
         orphans: list[Spec] = []
+        freed = False
         stack = [d]
         while stack:
             x = stack.pop()
@@ -510,6 +550,7 @@ class FileWatcher:
                     self._file_change(x.owners, x.path, name, "delete")
             for s in x.owners:
                 s.dirs.discard(x)
+                s.unwatched.discard(x)
                 if s.abs == x.path:
                     s.active = False
                     orphans.append(s)
@@ -519,15 +560,20 @@ class FileWatcher:
             x.owners = set()
             x.waiters = set()
             x.files = set()
+            if x.wd >= 0 and rm:
+                freed = True
             self.table.unregister(x, rm)
             x.children = {}
+        if freed:
+            self._watches_freed()
         if reactivate:
             for s in dict.fromkeys(orphans):
                 if self._roots.get(s.root.path) is s.root and s.root.specs.get(s.spec) is s:
                     self._activate(s, "sync")
 
     def _log_limit(self) -> None:
-        """Log the watch-limit problem once per root (health() keeps the live count)."""
+        """Log the watch-limit problem once per root (health() keeps the live count); keep re-checking."""
+        self._schedule_recheck(RECHECK_S)
         if not self.table.enospc_roots:
             return
         for r in self.table.enospc_roots:
@@ -535,6 +581,7 @@ class FileWatcher:
                 continue
             n = len(set().union(*(s.unwatched for s in r.specs.values())))
             if not n:
+                r.limit_logged = False
                 continue
             r.limit_logged = True
             log.warning(
@@ -545,3 +592,62 @@ class FileWatcher:
                 r.path,
             )
         self.table.enospc_roots.clear()
+
+    # ---------------------------------------------------------------- the watch limit
+
+    def _any_unwatched(self) -> bool:
+        return any(s.unwatched for r in self._roots.values() for s in r.specs.values())
+
+    def _schedule_recheck(self, delay: float) -> None:
+        """Re-check unwatched subtrees after ``delay``: a timer that exists only while something is unwatched."""
+        if self._loop is None or self.table.inotify is None or not self._any_unwatched():
+            return
+        if self._recheck_timer is not None:
+            if self._recheck_timer.when() <= self._loop.time() + delay:
+                return
+            self._recheck_timer.cancel()
+        if not self._recheck_ns:
+            self._recheck_ns = time.time_ns() - RESCAN_CTIME_SLACK_NS
+        self._recheck_timer = self._loop.call_later(delay, self._recheck)
+
+    def _watches_freed(self) -> None:
+        """Watches went away (directories deleted): the unwatched ones may fit now."""
+        self._schedule_recheck(FREED_RECHECK_S)
+
+    def _recheck(self) -> None:
+        """Walk every unwatched subtree: watch what now fits, and report what changed in it meanwhile.
+
+        Creates and deletes come from the view; modifications from ctimes newer than the previous re-check.
+        """
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
+            self._recheck_timer = None
+        if self.table.inotify is None:
+            return
+        tops: dict[Dir, None] = {}
+        for r in self._roots.values():
+            for s in r.specs.values():
+                for d in s.unwatched:
+                    parent = self.table.by_path.get(d.path.rsplit("/", 1)[0] or "/")
+                    if parent is None or parent.wd >= 0 or s not in parent.owners:
+                        tops[d] = None
+        if not tops:
+            self._recheck_ns = 0
+            return
+        started = time.time_ns()
+        since = (self._recheck_ns or started) - RECHECK_CTIME_SLACK_NS
+        self._recheck_ns = started
+        for d in tops:
+            if self.table.by_path.get(d.path) is not d or not d.owners:
+                continue  # dropped by an earlier walk of this round
+            before: list[Dir] = []
+            stack = [d]
+            while stack:
+                x = stack.pop()
+                before.append(x)
+                stack.extend(x.children.values())
+            visited = self.scan.walk(list(d.owners), d.path, "rescan", since)
+            for x in before:
+                if x not in visited and self.table.by_path.get(x.path) is x:
+                    self._drop_tree(x, emit_deletes=True, rm=True)
+        self._log_limit()

@@ -26,13 +26,17 @@ class Scanner:
         self.table = table
         self.report = report
 
-    def walk(self, specs: list[Spec], top: str, mode: str, since_ns: int | None = None) -> set[Dir]:
+    def walk(self, specs: list[Spec], top: str, mode: str, since_ns: int | None = None,
+             report: Report | None = None) -> set[Dir]:
         """Watch ``top`` and every non-pruned directory below it, refreshing the view.
 
         mode ``baseline``: record only. ``sync``: report files that are new to the view (a new
-        directory -> all of its files). ``rescan``: also report vanished files, and files whose
-        ctime is at or after ``since_ns`` as modified.
+        directory -> all of its files) and files the view had that are gone: the scan supersedes
+        queued events, which the engine then ignores where they contradict the view. ``rescan``: also
+        report files whose ctime is at or after ``since_ns`` as modified. Directories the watch limit
+        refuses are walked all the same (their ``Dir`` has no watch), so they are counted and seen.
         """
+        report = report or self.report
         visited: set[Dir] = set()
         stack: list[tuple[str, list[Spec], int]] = [(top, specs, 0)]
         while stack:
@@ -61,9 +65,9 @@ class Scanner:
             except OSError:
                 continue
             if d is None:
-                if mode != "baseline":  # unwatched (limit) but its files still exist: report them
+                if mode != "baseline":  # cannot be watched (permissions...) but its files exist: report them
                     for name in names:
-                        self.report(sp, path, name, "create")
+                        report(sp, path, name, "create")
                 continue
             old = d.files
             d.files = names
@@ -71,15 +75,15 @@ class Scanner:
                 continue
             owners = d.owners
             for name in names - old:
-                self.report(owners, path, name, "create")
+                report(owners, path, name, "create")
+            for name in old - names:
+                report(owners, path, name, "delete")
             if since_ns is not None:
-                for name in old - names:
-                    self.report(owners, path, name, "delete")
                 for name in names & old:
                     try:
                         changed = entries[name].stat(follow_symlinks=False).st_ctime_ns >= since_ns
                     except OSError:
                         continue
                     if changed:
-                        self.report(owners, path, name, "modify")
+                        report(owners, path, name, "modify")
         return visited

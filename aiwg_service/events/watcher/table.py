@@ -50,6 +50,7 @@ class Root:
         "last_error",
         "last_flush",
         "limit_logged",
+        "moved_to",
         "overflows",
         "path",
         "pending",
@@ -66,6 +67,7 @@ class Root:
         self.debounce_ms: int | None = None
         self.enabled = True
         self.pending: dict[str, Pending] = {}  # rel path -> change; ordered by last touch
+        self.moved_to: dict[str, str] = {}  # pre-window path -> the pending path its content now sits at
         self.timer: asyncio.Handle | None = None
         self.last_flush = float("-inf")  # loop time of the last flush that delivered something
         self.counts: dict[str, int] = {}
@@ -83,14 +85,16 @@ class Spec(Filter):
     def __init__(self, root: Root, spec: WatchSpec) -> None:
         super().__init__(root.path, spec)
         self.root = root
-        self.dirs: set[Dir] = set()
-        self.unwatched: set[str] = set()
+        self.dirs: set[Dir] = set()  # watched directories
+        self.unwatched: set[Dir] = set()  # directories of the tree the watch limit refused (wd -1)
         self.active = False
         self.wait_dir: Dir | None = None
         self.wait_name = ""
 
 
 class Dir:
+    """A directory of some spec's tree: its watch (``wd`` -1 when the limit refused one) and its view."""
+
     __slots__ = ("children", "files", "ino", "owners", "path", "waiters", "wd")
 
     def __init__(self, wd: int, path: str) -> None:
@@ -152,10 +156,8 @@ class WatchTable:
             wd = self.inotify.add_watch(path, MASK)
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                for s in specs:
-                    s.unwatched.add(path)
-                    self.enospc_roots.add(s.root)
-            elif e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                return self._unwatched(path, specs, ino)
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
                 for s in specs:
                     s.root.last_error = f"cannot watch {path}: {e.strerror}"
                 log.warning("cannot watch %s: %s", path, e)
@@ -163,9 +165,17 @@ class WatchTable:
         d = self.by_wd.get(wd)
         if d is None:
             stale = self.by_path.get(path)
-            if stale is not None:  # a different directory used to live here; its watch is gone
-                self.unregister(stale, rm=True)
-            d = self.by_wd[wd] = self.by_path[path] = Dir(wd, path)
+            if stale is not None and stale.wd < 0:  # unwatched until now: it keeps its view
+                d = stale
+                d.wd = wd
+                self.by_wd[wd] = d
+                for s in d.owners:
+                    s.unwatched.discard(d)
+                    s.dirs.add(d)
+            else:
+                if stale is not None:  # a different directory used to live here; its watch is gone
+                    self.unregister(stale, rm=True)
+                d = self.by_wd[wd] = self.by_path[path] = Dir(wd, path)
         elif d.path != path:
             # Same inode under a new name: the old names are gone; the caller's scan reports the new ones.
             if d.owners and d.files:
@@ -177,6 +187,7 @@ class WatchTable:
             d.path = path
             stale = self.by_path.get(path)
             if stale is not None and stale is not d:
+                self.forget(stale)
                 self.unregister(stale, rm=True)
             self.by_path[path] = d
         if ino:
@@ -191,9 +202,33 @@ class WatchTable:
         for s in specs:
             d.owners.add(s)
             s.dirs.add(d)
-            if s.unwatched:
-                s.unwatched.discard(path)
         return d
+
+    def _unwatched(self, path: str, specs: Iterable[Spec], ino: int) -> Dir:
+        """The watch limit refused ``path``: track it without a watch, so it is counted and rescanned."""
+        d = self.by_path.get(path)
+        if d is None:
+            d = self.by_path[path] = Dir(-1, path)
+            d.ino = ino
+            parent, name = path.rsplit("/", 1)
+            pd = self.by_path.get(parent or "/")
+            if pd is not None:
+                pd.children[name] = d
+        for s in specs:
+            d.owners.add(s)
+            if d.wd < 0:
+                s.unwatched.add(d)
+            else:
+                s.dirs.add(d)
+            self.enospc_roots.add(s.root)
+        return d
+
+    @staticmethod
+    def forget(d: Dir) -> None:
+        """Take ``d`` out of every spec that counts it."""
+        for s in d.owners:
+            s.dirs.discard(d)
+            s.unwatched.discard(d)
 
     def unlink_parent(self, d: Dir) -> None:
         parent, name = d.path.rsplit("/", 1)
@@ -202,7 +237,7 @@ class WatchTable:
             del pd.children[name]
 
     def unregister(self, d: Dir, rm: bool) -> None:
-        if self.by_wd.get(d.wd) is d:
+        if d.wd >= 0 and self.by_wd.get(d.wd) is d:
             del self.by_wd[d.wd]
             if rm:
                 self.rm_watch(d.wd)
@@ -218,5 +253,5 @@ class WatchTable:
 
     def release(self, d: Dir) -> None:
         """Drop ``d``'s watch once no spec owns it or waits on it."""
-        if not d.owners and not d.waiters and self.by_wd.get(d.wd) is d:
+        if not d.owners and not d.waiters and (self.by_wd.get(d.wd) is d or self.by_path.get(d.path) is d):
             self.unregister(d, rm=True)
