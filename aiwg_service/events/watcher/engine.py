@@ -358,7 +358,7 @@ class FileWatcher:
         dst = self._accepting(dst_owners, *dst_path.rsplit("/", 1))
         for r, (rel, specs) in dst.items():
             if r in src:
-                self.settle.enqueue(r, rel, "move", specs, src[r][0], replaced=replaced)
+                self.settle.enqueue(r, rel, "move", specs, src[r][0], replaced=replaced, from_specs=src[r][1])
             else:
                 self.settle.enqueue(r, rel, "create", specs, replaced=replaced)
         for r, (rel, specs) in src.items():

@@ -85,6 +85,7 @@ class Settler:
         specs: tuple[Spec, ...],
         from_rel: str | None = None,
         replaced: bool = False,
+        from_specs: tuple[Spec, ...] | None = None,
     ) -> None:
         """Fold one change into the root's window.
 
@@ -97,7 +98,7 @@ class Settler:
         now = self.now if self.now is not None else loop.time() if loop is not None else 0.0
         deadline = now + deb / 1000.0
         if kind == "move" and from_rel is not None and from_rel != rel:
-            src = self._entry(r, from_rel, True, None, deadline)
+            src = self._entry(r, from_rel, True, from_specs or specs, deadline)
             content = src.origin
             src.exists, src.origin = False, None
             dst = self._entry(r, rel, replaced, specs, deadline)
