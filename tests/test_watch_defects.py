@@ -261,3 +261,21 @@ def test_non_utf8_name_is_carried_losslessly(tmp_path: Path) -> None:
         await w.stop()
 
     run(main)
+
+
+# ---------------------------------------------------------------------------- 7: the watch limit
+
+
+def test_unwatched_dirs_exact_at_a_real_watch_limit(tmp_path: Path) -> None:
+    """Defect 7 against a real ENOSPC: the limit is lowered in a user namespace of our own
+    (``/proc/sys/user/max_inotify_watches`` is per namespace), then raised again."""
+    import subprocess
+    import sys
+
+    unshare = shutil.which("unshare")
+    assert unshare, "util-linux unshare is needed"
+    child = Path(__file__).with_name("watch_limit_child.py")
+    res = subprocess.run([unshare, "-U", "-r", sys.executable, str(child), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.startswith("ok")
