@@ -16,9 +16,9 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from watch_truth import dir_count, reports  # noqa: E402
+from watch_truth import dir_count, reports
 
-from aiwg_service.events.watcher import FileWatcher, WatchSpec  # noqa: E402
+from aiwg_service.events.watcher import FileWatcher, WatchSpec
 
 LIMIT = Path("/proc/sys/user/max_inotify_watches")
 

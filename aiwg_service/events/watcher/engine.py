@@ -46,6 +46,22 @@ _F_IGNORED = int(flags.IGNORED)
 _F_ISDIR = int(flags.ISDIR)
 
 
+class Away:
+    """What an IN_MOVED_FROM took out of the view: a file, or a directory's files by suffix, and its watches."""
+
+    __slots__ = ("files", "isdir", "known", "owners", "path", "t", "wds")
+
+    def __init__(self, path: str, isdir: bool, known: bool, owners: tuple[Spec, ...],
+                 files: dict[str, tuple[Spec, ...]], wds: list[int]) -> None:
+        self.path = path
+        self.isdir = isdir
+        self.known = known  # False: the view did not have it (stale event); nothing to report for it
+        self.owners = owners
+        self.files = files
+        self.wds = wds
+        self.t = time.monotonic()
+
+
 class FileWatcher:
     """Watches the ``watch.paths`` of many project roots and emits ``file.*`` events."""
 
@@ -54,9 +70,10 @@ class FileWatcher:
         self.table = WatchTable(on_renamed=self._report_gone)
         self.settle = Settler(emit, self._roots, debounce_ms=max(0, int(debounce_ms)),
                               batch_threshold=max(0, int(batch_threshold)))
-        self.scan = Scanner(self.table, self._file_change)
+        self.scan = Scanner(self.table, self._file_change,
+                            lambda d: self._drop_tree(d, emit_deletes=True, rm=True))
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._moves: dict[int, tuple[Dir, str, bool, float]] = {}  # cookie -> IN_MOVED_FROM awaiting its pair
+        self._moves: dict[int, Away] = {}  # cookie -> what an IN_MOVED_FROM took out of the view, awaiting its pair
         self._move_timer: asyncio.TimerHandle | None = None
         self._last_read_ns = time.time_ns()
         self._recheck_timer: asyncio.TimerHandle | None = None
@@ -281,12 +298,12 @@ class FileWatcher:
                 continue
             isdir = bool(mask & _F_ISDIR)
             if mask & _F_FROM:
-                self._moves[cookie] = (d, name, isdir, time.monotonic())
+                self._moves[cookie] = self._take_away(d, name, isdir)
             elif mask & _F_TO:
-                src = self._moves.pop(cookie, None)
-                if src is not None and self._known(src[0], src[1], src[2]):
-                    self._moved(src[0], src[1], d, name, isdir)
-                else:  # from outside, or a source the view no longer has (a scan got there first)
+                away = self._moves.pop(cookie, None)
+                if away is not None and away.known:
+                    self._arrived(away, d, name)
+                else:  # from outside, or a source the view did not have (a scan got there first)
                     self._appeared(d, name, isdir, moved_in=True)
             elif mask & _F_CREATE:
                 self._appeared(d, name, isdir)
@@ -304,13 +321,57 @@ class FileWatcher:
         """An IN_MOVED_FROM without partner: the entry left the watched trees (= delete)."""
         self._move_timer = None
         limit = time.monotonic() - MOVE_PAIR_GRACE_S * 0.9
-        for cookie, (d, name, isdir, t) in list(self._moves.items()):
-            if t <= limit:
+        for cookie, away in list(self._moves.items()):
+            if away.t <= limit:
                 del self._moves[cookie]
-                if self._known(d, name, isdir):
-                    self._vanished(d, name, isdir)
+                self._gone_away(away)
         if self._moves and self._loop is not None:
             self._move_timer = self._loop.call_later(MOVE_PAIR_GRACE_S, self._expire_moves)
+
+    def _take_away(self, d: Dir, name: str, isdir: bool) -> Away:
+        """IN_MOVED_FROM: the name leaves the view now; where it went is known at IN_MOVED_TO (or never)."""
+        path = f"{d.path}/{name}"
+        if not isdir:
+            if name not in d.files or self.table.by_wd.get(d.wd) is not d:
+                return Away(path, False, False, (), {}, [])
+            d.files.discard(name)
+            return Away(path, False, True, tuple(d.owners), {}, [])
+        child = d.children.get(name)
+        if child is None:
+            return Away(path, True, False, (), {}, [])
+        files: dict[str, tuple[Spec, ...]] = {}
+        wds: list[int] = []
+        cut = len(path)
+        stack = [child]
+        while stack:
+            x = stack.pop()
+            stack.extend(x.children.values())
+            wds.append(x.wd)
+            if x.owners:
+                owners = tuple(x.owners)
+                prefix = x.path[cut:]
+                for fname in x.files:
+                    files[f"{prefix}/{fname}"] = owners
+        # Out of the table (the kernel keeps the watches): until it lands, events on it have no path.
+        self._drop_tree(child, emit_deletes=False, rm=False)
+        return Away(path, True, True, (), files, wds)
+
+    def _gone_away(self, away: Away) -> None:
+        """What a rename took out of the view did not land in a watched tree: it is deleted."""
+        if not away.known:
+            return
+        if not away.isdir:
+            self._file_change(away.owners, *away.path.rsplit("/", 1), "delete")
+            return
+        for suffix, owners in away.files.items():
+            self._file_change(owners, *(away.path + suffix).rsplit("/", 1), "delete")
+        freed = False
+        for wd in away.wds:
+            if wd >= 0 and wd not in self.table.by_wd:
+                self.table.rm_watch(wd)
+                freed = True
+        if freed:
+            self._watches_freed()
 
     # ---------------------------------------------------------------- event handlers
 
@@ -365,39 +426,22 @@ class FileWatcher:
             if r not in dst:
                 self.settle.enqueue(r, rel, "delete", specs)
 
-    def _moved(self, d1: Dir, name1: str, d2: Dir, name2: str, isdir: bool) -> None:
-        """A rename with both ends in watched directories (and the source in the view)."""
-        old_path, new_path = f"{d1.path}/{name1}", f"{d2.path}/{name2}"
-        if not isdir:
-            d1.files.discard(name1)
+    def _arrived(self, away: Away, d2: Dir, name2: str) -> None:
+        """IN_MOVED_TO paired with a known source: report moves (per file, for a directory's whole tree)."""
+        new_path = f"{d2.path}/{name2}"
+        if not away.isdir:
             replaced = name2 in d2.files
             if d2.owners:
                 d2.files.add(name2)
-            self._move_file(d1.owners, old_path, d2.owners, new_path, replaced)
+            self._move_file(away.owners, away.path, d2.owners, new_path, replaced)
             return
-        # The subtree's files as the view knew them (suffix below the moved directory -> owners).
-        old_files: dict[str, tuple[Spec, ...]] = {}
-        old_wds: list[int] = []
-        child = d1.children.get(name1)
-        cut = len(old_path)
-        if child is not None:
-            stack = [child]
-            while stack:
-                x = stack.pop()
-                stack.extend(x.children.values())
-                old_wds.append(x.wd)
-                if x.owners:
-                    owners = tuple(x.owners)
-                    prefix = x.path[cut:]
-                    for fname in x.files:
-                        old_files[f"{prefix}/{fname}"] = owners
-            self._drop_tree(child, emit_deletes=False, rm=False)
         for s in [w for w in d2.waiters if w.wait_name == name2]:
             if s.wait_dir is d2:
                 self._activate(s, "sync")
+        old_files = dict(away.files)
         found: list[tuple[tuple[Spec, ...], str, str, str]] = []
         specs = [s for s in d2.owners if not s.prunes(new_path, name2)]
-        if specs:
+        if specs:  # the scan re-adds the kernel's watches (same wds) under the new names
             self.scan.walk(specs, new_path, "sync",
                            report=lambda o, dp, n, k: found.append((tuple(o), dp, n, k)))
         ncut = len(new_path)
@@ -405,14 +449,10 @@ class FileWatcher:
             suffix = f"{dpath[ncut:]}/{fname}"
             src_owners = old_files.pop(suffix, None) if kind == "create" else None
             if src_owners is not None:
-                self._move_file(src_owners, old_path + suffix, owners, f"{dpath}/{fname}", False)
+                self._move_file(src_owners, away.path + suffix, owners, f"{dpath}/{fname}", False)
             else:
                 self._file_change(owners, dpath, fname, kind)
-        for suffix, owners in old_files.items():  # gone before the scan (its events are now stale)
-            self._file_change(owners, *(old_path + suffix).rsplit("/", 1), "delete")
-        for wd in old_wds:
-            if wd >= 0 and wd not in self.table.by_wd:
-                self.table.rm_watch(wd)
+        self._gone_away(Away(away.path, True, True, (), old_files, away.wds))  # gone before the scan saw them
         self._log_limit()
 
     def _moved_self(self, d: Dir) -> None:
@@ -461,6 +501,8 @@ class FileWatcher:
 
     def _overflow(self, since_ns: int) -> None:
         """The kernel queue overflowed and events were lost: rescan every root against the view."""
+        for away in self._moves.values():  # left their old names for sure; the rescan finds where they went
+            self._gone_away(away)
         self._moves.clear()
         watermark = since_ns - RESCAN_CTIME_SLACK_NS
         roots = [r for r in self._roots.values() if r.enabled and r.specs]

@@ -22,9 +22,11 @@ Report = Callable[[Iterable[Spec], str, str, str], None]
 class Scanner:
     """Walks directories into the table and reports what it finds through ``report(owners, dir, name, kind)``."""
 
-    def __init__(self, table: WatchTable, report: Report) -> None:
+    def __init__(self, table: WatchTable, report: Report, drop: Callable[[Dir], None]) -> None:
         self.table = table
         self.report = report
+        #: forget a directory the view has but the disk no longer does (reporting its files gone)
+        self.drop = drop
 
     def walk(self, specs: list[Spec], top: str, mode: str, since_ns: int | None = None,
              report: Report | None = None) -> set[Dir]:
@@ -45,6 +47,7 @@ class Scanner:
             if d is not None:
                 visited.add(d)
             names: set[str] = set()
+            subdirs: set[str] = set()
             entries: dict[str, os.DirEntry[str]] = {}
             try:
                 with os.scandir(path) as it:
@@ -57,6 +60,7 @@ class Scanner:
                             child = e.path
                             csp = [s for s in sp if not s.prunes(child, e.name)]
                             if csp:
+                                subdirs.add(e.name)
                                 stack.append((child, csp, e.inode()))
                         else:
                             names.add(e.name)
@@ -69,6 +73,9 @@ class Scanner:
                     for name in names:
                         report(sp, path, name, "create")
                 continue
+            for name, gone in [(n, c) for n, c in d.children.items() if n not in subdirs]:
+                if d.children.get(name) is gone:  # queued events about it are stale now; the scan wins
+                    self.drop(gone)
             old = d.files
             d.files = names
             if mode == "baseline":
