@@ -19,7 +19,7 @@ from inotify_simple import INotify, flags
 from .filters import WatchSpec
 from .rescan import RESCAN_CTIME_SLACK_NS, Scanner
 from .settle import Emit, Settler
-from .table import Dir, Root, Spec, WatchTable, max_user_watches
+from .table import NO_CHILDREN, NO_FILES, NO_SPECS, Dir, Root, Spec, WatchTable, max_user_watches
 from .table import isdir as is_dir
 
 log = logging.getLogger("aiwg.watcher")
@@ -49,15 +49,14 @@ _F_ISDIR = int(flags.ISDIR)
 class Away:
     """What an IN_MOVED_FROM took out of the view: a file, or a directory's files by suffix, and its watches."""
 
-    __slots__ = ("files", "isdir", "known", "owners", "path", "t", "wds")
+    __slots__ = ("isdir", "known", "path", "t", "tokens", "wds")
 
-    def __init__(self, path: str, isdir: bool, known: bool, owners: tuple[Spec, ...],
-                 files: dict[str, tuple[Spec, ...]], wds: list[int]) -> None:
+    def __init__(self, path: str, isdir: bool, known: bool, tokens: dict[str, list[tuple[Root, str | None]]],
+                 wds: list[int]) -> None:
         self.path = path
         self.isdir = isdir
         self.known = known  # False: the view did not have it (stale event); nothing to report for it
-        self.owners = owners
-        self.files = files
+        self.tokens = tokens  # file suffix below ``path`` ("" for a file) -> (root, content token) it left with
         self.wds = wds
         self.t = time.monotonic()
 
@@ -287,6 +286,8 @@ class FileWatcher:
                 continue
             d = by_wd.get(wd)
             if d is None:
+                if mask & _F_TO and cookie in self._moves:  # landed somewhere we do not watch: gone, now
+                    self._gone_away(self._moves.pop(cookie))
                 continue
             if mask & _F_IGNORED:
                 self._dir_gone(d)
@@ -329,17 +330,21 @@ class FileWatcher:
             self._move_timer = self._loop.call_later(MOVE_PAIR_GRACE_S, self._expire_moves)
 
     def _take_away(self, d: Dir, name: str, isdir: bool) -> Away:
-        """IN_MOVED_FROM: the name leaves the view now; where it went is known at IN_MOVED_TO (or never)."""
+        """IN_MOVED_FROM: the name leaves the view and is gone from its path as of now (in event order).
+
+        Its content tokens (per root, per file) wait for the IN_MOVED_TO; if none comes, nothing more is
+        needed: leaving already counts as a delete.
+        """
         path = f"{d.path}/{name}"
         if not isdir:
             if name not in d.files or self.table.by_wd.get(d.wd) is not d:
-                return Away(path, False, False, (), {}, [])
-            d.files.discard(name)
-            return Away(path, False, True, tuple(d.owners), {}, [])
+                return Away(path, False, False, {}, [])
+            d.discard_file(name)
+            return Away(path, False, True, {"": self._leave(d.owners, d.path, name)}, [])
         child = d.children.get(name)
         if child is None:
-            return Away(path, True, False, (), {}, [])
-        files: dict[str, tuple[Spec, ...]] = {}
+            return Away(path, True, False, {}, [])
+        tokens: dict[str, list[tuple[Root, str | None]]] = {}
         wds: list[int] = []
         cut = len(path)
         stack = [child]
@@ -348,23 +353,29 @@ class FileWatcher:
             stack.extend(x.children.values())
             wds.append(x.wd)
             if x.owners:
-                owners = tuple(x.owners)
                 prefix = x.path[cut:]
                 for fname in x.files:
-                    files[f"{prefix}/{fname}"] = owners
+                    tokens[f"{prefix}/{fname}"] = self._leave(x.owners, x.path, fname)
         # Out of the table (the kernel keeps the watches): until it lands, events on it have no path.
         self._drop_tree(child, emit_deletes=False, rm=False)
-        return Away(path, True, True, (), files, wds)
+        return Away(path, True, True, tokens, wds)
+
+    def _leave(self, owners: Iterable[Spec], dpath: str, name: str) -> list[tuple[Root, str | None]]:
+        return [(r, self.settle.leave(r, rel, specs))
+                for r, (rel, specs) in self._accepting(owners, dpath, name).items()]
+
+    def _land(self, tokens: list[tuple[Root, str | None]], owners: Iterable[Spec], dpath: str, name: str,
+              replaced: bool) -> None:
+        """Where a renamed file lands: a move in roots that saw it leave, a create (or replace) elsewhere."""
+        left = dict(tokens)
+        for r, (rel, specs) in self._accepting(owners, dpath, name).items():
+            if r in left:
+                self.settle.arrive(r, rel, specs, left[r], replaced)
+            else:
+                self.settle.enqueue(r, rel, "create", specs, replaced=replaced)
 
     def _gone_away(self, away: Away) -> None:
-        """What a rename took out of the view did not land in a watched tree: it is deleted."""
-        if not away.known:
-            return
-        if not away.isdir:
-            self._file_change(away.owners, *away.path.rsplit("/", 1), "delete")
-            return
-        for suffix, owners in away.files.items():
-            self._file_change(owners, *(away.path + suffix).rsplit("/", 1), "delete")
+        """A rename did not land in a watched tree: release the kernel watches of a directory's tree."""
         freed = False
         for wd in away.wds:
             if wd >= 0 and wd not in self.table.by_wd:
@@ -399,7 +410,7 @@ class FileWatcher:
             # comes from a scan that saw the file before this queued event was read
             self._file_change(d.owners, d.path, name, "create" if moved_in else "modify", replaced=True)
         else:
-            d.files.add(name)
+            d.add_file(name)
             self._file_change(d.owners, d.path, name, "create")
 
     def _vanished(self, d: Dir, name: str, isdir: bool) -> None:
@@ -408,37 +419,22 @@ class FileWatcher:
             if child is not None:
                 self._drop_tree(child, emit_deletes=True, rm=True)
         elif name in d.files:  # not in the view: a scan already saw it gone
-            d.files.discard(name)
+            d.discard_file(name)
             if d.owners:
                 self._file_change(d.owners, d.path, name, "delete")
 
-    def _move_file(self, src_owners: Iterable[Spec], src_path: str, dst_owners: Iterable[Spec], dst_path: str,
-                   replaced: bool) -> None:
-        """Report one file's rename per root: a move where both names are accepted, else a create/delete."""
-        src = self._accepting(src_owners, *src_path.rsplit("/", 1))
-        dst = self._accepting(dst_owners, *dst_path.rsplit("/", 1))
-        for r, (rel, specs) in dst.items():
-            if r in src:
-                self.settle.enqueue(r, rel, "move", specs, src[r][0], replaced=replaced, from_specs=src[r][1])
-            else:
-                self.settle.enqueue(r, rel, "create", specs, replaced=replaced)
-        for r, (rel, specs) in src.items():
-            if r not in dst:
-                self.settle.enqueue(r, rel, "delete", specs)
-
     def _arrived(self, away: Away, d2: Dir, name2: str) -> None:
-        """IN_MOVED_TO paired with a known source: report moves (per file, for a directory's whole tree)."""
-        new_path = f"{d2.path}/{name2}"
+        """IN_MOVED_TO paired with a known source: moves (per file, for a directory's whole tree)."""
         if not away.isdir:
             replaced = name2 in d2.files
             if d2.owners:
-                d2.files.add(name2)
-            self._move_file(away.owners, away.path, d2.owners, new_path, replaced)
+                d2.add_file(name2)
+            self._land(away.tokens[""], d2.owners, d2.path, name2, replaced)
             return
+        new_path = f"{d2.path}/{name2}"
         for s in [w for w in d2.waiters if w.wait_name == name2]:
             if s.wait_dir is d2:
                 self._activate(s, "sync")
-        old_files = dict(away.files)
         found: list[tuple[tuple[Spec, ...], str, str, str]] = []
         specs = [s for s in d2.owners if not s.prunes(new_path, name2)]
         if specs:  # the scan re-adds the kernel's watches (same wds) under the new names
@@ -446,13 +442,12 @@ class FileWatcher:
                            report=lambda o, dp, n, k: found.append((tuple(o), dp, n, k)))
         ncut = len(new_path)
         for owners, dpath, fname, kind in found:
-            suffix = f"{dpath[ncut:]}/{fname}"
-            src_owners = old_files.pop(suffix, None) if kind == "create" else None
-            if src_owners is not None:
-                self._move_file(src_owners, away.path + suffix, owners, f"{dpath}/{fname}", False)
+            tokens = away.tokens.get(f"{dpath[ncut:]}/{fname}") if kind == "create" else None
+            if tokens is not None:
+                self._land(tokens, owners, dpath, fname, False)
             else:
                 self._file_change(owners, dpath, fname, kind)
-        self._gone_away(Away(away.path, True, True, (), old_files, away.wds))  # gone before the scan saw them
+        self._gone_away(away)  # watches of subdirectories that did not come along
         self._log_limit()
 
     def _moved_self(self, d: Dir) -> None:
@@ -551,7 +546,7 @@ class FileWatcher:
             if d is None:
                 s.root.last_error = f"cannot watch {parent} to wait for {s.abs}"
                 return
-            d.waiters.add(s)
+            self.table.add_waiter(d, s)
             s.wait_dir, s.wait_name = d, child
             if not is_dir(os.path.join(parent, child)):
                 return
@@ -562,18 +557,19 @@ class FileWatcher:
         d = s.wait_dir
         s.wait_dir = None
         if d is not None:
-            d.waiters.discard(s)
+            self.table.remove_waiter(d, s)
             self.table.release(d)
 
     def _deactivate(self, s: Spec) -> None:
         """Remove one spec's watches (other specs sharing a directory keep it)."""
         self._clear_wait(s)
         for d in list(s.dirs):
-            d.owners.discard(s)
+            self.table.disown(d, s)
             self.table.release(d)
         s.dirs.clear()
         s.unwatched.clear()
         s.active = False
+        self.table.forget_spec(s)
 
     def _drop_tree(self, d: Dir, *, emit_deletes: bool, rm: bool, reactivate: bool = True) -> None:
         """Forget ``d`` and everything below it.
@@ -599,13 +595,13 @@ class FileWatcher:
             for s in x.waiters:
                 s.wait_dir = None
                 orphans.append(s)
-            x.owners = set()
-            x.waiters = set()
-            x.files = set()
+            x.owners = NO_SPECS
+            x.waiters = NO_SPECS
+            x.files = NO_FILES
             if x.wd >= 0 and rm:
                 freed = True
             self.table.unregister(x, rm)
-            x.children = {}
+            x.children = NO_CHILDREN
         if freed:
             self._watches_freed()
         if reactivate:

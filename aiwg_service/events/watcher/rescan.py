@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from sys import intern
 
-from .table import Dir, Spec, WatchTable
+from .table import NO_FILES, Dir, Spec, WatchTable
 
 #: After an overflow, files whose ctime is newer than (last clean read - slack) count as modified.
 #: The slack covers the coarse kernel timestamp clock and filesystems with 1 s timestamps.
@@ -63,7 +64,7 @@ class Scanner:
                                 subdirs.add(e.name)
                                 stack.append((child, csp, e.inode()))
                         else:
-                            names.add(e.name)
+                            names.add(intern(e.name))  # one string per distinct name (index.ts, ...)
                             if since_ns is not None:
                                 entries[e.name] = e
             except OSError:
@@ -77,7 +78,7 @@ class Scanner:
                 if d.children.get(name) is gone:  # queued events about it are stale now; the scan wins
                     self.drop(gone)
             old = d.files
-            d.files = names
+            d.files = names if names else NO_FILES
             if mode == "baseline":
                 continue
             owners = d.owners

@@ -129,6 +129,55 @@ class Settler:
             else:
                 self._arm(r, loop, deadline, now, deb)
 
+    def leave(self, r: Root, rel: str, specs: tuple[Spec, ...]) -> str | None:
+        """A rename took the file at ``rel`` away (IN_MOVED_FROM): it is gone from ``rel`` as of now.
+
+        Returns its content token (the pre-window path it came from), to hand to ``arrive`` if the rename
+        lands in a watched tree; if it never does, the content is simply destroyed (a delete).
+        """
+        deadline, _now, _deb = self._clock(r)
+        p = self._entry(r, rel, True, specs, deadline)
+        content = p.origin if p.exists else None
+        if content is not None and content != rel and r.moved_to.get(content) == rel:
+            del r.moved_to[content]
+        p.exists, p.origin = False, None
+        self._arm_for(r)
+        return content
+
+    def arrive(self, r: Root, rel: str, specs: tuple[Spec, ...], content: str | None, replaced: bool) -> None:
+        """The other end of ``leave``: the content ``content`` lands at ``rel`` (IN_MOVED_TO)."""
+        deadline, _now, _deb = self._clock(r)
+        if content is not None:
+            src = r.pending.get(content)
+            if src is None or content in r.moved_to:
+                content = None  # its window closed meanwhile (reported gone): it arrives as new content
+        dst = self._entry(r, rel, replaced, specs, deadline)
+        if dst.exists:
+            self._destroy(r, rel, dst)
+        dst.exists, dst.origin = True, content
+        if content is not None:
+            if content == rel:
+                r.moved_to.pop(rel, None)
+            else:
+                r.moved_to[content] = rel
+                r.pending[content].deadline = deadline  # both ends settle together
+        self._arm_for(r)
+
+    def _clock(self, r: Root) -> tuple[float, float, int]:
+        deb = self.debounce_ms if r.debounce_ms is None else r.debounce_ms
+        loop = self.loop
+        now = self.now if self.now is not None else loop.time() if loop is not None else 0.0
+        return now + deb / 1000.0, now, deb
+
+    def _arm_for(self, r: Root) -> None:
+        loop = self.loop
+        if r.timer is None and loop is not None:
+            deadline, now, deb = self._clock(r)
+            if deb == 0:
+                r.timer = loop.call_soon(self.flush, r)
+            else:
+                self._arm(r, loop, deadline, now, deb)
+
     @staticmethod
     def _entry(r: Root, rel: str, existed: bool, specs: tuple[Spec, ...] | None, deadline: float) -> Pending:
         """The path's pending entry, moved to the end of the window order with a fresh deadline."""

@@ -13,7 +13,8 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from inotify_simple import INotify, flags
@@ -38,6 +39,13 @@ MASK = (
     | flags.ONLYDIR
     | flags.EXCL_UNLINK
 )
+
+
+#: Shared empties: most directories have no children, many no files, none a waiter. Sharing these instead of
+#: an empty set or dict per directory is most of what keeps 20,000 watched directories small.
+NO_FILES: frozenset[str] = frozenset()
+NO_CHILDREN: Mapping[str, Dir] = MappingProxyType({})
+NO_SPECS: frozenset[Spec] = frozenset()
 
 
 class Root:
@@ -101,10 +109,28 @@ class Dir:
         self.wd = wd
         self.path = path
         self.ino = 0
-        self.owners: set[Spec] = set()  # specs whose tree includes this directory
-        self.waiters: set[Spec] = set()  # specs waiting for a child of this directory to appear
-        self.files: set[str] = set()  # names of non-directory entries (the view)
-        self.children: dict[str, Dir] = {}
+        #: specs whose tree includes this directory (an interned frozenset shared by the whole tree)
+        self.owners: frozenset[Spec] = NO_SPECS
+        #: specs waiting for a child of this directory to appear (interned too)
+        self.waiters: frozenset[Spec] = NO_SPECS
+        #: names of non-directory entries (the view); NO_FILES until the first one
+        self.files: set[str] | frozenset[str] = NO_FILES
+        self.children: Mapping[str, Dir] = NO_CHILDREN
+
+    def add_file(self, name: str) -> None:
+        if self.files is NO_FILES:
+            self.files = {name}
+        else:
+            self.files.add(name)  # type: ignore[union-attr]
+
+    def discard_file(self, name: str) -> None:
+        if name in self.files:
+            self.files.discard(name)  # type: ignore[union-attr]
+
+    def link(self, name: str, child: Dir) -> None:
+        if self.children is NO_CHILDREN:
+            self.children = {}
+        self.children[name] = child  # type: ignore[index]
 
 
 def isdir(path: str) -> bool:
@@ -137,6 +163,30 @@ class WatchTable:
         #: roots that hit the watch limit since the last time it was logged
         self.enospc_roots: set[Root] = set()
         self._on_renamed = on_renamed
+        self._spec_sets: dict[frozenset[Spec], frozenset[Spec]] = {NO_SPECS: NO_SPECS}
+
+    def specs_set(self, specs: frozenset[Spec]) -> frozenset[Spec]:
+        """The one shared instance of this combination of specs."""
+        return self._spec_sets.setdefault(specs, specs)
+
+    def own(self, d: Dir, s: Spec) -> None:
+        if s not in d.owners:
+            d.owners = self.specs_set(d.owners | {s})
+
+    def disown(self, d: Dir, s: Spec) -> None:
+        if s in d.owners:
+            d.owners = self.specs_set(d.owners - {s})
+
+    def add_waiter(self, d: Dir, s: Spec) -> None:
+        d.waiters = self.specs_set(d.waiters | {s})
+
+    def remove_waiter(self, d: Dir, s: Spec) -> None:
+        if s in d.waiters:
+            d.waiters = self.specs_set(d.waiters - {s})
+
+    def forget_spec(self, s: Spec) -> None:
+        """Drop cached combinations that name a spec which is gone (reload)."""
+        self._spec_sets = {k: v for k, v in self._spec_sets.items() if s not in k}
 
     def open(self) -> INotify:
         self.inotify = INotify(nonblocking=True)
@@ -180,7 +230,7 @@ class WatchTable:
             # Same inode under a new name: the old names are gone; the caller's scan reports the new ones.
             if d.owners and d.files:
                 self._on_renamed(d)
-                d.files = set()
+                d.files = NO_FILES
             if self.by_path.get(d.path) is d:
                 del self.by_path[d.path]
             self.unlink_parent(d)
@@ -198,9 +248,9 @@ class WatchTable:
         parent, name = path.rsplit("/", 1) if path != "/" else ("", "")
         pd = self.by_path.get(parent or "/") if name else None
         if pd is not None and pd is not d:
-            pd.children[name] = d
+            pd.link(name, d)
         for s in specs:
-            d.owners.add(s)
+            self.own(d, s)
             s.dirs.add(d)
         return d
 
@@ -213,9 +263,9 @@ class WatchTable:
             parent, name = path.rsplit("/", 1)
             pd = self.by_path.get(parent or "/")
             if pd is not None:
-                pd.children[name] = d
+                pd.link(name, d)
         for s in specs:
-            d.owners.add(s)
+            self.own(d, s)
             if d.wd < 0:
                 s.unwatched.add(d)
             else:
@@ -234,7 +284,7 @@ class WatchTable:
         parent, name = d.path.rsplit("/", 1)
         pd = self.by_path.get(parent or "/")
         if pd is not None and pd.children.get(name) is d:
-            del pd.children[name]
+            del pd.children[name]  # type: ignore[attr-defined]
 
     def unregister(self, d: Dir, rm: bool) -> None:
         if d.wd >= 0 and self.by_wd.get(d.wd) is d:
