@@ -66,7 +66,7 @@ class FileWatcher:
 
     def __init__(self, emit: Emit, *, debounce_ms: int = 2000, batch_threshold: int = 50) -> None:
         self._roots: dict[str, Root] = {}
-        self.table = WatchTable(on_renamed=self._report_gone)
+        self.table = WatchTable(on_renamed=self._report_gone, on_replaced=self._replaced)
         self.settle = Settler(emit, self._roots, debounce_ms=max(0, int(debounce_ms)),
                               batch_threshold=max(0, int(batch_threshold)))
         self.scan = Scanner(self.table, self._file_change,
@@ -486,6 +486,15 @@ class FileWatcher:
                      replaced: bool = False) -> None:
         for r, (rel, specs) in self._accepting(owners, dpath, name).items():
             self.settle.enqueue(r, rel, kind, specs, replaced=replaced)
+
+    def _replaced(self, d: Dir) -> None:
+        """Another directory now lives at ``d.path`` (replaced while we were not looking): d's tree is gone.
+
+        The path is being watched again right now, so a spec whose top it is stays active."""
+        tops = [s for s in d.owners if s.abs == d.path]
+        self._drop_tree(d, emit_deletes=True, rm=True, reactivate=False)
+        for s in tops:
+            s.active = True
 
     def _report_gone(self, d: Dir) -> None:
         """Every file the view knows in ``d`` is gone from its old path."""

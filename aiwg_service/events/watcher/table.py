@@ -153,16 +153,19 @@ class WatchTable:
     """Adds and removes watches and keeps ``wd -> Dir`` and ``path -> Dir`` in step with the kernel.
 
     ``on_renamed(d)`` is called when a known directory turns up under a new name (a rename that was not
-    seen, e.g. lost in an overflow), before its file names are forgotten, so the caller can report them gone.
+    seen, e.g. lost in an overflow), before its file names are forgotten, so the caller can report them gone;
+    ``on_replaced(d)`` when the path of ``d`` now holds another directory (d's tree is gone).
     """
 
-    def __init__(self, on_renamed: Callable[[Dir], None]) -> None:
+    def __init__(self, on_renamed: Callable[[Dir], None], on_replaced: Callable[[Dir], None]) -> None:
         self.inotify: INotify | None = None
         self.by_wd: dict[int, Dir] = {}
         self.by_path: dict[str, Dir] = {}
         #: roots that hit the watch limit since the last time it was logged
         self.enospc_roots: set[Root] = set()
         self._on_renamed = on_renamed
+        #: a path being watched turns out to be a different directory than the one the table has there
+        self._on_replaced = on_replaced
         self._spec_sets: dict[frozenset[Spec], frozenset[Spec]] = {NO_SPECS: NO_SPECS}
 
     def specs_set(self, specs: frozenset[Spec]) -> frozenset[Spec]:
@@ -223,8 +226,11 @@ class WatchTable:
                     s.unwatched.discard(d)
                     s.dirs.add(d)
             else:
-                if stale is not None:  # a different directory used to live here; its watch is gone
-                    self.unregister(stale, rm=True)
+                if stale is not None:  # a different directory used to live here: what it held is gone
+                    self._on_replaced(stale)
+                    if self.by_path.get(path) is stale:
+                        self.forget(stale)
+                        self.unregister(stale, rm=True)
                 d = self.by_wd[wd] = self.by_path[path] = Dir(wd, path)
         elif d.path != path:
             # Same inode under a new name: the old names are gone; the caller's scan reports the new ones.
