@@ -1,7 +1,7 @@
-"""The JSON-RPC 2.0 protocol: framing, error codes, and every method's params.
+"""The JSON-RPC 2.0 protocol: framing, error codes (from ``wire``), and every method's params.
 
-Shared by the service and every client (``aiwgctl``, bridges, the REPL), so both sides agree on one
-definition. Imports only msgspec, to keep client start-up fast.
+Shared by the service and every typed client (bridges, the REPL), so both sides agree on one definition.
+Imports only msgspec; the plain client (``aiwg_service.client``) needs only ``wire``.
 
 Framing: one JSON value per line (UTF-8, ``\\n``-terminated), both ways.
 """
@@ -15,19 +15,22 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
-JSONRPC = "2.0"
-MAX_LINE = 1024 * 1024  # a request line over 1 MiB is refused and the connection closed
-
-# -- error codes (JSON-RPC 2.0 section 5.1, plus the implementation-defined range) --------------------
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-# -32000 .. -32099: server errors of this service
-SERVER_BUSY = -32000
-CONFIG_INVALID = -32001
-NOT_FOUND = INVALID_PARAMS  # the AIWG daemon answers an unknown task id with -32602; clients rely on it
+# framing and error codes live in ``wire`` (stdlib only, for the client); re-exported here for the service
+from .wire import (  # noqa: F401  (re-exported)
+    ALREADY_DECIDED,
+    CONFIG_INVALID,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    JSONRPC,
+    MAX_LINE,
+    METHOD_NOT_FOUND,
+    NOT_ALLOWED,
+    NOT_FOUND,
+    PARSE_ERROR,
+    SERVER_BUSY,
+    RpcError,
+)
 
 ID = int | float | str | None
 
@@ -64,19 +67,6 @@ class Notification(Struct):
     jsonrpc: str = JSONRPC
     method: str = ""
     params: Any = UNSET
-
-
-class RpcError(Exception):
-    """Raised by handlers (and the client) to produce or report a JSON-RPC error object."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def to_object(self) -> ErrorObject:
-        return ErrorObject(self.code, self.message, UNSET if self.data is None else self.data)
 
 
 # -- events: what the bus carries and clients receive ------------------------------------------------
@@ -172,6 +162,27 @@ class AutomationTestParams(Params):
     project: str | None = None
 
 
+ApprovalState = Literal["pending", "approved", "rejected", "expired"]
+
+
+class ApprovalListParams(Params):
+    state: ApprovalState | Literal["all"] = "pending"
+    project: str | None = None
+    limit: Limit = 100
+
+
+class ApprovalDecideParams(Params):
+    approvalId: Annotated[str, Meta(min_length=1)]
+    reason: Annotated[str, Meta(max_length=2000)] | None = None
+    via: Annotated[str, Meta(min_length=1, max_length=40)] = "rpc"  # how: cli, rpc (who comes from SO_PEERCRED)
+
+
+class WebhookTestParams(Params):
+    hookId: Annotated[str, Meta(min_length=1)]
+    event: Annotated[str, Meta(min_length=1, max_length=100)] | None = None
+    payload: Any = None
+
+
 class EventsListParams(Params):
     type: str | None = None  # exact type or wildcard pattern: file.*, *
     project: str | None = None
@@ -213,6 +224,11 @@ METHODS: dict[str, type[Params]] = {
     "automation.disable": RuleIdParams,
     "automation.trace": AutomationTraceParams,
     "automation.test": AutomationTestParams,
+    "approval.list": ApprovalListParams,
+    "approval.approve": ApprovalDecideParams,
+    "approval.reject": ApprovalDecideParams,
+    "webhook.list": NoParams,
+    "webhook.test": WebhookTestParams,
     "events.list": EventsListParams,
     "events.dlq": NoParams,
     "events.replay": EventIdParams,
@@ -223,7 +239,8 @@ METHODS: dict[str, type[Params]] = {
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
-                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list"})
+                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
+                       "approval.list", "webhook.list"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"
@@ -253,7 +270,8 @@ def encode_result(req_id: ID, result: Any) -> bytes:
 
 
 def encode_error(req_id: ID, err: RpcError) -> bytes:
-    return encode(Response(id=req_id, error=err.to_object()))
+    obj = ErrorObject(err.code, err.message, UNSET if err.data is None else err.data)
+    return encode(Response(id=req_id, error=obj))
 
 
 def decode_request(raw: bytes) -> Request:
