@@ -77,45 +77,19 @@ class Settler:
 
     # ------------------------------------------------------------------ folding changes in
 
-    def enqueue(
-        self,
-        r: Root,
-        rel: str,
-        kind: str,
-        specs: tuple[Spec, ...],
-        from_rel: str | None = None,
-        replaced: bool = False,
-        from_specs: tuple[Spec, ...] | None = None,
-    ) -> None:
-        """Fold one change into the root's window.
+    def enqueue(self, r: Root, rel: str, kind: str, specs: tuple[Spec, ...], replaced: bool = False) -> None:
+        """Fold one change into the root's window (renames go through ``leave`` and ``arrive``).
 
-        ``create``: the path appears (``replaced``: it already existed, e.g. a rename from outside onto it).
-        ``modify``: its content changed in place. ``delete``: it is gone. ``move``: the content at
-        ``from_rel`` is now at ``rel`` (``replaced``: ``rel`` existed and its content is destroyed).
+        ``create``: the path appears (``replaced``: it already existed and its content is destroyed, e.g. a
+        rename from outside onto it). ``modify``: its content changed in place. ``delete``: it is gone.
         """
-        deb = self.debounce_ms if r.debounce_ms is None else r.debounce_ms
-        loop = self.loop
-        now = self.now if self.now is not None else loop.time() if loop is not None else 0.0
-        deadline = now + deb / 1000.0
-        if kind == "move" and from_rel is not None and from_rel != rel:
-            src = self._entry(r, from_rel, True, from_specs or specs, deadline)
-            content = src.origin
-            src.exists, src.origin = False, None
-            dst = self._entry(r, rel, replaced, specs, deadline)
-            if dst.exists:
-                self._destroy(r, rel, dst)
-            dst.exists, dst.origin = True, content
-            if content is not None:
-                if content == rel:
-                    r.moved_to.pop(rel, None)  # a round trip: the content is home again
-                else:
-                    r.moved_to[content] = rel
-        elif kind == "delete":
+        deadline, _now, _deb = self._clock(r)
+        if kind == "delete":
             p = self._entry(r, rel, True, specs, deadline)
             if p.exists:
                 self._destroy(r, rel, p)
             p.exists = False
-        elif kind == "create" or kind == "move":
+        elif kind == "create":
             p = self._entry(r, rel, replaced, specs, deadline)
             if p.exists:
                 self._destroy(r, rel, p)
@@ -123,11 +97,7 @@ class Settler:
         else:  # modify
             p = self._entry(r, rel, True, specs, deadline)
             p.exists = True
-        if r.timer is None and loop is not None:
-            if deb == 0:
-                r.timer = loop.call_soon(self.flush, r)
-            else:
-                self._arm(r, loop, deadline, now, deb)
+        self._arm_for(r)
 
     def leave(self, r: Root, rel: str, specs: tuple[Spec, ...]) -> str | None:
         """A rename took the file at ``rel`` away (IN_MOVED_FROM): it is gone from ``rel`` as of now.
