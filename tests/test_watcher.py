@@ -455,7 +455,9 @@ def test_storm_50k_writes(tmp_path: Path, where: str) -> None:
                     fh.write(str(rnd))
 
     async def main() -> None:
-        w = FileWatcher(rec, debounce_ms=50, batch_threshold=50)
+        # A window long enough that a flush gathers more than the batch threshold even when a loaded machine
+        # slows the writer to a few hundred writes/s (at 50 ms, such flushes went out as single events).
+        w = FileWatcher(rec, debounce_ms=200, batch_threshold=50)
         w.batch_cap = 1_000_000  # completeness is checked through the batch path lists
         await w.start()
         w.set_root(str(tmp_path), [WatchSpec("src")])
