@@ -91,6 +91,16 @@ async def main(tmp: Path) -> None:
     rel3 = str((inside / "new" / "deeper" / "live.txt").relative_to(tmp))
     await until(lambda: (rel3, "create") in reports(events), "a live event in a formerly unwatched dir")
     assert not [e for e in events if e[0] == "file.delete" and "deeper" in e[2].get("path", "")]
+    # a root removed while part of it is unwatched leaves nothing behind (no entries, no timer)
+    other = tmp / "other"
+    for i in range(30):
+        (other / "src" / f"e{i:02d}").mkdir(parents=True)
+    set_limit(len(w._by_wd) + 10)
+    w.set_root(str(other), [WatchSpec("src")])
+    assert w.health()["roots"][str(other)]["unwatched_dirs"] == 21
+    assert w._recheck_timer is not None
+    w.remove_root(str(other))
+    assert not [p for p in w._by_path if p.startswith(str(other))] and w._recheck_timer is None
     await w.stop()
     print("ok", health())
 

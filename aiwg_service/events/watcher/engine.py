@@ -199,6 +199,7 @@ class FileWatcher:
         for s in r.specs.values():
             self._deactivate(s)
         self.settle.drop(r)
+        self._schedule_recheck(RECHECK_S)  # (cancels the re-check timer if nothing is unwatched now)
 
     def roots(self) -> list[str]:
         """The roots currently configured (watched or waiting)."""
@@ -572,7 +573,7 @@ class FileWatcher:
     def _deactivate(self, s: Spec) -> None:
         """Remove one spec's watches (other specs sharing a directory keep it)."""
         self._clear_wait(s)
-        for d in list(s.dirs):
+        for d in [*s.dirs, *s.unwatched]:
             self.table.disown(d, s)
             self.table.release(d)
         s.dirs.clear()
@@ -648,6 +649,9 @@ class FileWatcher:
     def _schedule_recheck(self, delay: float) -> None:
         """Re-check unwatched subtrees after ``delay``: a timer that exists only while something is unwatched."""
         if self._loop is None or self.table.inotify is None or not self._any_unwatched():
+            if self._recheck_timer is not None:  # nothing unwatched any more: no timer at all
+                self._recheck_timer.cancel()
+                self._recheck_timer = None
             return
         if self._recheck_timer is not None:
             if self._recheck_timer.when() <= self._loop.time() + delay:
