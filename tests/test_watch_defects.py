@@ -166,6 +166,17 @@ def test_directory_rename_then_atomic_save_inside(tmp_path: Path) -> None:
     assert ("file.delete", "src/dir1/f") in got or ("file.move", "src/dir2/f", "src/dir1/f") in got
 
 
+def test_touch_and_chmod_are_modifies(tmp_path: Path) -> None:
+    """Attribute changes are changes (as for fs.watch, which AIWG clients know, and watchman)."""
+
+    def ops(s: Path) -> None:
+        os.utime(s / "a", (1, 1))
+        os.chmod(s / "b", 0o600)
+
+    rec = one_window(tmp_path, ab, ops, touched={"src/a", "src/b"})
+    assert sorted(kinds(rec)) == [("file.modify", "src/a"), ("file.modify", "src/b")]
+
+
 # ---------------------------------------------------------------------------- 3: round trip
 
 

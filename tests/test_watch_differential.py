@@ -106,6 +106,16 @@ class World:
             self._write(p, "more", "a")
             self.touched.add(p)
 
+    def touch(self) -> None:
+        """utime or chmod only: no content change."""
+        p = self.pick_file()
+        if p:
+            if self.rng.random() < 0.5:
+                os.utime(self.abs(p))
+            else:
+                os.chmod(self.abs(p), self.rng.choice((0o600, 0o644)))
+            self.touched.add(p)
+
     def delete(self) -> None:
         p = self.pick_file()
         if p:
@@ -330,7 +340,7 @@ class World:
         for p in sorted(self.files)[:300]:
             self._write(p, "y", "a")
 
-    OPS = (create, create, modify, modify, delete, rename, rename, chain, atomic_save, atomic_save, mkdir,
+    OPS = (create, create, modify, modify, touch, delete, rename, rename, chain, atomic_save, atomic_save, mkdir,
            mkdir, rmtree, rename_dir, rename_dir, rename_over_empty_dir, swap_kind, rebuild, move_out, move_in,
            burst)
 

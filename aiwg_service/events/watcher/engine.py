@@ -36,7 +36,7 @@ MOVE_PAIR_GRACE_S = 0.01
 
 _F_CREATE = int(flags.CREATE)
 _F_DELETE = int(flags.DELETE)
-_F_CHANGE = int(flags.MODIFY | flags.CLOSE_WRITE)
+_F_CHANGE = int(flags.MODIFY | flags.CLOSE_WRITE | flags.ATTRIB)
 _F_FROM = int(flags.MOVED_FROM)
 _F_TO = int(flags.MOVED_TO)
 _F_DELETE_SELF = int(flags.DELETE_SELF)

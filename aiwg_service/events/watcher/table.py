@@ -31,6 +31,7 @@ MASK = (
     | flags.DELETE
     | flags.MODIFY
     | flags.CLOSE_WRITE
+    | flags.ATTRIB  # touch, chmod: a change to the file, as fs.watch and watchman see it
     | flags.MOVED_FROM
     | flags.MOVED_TO
     | flags.DELETE_SELF
