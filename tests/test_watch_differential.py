@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from service_fixture import ServiceEnv, wait_for
 from test_watcher import Recorder, run, until
 from watch_truth import dir_count, problems, tree_files
 
@@ -400,3 +401,60 @@ def test_differential_against_ground_truth(tmp_path: Path, seed: int) -> None:
         await w.stop()
 
     run(main)
+
+
+def test_differential_through_the_service(svc_env: ServiceEnv) -> None:
+    """One seed through the real service (debounce 200 ms): events as a follower receives them."""
+    import json
+    import socket
+    import threading
+    import time
+
+    cfg = {"watch": {"debounce_ms": 200, "paths": [{"path": "src/", "events": ["create", "modify", "delete"]}]},
+           "schedule": {"jobs": []}}
+    svc_env.write_project_config(cfg)
+    rng = random.Random(SEEDS[-1] * 7)
+    world = World(svc_env.project, rng)
+    svc_env.start()
+    follower = svc_env.connect(timeout=60)
+    follower.request("events.subscribe", {"type": "file.*"})
+    got: list[tuple[str, str, dict]] = []
+    lock = threading.Lock()
+
+    def read() -> None:
+        try:
+            while True:
+                note = follower.read()
+                with lock:
+                    got.append((note["params"]["type"], note["params"]["project"], note["params"]["data"]))
+        except (OSError, EOFError, json.JSONDecodeError):
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    root = str(svc_env.project)
+
+    def pending() -> int:
+        return svc_env.call("daemon.status")["subsystems"]["watcher"]["roots"][root]["pending"]
+
+    for ph in range(6):
+        before = tree_files(svc_env.project)
+        world.touched.clear()
+        world.ever = set(before)
+        world.log.clear()
+        with lock:
+            got.clear()
+        world.phase(rng.randrange(10, 40))
+        time.sleep(0.5)
+        wait_for(lambda: pending() == 0, timeout=30, what="the service's watcher to settle")
+        time.sleep(0.3)
+        after = tree_files(svc_env.project)
+        with lock:
+            events = list(got)
+        bad = problems(before, after, world.touched, world.ever, events)
+        assert bad == [], f"phase {ph}: {bad[:6]}\n" + "\n".join(x for x in world.log if not x.startswith("write"))
+        h = svc_env.call("daemon.status")["subsystems"]["watcher"]["roots"][root]
+        assert h["watched_dirs"] == dir_count(svc_env.project) and h["unwatched_dirs"] == 0, (ph, h)
+    follower.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread (closing under it would wait for it)
+    reader.join(10)
+    follower.close()
