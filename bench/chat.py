@@ -8,7 +8,8 @@
      commits, the scheduler, the session lookup, the spawn wrapper);
    - last byte -> ``task.completed``: from the agent's last write to the client receiving ``task.completed``
      on an ``events.subscribe`` connection, minus the bare agent's last write -> exit seen by its parent.
-   Target: p50 under 10 ms each.
+   Target: p50 under 10 ms each.  The same agent is also run as plain tasks (``task.submit``), so the
+   figure splits into what the task queue and its executor cost and what chat adds on top.
 2. ``aiwgctl top`` while nothing happens: CPU ticks used in 5 s (target 0: it sleeps on events).
 
 Run:  .venv/bin/python bench/chat.py [--turns N]
@@ -143,6 +144,25 @@ def main() -> int:
             b_last.append(bl)
         hist = c.call("chat.history", {"conversation": conv})
         assert all(t["state"] == "completed" for t in hist["turns"]), "a turn failed"
+        # the same agent as a plain task (no conversation): what the task queue itself costs per run
+        p_first, p_last, pb_first, pb_last = [], [], [], []
+        for i in range(args.turns + 3):
+            mark = tmp / f"plain-{i}"
+            t0 = time.time()
+            res = c.call("task.submit", {"prompt": f"plain {i} mark={mark}"})
+            while True:
+                ev = events.next_event()
+                if ev["data"].get("id") == res["taskId"]:
+                    t_done = time.time()
+                    break
+            if i < 3:
+                continue
+            m = dict(marks(mark))
+            p_first.append(m["start"] - t0)
+            p_last.append(t_done - m["end"])
+            bf, bl = bare_turn(tmp / f"pbare-{i}", project, env, [])
+            pb_first.append(bf)
+            pb_last.append(bl)
 
         def show(name: str, svc_xs: list[float], bare: list[float]) -> None:
             floor = statistics.median(bare)
@@ -155,6 +175,13 @@ def main() -> int:
         print(f"{args.turns} chat turns of one conversation (each resumes its session), fake claude")
         show("submit -> first output byte", first, b_first)
         show("last byte -> task.completed", last, b_last)
+        print("the same agent as plain tasks (task.submit), for comparison: what the queue and executor cost")
+        show("  task.submit -> first output byte", p_first, pb_first)
+        show("  last byte -> task.completed", p_last, pb_last)
+        chat_share = statistics.median([x - b for x, b in zip(first, b_first, strict=True)]) - statistics.median(
+            [x - b for x, b in zip(p_first, pb_first, strict=True)])
+        print(f"chat's own share of submit -> first byte (chat overhead minus plain-task overhead, p50): "
+              f"{chat_share * 1000:.2f} ms")
 
         top = subprocess.Popen([str(BIN / "aiwgctl"), "top"], env={**env, "AIWG_SOCKET": str(sock)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
