@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import locate
+from . import locate, safefs
 from .locate import SOCKET_ENV  # noqa: F401  (re-exported)
 
 PROJECT_CONFIG = Path(".aiwg") / "daemon.json"
@@ -75,10 +75,5 @@ def project_socket_link(root: str | os.PathLike[str]) -> Path:
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` as a 0700 directory owned by us; refuse one that another user owns."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"{path} is owned by uid {st.st_uid}, not by us ({os.getuid()})")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+    """Create ``path`` as a 0700 directory owned by us; refuse a symlink or one that another user owns."""
+    safefs.private_dir(path)

@@ -18,7 +18,7 @@ import typer
 
 from .. import protocol as p
 from . import render
-from .core import START_HINT, call, fail, resolve_socket
+from .core import call, fail, no_service, resolve_socket
 
 task_app = typer.Typer(help="Agent tasks: submit, follow, list, inspect, cancel.", no_args_is_help=True)
 
@@ -221,7 +221,7 @@ def follow_logs(task_id: str, offset: int, raw: bool, label: str, quiet: bool = 
                             state = prm.get("state", state)
                             break
         except NotRunning as exc:
-            fail(f"{exc}; {START_HINT}")
+            fail(no_service(exc))
         except p.RpcError as exc:
             fail(exc.message)
         r.close()
