@@ -97,6 +97,12 @@ def call(method: str, params: dict[str, Any] | None = None, timeout: float | Non
 # -- the two commands that also run without typer -------------------------------------------------------
 
 
+def trust_cell(project: dict[str, Any]) -> str:
+    if project.get("untrusted_reason"):
+        return "NO (runs nothing)"
+    return "yes" if project.get("needs_trust") else "yes (nothing to trust)"
+
+
 def cmd_ping(json: bool) -> None:
     import time
 
@@ -125,8 +131,12 @@ def cmd_status(json: bool) -> None:
     for e in cfg.get("errors", []):
         print(f"  {e}")
     print()
-    render.table(["project", "persistent"], [(pr["path"], "yes" if pr["persistent"] else "no (this run)")
-                                             for pr in st["projects"]], empty="no projects")
+    render.table(["project", "persistent", "trusted"],
+                 [(pr["path"], "yes" if pr["persistent"] else "no (this run)", trust_cell(pr))
+                  for pr in st["projects"]], empty="no projects")
+    for pr in st["projects"]:
+        if pr.get("untrusted_reason"):
+            print(f"untrusted: {pr['path']}: {pr['untrusted_reason']}")
     print()
     rows = []
     for name, h in st["subsystems"].items():
