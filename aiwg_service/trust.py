@@ -27,13 +27,15 @@ from . import safefs
 STORE_NAME = "trust.json"
 #: keys of an ``agents`` entry that change what runs or what it may touch
 AGENT_KEYS = ("command", "env", "args", "permission_mode", "allowed_tools", "kind")
-SHOW = 80
 
 
 def _short(value: Any) -> str:
+    """A value in full (a trust prompt that truncates could hide the payload), on one line, with control
+    characters escaped so a config cannot redraw the terminal to hide what it runs."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = " ".join(text.split())
-    return text if len(text) <= SHOW else text[: SHOW - 1] + "…"
+    if not text.isprintable():
+        text = json.dumps(text, ensure_ascii=True)
+    return text
 
 
 def _conditions(conds: Any, where: str, out: list[str]) -> None:
