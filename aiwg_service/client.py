@@ -41,7 +41,7 @@ class Impostor(NotRunning):
 
 def check_socket_dir(path: str) -> None:
     """The socket's (real) directory must be ours and 0700: nobody else could have put a socket there."""
-    d = os.path.dirname(os.path.realpath(path)) or "."
+    d = os.path.dirname(os.path.realpath(path) if os.path.islink(path) else path) or "."
     try:
         st = os.stat(d)
     except OSError:
