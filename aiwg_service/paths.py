@@ -74,6 +74,7 @@ def project_socket_link(root: str | os.PathLike[str]) -> Path:
     return Path(locate.project_socket_link(root))
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` as a 0700 directory owned by us; refuse a symlink or one that another user owns."""
-    safefs.private_dir(path)
+def ensure_private_dir(path: Path, *, allow_link: bool = False) -> None:
+    """Create ``path`` as a 0700 directory owned by us; refuse one that another user owns, and a symlink
+    unless ``allow_link`` (then the link must be ours and lead to a directory of ours)."""
+    safefs.private_dir(path, allow_link=allow_link)

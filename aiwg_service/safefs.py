@@ -143,16 +143,23 @@ def is_socket(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def private_dir(path: str | os.PathLike[str]) -> None:
+def private_dir(path: str | os.PathLike[str], *, allow_link: bool = False) -> None:
     """Create ``path`` as a 0700 directory of ours. Its last component is checked with lstat: a symlink
-    (say a ``/tmp/aiwg-$UID`` planted by another user) or another user's directory is refused, never chmod-ed."""
+    (say a ``/tmp/aiwg-$UID`` planted by another user) or another user's directory is refused, never chmod-ed.
+
+    ``allow_link``: a symlink the user made (a state directory moved to another disk) is followed, and the
+    directory it leads to must still be ours."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
-        raise PermissionError(f"{path} is a symlink; refusing to use it (remove it, or set XDG_RUNTIME_DIR)")
+        link_owner = st.st_uid
+        if not allow_link or link_owner != os.getuid():
+            raise PermissionError(f"{path} is a symlink; refusing to use it (remove it, or set XDG_RUNTIME_DIR)")
+        path = os.path.realpath(path)
+        st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise PermissionError(f"{path} is not a directory")
     if st.st_uid != os.getuid():

@@ -181,7 +181,7 @@ class Service:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
-        paths.ensure_private_dir(self.state_dir)
+        paths.ensure_private_dir(self.state_dir, allow_link=True)  # the user's own choice of disk
         fd = os.open(self.state_dir / "service.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

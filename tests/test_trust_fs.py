@@ -119,3 +119,6 @@ def test_private_dir_checks_the_last_component_with_lstat(tmp_path: Path) -> Non
     except PermissionError as exc:
         assert "is a symlink" in str(exc)
     assert target.stat().st_mode & 0o777 == 0o755
+    # a state directory the user moved elsewhere and linked is still theirs to use (and gets made private)
+    private_dir(link, allow_link=True)
+    assert target.stat().st_mode & 0o777 == 0o700
