@@ -142,7 +142,8 @@ def config_check(
         raise typer.Exit(1) from None
     from ..trust import needs
 
-    what = needs(loaded.raw)
+    # only a project's file needs trust (the service-wide file is the user's own)
+    what = needs(loaded.raw) if config.project_root_of(target) is not None else []
     if json:
         render.emit_json({"valid": True, "warnings": loaded.warnings, "needs_trust": what})
         return
