@@ -222,3 +222,27 @@ def test_needs_lists_what_can_run_and_nothing_else() -> None:
                    "agents.x: sets permission_mode bypassPermissions"]
     from aiwg_service import config
     assert trust.needs(config.default_dict()) == []
+
+
+def test_an_approval_granted_after_trust_is_lost_runs_nothing(tmp_path: Path) -> None:
+    """Parked while trusted; the config changes (untrusted) before someone approves: the actions never run."""
+    verdict: dict[str, str | None] = {"why": None}
+    rule = {"id": "deploy", "requires_approval": True, "triggers": [{"type": "go"}],
+            "actions": [{"shell": "touch deployed"}]}
+
+    async def body() -> None:
+        h = Harness(tmp_path, untrusted=lambda _p: verdict["why"])
+        eng = await h.start([rule])
+        eng.arm_approvals()
+        h.publish("go")
+        req = await h.until(lambda: h.of_type("approval.requested"), what="approval.requested")
+        verdict["why"] = "its config changed since you trusted it"
+        eng.approvals.decide(req[0].data["id"], True, "alice", "cli")
+        await h.until(lambda: h.state("deploy").last_outcome == "untrusted", what="the held-back resume")
+        await h.idle()
+        assert not (h.project / "deployed").exists()
+        run_ = eng.store.run(h.root, "deploy", req[0].data["run_id"])
+        assert run_ is not None and run_["outcome"] == "untrusted" and "changed" in run_["reason"]
+        await h.stop()
+
+    run(body)
