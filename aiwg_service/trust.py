@@ -57,6 +57,7 @@ def _rule(raw: Any, i: int, out: list[str]) -> None:
         return
     rid = raw.get("id")
     where = f"rules[{i}]" + (f" ({rid})" if isinstance(rid, str) else "")
+    before = len(out)
     _conditions(raw.get("conditions", []), f"{where}: conditions", out)
     act = raw.get("action")
     if isinstance(act, dict):  # the AIWG form
@@ -64,7 +65,7 @@ def _rule(raw: Any, i: int, out: list[str]) -> None:
         if typ == "agent":
             out.append(f"{where}: agent action: {_short(act.get('prompt', ''))}")
         elif typ == "webhook":
-            out.append(f"{where}: webhook action: POST {_short(act.get('url', ''))}")
+            out.append(f"{where}: webhook action: POST {_url(act)}")
     acts = raw.get("actions")
     for j, a in enumerate(acts if isinstance(acts, list) else []):
         if not isinstance(a, dict):
@@ -77,7 +78,16 @@ def _rule(raw: Any, i: int, out: list[str]) -> None:
             who = f" (agent {body['agent']})" if isinstance(body.get("agent"), str) else ""
             out.append(f"{at}: agent task{who}: {_short(body.get('prompt', ''))}")
         if isinstance(a.get("webhook"), dict):
-            out.append(f"{at}: webhook: POST {_short(a['webhook'].get('url', ''))}")
+            out.append(f"{at}: webhook: POST {_url(a['webhook'])}")
+    env = raw.get("env")
+    if len(out) > before and isinstance(env, list) and env:  # what those commands may read of yours
+        out.append(f"{where}: passes your environment variables {_short(', '.join(map(str, env)))}")
+
+
+def _url(body: dict[str, Any]) -> str:
+    if "url_env" in body:
+        return f"the URL in ${_short(body['url_env'])}"
+    return _short(body.get("url", ""))
 
 
 def _job(job: Any, i: int, out: list[str]) -> None:

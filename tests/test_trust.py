@@ -246,3 +246,11 @@ def test_an_approval_granted_after_trust_is_lost_runs_nothing(tmp_path: Path) ->
         await h.stop()
 
     run(body)
+
+
+def test_env_grants_and_url_env_are_shown() -> None:
+    raw = {"rules": [{"id": "r", "env": ["GITHUB_TOKEN"], "triggers": [{"type": "x"}],
+                      "actions": [{"webhook": {"url_env": "HOOK_URL"}}]},
+                     {"id": "quiet", "env": ["X"], "triggers": [{"type": "x"}], "actions": [{"notify": {}}]}]}
+    assert trust.needs(raw) == ["rules[0] (r): actions[0]: webhook: POST the URL in $HOOK_URL",
+                                "rules[0] (r): passes your environment variables GITHUB_TOKEN"]
