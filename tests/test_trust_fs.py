@@ -122,3 +122,21 @@ def test_private_dir_checks_the_last_component_with_lstat(tmp_path: Path) -> Non
     # a state directory the user moved elsewhere and linked is still theirs to use (and gets made private)
     private_dir(link, allow_link=True)
     assert target.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_watch_path_that_a_pull_turns_into_a_symlink_is_not_followed(svc_env: ServiceEnv, tmp_path: Path) -> None:
+    """``up`` did not exist when the config was checked; a later ``up -> ../outside`` must not be watched."""
+    outside = tmp_path / "outside"
+    (outside / ".ssh").mkdir(parents=True)
+    svc_env.write_project_config({"watch": {"paths": [{"path": "up/.ssh"}, {"path": "src/"}], "debounce_ms": 50},
+                                  "schedule": {"jobs": []}})
+    (svc_env.project / "src").mkdir()
+    svc_env.start()
+    (svc_env.project / "up").symlink_to(outside)
+    (outside / ".ssh" / "authorized_keys").write_text("ssh-ed25519 AAAA")
+    (svc_env.project / "src" / "canary").write_text("1")  # an event that must arrive, so we know when to look
+    wait_for(lambda: svc_env.call("events.list", {"type": "file.*"})["events"], 20, what="the canary's event")
+    paths = [e["data"].get("path") for e in svc_env.call("events.list", {"type": "file.*"})["events"]]
+    assert paths == ["src/canary"]
+    watched = svc_env.call("daemon.status")["subsystems"]["watcher"]
+    assert str(outside) not in json.dumps(watched)
