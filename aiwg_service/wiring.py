@@ -71,9 +71,13 @@ def interactive_argv(profile: Any) -> list[str]:
     return argv + list(profile.args)
 
 
-def worktree_setup(configs: Any, project: str) -> tuple[list[str] | None, float]:
-    """The project's ``sessions.worktree_setup``, else the service file's."""
+def worktree_setup(configs: Any, project: str, untrusted: Callable[[str], str | None]
+                   ) -> tuple[list[str] | None, float]:
+    """The project's ``sessions.worktree_setup``, else the service file's.  An untrusted project's own file
+    runs nothing: its setup command is ignored, as its agent profiles and rules are."""
     pr = configs.projects.get(project)
+    if pr is not None and untrusted(pr.root) is not None:
+        pr = None
     for section in ([pr.config.sessions] if pr is not None else []) + [configs.service.sessions]:
         if section.worktree_setup:
             return list(section.worktree_setup), section.setup_timeout_seconds
@@ -92,6 +96,8 @@ class CorePorts:
     health: Callable[[], dict[str, Any]]
     config_status: Callable[[], dict[str, Any]]
     socket_path: Callable[[], Path]
+    #: why a project's config may not run anything (not trusted), or None: rules and agent profiles obey it
+    untrusted: Callable[[str], str | None]
     #: Stop the service as SIGTERM would (``daemon.stop``).
     request_stop: Callable[[], None] | None = None
 
@@ -100,7 +106,8 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     scheduler = CronScheduler(core.bus, core.state_dir)
     core.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
     # also registers task.*
-    store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir, core.request_stop)
+    store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir, core.request_stop,
+                                    core.untrusted)
 
     def submit_task(project: str, prompt: str, agent: str | None, priority: int, source: str,
                     timeout_s: float | None, origin: dict[str, Any]) -> str:
@@ -148,14 +155,14 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
                          recorder=SessionRecorder(store, core.state_dir / "logs"),
                          projects=lambda: list(core.configs().projects), resolve_root=resolve_root,
                          agent_argv=lambda project: interactive_argv(supervisor.profile("claude", project)),
-                         setup=lambda project: worktree_setup(core.configs(), project),
+                         setup=lambda project: worktree_setup(core.configs(), project, core.untrusted),
                          socket_path=core.socket_path)
     supervisor.agent_args = chat.agent_args  # a turn's session flags, decided as it starts
 
     facts = doctor.Facts(config_status=core.config_status, serving=lambda: core.rpc.serving,
                          socket_path=core.socket_path, health=core.health, state_dir=core.state_dir)
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
-                                  doctor=lambda project: doctor.run(facts, project))
+                                  doctor=lambda project: doctor.run(facts, project), untrusted=core.untrusted)
     automation.register_rpc(core.rpc)
     trace_api.register(core.rpc, Tracer(_trace_ports(core, store, automation)))
     webhooks = WebhookSubsystem(core.bus.publish, core.state_dir, lambda: sd.named_fd(*FD_NAMES))

@@ -15,14 +15,13 @@ import typer
 from .. import paths
 from . import approvals as approvals_cli
 from . import budget as budget_cmd
-from . import chat as chat_cmd
 from . import render, systemctl
-from . import sessions as sessions_cmd
-from .core import call, cmd_ping, cmd_status, fail, options, use_instance
+from .core import call, cmd_ping, cmd_status, fail, options, trust_cell, use_instance
 from .cron import cron_app
 from .events import events_app
 from .rules import rules_app
 from .tasks import task_app
+from .trust import trust, untrust
 from .webhooks import webhook_app
 
 app = typer.Typer(
@@ -115,9 +114,13 @@ def project_list(json: JsonOpt = False) -> None:
     if json:
         render.emit_json(res)
         return
-    render.table(["project", "persistent", "config"],
-                 [(pr["path"], "yes" if pr["persistent"] else "no", pr["config"]) for pr in res["projects"]],
+    render.table(["project", "persistent", "trusted", "config"],
+                 [(pr["path"], "yes" if pr["persistent"] else "no", trust_cell(pr), pr["config"])
+                  for pr in res["projects"]],
                  empty="no projects (add one with `aiwgctl project add PATH`)")
+    for pr in res["projects"]:
+        if pr.get("untrusted_reason"):
+            print(f"untrusted: {pr['path']}: {pr['untrusted_reason']}")
 
 
 @config_app.command("check")
@@ -140,34 +143,24 @@ def config_check(
             for e in exc.errors:
                 print(e, file=sys.stderr)
         raise typer.Exit(1) from None
+    from ..trust import needs
+
+    # only a project's file needs trust (the service-wide file is the user's own)
+    what = needs(loaded.raw) if config.project_root_of(target) is not None else []
     if json:
-        render.emit_json({"valid": True, "warnings": loaded.warnings})
+        render.emit_json({"valid": True, "warnings": loaded.warnings, "needs_trust": what})
         return
     for w in loaded.warnings:
         print(f"warning: {w}")
     print(f"{target}: valid")
+    if what:
+        print("needs trust before it runs anything (`aiwgctl trust`); it can run, as you:")
+        for line in what:
+            print(f"  {line}")
 
 
-app.command()(chat_cmd.chat)
-app.command()(sessions_cmd.attach)
-app.add_typer(sessions_cmd.session_app, name="session")
-
-
-@app.command()
-def top(once: Annotated[bool, typer.Option("--once", help="print the screen once and exit")] = False) -> None:
-    """Live status: running and queued tasks, rule runs, recent events, cost today (redrawn on events)."""
-    import asyncio
-
-    from . import top as top_mod
-    from .core import START_HINT, resolve_socket
-
-    try:
-        code = asyncio.run(top_mod.run(once, resolve_socket()))
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        fail(f"aiwg-service is not running ({exc.strerror}); {START_HINT}")
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+for _fn in (trust, untrust):
+    app.command()(_fn)
 
 for _fn in (approvals_cli.approvals, approvals_cli.approve, approvals_cli.reject):
     app.command()(_fn)
