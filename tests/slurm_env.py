@@ -239,7 +239,7 @@ KillWait=2
 InactiveLimit=0
 SlurmctldTimeout=10
 SlurmdTimeout=30
-MessageTimeout=10
+MessageTimeout=3
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """)
