@@ -11,8 +11,9 @@ import pytest
 from slurm_env import SlurmCluster
 
 from aiwg_service.executors.base import LaunchError, LaunchSpec, RunRef
+from aiwg_service.executors.remote_common import ExecutorUnavailable
 from aiwg_service.executors.schema import SlurmExecutorConfig
-from aiwg_service.executors.slurm import ExecutorUnavailable, SlurmExecutor, job_name
+from aiwg_service.executors.slurm import SlurmExecutor, job_name
 
 
 def make(cluster: SlurmCluster, state: Path, **cfg: object) -> SlurmExecutor:

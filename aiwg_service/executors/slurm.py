@@ -38,11 +38,12 @@ from typing import Any
 
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .checkout import git_head, mismatch, remote_cwd
+from .remote_common import ExecutorUnavailable, exit_info
 from .runner import claim as _claim
 from .runner import write_json_atomic
 from .schema import SlurmExecutorConfig
 
-__all__ = ["ExecutorUnavailable", "SlurmExecutor", "job_name"]
+__all__ = ["SlurmExecutor", "job_name"]
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,6 @@ ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDE
 _DOWN_HINTS = ("unable to contact slurm controller", "socket timed out", "connection refused",
                "zero bytes were transmitted", "communication connection failure", "slurm_load_jobs error",
                "connection timed out", "unable to establish controller")
-
-
-class ExecutorUnavailable(ExecutorError):
-    """The executor cannot be reached right now (slurmctld not answering, ssh host down).
-
-    Raised by ``start`` (and ``adopt`` when it must ask the remote side): the task stays queued, with
-    this message as the reason; nothing ran."""
 
 
 def job_name(task_id: str) -> str:
@@ -78,19 +72,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def exit_info(d: Mapping[str, Any]) -> ExitInfo:
-    """An exit record written by the runner -> :class:`ExitInfo`."""
-
-    def num(key: str) -> int | None:
-        v = d.get(key)
-        return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-    return ExitInfo(exit_code=num("exit_code"), signal=num("signal"), timed_out=bool(d.get("timed_out")),
-                    log_bytes=num("log_bytes"), truncated=bool(d.get("truncated")),
-                    finished_at=d.get("finished_at") if isinstance(d.get("finished_at"), str) else None,
-                    error=d.get("error") if isinstance(d.get("error"), str) else None)
 
 
 class _Job:
