@@ -207,11 +207,13 @@ METHODS: dict[str, type[Params]] = {
     "events.subscribe": EventsSubscribeParams,
     "cron.list": NoParams,
     "chat.send": ChatSendParams,
+    "executors.list": NoParams,
 }
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
-                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list"})
+                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
+                       "executors.list"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

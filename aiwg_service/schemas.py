@@ -13,6 +13,7 @@ from msgspec import Meta, Struct
 from . import config
 from .config import EnvName
 from .events import section as _events  # watch, schedule
+from .executors import section as _executors  # executors
 from .rules import section as _rules  # rules
 from .tasks import section as _tasks  # agents
 
@@ -29,4 +30,4 @@ config.register_section("webhook", WebhookSection, WebhookSection)
 config.register_section("messaging", dict[str, Any], dict, scan_secrets=True)
 config.sections_complete()
 
-__all__ = ["_events", "_rules", "_tasks"]
+__all__ = ["_events", "_executors", "_rules", "_tasks"]

@@ -1,6 +1,6 @@
 """The one module that knows every subsystem: what each is built from, and the fixed start order.
 
-Start order: event router, task store, agent supervisor, automation engine, IPC server, file watcher,
+Start order: event router, task store, executors, agent supervisor, automation engine, IPC server, file watcher,
 cron scheduler, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
 Subsystems never import each other: this module hands each one the narrow ports it needs (the bus, the
 RPC server, a view of the current configs, the state directory, the task queue's submit function).
@@ -18,6 +18,8 @@ from . import doctor
 from .events.bus import EventBus
 from .events.scheduler import CronScheduler
 from .events.subsystems import WatcherSubsystem
+from .executors.registry import Executors
+from .executors.subsystem import ExecutorsSubsystem
 from .ports import ConfigsView, Placeholder, Subsystem
 from .rpc import RpcServer, RpcSubsystem
 from .rules.engine import AutomationEngine
@@ -43,6 +45,8 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     core.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
     # also registers task.* and chat.send
     store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir)
+    executors = ExecutorsSubsystem(core.configs, core.state_dir, getattr(supervisor, "executors", None) or Executors())
+    executors.register_rpc(core.rpc)
 
     def submit_task(project: str, prompt: str, agent: str | None, priority: int, source: str,
                     timeout_s: float | None, origin: dict[str, Any]) -> str:
@@ -64,6 +68,7 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     return [
         core.bus,
         store,
+        executors,  # before the supervisor: it re-adopts runs through them
         supervisor,
         automation,
         RpcSubsystem(core.rpc, core.listen),

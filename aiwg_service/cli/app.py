@@ -140,6 +140,18 @@ def config_check(
     print(f"{target}: valid")
 
 
+@app.command()
+def executors(json: JsonOpt = False) -> None:
+    """Where tasks run: each executor, its state, running and queued tasks, and its last error."""
+    res = call("executors.list")
+    if json:
+        render.emit_json(res)
+        return
+    render.table(["executor", "kind", "state", "running", "queued", "max", "last error"],
+                 [(e["name"], e["kind"], e["state"], e["running"], e["queued"], e["max_parallel"] or "-",
+                   e["last_error"] or "-") for e in res["executors"]], empty="no executors")
+
+
 for _fn in (systemctl.install, systemctl.uninstall, systemctl.start, systemctl.stop, systemctl.restart,
             systemctl.logs):
     app.command()(_fn)

@@ -14,8 +14,11 @@ can load it without the executors themselves.
 
 from __future__ import annotations
 
+import re
+import typing
 from typing import Annotated, Any, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
@@ -25,12 +28,16 @@ __all__ = [
     "SshExecutorConfig",
     "check_executors",
     "executor_problems",
+    "parse_executors",
 ]
 
 ExecutorName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 PosInt = Annotated[int, Meta(ge=1)]
 #: Slurm's --mem: a number with an optional K/M/G/T suffix.
-SlurmMem = Annotated[str, Meta(pattern=r"^[0-9]+[KMGT]?$")]
+SyncMode = Literal["none", "git-push"]
+SystemdMode = Literal["auto", "yes", "no"]
+SLURM_MEM_PATTERN = r"^[0-9]+[KMGT]?$"
+SlurmMem = Annotated[str, Meta(pattern=SLURM_MEM_PATTERN)]
 
 
 class LocalExecutorConfig(Struct, kw_only=True, forbid_unknown_fields=True, tag="local", tag_field="kind"):
@@ -69,9 +76,9 @@ class SshExecutorConfig(Struct, kw_only=True, forbid_unknown_fields=True, tag="s
     #: The checkout on the host; ``{name}`` is the project directory's name. Default: the same path as here.
     remote_path: str | None = None
     #: ``git-push``: push the current commit to the remote checkout before each task.
-    sync: Literal["none", "git-push"] = "none"
+    sync: SyncMode = "none"
     #: Run remote tasks under ``systemd-run --user`` (``auto``: when the host has a user manager).
-    systemd: Literal["auto", "yes", "no"] = "auto"
+    systemd: SystemdMode = "auto"
     #: The ssh config to read ``host`` from (default ``~/.ssh/config``); known_hosts comes from it
     #: (``UserKnownHostsFile``), else ``~/.ssh/known_hosts``.  Unknown host keys are always refused.
     ssh_config: str | None = None
@@ -104,11 +111,72 @@ def executor_problems(name: str, cfg: ExecutorConfig) -> list[tuple[str, str]]:
     return out
 
 
+KINDS = ("local", "slurm", "ssh")
+_CHOICES = {"sync": typing.get_args(SyncMode), "systemd": typing.get_args(SystemdMode)}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _msgspec_problem(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """msgspec's "Expected `int`, got `str` - at `$.cpus`" -> ("cpus", "expected `int`, got `str`")."""
+    m = _AT.match(str(exc))
+    msg, path = (m.group("msg"), m.group("path") or "") if m else (str(exc), "")
+    path = path.lstrip(".").replace("[", ".").replace("]", "")
+    missing = re.match(r"Object missing required field `(\w+)`", msg)
+    if missing:
+        return (f"{path}.{missing.group(1)}" if path else missing.group(1)), "is required"
+    unknown = re.match(r"Object contains unknown field `(\w+)`", msg)
+    if unknown:
+        return (f"{path}.{unknown.group(1)}" if path else unknown.group(1)), "unknown key (a typo?)"
+    if path == "kind" or msg.startswith("Invalid value"):
+        return "kind", f"must be one of {', '.join(KINDS)}"
+    if msg.startswith("Invalid enum value") and path in _CHOICES:
+        return path, f"must be one of {', '.join(_CHOICES[path])}"
+    if SLURM_MEM_PATTERN in msg:
+        return path, 'must be a Slurm memory size like "4000", "8G" or "512M"'
+    return path, msg[:1].lower() + msg[1:]
+
+
+def parse_executors(raw: Any) -> tuple[dict[str, ExecutorConfig], list[tuple[str, str]]]:
+    """The section's raw JSON -> typed configs by name, and (JSON path, problem) for every bad entry."""
+    configs: dict[str, ExecutorConfig] = {}
+    problems: list[tuple[str, str]] = []
+    if not isinstance(raw, dict):
+        return configs, [("executors", "must be an object of executor name -> settings")]
+    for name, entry in raw.items():
+        where = f"executors.{name}"
+        if not _NAME.match(name):
+            problems.append((where, "an executor name may use only letters, digits and _ . - "
+                                    "(at most 64, starting with a letter or digit)"))
+            continue
+        if not isinstance(entry, dict):
+            problems.append((where, "must be an object"))
+            continue
+        if "kind" not in entry:
+            problems.append((f"{where}.kind", f"is required (one of {', '.join(KINDS)})"))
+            continue
+        try:
+            cfg = _decoder(entry)
+        except msgspec.ValidationError as e:
+            path, msg = _msgspec_problem(e)
+            problems.append((f"{where}.{path}" if path else where, msg))
+            continue
+        found = executor_problems(name, cfg)
+        problems.extend((f"executors.{p}", m) for p, m in found)
+        if not found:
+            configs[name] = cfg
+    return configs, problems
+
+
+def _decoder(entry: dict[str, Any]) -> ExecutorConfig:
+    return msgspec.convert(entry, ExecutorConfig)  # type: ignore[arg-type]
+
+
 def check_executors(doc: Any) -> list[tuple[str, str]]:
-    """Whole-document check: the section's own problems, and every profile's ``executor`` must exist."""
-    section = getattr(doc, "executors", None) or {}
-    out = [(f"executors.{p}", msg) for name, cfg in section.items() for p, msg in executor_problems(name, cfg)]
-    known = {"local", *section}
+    """Whole-document check: every entry converts, and every profile's ``executor`` exists."""
+    raw = getattr(doc, "executors", None) or {}
+    _configs, out = parse_executors(raw)
+    known = {"local", *raw}
     for pname, profile in (getattr(doc, "agents", None) or {}).items():
         ex = getattr(profile, "executor", None)
         if ex is not None and ex not in known:

@@ -215,6 +215,15 @@ class SlurmExecutor:
                 "watched_jobs": len(self.poller.jobs), "squeue_calls": self.poller.calls,
                 "poll_interval_s": round(self.poller.interval, 2)}
 
+    async def probe(self) -> None:
+        """One ``squeue`` to learn whether the cluster answers (for ``aiwgctl executors`` before any task)."""
+        try:
+            await self.squeue()
+        except ExecutorError as e:
+            self.set_down(str(e))
+        else:
+            self.set_up()
+
     # -- commands ------------------------------------------------------------------------------------------
     def _which(self, cmd: str) -> str:
         exe = shutil.which(cmd, path=self.environ.get("PATH"))

@@ -185,6 +185,11 @@ class SshExecutor:
             self._down(f"{self.cfg.host}: {e or type(e).__name__}")
             raise ExecutorUnavailable(self.last_error or "") from None
 
+    async def probe(self) -> None:
+        """Connect once to learn whether the host answers (for ``aiwgctl executors`` before any task)."""
+        with contextlib.suppress(ExecutorUnavailable):
+            await self.connection()
+
     def health(self) -> dict[str, Any]:
         return {"kind": "ssh", "host": self.cfg.host, "state": self.state, "last_error": self.last_error,
                 "systemd": self.systemd, "waiting": self._waiting}
