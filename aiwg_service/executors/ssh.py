@@ -195,20 +195,6 @@ class SshExecutor:
                 "systemd": self.systemd, "waiting": self._waiting}
 
     # -- start ---------------------------------------------------------------------------------------------
-    async def check_checkout(self, local_cwd: str, cwd: str) -> None:
-        """The remote checkout exists and is at our HEAD (pushing it first with ``sync: git-push``)."""
-        local, _ = await git_head(local_cwd)
-        if local is not None and self.cfg.sync == "git-push":
-            await self._push(local_cwd, cwd, local)
-        r = await self._run(f"cd {_q(cwd)} 2>/dev/null || {{ echo nodir; exit 0; }}; "
-                            "git rev-parse --verify -q HEAD 2>/dev/null || echo nogit")
-        out = str(r.stdout).strip()
-        if out == "nodir":
-            raise LaunchError(f"remote path {cwd} does not exist on {self.cfg.host}")
-        problem = mismatch(local, None if out == "nogit" else out, f"the checkout {cwd} on {self.cfg.host}")
-        if problem:
-            raise LaunchError(problem)
-
     async def _push(self, local_cwd: str, cwd: str, commit: str) -> None:
         """Push the commit to the remote checkout and check it out there (refused if it has local changes)."""
         ssh_cmd = "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes"
@@ -238,7 +224,9 @@ class SshExecutor:
     async def start(self, spec: LaunchSpec) -> Handle:
         await self.connection()
         cwd = remote_cwd(spec.options.get("remote_path") or self.cfg.remote_path, spec.cwd)
-        await self.check_checkout(spec.cwd, cwd)
+        local, _ = await git_head(spec.cwd)
+        if local is not None and self.cfg.sync == "git-push":
+            await self._push(spec.cwd, cwd, local)
         base = f"{self._dir}/{spec.task_id}.{spec.attempt}.{os.urandom(3).hex()}"
         record = {"argv": spec.argv, "cwd": cwd, "env": self.remote_env(spec.env), "log_path": f"{base}.log",
                   "timeout_s": spec.timeout_s, "umask": spec.umask, "max_output_bytes": spec.max_output_bytes,
@@ -255,12 +243,24 @@ class SshExecutor:
             log_start = os.stat(spec.log_path).st_size
         except OSError:
             log_start = 0
-        r = await self._run(f"umask 077 && cat > {_q(base + '.spec')} && {launch}", input=json.dumps(record))
-        pid_s = str(r.stdout).strip().splitlines()[-1:] or [""]
+        # One round trip: the checkout is there and at our commit, then the spec is written and launched.
+        check = f"cd {_q(cwd)} 2>/dev/null || {{ echo aiwg-nodir; exit 3; }}; "
+        if local is not None:
+            check += ('h=$(git rev-parse --verify -q HEAD 2>/dev/null); '
+                      f'[ "$h" = {_q(local)} ] || {{ echo "aiwg-head=$h"; exit 4; }}; ')
+        r = await self._run(f"{check}umask 077 && cat > {_q(base + '.spec')} && {launch}", input=json.dumps(record))
+        out = str(r.stdout).strip()
+        if r.exit_status == 3 and out == "aiwg-nodir":
+            raise LaunchError(f"remote path {cwd} does not exist on {self.cfg.host}")
+        if r.exit_status == 4 and out.startswith("aiwg-head="):
+            there = out.removeprefix("aiwg-head=") or None
+            raise LaunchError(mismatch(local, there, f"the checkout {cwd} on {self.cfg.host}") or "checkout mismatch")
+        pid_s = out.splitlines()[-1:] or [""]
         if r.exit_status != 0 or not pid_s[0].isdigit() or pid_s[0] == "0":
-            await self._run(f"rm -f {_q(base + '.spec')}")
+            with contextlib.suppress(ExecutorUnavailable):
+                await self._run(f"rm -f {_q(base + '.spec')}")
             raise LaunchError(f"could not start the agent on {self.cfg.host}: "
-                              f"{(str(r.stderr).strip() or str(r.stdout).strip())[:500]}")
+                              f"{(str(r.stderr).strip() or out)[:500]}")
         handle: Handle = {"kind": "ssh", "executor": self.name, "host": self.cfg.host, "run": base,
                           "pid": int(pid_s[0]), "log": spec.log_path, "log_start": log_start}
         if self.systemd:
@@ -319,10 +319,17 @@ class SshExecutor:
                 except ExecutorUnavailable:
                     conn = await self._reconnect()
                 try:
-                    await self._follow(conn, handle)
-                    if await self._alive(handle):  # the stream broke, not the run: follow again
-                        continue
-                    return await self._finish(handle)
+                    rec = await self._follow(conn, handle)
+                    if rec is None:
+                        if await self._alive(handle):  # the stream broke, not the run: follow again
+                            continue
+                        return await self._finish(handle)
+                    info = exit_info(rec)
+                    remote_bytes = info.log_bytes
+                    if remote_bytes is not None and self._copied(handle) < remote_bytes:
+                        return await self._finish(handle)  # fetch what the stream did not bring
+                    info.log_bytes = self._local_size(handle)
+                    return info
                 except (ExecutorUnavailable, *_CONN_ERRORS) as e:
                     if not isinstance(e, ExecutorUnavailable):
                         self._down(f"{self.cfg.host}: {e or type(e).__name__}")
@@ -338,12 +345,16 @@ class SshExecutor:
             size = 0
         return max(0, size - int(handle.get("log_start") or 0))
 
-    async def _follow(self, conn: asyncssh.SSHClientConnection, handle: Handle) -> None:
-        """Stream the remote log into the local one until the runner exits."""
-        log_remote = _q(handle["run"] + ".log")
-        cmd = (f"if {_alive_cmd(handle, bare=True)}; then exec tail -c +{self._copied(handle) + 1} -s 0.5 -F "
-               f"--pid={int(handle['pid'])} {log_remote} 2>/dev/null; fi")
+    async def _follow(self, conn: asyncssh.SSHClientConnection, handle: Handle) -> dict[str, Any] | None:
+        """Stream the remote log into the local one until the runner exits; its exit record, if it left one.
+
+        One channel: stdout is the log from where the local copy ends (``tail -F --pid``), stderr the
+        exit record once the runner is gone."""
+        base = _q(handle["run"])
+        cmd = (f"if {_alive_cmd(handle, bare=True)}; then tail -c +{self._copied(handle) + 1} -s 0.25 -F "
+               f"--pid={int(handle['pid'])} {base}.log 2>/dev/null; fi; cat {base}.exit >&2 2>/dev/null; true")
         async with conn.create_process(cmd, encoding=None, stdin=asyncssh.DEVNULL) as proc:
+            err_task = asyncio.ensure_future(proc.stderr.read())
             with open(handle["log"], "ab") as f:
                 while True:
                     data = await proc.stdout.read(65536)
@@ -351,22 +362,33 @@ class SshExecutor:
                         break
                     f.write(data)
                     f.flush()
+            err = await err_task
             await proc.wait()
+        if proc.exit_status != 0:
+            return None  # the channel broke (no exit status): the caller checks and follows again
+        try:
+            rec = json.loads(err) if err.strip() else None
+        except ValueError:
+            return None
+        return rec if isinstance(rec, dict) else None
 
     async def _finish(self, handle: Handle) -> ExitInfo:
-        """The runner is gone: copy what is left of the log, then read its exit record."""
+        """The runner is gone: copy what is left of the log, then read its exit record (one round trip)."""
         base = _q(handle["run"])
-        r = await self._run(f"cat {base}.exit 2>/dev/null")
-        rec: dict[str, Any] | None = None
-        with contextlib.suppress(ValueError):
-            rec = json.loads(str(r.stdout)) if str(r.stdout).strip() else None
         conn = await self.connection()
-        proc = await conn.run(f"tail -c +{self._copied(handle) + 1} {base}.log 2>/dev/null", encoding=None,
-                              check=False, timeout=120)
+        try:
+            proc = await conn.run(f"tail -c +{self._copied(handle) + 1} {base}.log 2>/dev/null; "
+                                  f"cat {base}.exit >&2 2>/dev/null; true", encoding=None, check=False, timeout=120)
+        except _CONN_ERRORS as e:
+            self._down(f"{self.cfg.host}: {e or type(e).__name__}")
+            raise ExecutorUnavailable(self.last_error or "") from None
         if proc.stdout:
             with open(handle["log"], "ab") as f:
                 f.write(proc.stdout if isinstance(proc.stdout, bytes) else str(proc.stdout).encode())
-        if rec is None:
+        rec: Any = None
+        with contextlib.suppress(ValueError):
+            rec = json.loads(proc.stderr) if proc.stderr and proc.stderr.strip() else None
+        if not isinstance(rec, dict):
             return ExitInfo(log_bytes=self._local_size(handle),
                             error=f"the agent runner on {self.cfg.host} ended without recording a result (killed?)")
         info = exit_info(rec)
