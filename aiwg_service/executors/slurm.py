@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from inotify_simple import INotify, flags
+
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .checkout import git_head, mismatch, remote_cwd
 from .remote_common import ExecutorUnavailable, exit_info
@@ -98,6 +100,40 @@ class _Poller:
         self._kick = asyncio.Event()
         self._tick: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._exits: dict[str, asyncio.Future[None]] = {}  # "<run>.exit" name -> waiter to wake
+        self._inotify: INotify | None = None
+
+    # Exit records usually land on a filesystem this machine sees change (inotify): the waiter wakes at
+    # once instead of at the next squeue.  On NFS written by another node no event comes; the poll finds it.
+    def exit_event(self, exit_name: str) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        if self._inotify is None:
+            try:
+                self._inotify = INotify()
+                self._inotify.add_watch(str(self.ex.runs_dir), flags.MOVED_TO | flags.CLOSE_WRITE)
+                loop.add_reader(self._inotify.fileno(), self._on_inotify)
+            except OSError as e:
+                log.debug("no inotify on %s: %s", self.ex.runs_dir, e)
+                self._inotify = None
+        fut = self._exits.get(exit_name)
+        if fut is None or fut.done():
+            fut = self._exits[exit_name] = loop.create_future()
+        return fut
+
+    def drop_exit_event(self, exit_name: str) -> None:
+        self._exits.pop(exit_name, None)
+        if not self._exits and self._inotify is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._inotify.fileno())
+            self._inotify.close()
+            self._inotify = None
+
+    def _on_inotify(self) -> None:
+        assert self._inotify is not None
+        for ev in self._inotify.read(timeout=0):
+            fut = self._exits.get(ev.name)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     def watch(self, job_id: str) -> _Job:
         self.watchers[job_id] = self.watchers.get(job_id, 0) + 1
@@ -444,6 +480,7 @@ class SlurmExecutor:
         try:
             grace_ticks = 0
             while True:
+                exited = self.poller.exit_event(exit_path.name)  # before the read: no lost wake-up
                 rec = _read_json(exit_path)
                 if rec is not None:
                     return exit_info(rec)
@@ -458,8 +495,11 @@ class SlurmExecutor:
                         if job.state == "CANCELLED":  # cancelled while pending: never ran
                             return ExitInfo(signal=15)
                         return ExitInfo(error=f"Slurm job {job_id} ended {job.state} before the agent started")
-                await self.poller.next_tick()
+                tick = asyncio.ensure_future(self.poller.next_tick())
+                await asyncio.wait([tick, exited], return_when=asyncio.FIRST_COMPLETED)
+                tick.cancel()
         finally:
+            self.poller.drop_exit_event(exit_path.name)
             self.poller.unwatch(job_id)
             timer = self._kill_later.pop(job_id, None)
             if timer is not None:
