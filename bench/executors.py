@@ -128,7 +128,7 @@ async def main() -> None:
         for name, (s, e) in results.items():
             print(f"  {name:<8} {s * 1000:11.1f} ms ({s / base_s:5.1f}x) {e * 1000:8.1f} ms "
                   f"({e / base_e if base_e else float('nan'):5.1f}x)")
-        print("  (slurm here polls at 0.5 s minimum; with the default 3 s spacing, end->recorded is up to 3 s)")
+        print("  (slurm end->recorded: the exit record is seen by inotify; on NFS it waits for the next squeue)")
         pdir = tmp / "poll"
         pdir.mkdir()
         calls, elapsed, interval = await polling(cluster, pdir, args.jobs, args.poll_window)
