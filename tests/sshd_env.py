@@ -47,8 +47,13 @@ def keygen(path: Path, comment: str) -> None:
 class SshServer:
     """``with SshServer(alias="testhost") as s:`` -> ``s.ssh_config``, ``s.known_hosts``, ``s.port``."""
 
-    def __init__(self, alias: str = "testhost", root: Path | None = None) -> None:
+    def __init__(self, alias: str = "testhost", root: Path | None = None, *, prefix: list[str] | None = None,
+                 extra_config: str = "") -> None:
+        """``prefix`` runs sshd through another command (e.g. ``nsenter`` into a private user manager's
+        namespaces); ``extra_config`` is appended to sshd_config (e.g. ``SetEnv``)."""
         self.alias = alias
+        self.prefix = prefix or []
+        self.extra_config = extra_config
         self.root = Path(tempfile.mkdtemp(prefix="aiwg-sshd-")) if root is None else root
         self._own_root = root is None
         self.port = free_port()
@@ -97,6 +102,7 @@ MaxStartups 100
 MaxSessions 100
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
+{self.extra_config}
 """)
         self.ssh_config.write_text(f"""\
 Host {self.alias}
@@ -115,7 +121,7 @@ Host {self.alias}
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         try:
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.sshd_config)],
+            self.proc = subprocess.Popen([*self.prefix, SSHD, "-D", "-e", "-f", str(self.sshd_config)],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()

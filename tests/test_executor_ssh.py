@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sshd_env import SshServer
+from systemd_env import UserManager
 
 from aiwg_service.executors.base import LaunchError, LaunchSpec, RunRef
 from aiwg_service.executors.remote_common import ExecutorUnavailable
@@ -168,3 +169,34 @@ def test_remote_path_missing_or_at_another_commit(sshd: SshServer, tmp_path: Pat
         await ex.close()
 
     asyncio.run(main())
+
+
+def test_remote_user_manager_runs_tasks_as_transient_units(user_manager: UserManager, tmp_path: Path) -> None:
+    """A host with a user manager: the task is `systemd-run --user --unit=aiwg-task-<id> --collect`."""
+    env = user_manager.env
+    server = SshServer(alias="sdhost", prefix=user_manager._nsenter(), extra_config=(
+        f"SetEnv XDG_RUNTIME_DIR={env['XDG_RUNTIME_DIR']} DBUS_SESSION_BUS_ADDRESS={env['DBUS_SESSION_BUS_ADDRESS']}"))
+
+    async def main() -> None:
+        ex = make(server, tmp_path)
+        h = await ex.start(spec(tmp_path, "t-unit", "echo in-unit; sleep 60.777", kill_grace_s=1.0))
+        assert ex.health()["systemd"] is True and h["unit"] == "aiwg-task-t-unit.service"
+        assert user_manager.systemctl("is-active", "aiwg-task-t-unit.service").stdout.strip() == "active"
+        w = asyncio.create_task(ex.wait(h))
+        log = tmp_path / "logs" / "t-unit.log"
+        for _ in range(100):
+            if log.exists() and b"in-unit" in log.read_bytes():
+                break
+            await asyncio.sleep(0.1)
+        await ex.cancel(h)
+        info = await asyncio.wait_for(w, 30)
+        assert info.signal == 15
+        for _ in range(50):  # --collect: the unit is gone once it stopped
+            if user_manager.systemctl("is-active", "aiwg-task-t-unit.service").stdout.strip() != "active":
+                break
+            await asyncio.sleep(0.1)
+        assert user_manager.systemctl("is-active", "aiwg-task-t-unit.service").stdout.strip() != "active"
+        await ex.close()
+
+    with server:
+        asyncio.run(main())
