@@ -78,7 +78,7 @@ def test_cancel_and_timeout(sshd: SshServer, tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_unknown_host_key_refused(sshd: SshServer, tmp_path: Path) -> None:
+def test_unknown_host_key_refused_and_auth_failure(sshd: SshServer, tmp_path: Path) -> None:
     async def main() -> None:
         cfg = tmp_path / "ssh_config"
         empty = tmp_path / "known_hosts"
@@ -93,6 +93,16 @@ def test_unknown_host_key_refused(sshd: SshServer, tmp_path: Path) -> None:
         with pytest.raises(ExecutorUnavailable):
             await SshExecutor("box", SshExecutorConfig(host=sshd.alias, ssh_config=str(cfg))).start(
                 spec(tmp_path, "t-unknown2", "true"))
+
+        # a key the host does not accept: an auth failure, said so
+        from sshd_env import keygen
+
+        keygen(tmp_path / "other_key", "not-authorized")
+        cfg.write_text(sshd.ssh_config.read_text().replace(str(sshd.user_key), str(tmp_path / "other_key")))
+        ex = SshExecutor("box", SshExecutorConfig(host=sshd.alias, ssh_config=str(cfg)))
+        with pytest.raises(ExecutorUnavailable, match=f"ssh authentication to {sshd.alias} failed"):
+            await ex.start(spec(tmp_path, "t-auth", "true"))
+        assert "authentication" in (ex.health()["last_error"] or "")
 
     asyncio.run(main())
 

@@ -414,7 +414,8 @@ class SlurmExecutor:
             if listing is None:
                 listing = await self.squeue()  # ExecutorUnavailable propagates: ask again when it is back
                 self.set_up()
-                by_name = await self._names()
+            if not handle.get("job") and not by_name:
+                by_name = await self._names()  # only for a run whose job id was never recorded
             job_id = handle.get("job") or by_name.get(job_name(ref.task_id))
             row = listing.get(str(job_id)) if job_id else None
             if row is not None and row[0] in ACTIVE:

@@ -85,6 +85,7 @@ class SshExecutor:
         self._backoff = 1.0
         self._gone = asyncio.Event()
         self._waiting = 0
+        self._pending_cancel: set[str] = set()
 
     # -- connection ---------------------------------------------------------------------------------------
     def _options(self) -> asyncssh.SSHClientConnectionOptions:
@@ -273,6 +274,7 @@ class SshExecutor:
 
     async def poll(self, refs: Sequence[RunRef]) -> dict[str, Probe]:
         out: dict[str, Probe] = {}
+        alive_cache: dict[str, bool] = {}
         for ref in refs:
             handle = dict(ref.handle or {})
             if handle.get("kind") not in (None, "ssh"):
@@ -292,7 +294,7 @@ class SshExecutor:
                           f"({found[0]})"))
                 continue
             try:
-                alive = await self._alive(handle)
+                alive = await self._alive(handle, cache=alive_cache, refs=refs)
             except ExecutorUnavailable:
                 # The run is somewhere out there: hold it; wait() reconnects and follows it.
                 out[ref.task_id] = Probe(state="running", handle=handle, log_start=handle.get("log_start"))
@@ -305,9 +307,19 @@ class SshExecutor:
                                      handle=handle, exit=info, log_start=handle.get("log_start"))
         return out
 
-    async def _alive(self, handle: Handle) -> bool:
-        r = await self._run(_alive_cmd(handle))
-        return str(r.stdout).strip() == "alive"
+    async def _alive(self, handle: Handle, *, cache: dict[str, bool] | None = None,
+                     refs: Sequence[RunRef] = ()) -> bool:
+        """Is the run's runner alive?  With ``cache``/``refs``: one round trip answers for every ref."""
+        if cache is None:
+            r = await self._run(_alive_cmd(handle))
+            return str(r.stdout).strip() == "alive"
+        if not cache:
+            hs = [dict(r.handle) for r in refs if r.handle and "run" in r.handle and "pid" in r.handle]
+            script = "; ".join(f"if {_alive_cmd(h, bare=True)}; then echo {_q(h['run'])}; fi" for h in hs)
+            r = await self._run(script or "true")
+            live = set(str(r.stdout).split())
+            cache.update({h["run"]: h["run"] in live for h in hs})
+        return cache.get(handle["run"], False)
 
     # -- wait / cancel ---------------------------------------------------------------------------------------
     async def wait(self, handle: Handle) -> ExitInfo:
@@ -319,6 +331,8 @@ class SshExecutor:
                 except ExecutorUnavailable:
                     conn = await self._reconnect()
                 try:
+                    if str(handle.get("run")) in self._pending_cancel:
+                        await self._send_cancel(handle)
                     rec = await self._follow(conn, handle)
                     if rec is None:
                         if await self._alive(handle):  # the stream broke, not the run: follow again
@@ -403,16 +417,21 @@ class SshExecutor:
             return None
 
     async def cancel(self, handle: Handle, *, grace_s: float = 5.0) -> None:
-        """SIGTERM to the runner (it stops the agent's group, SIGKILL after its grace, and records it)."""
+        """SIGTERM to the runner (it stops the agent's group, SIGKILL after its grace, and records it).
+        While the host is away the cancel is kept and sent as soon as it is back (``wait`` does)."""
         try:
-            if handle.get("unit"):
-                await self._run(f"systemctl --user kill --kill-who=main --signal=TERM {_q(handle['unit'])} "
-                                f"2>/dev/null || {_kill_cmd(handle)}")
-            else:
-                await self._run(_kill_cmd(handle))
+            await self._send_cancel(handle)
         except ExecutorUnavailable as e:
-            log.warning("cannot cancel %s on %s now: %s", handle.get("run"), self.cfg.host, e)
-            raise
+            log.warning("cancel of %s on %s sent when the host is back: %s", handle.get("run"), self.cfg.host, e)
+            self._pending_cancel.add(str(handle.get("run")))
+
+    async def _send_cancel(self, handle: Handle) -> None:
+        if handle.get("unit"):
+            await self._run(f"systemctl --user kill --kill-who=main --signal=TERM {_q(handle['unit'])} "
+                            f"2>/dev/null || {_kill_cmd(handle)}")
+        else:
+            await self._run(_kill_cmd(handle))
+        self._pending_cancel.discard(str(handle.get("run")))
 
     async def forget(self, handle: Handle) -> None:
         base = handle.get("run")
