@@ -18,7 +18,6 @@ from . import doctor
 from .events.bus import EventBus
 from .events.scheduler import CronScheduler
 from .events.subsystems import WatcherSubsystem
-from .executors.registry import Executors
 from .executors.subsystem import ExecutorsSubsystem
 from .ports import ConfigsView, Placeholder, Subsystem
 from .rpc import RpcServer, RpcSubsystem
@@ -38,14 +37,16 @@ class CorePorts:
     health: Callable[[], dict[str, Any]]
     config_status: Callable[[], dict[str, Any]]
     socket_path: Callable[[], Path]
+    #: Ask the service to stop (as SIGTERM does); ``daemon.stop`` uses it.
+    request_stop: Callable[[], None] | None = None
 
 
 def build_subsystems(core: CorePorts) -> list[Subsystem]:
     scheduler = CronScheduler(core.bus, core.state_dir)
     core.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
     # also registers task.* and chat.send
-    store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir)
-    executors = ExecutorsSubsystem(core.configs, core.state_dir, getattr(supervisor, "executors", None) or Executors())
+    store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir, core.request_stop)
+    executors = ExecutorsSubsystem(core.configs, core.state_dir, supervisor.executors)
     executors.register_rpc(core.rpc)
 
     def submit_task(project: str, prompt: str, agent: str | None, priority: int, source: str,
@@ -55,7 +56,7 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
             raise RuntimeError("the task queue is not running")
         try:
             task = supervisor.supervisor.submit(project, prompt, agent=agent or "claude", priority=priority,
-                                                source=source, timeout_s=timeout_s)
+                                                source=source, timeout_s=timeout_s, origin=origin)
         except KeyError:
             raise ValueError(f"unknown agent profile {agent!r}") from None
         return task.id

@@ -91,10 +91,31 @@ def start() -> None:
     print("started")
 
 
-def stop() -> None:
-    """Stop the service; the socket stays, so the next request starts it again."""
+def stop(
+    agents: Annotated[bool, typer.Option("--agents", help="stop running agents too (after "
+                                         "daemon.stop_timeout_seconds); by default they keep running")] = False,
+) -> None:
+    """Stop the service; the socket stays, so the next request starts it again.  Running agents
+    keep running (the next start re-adopts them) unless --agents."""
+    if agents and systemctl("is-active", "aiwg.service", check=False).stdout.strip() in ("active", "reloading"):
+        _ask_to_stop_agents()  # (only when it runs: a request on the socket would start it)
     systemctl("stop", "aiwg.service")
     print("stopped (aiwg.socket still listens; use `systemctl --user stop aiwg.socket` to stop that too)")
+
+
+def _ask_to_stop_agents() -> None:
+    """Tell a running service that this stop is for its agents too (nothing to do if none runs)."""
+    from .. import protocol as p
+    from .client import Client, NotRunning
+    from .core import resolve_socket
+
+    try:
+        with Client(resolve_socket(), 30.0) as c:
+            c.call("daemon.stop", {"agents": True})
+    except NotRunning:
+        return
+    except p.RpcError as exc:
+        fail(f"the service refused to stop its agents: {exc.message}")
 
 
 def restart() -> None:

@@ -104,6 +104,9 @@ class ExitInfo(msgspec.Struct, kw_only=True):
     log_bytes: int | None = None
     #: Output past ``max_output_bytes`` was discarded.
     truncated: bool = False
+    #: When truncated: the last whole lines of the discarded output (up to 64 KiB), so the
+    #: stream's final result line (session, cost) is not lost with it.
+    stream_tail: str | None = None
     #: ISO-8601 UTC end time, when known.
     finished_at: str | None = None
     #: Set when the executor lost the run (runner killed, node died): the outcome is unknown.

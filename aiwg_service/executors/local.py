@@ -83,7 +83,8 @@ def _exit_info(d: Mapping[str, Any]) -> ExitInfo:
     return ExitInfo(exit_code=num("exit_code"), signal=num("signal"), timed_out=bool(d.get("timed_out")),
                     log_bytes=num("log_bytes"), truncated=bool(d.get("truncated")),
                     finished_at=d.get("finished_at") if isinstance(d.get("finished_at"), str) else None,
-                    error=err if isinstance(err, str) else None)
+                    error=err if isinstance(err, str) else None,
+                    stream_tail=d.get("stream_tail") if isinstance(d.get("stream_tail"), str) else None)
 
 
 class LocalExecutor:

@@ -34,6 +34,7 @@ import time
 CLAIM_LOST = 75  # EX_TEMPFAIL: someone else (recovery) claimed this attempt first
 DRAIN_S = 2.0
 CHUNK = 1 << 16
+DROPPED_KEEP = 1 << 16
 
 
 def _utc(ts: float) -> str:
@@ -92,6 +93,8 @@ class _Log:
         self.written = 0
         self.truncated = False
         self.failed = False
+        #: The end of what was discarded past the cap: the stream's final result line is there.
+        self.dropped = bytearray()
         self.fd = self._open()
         self.start = os.fstat(self.fd).st_size
 
@@ -110,6 +113,9 @@ class _Log:
 
     def write(self, data: bytes) -> None:
         if self.truncated or self.failed:
+            self.dropped += data
+            if len(self.dropped) > 2 * DROPPED_KEEP:
+                del self.dropped[:-DROPPED_KEEP]
             return
         try:
             if os.fstat(self.fd).st_nlink == 0:  # deleted under us: keep the output where it is looked for
@@ -124,6 +130,7 @@ class _Log:
                 self._raw(data[:room])
                 self.written = self.cap
                 self.truncated = True
+                self.dropped += data[room:]
                 self.note(f"output truncated at {self.cap // (1024 * 1024)} MB; the rest was read and discarded")
         except OSError as e:  # ENOSPC: keep draining so the agent never blocks on the pipe
             self.failed = True
@@ -251,6 +258,11 @@ def run(spec_path: str) -> int:
         "truncated": log.truncated,
         "finished_at": _utc(time.time()),
     }
+    if log.dropped:
+        tail = bytes(log.dropped[-DROPPED_KEEP:])
+        if len(log.dropped) > DROPPED_KEEP:
+            tail = tail[tail.find(b"\n") + 1:]  # whole lines only
+        info["stream_tail"] = tail.decode("utf-8", "replace")
     write_json_atomic(exit_path, info)
     return 0
 
@@ -271,7 +283,9 @@ def main(argv: list[str]) -> int:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        os.close(devnull)
+        # Whatever else the launcher inherited (an event loop's pipe ends) must not be held open:
+        # the service waits for the launcher's stdout to close.
+        os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") < 65536 else 65536)
         try:
             code = run(args[0])
         except BaseException:  # nowhere to report: the service sees a missing exit file
