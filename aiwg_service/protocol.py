@@ -118,6 +118,8 @@ class TaskSubmitParams(Params):
     #: Why it runs (event_id, rule, run_id, approval, conversation, turn, cron_job, webhook_delivery,
     #: cli...); default ``{"cli": true}``.  See ``trace.get``.
     origin: dict[str, Any] | None = None
+    #: Where it runs (an executor's name); default: the profile's ``executor`` (``local``).
+    executor: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)] | None = None
 
 
 class TaskIdParams(Params):

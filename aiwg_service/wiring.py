@@ -46,7 +46,16 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     core.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
     # also registers task.* and chat.send
     store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir, core.request_stop)
-    executors = ExecutorsSubsystem(core.configs, core.state_dir, supervisor.executors)
+    def wake_supervisor() -> None:
+        if supervisor.supervisor is not None:
+            supervisor.supervisor.wake()
+
+    def executor_counts() -> dict[str, dict[str, int]]:
+        return supervisor.supervisor.counts_by_executor() if supervisor.supervisor is not None else {}
+
+    executors = ExecutorsSubsystem(core.configs, core.state_dir, supervisor.executors, counts=executor_counts,
+                                   on_available=wake_supervisor)
+    supervisor.executor_gate = executors.gate
     executors.register_rpc(core.rpc)
 
     def submit_task(project: str, prompt: str, agent: str | None, priority: int, source: str,

@@ -44,11 +44,16 @@ class ExecutorsSubsystem:
     name = "executors"
 
     def __init__(self, configs: Callable[[], Any], state_dir: Path, registry: Executors,
-                 counts: Counts | None = None) -> None:
+                 counts: Counts | None = None, on_available: Callable[[], None] | None = None) -> None:
+        """``on_available()`` is called when an executor that was down answers again (the supervisor's
+        ``wake``, so the tasks it held start)."""
         self.configs = configs
         self.state_dir = state_dir
         self.registry = registry
         self.counts = counts or (lambda: {})
+        self.on_available = on_available
+        self._recheck: dict[str, asyncio.TimerHandle] = {}
+        self._backoff: dict[str, float] = {}
         self._configs: dict[str, ExecutorConfig] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -57,6 +62,9 @@ class ExecutorsSubsystem:
         self.apply(self.configs())
 
     async def stop(self) -> None:
+        for timer in self._recheck.values():
+            timer.cancel()
+        self._recheck.clear()
         for task in list(self._closing):
             task.cancel()
         for name in list(self._configs):
@@ -112,6 +120,45 @@ class ExecutorsSubsystem:
         if h.get("state") == "down":
             return False, f"executor {ex.name} is down: {h.get('last_error') or 'unreachable'}"
         return True, None
+
+    # -- the supervisor's gate ------------------------------------------------------------------------------
+    def gate(self, name: str, running: int) -> str | None:
+        """May another task start on ``name``?  None, or why its tasks wait (they stay queued).
+
+        A full executor frees up when one of its runs ends (the supervisor wakes then anyway); a down
+        one is probed again after a doubling backoff (2 s .. 60 s) while tasks wait for it, and
+        ``on_available`` wakes the supervisor once it answers."""
+        lim = self.limit(name)
+        if lim is not None and running >= lim:
+            return f"executor {name} is at its max_parallel ({lim})"
+        ok, why = self.available(name)
+        if ok:
+            self._backoff.pop(name, None)
+            return None
+        self._recheck_later(name)
+        return why
+
+    def _recheck_later(self, name: str) -> None:
+        if name in self._recheck:
+            return
+        delay = self._backoff.get(name, 2.0)
+        self._backoff[name] = min(delay * 2, 60.0)
+        loop = asyncio.get_running_loop()
+        self._recheck[name] = loop.call_later(delay, lambda: self._background(self._probe(name)))
+
+    async def _probe(self, name: str) -> None:
+        self._recheck.pop(name, None)
+        try:
+            ex = self.registry.get(name)
+        except Exception:
+            return
+        probe = getattr(ex, "probe", None)
+        if probe is not None:
+            with contextlib.suppress(Exception):
+                await probe()
+        # Either way the supervisor looks again: if it is still down, the gate re-arms the next probe.
+        if self.on_available is not None:
+            self.on_available()
 
     def rows(self) -> list[dict[str, Any]]:
         counts = self.counts()

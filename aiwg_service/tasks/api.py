@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import protocol as p
+from ..executors.base import ExecutorError
 from ..rpc import Connection, RpcServer
 from .model import FINISHED_STATES, Task, TaskSource, TaskState
 from .store import Store, StoreError
@@ -208,7 +209,8 @@ def register(
         return root
 
     def submit(prompt: str, agent: str | None, priority: int, project: str | None, timeout: float | None,
-               source: str, origin: dict[str, Any] | None = None, max_budget_usd: float | None = None) -> Task:
+               source: str, origin: dict[str, Any] | None = None, max_budget_usd: float | None = None,
+               executor: str | None = None) -> Task:
         root = project_of(project)
         name = agent or "claude"
         known = agent_names(root)
@@ -216,7 +218,10 @@ def register(
             raise _invalid("agent", f"unknown agent profile {name!r} (known: {', '.join(known)})", known=known)
         try:
             return supervisor().submit(root, prompt, agent=name, priority=priority, source=TaskSource(source),
-                                       timeout_s=timeout, origin=origin, max_budget_usd=max_budget_usd)
+                                       timeout_s=timeout, origin=origin, max_budget_usd=max_budget_usd,
+                                       executor=executor)
+        except ExecutorError as exc:
+            raise _invalid("executor", str(exc)) from None
         except KeyError as exc:  # the profile vanished in a reload between the check and the submit
             raise _invalid("agent", str(exc).strip("\"'"), known=known) from None
         except StoreError as exc:
@@ -230,7 +235,7 @@ def register(
 
     async def task_submit(params: p.TaskSubmitParams, conn: Connection) -> dict[str, Any]:
         task = submit(params.prompt, params.agent, params.priority, params.project, params.timeout, params.source,
-                      params.origin, params.max_budget_usd)
+                      params.origin, params.max_budget_usd, params.executor)
         if not params.wait:
             return task_result(task)
         fut = hub.waiter(task.id)
