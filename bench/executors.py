@@ -6,7 +6,9 @@
    - *submit to start*: ``start()`` called -> the agent's first output line is in the task's log;
    - *end to recorded*: the runner's recorded end time -> ``wait()`` returns the exit info.
    Printed as medians and as the ratio to local.
-2. Polling cost with 200 Slurm jobs queued (held with ``--begin``, so they stay queued): ``squeue``
+2. The same through the real service: ``task.submit {wait: true}`` of a fake-claude task routed to each
+   executor by its profile, wall time from submit to the recorded result (median), against local.
+3. Polling cost with 200 Slurm jobs queued (held with ``--begin``, so they stay queued): ``squeue``
    calls per minute made by one executor with 200 waiters, against the floor a per-job poller would
    need at the same spacing (200 per tick).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -30,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from service_fixture import ServiceEnv  # noqa: E402
 from slurm_env import SlurmCluster  # noqa: E402
 from sshd_env import SshServer  # noqa: E402
 
@@ -75,6 +79,35 @@ async def overhead(name: str, ex: object, tmp: Path, n: int) -> tuple[float, flo
         ends.append(e)
     await ex.close()  # type: ignore[attr-defined]
     return statistics.median(starts), statistics.median(ends)
+
+
+def through_service(tmp: Path, cluster: SlurmCluster, sshd: SshServer, n: int) -> dict[str, float]:
+    env = ServiceEnv(tmp)
+    env.env["PATH"] = f"{cluster.bin_dir}:{env.env['PATH']}"
+    cfg = env.config_home / "aiwg" / "daemon.json"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, FAKE, "-p", "{prompt}"]
+    cfg.write_text(json.dumps({
+        "executors": {"cluster": {"kind": "slurm", "poll_min_seconds": 0.5, "poll_max_seconds": 2},
+                      "box": {"kind": "ssh", "host": sshd.alias, "ssh_config": str(sshd.ssh_config),
+                              "remote_state_dir": str(tmp / "remote")}},
+        "agents": {name: {"kind": "command", "command": cmd, "executor": name} for name in ("local", "cluster", "box")},
+    }))
+    env.start()
+    out = {}
+    try:
+        for name in ("local", "cluster", "box"):
+            times = []
+            for i in range(n + 1):
+                t0 = time.perf_counter()
+                res = env.call("task.submit", {"prompt": f"hello {i}", "agent": name, "wait": True})
+                assert res["state"] == "completed", res
+                if i:  # the first one warms up (connection, runner copy)
+                    times.append(time.perf_counter() - t0)
+            out[name] = statistics.median(times)
+    finally:
+        env.stop()
+    return out
 
 
 async def polling(cluster: SlurmCluster, tmp: Path, jobs: int, window: float) -> tuple[int, float, float]:
@@ -129,6 +162,11 @@ async def main() -> None:
             print(f"  {name:<8} {s * 1000:11.1f} ms ({s / base_s:5.1f}x) {e * 1000:8.1f} ms "
                   f"({e / base_e if base_e else float('nan'):5.1f}x)")
         print("  (slurm end->recorded: the exit record is seen by inotify; on NFS it waits for the next squeue)")
+        (tmp / "svc").mkdir()
+        svc = through_service(tmp / "svc", cluster, sshd, args.tasks)
+        print(f"through the service: task.submit(wait) -> completed, median of {args.tasks} (ratio to local):")
+        for name, t in svc.items():
+            print(f"  {name:<8} {t * 1000:9.1f} ms ({t / svc['local']:5.1f}x, +{(t - svc['local']) * 1000:.0f} ms)")
         pdir = tmp / "poll"
         pdir.mkdir()
         calls, elapsed, interval = await polling(cluster, pdir, args.jobs, args.poll_window)
