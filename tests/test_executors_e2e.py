@@ -62,7 +62,8 @@ def test_slurm_end_to_end(svc_env: ServiceEnv, slurm_cluster: SlurmCluster) -> N
                                                              30, what="the job id")
     svc_env.call("task.cancel", {"taskId": c})
     assert until_state(svc_env, c, {"cancelled", "failed", "completed"})["state"] == "cancelled"
-    assert job not in slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.split()
+    wait_for(lambda: job not in slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.split(), 30,
+             interval=0.2, what=f"job {job} gone from squeue")
 
     # a restart while a job runs: re-adopted by job id, completed once
     r = submit(svc_env, "sleep=4", "cluster")

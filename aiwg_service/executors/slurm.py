@@ -397,6 +397,7 @@ class SlurmExecutor:
 
     async def poll(self, refs: Sequence[RunRef]) -> dict[str, Probe]:
         listing: dict[str, tuple[str, int | None, str]] | None = None
+        down = False
         by_name: dict[str, str] = {}
         out: dict[str, Probe] = {}
         for ref in refs:
@@ -411,9 +412,26 @@ class SlurmExecutor:
                     out[ref.task_id] = Probe(state="finished", handle=handle, exit=exit_info(rec),
                                              log_start=handle.get("log_start"))
                     continue
-            if listing is None:
-                listing = await self.squeue()  # ExecutorUnavailable propagates: ask again when it is back
-                self.set_up()
+            if listing is None and not down:
+                try:
+                    listing = await self.squeue()
+                    self.set_up()
+                except ExecutorUnavailable as e:
+                    down = True
+                    self.set_down(str(e))
+            if down:
+                # slurmctld is not answering: a job that was submitted is still somewhere; hold it as
+                # running (``wait`` follows it once the controller answers), or make sure it never runs.
+                if base is None:
+                    out[ref.task_id] = Probe(state="never_started")
+                elif handle.get("job") or not _claim(f"{base}.claim", {"by": "service", "reason": "recovery"}):
+                    handle.update({"kind": "slurm", "executor": self.name})
+                    out[ref.task_id] = Probe(state="running", handle=handle, log_start=handle.get("log_start"))
+                else:
+                    Path(f"{base}.spec").unlink(missing_ok=True)
+                    out[ref.task_id] = Probe(state="never_started", handle=handle)
+                continue
+            assert listing is not None
             if not handle.get("job") and not by_name:
                 by_name = await self._names()  # only for a run whose job id was never recorded
             job_id = handle.get("job") or by_name.get(job_name(ref.task_id))
@@ -474,9 +492,25 @@ class SlurmExecutor:
 
     # -- wait / cancel ---------------------------------------------------------------------------------------------
     async def wait(self, handle: Handle) -> ExitInfo:
-        job_id = str(handle["job"])
         base = handle["run"]
         exit_path = Path(f"{base}.exit")
+        while not handle.get("job"):
+            # Adopted while slurmctld was down, before the job id was recorded: learn it by name.
+            exited = self.poller.exit_event(exit_path.name)
+            try:
+                rec = _read_json(exit_path)
+                if rec is not None:
+                    return exit_info(rec)
+                with contextlib.suppress(ExecutorError):
+                    found = (await self._names()).get(job_name(Path(base).name.split(".")[0]))
+                    if found:
+                        handle["job"] = found
+                        break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(exited), self.cfg.poll_max_seconds)
+            finally:
+                self.poller.drop_exit_event(exit_path.name)
+        job_id = str(handle["job"])
         job = self.poller.watch(job_id)
         try:
             grace_ticks = 0
