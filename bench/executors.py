@@ -110,6 +110,32 @@ def through_service(tmp: Path, cluster: SlurmCluster, sshd: SshServer, n: int) -
     return out
 
 
+async def floors(cluster: SlurmCluster, sshd: SshServer, tmp: Path, n: int) -> dict[str, float]:
+    """What the engines cost by themselves: a bare ``sbatch --wrap`` to its first output, and one more
+    command over an open ssh connection."""
+    out: dict[str, float] = {}
+    times = []
+    for i in range(n):
+        f = tmp / f"floor{i}.out"
+        t0 = time.time()
+        cluster.run("sbatch", "--parsable", f"--output={f}", "--wrap", "echo x")
+        while not (f.exists() and f.stat().st_size):
+            await asyncio.sleep(0.002)
+        times.append(time.time() - t0)
+    out["slurm"] = statistics.median(times)
+    ex = SshExecutor("box", SshExecutorConfig(host=sshd.alias, ssh_config=str(sshd.ssh_config),
+                                              remote_state_dir=str(tmp / "floor-remote")))
+    conn = await ex.connection()
+    times = []
+    for _ in range(n):
+        t0 = time.time()
+        await conn.run("echo x", check=True)
+        times.append(time.time() - t0)
+    out["ssh"] = statistics.median(times)
+    await ex.close()
+    return out
+
+
 async def polling(cluster: SlurmCluster, tmp: Path, jobs: int, window: float) -> tuple[int, float, float]:
     cfg = SlurmExecutorConfig(extra_args=["--begin=now+1hour"])  # defaults: 3 s .. 30 s spacing
     ex = SlurmExecutor("cluster", cfg, tmp, environ={"PATH": f"{cluster.bin_dir}:/usr/bin:/bin"})
@@ -162,6 +188,12 @@ async def main() -> None:
             print(f"  {name:<8} {s * 1000:11.1f} ms ({s / base_s:5.1f}x) {e * 1000:8.1f} ms "
                   f"({e / base_e if base_e else float('nan'):5.1f}x)")
         print("  (slurm end->recorded: the exit record is seen by inotify; on NFS it waits for the next squeue)")
+        fdir = tmp / "floor"
+        fdir.mkdir()
+        fl = await floors(cluster, sshd, fdir, args.tasks)
+        print(f"  floors: bare sbatch --wrap to first output {fl['slurm'] * 1000:.1f} ms (slurm submit->start is "
+              f"{results['slurm'][0] / fl['slurm']:.2f}x it); one command over an open ssh connection "
+              f"{fl['ssh'] * 1000:.1f} ms (ssh submit->start is {results['ssh'][0] / fl['ssh']:.1f} round trips' worth)")
         (tmp / "svc").mkdir()
         svc = through_service(tmp / "svc", cluster, sshd, args.tasks)
         print(f"through the service: task.submit(wait) -> completed, median of {args.tasks} (ratio to local):")

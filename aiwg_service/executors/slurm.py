@@ -234,6 +234,7 @@ class SlurmExecutor:
         self.last_error: str | None = None
         self.poller = _Poller(self)
         self._kill_later: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- state ---------------------------------------------------------------------------------------------
     def set_down(self, error: str) -> None:
@@ -550,8 +551,14 @@ class SlurmExecutor:
                 # The runner gets SIGTERM, stops the agent's group (SIGKILL after its grace) and records it.
                 await self._cmd(["scancel", "--batch", "--signal=TERM", job_id])
                 loop = asyncio.get_running_loop()
-                self._kill_later[job_id] = loop.call_later(
-                    grace_s + 10, lambda: loop.create_task(self._scancel(job_id)))
+
+                def hard_cancel() -> None:
+                    self._kill_later.pop(job_id, None)
+                    task = loop.create_task(self._scancel(job_id))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+                self._kill_later[job_id] = loop.call_later(grace_s + 10, hard_cancel)
             else:
                 await self._scancel(job_id)
         except ExecutorError as e:

@@ -86,6 +86,7 @@ class SshExecutor:
         self._gone = asyncio.Event()
         self._waiting = 0
         self._pending_cancel: set[str] = set()
+        self._watch_task: asyncio.Task[None] | None = None
 
     # -- connection ---------------------------------------------------------------------------------------
     def _options(self) -> asyncssh.SSHClientConnectionOptions:
@@ -135,7 +136,7 @@ class SshExecutor:
                     self._down(f"connection to {self.cfg.host} lost")
                 self._gone.set()
 
-            asyncio.get_running_loop().create_task(watch_close())
+            self._watch_task = asyncio.get_running_loop().create_task(watch_close())  # keep a strong ref
             if self.state == "down":
                 log.info("executor %s: %s is back", self.name, self.cfg.host)
             self.state, self._backoff = "up", 1.0
