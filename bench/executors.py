@@ -193,7 +193,8 @@ async def main() -> None:
         fl = await floors(cluster, sshd, fdir, args.tasks)
         print(f"  floors: bare sbatch --wrap to first output {fl['slurm'] * 1000:.1f} ms (slurm submit->start is "
               f"{results['slurm'][0] / fl['slurm']:.2f}x it); one command over an open ssh connection "
-              f"{fl['ssh'] * 1000:.1f} ms (ssh submit->start is {results['ssh'][0] / fl['ssh']:.1f} round trips' worth)")
+              f"{fl['ssh'] * 1000:.1f} ms (ssh submit->start is {results['ssh'][0] / fl['ssh']:.1f} round trips'"
+              " worth)")
         (tmp / "svc").mkdir()
         svc = through_service(tmp / "svc", cluster, sshd, args.tasks)
         print(f"through the service: task.submit(wait) -> completed, median of {args.tasks} (ratio to local):")
