@@ -131,7 +131,7 @@ def stop(
 def _ask_to_stop_agents() -> None:
     """Tell a running service that this stop is for its agents too (nothing to do if none runs)."""
     from .. import protocol as p
-    from .client import Client, NotRunning
+    from ..client import Client, NotRunning
     from .core import resolve_socket
 
     try:

@@ -143,7 +143,9 @@ class LocalExecutor:
                 handle = await self._start_unit(spec, runner, str(spec_path))
             else:
                 handle = await self._start_runner(runner, str(spec_path))
-        except BaseException:
+        except LaunchError:
+            # Nothing was launched.  (On a cancel the launch may be under way: the spec stays for the
+            # runner, and recovery's claim settles it if the runner never came.)
             with contextlib.suppress(OSError):
                 spec_path.unlink()
             raise

@@ -400,6 +400,28 @@ class Store:
         return self._transition(task_id, [TaskState.held], "task.queued",
                                 {"state": TaskState.queued, "held_reason": None})
 
+    def costs_since(self, since: str) -> list[tuple[str, str | None, float, str]]:
+        """``(project, rule, cost_usd, finished_at)`` of tasks finished since ``since`` with a cost
+        (the budgets' ledger loads a month with it)."""
+        return self._db.execute(
+            "SELECT project, coalesce(json_extract(origin, '$.rule'), json_extract(origin, '$.rule_id')), "
+            "cost_usd, finished_at FROM tasks "
+            "INDEXED BY tasks_finished_at WHERE finished_at IS NOT NULL AND finished_at >= ? "
+            "AND cost_usd IS NOT NULL", (since,)).fetchall()
+
+    #: Origin keys ``by_origin`` may look up.
+    ORIGIN_KEYS = frozenset({"event_id", "rule", "rule_id", "run_id", "approval", "conversation", "turn",
+                             "cron_job", "webhook_delivery"})
+
+    def by_origin(self, key: str, value: str, limit: int = 200) -> list[Task]:
+        """Tasks whose ``origin[key] == value`` (``trace.get``), oldest first."""
+        if key not in self.ORIGIN_KEYS:
+            raise ValueError(f"not an origin key: {key!r}")
+        rows = self._db.execute(f"SELECT {_COLS} FROM tasks WHERE origin IS NOT NULL AND "
+                                f"json_extract(origin, ?) = ? ORDER BY id LIMIT ?",
+                                (f"$.{key}", value, limit)).fetchall()
+        return [self._row(r) for r in rows]
+
     def held(self) -> list[Task]:
         rows = self._db.execute(f"SELECT {_COLS} FROM tasks INDEXED BY tasks_held WHERE state = 'held' "
                                 "ORDER BY priority DESC, id").fetchall()

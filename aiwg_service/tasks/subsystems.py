@@ -181,7 +181,7 @@ class SupervisorSubsystem:
 
 def build(publish: Callable[..., Any], rpc: RpcServer, configs: ConfigsView, state_dir: Path,
           request_stop: Callable[[], None] | None = None) -> tuple[StoreSubsystem, SupervisorSubsystem]:
-    """Both subsystems and the ``task.*``/``chat.send`` methods, sharing one event hub.
+    """Both subsystems and the ``task.*``/``chat.send``/``daemon.stop`` methods, sharing one event hub.
 
     ``publish(type, project, data, source)`` is the bus's publish: tasks never import the bus.
     """

@@ -54,6 +54,7 @@ class _Run:
         "had_session",
         "handle",
         "job",
+        "launch",
         "parser",
         "reason",
         "replaying",
@@ -67,6 +68,7 @@ class _Run:
         self.task = task
         self.executor = executor
         self.handle: Handle | None = None
+        self.launch: asyncio.Future[Handle] | None = None
         self.job: asyncio.Task[None] | None = None
         self.reason: str | None = None  # None | "timeout" | "cancel" | "stop" | "budget"
         self.parser = StreamJsonParser()
@@ -181,6 +183,13 @@ class Supervisor:
             for job in jobs:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
+            for run in runs:  # launches under way: let them finish and record their handles
+                if run.launch is not None and run.handle is None:
+                    try:
+                        handle = await asyncio.wait_for(run.launch, 30)
+                        self.store.set_handle(run.task.id, handle)
+                    except Exception as e:  # recovery's claim settles it at the next start
+                        log.warning("task %s: launch cut short by the stop: %s", run.task.id, e)
             try:
                 self.store.note_detached(self.detached)
             except StoreError as e:
@@ -464,8 +473,10 @@ class Supervisor:
             max_output_bytes=profile.max_output_mb * 1024 * 1024, kill_grace_s=self.kill_grace_s,
             profile=task.agent, project=task.project, options=dict(profile.executor_options))
         self._prices(run, profile)
+        # Shielded: a graceful stop arriving mid-launch lets the launch finish (see :meth:`stop`).
+        run.launch = asyncio.ensure_future(run.executor.start(spec))
         try:
-            handle = await run.executor.start(spec)
+            handle = await asyncio.shield(run.launch)
         except LaunchError as e:
             self.store.mark_finished(task.id, TaskState.failed, error=str(e)[:500])
             return
@@ -586,19 +597,20 @@ class Supervisor:
             reason = "timeout"
         try:
             if reason == "stop":
-                self.store.mark_interrupted(tid, finished_at=None, error="service stopped while running", **fields)
+                done = self.store.mark_interrupted(tid, finished_at=None, error="service stopped while running",
+                                                   **fields)
             elif reason == "cancel":
-                self.store.mark_finished(tid, TaskState.cancelled, error="cancelled", **fields)
+                done = self.store.mark_finished(tid, TaskState.cancelled, error="cancelled", **fields)
             elif reason == "timeout":
-                self.store.mark_finished(tid, TaskState.timeout, error=f"timed out after {run.timeout:g}s"
+                done = self.store.mark_finished(tid, TaskState.timeout, error=f"timed out after {run.timeout:g}s"
                                          if run.timeout else "timed out", **fields)
             elif reason == "budget":
                 cost = parser.running_cost()
                 lim = run.budget if run.budget is not None else run.task.max_budget_usd
-                self.store.mark_finished(tid, TaskState.failed, error=(
+                done = self.store.mark_finished(tid, TaskState.failed, error=(
                     f"stopped: its cost ${cost or 0:.4f} passed its budget ${lim or 0:g}"), **fields)
             elif info.exit_code == 0 and not parser.is_error:
-                self.store.mark_finished(tid, TaskState.completed, **fields)
+                done = self.store.mark_finished(tid, TaskState.completed, **fields)
             else:
                 if info.error and info.exit_code in (None, 127) and info.signal is None:
                     err = info.error
@@ -608,7 +620,9 @@ class Supervisor:
                     err = f"killed by {_signame(info.signal)}"
                 else:
                     err = f"exit code {info.exit_code}"
-                self.store.mark_finished(tid, TaskState.failed, error=err[:500], **fields)
+                done = self.store.mark_finished(tid, TaskState.failed, error=err[:500], **fields)
+            if done is not None and self.on_cost is not None:
+                self._safe(self.on_cost, done, done.cost_usd)  # charge the final cost to the budgets
         except StoreError as e:
             # The row stays 'running'; the next start's recovery settles it (the exit record stays).
             log.error("task %s: could not record its outcome: %s", tid, e)
