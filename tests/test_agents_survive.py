@@ -65,6 +65,8 @@ def test_agent_survives_stop_and_kill9_with_every_line_once(svc_env: ServiceEnv)
         svc_env.start()
         got = svc_env.call("task.get", {"taskId": tid})
         assert got["state"] == "running" and got["adopted"] == 1 and got["detached_at"]
+        listing = svc_env.ctl("task", "list", check=True).stdout
+        assert any(tid in ln and "running (adopted)" in ln for ln in listing.splitlines()), listing
         time.sleep(1.0)
         assert svc_env.proc is not None
         svc_env.proc.send_signal(signal.SIGKILL)

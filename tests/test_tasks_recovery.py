@@ -15,8 +15,6 @@ from aiwg_service.tasks.model import TaskState
 from aiwg_service.tasks.store import Store
 from tests.tasks_support import Events, pid_alive, read_pid, wait_for
 
-DRIVER = Path(__file__).resolve().parent / "tasks_driver.py"
-
 
 @pytest.mark.parametrize("retry", [1, 0])
 def test_legacy_row_after_kill9_is_recovered(tmp_path: Path, retry: int) -> None:
