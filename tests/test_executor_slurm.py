@@ -170,3 +170,32 @@ def test_readopt_while_slurmctld_is_down(slurm_cluster: SlurmCluster, tmp_path: 
         await second.close()
 
     asyncio.run(main())
+
+
+def test_remote_path_at_another_commit_or_missing(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    import subprocess
+
+    def git(cwd: Path, *args: str) -> None:
+        subprocess.run(["git", "-C", str(cwd), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    async def main() -> None:
+        proj, clone = tmp_path / "proj", tmp_path / "clone"
+        proj.mkdir()
+        git(proj, "init", "-q")
+        (proj / "f").write_text("1")
+        git(proj, "add", "f")
+        git(proj, "commit", "-qm", "one")
+        git(tmp_path, "clone", "-q", str(proj), str(clone))
+        (proj / "f").write_text("2")
+        git(proj, "commit", "-qam", "two")
+        s = LaunchSpec(task_id="t-co", argv=["true"], cwd=str(proj), env={}, log_path=str(tmp_path / "co.log"))
+        ex = make(slurm_cluster, tmp_path, remote_path=str(clone))
+        with pytest.raises(LaunchError, match=r"the checkout .*/clone is at commit .* the project here at"):
+            await ex.start(s)
+        ex = make(slurm_cluster, tmp_path, remote_path=str(tmp_path / "missing"))
+        with pytest.raises(LaunchError, match=r"/missing on the cluster: .*/missing does not exist"):
+            await ex.start(s)
+        assert not list((tmp_path / "runs").glob("t-co.*"))  # nothing was submitted
+
+    asyncio.run(main())
