@@ -199,3 +199,32 @@ def test_remote_path_at_another_commit_or_missing(slurm_cluster: SlurmCluster, t
         assert not list((tmp_path / "runs").glob("t-co.*"))  # nothing was submitted
 
     asyncio.run(main())
+
+
+def test_log_growth_is_announced_when_inotify_cannot_see_it(tmp_path: Path) -> None:
+    """On NFS another node's writes raise no local event: the executor notices growth and makes one."""
+    from inotify_simple import INotify, flags
+
+    async def main() -> None:
+        ex = SlurmExecutor("cluster", SlurmExecutorConfig(log_poll_seconds=0.1), tmp_path, environ={"PATH": ""})
+        log = tmp_path / "job.log"
+        writer = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # stays open: no CLOSE_WRITE
+        ino = INotify()
+        ino.add_watch(str(tmp_path), flags.CLOSE_WRITE)
+        ex.poller.watch_log(str(log))
+        try:
+            os.write(writer, b"more output\n")
+            got = []
+            for _ in range(50):
+                got = [e for e in ino.read(timeout=0) if e.name == "job.log"]
+                if got:
+                    break
+                await asyncio.sleep(0.05)
+            assert got, "no CLOSE_WRITE for the grown log"
+        finally:
+            ex.poller.unwatch_log(str(log))
+            os.close(writer)
+            ino.close()
+            await ex.close()
+
+    asyncio.run(main())

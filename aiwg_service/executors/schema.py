@@ -67,6 +67,9 @@ class SlurmExecutorConfig(Struct, kw_only=True, forbid_unknown_fields=True, tag=
     poll_min_seconds: Annotated[float, Meta(ge=0.2, le=600)] = 3.0
     poll_max_seconds: Annotated[float, Meta(ge=0.2, le=3600)] = 30.0
     command_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = 30.0
+    #: While jobs run, how often their logs are checked for growth that inotify cannot see (NFS written
+    #: by another node); 0 turns it off (the output then shows when the job ends).
+    log_poll_seconds: Annotated[float, Meta(ge=0, le=600)] = 2.0
 
 
 class SshExecutorConfig(Struct, kw_only=True, forbid_unknown_fields=True, tag="ssh", tag_field="kind"):

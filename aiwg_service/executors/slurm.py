@@ -101,6 +101,8 @@ class _Poller:
         self._tick: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._exits: dict[str, asyncio.Future[None]] = {}  # "<run>.exit" name -> waiter to wake
+        self.logs: dict[str, int] = {}  # log path -> size last seen (see watch_log)
+        self._log_task: asyncio.Task[None] | None = None
         self._inotify: INotify | None = None
 
     # Exit records usually land on a filesystem this machine sees change (inotify): the waiter wakes at
@@ -134,6 +136,31 @@ class _Poller:
             fut = self._exits.get(ev.name)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+
+    # Logs on NFS written by another node raise no inotify event here, so the supervisor's follower would
+    # only see them at the end.  While jobs run, a stat per log every ``log_poll_seconds`` notices growth,
+    # and an open+close for writing (no data) makes the local kernel emit IN_CLOSE_WRITE for the follower.
+    def watch_log(self, path: str) -> None:
+        self.logs.setdefault(path, -1)
+        if self._log_task is None or self._log_task.done():
+            self._log_task = asyncio.get_running_loop().create_task(self._nudge_logs(),
+                                                                    name=f"slurm-logs-{self.ex.name}")
+
+    def unwatch_log(self, path: str) -> None:
+        self.logs.pop(path, None)
+
+    async def _nudge_logs(self) -> None:
+        while self.logs:
+            await asyncio.sleep(self.ex.cfg.log_poll_seconds)
+            for path, seen in list(self.logs.items()):
+                try:
+                    size = os.stat(path).st_size
+                except OSError:
+                    continue
+                if size != seen:
+                    self.logs[path] = size
+                    with contextlib.suppress(OSError):
+                        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
 
     def watch(self, job_id: str) -> _Job:
         self.watchers[job_id] = self.watchers.get(job_id, 0) + 1
@@ -513,6 +540,9 @@ class SlurmExecutor:
                 self.poller.drop_exit_event(exit_path.name)
         job_id = str(handle["job"])
         job = self.poller.watch(job_id)
+        log_path = _log_of(handle)
+        if log_path and self.cfg.log_poll_seconds:
+            self.poller.watch_log(log_path)
         try:
             grace_ticks = 0
             while True:
@@ -537,6 +567,8 @@ class SlurmExecutor:
         finally:
             self.poller.drop_exit_event(exit_path.name)
             self.poller.unwatch(job_id)
+            if log_path:
+                self.poller.unwatch_log(log_path)
             timer = self._kill_later.pop(job_id, None)
             if timer is not None:
                 timer.cancel()
@@ -582,11 +614,11 @@ class SlurmExecutor:
         for timer in self._kill_later.values():
             timer.cancel()
         self._kill_later.clear()
-        task = self.poller._task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self.poller._task, self.poller._log_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 def _log_of(handle: Handle) -> str | None:
