@@ -83,7 +83,6 @@ class SshExecutor:
         self._dir = ""
         self._remote_env: dict[str, str] = {}
         self._backoff = 1.0
-        self._gone = asyncio.Event()
         self._waiting = 0
         self._pending_cancel: set[str] = set()
         self._watch_task: asyncio.Task[None] | None = None
@@ -125,7 +124,6 @@ class SshExecutor:
                 conn.close()
                 raise
             self._conn = conn
-            self._gone = asyncio.Event()
             conn_ref = conn
 
             async def watch_close() -> None:
@@ -134,7 +132,6 @@ class SshExecutor:
                 if self._conn is conn_ref:
                     self._conn = None
                     self._down(f"connection to {self.cfg.host} lost")
-                self._gone.set()
 
             self._watch_task = asyncio.get_running_loop().create_task(watch_close())  # keep a strong ref
             if self.state == "down":
