@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import marshal
 import os
 import sys
 import time
@@ -107,8 +108,8 @@ def test_crash_window_claim_means_at_most_once(tmp_path: Path, mode: dict) -> No
             await ex.start(spec(tmp_path, "t-d", f"mark={mark}"))
         # A runner that was already on its way (spec written before the crash) gives up.
         s = ex.runs_dir / "t-d.1.spec"
-        s.write_text(json.dumps({"argv": [sys.executable, FAKE, "-p", f"mark={mark}"], "cwd": str(tmp_path),
-                                 "env": {}, "log_path": str(tmp_path / "t-d.log")}))
+        s.write_bytes(marshal.dumps({"argv": [sys.executable, FAKE, "-p", f"mark={mark}"], "cwd": str(tmp_path),
+                                     "env": {}, "log_path": str(tmp_path / "t-d.log")}))
         proc = await asyncio.create_subprocess_exec(sys.executable, "-I", "-S", RUNNER, str(s))
         assert await proc.wait() == CLAIM_LOST
         assert not mark.exists()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import marshal
 import os
 import signal
 import sys
@@ -28,7 +29,7 @@ from typing import Any
 
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .runner import claim as _claim
-from .runner import write_json_atomic
+from .runner import write_bytes_atomic
 
 __all__ = ["RUNNER", "LocalExecutor", "unit_name"]
 
@@ -133,9 +134,9 @@ class LocalExecutor:
         record = {"argv": spec.argv, "cwd": spec.cwd, "env": spec.env, "log_path": spec.log_path,
                   "timeout_s": spec.timeout_s, "umask": spec.umask, "max_output_bytes": spec.max_output_bytes,
                   "kill_grace_s": spec.kill_grace_s}
-        try:
-            write_json_atomic(str(spec_path), record)
-        except OSError as e:
+        try:  # marshal: the runner reads it without importing json (its start-up is every task's)
+            write_bytes_atomic(str(spec_path), marshal.dumps(record), durable=False)
+        except (OSError, ValueError) as e:
             raise LaunchError(f"cannot write the run's spec {spec_path}: {e.strerror or e}") from None
         runner = [self.python, "-I", "-S", RUNNER]
         try:

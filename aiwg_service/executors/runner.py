@@ -21,15 +21,17 @@ What it does, in order:
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
+import marshal
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
+
+# Deliberately few imports (no json, subprocess, contextlib: they pull in re, threading, collections):
+# the runner's start-up is part of every task's start.  The spec comes as marshal (written by the
+# same interpreter); the claim and exit records go out as JSON through ``_json`` below.
 
 CLAIM_LOST = 75  # EX_TEMPFAIL: someone else (recovery) claimed this attempt first
 DRAIN_S = 2.0
@@ -54,31 +56,63 @@ def _identity(pid: int) -> str | None:
     return f"{boot}:{int(fields[19])}"
 
 
-def write_json_atomic(path: str, data: dict) -> None:
+def _json(v: object) -> str:
+    """JSON for the flat records we write (str, int, float, bool, None, and dicts of them)."""
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_json(str(k))}: {_json(x)}" for k, x in v.items()) + "}"
+    out = ['"']
+    for ch in str(v):
+        o = ord(ch)
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif o < 0x20 or 0xD800 <= o <= 0xDFFF:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def write_bytes_atomic(path: str, data: bytes, *, durable: bool = True) -> None:
+    """temp file, (fsync), rename, (fsync the directory): readers see all of it or nothing."""
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, json.dumps(data).encode())
-        os.fsync(fd)
+        os.write(fd, data)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    if durable:
+        dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write_json_atomic(path: str, data: dict, *, durable: bool = True) -> None:
+    write_bytes_atomic(path, _json(data).encode(), durable=durable)
 
 
 def claim(path: str, record: dict) -> bool:
-    """Create ``path`` exclusively with ``record``; False if it already exists."""
+    """Create ``path`` exclusively with ``record``; False if it already exists.  (Not fsynced: it
+    only has to outlive the service, not the machine; after a reboot no run is alive anyway.)"""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return False
     try:
-        os.write(fd, json.dumps(record).encode())
-        os.fsync(fd)
+        os.write(fd, _json(record).encode())
     finally:
         os.close(fd)
     return True
@@ -108,8 +142,10 @@ class _Log:
             view = view[n:]
 
     def note(self, text: str) -> None:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - contextlib costs start-up time here
             self._raw(f"\n[aiwg: {text}]\n".encode())
+        except OSError:
+            pass
 
     def write(self, data: bytes) -> None:
         if self.truncated or self.failed:
@@ -144,8 +180,38 @@ class _Log:
 
 
 def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    try:  # noqa: SIM105 - contextlib costs start-up time here
         os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _which(name: str, path: str | None) -> str | None:
+    if "/" in name:
+        return name
+    for d in (path or "/usr/local/bin:/usr/bin:/bin").split(":"):
+        cand = os.path.join(d or ".", name)
+        if os.access(cand, os.X_OK) and not os.path.isdir(cand):
+            return cand
+    return None
+
+
+def _spawn(spec: dict, wfd: int) -> int:
+    """The agent in its own session, stdin /dev/null, stdout+stderr on ``wfd``, in the spec's cwd
+    with its umask and env.  posix_spawn: no subprocess import, no Python between fork and exec."""
+    argv = list(spec["argv"])
+    env = dict(spec["env"])
+    exe = _which(argv[0], env.get("PATH"))
+    if exe is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", argv[0])
+    os.chdir(spec["cwd"])  # inherited by the child (posix_spawn has no chdir before 3.13)
+    if spec.get("umask") is not None:
+        os.umask(int(spec["umask"]))
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_DUP2, wfd, 1), (os.POSIX_SPAWN_DUP2, wfd, 2)]
+    # Python ignores SIGPIPE/SIGXFSZ and we ignore SIGHUP: the agent gets the defaults back.
+    return os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True,
+                          setsigdef=(signal.SIGPIPE, signal.SIGHUP, signal.SIGXFSZ))
 
 
 def run(spec_path: str) -> int:
@@ -167,24 +233,25 @@ def run(spec_path: str) -> int:
         return CLAIM_LOST
     try:
         with open(spec_path, "rb") as f:
-            spec = json.loads(f.read())
-    except (OSError, ValueError) as e:
+            spec = marshal.loads(f.read())
+        if not isinstance(spec, dict):
+            raise ValueError("not a run spec")
+    except (OSError, ValueError, EOFError, TypeError) as e:
         write_json_atomic(exit_path, {"error": f"cannot read the run's spec {spec_path}: {e}",
                                       "finished_at": _utc(time.time())})
         return 1
     finally:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - contextlib costs start-up time here
             os.unlink(spec_path)
+        except OSError:
+            pass
     log = _Log(spec["log_path"], int(spec.get("max_output_bytes") or 10 * 1024 * 1024))
     grace = float(spec.get("kill_grace_s") or 5.0)
     timeout = spec.get("timeout_s")
-    umask = spec.get("umask")
 
     rfd, wfd = os.pipe()
     try:
-        child = subprocess.Popen(
-            spec["argv"], stdin=subprocess.DEVNULL, stdout=wfd, stderr=wfd, cwd=spec["cwd"], env=spec["env"],
-            start_new_session=True, close_fds=True, umask=-1 if umask is None else int(umask))
+        child = _spawn(spec, wfd)
     except OSError as e:
         msg = f"cannot start agent {spec['argv'][0]!r}: {e.strerror or e}"
         log.note(msg)
@@ -192,8 +259,8 @@ def run(spec_path: str) -> int:
                                       "finished_at": _utc(time.time()), "spawn_failed": True})
         return 1
     os.close(wfd)
-    write_json_atomic(claim_path, {**me, "child": child.pid, "log_start": log.start})
-    pidfd = os.pidfd_open(child.pid)
+    write_json_atomic(claim_path, {**me, "child": child, "log_start": log.start}, durable=False)
+    pidfd = os.pidfd_open(child)
     os.set_blocking(rfd, False)
 
     deadline = time.monotonic() + float(timeout) if timeout else None
@@ -206,14 +273,14 @@ def run(spec_path: str) -> int:
         now = time.monotonic()
         if rc is None:
             if stop["sig"] is not None and kill_at is None:
-                _killpg(child.pid, signal.SIGTERM)
+                _killpg(child, signal.SIGTERM)
                 kill_at = now + grace
             if deadline is not None and now >= deadline and kill_at is None:
                 timed_out = True
-                _killpg(child.pid, signal.SIGTERM)
+                _killpg(child, signal.SIGTERM)
                 kill_at = now + grace
             if kill_at is not None and now >= kill_at:
-                _killpg(child.pid, signal.SIGKILL)
+                _killpg(child, signal.SIGKILL)
                 kill_at = float("inf")
         elif drain_until is not None and now >= drain_until:
             log.note("output still open after the agent exited; stopped reading")
@@ -226,8 +293,10 @@ def run(spec_path: str) -> int:
         except InterruptedError:
             continue
         if wake_r in ready:
-            with contextlib.suppress(BlockingIOError):
+            try:  # noqa: SIM105 - contextlib costs start-up time here
                 os.read(wake_r, 512)
+            except BlockingIOError:
+                pass
         if rfd in ready:
             try:
                 data = os.read(rfd, CHUNK)
@@ -242,13 +311,13 @@ def run(spec_path: str) -> int:
             elif data:
                 log.write(data)
         if rc is None and pidfd in ready:
-            rc = child.wait()
+            rc = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
             # The leader is gone: whatever is left of its group goes with it (grandchildren that
             # kept the pipe open), then we read what remains.
-            _killpg(child.pid, signal.SIGKILL)
+            _killpg(child, signal.SIGKILL)
             drain_until = time.monotonic() + DRAIN_S
     if rc is None:
-        rc = child.wait()
+        rc = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
     os.close(pidfd)
     info = {
         "exit_code": rc if rc >= 0 else None,
