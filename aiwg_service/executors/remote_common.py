@@ -1,13 +1,15 @@
-"""What the remote executors (slurm, ssh) share: the "not reachable now" error and the runner's exit record."""
+"""What the remote executors (slurm, ssh) share: the "not reachable now" error, the runner's spec and its
+exit record."""
 
 from __future__ import annotations
 
+import marshal
 from collections.abc import Mapping
 from typing import Any
 
 from .base import ExecutorError, ExitInfo
 
-__all__ = ["ExecutorUnavailable", "exit_info"]
+__all__ = ["ExecutorUnavailable", "exit_info", "spec_bytes"]
 
 
 class ExecutorUnavailable(ExecutorError):
@@ -32,3 +34,9 @@ def exit_info(d: Mapping[str, Any]) -> ExitInfo:
     return ExitInfo(exit_code=num("exit_code"), signal=num("signal"), timed_out=bool(d.get("timed_out")),
                     log_bytes=num("log_bytes"), truncated=bool(d.get("truncated")),
                     finished_at=text("finished_at"), error=text("error"))
+
+
+def spec_bytes(record: dict[str, Any]) -> bytes:
+    """The runner's spec as marshal format 2, which every Python 3 reads: the interpreter on the nodes
+    or the host need not be the service's."""
+    return marshal.dumps(record, 2)

@@ -40,9 +40,9 @@ from inotify_simple import INotify, flags
 
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .checkout import git_head, mismatch, remote_cwd
-from .remote_common import ExecutorUnavailable, exit_info
+from .remote_common import ExecutorUnavailable, exit_info, spec_bytes
 from .runner import claim as _claim
-from .runner import write_json_atomic
+from .runner import write_bytes_atomic
 from .schema import SlurmExecutorConfig
 
 __all__ = ["SlurmExecutor", "job_name"]
@@ -387,7 +387,7 @@ class SlurmExecutor:
                   "kill_grace_s": spec.kill_grace_s}
         try:
             runner = self._runner_path()
-            write_json_atomic(str(spec_path), record)
+            write_bytes_atomic(str(spec_path), spec_bytes(record))
         except OSError as e:
             raise LaunchError(f"cannot write the run's files in {self.runs_dir}: {e.strerror or e}") from None
         try:

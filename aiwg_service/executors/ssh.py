@@ -38,7 +38,7 @@ import asyncssh
 
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .checkout import git_head, mismatch, remote_cwd
-from .remote_common import ExecutorUnavailable, exit_info
+from .remote_common import ExecutorUnavailable, exit_info, spec_bytes
 from .schema import SshExecutorConfig
 
 __all__ = ["SshExecutor"]
@@ -176,9 +176,16 @@ class SshExecutor:
                 await asyncio.sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, self.cfg.reconnect_max_seconds)
 
-    async def _run(self, cmd: str, *, input: str | None = None, timeout: float = 60.0) -> asyncssh.SSHCompletedProcess:
+    async def _run(self, cmd: str, *, input: str | bytes | None = None,
+                   timeout: float = 60.0) -> asyncssh.SSHCompletedProcess:
+        """Run ``cmd`` on the host (text out; ``input`` may be bytes, sent as they are)."""
         conn = await self.connection()
         try:
+            if isinstance(input, bytes):
+                r = await conn.run(cmd, input=input, check=False, timeout=timeout, encoding=None)
+                r.stdout = (r.stdout or b"").decode(errors="replace")  # type: ignore[union-attr]
+                r.stderr = (r.stderr or b"").decode(errors="replace")  # type: ignore[union-attr]
+                return r
             return await conn.run(cmd, input=input, check=False, timeout=timeout)
         except _CONN_ERRORS as e:
             self._down(f"{self.cfg.host}: {e or type(e).__name__}")
@@ -247,7 +254,7 @@ class SshExecutor:
         if local is not None:
             check += ('h=$(git rev-parse --verify -q HEAD 2>/dev/null); '
                       f'[ "$h" = {_q(local)} ] || {{ echo "aiwg-head=$h"; exit 4; }}; ')
-        r = await self._run(f"{check}umask 077 && cat > {_q(base + '.spec')} && {launch}", input=json.dumps(record))
+        r = await self._run(f"{check}umask 077 && cat > {_q(base + '.spec')} && {launch}", input=spec_bytes(record))
         out = str(r.stdout).strip()
         if r.exit_status == 3 and out == "aiwg-nodir":
             raise LaunchError(f"remote path {cwd} does not exist on {self.cfg.host}")
@@ -367,15 +374,21 @@ class SshExecutor:
                f"--pid={int(handle['pid'])} {base}.log 2>/dev/null; fi; cat {base}.exit >&2 2>/dev/null; true")
         async with conn.create_process(cmd, encoding=None, stdin=asyncssh.DEVNULL) as proc:
             err_task = asyncio.ensure_future(proc.stderr.read())
-            with open(handle["log"], "ab") as f:
-                while True:
-                    data = await proc.stdout.read(65536)
-                    if not data:
-                        break
-                    f.write(data)
-                    f.flush()
-            err = await err_task
-            await proc.wait()
+            try:
+                with open(handle["log"], "ab") as f:
+                    while True:
+                        data = await proc.stdout.read(65536)
+                        if not data:
+                            break
+                        f.write(data)
+                        f.flush()
+                err = await err_task
+                await proc.wait()
+            finally:
+                if not err_task.done():
+                    err_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await err_task  # retrieve its outcome (a lost connection), never leave it dangling
         if proc.exit_status != 0:
             return None  # the channel broke (no exit status): the caller checks and follows again
         try:
