@@ -30,6 +30,12 @@ def budget(project: Annotated[Path | None, typer.Option("--project", help="only 
         print(f"held {h['taskId']}: {h['reason']}")
 
 
+def _approval(ap: Any) -> str:
+    if isinstance(ap, dict):
+        return f" approval {ap.get('id', '?')} {ap.get('state', '')}".rstrip()
+    return f" approval {ap}"
+
+
 def _line(node: dict[str, Any]) -> str:
     kind, d = node["kind"], node
     if kind == "event":
@@ -38,7 +44,7 @@ def _line(node: dict[str, Any]) -> str:
         conds = ", ".join(f"{c.get('type', 'condition')}={'ok' if c.get('passed') else 'no'}"
                           for c in d.get("conditions", []))
         return (f"rule {d.get('rule')} run {d['id']}: {d.get('outcome', '?')}" + (f" [{conds}]" if conds else "")
-                + (f" approval {d['approval']}" if d.get("approval") else ""))
+                + (_approval(d["approval"]) if d.get("approval") else ""))
     if kind == "task":
         cost = d.get("cost_usd")
         return (f"task {d['id']} {d.get('agent', '')} {d.get('state', '')}"

@@ -410,8 +410,8 @@ class Store:
             "AND cost_usd IS NOT NULL", (since,)).fetchall()
 
     #: Origin keys ``by_origin`` may look up.
-    ORIGIN_KEYS = frozenset({"event_id", "rule", "rule_id", "run_id", "approval", "conversation", "turn",
-                             "cron_job", "webhook_delivery"})
+    ORIGIN_KEYS = frozenset({"event_id", "rule", "rule_id", "run_id", "approval", "approval_id", "conversation",
+                             "turn", "cron_job", "webhook_delivery", "webhook_delivery_id"})
 
     def by_origin(self, key: str, value: str, limit: int = 200) -> list[Task]:
         """Tasks whose ``origin[key] == value`` (``trace.get``), oldest first."""

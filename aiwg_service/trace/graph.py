@@ -51,6 +51,11 @@ class Tracer:
         tasks = self.p.tasks_by_origin("conversation", ident)
         if tasks:
             return ("conversation", {"id": ident, "tasks": tasks})
+        # an approval, a webhook delivery or a cron job: start from a task it led to
+        for key in ("approval_id", "approval", "webhook_delivery_id", "webhook_delivery", "cron_job"):
+            tasks = self.p.tasks_by_origin(key, ident)
+            if tasks:
+                return ("task", tasks[0])
         return None
 
     def _parent(self, kind: str, d: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
