@@ -130,8 +130,8 @@ def test_stop_with_agents_interrupts_them(svc_env: ServiceEnv) -> None:
     start(svc_env, {"stop_timeout_seconds": 0}, agents=agents(sh0={"kind": "shell", "retry": 0}))
     tid = svc_env.call("task.submit", {"agent": "sh0", "prompt": "sleep 60"})["taskId"]
     wait_state(svc_env, tid, "running")
-    res = svc_env.call("daemon.stop", {"agents": True})
-    assert res["stopping"] and res["agents"] == "stop"
+    res = svc_env.ctl("stop", "--agents", check=True)  # no user manager here: asks the service itself
+    assert res.stdout.strip() == "stopping the foreground service and its agents"
     assert svc_env.proc is not None
     assert svc_env.proc.wait(20) == 0
     svc_env.start()

@@ -66,6 +66,9 @@ def test_project_daily_budget_holds_then_reload_releases(svc_env: ServiceEnv) ->
     assert "project.daily" in res and "$0.0246" in res and third in res
     js = json.loads(svc_env.ctl("budget", "--json", check=True).stdout)
     assert js["budgets"][0]["held"] == [third] and js["held"][0]["taskId"] == third
+    fourth = svc_env.call("task.submit", {"prompt": "four"})["taskId"]
+    wait_state(svc_env, fourth, "held")
+    assert svc_env.call("task.cancel", {"taskId": fourth})["state"] == "cancelled"  # a held task can be cancelled
     time.sleep(0.3)
     assert svc_env.call("task.get", {"taskId": third})["state"] == "held"  # never silently dropped
     svc_env.write_project_config({"budgets": {"project_daily_usd": 1}})

@@ -29,7 +29,7 @@ def test_rule_chain_trace(svc_env: ServiceEnv) -> None:
     (svc_env.project / "src" / "a.py").write_text("x = 1\n")
 
     def two_done() -> list[dict] | None:
-        ts = svc_env.call("task.list", {"source": "rule"})["tasks"]
+        ts = svc_env.call("task.list", {"source": "rule"})
         return ts if len(ts) == 2 and all(t["state"] in ("failed", "completed") for t in ts) else None
 
     second, first = wait_for(two_done, 30, what="both rule tasks to finish")

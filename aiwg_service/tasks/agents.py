@@ -56,10 +56,12 @@ def profile_lookup(custom: Mapping[str, AgentProfile]) -> Callable[[str], AgentP
     return lookup
 
 
-def build_argv(profile: AgentProfile, prompt: str, max_budget_usd: float | None = None) -> list[str]:
+def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None,
+               max_budget_usd: float | None = None) -> list[str]:
     """The argv to exec for ``prompt``; the prompt is always one argv element, never shell-parsed
-    (except by the ``shell`` kind, whose whole point is that).  ``max_budget_usd`` goes to claude
-    as ``--max-budget-usd`` unless the profile says its claude lacks the flag (``budget_flag``)."""
+    (except by the ``shell`` kind, whose whole point is that). ``subagent`` (a plain identifier,
+    checked by the protocol) becomes ``--agent NAME`` for the ``claude`` kind; ``max_budget_usd`` goes
+    to claude as ``--max-budget-usd`` unless the profile says its claude lacks the flag (``budget_flag``)."""
     if profile.command:
         argv = [part.replace("{prompt}", prompt) for part in profile.command]
         return argv + list(profile.args)
@@ -74,6 +76,8 @@ def build_argv(profile: AgentProfile, prompt: str, max_budget_usd: float | None 
         argv += ["--allowedTools", ",".join(profile.allowed_tools)]
     if profile.permission_mode:
         argv += ["--permission-mode", profile.permission_mode]
+    if subagent:
+        argv += ["--agent", subagent]
     if max_budget_usd is not None and profile.budget_flag:
         argv += ["--max-budget-usd", f"{max_budget_usd:g}"]
     return argv + list(profile.args)

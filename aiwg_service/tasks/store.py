@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from .. import paths
 from .agents import kill_orphan_group
 from .model import (
     FINISHED_STATES,
@@ -85,6 +86,7 @@ MIGRATIONS: list[str] = [
     -- retention
     CREATE INDEX tasks_finished_at ON tasks(finished_at) WHERE finished_at IS NOT NULL;
     """,
+    "ALTER TABLE tasks ADD COLUMN subagent TEXT;",
     """
     ALTER TABLE tasks ADD COLUMN executor TEXT;
     ALTER TABLE tasks ADD COLUMN handle TEXT;
@@ -120,9 +122,13 @@ class Store:
     def __init__(self, state_dir: str | os.PathLike[str], emit: Emit | None = None, *,
                  filename: str = "tasks.db") -> None:
         self.dir = Path(state_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.dir / filename
         self._emit_cb = emit
+        try:
+            paths.private_file(self.path)
+        except OSError as e:
+            raise StoreError(f"cannot open task store {self.path}: {e.strerror}") from e
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -226,14 +232,14 @@ class Store:
 
     def submit(self, project: str, prompt: str, *, agent: str = "claude", priority: int = 0,
                source: TaskSource | str = TaskSource.cli, timeout_s: float | None = None,
-               origin: dict[str, Any] | None = None, max_budget_usd: float | None = None,
-               executor: str | None = None) -> Task:
+               subagent: str | None = None, origin: dict[str, Any] | None = None,
+               max_budget_usd: float | None = None, executor: str | None = None) -> Task:
         """Insert a queued task (one transaction) and emit ``task.queued``.  ``executor``: where the
         task asked to run (else its profile decides when it starts)."""
         task = Task(id=new_task_id(), project=str(project), prompt=prompt, agent=agent,
                     priority=int(priority), source=TaskSource(source), created_at=utc_now(),
-                    timeout_s=timeout_s, origin=dict(origin or {}), max_budget_usd=max_budget_usd,
-                    executor=executor)
+                    timeout_s=timeout_s, subagent=subagent, origin=dict(origin or {}),
+                    max_budget_usd=max_budget_usd, executor=executor)
         return self.insert(task)
 
     def insert(self, task: Task) -> Task:

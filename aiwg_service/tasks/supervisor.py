@@ -155,7 +155,7 @@ class Supervisor:
 
         Returns the tasks recovery settled without re-adopting (re-queued or failed)."""
         self._loop = asyncio.get_running_loop()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._watch = LogWatch(self.log_dir)
         settled = await self._readopt()
         self._started = True
@@ -205,8 +205,8 @@ class Supervisor:
 
     def submit(self, project: str, prompt: str, *, agent: str = "claude", priority: int = 0,
                source: TaskSource | str = TaskSource.cli, timeout_s: float | None = None,
-               origin: dict[str, Any] | None = None, max_budget_usd: float | None = None,
-               executor: str | None = None) -> Task:
+               subagent: str | None = None, origin: dict[str, Any] | None = None,
+               max_budget_usd: float | None = None, executor: str | None = None) -> Task:
         """Queue a task (raises KeyError for an unknown agent, ExecutorError for an unknown executor,
         StoreError if it could not be stored) and wake the scheduler.  ``origin`` records why it runs
         (see ``aiwgctl trace``); ``executor`` overrides the profile's."""
@@ -218,7 +218,8 @@ class Supervisor:
         if not org:
             org = {"cli": True} if src is TaskSource.cli else {"source": src.value}
         task = self.store.submit(project, prompt, agent=agent, priority=priority, source=src,
-                                 timeout_s=timeout_s, origin=org, max_budget_usd=max_budget_usd, executor=executor)
+                                 timeout_s=timeout_s, subagent=subagent, origin=org, max_budget_usd=max_budget_usd,
+                                 executor=executor)
         self._idle.clear()
         self.wake()
         return task
@@ -439,7 +440,7 @@ class Supervisor:
     async def _launch(self, run: _Run, profile: AgentProfile) -> None:
         task = run.task
         budget = task.max_budget_usd if task.max_budget_usd is not None else profile.max_budget_usd
-        argv = build_argv(profile, task.prompt, budget)
+        argv = build_argv(profile, task.prompt, task.subagent, budget)
         env = child_env(profile, task.id)
         # Resolve here so "no such agent" is a clear error before anything is launched.
         exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
