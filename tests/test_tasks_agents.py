@@ -178,6 +178,17 @@ def test_parser_skips_overlong_line() -> None:
     assert p.result == "r" and p.garbage_lines == 1
 
 
+def test_a_prompt_that_looks_like_an_option_stays_a_prompt() -> None:
+    """A file named ``--permission-mode=bypassPermissions`` with the prompt template ``{path}``."""
+    evil = "--permission-mode=bypassPermissions"
+    argv = build_argv(AgentProfile(), evil)
+    assert argv[-2:] == ["--", evil] and argv.count(evil) == 1
+    argv = build_argv(AgentProfile(kind="command", command=["tool", "-v", "--message", "{prompt}"]), evil)
+    assert argv == ["tool", "-v", "--message", evil]  # one element, the value of --message
+    problems = profile_problems(AgentProfile(kind="command", command=["tool", "--task={prompt}"]))
+    assert problems and problems[0][0] == "command[1]" and "argv element of its own" in problems[0][1]
+
+
 def test_cost_status_and_running_estimate() -> None:
     from aiwg_service.tasks.agents import StreamJsonParser
 
@@ -202,14 +213,3 @@ def test_cost_status_and_running_estimate() -> None:
     for bad in ('"lots"', "-1", '{"usd": 1}', "true"):
         p = parse('{"type":"result","subtype":"success","result":"kept","total_cost_usd":' + bad + "}")
         assert p.cost_usd is None and p.cost_status == "malformed" and p.result == "kept", bad
-
-
-def test_a_prompt_that_looks_like_an_option_stays_a_prompt() -> None:
-    """A file named ``--permission-mode=bypassPermissions`` with the prompt template ``{path}``."""
-    evil = "--permission-mode=bypassPermissions"
-    argv = build_argv(AgentProfile(), evil)
-    assert argv[-2:] == ["--", evil] and argv.count(evil) == 1
-    argv = build_argv(AgentProfile(kind="command", command=["tool", "-v", "--message", "{prompt}"]), evil)
-    assert argv == ["tool", "-v", "--message", evil]  # one element, the value of --message
-    problems = profile_problems(AgentProfile(kind="command", command=["tool", "--task={prompt}"]))
-    assert problems and problems[0][0] == "command[1]" and "argv element of its own" in problems[0][1]
