@@ -1,8 +1,8 @@
 """The one module that knows every subsystem: what each is built from, and the fixed start order.
 
-Start order: event router, task store, budgets, executors, agent supervisor, automation engine, IPC server,
-file watcher, cron scheduler, webhooks, messaging. Stop runs in reverse, so sources go quiet before the engines they
-feed.
+Start order: event router, task store, budgets, executors, agent supervisor, automation engine, chat, IPC
+server, file watcher, cron scheduler, webhooks, messaging. Stop runs in reverse, so sources go quiet before the
+engines they feed.
 Subsystems never import each other: this module hands each one the narrow ports it needs (the bus, the
 RPC server, a view of the current configs, the state directory, the task queue's submit function).
 """
@@ -18,6 +18,7 @@ from typing import Any
 from . import doctor
 from . import systemd as sd
 from .budgets.subsystem import BudgetsSubsystem
+from .chat.subsystem import ChatSubsystem
 from .config import resolve_root
 from .events.bus import EventBus
 from .events.scheduler import CronScheduler
@@ -30,6 +31,59 @@ from .tasks import subsystems as tasks
 from .trace import api as trace_api
 from .trace.graph import TracePorts, Tracer
 from .webhooks.subsystem import FD_NAMES, WebhookSubsystem
+
+
+class SessionRecorder:
+    """The task store's port for the chat subsystem's interactive sessions (tasks of source ``session``)."""
+
+    def __init__(self, store: tasks.StoreSubsystem, log_dir: Path) -> None:
+        self.stores = store
+        self.log_dir = log_dir
+
+    def _store(self) -> Any:
+        if self.stores.store is None:
+            raise RuntimeError("the task store is not open")
+        return self.stores.store
+
+    def begin(self, project: str, prompt: str, agent: str, log_path: str) -> str:
+        return str(self._store().begin_external(project, prompt, agent=agent, source="session").id)
+
+    def end(self, task_id: str, *, exit_code: int | None, result: str | None, error: str | None,
+            cancelled: bool) -> None:
+        from .tasks.model import TaskState
+
+        state = TaskState.cancelled if cancelled else TaskState.completed if exit_code == 0 else TaskState.failed
+        self._store().mark_finished(task_id, state, exit_code=exit_code, result=result, error=error,
+                                    log_path=str(self.log_dir / f"{task_id}.log"))
+
+    def state(self, task_id: str) -> str | None:
+        t = self._store().get(task_id)
+        return None if t is None else t.state.value
+
+
+def interactive_argv(profile: Any) -> list[str]:
+    """``claude`` as a person runs it (no ``-p``), with the profile's model, tools and mode."""
+    argv = ["claude"]
+    if profile.model:
+        argv += ["--model", profile.model]
+    if profile.allowed_tools:
+        argv += ["--allowedTools", ",".join(profile.allowed_tools)]
+    if profile.permission_mode:
+        argv += ["--permission-mode", profile.permission_mode]
+    return argv + list(profile.args)
+
+
+def worktree_setup(configs: Any, project: str, untrusted: Callable[[str], str | None]
+                   ) -> tuple[list[str] | None, float]:
+    """The project's ``sessions.worktree_setup``, else the service file's.  An untrusted project's own file
+    runs nothing: its setup command is ignored, as its agent profiles and rules are."""
+    pr = configs.projects.get(project)
+    if pr is not None and untrusted(pr.root) is not None:
+        pr = None
+    for section in ([pr.config.sessions] if pr is not None else []) + [configs.service.sessions]:
+        if section.worktree_setup:
+            return list(section.worktree_setup), section.setup_timeout_seconds
+    return None, configs.service.sessions.setup_timeout_seconds
 
 
 @dataclass(frozen=True)
@@ -53,7 +107,7 @@ class CorePorts:
 def build_subsystems(core: CorePorts) -> list[Subsystem]:
     scheduler = CronScheduler(core.bus, core.state_dir)
     core.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
-    # also registers task.* and chat.send
+    # also registers task.*
     store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir, core.request_stop,
                                     core.untrusted)
 
@@ -104,6 +158,21 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     supervisor.admit = budgets.ledger.admit
     supervisor.on_cost = budgets.ledger.on_cost
 
+    def get_task(task_id: str) -> dict[str, Any] | None:
+        if store.store is None:
+            return None
+        task = store.store.get(task_id)
+        return None if task is None else task.to_dict()
+
+    chat = ChatSubsystem(state_dir=core.state_dir, rpc=core.rpc, subscribe=core.bus.subscribe,
+                         unsubscribe=core.bus.unsubscribe, submit=submit_task, get_task=get_task,
+                         recorder=SessionRecorder(store, core.state_dir / "logs"),
+                         projects=lambda: list(core.configs().projects), resolve_root=resolve_root,
+                         agent_argv=lambda project: interactive_argv(supervisor.profile("claude", project)),
+                         setup=lambda project: worktree_setup(core.configs(), project, core.untrusted),
+                         socket_path=core.socket_path)
+    supervisor.agent_args = chat.agent_args  # a turn's session flags, decided as it starts
+
     facts = doctor.Facts(config_status=core.config_status, serving=lambda: core.rpc.serving,
                          socket_path=core.socket_path, health=core.health, state_dir=core.state_dir)
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
@@ -119,6 +188,7 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
         executors,  # before the supervisor: it re-adopts runs through them
         supervisor,
         automation,
+        chat,
         RpcSubsystem(core.rpc, core.listen),
         WatcherSubsystem(core.bus),
         scheduler,

@@ -25,7 +25,7 @@ from ..ports import ConfigsView
 from ..rpc import RpcServer
 from .agents import BUILTIN_PROFILES
 from .api import TaskHub, register
-from .model import AgentProfile, TaskState
+from .model import AgentProfile, Task, TaskState
 from .store import Store
 from .supervisor import Supervisor
 
@@ -97,6 +97,8 @@ class SupervisorSubsystem:
         #: Budget check and cost observer (set by ``wiring.py``; None: no budgets).
         self.admit: Any = None
         self.on_cost: Any = None
+        #: Extra agent arguments per task (set by ``wiring.py``: the chat subsystem's session flags).
+        self.agent_args: Callable[[Task], list[str]] | None = None
         #: Per-executor limits and outages (set by ``wiring.py`` from the executors subsystem).
         self.executor_gate: Any = None
 
@@ -148,6 +150,7 @@ class SupervisorSubsystem:
             executor_gate=self.executor_gate,
             admit=self.admit,
             on_cost=self.on_cost,
+            agent_args=self.agent_args,
         )
         recovered = await self.supervisor.start()
         for t in recovered:
