@@ -380,6 +380,16 @@ def _check_rules(cfg: Config) -> list[tuple[str, str]]:
 SEMANTIC_CHECKS.append(_check_rules)
 
 
+def _check_messaging(cfg: Config) -> list[tuple[str, str]]:
+    """Bridges, users and subscriptions, checked by the messaging package's own schema."""
+    from .messaging.schema import check  # lazy, as above
+
+    return check(cfg.messaging)
+
+
+SEMANTIC_CHECKS.append(_check_messaging)
+
+
 def default_dict() -> dict[str, Any]:
     """The default project file, exactly the AIWG daemon's (what a new project gets written)."""
     return {

@@ -194,6 +194,12 @@ class ChatSendParams(Params):
     project: str | None = None
 
 
+class MessagingNotifyParams(Params):
+    message: Annotated[str, Meta(min_length=1, max_length=100_000)]
+    channel: str | None = None  # a bridge (telegram), bridge:target (slack:C0123), or every bridge
+    severity: Literal["info", "warning", "critical"] = "info"
+
+
 #: Every method and its params type. The namespace is fixed here so clients and later subsystems agree.
 METHODS: dict[str, type[Params]] = {
     "ping": NoParams,
@@ -219,11 +225,14 @@ METHODS: dict[str, type[Params]] = {
     "events.subscribe": EventsSubscribeParams,
     "cron.list": NoParams,
     "chat.send": ChatSendParams,
+    "messaging.status": NoParams,
+    "messaging.notify": MessagingNotifyParams,
 }
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
-                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list"})
+                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
+                       "messaging.status"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

@@ -53,7 +53,7 @@ def build_subsystems(service: Service) -> list[Subsystem]:
     from . import doctor
     from .events.scheduler import CronScheduler
     from .rules.engine import AutomationEngine
-    from .service import IpcSubsystem, Placeholder
+    from .service import IpcSubsystem
     from .tasks import subsystems as tasks
 
     scheduler = CronScheduler(service.bus, service.state_dir)
@@ -75,6 +75,7 @@ def build_subsystems(service: Service) -> list[Subsystem]:
     automation = AutomationEngine(service.bus, service.state_dir, submit_task=submit_task,
                                   doctor=lambda project: doctor.run(service, project))
     automation.register_rpc(service.rpc)
+    messaging = build_messaging(service, store, supervisor)
     return [
         service.bus,
         store,
@@ -83,5 +84,30 @@ def build_subsystems(service: Service) -> list[Subsystem]:
         IpcSubsystem(service),
         WatcherSubsystem(service),
         scheduler,
-        Placeholder("messaging"),
+        messaging,
     ]
+
+
+def build_messaging(service: Service, store: Any, supervisor: Any) -> Subsystem:
+    """The messaging hub, given narrow ports onto the service: status, tasks, cancel (and later ask/decide)."""
+    from .messaging.hub import MessagingSubsystem
+    from .messaging.ports import ServicePorts
+
+    def tasks(limit: int) -> list[dict[str, Any]]:
+        if store.store is None:
+            return []
+        found, _ = store.store.list(limit=limit)
+        return [t.to_dict() for t in found]
+
+    def cancel(task_id: str) -> dict[str, Any]:
+        if store.store is None or supervisor.supervisor is None:
+            raise RuntimeError("the task queue is not running")
+        task = store.store.get(task_id)
+        if task is None:
+            raise KeyError(task_id)
+        cancelled = supervisor.supervisor.cancel(task.id)
+        now = store.store.get(task.id) or task
+        return {"taskId": task.id, "cancelled": cancelled, "state": now.state.value}
+
+    ports = ServicePorts(status=service.state, tasks=tasks, cancel=cancel)
+    return MessagingSubsystem(service.bus, service.rpc.register, lambda: service.configs, service.state_dir, ports)

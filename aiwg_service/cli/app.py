@@ -17,6 +17,7 @@ from . import render, systemctl
 from .core import call, cmd_ping, cmd_status, fail, options, use_instance
 from .cron import cron_app
 from .events import events_app
+from .messaging import messaging_app, notify
 from .rules import rules_app
 from .tasks import task_app
 
@@ -34,6 +35,8 @@ app.add_typer(events_app, name="events")
 app.add_typer(cron_app, name="cron")
 app.add_typer(rules_app, name="rules")
 app.add_typer(task_app, name="task")
+app.add_typer(messaging_app, name="messaging")
+app.command()(notify)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 
