@@ -116,6 +116,7 @@ class MessagingSubsystem:
         self._subs: dict[str, Any] = {}
         self._keys: dict[str, Any] = {}
         self._handling: set[asyncio.Task[None]] = set()
+        self._resumed: set[str] = set()
         self._matchers: list[tuple[Subscription, Callable[[str], bool], str | None]] = []
         self.runner = CommandRunner(ports, lambda: self.section, self.bridge_states)
         self.running = False
@@ -270,25 +271,24 @@ class MessagingSubsystem:
         return True
 
     def ready(self, bridge: Bridge) -> None:
-        """A bridge (re)connected: finish what an earlier run received but did not complete."""
-        if self.store is None:
+        """A bridge connected: finish what an earlier run received but did not complete (once per run:
+        a reconnect must not mistake this run's commands in flight for a previous run's)."""
+        if self.store is None or bridge.name in self._resumed:
             return
+        self._resumed.add(bridge.name)
         for key, state, rec in self.store.pending(bridge.name):
-            if any(getattr(t, "aiwg_key", None) == (bridge.name, key) for t in self._handling):
-                continue
             inbound = Inbound(rec["platform"], rec["user_id"], rec["chat_id"], rec["text"], key, rec.get("display", ""))
             if state == "received":
                 log.info("messaging: running %s command %s received before a restart", bridge.name, key)
-                self._spawn(self.handle(bridge, inbound), (bridge.name, key))
+                self._spawn(self.handle(bridge, inbound))
             else:
                 self.store.mark(bridge.name, key, "done")
                 text = (f"The service restarted while running “{inbound.text[:100]}”; it was not run again. "
                         f"Send it again if you still need it.")
                 self._spawn(self._reply(bridge, inbound, OutMessage(text, reply=True)))
 
-    def _spawn(self, coro: Any, key: tuple[str, str] | None = None) -> None:
+    def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
-        task.aiwg_key = key  # type: ignore[attr-defined]
         self._handling.add(task)
         task.add_done_callback(self._handling.discard)
 
