@@ -34,7 +34,7 @@ def test_commands_permissions_and_notify(svc_env: ServiceEnv) -> None:
         res = svc_env.ctl("notify", "build <b>broke</b> & more", "--severity", "critical", check=True)
         assert "telegram" in res.stdout
         tg.wait(lambda: tg.texts(777), what="notify delivered")
-        sent = [m for m in tg.sent if str(m["chat_id"]) == "777"][0]
+        sent = next(m for m in tg.sent if str(m["chat_id"]) == "777")
         assert sent["parse_mode"] == "HTML" and "build &lt;b&gt;broke&lt;/b&gt; &amp; more" in sent["text"]
         assert "critical" in sent["text"]
         st = svc_env.ctl("messaging", "status", check=True).stdout
