@@ -51,10 +51,18 @@ class ThreadedServer:
     def soon(self, fn: Callable[[], Any]) -> None:
         self.loop.call_soon_threadsafe(fn)
 
-    def stop(self) -> None:
+    async def _shutdown(self) -> None:
         if self.runner is not None:
             with contextlib.suppress(Exception):
-                self.call(self.runner.cleanup(), timeout=10)
+                await asyncio.wait_for(self.runner.cleanup(), 5)
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.call(self._shutdown(), timeout=15)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 

@@ -29,6 +29,7 @@ class AppriseBridge(Bridge):
         if not urls:
             self.disable(f"${self.cfg.urls_env} is unset or empty")
             return
+        await self.load("apprise")
         import apprise
 
         ap = apprise.Apprise()

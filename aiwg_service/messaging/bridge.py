@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import random
 from collections.abc import Coroutine, Mapping
@@ -65,6 +66,12 @@ class Bridge:
         self.state.state = "disabled"
         self.state.detail = why
         log.info("messaging: %s bridge disabled: %s", self.name, why)
+
+    @staticmethod
+    async def load(*modules: str) -> None:
+        """Import heavy client libraries (discord.py: ~0.7 s) in a thread, so the event loop keeps serving."""
+        for m in modules:
+            await asyncio.to_thread(importlib.import_module, m)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

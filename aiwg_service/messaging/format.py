@@ -90,7 +90,8 @@ def discord(msg: OutMessage) -> dict[str, Any]:
     """A REST message body: content (the fallback) plus an embed; buttons as components."""
     out: dict[str, Any] = {"allowed_mentions": {"parse": []}}
     if msg.reply and not msg.buttons:
-        out["content"] = cut(discord_escape(msg.text), DISCORD_CONTENT)
+        head = f"**{discord_escape(msg.title)}**\n" if msg.title else ""
+        out["content"] = cut(head + discord_escape(msg.text), DISCORD_CONTENT)
         return out
     out["content"] = cut(discord_escape(plain(msg, 200).split("\n", 1)[0]), DISCORD_CONTENT)
     embed: dict[str, Any] = {"description": cut(discord_escape(msg.text), DISCORD_EMBED_DESC) or "\u200b",

@@ -56,10 +56,6 @@ class SlackBridge(Bridge):
             return
         self.state.enabled = True
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        if self.bot_token:
-            from slack_sdk.web.async_client import AsyncWebClient
-
-            self.web = AsyncWebClient(token=self.bot_token, base_url=self._base(), session=self.http)
         if self.bot_token and self.app_token:
             self.state.inbound = True
             self.state.state = "connecting"
@@ -86,7 +82,18 @@ class SlackBridge(Bridge):
             self.http = None
 
     # -- inbound -----------------------------------------------------------------------------------------
+    async def _web(self) -> Any:
+        """The bot-token Web API client, built on first use (slack_sdk is imported off the loop)."""
+        if self.web is None:
+            await self.load("slack_sdk.web.async_client", "slack_sdk.socket_mode.aiohttp")
+            from slack_sdk.web.async_client import AsyncWebClient
+
+            if self.web is None:
+                self.web = AsyncWebClient(token=self.bot_token, base_url=self._base(), session=self.http)
+        return self.web
+
     async def _run(self) -> None:
+        await self._web()
         from slack_sdk.errors import SlackApiError
         from slack_sdk.socket_mode.aiohttp import SocketModeClient
         from slack_sdk.web.async_client import AsyncWebClient
@@ -181,7 +188,7 @@ class SlackBridge(Bridge):
     async def send(self, msg: OutMessage, target: str | None = None) -> None:
         body = fmt.slack(msg)
         channel = target or self.channel
-        if self.web is not None and channel:
+        if self.bot_token and channel:
             await self._post_message(channel, body)
         elif self.webhook_url and target is None:
             await self._post_webhook(body)
@@ -190,10 +197,11 @@ class SlackBridge(Bridge):
         self.state.messages_out += 1
 
     async def _post_message(self, channel: str, body: dict[str, Any]) -> None:
+        web = await self._web()
         from slack_sdk.errors import SlackApiError
 
         try:
-            await self.web.chat_postMessage(channel=channel, **body)
+            await web.chat_postMessage(channel=channel, **body)
         except SlackApiError as exc:
             err = str(exc.response.get("error") or exc)
             retry = exc.response.headers.get("Retry-After") if exc.response.status_code == 429 else None
