@@ -199,8 +199,8 @@ class FakeDiscord(ThreadedServer):
         ready = asyncio.Event()
         reader = asyncio.ensure_future(self._read(ws, ready))
         try:
-            done, _ = await asyncio.wait({reader, asyncio.ensure_future(ready.wait())},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reader, asyncio.ensure_future(ready.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)
             while not ws.closed and not reader.done():
                 with self.lock:
                     pending = [e for e in self.events if e["s"] > self.delivered_seq]
