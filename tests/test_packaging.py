@@ -197,7 +197,7 @@ def test_bundled_interpreter_imports_everything(root: Path) -> None:
 
 def test_aiwgctl_runs_from_the_extracted_tree(root: Path) -> None:
     """`aiwgctl cron next` through the CLI entry point and through the /usr/bin symlink's script."""
-    code = ("from aiwg_service.cli.core import main; import sys;"
+    code = ("from aiwg_service.cli.entry import main; import sys;"
             "sys.argv=['aiwgctl','cron','next','@daily','-n','1']; main()")
     res = run(bundled_python(root), "-c", code)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT00:00:00[+-]\d\d:\d\d\n", res.stdout), res.stdout

@@ -32,7 +32,7 @@ from .bridge import Bridge
 from .commands import CommandRunner
 from .model import Button, Inbound, OutMessage, SendError, Severity
 from .ports import ServicePorts
-from .schema import BRIDGES, MessagingSection, Subscription, parse_section
+from .schema import BRIDGES, MessagingSection, Subscription, default_subscriptions
 from .store import MessagingStore
 
 if TYPE_CHECKING:
@@ -144,16 +144,15 @@ class MessagingSubsystem:
     async def apply(self, configs: Any) -> None:
         if not self.running or configs is None:
             return
-        self.section = parse_section(configs.service.messaging)
+        self.section = configs.service.messaging
         self.runner.reconfigure()
         self._matchers = []
-        for sub in self.section.subscriptions:
+        subs = self.section.subscriptions
+        for sub in subs if subs is not None else default_subscriptions():
             self._matchers.append((sub, compile_pattern(sub.events), None))
-        for root, pr in configs.projects.items():
-            raw = pr.config.messaging.get("subscriptions") if isinstance(pr.config.messaging, dict) else None
-            if raw:
-                for sub in parse_section({"subscriptions": raw}).subscriptions:
-                    self._matchers.append((sub, compile_pattern(sub.events), root))
+        for root, pr in configs.projects.items():  # a project's file adds subscriptions for its own events
+            for sub in pr.config.messaging.subscriptions or []:
+                self._matchers.append((sub, compile_pattern(sub.events), root))
         for name in BRIDGES:
             cfg = getattr(self.section, name)
             key = (self.section.enabled, cfg, self.section.retries,

@@ -5,21 +5,21 @@ With no ``messaging`` section at all, the AIWG daemon's environment variables st
 bridges (``AIWG_SLACK_WEBHOOK_URL``, ``AIWG_DISCORD_TOKEN`` + ``AIWG_DISCORD_CHANNEL_ID``,
 ``AIWG_TELEGRAM_TOKEN`` + ``AIWG_TELEGRAM_CHAT_ID``), because those are the defaults below.
 
-This module imports nothing from the service core beyond msgspec, so config validation stays cheap.
+This module imports nothing from the service core, so config validation stays cheap; ``section`` registers it.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import msgspec
 from msgspec import Meta, Struct, field
 
 Severity = Literal["info", "warning", "critical"]
 Permission = Literal["read", "write"]
 EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-BaseUrl = Annotated[str, Meta(pattern=r"^(https?|wss?)://[^\s]+$")]
+BASE_URL = r"^(https?|wss?)://[^\s]+$"
+BaseUrl = Annotated[str, Meta(pattern=BASE_URL)]
 PLATFORMS = ("slack", "discord", "telegram")
 BRIDGES = (*PLATFORMS, "apprise")
 #: ``platform:user-id``: ids, never display names (Slack U…/W…, Discord snowflakes, Telegram integers).
@@ -73,17 +73,20 @@ class Subscription(Struct, forbid_unknown_fields=False):
     channel: str | None = None
 
 
-def _default_subscriptions() -> list[Subscription]:
+def default_subscriptions() -> list[Subscription]:
+    """What the service file subscribes to when it says nothing (a project file subscribes to nothing)."""
     return [Subscription("task.failed"), Subscription("task.timeout"), Subscription("automation.loop_detected"),
             Subscription("approval.requested"), Subscription("health.degraded")]
 
 
 class MessagingSection(Struct, forbid_unknown_fields=False):
+    """Bridges, users, limits: read from the service-wide file only. ``subscriptions`` also per project."""
+
     enabled: bool = True
     #: ``"telegram:123456": "write"``; ``write`` includes ``read``. Nobody else gets anything.
     users: dict[str, Permission] = field(default_factory=dict)
     rate_limit: RateLimit = field(default_factory=RateLimit)
-    subscriptions: list[Subscription] = field(default_factory=_default_subscriptions)
+    subscriptions: list[Subscription] | None = None  # None: the defaults above (service file) / none (project)
     working_notice_seconds: Annotated[float, Meta(ge=0, le=3600)] = 5.0
     ask_timeout_seconds: Annotated[float, Meta(ge=1, le=86_400)] = 1800.0
     retries: Annotated[int, Meta(ge=0, le=10)] = 3
@@ -93,29 +96,14 @@ class MessagingSection(Struct, forbid_unknown_fields=False):
     apprise: AppriseBridge = field(default_factory=AppriseBridge)
 
 
-def parse_section(raw: dict[str, Any] | None) -> MessagingSection:
-    """The section as typed config; ``check`` has already reported anything wrong with it."""
-    return msgspec.convert(raw or {}, MessagingSection)
-
-
-def check(raw: Any) -> list[tuple[str, str]]:
-    """Every problem with one file's ``messaging`` section, as ``(json.path, problem)`` pairs."""
-    if raw is None or raw == {}:
-        return []
-    if not isinstance(raw, dict):
-        return [("messaging", "must be an object")]
-    try:
-        section = msgspec.convert(raw, MessagingSection)
-    except msgspec.ValidationError as exc:
-        msg, _, at = str(exc).partition(" - at `$")
-        path = "messaging" + at.rstrip("`") if at else "messaging"
-        return [(path, msg)]
+def check_section(section: MessagingSection) -> list[tuple[str, str]]:
+    """What types cannot say: user keys are platform ids, subscription channels name a bridge."""
     errors: list[tuple[str, str]] = []
     for key in section.users:
         if not USER_KEY.match(key):
             errors.append((f"messaging.users.{key}", "must be platform:user-id (slack:U0123, discord:8035111022467891, "
                                                      "telegram:123456): ids, never display names"))
-    for i, sub in enumerate(section.subscriptions):
+    for i, sub in enumerate(section.subscriptions or []):
         if sub.channel is not None and sub.channel.partition(":")[0] not in BRIDGES:
             errors.append((f"messaging.subscriptions[{i}].channel",
                            f"{sub.channel!r} names no bridge (one of {', '.join(BRIDGES)}, optionally :target)"))

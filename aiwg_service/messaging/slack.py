@@ -146,7 +146,10 @@ class SlackBridge(Bridge):
     async def _on_request(self, client: Any, req: Any) -> None:
         from slack_sdk.socket_mode.response import SocketModeResponse
 
-        await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))  # ack first
+        try:  # ack first; if the socket is going away Slack re-sends it, and the inbox drops the copy
+            await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+        except Exception as exc:
+            log.info("messaging: slack: could not ack %s (%s); working on it anyway", req.envelope_id, exc)
         try:
             inbound = self._inbound(req.type, req.payload or {}, req.envelope_id)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
