@@ -56,3 +56,56 @@ def test_rate_limit(svc_env: ServiceEnv) -> None:
         assert sum("Rate limit exceeded" in t for t in texts) == 1
         assert sum("aiwg commands" in t for t in texts) == 3
         assert svc_env.stop() == 0
+
+
+def test_restart_in_the_middle_of_a_poll_neither_loses_nor_repeats(svc_env: ServiceEnv) -> None:
+    with FakeTelegram() as tg:
+        start_with_telegram(svc_env, tg.base, telegram={"api_base_url": tg.base, "poll_timeout_seconds": 30})
+        first = tg.push_message(WRITER, "/help")
+        tg.wait(lambda: tg.texts(WRITER), what="the /help reply")
+        # the service now sits in a 30 s long poll that confirmed `first`; stop it right there
+        tg.wait(lambda: first + 1 in tg.poll_offsets, what="a poll that confirms the first update")
+        polls = tg.polls
+        assert svc_env.stop() == 0
+        assert tg.polls == polls  # it did not poll again on its way out
+        second = tg.push_message(WRITER, "/status")  # arrives while the service is down
+        svc_env.start()
+        tg.wait(lambda: len(tg.texts(WRITER)) >= 2, what="the /status reply after the restart")
+        tg.wait(lambda: tg.poll_offsets[-1] == second + 1, what="the second update confirmed")
+        texts = tg.texts(WRITER)
+        assert len(texts) == 2 and "aiwg commands" in texts[0] and "aiwg status" in texts[1]
+        assert tg.poll_offsets[polls] == first + 1  # the restarted service resumed from the stored offset
+        assert svc_env.stop() == 0
+        assert len(tg.texts(WRITER)) == 2
+
+
+def test_conflict_revoked_token_rate_limit_and_bad_updates(svc_env: ServiceEnv) -> None:
+    with FakeTelegram() as tg:
+        tg.conflict_next = 2
+        svc_env.env["AIWG_DISCORD_TOKEN"] = ""  # empty: that bridge is disabled with a reason, the rest run
+        start_with_telegram(svc_env, tg.base, discord={"enabled": True})
+        seen = wait_for(lambda: "another poller" in _bridge(svc_env)["detail"] and _bridge(svc_env), 15,
+                        what="the 409 status line")
+        assert seen["state"] == "error" and "409" in seen["last_error"]
+        wait_for(lambda: _bridge(svc_env)["state"] == "connected", 20, what="connected after the conflict")
+        dc = svc_env.call("messaging.status")["bridges"]["discord"]
+        assert dc["state"] == "disabled" and "$AIWG_DISCORD_TOKEN is unset or empty" in dc["detail"]
+        # malformed updates are logged and skipped; the good command behind them runs
+        tg.push_raw("garbage")
+        tg.push({"message": {"text": "/status", "chat": {"id": 5}}})  # no sender
+        tg.push_message(WRITER, "/help")
+        tg.wait(lambda: tg.texts(WRITER), what="the reply after the bad updates")
+        assert "malformed update" in svc_env.log_text()
+        # 429 with retry_after: waited out, then delivered; 10,000 characters: cut, not refused
+        tg.rate_limit_next = 1
+        svc_env.call("messaging.notify", {"message": "x" * 10_000})
+        tg.wait(lambda: tg.texts(777), what="the long notification")
+        assert len(tg.texts(777)[0]) <= 4096 and tg.texts(777)[0].endswith("… (cut)")
+        # the token is revoked: 401 stops the bridge with a clear status, not a retry loop
+        tg.tokens.clear()
+        tg.push_message(WRITER, "/help")  # wakes the pending poll's successor into a 401
+        st = wait_for(lambda: _bridge(svc_env)["state"] == "error" and _bridge(svc_env), 80,
+                      what="the revoked token status")
+        assert "token rejected (401" in st["detail"]
+        assert svc_env.call("ping")["pong"] is True
+        assert svc_env.stop() == 0
