@@ -64,7 +64,7 @@ def slack_escape(text: str) -> str:
 def slack(msg: OutMessage) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = []
     title = f"*{slack_escape(msg.title)}*\n" if msg.title else ""
-    body = cut(title + slack_escape(msg.text), SLACK_TEXT) or " "
+    body = _cut_escaped(title + slack_escape(msg.text), SLACK_TEXT) or " "
     blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": body}})
     if not msg.reply:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": BADGE[msg.severity]}]})
@@ -113,6 +113,17 @@ def telegram_escape(text: str) -> str:
     return html.escape(text, quote=False)
 
 
+def _cut_escaped(escaped: str, limit: int) -> str:
+    """Cut HTML-escaped text to ``limit`` without splitting an entity such as ``&amp;``."""
+    if len(escaped) <= limit:
+        return escaped
+    keep = escaped[: max(0, limit - len(CUT_MARK))]
+    amp = keep.rfind("&")
+    if amp != -1 and ";" not in keep[amp:]:
+        keep = keep[:amp]
+    return keep + CUT_MARK
+
+
 def telegram(msg: OutMessage) -> dict[str, Any]:
     """sendMessage fields (without chat_id). Cut on the *escaped* text: the limit counts entities' text."""
     parts = []
@@ -121,11 +132,8 @@ def telegram(msg: OutMessage) -> dict[str, Any]:
     if msg.title:
         parts.append(f"<b>{telegram_escape(msg.title)}</b>")
     head = "\n".join(parts)
-    budget = TELEGRAM_TEXT - len(head) - 1
-    text = (head + "\n" if head else "") + telegram_escape(cut(msg.text, max(1, budget)))
-    while len(text) > TELEGRAM_TEXT:  # escaping grew it: cut the raw text further
-        budget -= len(text) - TELEGRAM_TEXT + 8
-        text = (head + "\n" if head else "") + telegram_escape(cut(msg.text, max(1, budget)))
+    body = _cut_escaped(telegram_escape(msg.text), TELEGRAM_TEXT - len(head) - 1)
+    text = (head + "\n" if head else "") + body
     out: dict[str, Any] = {"text": text or " ", "parse_mode": "HTML", "disable_web_page_preview": True}
     if msg.buttons:
         out["reply_markup"] = {"inline_keyboard": [[
