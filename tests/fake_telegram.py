@@ -184,7 +184,7 @@ class FakeTelegram(ThreadedServer):
                 return self._ok([])
             self._new.clear()
             new = asyncio.ensure_future(self._new.wait())
-            await asyncio.wait({new, me}, timeout=left)
+            await asyncio.wait({new, me}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             new.cancel()
             if me.done():
                 return self._err(409, "Conflict: terminated by other getUpdates request; make sure that only one "
