@@ -29,13 +29,14 @@ class AppriseBridge(Bridge):
         if not urls:
             self.disable(f"${self.cfg.urls_env} is unset or empty")
             return
+        self.state.enabled, self.state.state = True, "starting"
         await self.load("apprise")
         import apprise
 
         ap = apprise.Apprise()
         bad = sum(1 for u in urls if not ap.add(u))
         if not len(ap):
-            self.state.state = "error"
+            self.state.enabled, self.state.state = False, "error"
             self.state.error(f"none of the {len(urls)} URL(s) in ${self.cfg.urls_env} is a valid Apprise URL")
             return
         self.apprise = ap
