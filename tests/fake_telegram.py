@@ -59,6 +59,7 @@ class FakeTelegram(ThreadedServer):
         self.polls = 0
         self.poll_offsets: list[int | None] = []
         self.rate_limit_next = 0  # answer this many sendMessage calls with 429
+        self.fail_sends = False  # answer sendMessage with 502 Bad Gateway (Telegram's own outage answer)
         self.conflict_next = 0  # answer this many getUpdates with 409
         self.raw_updates: list[Any] = []  # sent verbatim (malformed-update tests)
         self._waiter: asyncio.Future[None] | None = None
@@ -216,6 +217,10 @@ class FakeTelegram(ThreadedServer):
         return None
 
     async def m_sendMessage(self, params: dict[str, Any]) -> web.Response:
+        if str(params.get("chat_id")) == "404":
+            return self._err(400, "Bad Request: chat not found")
+        if self.fail_sends:
+            return self._err(502, "Bad Gateway")
         if self.rate_limit_next > 0:
             self.rate_limit_next -= 1
             return self._err(429, "Too Many Requests: retry after 1", retry_after=1)

@@ -109,3 +109,25 @@ def test_conflict_revoked_token_rate_limit_and_bad_updates(svc_env: ServiceEnv) 
         assert "token rejected (401" in st["detail"]
         assert svc_env.call("ping")["pong"] is True
         assert svc_env.stop() == 0
+
+
+def test_undeliverable_messages_are_retried_then_dead_lettered_and_replayed(svc_env: ServiceEnv) -> None:
+    with FakeTelegram() as tg:
+        tg.fail_sends = True
+        start_with_telegram(svc_env, tg.base, retries=1)
+        wait_for(lambda: _bridge(svc_env)["state"] == "connected", 15, what="telegram connected")
+        svc_env.ctl("notify", "first", check=True)
+        svc_env.ctl("notify", "nobody home", "--channel", "telegram:404", check=True)  # permanent: no retry
+        dead = wait_for(lambda: len(svc_env.call("events.dlq")["dead_letters"]) == 2
+                        and svc_env.call("events.dlq")["dead_letters"], 30, what="two dead letters")
+        by_text = {d["event"]["data"]["message"]: d for d in dead}
+        assert by_text["first"]["subscriber"] == "messaging.telegram" and by_text["first"]["attempts"] == 2
+        assert "502" in by_text["first"]["error"]
+        assert by_text["nobody home"]["attempts"] == 1 and "chat not found" in by_text["nobody home"]["error"]
+        assert _bridge(svc_env)["send_failures"] >= 3
+        # the platform is back: a replay re-sends it to that bridge only
+        tg.fail_sends = False
+        svc_env.ctl("events", "replay", by_text["first"]["id"], check=True)
+        tg.wait(lambda: tg.texts(777), what="the replayed message")
+        assert "first" in tg.texts(777)[0] and svc_env.call("ping")["pong"] is True
+        assert svc_env.stop() == 0
