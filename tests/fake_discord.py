@@ -89,6 +89,19 @@ class FakeDiscord(ThreadedServer):
         self._dispatch("INTERACTION_CREATE", d)
         return iid
 
+    def push_component(self, uid: str, custom_id: str, channel: str = "4242") -> str:
+        """A button click on one of the bot's messages (a component interaction, type 3)."""
+        iid = str(next(self._ids))
+        self._dispatch("INTERACTION_CREATE", {
+            "id": iid, "application_id": APP_ID, "type": 3, "token": f"itoken-{iid}", "version": 1,
+            "data": {"custom_id": custom_id, "component_type": 2},
+            "channel_id": channel, "channel": {"id": channel, "type": 1}, "user": user(uid, "user" + uid),
+            "message": self._message(channel, {"content": "prompt"}),
+            "locale": "en-US", "app_permissions": "0", "attachment_size_limit": 8388608, "entitlements": [],
+            "authorizing_integration_owners": {}, "context": 1,
+        })
+        return iid
+
     def push_message(self, uid: str, content: str, channel: str = "4001", mention: bool = False,
                      guild: bool = False) -> str:
         mid = str(next(self._ids))

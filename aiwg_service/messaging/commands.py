@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .model import Inbound, OutMessage
-from .ports import ServicePorts
+from .ports import AskRefused, ServicePorts
 from .schema import MessagingSection
 
 log = logging.getLogger("aiwg.messaging")
@@ -204,6 +204,9 @@ class CommandRunner:
         except TimeoutError:
             await reply(OutMessage(f"No answer after {cfg.ask_timeout_seconds:g} s; the turn goes on in the "
                                    f"background.", reply=True))
+            return
+        except AskRefused as exc:
+            await reply(OutMessage(str(exc), reply=True))
             return
         except Exception as exc:
             await reply(OutMessage(f"The agent failed: {exc}", severity="warning", reply=True))

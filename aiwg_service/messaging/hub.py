@@ -282,7 +282,7 @@ class MessagingSubsystem:
                 self._spawn(self.handle(bridge, inbound))
             else:
                 self.store.mark(bridge.name, key, "done")
-                text = (f"The service restarted while running “{inbound.text[:100]}”; it was not run again. "
+                text = (f"The service restarted while answering “{inbound.text[:100]}”, so this answer is lost. "
                         f"Send it again if you still need it.")
                 self._spawn(self._reply(bridge, inbound, OutMessage(text, reply=True)))
 

@@ -16,9 +16,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 
+class AskRefused(Exception):
+    """The conversation refused the turn (still answering the last one, no project...): tell the user why."""
+
+
 class AskPort(Protocol):
     def __call__(self, chat_key: str, text: str) -> Awaitable[str]:
-        """Run one turn of ``chat_key``'s conversation; the answer's text. Raises on failure."""
+        """Run one turn of ``chat_key``'s conversation; the answer's text. Raises AskRefused with a message
+        for the user, or any other exception when the turn failed."""
         ...
 
 

@@ -87,6 +87,8 @@ class MessagingSection(Struct, forbid_unknown_fields=False):
     users: dict[str, Permission] = field(default_factory=dict)
     rate_limit: RateLimit = field(default_factory=RateLimit)
     subscriptions: list[Subscription] | None = None  # None: the defaults above (service file) / none (project)
+    #: the project /ask conversations work in; default: the only project served
+    project: str | None = None
     working_notice_seconds: Annotated[float, Meta(ge=0, le=3600)] = 5.0
     ask_timeout_seconds: Annotated[float, Meta(ge=1, le=86_400)] = 1800.0
     retries: Annotated[int, Meta(ge=0, le=10)] = 3
