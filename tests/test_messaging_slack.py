@@ -62,3 +62,29 @@ def test_drop_mid_stream_neither_loses_nor_repeats(svc_env: ServiceEnv) -> None:
         assert st["reconnects"] >= 1 and st["messages_in"] == 2
         assert "slack delivered env:env-" in svc_env.log_text()  # the re-sent envelope was seen and ignored
         assert svc_env.stop() == 0
+
+
+def test_revoked_tokens_stop_retrying_and_say_so(svc_env: ServiceEnv) -> None:
+    from fake_discord import FakeDiscord
+
+    with FakeSlack() as slack, FakeDiscord() as dc:
+        svc_env.env.update(AIWG_SLACK_BOT_TOKEN="xoxb-revoked", AIWG_SLACK_APP_TOKEN=APP_TOKEN,
+                           AIWG_DISCORD_TOKEN="revoked", AIWG_DISCORD_CHANNEL_ID="1")
+        write_service_config(svc_env, {
+            "slack": {"api_base_url": slack.base + "/api/"}, "discord": {"api_base_url": dc.api},
+            "telegram": {"enabled": False}, "apprise": {"enabled": False},
+        })
+        svc_env.start()
+
+        def both_failed() -> dict[str, Any] | None:
+            b = svc_env.call("messaging.status")["bridges"]
+            return b if b["slack"]["state"] == "error" and b["discord"]["state"] == "error" else None
+
+        bridges = wait_for(both_failed, 20, what="both bridges to give up")
+        assert "token rejected (invalid_auth)" in bridges["slack"]["detail"]
+        assert "token rejected (401 Unauthorized)" in bridges["discord"]["detail"]
+        calls = slack.connections
+        status = svc_env.ctl("status", check=True).stdout
+        assert "slack:error" in status and "discord:error" in status
+        assert slack.connections == calls and dc.identifies == 0  # nothing keeps hammering the platforms
+        assert svc_env.stop() == 0

@@ -199,8 +199,9 @@ class MessagingSubsystem:
         states = self.bridge_states()
         active = [n for n, s in states.items() if s["enabled"]]
         connected = [n for n, s in states.items() if s["state"] in ("connected", "sending-only")]
+        summary = " ".join(f"{n}:{s['state']}" for n, s in states.items())
         return {"enabled": bool(self.section.enabled and active), "adapters": len(active),
-                "connected": len(connected), "bridges": states,
+                "connected": len(connected), "summary": summary, "bridges": states,
                 "commands": {"run": self.runner.ran, "refused": self.runner.refused,
                              "rate_limited": self.runner.limited},
                 "users": len(self.section.users)}
