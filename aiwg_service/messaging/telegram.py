@@ -72,7 +72,9 @@ class TelegramBridge(Bridge):
                 except ValueError:
                     raise ApiError(resp.status, f"unreadable answer (HTTP {resp.status})") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ApiError(0, f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+            # the token is part of every URL: keep it out of errors, logs and status
+            text = f"{type(exc).__name__}: {exc}".rstrip(": ").replace(self.token, "<token>")
+            raise ApiError(0, text) from None
         if not isinstance(body, dict):
             raise ApiError(resp.status, "unreadable answer")
         if not body.get("ok"):
