@@ -79,11 +79,16 @@ class FakeTelegram(ThreadedServer):
                                                "username": username},
                                       "chat": {"id": chat_id if chat_id is not None else user_id, "type": "private"}}})
 
-    def push_callback(self, user_id: int, data: str, chat_id: int | None = None) -> int:
+    def push_callback(self, user_id: int, data: str, chat_id: int | None = None, message_id: int = 1) -> int:
+        """A button press on the bot's message ``message_id`` (its text comes along, as on Telegram)."""
+        with self.lock:
+            prompt = next((m for m in self.sent if m["message_id"] == message_id), {})
+        chat = chat_id or prompt.get("chat_id") or user_id
         return self.push({"callback_query": {"id": f"cb{self.next_update_id}", "data": data,
                                              "from": {"id": user_id, "is_bot": False, "first_name": "x"},
-                                             "message": {"message_id": 1, "date": 0,
-                                                         "chat": {"id": chat_id or user_id, "type": "private"}}}})
+                                             "message": {"message_id": message_id, "date": 0,
+                                                         "text": prompt.get("text", ""),
+                                                         "chat": {"id": chat, "type": "private"}}}})
 
     def push(self, update: dict[str, Any]) -> int:
         with self.lock:
@@ -242,11 +247,12 @@ class FakeTelegram(ThreadedServer):
             old = next((m for m in self.sent if m["message_id"] == mid), None)
             if old is None:
                 return self._err(400, "Bad Request: message to edit not found")
-            if old["text"] == params.get("text") and not params.get("reply_markup"):
+            if old["text"] == params.get("text") and old.get("reply_markup") == params.get("reply_markup"):
                 return self._err(400, "Bad Request: message is not modified: specified new message content and "
                                       "reply markup are exactly the same as a current content and reply markup "
                                       "of the message")
             old["text"] = params.get("text")
+            old["reply_markup"] = params.get("reply_markup")
             self.edits.append(params)
         return self._ok({"message_id": mid, "text": params.get("text")})
 

@@ -123,3 +123,33 @@ def test_the_aiwg_defaults_need_no_config() -> None:
     assert cfg.telegram.token_env == "AIWG_TELEGRAM_TOKEN" and cfg.telegram.chat_id_env == "AIWG_TELEGRAM_CHAT_ID"
     assert cfg.slack.webhook_url_env == "AIWG_SLACK_WEBHOOK_URL" and cfg.discord.token_env == "AIWG_DISCORD_TOKEN"
     assert cfg.rate_limit.commands == 10 and cfg.rate_limit.per_seconds == 60 and cfg.users == {}
+
+
+def test_telegram_errors_never_carry_the_token() -> None:
+    import asyncio
+    import socket
+
+    from aiwg_service.messaging.schema import TelegramBridge as TelegramCfg
+    from aiwg_service.messaging.telegram import ApiError, TelegramBridge
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def go() -> str:
+        cfg = TelegramCfg(api_base_url=f"http://127.0.0.1:{port}")
+        bridge = TelegramBridge(cfg, {"AIWG_TELEGRAM_TOKEN": "999:SECRET-token"}, host=None)
+        bridge.token = "999:SECRET-token"
+        import aiohttp
+
+        bridge.session = aiohttp.ClientSession()
+        try:
+            await bridge.call("getMe")
+        except ApiError as exc:
+            return str(exc)
+        finally:
+            await bridge.session.close()
+        return "no error"
+
+    text = asyncio.run(go())
+    assert "SECRET" not in text and "ClientConnectorError" in text

@@ -160,10 +160,15 @@ class TelegramBridge(Bridge):
             verb = {"a": "approve", "r": "reject"}.get(action)
             if verb is None or not value:
                 return None
-            chat = (cq.get("message") or {}).get("chat") or {}
+            prompt = cq.get("message") or {}
+            chat = prompt.get("chat") or {}
             sender = cq["from"]
-            return Inbound("telegram", str(int(sender["id"])), str(chat.get("id", sender["id"])), f"/{verb} {value}",
-                           key, str(sender.get("username") or ""))
+            chat_id = str(chat.get("id", sender["id"]))
+            responder = None
+            if isinstance(prompt.get("message_id"), int):
+                responder = self._decision_responder(chat_id, prompt["message_id"], str(prompt.get("text") or ""))
+            return Inbound("telegram", str(int(sender["id"])), chat_id, f"/{verb} {value}",
+                           key, str(sender.get("username") or ""), responder=responder)
         msg = upd.get("message")
         if not isinstance(msg, dict):
             return None
@@ -176,6 +181,15 @@ class TelegramBridge(Bridge):
             return None  # a command for another bot in a group
         return Inbound("telegram", str(int(sender["id"])), str(int(msg["chat"]["id"])), text, key,
                        str(sender.get("username") or ""))
+
+    def _decision_responder(self, chat_id: str, message_id: int, prompt_text: str) -> Any:
+        """A button's answer goes to the chat, and the prompt itself shows the outcome, its buttons gone."""
+
+        async def respond(msg: OutMessage) -> None:
+            await self.send(msg, chat_id)
+            await self.edit(chat_id, message_id, fmt.cut(f"{prompt_text}\n\n{msg.text}".strip(), fmt.TELEGRAM_TEXT))
+
+        return respond
 
     async def _answer_callback(self, callback_id: str) -> None:
         with contextlib.suppress(ApiError):
