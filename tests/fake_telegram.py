@@ -11,8 +11,10 @@ over 4096 characters, broken HTML, callback data over 64 bytes (BUTTON_DATA_INVA
 from __future__ import annotations
 
 import asyncio
+import html
 import html.parser
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -87,7 +89,7 @@ class FakeTelegram(ThreadedServer):
         return self.push({"callback_query": {"id": f"cb{self.next_update_id}", "data": data,
                                              "from": {"id": user_id, "is_bot": False, "first_name": "x"},
                                              "message": {"message_id": message_id, "date": 0,
-                                                         "text": prompt.get("text", ""),
+                                                         "text": prompt.get("shown", ""),
                                                          "chat": {"id": chat, "type": "private"}}}})
 
     def push(self, update: dict[str, Any]) -> int:
@@ -238,7 +240,9 @@ class FakeTelegram(ThreadedServer):
         with self.lock:
             mid = self.next_message_id
             self.next_message_id += 1
-            self.sent.append({"message_id": mid, **params})
+            # what a client shows (and what comes back in a callback's message): text without the markup
+            shown = html.unescape(re.sub(r"<[^>]+>", "", text)) if params.get("parse_mode") == "HTML" else text
+            self.sent.append({"message_id": mid, **params, "shown": shown})
         return self._ok({"message_id": mid, "date": 0, "chat": {"id": params["chat_id"]}, "text": text})
 
     async def m_editMessageText(self, params: dict[str, Any]) -> web.Response:
@@ -247,11 +251,11 @@ class FakeTelegram(ThreadedServer):
             old = next((m for m in self.sent if m["message_id"] == mid), None)
             if old is None:
                 return self._err(400, "Bad Request: message to edit not found")
-            if old["text"] == params.get("text") and old.get("reply_markup") == params.get("reply_markup"):
+            if old["shown"] == params.get("text") and old.get("reply_markup") == params.get("reply_markup"):
                 return self._err(400, "Bad Request: message is not modified: specified new message content and "
                                       "reply markup are exactly the same as a current content and reply markup "
                                       "of the message")
-            old["text"] = params.get("text")
+            old["text"] = old["shown"] = params.get("text")
             old["reply_markup"] = params.get("reply_markup")
             self.edits.append(params)
         return self._ok({"message_id": mid, "text": params.get("text")})

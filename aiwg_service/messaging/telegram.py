@@ -20,6 +20,7 @@ from .bridge import Bridge
 from .model import Inbound, OutMessage, SendError
 
 log = logging.getLogger("aiwg.messaging")
+OUTCOME = "\n\n→ "  # what a decided approval prompt says below its text
 
 
 class ApiError(Exception):
@@ -185,9 +186,11 @@ class TelegramBridge(Bridge):
     def _decision_responder(self, chat_id: str, message_id: int, prompt_text: str) -> Any:
         """A button's answer goes to the chat, and the prompt itself shows the outcome, its buttons gone."""
 
+        original = prompt_text.split(OUTCOME)[0]  # a second press sees the text our first edit left
+
         async def respond(msg: OutMessage) -> None:
             await self.send(msg, chat_id)
-            await self.edit(chat_id, message_id, fmt.cut(f"{prompt_text}\n\n{msg.text}".strip(), fmt.TELEGRAM_TEXT))
+            await self.edit(chat_id, message_id, fmt.cut(f"{original}{OUTCOME}{msg.text}", fmt.TELEGRAM_TEXT))
 
         return respond
 
