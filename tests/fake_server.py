@@ -66,7 +66,7 @@ class ThreadedServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
-    def wait(self, pred: Callable[[], T], timeout: float = 20.0, what: str = "") -> T:
+    def wait(self, pred: Callable[[], T], timeout: float = 40.0, what: str = "") -> T:
         deadline = time.monotonic() + timeout
         while True:
             with self.lock:

@@ -52,7 +52,7 @@ def test_a_rules_notify_reaches_every_platform(svc_env: ServiceEnv) -> None:
         })
         (svc_env.project / "inbox").mkdir()
         svc_env.start()
-        wait_for(lambda: svc_env.call("messaging.status")["connected"] == 4, 20, what="all four bridges up")
+        wait_for(lambda: svc_env.call("messaging.status")["connected"] == 4, 40, what="all four bridges up")
         status = svc_env.call("daemon.status")["subsystems"]["messaging"]
         assert status["enabled"] is True and status["adapters"] == 4
         (svc_env.project / "inbox" / "report.txt").write_text("hi")
