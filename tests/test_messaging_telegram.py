@@ -131,3 +131,22 @@ def test_undeliverable_messages_are_retried_then_dead_lettered_and_replayed(svc_
         tg.wait(lambda: tg.texts(777), what="the replayed message")
         assert "first" in tg.texts(777)[0] and svc_env.call("ping")["pong"] is True
         assert svc_env.stop() == 0
+
+
+def test_reload_changes_permissions_without_reconnecting(svc_env: ServiceEnv) -> None:
+    from messaging_support import telegram_section, write_service_config
+
+    with FakeTelegram() as tg:
+        start_with_telegram(svc_env, tg.base)
+        tg.push_message(READER, "/cancel t-1")
+        tg.wait(lambda: tg.texts(READER), what="the refusal")
+        assert "needs write permission" in tg.texts(READER)[0]
+        section = telegram_section(tg.base)
+        section["users"][f"telegram:{READER}"] = "write"
+        write_service_config(svc_env, section)
+        assert svc_env.call("daemon.reload")["reloaded"] is True
+        tg.push_message(READER, "/cancel t-1")
+        tg.wait(lambda: len(tg.texts(READER)) >= 2, what="the second answer")
+        assert tg.texts(READER)[1] == "No task t-1."
+        assert [c[0] for c in tg.calls].count("getMe") == 1  # the bridge kept its connection
+        assert svc_env.stop() == 0
