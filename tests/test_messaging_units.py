@@ -153,3 +153,16 @@ def test_telegram_errors_never_carry_the_token() -> None:
 
     text = asyncio.run(go())
     assert "SECRET" not in text and "ClientConnectorError" in text
+
+
+def test_secrets_come_from_the_environment_or_a_systemd_credential(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from aiwg_service.messaging.bridge import Bridge
+
+    creds = Path(str(tmp_path))
+    (creds / "AIWG_TELEGRAM_TOKEN").write_text("from-credential\n")
+    b = Bridge(None, {"CREDENTIALS_DIRECTORY": str(creds), "AIWG_SLACK_BOT_TOKEN": " from-env "}, None, "x")
+    assert b.secret("AIWG_SLACK_BOT_TOKEN") == "from-env"
+    assert b.secret("AIWG_TELEGRAM_TOKEN") == "from-credential"
+    assert b.secret("AIWG_DISCORD_TOKEN") == ""

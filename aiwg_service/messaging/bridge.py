@@ -8,6 +8,7 @@ import importlib
 import logging
 import random
 from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from .model import BridgeState, Inbound, OutMessage
@@ -58,8 +59,15 @@ class Bridge:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def secret(self, env_name: str) -> str:
-        """The value of an ``*_env`` variable, stripped; empty if unset."""
-        return (self.env.get(env_name) or "").strip()
+        """The value of an ``*_env`` variable, else of the systemd credential of that name; empty if neither."""
+        value = (self.env.get(env_name) or "").strip()
+        creds = self.env.get("CREDENTIALS_DIRECTORY")
+        if not value and creds:
+            try:
+                value = (Path(creds) / env_name).read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                value = ""
+        return value
 
     def disable(self, why: str) -> None:
         self.state.enabled = False
