@@ -1,7 +1,7 @@
 """The one module that knows every subsystem: what each is built from, and the fixed start order.
 
 Start order: event router, task store, agent supervisor, automation engine, IPC server, file watcher,
-cron scheduler, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
+cron scheduler, webhooks, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
 Subsystems never import each other: this module hands each one the narrow ports it needs (the bus, the
 RPC server, a view of the current configs, the state directory, the task queue's submit function).
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import doctor
+from . import systemd as sd
 from .events.bus import EventBus
 from .events.scheduler import CronScheduler
 from .events.subsystems import WatcherSubsystem
@@ -22,6 +23,7 @@ from .ports import ConfigsView, Subsystem
 from .rpc import RpcServer, RpcSubsystem
 from .rules.engine import AutomationEngine
 from .tasks import subsystems as tasks
+from .webhooks.subsystem import FD_NAMES, WebhookSubsystem
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
                                   doctor=lambda project: doctor.run(facts, project))
     automation.register_rpc(core.rpc)
-    messaging = build_messaging(core, store, supervisor)
+    webhooks = WebhookSubsystem(core.bus.publish, core.state_dir, lambda: sd.named_fd(*FD_NAMES))
+    webhooks.register_rpc(core.rpc)
+    messaging = build_messaging(core, store, supervisor, automation)
     return [
         core.bus,
         store,
@@ -72,12 +76,14 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
         RpcSubsystem(core.rpc, core.listen),
         WatcherSubsystem(core.bus),
         scheduler,
+        webhooks,
         messaging,
     ]
 
 
-def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: tasks.SupervisorSubsystem) -> Subsystem:
-    """The messaging hub, given narrow ports onto the service: status, tasks, cancel (and ask/decide)."""
+def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: tasks.SupervisorSubsystem,
+                    automation: AutomationEngine) -> Subsystem:
+    """The messaging hub, given narrow ports onto the service: status, tasks, cancel, decide (and ask)."""
     from .messaging.hub import MessagingSubsystem
     from .messaging.ports import ServicePorts
 
@@ -97,5 +103,16 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
         now = store.store.get(task.id) or task
         return {"taskId": task.id, "cancelled": cancelled, "state": now.state.value}
 
-    ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel)
+    async def decide(approval_id: str, approve: bool, by: str, via: str, reason: str | None) -> dict[str, Any]:
+        """The approval gates' decide, with their refusals as the hub's KeyError / ValueError."""
+        from .rules.approvals import ApprovalAlreadyDecided, ApprovalNotAllowed, ApprovalNotFound
+
+        try:
+            return automation.approvals.decide(approval_id, approve, by, via, reason)
+        except ApprovalNotFound:
+            raise KeyError(approval_id) from None
+        except (ApprovalAlreadyDecided, ApprovalNotAllowed) as exc:
+            raise ValueError(str(exc)) from None
+
+    ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, decide=decide)
     return MessagingSubsystem(core.bus, core.rpc.register, core.configs, core.state_dir, ports)

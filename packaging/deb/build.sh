@@ -150,7 +150,7 @@ for exe in aiwg-service aiwgctl; do
   [ -x "$VENV/bin/$exe" ] || die "pip did not install $exe"
   ln -sfn "../lib/aiwg-service/bin/$exe" "$STAGE/usr/bin/$exe"
 done
-for unit in aiwg.socket aiwg.service aiwg@.socket aiwg@.service; do
+for unit in aiwg.socket aiwg.service aiwg@.socket aiwg@.service aiwg-webhook.socket; do
   sed 's|@BINDIR@|/usr/bin|g' "$REPO/units/$unit" >"$STAGE/usr/lib/systemd/user/$unit"
 done
 
