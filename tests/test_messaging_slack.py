@@ -32,9 +32,12 @@ def test_socket_mode_commands_acks_and_webhook(svc_env: ServiceEnv) -> None:
         slack.push_mention("U2", "tasks", channel="C200")
         slack.wait(lambda: slack.texts("C200"), what="an @mention reply")
         assert "No tasks" in slack.texts("C200")[0] or "newest tasks" in slack.texts("C200")[0]
+        slack._envelope("slash_commands", {"command": "/aiwg", "text": "status"}, True)  # no user, no channel
+        slack._envelope("events_api", {"event": "not an object"}, False)
         slack.push_dm("U9", "status", channel="D9")  # nobody listed U9
         slack.wait(lambda: slack.texts("D9"), what="a refusal")
         assert "not allowed" in slack.texts("D9")[0]
+        assert svc_env.log_text().count("slack sent a malformed") == 2 and len(slack.acks) == 5
         # notifications without a channel go to the incoming webhook, mrkdwn-escaped
         svc_env.ctl("notify", "deploy <!channel> & done", "--severity", "warning", check=True)
         slack.wait(lambda: slack.hook_posts, what="the webhook post")
