@@ -70,6 +70,8 @@ class DaemonSection(Struct):
     action_timeout_minutes: Annotated[int, Meta(ge=1, le=7 * 24 * 60)] = 120
     stop_timeout_seconds: Annotated[int, Meta(ge=0, le=3600)] = 60
     retention_days: Annotated[int, Meta(ge=1, le=3650)] = 30
+    #: Client connections open at once; one more is answered with an error and closed.
+    max_connections: Annotated[int, Meta(ge=1, le=65_536)] = 256
     log: LogConfig = field(default_factory=LogConfig)
 
 

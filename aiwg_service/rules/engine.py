@@ -147,7 +147,9 @@ class AutomationEngine:
         return {
             "projects": len(self.rules),
             "rules": sum(len(r) for r in self.rules.values()),
-            "enabled": sum(1 for rs in self.rules.values() for r in rs.values() if self._enabled(r)),
+            "enabled": True,  # the engine runs (the AIWG CLI prints it as "Automation: enabled")
+            "ruleCount": sum(len(r) for r in self.rules.values()),
+            "rules_enabled": sum(1 for rs in self.rules.values() for r in rs.values() if self._enabled(r)),
             "running": sum(len(s.running) for s in states),
             "queued": sum(len(s.queue) for s in states),
             "runs": sum(s.runs for s in states),
@@ -573,7 +575,8 @@ class AutomationEngine:
             elif rule_id in rules:
                 out.append(rules[rule_id])
         if rule_id is not None and not out:
-            raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: ruleId: no rule '{rule_id}'", {"param": "ruleId"})
+            raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: ruleId: no rule {p.quote(rule_id)}"
+                             + (f" in {p.quote(root)}" if root else ""), {"param": "ruleId"})
         return out
 
     def disabled_reason(self, rule: Rule) -> str | None:

@@ -56,9 +56,10 @@ def profile_lookup(custom: Mapping[str, AgentProfile]) -> Callable[[str], AgentP
     return lookup
 
 
-def build_argv(profile: AgentProfile, prompt: str) -> list[str]:
+def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None) -> list[str]:
     """The argv to exec for ``prompt``; the prompt is always one argv element, never shell-parsed
-    (except by the ``shell`` kind, whose whole point is that)."""
+    (except by the ``shell`` kind, whose whole point is that). ``subagent`` (a plain identifier,
+    checked by the protocol) becomes ``--agent NAME`` for the ``claude`` kind."""
     if profile.command:
         argv = [part.replace("{prompt}", prompt) for part in profile.command]
         return argv + list(profile.args)
@@ -73,6 +74,8 @@ def build_argv(profile: AgentProfile, prompt: str) -> list[str]:
         argv += ["--allowedTools", ",".join(profile.allowed_tools)]
     if profile.permission_mode:
         argv += ["--permission-mode", profile.permission_mode]
+    if subagent:
+        argv += ["--agent", subagent]
     return argv + list(profile.args)
 
 
