@@ -18,7 +18,7 @@ from service_fixture import BIN, RpcConn, ServiceEnv, wait_for
 from tests.tasks_support import kill_quiet, make_fakebin, pid_alive, read_pid
 
 SHELL_PROFILES = {"sh": {"kind": "shell"}, "sh0": {"kind": "shell", "retry": 0},
-                  "echo": {"kind": "command", "command": ["/bin/echo", "said: {prompt}"]}}
+                  "echo": {"kind": "command", "command": ["/bin/echo", "said:", "{prompt}"]}}
 
 
 def write_service_config(env: ServiceEnv, daemon: dict[str, Any] | None = None,
@@ -301,7 +301,7 @@ def test_invalid_agent_profile_is_reported_with_its_path(tsvc: ServiceEnv) -> No
     res = tsvc.ctl("reload")
     assert "agents.lint.command: must contain {prompt}" in res.stderr
     # a project profile overrides a service one for that project only
-    tsvc.write_project_config({"agents": {"sh": {"kind": "command", "command": ["/bin/echo", "proj {prompt}"]}}})
+    tsvc.write_project_config({"agents": {"sh": {"kind": "command", "command": ["/bin/echo", "proj", "{prompt}"]}}})
     tsvc.ctl("reload", check=True)
     t = tsvc.call("task.submit", {"prompt": "hi", "agent": "sh", "wait": True})
     assert t["result"] == "proj hi"

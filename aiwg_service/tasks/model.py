@@ -196,6 +196,10 @@ def profile_problems(profile: AgentProfile) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if profile.command and not any("{prompt}" in part for part in profile.command):
         out.append(("command", "must contain {prompt} (where the task's prompt goes)"))
+    for i, part in enumerate(profile.command or ()):
+        if "{prompt}" in part and part != "{prompt}":
+            out.append((f"command[{i}]", f'"{{prompt}}" must be an argv element of its own, not part of {part!r}: '
+                                         "a prompt glued to an option could change what the option says"))
     return out
 
 
