@@ -107,6 +107,12 @@ class ReloadParams(Params):
     pass
 
 
+class TrustParams(Params):
+    path: Annotated[str, Meta(min_length=1)]
+    #: the content the user saw and allowed; refused if the file changed since
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
 TaskState = Literal["queued", "running", "completed", "failed", "timeout", "cancelled", "interrupted"]
 TaskSource = Literal["cli", "rule", "cron", "chat", "messaging", "webhook"]
 Limit = Annotated[int, Meta(ge=1, le=1000)]
@@ -254,6 +260,9 @@ METHODS: dict[str, type[Params]] = {
     "project.add": ProjectPathParams,
     "project.remove": ProjectPathParams,
     "project.list": NoParams,
+    "trust.show": ProjectPathParams,
+    "trust.allow": TrustParams,
+    "trust.revoke": ProjectPathParams,
     "task.submit": TaskSubmitParams,
     "task.cancel": TaskIdParams,
     "task.list": TaskListParams,
@@ -286,7 +295,8 @@ METHODS: dict[str, type[Params]] = {
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
                        "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
-                       "messaging.status", "budget.status", "trace.get", "approval.list", "webhook.list"})
+                       "messaging.status", "budget.status", "trace.get", "approval.list", "webhook.list",
+                       "trust.show"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"
