@@ -30,6 +30,11 @@ def default_socket_path() -> Path:
     return Path(locate.default_socket())
 
 
+def tmux_socket_path() -> Path:
+    """The private tmux server of the dashboard and the interactive agent sessions."""
+    return runtime_base() / "tmux.sock"
+
+
 def instance_socket_path(escaped_name: str) -> Path:
     """Socket of a per-project instance (``aiwg@<escaped>.socket`` listens here)."""
     return Path(locate.instance_socket(escaped_name))

@@ -114,7 +114,7 @@ class TrustParams(Params):
 
 
 TaskState = Literal["queued", "running", "completed", "failed", "timeout", "cancelled", "interrupted"]
-TaskSource = Literal["cli", "rule", "cron", "chat", "messaging", "webhook"]
+TaskSource = Literal["cli", "rule", "cron", "chat", "messaging", "webhook", "session"]
 Limit = Annotated[int, Meta(ge=1, le=1000)]
 
 
@@ -229,6 +229,52 @@ class ChatSendParams(Params):
     message: Annotated[str, Meta(min_length=1)]
     priority: Priority | None = None  # null or omitted: 5, the AIWG daemon's default (chat goes first)
     project: str | None = None
+    conversation: str | None = None  # omitted: a new conversation
+
+
+class ChatListParams(Params):
+    project: str | None = None
+    limit: Limit = 50
+
+
+class ChatConversationParams(Params):
+    conversation: Annotated[str, Meta(min_length=1)]
+
+
+class ChatForkParams(Params):
+    conversation: Annotated[str, Meta(min_length=1)]
+    at_turn: Annotated[int, Meta(ge=1)] | None = None  # omitted: after the last turn
+
+
+class SessionNewParams(Params):
+    project: str | None = None
+    agent: str | None = None  # claude's --agent
+    worktree: str | None = None  # a new branch, checked out in a fresh worktree
+    prompt: str | None = None
+
+
+class SessionListParams(Params):
+    project: str | None = None
+    all: bool = False  # include sessions that exited
+
+
+class SessionIdParams(Params):
+    id: Annotated[str, Meta(min_length=1)]
+
+
+class SessionSendParams(Params):
+    id: Annotated[str, Meta(min_length=1)]
+    text: Annotated[str, Meta(min_length=1)]
+
+
+class SessionKillParams(Params):
+    id: Annotated[str, Meta(min_length=1)]
+    keep_worktree: bool = False
+
+
+class DashboardParams(Params):
+    name: Annotated[str, Meta(min_length=1)] = "aiwg"
+    project: str | None = None
 
 
 class MessagingNotifyParams(Params):
@@ -287,6 +333,16 @@ METHODS: dict[str, type[Params]] = {
     "chat.send": ChatSendParams,
     "messaging.status": NoParams,
     "messaging.notify": MessagingNotifyParams,
+    "chat.list": ChatListParams,
+    "chat.history": ChatConversationParams,
+    "chat.fork": ChatForkParams,
+    "chat.delete": ChatConversationParams,
+    "session.new": SessionNewParams,
+    "session.list": SessionListParams,
+    "session.capture": SessionIdParams,
+    "session.send": SessionSendParams,
+    "session.kill": SessionKillParams,
+    "session.dashboard": DashboardParams,
     "daemon.stop": DaemonStopParams,
     "budget.status": BudgetStatusParams,
     "trace.get": TraceGetParams,
@@ -295,8 +351,8 @@ METHODS: dict[str, type[Params]] = {
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
                        "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
-                       "messaging.status", "budget.status", "trace.get", "approval.list", "webhook.list",
-                       "trust.show"})
+                       "messaging.status", "chat.list", "chat.history", "session.list", "session.capture",
+                       "budget.status", "trace.get", "approval.list", "webhook.list", "trust.show"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import config
 from .budgets import section as _budgets  # budgets
+from .chat import section as _chat  # sessions
 from .events import section as _events  # watch, schedule
 from .messaging import section as _messaging  # messaging
 from .rules import section as _rules  # rules
@@ -16,4 +17,4 @@ from .webhooks import section as _webhooks  # webhook
 
 config.sections_complete()
 
-__all__ = ["_budgets", "_events", "_messaging", "_rules", "_tasks", "_webhooks"]
+__all__ = ["_budgets", "_chat", "_events", "_messaging", "_rules", "_tasks", "_webhooks"]

@@ -1,13 +1,14 @@
 """The one module that knows every subsystem: what each is built from, and the fixed start order.
 
-Start order: event router, task store, budgets, agent supervisor, automation engine, IPC server, file watcher,
-cron scheduler, webhooks, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
+Start order: event router, task store, budgets, agent supervisor, automation engine, chat, IPC server, file
+watcher, cron scheduler, webhooks, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
 Subsystems never import each other: this module hands each one the narrow ports it needs (the bus, the
 RPC server, a view of the current configs, the state directory, the task queue's submit function).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 from . import doctor
 from . import systemd as sd
 from .budgets.subsystem import BudgetsSubsystem
+from .chat.subsystem import ChatSubsystem
 from .config import resolve_root
 from .events.bus import EventBus
 from .events.scheduler import CronScheduler
@@ -28,6 +30,55 @@ from .tasks import subsystems as tasks
 from .trace import api as trace_api
 from .trace.graph import TracePorts, Tracer
 from .webhooks.subsystem import FD_NAMES, WebhookSubsystem
+
+
+class SessionRecorder:
+    """The task store's port for the chat subsystem's interactive sessions (tasks of source ``session``)."""
+
+    def __init__(self, store: tasks.StoreSubsystem, log_dir: Path) -> None:
+        self.stores = store
+        self.log_dir = log_dir
+
+    def _store(self) -> Any:
+        if self.stores.store is None:
+            raise RuntimeError("the task store is not open")
+        return self.stores.store
+
+    def begin(self, project: str, prompt: str, agent: str, log_path: str) -> str:
+        return str(self._store().begin_external(project, prompt, agent=agent, source="session").id)
+
+    def end(self, task_id: str, *, exit_code: int | None, result: str | None, error: str | None,
+            cancelled: bool) -> None:
+        from .tasks.model import TaskState
+
+        state = TaskState.cancelled if cancelled else TaskState.completed if exit_code == 0 else TaskState.failed
+        self._store().mark_finished(task_id, state, exit_code=exit_code, result=result, error=error,
+                                    log_path=str(self.log_dir / f"{task_id}.log"))
+
+    def state(self, task_id: str) -> str | None:
+        t = self._store().get(task_id)
+        return None if t is None else t.state.value
+
+
+def interactive_argv(profile: Any) -> list[str]:
+    """``claude`` as a person runs it (no ``-p``), with the profile's model, tools and mode."""
+    argv = ["claude"]
+    if profile.model:
+        argv += ["--model", profile.model]
+    if profile.allowed_tools:
+        argv += ["--allowedTools", ",".join(profile.allowed_tools)]
+    if profile.permission_mode:
+        argv += ["--permission-mode", profile.permission_mode]
+    return argv + list(profile.args)
+
+
+def worktree_setup(configs: Any, project: str) -> tuple[list[str] | None, float]:
+    """The project's ``sessions.worktree_setup``, else the service file's."""
+    pr = configs.projects.get(project)
+    for section in ([pr.config.sessions] if pr is not None else []) + [configs.service.sessions]:
+        if section.worktree_setup:
+            return list(section.worktree_setup), section.setup_timeout_seconds
+    return None, configs.service.sessions.setup_timeout_seconds
 
 
 @dataclass(frozen=True)
@@ -53,7 +104,7 @@ class CorePorts:
 def build_subsystems(core: CorePorts) -> list[Subsystem]:
     scheduler = CronScheduler(core.bus, core.state_dir)
     core.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
-    # also registers task.* and chat.send
+    # also registers task.*
     store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir, core.request_stop,
                                     core.untrusted)
 
@@ -92,6 +143,21 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     supervisor.admit = budgets.ledger.admit
     supervisor.on_cost = budgets.ledger.on_cost
 
+    def get_task(task_id: str) -> dict[str, Any] | None:
+        if store.store is None:
+            return None
+        task = store.store.get(task_id)
+        return None if task is None else task.to_dict()
+
+    chat = ChatSubsystem(state_dir=core.state_dir, rpc=core.rpc, subscribe=core.bus.subscribe,
+                         unsubscribe=core.bus.unsubscribe, submit=submit_task, get_task=get_task,
+                         recorder=SessionRecorder(store, core.state_dir / "logs"),
+                         projects=lambda: list(core.configs().projects), resolve_root=resolve_root,
+                         agent_argv=lambda project: interactive_argv(supervisor.profile("claude", project)),
+                         setup=lambda project: worktree_setup(core.configs(), project),
+                         socket_path=core.socket_path)
+    supervisor.agent_args = chat.agent_args  # a turn's session flags, decided as it starts
+
     facts = doctor.Facts(config_status=core.config_status, serving=lambda: core.rpc.serving,
                          socket_path=core.socket_path, health=core.health, state_dir=core.state_dir)
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
@@ -100,13 +166,14 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     trace_api.register(core.rpc, Tracer(_trace_ports(core, store, automation)))
     webhooks = WebhookSubsystem(core.bus.publish, core.state_dir, lambda: sd.named_fd(*FD_NAMES))
     webhooks.register_rpc(core.rpc)
-    messaging = build_messaging(core, store, supervisor, automation)
+    messaging = build_messaging(core, store, supervisor, automation, chat)
     return [
         core.bus,
         store,
         budgets,
         supervisor,
         automation,
+        chat,
         RpcSubsystem(core.rpc, core.listen),
         WatcherSubsystem(core.bus),
         scheduler,
@@ -115,11 +182,33 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     ]
 
 
+class TurnWaiter:
+    """Futures for tasks' final events: how a chat bridge waits for its /ask turn to complete."""
+
+    FINAL = frozenset({"task.completed", "task.failed", "task.timeout", "task.cancelled"})
+
+    def __init__(self, bus: EventBus) -> None:
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        bus.subscribe("task.*", self._on_task, name="messaging.turns")
+
+    def _on_task(self, event: Any) -> None:
+        if event.type in self.FINAL:
+            fut = self.waiting.pop(str(event.data.get("id")), None)
+            if fut is not None and not fut.done():
+                fut.set_result(event.data)
+
+    def wait(self, task_id: str) -> asyncio.Future[dict[str, Any]]:
+        fut = self.waiting.get(task_id)
+        if fut is None:
+            fut = self.waiting[task_id] = asyncio.get_running_loop().create_future()
+        return fut
+
+
 def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: tasks.SupervisorSubsystem,
-                    automation: AutomationEngine) -> Subsystem:
-    """The messaging hub, given narrow ports onto the service: status, tasks, cancel, decide (and ask)."""
+                    automation: AutomationEngine, chat: ChatSubsystem) -> Subsystem:
+    """The messaging hub, given narrow ports onto the service: status, tasks, cancel, ask and decide."""
     from .messaging.hub import MessagingSubsystem
-    from .messaging.ports import ServicePorts
+    from .messaging.ports import AskRefused, ServicePorts
 
     def recent_tasks(limit: int) -> list[dict[str, Any]]:
         if store.store is None:
@@ -148,7 +237,23 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
         except (ApprovalAlreadyDecided, ApprovalNotAllowed) as exc:
             raise ValueError(str(exc)) from None
 
-    ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, decide=decide)
+    turns = TurnWaiter(core.bus)
+
+    async def ask(chat_key: str, text: str) -> str:
+        """One turn of the chat's own conversation (kept under its key: one resumed session per chat)."""
+        from .chat.conversations import ChatError
+
+        try:
+            sent = chat.open().send(text, key=chat_key, source="messaging",
+                                    project=core.configs().service.messaging.project)
+        except ChatError as exc:
+            raise AskRefused(str(exc)) from None
+        task = await turns.wait(sent.task_id)
+        if task.get("state") != "completed":
+            raise RuntimeError(task.get("error") or f"the turn ended {task.get('state')}")
+        return str(task.get("result") or "")
+
+    ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, ask=ask, decide=decide)
     return MessagingSubsystem(core.bus, core.rpc.register, core.configs, core.state_dir, ports)
 
 

@@ -12,6 +12,13 @@ Behaviour is steered by words in the prompt:
   garbage          interleave non-JSON lines
   env=NAME         report the value of env var NAME in the result text
   mark=PATH        append "start <pid> <t>" / "end <pid> <t>" lines to PATH
+
+Sessions, as claude keeps them (see ``fake_claude_sessions.py``): ``--session-id UUID`` starts one
+(refused if it exists), ``--resume ID`` continues one (refused, as claude does, if there is none for this
+cwd), ``--fork-session`` continues a copy under a new id, ``--agent NAME`` is reported.  With any of them
+the result says which turn of which session it was and what was asked before, so tests see the context.
+Every run appends its argv and cwd to ``~/.claude/fake-calls.jsonl``.  Without ``-p`` it is interactive
+(``fake_claude_sessions.interactive``): a prompt, answers to each line, ``/exit``.
 """
 
 import json
@@ -19,6 +26,8 @@ import os
 import signal
 import sys
 import time
+
+import fake_claude_sessions as sessions
 
 
 def out(obj: dict) -> None:
@@ -35,11 +44,22 @@ def opt(words: list[str], key: str) -> str | None:
 
 def main() -> int:
     argv = sys.argv[1:]
+    sessions.record_call(argv)
+    if "-p" not in argv and "--print" not in argv:
+        return sessions.interactive(argv)
     # the prompt is the positional argument: after "--" when the caller ends options (as aiwg-service does)
     prompt = argv[argv.index("--") + 1] if "--" in argv else argv[argv.index("-p") + 1] if "-p" in argv else ""
     model = argv[argv.index("--model") + 1] if "--model" in argv else "fake-model"
     words = prompt.split()
-    sid = f"sess-{os.getpid()}"
+    try:
+        session = sessions.open_session(argv)
+    except sessions.Refused as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    sid = session.id if session is not None else f"sess-{os.getpid()}"
+    described = session.describe() if session is not None else ""
+    if session is not None:
+        session.begin(prompt)
     mark = opt(words, "mark")
     if mark:
         with open(mark, "a") as f:
@@ -62,7 +82,8 @@ def main() -> int:
         os.rename(pidfile + ".tmp", pidfile)
 
     out({"type": "system", "subtype": "init", "session_id": sid, "model": model,
-         "cwd": os.getcwd(), "tools": ["Bash", "Read", "Edit"], "argv": argv})
+         "cwd": os.getcwd(), "tools": ["Bash", "Read", "Edit"], "argv": argv,
+         "agent": sessions.flag(argv, "--agent")})
     if "garbage" in words:
         sys.stdout.write("this is not json\n{broken json\n")
         sys.stderr.write("warning: something on stderr\n")
@@ -104,6 +125,9 @@ def main() -> int:
     envname = opt(words, "env")
     if envname:
         text = f"{envname}={os.environ.get(envname, '<unset>')}"
+    if session is not None:
+        text += " " + described
+        session.add_turn(prompt, text)
     failed = "fail" in words
     err_result = "error-result" in words
     usage = {"input_tokens": 1234, "output_tokens": 567, "cache_creation_input_tokens": 89,

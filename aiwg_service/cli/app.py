@@ -15,7 +15,9 @@ import typer
 from .. import paths
 from . import approvals as approvals_cli
 from . import budget as budget_cmd
+from . import chat as chat_cmd
 from . import render, systemctl
+from . import sessions as sessions_cmd
 from .core import call, cmd_ping, cmd_status, fail, options, trust_cell, use_instance
 from .cron import cron_app
 from .events import events_app
@@ -164,6 +166,26 @@ def config_check(
 
 for _fn in (trust, untrust):
     app.command()(_fn)
+app.command()(chat_cmd.chat)
+app.command()(sessions_cmd.attach)
+app.add_typer(sessions_cmd.session_app, name="session")
+
+
+@app.command()
+def top(once: Annotated[bool, typer.Option("--once", help="print the screen once and exit")] = False) -> None:
+    """Live status: running and queued tasks, rule runs, recent events, cost today (redrawn on events)."""
+    import asyncio
+
+    from . import top as top_mod
+    from .core import START_HINT, resolve_socket
+
+    try:
+        code = asyncio.run(top_mod.run(once, resolve_socket()))
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        fail(f"aiwg-service is not running ({exc.strerror}); {START_HINT}")
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
 
 for _fn in (approvals_cli.approvals, approvals_cli.approve, approvals_cli.reject):
     app.command()(_fn)

@@ -1,9 +1,9 @@
-"""The ``task.*`` and ``chat.send`` RPC methods, and the hub that fans task events out.
+"""The ``task.*`` RPC methods, and the hub that fans task events out.
 
 Compatible with the AIWG daemon's clients: ``task.submit {prompt, agent?, priority?}`` answers
 ``{taskId, state}`` (plus every task field), ``task.get`` of an unknown id is -32602,
 ``task.cancel`` answers ``{cancelled}``, ``task.stats`` has ``total/queued/running/completed/failed/
-cancelled``, ``chat.send {message, priority?}`` answers ``{taskId}``.
+cancelled``.  (``chat.send`` lives in ``chat/``: a chat message is a turn of a conversation.)
 
 Nothing here polls: ``task.submit {wait: true}`` and ``task.logs {follow: true}`` hang off the
 :class:`TaskHub`, which sees every state transition (the store's ``emit``) and every byte the
@@ -358,11 +358,6 @@ def register(
             asyncio.get_running_loop().call_soon(attach)
         return result
 
-    def chat_send(params: p.ChatSendParams, _conn: Connection) -> dict[str, Any]:
-        priority = 5 if params.priority is None else params.priority
-        task = submit(params.message, None, priority, params.project, None, TaskSource.chat.value)
-        return {"taskId": task.id, "state": task.state.value}
-
     def daemon_stop(params: p.DaemonStopParams, _conn: Connection) -> dict[str, Any]:
         """Stop the service (``aiwgctl stop --agents`` asks for its agents to stop too)."""
         sup = supervisor()
@@ -379,4 +374,3 @@ def register(
     rpc.register("task.list", task_list)
     rpc.register("task.stats", task_stats)
     rpc.register("task.logs", task_logs)
-    rpc.register("chat.send", chat_send)

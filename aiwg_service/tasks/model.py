@@ -68,6 +68,7 @@ class TaskSource(enum.StrEnum):
     chat = "chat"
     messaging = "messaging"
     webhook = "webhook"
+    session = "session"
 
 
 NonNegInt = Annotated[int, Meta(ge=0)]

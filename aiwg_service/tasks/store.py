@@ -241,6 +241,21 @@ class Store:
                     max_budget_usd=max_budget_usd)
         return self.insert(task)
 
+    def begin_external(self, project: str, prompt: str, *, agent: str, source: TaskSource | str,
+                       origin: dict[str, Any] | None = None) -> Task:
+        """Record work the supervisor does not run (an interactive session in tmux) as a ``running`` task;
+        its owner ends it with :meth:`mark_finished`.  :meth:`running` (recovery, re-adoption) leaves it out."""
+        now = utc_now()
+        task = Task(id=new_task_id(), project=str(project), prompt=prompt, agent=agent, source=TaskSource(source),
+                    state=TaskState.running, created_at=now, started_at=now, attempts=1)
+        if origin is not None:
+            task.origin = origin
+        vals = [_sql_value(f, getattr(task, f)) for f in _FIELDS]
+        with self._tx() as db:
+            db.execute(f"INSERT INTO tasks ({_COLS}) VALUES ({', '.join('?' * len(_FIELDS))})", vals)
+        self._emit("task.started", task)
+        return task
+
     def insert(self, task: Task) -> Task:
         vals = [_sql_value(f, getattr(task, f)) for f in _FIELDS]
         with self._tx() as db:
@@ -286,8 +301,11 @@ class Store:
                                     (TaskState(state).value,)).fetchone()[0])
 
     def running(self) -> list[Task]:
-        rows = self._db.execute(f"SELECT {_COLS} FROM tasks WHERE state IN (?, ?) ORDER BY id",
-                                (TaskState.running.value, TaskState.interrupted.value)).fetchall()
+        """Running or interrupted tasks the supervisor owns (interactive sessions, source ``session``, live in
+        tmux: their owner settles them, so recovery and re-adoption never see them)."""
+        rows = self._db.execute(f"SELECT {_COLS} FROM tasks WHERE state IN (?, ?) AND source != ? ORDER BY id",
+                                (TaskState.running.value, TaskState.interrupted.value,
+                                 TaskSource.session.value)).fetchall()
         return [self._row(r) for r in rows]
 
     def next_queued(self, exclude_projects: Iterable[str] = (),

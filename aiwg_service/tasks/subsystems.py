@@ -25,7 +25,7 @@ from ..ports import ConfigsView
 from ..rpc import RpcServer
 from .agents import BUILTIN_PROFILES
 from .api import TaskHub, register
-from .model import AgentProfile, TaskState
+from .model import AgentProfile, Task, TaskState
 from .store import Store
 from .supervisor import Supervisor
 
@@ -97,6 +97,8 @@ class SupervisorSubsystem:
         #: Budget check and cost observer (set by ``wiring.py``; None: no budgets).
         self.admit: Any = None
         self.on_cost: Any = None
+        #: Extra agent arguments per task (set by ``wiring.py``: the chat subsystem's session flags).
+        self.agent_args: Callable[[Task], list[str]] | None = None
 
     def profile(self, agent: str, project: str | None = None) -> AgentProfile:
         """Project file's profile (if its config is trusted), else the service file's, else a built-in."""
@@ -145,6 +147,7 @@ class SupervisorSubsystem:
             executors=self.executors,
             admit=self.admit,
             on_cost=self.on_cost,
+            agent_args=self.agent_args,
         )
         recovered = await self.supervisor.start()
         for t in recovered:

@@ -99,6 +99,7 @@ class Supervisor:
         executors: Executors | None = None,
         admit: Admission | None = None,
         on_cost: Callable[[Task, float | None], None] | None = None,
+        agent_args: Callable[[Task], list[str]] | None = None,
     ) -> None:
         """``project_profiles(agent, project)``, when given, resolves profiles instead of ``profiles``
         (a project may override service-wide profiles).  ``default_timeout_s`` may be a function of
@@ -107,7 +108,8 @@ class Supervisor:
         ``executors`` routes by ``agents.<profile>.executor`` (default: a local executor keeping
         its run files next to ``log_dir``; ``use_systemd_scope`` makes it use transient units).
         ``admit`` is the budget check before a start; ``on_cost(task, running_cost)`` is told of
-        each running task's cost as it rises (``None`` when it ends)."""
+        each running task's cost as it rises (``None`` when it ends).  ``agent_args(task)`` gives extra
+        arguments for a ``claude`` agent as the task starts (a chat turn's session flags)."""
         if max_parallel < 1:
             raise ValueError("max_parallel must be >= 1")
         self.store = store
@@ -127,6 +129,7 @@ class Supervisor:
             LocalExecutor(self.log_dir.parent, use_systemd=use_systemd_scope))
         self.admit = admit
         self.on_cost = on_cost
+        self.agent_args = agent_args
         #: Pause before trying the queue again after a failed store write (disk full).
         self.store_retry_s = 5.0
         self._runs: dict[str, _Run] = {}
@@ -383,6 +386,16 @@ class Supervisor:
         task = run.task
         budget = task.max_budget_usd if task.max_budget_usd is not None else profile.max_budget_usd
         argv = build_argv(profile, task.prompt, task.subagent, budget)
+        if self.agent_args is not None and profile.kind == "claude":
+            try:
+                extra = self.agent_args(task)
+                # options go before the "--" that ends them (the prompt stays the last, positional word)
+                at = len(argv) - 2 if len(argv) >= 2 and argv[-2] == "--" and not profile.command else len(argv)
+                argv[at:at] = extra
+            except Exception as e:
+                log.exception("task %s: cannot compute its agent arguments", task.id)
+                self.store.fail_queued(task.id, f"cannot prepare the agent's arguments: {e}")
+                return
         env = child_env(profile, task.id)
         # Resolve here so "no such agent" is a clear error before anything is launched.
         exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
