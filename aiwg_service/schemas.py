@@ -10,6 +10,7 @@ from . import config
 from .budgets import section as _budgets  # budgets
 from .chat import section as _chat  # sessions
 from .events import section as _events  # watch, schedule
+from .executors import section as _executors  # executors
 from .messaging import section as _messaging  # messaging
 from .rules import section as _rules  # rules
 from .tasks import section as _tasks  # agents
@@ -17,4 +18,4 @@ from .webhooks import section as _webhooks  # webhook
 
 config.sections_complete()
 
-__all__ = ["_budgets", "_chat", "_events", "_messaging", "_rules", "_tasks", "_webhooks"]
+__all__ = ["_budgets", "_chat", "_events", "_executors", "_messaging", "_rules", "_tasks", "_webhooks"]

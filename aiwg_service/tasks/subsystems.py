@@ -99,6 +99,8 @@ class SupervisorSubsystem:
         self.on_cost: Any = None
         #: Extra agent arguments per task (set by ``wiring.py``: the chat subsystem's session flags).
         self.agent_args: Callable[[Task], list[str]] | None = None
+        #: Per-executor limits and outages (set by ``wiring.py`` from the executors subsystem).
+        self.executor_gate: Any = None
 
     def profile(self, agent: str, project: str | None = None) -> AgentProfile:
         """Project file's profile (if its config is trusted), else the service file's, else a built-in."""
@@ -145,6 +147,7 @@ class SupervisorSubsystem:
             child_umask=CHILD_UMASK,
             on_output=self.hub.output,
             executors=self.executors,
+            executor_gate=self.executor_gate,
             admit=self.admit,
             on_cost=self.on_cost,
             agent_args=self.agent_args,
