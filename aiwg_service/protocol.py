@@ -279,6 +279,12 @@ class DashboardParams(Params):
     project: str | None = None
 
 
+class MessagingNotifyParams(Params):
+    message: Annotated[str, Meta(min_length=1, max_length=100_000)]
+    channel: str | None = None  # a bridge (telegram), bridge:target (slack:C0123), or every bridge
+    severity: Literal["info", "warning", "critical"] = "info"
+
+
 class DaemonStopParams(Params):
     #: Stop running agents too (after ``daemon.stop_timeout_seconds``); by default they keep running
     #: and the next start re-adopts them.
@@ -327,6 +333,8 @@ METHODS: dict[str, type[Params]] = {
     "events.subscribe": EventsSubscribeParams,
     "cron.list": NoParams,
     "chat.send": ChatSendParams,
+    "messaging.status": NoParams,
+    "messaging.notify": MessagingNotifyParams,
     "chat.list": ChatListParams,
     "chat.history": ChatConversationParams,
     "chat.fork": ChatForkParams,
@@ -346,7 +354,7 @@ METHODS: dict[str, type[Params]] = {
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
                        "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
-                       "chat.list", "chat.history", "session.list", "session.capture",
+                       "messaging.status", "chat.list", "chat.history", "session.list", "session.capture",
                        "budget.status", "trace.get", "executors.list", "approval.list", "webhook.list",
                        "trust.show"})
 

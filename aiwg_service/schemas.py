@@ -6,18 +6,16 @@ service (through ``wiring``) and by ``aiwgctl config check``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import config
 from .budgets import section as _budgets  # budgets
 from .chat import section as _chat  # sessions
 from .events import section as _events  # watch, schedule
 from .executors import section as _executors  # executors
+from .messaging import section as _messaging  # messaging
 from .rules import section as _rules  # rules
 from .tasks import section as _tasks  # agents
 from .webhooks import section as _webhooks  # webhook
 
-config.register_section("messaging", dict[str, Any], dict, scan_secrets=True)
 config.sections_complete()
 
-__all__ = ["_budgets", "_chat", "_events", "_executors", "_rules", "_tasks", "_webhooks"]
+__all__ = ["_budgets", "_chat", "_events", "_executors", "_messaging", "_rules", "_tasks", "_webhooks"]

@@ -9,6 +9,7 @@ RPC server, a view of the current configs, the state directory, the task queue's
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .events.bus import EventBus
 from .events.scheduler import CronScheduler
 from .events.subsystems import WatcherSubsystem
 from .executors.subsystem import ExecutorsSubsystem
-from .ports import ConfigsView, Placeholder, Subsystem
+from .ports import ConfigsView, Subsystem
 from .rpc import RpcServer, RpcSubsystem
 from .rules.engine import AutomationEngine
 from .tasks import subsystems as tasks
@@ -100,6 +101,8 @@ class CorePorts:
     socket_path: Callable[[], Path]
     #: why a project's config may not run anything (not trusted), or None: rules and agent profiles obey it
     untrusted: Callable[[str], str | None]
+    #: daemon.status as clients see it (status line, uptime, projects, subsystems): for chat bridges' /status
+    state: Callable[[], dict[str, Any]]
     #: Stop the service as SIGTERM would (``daemon.stop``).
     request_stop: Callable[[], None] | None = None
 
@@ -181,6 +184,7 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     webhooks = WebhookSubsystem(core.bus.publish, core.state_dir, lambda: sd.named_fd(*FD_NAMES))
     webhooks.register_rpc(core.rpc)
     trace_api.register(core.rpc, Tracer(_trace_ports(core, store, automation)))
+    messaging = build_messaging(core, store, supervisor, automation, chat)
     return [
         core.bus,
         store,
@@ -193,8 +197,83 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
         WatcherSubsystem(core.bus),
         scheduler,
         webhooks,
-        Placeholder("messaging"),
+        messaging,
     ]
+
+
+class TurnWaiter:
+    """Futures for tasks' final events: how a chat bridge waits for its /ask turn to complete."""
+
+    FINAL = frozenset({"task.completed", "task.failed", "task.timeout", "task.cancelled"})
+
+    def __init__(self, bus: EventBus) -> None:
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        bus.subscribe("task.*", self._on_task, name="messaging.turns")
+
+    def _on_task(self, event: Any) -> None:
+        if event.type in self.FINAL:
+            fut = self.waiting.pop(str(event.data.get("id")), None)
+            if fut is not None and not fut.done():
+                fut.set_result(event.data)
+
+    def wait(self, task_id: str) -> asyncio.Future[dict[str, Any]]:
+        fut = self.waiting.get(task_id)
+        if fut is None:
+            fut = self.waiting[task_id] = asyncio.get_running_loop().create_future()
+        return fut
+
+
+def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: tasks.SupervisorSubsystem,
+                    automation: AutomationEngine, chat: ChatSubsystem) -> Subsystem:
+    """The messaging hub, given narrow ports onto the service: status, tasks, cancel, ask and decide."""
+    from .messaging.hub import MessagingSubsystem
+    from .messaging.ports import AskRefused, ServicePorts
+
+    def recent_tasks(limit: int) -> list[dict[str, Any]]:
+        if store.store is None:
+            return []
+        found, _ = store.store.list(limit=limit)
+        return [t.to_dict() for t in found]
+
+    def cancel(task_id: str) -> dict[str, Any]:
+        if store.store is None or supervisor.supervisor is None:
+            raise RuntimeError("the task queue is not running")
+        task = store.store.get(task_id)
+        if task is None:
+            raise KeyError(task_id)
+        cancelled = supervisor.supervisor.cancel(task.id)
+        now = store.store.get(task.id) or task
+        return {"taskId": task.id, "cancelled": cancelled, "state": now.state.value}
+
+    async def decide(approval_id: str, approve: bool, by: str, via: str, reason: str | None) -> dict[str, Any]:
+        """The approval gates' decide, with their refusals as the hub's KeyError / ValueError."""
+        from .rules.approvals import ApprovalAlreadyDecided, ApprovalNotAllowed, ApprovalNotFound
+
+        try:
+            return automation.approvals.decide(approval_id, approve, by, via, reason)
+        except ApprovalNotFound:
+            raise KeyError(approval_id) from None
+        except (ApprovalAlreadyDecided, ApprovalNotAllowed) as exc:
+            raise ValueError(str(exc)) from None
+
+    turns = TurnWaiter(core.bus)
+
+    async def ask(chat_key: str, text: str) -> str:
+        """One turn of the chat's own conversation (kept under its key: one resumed session per chat)."""
+        from .chat.conversations import ChatError
+
+        try:
+            sent = chat.open().send(text, key=chat_key, source="messaging",
+                                    project=core.configs().service.messaging.project)
+        except ChatError as exc:
+            raise AskRefused(str(exc)) from None
+        task = await turns.wait(sent.task_id)
+        if task.get("state") != "completed":
+            raise RuntimeError(task.get("error") or f"the turn ended {task.get('state')}")
+        return str(task.get("result") or "")
+
+    ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, ask=ask, decide=decide)
+    return MessagingSubsystem(core.bus, core.rpc.register, core.configs, core.state_dir, ports)
 
 
 def _trace_ports(core: CorePorts, store: tasks.StoreSubsystem, automation: AutomationEngine) -> TracePorts:

@@ -21,6 +21,7 @@ from . import sessions as sessions_cmd
 from .core import call, cmd_ping, cmd_status, fail, options, trust_cell, use_instance
 from .cron import cron_app
 from .events import events_app
+from .messaging import messaging_app, notify
 from .rules import rules_app
 from .tasks import task_app
 from .trust import trust, untrust
@@ -40,6 +41,8 @@ app.add_typer(events_app, name="events")
 app.add_typer(cron_app, name="cron")
 app.add_typer(rules_app, name="rules")
 app.add_typer(task_app, name="task")
+app.add_typer(messaging_app, name="messaging")
+app.command()(notify)
 app.add_typer(webhook_app, name="webhook")
 app.command("budget")(budget_cmd.budget)
 app.command("trace")(budget_cmd.trace)
@@ -175,7 +178,6 @@ def executors(json: JsonOpt = False) -> None:
 
 for _fn in (trust, untrust):
     app.command()(_fn)
-
 app.command()(chat_cmd.chat)
 app.command()(sessions_cmd.attach)
 app.add_typer(sessions_cmd.session_app, name="session")

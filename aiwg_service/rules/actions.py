@@ -123,9 +123,10 @@ class NotifyAction(Action):
 
     kind = "notify"
 
-    def __init__(self, message: str, channel: str | None, continue_on_error: bool = False) -> None:
+    def __init__(self, message: str, channel: str | None, continue_on_error: bool = False,
+                 severity: str | None = None) -> None:
         super().__init__(continue_on_error)
-        self.message, self.channel = message, channel
+        self.message, self.channel, self.severity = message, channel, severity
 
     def _message(self, ctx: Ctx) -> str:
         return render(self.message, ctx.event, ctx.paths, {"rule_id": ctx.rule_id, "run_id": ctx.run_id})
@@ -137,8 +138,8 @@ class NotifyAction(Action):
         msg = self._message(ctx)
         log.info("rule %s: %s", ctx.rule_id, msg, extra={"PROJECT": ctx.project})
         ev = hooks.bus.publish("notify.request", ctx.project,
-                               {"message": msg, "channel": self.channel, "rule_id": ctx.rule_id,
-                                "origin": origin_of(ctx)}, source="automation")
+                               {"message": msg, "channel": self.channel, "severity": self.severity or "info",
+                                "rule_id": ctx.rule_id, "origin": origin_of(ctx)}, source="automation")
         return {"message": msg, "channel": self.channel, "event_id": ev.id}
 
 

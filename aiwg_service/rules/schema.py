@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 MODES = ("single", "queued", "restart", "parallel")
 AIWG_ACTIONS = ("agent", "notify", "webhook")
+SEVERITIES = ("info", "warning", "critical")
 ACTION_KINDS = ("agent", "shell", "notify", "doctor", "emit", "webhook", "approve")
 ON_TIMEOUT = ("reject", "approve")
 DEFAULT_APPROVAL_MINUTES = 60.0
@@ -244,6 +245,14 @@ _PATTERN_HINT = ('; it is a regular expression over "type:source", such as "^fil
                  'a glob like "*.ts" is not a regular expression (the file name is in a condition on payload.path)')
 
 
+def _severity(v: _V, d: dict[str, Any], path: str) -> str | None:
+    """A notify's severity: info, warning or critical (the messaging bridges show it)."""
+    sev = v.str_(d, "severity", path)
+    if sev is not None and not v.one_of(sev, SEVERITIES, f"{path}.severity"):
+        return None
+    return sev
+
+
 def _priority(v: _V, d: dict[str, Any], path: str) -> int:
     p = d.get("priority", MISSING)
     if p is MISSING or p is None:
@@ -331,8 +340,9 @@ def _aiwg_rule(v: _V, raw: dict[str, Any], rid: str, project: str) -> Rule | Non
             elif at == "notify":
                 msg = v.str_(act, "message", "action", required=True)
                 ch = v.str_(act, "channel", "action")
+                sev = _severity(v, act, "action")
                 if msg is not None:
-                    acts.append(A.NotifyAction(msg, ch))
+                    acts.append(A.NotifyAction(msg, ch, severity=sev))
             else:
                 url = v.str_(act, "url", "action", required=True)
                 if url is not None and not url.startswith(("http://", "https://")):
@@ -553,10 +563,11 @@ def _rich_action(v: _V, a: Any, path: str, source: str = "rule") -> A.Action | N
             return None
         return A.AgentAction(prompt, agent, prio, float(t) if t else None, source, coe)
     if kind == "notify":
-        v.unknown(body, {"message", "channel"}, p, "a notify action")
+        v.unknown(body, {"message", "channel", "severity"}, p, "a notify action")
         msg = v.str_(body, "message", p, required=True)
         ch = v.str_(body, "channel", p)
-        return None if v.count > n or msg is None else A.NotifyAction(msg, ch, coe)
+        sev = _severity(v, body, p)
+        return None if v.count > n or msg is None else A.NotifyAction(msg, ch, coe, sev)
     if kind == "emit":
         v.unknown(body, {"type", "data"}, p, "an emit action")
         typ = v.str_(body, "type", p, required=True)

@@ -1,0 +1,1 @@
+"""Messaging: Slack, Discord and Telegram both ways, Apprise out; one hub, one module per bridge."""

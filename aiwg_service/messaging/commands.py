@@ -1,0 +1,241 @@
+"""Inbound commands: authenticate, rate-limit, parse, run, answer.
+
+Order matters: the user id is checked against the allow-list before anything else runs (a display name
+is never looked at), then the rate limit, then the command. Every refusal is logged with the platform
+user id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .model import Inbound, OutMessage
+from .ports import AskRefused, ServicePorts
+from .schema import MessagingSection
+
+log = logging.getLogger("aiwg.messaging")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: str
+    permission: str  # read | write
+    usage: str
+
+
+COMMANDS: dict[str, tuple[str, str, str]] = {  # name: (permission, usage, what it does)
+    "help": ("read", "/help", "this list"),
+    "status": ("read", "/status", "the service's status line, projects and tasks"),
+    "health": ("read", "/health", "each subsystem's and bridge's health"),
+    "tasks": ("read", "/tasks", "the newest tasks"),
+    "ask": ("write", "/ask QUESTION", "ask the agent; this chat keeps its own conversation"),
+    "cancel": ("write", "/cancel ID", "cancel a task"),
+    "approve": ("write", "/approve ID", "approve a pending approval"),
+    "reject": ("write", "/reject ID [reason]", "reject a pending approval"),
+}
+KNOWN = ", ".join(f"/{c}" for c in COMMANDS)
+REFUSAL = "Sorry, you are not allowed to use this service. Ask its owner to add your user id ({user}) to its config."
+
+
+def parse(text: str) -> tuple[str, str]:
+    """``/status@MyBot args`` / ``status args`` -> ("status", "args"). Lower-cased command, args as typed."""
+    text = text.strip()
+    if text.startswith("/"):
+        text = text[1:]
+    word, _, rest = text.partition(" ")
+    if "\n" in word:
+        word, _, more = word.partition("\n")
+        rest = more + (" " + rest if rest else "")
+    word = word.split("@", 1)[0].lower()
+    return word, rest.strip()
+
+
+class RateLimiter:
+    """At most ``n`` commands per ``window`` seconds per user: a sliding window of timestamps."""
+
+    def __init__(self, n: int, window: float) -> None:
+        self.n, self.window = n, window
+        self.seen: dict[str, deque[float]] = {}
+
+    def allow(self, user: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        q = self.seen.setdefault(user, deque())
+        while q and now - q[0] >= self.window:
+            q.popleft()
+        if len(q) >= self.n:
+            return False
+        q.append(now)
+        return True
+
+
+Reply = Callable[[OutMessage], Awaitable[None]]
+
+
+class CommandRunner:
+    def __init__(self, ports: ServicePorts, section: Callable[[], MessagingSection],
+                 bridges: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        self.ports = ports
+        self.section = section
+        self.bridges = bridges
+        cfg = section()
+        self.limiter = RateLimiter(cfg.rate_limit.commands, cfg.rate_limit.per_seconds)
+        self.refused = 0
+        self.limited = 0
+        self.ran = 0
+
+    def reconfigure(self) -> None:
+        cfg = self.section()
+        self.limiter.n, self.limiter.window = cfg.rate_limit.commands, cfg.rate_limit.per_seconds
+
+    def permission(self, inbound: Inbound) -> str | None:
+        return self.section().users.get(inbound.user_key)
+
+    def admit(self, inbound: Inbound) -> OutMessage | None:
+        """None if the command may run; else the refusal to send (or an empty one: say nothing)."""
+        perm = self.permission(inbound)
+        if perm is None:
+            self.refused += 1
+            log.warning("messaging: refused a command from unlisted user %s (%r): %s", inbound.user_key,
+                        inbound.display, inbound.text[:80])
+            if not self.limiter.allow("unlisted:" + inbound.user_key):
+                return OutMessage("", reply=True)  # do not become a reply amplifier
+            return OutMessage(REFUSAL.format(user=inbound.user_key), reply=True)
+        if not self.limiter.allow(inbound.user_key):
+            self.limited += 1
+            log.warning("messaging: rate limit exceeded for %s", inbound.user_key)
+            cfg = self.section().rate_limit
+            return OutMessage(f"Rate limit exceeded: at most {cfg.commands} commands per {cfg.per_seconds} s.",
+                              reply=True)
+        name, _ = parse(inbound.text)
+        need = COMMANDS.get(name, ("read",))[0]
+        if need == "write" and perm != "write":
+            self.refused += 1
+            log.warning("messaging: %s has read permission only; refused /%s", inbound.user_key, name)
+            return OutMessage(f"/{name} needs write permission; you have read.", reply=True)
+        return None
+
+    async def run(self, inbound: Inbound, reply: Reply) -> None:
+        """Run an admitted command; everything it says goes through ``reply``."""
+        name, args = parse(inbound.text)
+        self.ran += 1
+        try:
+            if name not in COMMANDS:
+                await reply(OutMessage(f"Unknown command /{name}. Known commands: {KNOWN}", reply=True))
+                return
+            handler = getattr(self, f"cmd_{name}")
+            await handler(inbound, args, reply)
+        except Exception as exc:
+            log.exception("messaging: /%s from %s failed", name, inbound.user_key)
+            await reply(OutMessage(f"/{name} failed: {type(exc).__name__}: {exc}", reply=True))
+
+    # -- the commands ------------------------------------------------------------------------------
+    async def cmd_help(self, inbound: Inbound, args: str, reply: Reply) -> None:
+        perm = self.permission(inbound)
+        lines = [f"{usage} — {what}" + (" (needs write)" if need == "write" and perm != "write" else "")
+                 for need, usage, what in COMMANDS.values()]
+        await reply(OutMessage("\n".join(lines), title="aiwg commands", reply=True))
+
+    async def cmd_status(self, inbound: Inbound, args: str, reply: Reply) -> None:
+        st = self.ports.status()
+        sup = st.get("subsystems", {}).get("supervisor", {})
+        lines = [st.get("status", ""),
+                 f"uptime {int(st.get('uptime_seconds', 0))} s · version {st.get('version', '?')}",
+                 f"tasks: {sup.get('running', 0)} running, {sup.get('queued', 0)} queued"]
+        for pr in st.get("projects", []):
+            lines.append(f"project {pr.get('path')}")
+        await reply(OutMessage("\n".join(x for x in lines if x), title="aiwg status", reply=True))
+
+    async def cmd_health(self, inbound: Inbound, args: str, reply: Reply) -> None:
+        st = self.ports.status()
+        lines = []
+        for name, h in st.get("subsystems", {}).items():
+            if name == "messaging":
+                continue
+            word = h.get("state") or ("error: " + h["error"] if "error" in h else "ok")
+            lines.append(f"{name}: {word}")
+        for name, b in self.bridges().items():
+            lines.append(f"bridge {name}: {b['state']}" + (f" ({b['last_error']})" if b.get("last_error") else ""))
+        cfg = st.get("config", {})
+        if not cfg.get("ok", True):
+            lines.append("config: last reload refused")
+        await reply(OutMessage("\n".join(lines), title="aiwg health", reply=True))
+
+    async def cmd_tasks(self, inbound: Inbound, args: str, reply: Reply) -> None:
+        tasks = self.ports.tasks(10)
+        if not tasks:
+            await reply(OutMessage("No tasks.", reply=True))
+            return
+        lines = [f"{t['id']} {t['state']}: {t.get('prompt', '')[:60]}" for t in tasks]
+        await reply(OutMessage("\n".join(lines), title="newest tasks", reply=True))
+
+    async def cmd_cancel(self, inbound: Inbound, args: str, reply: Reply) -> None:
+        if not args:
+            await reply(OutMessage("Usage: /cancel ID", reply=True))
+            return
+        try:
+            res = self.ports.cancel(args.split()[0])
+        except KeyError:
+            await reply(OutMessage(f"No task {args.split()[0]}.", reply=True))
+            return
+        word = "cancelled" if res.get("cancelled") else f"not cancelled (it is {res.get('state')})"
+        await reply(OutMessage(f"Task {res.get('taskId')} {word}.", reply=True))
+
+    async def cmd_ask(self, inbound: Inbound, args: str, reply: Reply) -> None:
+        if not args:
+            await reply(OutMessage("Usage: /ask QUESTION", reply=True))
+            return
+        if self.ports.ask is None:
+            await reply(OutMessage("/ask is not available: this service has no conversations.", reply=True))
+            return
+        cfg = self.section()
+        turn = asyncio.ensure_future(self.ports.ask(inbound.chat_key, args))
+        done, _ = await asyncio.wait({turn}, timeout=cfg.working_notice_seconds)
+        if not done:
+            await reply(OutMessage("working…", reply=True))
+        try:
+            answer = await asyncio.wait_for(turn, cfg.ask_timeout_seconds)
+        except TimeoutError:
+            await reply(OutMessage(f"No answer after {cfg.ask_timeout_seconds:g} s; the turn goes on in the "
+                                   f"background.", reply=True))
+            return
+        except AskRefused as exc:
+            await reply(OutMessage(str(exc), reply=True))
+            return
+        except Exception as exc:
+            await reply(OutMessage(f"The agent failed: {exc}", severity="warning", reply=True))
+            return
+        await reply(OutMessage(answer or "(empty answer)", reply=True))
+
+    async def _decide(self, inbound: Inbound, args: str, reply: Reply, approve: bool) -> None:
+        word = "approve" if approve else "reject"
+        approval_id, _, reason = args.partition(" ")
+        if not approval_id:
+            await reply(OutMessage(f"Usage: /{word} ID" + ("" if approve else " [reason]"), reply=True))
+            return
+        if self.ports.decide is None:
+            await reply(OutMessage(f"/{word} is not available: this service has no approval gates.", reply=True))
+            return
+        try:
+            res = await self.ports.decide(approval_id, approve, inbound.user_key, inbound.platform,
+                                          reason.strip() or None)
+        except KeyError:
+            await reply(OutMessage(f"No pending approval {approval_id}.", reply=True))
+            return
+        except ValueError as exc:
+            await reply(OutMessage(f"Approval {approval_id}: {exc}", reply=True))
+            return
+        state = res.get("state") or ("approved" if approve else "rejected")
+        await reply(OutMessage(f"Approval {approval_id} {state} by {inbound.user_key}.", reply=True))
+
+    async def cmd_approve(self, inbound: Inbound, args: str, reply: Reply) -> None:
+        await self._decide(inbound, args, reply, True)
+
+    async def cmd_reject(self, inbound: Inbound, args: str, reply: Reply) -> None:
+        await self._decide(inbound, args, reply, False)

@@ -1,0 +1,64 @@
+"""/ask through the chat bridges: the real service, the real conversations, the fake claude."""
+
+from __future__ import annotations
+
+import re
+
+from fake_telegram import FakeTelegram
+from messaging_support import TG_TOKEN, WRITER, start_with_telegram, write_service_config
+from service_fixture import ServiceEnv
+from tasks_support import make_fakebin
+
+SESSION = re.compile(r"turn (\d+) of session ([0-9a-f-]+)")
+
+
+def test_ask_keeps_one_resumed_session_per_chat(svc_env: ServiceEnv) -> None:
+    svc_env.env["PATH"] = f"{make_fakebin(svc_env.tmp)}:{svc_env.env['PATH']}"
+    with FakeTelegram() as tg:
+        start_with_telegram(svc_env, tg.base, working_notice_seconds=1)
+        tg.push_message(WRITER, "/ask what is 2+2")
+        tg.wait(lambda: tg.texts(WRITER), 60, what="the first answer")
+        first = tg.texts(WRITER)[0]
+        assert first.startswith("Done: what is 2+2") and "earlier: -" in first
+        turn, session = SESSION.search(first).groups()  # type: ignore[union-attr]
+        assert turn == "1"
+        # the second question resumes the same session; it takes 2 s, so "working…" comes first
+        tg.push_message(WRITER, "/ask and now sleep=2")
+        tg.wait(lambda: len(tg.texts(WRITER)) >= 3, 60, what="working… and the second answer")
+        working, second = tg.texts(WRITER)[1:3]
+        assert working == "working…"
+        assert SESSION.search(second).groups() == ("2", session) and "earlier: what is 2+2" in second  # type: ignore
+        # another chat (a group) has its own conversation
+        tg.push_message(WRITER, "/ask hello group", chat_id=-100)
+        tg.wait(lambda: tg.texts(-100), 60, what="the group's answer")
+        assert SESSION.search(tg.texts(-100)[0]).group(1) == "1"  # type: ignore[union-attr]
+        assert SESSION.search(tg.texts(-100)[0]).group(2) != session  # type: ignore[union-attr]
+        tasks = svc_env.call("task.list", {"source": "messaging"})
+        assert len(tasks) == 3 and all(t["state"] == "completed" for t in tasks)
+        assert svc_env.stop() == 0
+
+
+def test_kill_9_during_an_ask_is_reported_not_rerun(svc_env: ServiceEnv) -> None:
+    import signal
+
+    svc_env.env["PATH"] = f"{make_fakebin(svc_env.tmp)}:{svc_env.env['PATH']}"
+    with FakeTelegram() as tg:
+        svc_env.env.update(AIWG_TELEGRAM_TOKEN=TG_TOKEN, AIWG_TELEGRAM_CHAT_ID="777")
+        write_service_config(svc_env, {
+            "users": {f"telegram:{WRITER}": "write"}, "working_notice_seconds": 0.5,
+            "telegram": {"api_base_url": tg.base, "poll_timeout_seconds": 5},
+            "slack": {"enabled": False}, "discord": {"enabled": False}, "apprise": {"enabled": False},
+        }, daemon={"stop_timeout_seconds": 1})
+        svc_env.start()
+        tg.push_message(WRITER, "/ask think hard sleep=30")
+        tg.wait(lambda: "working…" in tg.texts(WRITER), 30, what="working…")
+        svc_env.stop(signal.SIGKILL)
+        svc_env.start()
+        tg.wait(lambda: any("restarted while answering" in t for t in tg.texts(WRITER)), 30, what="the notice")
+        notice = next(t for t in tg.texts(WRITER) if "restarted" in t)
+        assert "“/ask think hard sleep=30”" in notice and "Send it again" in notice
+        # the hub did not queue the question again (the task store deals with its own interrupted task)
+        tasks = svc_env.call("task.list", {"source": "messaging"})
+        assert len(tasks) == 1
+        assert svc_env.stop() == 0
+        assert sum("restarted" in t for t in tg.texts(WRITER)) == 1

@@ -1,0 +1,152 @@
+"""Telegram end to end: the real service against a local Bot API speaking Telegram's wire protocol."""
+
+from __future__ import annotations
+
+from fake_telegram import FakeTelegram
+from messaging_support import READER, STRANGER, WRITER, start_with_telegram
+from service_fixture import ServiceEnv, wait_for
+
+
+def _bridge(svc_env: ServiceEnv) -> dict:
+    return svc_env.call("messaging.status")["bridges"]["telegram"]
+
+
+def test_commands_permissions_and_notify(svc_env: ServiceEnv) -> None:
+    with FakeTelegram() as tg:
+        start_with_telegram(svc_env, tg.base)
+        wait_for(lambda: _bridge(svc_env)["state"] == "connected", 15, what="telegram connected")
+        tg.push_message(WRITER, "/status")
+        tg.wait(lambda: tg.texts(WRITER), what="a /status reply")
+        assert "aiwg status" in tg.texts(WRITER)[0] and "project" in tg.texts(WRITER)[0]
+        # an unlisted user: a polite refusal naming their id, nothing runs; logged
+        tg.push_message(STRANGER, "/tasks")
+        tg.wait(lambda: tg.texts(STRANGER), what="a refusal")
+        assert "not allowed" in tg.texts(STRANGER)[0] and "telegram:99" in tg.texts(STRANGER)[0]
+        # read permission cannot cancel
+        tg.push_message(READER, "/cancel t-1")
+        tg.wait(lambda: tg.texts(READER), what="a write refusal")
+        assert "needs write permission" in tg.texts(READER)[0]
+        # unknown command: the list of known ones
+        tg.push_message(WRITER, "/frobnicate")
+        tg.wait(lambda: len(tg.texts(WRITER)) >= 2, what="unknown command reply")
+        assert "Known commands: /help, /status" in tg.texts(WRITER)[1]
+        # aiwgctl notify goes out to the configured chat, HTML-escaped, with the severity shown
+        res = svc_env.ctl("notify", "build <b>broke</b> & more", "--severity", "critical", check=True)
+        assert "telegram" in res.stdout
+        tg.wait(lambda: tg.texts(777), what="notify delivered")
+        sent = next(m for m in tg.sent if str(m["chat_id"]) == "777")
+        assert sent["parse_mode"] == "HTML" and "build &lt;b&gt;broke&lt;/b&gt; &amp; more" in sent["text"]
+        assert "critical" in sent["text"]
+        st = svc_env.ctl("messaging", "status", check=True).stdout
+        assert "telegram" in st and "connected" in st
+        status = svc_env.call("daemon.status")["subsystems"]["messaging"]
+        assert status["enabled"] is True and status["adapters"] == 1
+        assert status["commands"]["refused"] == 2
+        assert "refused a command from unlisted user telegram:99" in svc_env.log_text()
+        assert svc_env.stop() == 0
+
+
+def test_rate_limit(svc_env: ServiceEnv) -> None:
+    with FakeTelegram() as tg:
+        start_with_telegram(svc_env, tg.base, rate_limit={"commands": 3, "per_seconds": 600})
+        for _ in range(4):
+            tg.push_message(WRITER, "/help")
+        tg.wait(lambda: len(tg.texts(WRITER)) >= 4, what="four answers")
+        texts = tg.texts(WRITER)
+        assert sum("Rate limit exceeded" in t for t in texts) == 1
+        assert sum("aiwg commands" in t for t in texts) == 3
+        assert svc_env.stop() == 0
+
+
+def test_restart_in_the_middle_of_a_poll_neither_loses_nor_repeats(svc_env: ServiceEnv) -> None:
+    with FakeTelegram() as tg:
+        start_with_telegram(svc_env, tg.base, telegram={"api_base_url": tg.base, "poll_timeout_seconds": 30})
+        first = tg.push_message(WRITER, "/help")
+        tg.wait(lambda: tg.texts(WRITER), what="the /help reply")
+        # the service now sits in a 30 s long poll that confirmed `first`; stop it right there
+        tg.wait(lambda: first + 1 in tg.poll_offsets, what="a poll that confirms the first update")
+        polls = tg.polls
+        assert svc_env.stop() == 0
+        assert tg.polls == polls  # it did not poll again on its way out
+        second = tg.push_message(WRITER, "/status")  # arrives while the service is down
+        svc_env.start()
+        tg.wait(lambda: len(tg.texts(WRITER)) >= 2, what="the /status reply after the restart")
+        tg.wait(lambda: tg.poll_offsets[-1] == second + 1, what="the second update confirmed")
+        texts = tg.texts(WRITER)
+        assert len(texts) == 2 and "aiwg commands" in texts[0] and "aiwg status" in texts[1]
+        assert tg.poll_offsets[polls] == first + 1  # the restarted service resumed from the stored offset
+        assert svc_env.stop() == 0
+        assert len(tg.texts(WRITER)) == 2
+
+
+def test_conflict_revoked_token_rate_limit_and_bad_updates(svc_env: ServiceEnv) -> None:
+    with FakeTelegram() as tg:
+        tg.conflict_next = 2
+        svc_env.env["AIWG_DISCORD_TOKEN"] = ""  # empty: that bridge is disabled with a reason, the rest run
+        start_with_telegram(svc_env, tg.base, discord={"enabled": True})
+        seen = wait_for(lambda: "another poller" in _bridge(svc_env)["detail"] and _bridge(svc_env), 15,
+                        what="the 409 status line")
+        assert seen["state"] == "error" and "409" in seen["last_error"]
+        wait_for(lambda: _bridge(svc_env)["state"] == "connected", 20, what="connected after the conflict")
+        dc = svc_env.call("messaging.status")["bridges"]["discord"]
+        assert dc["state"] == "disabled" and "$AIWG_DISCORD_TOKEN is unset or empty" in dc["detail"]
+        # malformed updates are logged and skipped; the good command behind them runs
+        tg.push_raw("garbage")
+        tg.push({"message": {"text": "/status", "chat": {"id": 5}}})  # no sender
+        tg.push_message(WRITER, "/help")
+        tg.wait(lambda: tg.texts(WRITER), what="the reply after the bad updates")
+        assert "malformed update" in svc_env.log_text()
+        # 429 with retry_after: waited out, then delivered; 10,000 characters: cut, not refused
+        tg.rate_limit_next = 1
+        svc_env.call("messaging.notify", {"message": "x" * 10_000})
+        tg.wait(lambda: tg.texts(777), what="the long notification")
+        assert len(tg.texts(777)[0]) <= 4096 and tg.texts(777)[0].endswith("… (cut)")
+        # the token is revoked: 401 stops the bridge with a clear status, not a retry loop
+        tg.tokens.clear()
+        tg.push_message(WRITER, "/help")  # wakes the pending poll's successor into a 401
+        st = wait_for(lambda: _bridge(svc_env)["state"] == "error" and _bridge(svc_env), 80,
+                      what="the revoked token status")
+        assert "token rejected (401" in st["detail"]
+        assert svc_env.call("ping")["pong"] is True
+        assert svc_env.stop() == 0
+
+
+def test_undeliverable_messages_are_retried_then_dead_lettered_and_replayed(svc_env: ServiceEnv) -> None:
+    with FakeTelegram() as tg:
+        tg.fail_sends = True
+        start_with_telegram(svc_env, tg.base, retries=1)
+        wait_for(lambda: _bridge(svc_env)["state"] == "connected", 15, what="telegram connected")
+        svc_env.ctl("notify", "first", check=True)
+        svc_env.ctl("notify", "nobody home", "--channel", "telegram:404", check=True)  # permanent: no retry
+        dead = wait_for(lambda: len(svc_env.call("events.dlq")["dead_letters"]) == 2
+                        and svc_env.call("events.dlq")["dead_letters"], 30, what="two dead letters")
+        by_text = {d["event"]["data"]["message"]: d for d in dead}
+        assert by_text["first"]["subscriber"] == "messaging.telegram" and by_text["first"]["attempts"] == 2
+        assert "502" in by_text["first"]["error"]
+        assert by_text["nobody home"]["attempts"] == 1 and "chat not found" in by_text["nobody home"]["error"]
+        assert _bridge(svc_env)["send_failures"] >= 3
+        # the platform is back: a replay re-sends it to that bridge only
+        tg.fail_sends = False
+        svc_env.ctl("events", "replay", by_text["first"]["id"], check=True)
+        tg.wait(lambda: tg.texts(777), what="the replayed message")
+        assert "first" in tg.texts(777)[0] and svc_env.call("ping")["pong"] is True
+        assert svc_env.stop() == 0
+
+
+def test_reload_changes_permissions_without_reconnecting(svc_env: ServiceEnv) -> None:
+    from messaging_support import telegram_section, write_service_config
+
+    with FakeTelegram() as tg:
+        start_with_telegram(svc_env, tg.base)
+        tg.push_message(READER, "/cancel t-1")
+        tg.wait(lambda: tg.texts(READER), what="the refusal")
+        assert "needs write permission" in tg.texts(READER)[0]
+        section = telegram_section(tg.base)
+        section["users"][f"telegram:{READER}"] = "write"
+        write_service_config(svc_env, section)
+        assert svc_env.call("daemon.reload")["reloaded"] is True
+        tg.push_message(READER, "/cancel t-1")
+        tg.wait(lambda: len(tg.texts(READER)) >= 2, what="the second answer")
+        assert tg.texts(READER)[1] == "No task t-1."
+        assert [c[0] for c in tg.calls].count("getMe") == 1  # the bridge kept its connection
+        assert svc_env.stop() == 0
