@@ -17,12 +17,28 @@ from typing import Annotated
 import typer
 
 from .. import paths
+from . import render
 from .core import fail
 
 UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service")
 NO_MANAGER = ("no systemd user manager is reachable ({why}). In a login session it runs by itself; over ssh "
               "or for a service that outlives logins run `loginctl enable-linger $USER`; in a container run "
               "the service in the foreground with `aiwg-service run`")
+
+
+#: Where distribution packages and admins put user units, in systemd's search order (systemd.unit(5)).
+#: aiwg units found here belong to a package: copies in ~/.config/systemd/user would shadow them.
+SYSTEM_UNIT_DIRS = (Path("/etc/systemd/user"), Path("/usr/local/lib/systemd/user"), Path("/usr/lib/systemd/user"),
+                    Path("/lib/systemd/user"))
+PACKAGED = ("aiwg-service's units are already installed for every user in {dir} (by the distribution package, "
+            "or an admin). Copies in {target} would shadow them and miss their updates, so nothing was written. "
+            "Use them as they are: `systemctl --user enable --now aiwg.socket`. "
+            "`aiwgctl install --force` writes the copies anyway.")
+
+
+def packaged_unit_dir() -> Path | None:
+    """The system-wide directory that already holds aiwg.service, if any."""
+    return next((d for d in SYSTEM_UNIT_DIRS if (d / "aiwg.service").is_file()), None)
 
 
 def unit_texts() -> dict[str, str]:
@@ -59,9 +75,18 @@ def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
 
 def install(
     start: Annotated[bool, typer.Option(help="enable and start aiwg.socket now")] = True,
+    force: Annotated[bool, typer.Option("--force", help="write the units even over a package's units")] = False,
 ) -> None:
-    """Install the user units (ExecStart pointing at this aiwg-service), daemon-reload, enable the socket."""
+    """Install the user units (ExecStart pointing at this aiwg-service), daemon-reload, enable the socket.
+
+    Refused, without --force, when a package already installed the units system-wide.
+    """
     target = paths.user_unit_dir()
+    packaged = packaged_unit_dir()
+    if packaged is not None:
+        if not force:
+            fail(PACKAGED.format(dir=packaged, target=target))
+        render.error(f"warning: writing copies that shadow the packaged units in {packaged} (--force)")
     target.mkdir(parents=True, exist_ok=True)
     bindir = service_bindir()
     for name, text in unit_texts().items():
