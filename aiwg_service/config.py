@@ -7,6 +7,10 @@ shape: ``daemon``, ``watch``, ``schedule``, plus ``agents`` and ``rules``).
 Validation walks the schema itself, so every field is checked and *all* problems are reported at once, each
 as ``file: json.path: problem``. Unknown keys are warnings. Secrets never sit in config: a field that holds
 one is named ``*_env`` and holds the name of an environment variable.
+
+This module owns only the ``daemon`` section and the machinery. Every subsystem registers the schema of its
+own section (``register_section``) from its ``schema`` module, and ``aiwg_service.schemas`` imports them all;
+the document type ``Config`` is assembled from what is registered, so this module imports no subsystem.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import json
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -22,25 +28,18 @@ import msgspec
 import msgspec.inspect as mi
 from msgspec import Meta, Struct, field
 
-from .tasks.model import PERCENT_PATTERN, SIZE_PATTERN, AgentKind, AgentProfile, profile_problems
+from . import paths
 
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit's RestartPreventExitStatus= names it
 
-EventKind = Literal["create", "modify", "delete"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Positive = Annotated[int, Meta(ge=1)]
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-EXTENSION = r"^\.[^/\s]+$"
-JOB_ID = r"^[A-Za-z0-9_.:-]+$"
 EnvName = Annotated[str, Meta(pattern=ENV_NAME)]
 
 #: Readable wording for each pattern the schema uses ({v} is the offending value, JSON-quoted).
 PATTERN_HELP: dict[str, str] = {
     ENV_NAME: "{v} must be the name of an environment variable",
-    EXTENSION: '{v} must start with a dot, like ".ts"',
-    JOB_ID: "{v} may use only letters, digits and _ . : -",
-    SIZE_PATTERN: '{v} must be a size like "512M", "2G", "50%" or "infinity"',
-    PERCENT_PATTERN: '{v} must be a percentage like "50%" or "200%"',
 }
 #: Literal types keep their declared order in messages (msgspec sorts them).
 LITERAL_ORDER: dict[frozenset[Any], tuple[Any, ...]] = {}
@@ -51,7 +50,12 @@ def register_literal(*aliases: Any) -> None:
         LITERAL_ORDER[frozenset(get_args(a))] = get_args(a)
 
 
-register_literal(EventKind, LogLevel, AgentKind)
+def register_pattern(pattern: str, help_text: str) -> None:
+    """Word a pattern's error for people: ``{v}`` is the offending value, JSON-quoted."""
+    PATTERN_HELP[pattern] = help_text
+
+
+register_literal(LogLevel)
 
 
 class LogConfig(Struct, forbid_unknown_fields=False):
@@ -69,68 +73,72 @@ class DaemonSection(Struct):
     log: LogConfig = field(default_factory=LogConfig)
 
 
-class WatchPath(Struct):
-    path: Annotated[str, Meta(min_length=1)]
-    events: list[EventKind] = field(default_factory=lambda: ["create", "modify", "delete"])
-    ignore: list[str] = field(default_factory=list)
-    extensions: list[Annotated[str, Meta(pattern=EXTENSION)]] = field(default_factory=list)
+# -- the section registry --------------------------------------------------------------------------
 
 
-def _default_watch_paths() -> list[WatchPath]:
-    return [
-        WatchPath(".aiwg/", ["create", "modify", "delete"], ["*.tmp", "working/**", "daemon/**"]),
-        WatchPath("src/", ["modify"], extensions=[".ts", ".js", ".mjs"]),
-    ]
+@dataclass
+class Section:
+    """One top-level key of the document: its type, its default, and checks beyond types."""
+
+    name: str
+    type: Any
+    default: Callable[[], Any]
+    checks: list[SemanticCheck] = dc_field(default_factory=list)
+    #: loosely typed sections (dicts of anything) are scanned for secret-looking values
+    scan_secrets: bool = False
 
 
-class WatchSection(Struct):
-    enabled: bool = True
-    paths: list[WatchPath] = field(default_factory=_default_watch_paths)
-    debounce_ms: Annotated[int, Meta(ge=0, le=600_000)] = 2000
+SemanticCheck = Callable[[Any], list[tuple[str, str]]]
+SECTIONS: dict[str, Section] = {}
+_document: Any = None
 
 
-class CronJob(Struct):
-    id: Annotated[str, Meta(min_length=1, pattern=JOB_ID)]
-    cron: Annotated[str, Meta(min_length=1)]
-    action: Annotated[str, Meta(min_length=1)] = "doctor"
-    prompt: str | None = None
-    agent: str | None = None
-    tz: str | None = None
-    catch_up: bool = False
-    enabled: bool = True
+def register_section(name: str, type_: Any, default: Callable[[], Any], *, check: SemanticCheck | None = None,
+                     scan_secrets: bool = False) -> None:
+    """Add a top-level section; ``check(cfg)`` gets the whole document, for checks that span sections."""
+    global _document
+    SECTIONS[name] = Section(name, type_, default, [check] if check else [], scan_secrets)
+    _document = None
 
 
-def _default_jobs() -> list[CronJob]:
-    return [CronJob("health-check", "0 */6 * * *", "doctor")]
+def add_check(check: SemanticCheck) -> None:
+    """A check over the whole document that no single section owns (e.g. rules over schedule jobs)."""
+    SEMANTIC_CHECKS.append(check)
 
 
-class ScheduleSection(Struct):
-    enabled: bool = True
-    jobs: list[CronJob] = field(default_factory=_default_jobs)
+_complete = False
 
 
-class WebhookSection(Struct):
-    enabled: bool = False
-    port: Annotated[int, Meta(ge=1, le=65535)] = 9471
-    secret_env: EnvName = "AIWG_WEBHOOK_SECRET"
+def sections_complete() -> None:
+    """Called once every section is registered (``aiwg_service.schemas`` does it)."""
+    global _complete
+    _complete = True
 
 
-class Config(Struct):
-    """One config file. Sections later issues fill in are typed loosely here until they land."""
+def document_type() -> Any:
+    """The ``Config`` struct assembled from the registered sections (rebuilt when one is added)."""
+    global _document, _CONFIG_TYPE
+    if not _complete:
+        # a document built from some of its sections would call the others "unknown keys": refuse loudly
+        raise RuntimeError("config sections are not all registered: import aiwg_service.schemas first")
+    if _document is None:
+        fields = [(s.name, s.type, field(default_factory=s.default)) for s in SECTIONS.values()]
+        _document = msgspec.defstruct("Config", fields, module=__name__)
+        _CONFIG_TYPE = mi.type_info(_document)
+    return _document
 
-    daemon: DaemonSection = field(default_factory=DaemonSection)
-    watch: WatchSection = field(default_factory=WatchSection)
-    schedule: ScheduleSection = field(default_factory=ScheduleSection)
-    #: Agent profiles by name: the service file's apply everywhere; a project's file adds or overrides
-    #: profiles for that project only.
-    agents: dict[str, AgentProfile] = field(default_factory=dict)
-    rules: list[dict[str, Any]] = field(default_factory=list)
-    webhook: WebhookSection = field(default_factory=WebhookSection)
-    messaging: dict[str, Any] = field(default_factory=dict)
+
+def __getattr__(name: str) -> Any:
+    # ``config.Config`` is the assembled document type; ask for it late, after the sections registered
+    if name == "Config":
+        return document_type()
+    raise AttributeError(name)
 
 
-#: Extra checks that need more than types (cron syntax, time zones, regexes). Subsystems add theirs.
-SemanticCheck = Callable[[Config], list[tuple[str, str]]]
+register_section("daemon", DaemonSection, DaemonSection)
+
+
+#: Checks over the whole document that no single section owns.
 SEMANTIC_CHECKS: list[SemanticCheck] = []
 
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|webhook_url|credential)s?$", re.I)
@@ -145,7 +153,7 @@ class ConfigError(Exception):
 
 
 class Loaded(msgspec.Struct):
-    config: Config
+    config: Any  # the assembled ``Config``
     warnings: list[str]
 
 
@@ -286,7 +294,7 @@ def _secret_scan(value: Any, path: str, errors: list[tuple[str, str]]) -> None:
             _secret_scan(v, _join(path, i), errors)
 
 
-_CONFIG_TYPE = mi.type_info(Config)
+_CONFIG_TYPE: Any = None
 
 
 def parse(data: bytes | str, display: str) -> Loaded:
@@ -303,16 +311,20 @@ def validate(raw: Any, display: str) -> Loaded:
     warnings: list[tuple[str, str]] = []
     if not isinstance(raw, dict):
         raise ConfigError([f"{display}: the top level must be a JSON object"])
+    doc = document_type()
     _walk(raw, _CONFIG_TYPE, "", errors, warnings)
-    for section in ("rules", "messaging"):  # agents are typed: the walker checks their keys
-        if section in raw:
-            _secret_scan(raw[section], section, errors)
-    cfg: Config | None = None
+    for section in SECTIONS.values():
+        if section.scan_secrets and section.name in raw:
+            _secret_scan(raw[section.name], section.name, errors)
+    cfg: Any = None
     if not errors:
         try:
-            cfg = msgspec.convert(raw, Config)
+            cfg = msgspec.convert(raw, doc)
         except msgspec.ValidationError as exc:  # a __post_init__ check the walker cannot see
             raise ConfigError([f"{display}: {p}: {m}" for p, m in _convert_errors(raw, exc)]) from None
+        for section in SECTIONS.values():
+            for check in section.checks:
+                errors.extend(check(cfg))
         for check in SEMANTIC_CHECKS:
             errors.extend(check(cfg))
     if errors:
@@ -322,62 +334,30 @@ def validate(raw: Any, display: str) -> Loaded:
 
 
 def _convert_errors(raw: dict[str, Any], exc: msgspec.ValidationError) -> list[tuple[str, str]]:
-    """Name the profile a __post_init__ refused (msgspec says ``$.agents[...]`` for a dict value)."""
+    """Name the section (and, for a dict section, the entry) that a __post_init__ refused.
+
+    msgspec says ``$.agents[...]`` for a dict value; converting each section alone finds the real key.
+    """
     out: list[tuple[str, str]] = []
-    agents = raw.get("agents")
-    for name, value in (agents.items() if isinstance(agents, dict) else ()):
+    for section in SECTIONS.values():
+        value = raw.get(section.name)
+        if value is None:
+            continue
         try:
-            msgspec.convert(value, AgentProfile)
+            msgspec.convert(value, section.type)
+            continue
         except msgspec.ValidationError as e:
-            out.append((_join("agents", name), str(e).partition(" - at `$")[0]))
+            whole = str(e).partition(" - at `$")[0]
+        value_type = getattr(mi.type_info(section.type), "value_type", None)
+        if isinstance(value, dict) and value_type is not None:
+            for key, item in value.items():
+                try:
+                    msgspec.convert(item, section.type.__args__[1])
+                except msgspec.ValidationError as e:
+                    out.append((_join(section.name, key), str(e).partition(" - at `$")[0]))
+        else:
+            out.append((section.name, whole))
     return out or [("(top level)", str(exc))]
-
-
-def _check_schedule(cfg: Config) -> list[tuple[str, str]]:
-    errors: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    from .events.cron import validate_expression, validate_timezone
-
-    for i, job in enumerate(cfg.schedule.jobs):
-        if job.id in seen:
-            errors.append((f"schedule.jobs[{i}].id", f"duplicate job id {show_value(job.id)}"))
-        seen.add(job.id)
-        problem = validate_expression(job.cron)
-        if problem:
-            errors.append((f"schedule.jobs[{i}].cron", problem))
-        if job.tz:
-            problem = validate_timezone(job.tz)
-            if problem:
-                errors.append((f"schedule.jobs[{i}].tz", problem))
-    return errors
-
-
-SEMANTIC_CHECKS.append(_check_schedule)
-
-PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def _check_agents(cfg: Config) -> list[tuple[str, str]]:
-    errors: list[tuple[str, str]] = []
-    for name, profile in cfg.agents.items():
-        if not PROFILE_NAME.match(name):
-            errors.append((_join("agents", name), "a profile name may use only letters, digits and _ . - "
-                                                  "(at most 64, starting with a letter or digit)"))
-        errors.extend((_join(_join("agents", name), f), m) for f, m in profile_problems(profile))
-    return errors
-
-
-SEMANTIC_CHECKS.append(_check_agents)
-
-
-def _check_rules(cfg: Config) -> list[tuple[str, str]]:
-    """Rules (both forms) and the schedule.jobs shorthand, checked by the engine's own schema code."""
-    from .rules.schema import check_config  # lazy: keeps `aiwgctl` start-up free of the engine's imports
-
-    return check_config(cfg)
-
-
-SEMANTIC_CHECKS.append(_check_rules)
 
 
 def default_dict() -> dict[str, Any]:
@@ -417,7 +397,7 @@ def load_file(path: Path, root: Path | None = None) -> Loaded:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return Loaded(Config(), [])
+        return Loaded(document_type()(), [])
     except OSError as exc:
         raise ConfigError([f"{display}: cannot read: {exc.strerror}"]) from None
     return parse(data, display)
@@ -437,3 +417,32 @@ def write_default(path: Path) -> bool:
     finally:
         tmp.unlink(missing_ok=True)
     return True
+
+
+def resolve_root(path: str) -> str:
+    """A project's identity: its real, absolute path."""
+    return str(Path(path).expanduser().resolve())
+
+
+@dataclass
+class Project:
+    root: str
+    config: Any  # the assembled ``Config``
+    warnings: list[str] = dc_field(default_factory=list)
+    persistent: bool = True
+
+    def info(self) -> dict[str, Any]:
+        return {"path": self.root, "persistent": self.persistent, "warnings": self.warnings,
+                "config": str(paths.project_config_file(self.root))}
+
+
+@dataclass
+class Configs:
+    """Everything loaded: the service-wide file and each project's file. Replaced whole on reload.
+
+    Subsystems get a callable returning the current one (a read-only view): they never keep a copy.
+    """
+
+    service: Any  # the assembled ``Config``
+    service_warnings: list[str]
+    projects: dict[str, Project]

@@ -7,10 +7,10 @@ cheap enough to run from a rule and never needs a network.
 from __future__ import annotations
 
 import shutil
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .service import Service
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
 MIN_FREE_FRACTION = 0.02
@@ -20,14 +20,25 @@ def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
     return {"name": name, "ok": ok, "detail": detail}
 
 
-def run(service: Service, project: str | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Facts:
+    """What the doctor may look at: read-only views lent by the core."""
+
+    config_status: Callable[[], dict[str, Any]]
+    serving: Callable[[], bool]
+    socket_path: Callable[[], Path]
+    health: Callable[[], dict[str, Any]]
+    state_dir: Path
+
+
+def run(facts: Facts, project: str | None) -> dict[str, Any]:
     checks: list[dict[str, Any]] = []
-    last = service.last_reload
+    last = facts.config_status()
     checks.append(_check("config", bool(last.get("ok", True)),
                          "valid" if last.get("ok", True) else "; ".join(last.get("errors", [])[:3])))
-    serving = service.rpc.server is not None and service.rpc.server.is_serving()
-    checks.append(_check("socket", serving, str(service.socket_path) if serving else "not serving"))
-    watcher = service.health().get("watcher", {})
+    serving = facts.serving()
+    checks.append(_check("socket", serving, str(facts.socket_path()) if serving else "not serving"))
+    watcher = facts.health().get("watcher", {})
     if project is not None and project in watcher.get("roots", {}):
         root = watcher["roots"][project]
         ok = not root.get("unwatched_dirs") and not root.get("last_error")
@@ -35,11 +46,11 @@ def run(service: Service, project: str | None) -> dict[str, Any]:
     else:
         checks.append(_check("watcher", bool(watcher.get("running", True)), "running"))
     try:
-        du = shutil.disk_usage(service.state_dir)
+        du = shutil.disk_usage(facts.state_dir)
         ok = du.free >= MIN_FREE_BYTES and du.free >= du.total * MIN_FREE_FRACTION
-        checks.append(_check("disk", ok, f"{du.free / 2**30:.1f} GiB free in {service.state_dir}"))
+        checks.append(_check("disk", ok, f"{du.free / 2**30:.1f} GiB free in {facts.state_dir}"))
     except OSError as exc:
-        checks.append(_check("disk", False, f"cannot stat {service.state_dir}: {exc.strerror}"))
+        checks.append(_check("disk", False, f"cannot stat {facts.state_dir}: {exc.strerror}"))
     claude = shutil.which("claude")
     checks.append(_check("agent", claude is not None, claude or "`claude` is not on PATH (agent tasks will fail)"))
     return {"ok": all(c["ok"] for c in checks), "project": project, "checks": checks}

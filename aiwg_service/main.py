@@ -76,7 +76,7 @@ def _init_as_pid1() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from . import paths
+    from . import paths, schemas  # noqa: F401  (schemas registers every config section)
 
     # the service-wide log settings are needed before anything else can log
     try:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SOCKET_ENV = "AIWG_SOCKET"
+from . import locate
+from .locate import SOCKET_ENV  # noqa: F401  (re-exported)
+
 PROJECT_CONFIG = Path(".aiwg") / "daemon.json"
-PROJECT_SOCKET_LINK = Path(".aiwg") / "daemon" / "daemon.sock"
+PROJECT_SOCKET_LINK = Path(locate.PROJECT_SOCKET_LINK)
 
 
 def _home() -> Path:
@@ -20,29 +22,21 @@ def _home() -> Path:
 
 def runtime_base() -> Path:
     """The per-user runtime directory ($XDG_RUNTIME_DIR/aiwg, or /tmp/aiwg-$UID without one)."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return Path(xdg) / "aiwg"
-    return Path(f"/tmp/aiwg-{os.getuid()}")
+    return Path(locate.runtime_base())
 
 
 def default_socket_path() -> Path:
-    return runtime_base() / "daemon.sock"
+    return Path(locate.default_socket())
 
 
 def instance_socket_path(escaped_name: str) -> Path:
     """Socket of a per-project instance (``aiwg@<escaped>.socket`` listens here)."""
-    return runtime_base() / "instances" / f"{escaped_name}.sock"
+    return Path(locate.instance_socket(escaped_name))
 
 
 def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """--socket beats $AIWG_SOCKET beats the default."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(SOCKET_ENV)
-    if env:
-        return Path(env)
-    return default_socket_path()
+    return Path(locate.configured_socket(explicit))
 
 
 def state_dir() -> Path:
@@ -77,7 +71,7 @@ def project_config_file(root: str | os.PathLike[str]) -> Path:
 
 
 def project_socket_link(root: str | os.PathLike[str]) -> Path:
-    return Path(root) / PROJECT_SOCKET_LINK
+    return Path(locate.project_socket_link(root))
 
 
 def ensure_private_dir(path: Path) -> None:

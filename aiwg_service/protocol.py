@@ -1,7 +1,7 @@
-"""The JSON-RPC 2.0 protocol: framing, error codes, and every method's params.
+"""The JSON-RPC 2.0 protocol: framing, error codes (from ``wire``), and every method's params.
 
-Shared by the service and every client (``aiwgctl``, bridges, the REPL), so both sides agree on one
-definition. Imports only msgspec, to keep client start-up fast.
+Shared by the service and every typed client (bridges, the REPL), so both sides agree on one definition.
+Imports only msgspec; the plain client (``aiwg_service.client``) needs only ``wire``.
 
 Framing: one JSON value per line (UTF-8, ``\\n``-terminated), both ways.
 """
@@ -15,19 +15,20 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
-JSONRPC = "2.0"
-MAX_LINE = 1024 * 1024  # a request line over 1 MiB is refused and the connection closed
-
-# -- error codes (JSON-RPC 2.0 section 5.1, plus the implementation-defined range) --------------------
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-# -32000 .. -32099: server errors of this service
-SERVER_BUSY = -32000
-CONFIG_INVALID = -32001
-NOT_FOUND = INVALID_PARAMS  # the AIWG daemon answers an unknown task id with -32602; clients rely on it
+# framing and error codes live in ``wire`` (stdlib only, for the client); re-exported here for the service
+from .wire import (  # noqa: F401  (re-exported)
+    CONFIG_INVALID,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    JSONRPC,
+    MAX_LINE,
+    METHOD_NOT_FOUND,
+    NOT_FOUND,
+    PARSE_ERROR,
+    SERVER_BUSY,
+    RpcError,
+)
 
 ID = int | float | str | None
 
@@ -64,19 +65,6 @@ class Notification(Struct):
     jsonrpc: str = JSONRPC
     method: str = ""
     params: Any = UNSET
-
-
-class RpcError(Exception):
-    """Raised by handlers (and the client) to produce or report a JSON-RPC error object."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def to_object(self) -> ErrorObject:
-        return ErrorObject(self.code, self.message, UNSET if self.data is None else self.data)
 
 
 # -- events: what the bus carries and clients receive ------------------------------------------------
@@ -253,7 +241,8 @@ def encode_result(req_id: ID, result: Any) -> bytes:
 
 
 def encode_error(req_id: ID, err: RpcError) -> bytes:
-    return encode(Response(id=req_id, error=err.to_object()))
+    obj = ErrorObject(err.code, err.message, UNSET if err.data is None else err.data)
+    return encode(Response(id=req_id, error=obj))
 
 
 def decode_request(raw: bytes) -> Request:

@@ -161,6 +161,10 @@ class RpcServer:
             raise KeyError(f"{method} is not in protocol.METHODS")
         self.handlers[method] = _Entry(fn)
 
+    @property
+    def serving(self) -> bool:
+        return self.server is not None and self.server.is_serving()
+
     async def serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
@@ -307,6 +311,25 @@ def _salvage_id(line: bytes) -> p.ID:
         if isinstance(rid, int | float | str) and not isinstance(rid, bool):
             return rid
     return None
+
+
+class RpcSubsystem:
+    """The JSON-RPC server as a subsystem, so it starts after the engines it serves."""
+
+    name = "ipc"
+
+    def __init__(self, rpc: RpcServer, listen: Callable[[], socket.socket]) -> None:
+        self.rpc = rpc
+        self.listen = listen
+
+    async def start(self) -> None:
+        await self.rpc.serve(self.listen())
+
+    async def stop(self) -> None:
+        await self.rpc.close()
+
+    def health(self) -> dict[str, Any]:
+        return {"connections": len(self.rpc.connections), "requests": self.rpc.requests}
 
 
 # -- the listening socket ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The service core: load config, start subsystems in order, serve, reload, and stop in reverse.
 
-Subsystems never import each other; they meet at the bus (and the task store), and this module wires
-them. Each one follows the same small contract (``Subsystem``), so the start order is one list.
+Subsystems never import each other; they meet at the bus (and the task store), and ``wiring`` builds
+them from narrow ports. Each one follows the same small contract (``ports.Subsystem``), so the start order
+is one list.
 """
 
 from __future__ import annotations
@@ -19,69 +20,22 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
 from . import __version__, config, paths
 from . import protocol as p
+from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
 from .atomic import write_atomic
+from .config import Configs, Project, resolve_root
 from .events import api as events_api
 from .events.bus import EventBus
+from .ports import Subsystem
 from .rpc import Connection, RpcServer, bind_socket
 
 log = logging.getLogger("aiwg.service")
-
-
-class Subsystem(Protocol):
-    """What every subsystem offers the core. ``apply`` is called after start and on every config change."""
-
-    name: str
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def health(self) -> dict[str, Any]: ...
-
-
-class Placeholder:
-    """A subsystem slot that a later part fills; it keeps the start/stop order honest meanwhile."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.running = False
-
-    async def start(self) -> None:
-        self.running = True
-
-    async def stop(self) -> None:
-        self.running = False
-
-    def health(self) -> dict[str, Any]:
-        return {"state": "not built yet"}
-
-
-@dataclass
-class Project:
-    root: str
-    config: config.Config
-    warnings: list[str] = field(default_factory=list)
-    persistent: bool = True
-
-    def info(self) -> dict[str, Any]:
-        return {"path": self.root, "persistent": self.persistent, "warnings": self.warnings,
-                "config": str(paths.project_config_file(self.root))}
-
-
-@dataclass
-class Configs:
-    """Everything loaded: the service-wide file and each project's file. Replaced whole on reload."""
-
-    service: config.Config
-    service_warnings: list[str]
-    projects: dict[str, Project]
 
 
 @dataclass
@@ -94,10 +48,6 @@ class RunOptions:
 
 class AlreadyRunning(RuntimeError):
     pass
-
-
-def resolve_root(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
 
 
 class Service:
@@ -219,10 +169,19 @@ class Service:
         return bind_socket(self.socket_path)
 
     def build(self) -> None:
-        """The fixed start order; later parts replace the placeholders with real subsystems."""
-        from .wiring import build_subsystems
+        """The fixed start order (``wiring``), built from narrow ports, never from this object."""
+        from .wiring import CorePorts, build_subsystems
 
-        self.subsystems = build_subsystems(self)
+        self.subsystems = build_subsystems(CorePorts(
+            bus=self.bus, rpc=self.rpc, configs=self.current_configs, state_dir=self.state_dir,
+            listen=self.listening_socket, health=self.health, config_status=lambda: self.last_reload,
+            socket_path=lambda: self.socket_path,
+        ))
+
+    def current_configs(self) -> Configs:
+        """The read-only view subsystems get: always the configs in force now."""
+        assert self.configs is not None, "configs are loaded before any subsystem is built"
+        return self.configs
 
     async def start(self) -> None:
         self.acquire_lock()
@@ -491,21 +450,3 @@ class Service:
         log.info("project removed: %s", root, extra={"PROJECT": root})
         self.bus.publish("project.removed", root, {"path": root}, "service")
         return {"removed": True, "path": root}
-
-
-class IpcSubsystem:
-    """The JSON-RPC server as a subsystem, so it starts after the engines it serves."""
-
-    name = "ipc"
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-
-    async def start(self) -> None:
-        await self.service.rpc.serve(self.service.listening_socket())
-
-    async def stop(self) -> None:
-        await self.service.rpc.close()
-
-    def health(self) -> dict[str, Any]:
-        return {"connections": len(self.service.rpc.connections), "requests": self.service.rpc.requests}

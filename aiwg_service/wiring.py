@@ -1,64 +1,48 @@
-"""The fixed start order of the subsystems, and what each is built from.
+"""The one module that knows every subsystem: what each is built from, and the fixed start order.
 
 Start order: event router, task store, agent supervisor, automation engine, IPC server, file watcher,
 cron scheduler, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
-Subsystems never import each other: this module hands each one the bus (and the store) it needs.
+Subsystems never import each other: this module hands each one the narrow ports it needs (the bus, the
+RPC server, a view of the current configs, the state directory, the task queue's submit function).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from .service import Configs, Service, Subsystem
-
-
-class WatcherSubsystem:
-    """The inotify engine, fed each project's ``watch`` section, publishing on the bus."""
-
-    name = "watcher"
-
-    def __init__(self, service: Service) -> None:
-        from .events.watcher import FileWatcher
-
-        bus = service.bus
-        self.engine = FileWatcher(lambda type, root, data: bus.publish(type, root, data, "watch"))
-
-    async def start(self) -> None:
-        await self.engine.start()
-
-    async def stop(self) -> None:
-        await self.engine.stop()
-
-    def apply(self, configs: Configs) -> None:
-        from .events.watcher import WatchSpec
-
-        for root in list(self.engine._roots):
-            if root not in configs.projects:
-                self.engine.remove_root(root)
-        for root, project in configs.projects.items():
-            w = project.config.watch
-            specs = [WatchSpec(s.path, tuple(s.events), tuple(s.extensions), tuple(s.ignore)) for s in w.paths]
-            self.engine.set_root(root, specs, debounce_ms=w.debounce_ms, enabled=w.enabled)
-
-    def health(self) -> dict[str, Any]:
-        h = self.engine.health()
-        roots = h.get("roots", {})
-        h["watched_dirs"] = sum(r["watched_dirs"] for r in roots.values())
-        h["unwatched_dirs"] = sum(r["unwatched_dirs"] for r in roots.values())
-        return h
+from . import doctor
+from .events.bus import EventBus
+from .events.scheduler import CronScheduler
+from .events.subsystems import WatcherSubsystem
+from .ports import ConfigsView, Placeholder, Subsystem
+from .rpc import RpcServer, RpcSubsystem
+from .rules.engine import AutomationEngine
+from .tasks import subsystems as tasks
 
 
-def build_subsystems(service: Service) -> list[Subsystem]:
-    from . import doctor
-    from .events.scheduler import CronScheduler
-    from .rules.engine import AutomationEngine
-    from .service import IpcSubsystem, Placeholder
-    from .tasks import subsystems as tasks
+@dataclass(frozen=True)
+class CorePorts:
+    """What the core owns and lends out; each subsystem takes only the parts it uses."""
 
-    scheduler = CronScheduler(service.bus, service.state_dir)
-    service.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
-    store, supervisor = tasks.build(service)  # also registers task.* and chat.send
+    bus: EventBus
+    rpc: RpcServer
+    configs: ConfigsView
+    state_dir: Path
+    listen: Callable[[], socket.socket]
+    health: Callable[[], dict[str, Any]]
+    config_status: Callable[[], dict[str, Any]]
+    socket_path: Callable[[], Path]
+
+
+def build_subsystems(core: CorePorts) -> list[Subsystem]:
+    scheduler = CronScheduler(core.bus, core.state_dir)
+    core.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
+    # also registers task.* and chat.send
+    store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir)
 
     def submit_task(project: str, prompt: str, agent: str | None, priority: int, source: str,
                     timeout_s: float | None, origin: dict[str, Any]) -> str:
@@ -72,16 +56,18 @@ def build_subsystems(service: Service) -> list[Subsystem]:
             raise ValueError(f"unknown agent profile {agent!r}") from None
         return task.id
 
-    automation = AutomationEngine(service.bus, service.state_dir, submit_task=submit_task,
-                                  doctor=lambda project: doctor.run(service, project))
-    automation.register_rpc(service.rpc)
+    facts = doctor.Facts(config_status=core.config_status, serving=lambda: core.rpc.serving,
+                         socket_path=core.socket_path, health=core.health, state_dir=core.state_dir)
+    automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
+                                  doctor=lambda project: doctor.run(facts, project))
+    automation.register_rpc(core.rpc)
     return [
-        service.bus,
+        core.bus,
         store,
         supervisor,
         automation,
-        IpcSubsystem(service),
-        WatcherSubsystem(service),
+        RpcSubsystem(core.rpc, core.listen),
+        WatcherSubsystem(core.bus),
         scheduler,
         Placeholder("messaging"),
     ]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiwg_service import config
+from aiwg_service import config, schemas  # noqa: F401  (schemas registers every section)
 from aiwg_service.events.bus import EventBus
 from aiwg_service.rules.engine import AutomationEngine
 

@@ -145,7 +145,7 @@ def store_bench(rows: int) -> None:
 
 def service_bench(n: int, parallel: int) -> None:
     """1,000 ``task.submit`` of a shell ``true`` to a real service, ``parallel`` at a time."""
-    from aiwg_service.cli.client import Client
+    from aiwg_service.client import Client
 
     repo = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as d:

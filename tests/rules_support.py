@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiwg_service import config
+from aiwg_service import config, schemas  # noqa: F401  (schemas registers every section)
 from aiwg_service.events.bus import EventBus
 from aiwg_service.protocol import Event
 from aiwg_service.rules.engine import AutomationEngine

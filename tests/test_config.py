@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aiwg_service import config
+from aiwg_service import config, schemas  # noqa: F401  (schemas registers every section)
 
 F = ".aiwg/daemon.json"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rules_support import config_errors, parse
 
-from aiwg_service import config
+from aiwg_service import config, schemas  # noqa: F401  (schemas registers every section)
 from aiwg_service.rules.matching import compile_glob
 from aiwg_service.rules.schema import rules_for
 

@@ -12,11 +12,11 @@ from typing import Any
 import uvloop
 from service_fixture import ServiceEnv, wait_for
 
-from aiwg_service import config
+from aiwg_service import config, schemas  # noqa: F401  (schemas registers every section)
+from aiwg_service.config import Configs, Project
 from aiwg_service.events.bus import EventBus
 from aiwg_service.events.scheduler import CronScheduler
 from aiwg_service.protocol import Event
-from aiwg_service.service import Configs, Project
 
 WATCH_SRC = {"watch": {"debounce_ms": 0, "paths": [{"path": "src/", "events": ["create", "modify", "delete"],
                                                    "extensions": [".py"], "ignore": ["gen/**"]}]},

@@ -47,7 +47,7 @@ def _main(
                                                   "aiwg@<escaped PATH> instead of the user service")] = None,
 ) -> None:
     if socket is not None:
-        options.socket = socket
+        options.socket = str(socket)
     elif instance is not None:
         use_instance(instance)
 
@@ -118,7 +118,7 @@ def config_check(
     json: JsonOpt = False,
 ) -> None:
     """Validate a config file without a running service."""
-    from .. import config
+    from .. import config, schemas  # noqa: F401  (schemas registers every section, so all of them are checked)
 
     target = path or paths.project_config_file(Path.cwd())
     if not target.exists():

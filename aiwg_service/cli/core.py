@@ -1,19 +1,22 @@
 """What every aiwgctl command needs: find the socket, call the service, fail with one clear line.
 
-Free of typer on purpose: ``ping`` and ``status`` run from here before typer is imported (typer 0.29
-pulls in pydantic at run time, ~90 ms), which keeps the commands scripts poll in a loop fast.
+Free of typer and msgspec on purpose: ``ping`` and ``status`` run from here before typer is imported
+(typer pulls in pydantic at run time, ~90 ms), which keeps the commands scripts poll in a loop fast.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
-from typing import Any, NoReturn
 
-from .. import paths
-from .. import protocol as p
+from .. import locate
+from .. import wire as p
 from . import render
+
+# typing and collections.abc cost milliseconds at import: this module is on aiwgctl's fast path
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, NoReturn
 
 START_HINT = ("start it with `systemctl --user start aiwg.socket` (or `aiwgctl install` once), "
               "or in the foreground with `aiwg-service run`")
@@ -28,7 +31,7 @@ class CliExit(Exception):
 
 
 class Options:
-    socket: Path | None = None
+    socket: str | None = None
 
 
 options = Options()
@@ -39,27 +42,17 @@ def fail(msg: str, code: int = 1) -> NoReturn:
     raise CliExit(code)
 
 
-def resolve_socket() -> Path:
+def resolve_socket() -> str:
     """--socket / $AIWG_SOCKET, --instance, the project link above the cwd, then the default."""
     if options.socket is not None:
         return options.socket
-    if os.environ.get(paths.SOCKET_ENV):
-        return paths.socket_path()
-    here = Path.cwd()
-    for d in (here, *here.parents):
-        link = paths.project_socket_link(d)
-        if link.is_symlink() or link.exists():
-            target = link.resolve()
-            if target.exists():
-                return target
-            break
-    return paths.default_socket_path()
+    return locate.find_socket(os.getcwd())
 
 
 def use_instance(project: Path) -> None:
     from ..systemd import systemd_escape_path
 
-    options.socket = paths.instance_socket_path(systemd_escape_path(str(project.expanduser().resolve())))
+    options.socket = locate.instance_socket(systemd_escape_path(str(project.expanduser().resolve())))
 
 
 #: Requests that change nothing. One lost because the service died under it (kill -9, watchdog) is sent
@@ -69,7 +62,7 @@ RETRY_SAFE = frozenset({"ping", "daemon.status", "project.list", "cron.list", "e
 
 
 def call(method: str, params: dict[str, Any] | None = None, timeout: float | None = 30.0) -> Any:
-    from .client import Client, Dropped, NotRunning
+    from ..client import Client, Dropped, NotRunning
 
     path = resolve_socket()
     try:
@@ -132,40 +125,3 @@ def cmd_status(json: bool) -> None:
     for name, h in st["subsystems"].items():
         rows.append((name, ", ".join(f"{k}={v}" for k, v in h.items() if not isinstance(v, dict | list))))
     render.table(["subsystem", "health"], rows)
-
-
-FAST = {"ping": cmd_ping, "status": cmd_status}
-
-
-def fast_path(argv: list[str]) -> bool:
-    """Handle ``[--socket PATH] ping|status [--json]`` without typer; False for anything else."""
-    args = list(argv)
-    if len(args) >= 2 and args[0] == "--socket":
-        options.socket = Path(args[1])
-        args = args[2:]
-    elif args and args[0].startswith("--socket="):
-        options.socket = Path(args[0].split("=", 1)[1])
-        args = args[1:]
-    if not args or args[0] not in FAST or any(a not in ("--json",) for a in args[1:]):
-        options.socket = None
-        return False
-    FAST[args[0]]("--json" in args[1:])
-    return True
-
-
-def main() -> None:
-    """The ``aiwgctl`` entry point: fast path, else typer; never a traceback."""
-    try:
-        if not fast_path(sys.argv[1:]):
-            from .app import app
-
-            app()
-    except CliExit as exc:
-        sys.exit(exc.code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(0)
-    except Exception as exc:  # the promise: no traceback ever reaches a user
-        render.error(f"unexpected error: {type(exc).__name__}: {exc} (please report this)")
-        sys.exit(2)

@@ -50,7 +50,7 @@ def events(
         for ev in res["events"]:
             print(render.dumps(ev) if json else _line(ev))
         return
-    from .client import Client, NotRunning
+    from ..client import Client, NotRunning
 
     try:
         with Client(resolve_socket(), None) as c:

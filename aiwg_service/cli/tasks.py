@@ -200,7 +200,7 @@ class LineRenderer:
 
 def follow_logs(task_id: str, offset: int, raw: bool, label: str, quiet: bool = False) -> str:
     """Stream ``task.logs {follow}`` until the task is done; returns its final state."""
-    from .client import Client, NotRunning
+    from ..client import Client, NotRunning
 
     state = "unknown"
     with Spinner(label) as sp:

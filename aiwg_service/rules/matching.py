@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..events.bus import compile_pattern
+from ..globs import rule_regex
 from ..protocol import Event
 
 if TYPE_CHECKING:
@@ -29,56 +30,6 @@ _TOP = {"type", "source", "project", "id", "time"}
 
 
 # -- globs -----------------------------------------------------------------------------------------------
-
-
-def glob_to_regex(pattern: str) -> str:
-    """Translate a path glob: ``**/`` any directories (or none), ``*`` and ``?`` within one segment, ``[..]``,
-    ``{a,b}``. Raises ValueError with the reason for a malformed glob (unclosed ``[`` or ``{``)."""
-    if not pattern:
-        raise ValueError("must not be empty")
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            if pattern.startswith("**", i):
-                if pattern.startswith("**/", i):
-                    out.append("(?:.*/)?")
-                    i += 3
-                else:
-                    out.append(".*")
-                    i += 2
-                continue
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = i + 1
-            if j < n and pattern[j] in "!^":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            end = pattern.find("]", j)
-            if end == -1:
-                raise ValueError(f"unclosed '[' at position {i}")
-            body = pattern[i + 1:end].replace("\\", "\\\\")
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append(f"[{body}]")
-            i = end + 1
-            continue
-        elif c == "{":
-            end = pattern.find("}", i)
-            if end == -1:
-                raise ValueError(f"unclosed '{{' at position {i}")
-            alts = pattern[i + 1:end].split(",")
-            out.append("(?:" + "|".join(glob_to_regex(a) if a else "" for a in alts) + ")")
-            i = end + 1
-            continue
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
 
 
 @dataclass(slots=True)
@@ -101,7 +52,7 @@ def compile_glob(text: str) -> Glob:
     basename = "/" not in pat
     if pat.endswith("/"):
         pat += "**"  # "src/" means everything under src
-    rx = re.compile(glob_to_regex(pat), re.S)
+    rx = re.compile(rule_regex(pat), re.S)
     prefix = ""
     if not basename:
         special = min((k for k in (pat.find(c) for c in "*?[{") if k >= 0), default=len(pat))

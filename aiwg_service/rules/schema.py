@@ -25,7 +25,7 @@ from . import conditions as C
 from .matching import MISSING, Glob, compile_glob, get_field
 
 if TYPE_CHECKING:
-    from ..config import Config, CronJob
+    from ..events.section import CronJob
 
 MODES = ("single", "queued", "restart", "parallel")
 AIWG_ACTIONS = ("agent", "notify", "webhook")
@@ -667,11 +667,11 @@ def compile_rules(raw_rules: list[Any], jobs: list[CronJob], project: str = "") 
     return out, errors
 
 
-def check_config(cfg: Config) -> list[tuple[str, str]]:
-    """The config.SEMANTIC_CHECKS entry: every rule problem, each naming the rule and the field."""
+def check_config(cfg: Any) -> list[tuple[str, str]]:
+    """Every rule problem (rules and the schedule.jobs shorthand), each naming the rule and the field."""
     return compile_rules(cfg.rules, cfg.schedule.jobs)[1]
 
 
-def rules_for(cfg: Config, project: str) -> tuple[list[Rule], list[tuple[str, str]]]:
+def rules_for(cfg: Any, project: str) -> tuple[list[Rule], list[tuple[str, str]]]:
     jobs = cfg.schedule.jobs if cfg.schedule.enabled else []
     return compile_rules(cfg.rules, jobs, project)

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+from ..config import Configs, resolve_root
+from ..ports import ConfigsView
+from ..rpc import RpcServer
 from .agents import BUILTIN_PROFILES, systemd_scope_available
 from .api import TaskHub, register
 from .model import AgentProfile, TaskState
 from .store import Store
 from .supervisor import Supervisor
-
-if TYPE_CHECKING:
-    from ..service import Configs, Service
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +39,22 @@ class StoreSubsystem:
 
     name = "store"
 
-    def __init__(self, service: Service, hub: TaskHub) -> None:
-        self.service = service
+    def __init__(self, state_dir: Path, configs: ConfigsView, hub: TaskHub) -> None:
+        self.state_dir = state_dir
+        self.configs = configs
         self.hub = hub
         self.store: Store | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.last_pruned = 0
 
     async def start(self) -> None:
-        self.store = Store(self.service.state_dir, emit=self.hub.emit)
+        self.store = Store(self.state_dir, emit=self.hub.emit)
         self.prune()
 
     def prune(self) -> None:
         """One pass, then re-arm: a daily timer, not a loop that wakes to look."""
         assert self.store is not None
-        configs = self.service.configs
-        days = configs.service.daemon.retention_days if configs is not None else 30
+        days = self.configs().service.daemon.retention_days
         try:
             self.last_pruned = self.store.prune(days)
             if self.last_pruned:
@@ -78,17 +80,12 @@ class SupervisorSubsystem:
 
     name = "supervisor"
 
-    def __init__(self, service: Service, stores: StoreSubsystem, hub: TaskHub) -> None:
-        self.service = service
+    def __init__(self, state_dir: Path, configs: ConfigsView, stores: StoreSubsystem, hub: TaskHub) -> None:
+        self._configs = configs
         self.stores = stores
         self.hub = hub
         self.supervisor: Supervisor | None = None
-        self.log_dir = service.state_dir / "logs"
-
-    # -- lookups against the current configs --------------------------------------------------------
-    def _configs(self) -> Configs:
-        assert self.service.configs is not None
-        return self.service.configs
+        self.log_dir = state_dir / "logs"
 
     def profile(self, agent: str, project: str | None = None) -> AgentProfile:
         """Project file's profile, else the service file's, else a built-in; KeyError if none."""
@@ -164,13 +161,15 @@ class SupervisorSubsystem:
                 "systemd_scope": sup.use_systemd_scope, "log_followers": self.hub.followers}
 
 
-def build(service: Service) -> tuple[StoreSubsystem, SupervisorSubsystem]:
-    """Both subsystems and the ``task.*``/``chat.send`` methods, sharing one event hub."""
-    from ..service import resolve_root
+def build(publish: Callable[..., Any], rpc: RpcServer, configs: ConfigsView,
+          state_dir: Path) -> tuple[StoreSubsystem, SupervisorSubsystem]:
+    """Both subsystems and the ``task.*``/``chat.send`` methods, sharing one event hub.
 
-    hub = TaskHub(lambda type, project, data: service.bus.publish(type, project, data, "tasks"))
-    stores = StoreSubsystem(service, hub)
-    sup = SupervisorSubsystem(service, stores, hub)
+    ``publish(type, project, data, source)`` is the bus's publish: tasks never import the bus.
+    """
+    hub = TaskHub(lambda type, project, data: publish(type, project, data, "tasks"))
+    stores = StoreSubsystem(state_dir, configs, hub)
+    sup = SupervisorSubsystem(state_dir, configs, stores, hub)
 
     def get_store() -> Store:
         assert stores.store is not None
@@ -180,7 +179,7 @@ def build(service: Service) -> tuple[StoreSubsystem, SupervisorSubsystem]:
         assert sup.supervisor is not None
         return sup.supervisor
 
-    register(service.rpc, get_store, get_sup, hub,
-             projects=lambda: list(sup._configs().projects), agent_names=sup.agent_names,
+    register(rpc, get_store, get_sup, hub,
+             projects=lambda: list(configs().projects), agent_names=sup.agent_names,
              resolve_root=resolve_root, log_dir=sup.log_dir)
     return stores, sup

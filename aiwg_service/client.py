@@ -1,22 +1,28 @@
-"""A small blocking JSON-RPC client over the Unix socket, for aiwgctl and scripts."""
+"""A small blocking JSON-RPC client over the Unix socket, for aiwgctl, scripts and bridges.
+
+It imports only ``_socket``, ``jsonlite`` and ``wire``: no ``socket`` (which pulls in ``enum``), no ``json``
+(which pulls in ``re``). That is what keeps ``aiwgctl ping`` close to a bare interpreter start.
+"""
 
 from __future__ import annotations
 
+import _socket
 import itertools
-import socket
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import msgspec
+from . import jsonlite
+from .wire import MAX_LINE, RpcError
 
-from .. import protocol as p
+# typing and collections.abc cost milliseconds at import: this module is on aiwgctl's fast path
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 
 class NotRunning(Exception):
     """No service answers on the socket."""
 
-    def __init__(self, path: Path, reason: str) -> None:
+    def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"aiwg-service is not running (no answer on {path}: {reason})")
         self.path = path
 
@@ -27,32 +33,32 @@ class Dropped(NotRunning):
     The request may or may not have been carried out; callers may resend only what changes nothing.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
         super().__init__(path, "the service closed the connection")
 
 
 class Client:
-    def __init__(self, path: Path, timeout: float | None = 30.0) -> None:
-        self.path = path
+    def __init__(self, path: str, timeout: float | None = 30.0) -> None:
+        self.path = str(path)
         self.timeout = timeout
         self._ids = itertools.count(1)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf already known to hold no newline
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
-            self.sock.connect(str(path))
+            self.sock.connect(self.path)
         except FileNotFoundError:
             self.sock.close()
-            raise NotRunning(path, "no such socket") from None
+            raise NotRunning(self.path, "no such socket") from None
         except (TimeoutError, ConnectionRefusedError) as exc:
             self.sock.close()
-            raise NotRunning(path, exc.strerror or "refused") from None
+            raise NotRunning(self.path, exc.strerror or "refused") from None
         except PermissionError:
             self.sock.close()
-            raise NotRunning(path, "permission denied (is it another user's socket?)") from None
-        self._rfile = self.sock.makefile("rb")
+            raise NotRunning(self.path, "permission denied (is it another user's socket?)") from None
 
     def close(self) -> None:
-        self._rfile.close()
         self.sock.close()
 
     def __enter__(self) -> Client:
@@ -66,20 +72,34 @@ class Client:
         req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": rid}
         if params:
             req["params"] = {k: v for k, v in params.items() if v is not None}
+        frame = jsonlite.dumps(req, separators=(",", ":"), default=str).encode() + b"\n"
         try:
-            self.sock.sendall(p.encode(req))
+            self.sock.sendall(frame)
         except (BrokenPipeError, ConnectionResetError):  # not aiwgctl's stdout: never a silent exit 0
             raise Dropped(self.path) from None
         return rid
 
+    def _readline(self) -> bytes:
+        while True:
+            nl = self._buf.find(b"\n", self._scanned)
+            if nl >= 0:
+                line = bytes(self._buf[: nl + 1])
+                del self._buf[: nl + 1]
+                self._scanned = 0
+                return line
+            self._scanned = len(self._buf)
+            if len(self._buf) > MAX_LINE + 2:
+                raise Dropped(self.path)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                raise Dropped(self.path) from None
+            if not chunk:
+                raise Dropped(self.path)
+            self._buf += chunk
+
     def read(self) -> dict[str, Any]:
-        try:
-            line = self._rfile.readline(p.MAX_LINE + 2)
-        except ConnectionResetError:
-            raise Dropped(self.path) from None
-        if not line:
-            raise Dropped(self.path)
-        return msgspec.json.decode(line)
+        return jsonlite.loads(self._readline())
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         rid = self.send(method, params)
@@ -88,7 +108,7 @@ class Client:
             if msg.get("id") != rid:
                 continue  # a notification on a streaming connection
             if "error" in msg:
-                raise _error(msg["error"])
+                raise RpcError.from_object(msg["error"])
             return msg.get("result")
 
     def stream(self, method: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
@@ -101,10 +121,5 @@ class Client:
             except NotRunning:
                 return
             if msg.get("id") == rid and "error" in msg:
-                raise _error(msg["error"])
+                raise RpcError.from_object(msg["error"])
             yield msg
-
-
-def _error(err: dict[str, Any]) -> p.RpcError:
-    """The service's error object as the exception aiwgctl reports."""
-    return p.RpcError(err.get("code", p.INTERNAL_ERROR), err.get("message", "error"), err.get("data"))

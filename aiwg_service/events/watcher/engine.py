@@ -1,0 +1,547 @@
+"""The inotify engine: reads events in the loop, applies them to the watch table, and feeds the settle step.
+
+One ``INotify`` fd for the whole service, registered with ``loop.add_reader``: no thread, no polling, nothing
+runs while the trees are idle. A new directory is watched *and then scanned*, so files created before the
+watch existed (``mkdir -p a/b/c && touch a/b/c/f``) are still reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterable
+
+from inotify_simple import INotify, flags
+
+from .filters import WatchSpec
+from .rescan import RESCAN_CTIME_SLACK_NS, Scanner
+from .settle import Emit, Settler
+from .table import Dir, Root, Spec, WatchTable, max_user_watches
+from .table import isdir as is_dir
+
+log = logging.getLogger("aiwg.watcher")
+
+#: Unpaired IN_MOVED_FROM waits this long for its IN_MOVED_TO (the pair can straddle two reads).
+MOVE_PAIR_GRACE_S = 0.01
+
+_F_CREATE = int(flags.CREATE)
+_F_DELETE = int(flags.DELETE)
+_F_CHANGE = int(flags.MODIFY | flags.CLOSE_WRITE)
+_F_FROM = int(flags.MOVED_FROM)
+_F_TO = int(flags.MOVED_TO)
+_F_DELETE_SELF = int(flags.DELETE_SELF)
+_F_MOVE_SELF = int(flags.MOVE_SELF)
+_F_OVERFLOW = int(flags.Q_OVERFLOW)
+_F_IGNORED = int(flags.IGNORED)
+_F_ISDIR = int(flags.ISDIR)
+
+
+class FileWatcher:
+    """Watches the ``watch.paths`` of many project roots and emits ``file.*`` events."""
+
+    def __init__(self, emit: Emit, *, debounce_ms: int = 2000, batch_threshold: int = 50) -> None:
+        self._roots: dict[str, Root] = {}
+        self.table = WatchTable(on_renamed=self._report_gone)
+        self.settle = Settler(emit, self._roots, debounce_ms=max(0, int(debounce_ms)),
+                              batch_threshold=max(0, int(batch_threshold)))
+        self.scan = Scanner(self.table, self._file_change)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._moves: dict[int, tuple[Dir, str, bool, float]] = {}
+        self._move_timer: asyncio.TimerHandle | None = None
+        self._last_read_ns = time.time_ns()
+
+    # Tunables live in the settle step; these keep them where callers have always set them.
+    @property
+    def debounce_ms(self) -> int:
+        return self.settle.debounce_ms
+
+    @debounce_ms.setter
+    def debounce_ms(self, v: int) -> None:
+        self.settle.debounce_ms = max(0, int(v))
+
+    @property
+    def batch_threshold(self) -> int:
+        return self.settle.batch_threshold
+
+    @batch_threshold.setter
+    def batch_threshold(self, v: int) -> None:
+        self.settle.batch_threshold = max(0, int(v))
+
+    @property
+    def batch_cap(self) -> int:
+        """Max paths listed in one ``file.batch`` (``count`` is always exact)."""
+        return self.settle.batch_cap
+
+    @batch_cap.setter
+    def batch_cap(self, v: int) -> None:
+        self.settle.batch_cap = v
+
+    # Read-only views of the table, for tests and health.
+    @property
+    def _inotify(self) -> INotify | None:
+        return self.table.inotify
+
+    @property
+    def _by_wd(self) -> dict[int, Dir]:
+        return self.table.by_wd
+
+    @property
+    def _by_path(self) -> dict[str, Dir]:
+        return self.table.by_path
+
+    # ---------------------------------------------------------------- lifecycle / public API
+
+    async def start(self) -> None:
+        """Open the inotify fd and hook it into the running loop; activate configured roots."""
+        if self.table.inotify is not None:
+            return
+        self._loop = self.settle.loop = asyncio.get_running_loop()
+        inotify = self.table.open()
+        self._last_read_ns = time.time_ns()
+        self._loop.add_reader(inotify.fileno(), self._on_readable)
+        for r in self._roots.values():
+            if r.enabled:
+                for s in r.specs.values():
+                    self._activate(s, "baseline")
+        self._log_limit()
+
+    async def stop(self) -> None:
+        """Remove the reader, close the fd, cancel timers. Pending changes are dropped, not flushed."""
+        if self.table.inotify is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self.table.inotify.fileno())
+        for r in self._roots.values():
+            self.settle.drop(r)
+            for s in r.specs.values():
+                s.dirs.clear()
+                s.unwatched.clear()
+                s.active = False
+                s.wait_dir = None
+        if self._move_timer is not None:
+            self._move_timer.cancel()
+            self._move_timer = None
+        self._moves.clear()
+        self.table.close()
+
+    def set_root(
+        self, root: str, specs: list[WatchSpec], debounce_ms: int | None = None, enabled: bool = True
+    ) -> None:
+        """Add or reconfigure a root. Unchanged specs keep their watches; only the diff is applied."""
+        path = os.path.abspath(root)
+        r = self._roots.get(path)
+        if r is None:
+            r = self._roots[path] = Root(path)
+        r.debounce_ms = None if debounce_ms is None else max(0, int(debounce_ms))
+        wanted = list(dict.fromkeys(specs))
+        for spec in list(r.specs):
+            if spec not in wanted:
+                self._deactivate(r.specs.pop(spec))
+        new_specs: dict[WatchSpec, Spec] = {}
+        for spec in wanted:
+            s = r.specs.get(spec)
+            if s is None:
+                s = Spec(r, spec)
+                if s.error:
+                    log.warning("root %s: %s", path, s.error)
+                    r.last_error = s.error
+            new_specs[spec] = s
+        r.specs = new_specs
+        r.enabled = enabled
+        if self.table.inotify is None:
+            return  # applied by start()
+        for s in new_specs.values():
+            if s.error:
+                continue
+            if not enabled:
+                self._deactivate(s)
+            elif not s.active and s.wait_dir is None:
+                self._activate(s, "baseline")
+            elif s.unwatched:
+                self.scan.walk([s], s.abs, "sync")  # retry directories refused earlier (watch limit)
+        self._log_limit()
+
+    def remove_root(self, root: str) -> None:
+        """Forget a root: drop its watches and pending changes without emitting anything."""
+        r = self._roots.pop(os.path.abspath(root), None)
+        if r is None:
+            return
+        for s in r.specs.values():
+            self._deactivate(s)
+        self.settle.drop(r)
+
+    def roots(self) -> list[str]:
+        """The roots currently configured (watched or waiting)."""
+        return list(self._roots)
+
+    def health(self) -> dict:
+        """Snapshot for ``aiwgctl status``: global fd state plus per-root counters."""
+        roots: dict[str, dict] = {}
+        for path, r in self._roots.items():
+            dirs: set[Dir] = set()
+            unwatched: set[str] = set()
+            specs = []
+            for s in r.specs.values():
+                dirs |= s.dirs
+                unwatched |= s.unwatched
+                state = "error" if s.error else "active" if s.active else "waiting" if s.wait_dir else "idle"
+                specs.append({"path": s.spec.path, "state": state, "error": s.error})
+            last_error = r.last_error
+            if unwatched:
+                last_error = (
+                    f"inotify watch limit reached: {len(unwatched)} directories under {path} are not "
+                    f"watched (fs.inotify.max_user_watches={max_user_watches()}); raise it with "
+                    "`sysctl fs.inotify.max_user_watches=<N>` and persist it in /etc/sysctl.d/"
+                )
+            roots[path] = {
+                "enabled": r.enabled,
+                "specs": specs,
+                "watched_dirs": len(dirs),
+                "unwatched_dirs": len(unwatched),
+                "overflows": r.overflows,
+                "rescans": r.rescans,
+                "pending": len(r.pending),
+                "events": dict(r.counts),
+                "last_error": last_error,
+            }
+        return {"running": self.table.inotify is not None, "watches": len(self.table.by_wd), "roots": roots}
+
+    # ---------------------------------------------------------------- reader
+
+    def _on_readable(self) -> None:
+        inotify = self.table.inotify
+        if inotify is None:
+            return
+        started = time.time_ns()
+        since, self._last_read_ns = self._last_read_ns, started
+        try:
+            events = inotify.read(timeout=0)
+        except BlockingIOError:
+            return
+        except OSError:
+            log.exception("inotify read failed")
+            return
+        if events:
+            try:
+                self._process(events, since)
+            except Exception:
+                log.exception("watcher failed to process %d inotify events", len(events))
+
+    def _inject_overflow(self) -> None:
+        """Test hook: behave as if the kernel had reported IN_Q_OVERFLOW on the next read."""
+        self._process([(-1, _F_OVERFLOW, 0, "")], self._last_read_ns)
+
+    def _process(self, events: Iterable[tuple[int, int, int, str]], since_ns: int) -> None:
+        """Dispatch raw events. ``since_ns``: start of the previous read (overflow watermark)."""
+        self.settle.now = self._loop.time() if self._loop is not None else None
+        try:
+            if self._dispatch(events):
+                self._overflow(since_ns)
+        finally:
+            self.settle.now = None
+
+    def _dispatch(self, events: Iterable[tuple[int, int, int, str]]) -> bool:
+        """Apply events to the view and the settle queues; True if the queue overflowed."""
+        overflow = False
+        by_wd = self.table.by_wd
+        for wd, mask, cookie, name in events:
+            if mask & _F_OVERFLOW:
+                overflow = True
+                continue
+            d = by_wd.get(wd)
+            if d is None:
+                continue
+            if mask & _F_IGNORED:
+                self._dir_gone(d)
+                continue
+            if mask & _F_MOVE_SELF:
+                self._moved_self(d)
+                continue
+            if not name or mask & _F_DELETE_SELF:
+                continue
+            isdir = bool(mask & _F_ISDIR)
+            if mask & _F_FROM:
+                self._moves[cookie] = (d, name, isdir, time.monotonic())
+            elif mask & _F_TO:
+                src = self._moves.pop(cookie, None)
+                if src is not None and by_wd.get(src[0].wd) is src[0]:
+                    self._moved(src[0], src[1], d, name, isdir)
+                else:
+                    self._appeared(d, name, isdir)
+            elif mask & _F_CREATE:
+                self._appeared(d, name, isdir)
+            elif mask & _F_DELETE:
+                self._vanished(d, name, isdir)
+            elif mask & _F_CHANGE and not isdir and d.owners:
+                self._file_change(d.owners, d.path, name, "modify")
+        if self._moves and self._move_timer is None and self._loop is not None:
+            self._move_timer = self._loop.call_later(MOVE_PAIR_GRACE_S, self._expire_moves)
+        return overflow
+
+    def _expire_moves(self) -> None:
+        """An IN_MOVED_FROM without partner: the entry left the watched trees (= delete)."""
+        self._move_timer = None
+        limit = time.monotonic() - MOVE_PAIR_GRACE_S * 0.9
+        for cookie, (d, name, isdir, t) in list(self._moves.items()):
+            if t <= limit:
+                del self._moves[cookie]
+                if self.table.by_wd.get(d.wd) is d:
+                    self._vanished(d, name, isdir)
+        if self._moves and self._loop is not None:
+            self._move_timer = self._loop.call_later(MOVE_PAIR_GRACE_S, self._expire_moves)
+
+    # ---------------------------------------------------------------- event handlers
+
+    def _appeared(self, d: Dir, name: str, isdir: bool) -> None:
+        if isdir and d.waiters:
+            for s in [w for w in d.waiters if w.wait_name == name]:
+                if s.wait_dir is d:
+                    self._activate(s, "sync")
+        if not d.owners:
+            return
+        path = f"{d.path}/{name}"
+        if isdir:
+            specs = [s for s in d.owners if not s.prunes(path, name)]
+            if specs:
+                self.scan.walk(specs, path, "sync")
+                self._log_limit()
+        else:
+            kind = "modify" if name in d.files else "create"
+            d.files.add(name)
+            self._file_change(d.owners, d.path, name, kind)
+
+    def _vanished(self, d: Dir, name: str, isdir: bool) -> None:
+        if isdir:
+            child = d.children.get(name)
+            if child is not None:
+                self._drop_tree(child, emit_deletes=True, rm=True)
+        else:
+            d.files.discard(name)
+            if d.owners:
+                self._file_change(d.owners, d.path, name, "delete")
+
+    def _moved(self, d1: Dir, name1: str, d2: Dir, name2: str, isdir: bool) -> None:
+        """A rename with both ends in watched directories."""
+        if not isdir:
+            d1.files.discard(name1)
+            src = self._accepting(d1.owners, d1.path, name1)
+            existed = name2 in d2.files
+            if d2.owners:
+                d2.files.add(name2)
+            dst = self._accepting(d2.owners, d2.path, name2)
+            for r, (rel, specs) in dst.items():
+                if r in src:
+                    self.settle.enqueue(r, rel, "move", specs, src[r][0], replaced=existed)
+                else:
+                    self.settle.enqueue(r, rel, "modify" if existed else "create", specs)
+            for r, (rel, specs) in src.items():
+                if r not in dst:
+                    self.settle.enqueue(r, rel, "delete", specs)
+            return
+        old_path, new_path = f"{d1.path}/{name1}", f"{d2.path}/{name2}"
+        old_rels: dict[Root, list[tuple[str, tuple[Spec, ...]]]] = {}
+        old_wds: list[int] = []
+        child = d1.children.get(name1)
+        if child is not None:
+            stack = [child]
+            while stack:
+                x = stack.pop()
+                stack.extend(x.children.values())
+                old_wds.append(x.wd)
+                for fname in x.files:
+                    for r, entry in self._accepting(x.owners, x.path, fname).items():
+                        old_rels.setdefault(r, []).append(entry)
+            self._drop_tree(child, emit_deletes=False, rm=False)
+        for s in [w for w in d2.waiters if w.wait_name == name2]:
+            if s.wait_dir is d2:
+                self._activate(s, "sync")
+        specs = [s for s in d2.owners if not s.prunes(new_path, name2)]
+        if specs:
+            self.scan.walk(specs, new_path, "sync")  # enqueues creates at the new location
+        cut = len(old_path)
+        for r, entries in old_rels.items():
+            for rel, fspecs in entries:
+                new_rel = (new_path + (r.path + "/" + rel)[cut:])[r.plen :]
+                p = r.pending.get(new_rel)
+                if p is not None and p.kind == "create" and new_path.startswith(r.path + "/"):
+                    self.settle.enqueue(r, new_rel, "move", p.specs, rel)
+                else:
+                    self.settle.enqueue(r, rel, "delete", fspecs)
+        for wd in old_wds:
+            if wd not in self.table.by_wd:
+                self.table.rm_watch(wd)
+        self._log_limit()
+
+    def _moved_self(self, d: Dir) -> None:
+        """A spec's top directory was renamed away (inner dirs are handled via their parent)."""
+        tops = [s for s in d.owners if s.abs == d.path]
+        if not tops and not d.waiters:
+            return
+        try:
+            st = os.lstat(d.path)
+            if stat.S_ISDIR(st.st_mode) and st.st_ino == d.ino:
+                return  # stale notification: we already track this inode at its current path
+        except OSError:
+            pass
+        self._drop_tree(d, emit_deletes=True, rm=True)
+
+    def _dir_gone(self, d: Dir) -> None:
+        """IN_IGNORED: the kernel dropped the watch (directory deleted or unmounted)."""
+        self._drop_tree(d, emit_deletes=True, rm=True)  # re-activates a spec whose top this was
+
+    # ---------------------------------------------------------------- filters -> settle
+
+    def _accepting(
+        self, owners: Iterable[Spec], dpath: str, name: str
+    ) -> dict[Root, tuple[str, tuple[Spec, ...]]]:
+        """Per root: (rel path, specs that accept the file)."""
+        path = f"{dpath}/{name}"
+        out: dict[Root, tuple[str, tuple[Spec, ...]]] = {}
+        for s in owners:
+            if s.accepts_file(path, name):
+                r = s.root
+                prev = out.get(r)
+                out[r] = (path[r.plen :], (*prev[1], s) if prev else (s,))
+        return out
+
+    def _file_change(self, owners: Iterable[Spec], dpath: str, name: str, kind: str) -> None:
+        for r, (rel, specs) in self._accepting(owners, dpath, name).items():
+            self.settle.enqueue(r, rel, kind, specs)
+
+    def _report_gone(self, d: Dir) -> None:
+        """Every file the view knows in ``d`` is gone from its old path."""
+        for name in d.files:
+            self._file_change(d.owners, d.path, name, "delete")
+
+    # ---------------------------------------------------------------- overflow
+
+    def _overflow(self, since_ns: int) -> None:
+        """The kernel queue overflowed and events were lost: rescan every root against the view."""
+        self._moves.clear()
+        watermark = since_ns - RESCAN_CTIME_SLACK_NS
+        roots = [r for r in self._roots.values() if r.enabled and r.specs]
+        log.warning("inotify event queue overflowed; rescanning %d root(s)", len(roots))
+        for r in roots:
+            r.overflows += 1
+            r.rescans += 1
+            self.settle.emit(r, "file.rescan", {"reason": "overflow", "event_type": "rescan"})
+            for s in list(r.specs.values()):
+                if s.error:
+                    continue
+                if not s.active:
+                    self._activate(s, "sync")
+                    continue
+                if not is_dir(s.abs):
+                    for d in list(s.dirs):
+                        if d in s.dirs:
+                            self._drop_tree(d, emit_deletes=True, rm=True)
+                    self._activate(s, "sync")
+                    continue
+                visited = self.scan.walk([s], s.abs, "rescan", watermark)
+                for d in list(s.dirs):
+                    if d in s.dirs and d not in visited:
+                        self._drop_tree(d, emit_deletes=True, rm=True)
+        self._log_limit()
+
+    # ---------------------------------------------------------------- watches
+
+    def _activate(self, s: Spec, mode: str) -> None:
+        """Watch the spec's tree, or the nearest existing ancestor until the spec path appears."""
+        self._clear_wait(s)
+        if self.table.inotify is None or s.error:
+            return
+        for _ in range(32):  # re-check loop closes the race with a concurrent mkdir
+            if is_dir(s.abs):
+                self.scan.walk([s], s.abs, mode)
+                top = self.table.by_path.get(s.abs)
+                if top is not None and s in top.owners:
+                    s.active = True
+                    return
+                if s.abs in s.unwatched:
+                    return  # refused by the watch limit; retried on rescan / set_root
+            s.active = False
+            parent, child = os.path.split(s.abs)
+            while parent != "/" and not is_dir(parent):
+                parent, child = os.path.split(parent)
+            d = self.table.register(parent, ())
+            if d is None:
+                s.root.last_error = f"cannot watch {parent} to wait for {s.abs}"
+                return
+            d.waiters.add(s)
+            s.wait_dir, s.wait_name = d, child
+            if not is_dir(os.path.join(parent, child)):
+                return
+            self._clear_wait(s)
+            mode = "sync"
+
+    def _clear_wait(self, s: Spec) -> None:
+        d = s.wait_dir
+        s.wait_dir = None
+        if d is not None:
+            d.waiters.discard(s)
+            self.table.release(d)
+
+    def _deactivate(self, s: Spec) -> None:
+        """Remove one spec's watches (other specs sharing a directory keep it)."""
+        self._clear_wait(s)
+        for d in list(s.dirs):
+            d.owners.discard(s)
+            self.table.release(d)
+        s.dirs.clear()
+        s.unwatched.clear()
+        s.active = False
+
+    def _drop_tree(self, d: Dir, *, emit_deletes: bool, rm: bool, reactivate: bool = True) -> None:
+        """Forget ``d`` and everything below it.
+
+        Specs whose top directory or waiting point was inside are re-activated: watched again
+        if the path exists (e.g. re-created), otherwise they wait on the nearest parent.
+        """
+        orphans: list[Spec] = []
+        stack = [d]
+        while stack:
+            x = stack.pop()
+            stack.extend(x.children.values())
+            if emit_deletes and x.owners:
+                for name in x.files:
+                    self._file_change(x.owners, x.path, name, "delete")
+            for s in x.owners:
+                s.dirs.discard(x)
+                if s.abs == x.path:
+                    s.active = False
+                    orphans.append(s)
+            for s in x.waiters:
+                s.wait_dir = None
+                orphans.append(s)
+            x.owners = set()
+            x.waiters = set()
+            x.files = set()
+            self.table.unregister(x, rm)
+            x.children = {}
+        if reactivate:
+            for s in dict.fromkeys(orphans):
+                if self._roots.get(s.root.path) is s.root and s.root.specs.get(s.spec) is s:
+                    self._activate(s, "sync")
+
+    def _log_limit(self) -> None:
+        """Log the watch-limit problem once per root (health() keeps the live count)."""
+        if not self.table.enospc_roots:
+            return
+        for r in self.table.enospc_roots:
+            if r.limit_logged or self._roots.get(r.path) is not r:
+                continue
+            n = len(set().union(*(s.unwatched for s in r.specs.values())))
+            if not n:
+                continue
+            r.limit_logged = True
+            log.warning(
+                "inotify watch limit reached (fs.inotify.max_user_watches=%s): %d directories under %s "
+                "are not watched; raise it with `sysctl fs.inotify.max_user_watches=<N>`",
+                max_user_watches(),
+                n,
+                r.path,
+            )
+        self.table.enospc_roots.clear()

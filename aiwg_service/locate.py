@@ -1,0 +1,61 @@
+"""Where the service's socket is, as plain strings and with ``os`` only.
+
+``paths`` wraps these in ``pathlib`` for the service; the client uses them directly, because importing
+``pathlib`` (and the ``re`` it pulls in) would cost ``aiwgctl ping`` more than the whole round trip.
+"""
+
+from __future__ import annotations
+
+import os
+
+SOCKET_ENV = "AIWG_SOCKET"
+PROJECT_SOCKET_LINK = ".aiwg/daemon/daemon.sock"
+
+
+def runtime_base() -> str:
+    """The per-user runtime directory ($XDG_RUNTIME_DIR/aiwg, or /tmp/aiwg-$UID without one)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return os.path.join(xdg, "aiwg")
+    return f"/tmp/aiwg-{os.getuid()}"
+
+
+def default_socket() -> str:
+    return os.path.join(runtime_base(), "daemon.sock")
+
+
+def instance_socket(escaped_name: str) -> str:
+    """Socket of a per-project instance (``aiwg@<escaped>.socket`` listens here)."""
+    return os.path.join(runtime_base(), "instances", f"{escaped_name}.sock")
+
+
+def configured_socket(explicit: str | os.PathLike[str] | None = None) -> str:
+    """--socket beats $AIWG_SOCKET beats the default."""
+    if explicit:
+        return os.fspath(explicit)
+    return os.environ.get(SOCKET_ENV) or default_socket()
+
+
+def project_socket_link(root: str | os.PathLike[str]) -> str:
+    return os.path.join(os.fspath(root), PROJECT_SOCKET_LINK)
+
+
+def find_socket(cwd: str) -> str:
+    """What a client talks to: $AIWG_SOCKET, else the project link above ``cwd`` (if it leads to a live
+    path), else the default."""
+    env = os.environ.get(SOCKET_ENV)
+    if env:
+        return env
+    d = cwd
+    while True:
+        link = project_socket_link(d)
+        if os.path.islink(link) or os.path.exists(link):
+            target = os.path.realpath(link)
+            if os.path.exists(target):
+                return target
+            break
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    return default_socket()
