@@ -26,8 +26,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
@@ -434,6 +436,77 @@ def test_aiwgctl_install_refuses_over_packaged_units(mgr: UserManager) -> None:
     res = as_user(mgr, "/usr/bin/aiwgctl", "uninstall")
     assert not (mgr.unit_dir / "aiwg.service").exists()
     assert mgr.show("aiwg.service", "FragmentPath")["FragmentPath"] == "/usr/lib/systemd/user/aiwg.service"
+
+
+def containerfile() -> dict[str, object]:
+    """The final stage of packaging/container/Containerfile: its ENV, USER, ENTRYPOINT, CMD; and the build line."""
+    text = (REPO / "packaging/container/Containerfile").read_text().replace("\\\n", " ")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    stages = [i for i, ln in enumerate(lines) if ln.startswith("FROM ")]
+    final = lines[stages[-1]:]
+    env: dict[str, str] = {}
+    for ln in final:
+        if ln.startswith("ENV "):
+            env.update(kv.split("=", 1) for kv in ln[4:].split())
+    one = {ln.split(None, 1)[0]: ln.split(None, 1)[1] for ln in final if ln.split(None, 1)[0] in
+           ("USER", "ENTRYPOINT", "CMD", "WORKDIR")}
+    build = next(ln for ln in lines[:stages[-1]] if "packaging/build.sh" in ln)
+    return {"env": env, "user": one["USER"], "workdir": one["WORKDIR"], "entrypoint": json.loads(one["ENTRYPOINT"]),
+            "cmd": json.loads(one["CMD"]), "build": build}
+
+
+def test_container_recipe_runs_the_installed_package_as_pid1(installed: Installed) -> None:
+    """The Containerfile's command, environment and unprivileged user, run as PID 1 of a PID namespace against
+    the installed package (its paths mapped into a temp dir): it serves, `aiwgctl ping` (the HEALTHCHECK)
+    answers, and SIGTERM stops it cleanly."""
+    recipe = containerfile()
+    assert recipe["user"] == "aiwg" and recipe["entrypoint"] == ["aiwg-service", "run"]
+    assert recipe["cmd"] == ["--project", recipe["workdir"]]
+    build_opts = re.findall(r"\s(--[a-z-]+)", str(recipe["build"]).split("build.sh", 1)[1])
+    help_text = run("bash", BUILD_SH, "--help").stdout
+    assert build_opts and all(f"{o} " in help_text for o in build_opts), build_opts
+    base = Path(tempfile.mkdtemp(prefix="aiwg-ctr-", dir="/tmp"))
+    try:
+        mapping = {"/run/aiwg": base / "run", "/var/lib": base / "varlib", "/project": base / "project"}
+        for d in (*mapping.values(), base / "home"):
+            d.mkdir(mode=0o700)
+        run("chown", "-R", f"{USER}:{USER}", base)
+
+        def mapped(value: str) -> str:
+            for container_path, here in mapping.items():
+                value = value.replace(container_path, str(here))
+            return value
+
+        env = {k: mapped(v) for k, v in recipe["env"].items()}  # type: ignore[union-attr]
+        env |= {"PATH": "/usr/bin:/bin", "HOME": str(base / "home"), "LANG": "C.UTF-8"}
+        drop = ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups"]
+        argv = [mapped(a) for a in [*recipe["entrypoint"], *recipe["cmd"]]]  # type: ignore[misc]
+        proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", *drop, "--", *argv], env=env,
+                                cwd=mapping["/project"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            sock = Path(env["AIWG_SOCKET"])
+            deadline = time.monotonic() + 60
+            while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert sock.exists(), "the container's service never listened"
+            ping = subprocess.run([*drop, "/usr/bin/aiwgctl", "ping"], env=env, capture_output=True, text=True,
+                                  timeout=30)
+            assert ping.returncode == 0 and ping.stdout.startswith("pong"), ping
+            st = json.loads(subprocess.run([*drop, "/usr/bin/aiwgctl", "status", "--json"], env=env,
+                                           capture_output=True, text=True, timeout=30, check=True).stdout)
+            assert st["pid"] == 2, st  # the service proper, under its own tiny init at PID 1
+            assert st["state_dir"] == str(mapping["/var/lib"] / "aiwg")
+            assert [p["path"] for p in st["projects"]] == [str(mapping["/project"])]
+            init = int(run("pgrep", "-P", str(proc.pid)).stdout.split()[0])
+            os.kill(init, signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0, out
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def home_snapshot(home: Path) -> dict[str, tuple[str, str]]:
