@@ -555,7 +555,11 @@ def test_installed_package_end_to_end(built: Built, mgr: UserManager) -> None:
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert cmdline[1:4] == [b"/usr/bin/aiwg-service", b"run", b"--registered"], cmdline  # [0]: the shebang's
     assert os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(f"/usr/bin/{PYVER}")
-    assert Path(f"/proc/{pid}/status").read_text().count(f"Uid:\t{USER}\t") == 1
+    proc_status = Path(f"/proc/{pid}/status").read_text()
+    assert proc_status.count(f"Uid:\t{USER}\t") == 1
+    # the unit's sandbox holds for a real (unprivileged) user: no capabilities, seccomp, private files
+    assert "CapBnd:\t0000000000000000" in proc_status and "NoNewPrivs:\t1" in proc_status
+    assert "Seccomp:\t2" in proc_status and "Umask:\t0077" in proc_status
     status = json.loads(as_user(mgr, ctl, "status", "--json").stdout)
     assert status["socket_activated"] is True and status["version"] == pyproject_version()
 
@@ -565,6 +569,7 @@ def test_installed_package_end_to_end(built: Built, mgr: UserManager) -> None:
     fired = project / "fired.log"
     mgr.wait_for(lambda: fired.exists() and "src/one.txt" in fired.read_text(), timeout=30,
                  message="the rule's shell action")
+    assert fired.stat().st_mode & 0o777 == 0o644, "rule commands run with umask 0022, not the unit's 0077"
 
     # a task, so the upgrade has something to keep
     res = as_user(mgr, ctl, "task", "submit", "echo packaged-task", "--agent", "shell", "--wait", "--json",
