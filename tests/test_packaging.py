@@ -527,6 +527,9 @@ def home_snapshot(home: Path) -> dict[str, tuple[str, str]]:
     return snap
 
 
+#: A shell agent's prompt that reports where and how it runs.
+AGENT_PROBE = "echo packaged-task; cat /proc/self/cgroup; umask; grep -E '^(NoNewPrivs|CapBnd):' /proc/self/status"
+
 RULE_CONFIG = {
     "watch": {"debounce_ms": 0, "paths": [{"path": "src/", "events": ["create", "modify"]}]},
     "schedule": {"jobs": []},
@@ -572,10 +575,16 @@ def test_installed_package_end_to_end(built: Built, mgr: UserManager) -> None:
     assert fired.stat().st_mode & 0o777 == 0o644, "rule commands run with umask 0022, not the unit's 0077"
 
     # a task, so the upgrade has something to keep
-    res = as_user(mgr, ctl, "task", "submit", "echo packaged-task", "--agent", "shell", "--wait", "--json",
+    res = as_user(mgr, ctl, "task", "submit", AGENT_PROBE, "--agent", "shell", "--wait", "--json",
                   cwd=project, timeout=120)
     task = json.loads(res.stdout)
     assert task["state"] == "completed", task
+    # the agent runs in its own unit, with an ordinary umask, not in the service's cgroup
+    out = task["result"]
+    assert f"aiwg-task-{task['id']}." in out and "/aiwg.service" not in out, out
+    assert "\n0022\n" in out, out
+    if f"aiwg-task-{task['id']}.service" in out:  # a transient service: outside the service's sandbox too
+        assert "NoNewPrivs:\t0" in out, out
 
     # upgrade to release 2: the running service is left alone (same pid, still answering) ...
     res = dpkg("-i", built.deb2)
@@ -589,7 +598,7 @@ def test_installed_package_end_to_end(built: Built, mgr: UserManager) -> None:
     new_pid = int(mgr.wait_for_state("aiwg.service", "active", "running")["MainPID"])
     assert new_pid != pid
     got = json.loads(as_user(mgr, ctl, "task", "get", task["id"], "--json").stdout)
-    assert got["state"] == "completed" and got["prompt"] == "echo packaged-task"
+    assert got["state"] == "completed" and got["prompt"] == AGENT_PROBE
     projects = json.loads(as_user(mgr, ctl, "project", "list", "--json").stdout)["projects"]
     assert [p["path"] for p in projects] == [str(project)]
     as_user(mgr, "sh", "-c", f"echo again > {project}/src/two.txt")
