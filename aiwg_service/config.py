@@ -214,7 +214,8 @@ def _constraint_errors(value: float | int | str | list[Any], t: Any) -> str | No
         return "must not be empty" if min_len == 1 else f"must have at least {min_len} items"
     pattern = getattr(t, "pattern", None)
     if pattern is not None and isinstance(value, str) and not re.search(pattern, value):
-        return PATTERN_HELP.get(pattern, "{v} does not match " + pattern).format(v=show_value(value))
+        helptext = PATTERN_HELP.get(pattern)
+        return helptext.format(v=show_value(value)) if helptext else f"{show_value(value)} does not match {pattern}"
     return None
 
 

@@ -17,6 +17,7 @@ from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 # framing and error codes live in ``wire`` (stdlib only, for the client); re-exported here for the service
 from .wire import (  # noqa: F401  (re-exported)
+    ALREADY_DECIDED,
     CONFIG_INVALID,
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -24,6 +25,7 @@ from .wire import (  # noqa: F401  (re-exported)
     JSONRPC,
     MAX_LINE,
     METHOD_NOT_FOUND,
+    NOT_ALLOWED,
     NOT_FOUND,
     PARSE_ERROR,
     SERVER_BUSY,
@@ -160,6 +162,27 @@ class AutomationTestParams(Params):
     project: str | None = None
 
 
+ApprovalState = Literal["pending", "approved", "rejected", "expired"]
+
+
+class ApprovalListParams(Params):
+    state: ApprovalState | Literal["all"] = "pending"
+    project: str | None = None
+    limit: Limit = 100
+
+
+class ApprovalDecideParams(Params):
+    approvalId: Annotated[str, Meta(min_length=1)]
+    reason: Annotated[str, Meta(max_length=2000)] | None = None
+    via: Annotated[str, Meta(min_length=1, max_length=40)] = "rpc"  # how: cli, rpc (who comes from SO_PEERCRED)
+
+
+class WebhookTestParams(Params):
+    hookId: Annotated[str, Meta(min_length=1)]
+    event: Annotated[str, Meta(min_length=1, max_length=100)] | None = None
+    payload: Any = None
+
+
 class EventsListParams(Params):
     type: str | None = None  # exact type or wildcard pattern: file.*, *
     project: str | None = None
@@ -201,6 +224,11 @@ METHODS: dict[str, type[Params]] = {
     "automation.disable": RuleIdParams,
     "automation.trace": AutomationTraceParams,
     "automation.test": AutomationTestParams,
+    "approval.list": ApprovalListParams,
+    "approval.approve": ApprovalDecideParams,
+    "approval.reject": ApprovalDecideParams,
+    "webhook.list": NoParams,
+    "webhook.test": WebhookTestParams,
     "events.list": EventsListParams,
     "events.dlq": NoParams,
     "events.replay": EventIdParams,
@@ -211,7 +239,8 @@ METHODS: dict[str, type[Params]] = {
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
-                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list"})
+                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
+                       "approval.list", "webhook.list"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

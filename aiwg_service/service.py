@@ -156,6 +156,8 @@ class Service:
 
     def listening_socket(self) -> socket.socket:
         for fd, name in sd.listen_fds():
+            if name in ("webhook", "aiwg-webhook.socket"):  # the webhook listener's (webhooks/subsystem.py)
+                continue
             if name in ("rpc", "aiwg.socket", "unknown", "") or name.endswith(".socket"):
                 self.socket_activated = True
                 sock = socket.socket(fileno=fd)

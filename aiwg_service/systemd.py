@@ -21,6 +21,7 @@ import time
 __all__ = [
     "listen_fds",
     "make_journal_handler",
+    "named_fd",
     "notify",
     "notify_extend_timeout",
     "notify_ready",
@@ -121,6 +122,11 @@ def watchdog_interval() -> float | None:
 # ---------------------------------------------------------------------------- socket activation
 
 
+#: what systemd passed, kept: the environment is cleared on the first call, and the IPC server and the webhook
+#: listener each pick their own fd by name
+_passed: list[tuple[int, str]] | None = None
+
+
 def listen_fds() -> list[tuple[int, str]]:
     """Return socket-activated fds as ``[(fd, name), ...]`` (name from FileDescriptorName=).
 
@@ -128,6 +134,9 @@ def listen_fds() -> list[tuple[int, str]]:
     processes we spawn don't believe the fds were passed to them.  Returns []
     when not socket-activated.  Fds are made close-on-exec for the same reason.
     """
+    global _passed
+    if _passed is not None:
+        return list(_passed)
     if "LISTEN_FDS" not in os.environ:
         return []
     from systemd import daemon
@@ -143,7 +152,16 @@ def listen_fds() -> list[tuple[int, str]]:
         os.environ.pop(var, None)
     for fd, _ in fds:
         os.set_inheritable(fd, False)
-    return [(fd, name or "unknown") for fd, name in fds]
+    _passed = [(fd, name or "unknown") for fd, name in fds]
+    return list(_passed)
+
+
+def named_fd(*names: str) -> int | None:
+    """The first passed fd whose FileDescriptorName= is one of ``names``."""
+    for fd, name in listen_fds():
+        if name in names:
+            return fd
+    return None
 
 
 # ---------------------------------------------------------------------------- journal

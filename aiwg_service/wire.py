@@ -24,6 +24,8 @@ INTERNAL_ERROR = -32603
 #: refused because the service is stopping (read-only methods are still served)
 SERVER_BUSY = -32000
 CONFIG_INVALID = -32001
+ALREADY_DECIDED = -32004  # an approval was decided before this request (data.approval says by whom)
+NOT_ALLOWED = -32005  # the caller is not one of an approval's approvers
 NOT_FOUND = INVALID_PARAMS  # the AIWG daemon answers an unknown task id with -32602; clients rely on it
 
 

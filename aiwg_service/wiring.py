@@ -1,7 +1,7 @@
 """The one module that knows every subsystem: what each is built from, and the fixed start order.
 
 Start order: event router, task store, agent supervisor, automation engine, IPC server, file watcher,
-cron scheduler, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
+cron scheduler, webhooks, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
 Subsystems never import each other: this module hands each one the narrow ports it needs (the bus, the
 RPC server, a view of the current configs, the state directory, the task queue's submit function).
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import doctor
+from . import systemd as sd
 from .events.bus import EventBus
 from .events.scheduler import CronScheduler
 from .events.subsystems import WatcherSubsystem
@@ -22,6 +23,7 @@ from .ports import ConfigsView, Placeholder, Subsystem
 from .rpc import RpcServer, RpcSubsystem
 from .rules.engine import AutomationEngine
 from .tasks import subsystems as tasks
+from .webhooks.subsystem import FD_NAMES, WebhookSubsystem
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
                                   doctor=lambda project: doctor.run(facts, project))
     automation.register_rpc(core.rpc)
+    webhooks = WebhookSubsystem(core.bus.publish, core.state_dir, lambda: sd.named_fd(*FD_NAMES))
+    webhooks.register_rpc(core.rpc)
     return [
         core.bus,
         store,
@@ -69,5 +73,6 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
         RpcSubsystem(core.rpc, core.listen),
         WatcherSubsystem(core.bus),
         scheduler,
+        webhooks,
         Placeholder("messaging"),
     ]

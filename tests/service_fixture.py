@@ -37,7 +37,7 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0
 class RpcConn:
     """A blocking NDJSON connection for tests: raw lines in, parsed replies out."""
 
-    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(str(path))

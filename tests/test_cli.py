@@ -95,3 +95,23 @@ def test_socket_found_through_the_project_link(service: ServiceEnv, tmp_path: Pa
                          text=True, timeout=20)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["pong"] is True
+
+
+def test_json_wherever_the_user_puts_it(service: ServiceEnv) -> None:
+    """``aiwgctl --json status`` (once "No such option") and ``aiwgctl status --json`` are the same command."""
+    pid = service.proc.pid  # type: ignore[union-attr]
+    for argv in (["--json", "status"], ["status", "--json"], ["--socket", str(service.socket), "--json", "status"]):
+        assert json.loads(service.ctl(*argv, check=True).stdout)["pid"] == pid, argv
+    assert json.loads(service.ctl("--json", "ping", check=True).stdout)["pong"] is True
+    # through typer too, and between a group and its command
+    for argv in (["--json", "project", "list"], ["project", "--json", "list"], ["project", "list", "--json"]):
+        listed = json.loads(service.ctl(*argv, check=True).stdout)["projects"]
+        assert str(service.project) in {p["path"] for p in listed}, argv
+
+
+def test_json_anywhere_leaves_what_follows_a_double_dash() -> None:
+    from aiwg_service.cli.entry import json_anywhere
+
+    assert json_anywhere(["--json", "task", "list"]) == ["task", "list", "--json"]
+    assert json_anywhere(["status"]) == ["status"]
+    assert json_anywhere(["--json", "task", "submit", "--", "--json"]) == ["task", "submit", "--json", "--", "--json"]

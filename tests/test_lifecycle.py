@@ -66,7 +66,7 @@ def test_state_and_heartbeat_files(svc_env: ServiceEnv) -> None:
     assert state["pid"] == svc_env.proc.pid  # type: ignore[union-attr]
     assert state["running"] is True and state["uptime_seconds"] >= 0
     assert set(state["subsystems"]) == {"router", "store", "supervisor", "automation", "ipc", "watcher",
-                                        "scheduler", "messaging"}
+                                        "scheduler", "webhooks", "messaging"}
     assert not list(svc_env.state_dir.glob(".*.tmp"))  # atomic writes leave no temp files
 
 

@@ -42,7 +42,7 @@ from systemd_env import UserManager, require_private_manager_support, skip_or_fa
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SH = REPO / "packaging" / "build.sh"
 PREFIX = "/usr/lib/aiwg-service"
-UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service")
+UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service", "aiwg-webhook.socket")
 PYVER = "python{}.{}".format(*sys.version_info[:2])  # CI builds with Debian's python3, the same minor
 USER = 65534  # nobody: a real user's manager is unprivileged
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

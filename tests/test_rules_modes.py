@@ -59,7 +59,7 @@ def test_restart_cancels_the_running_one_and_kills_its_child(tmp_path: Path) -> 
         assert alive(first)
         for _ in range(BURST - 1):
             h.publish("go")
-        await h.until(lambda: not alive(first), timeout=5, what="the first run's sleep to be killed")
+        await h.until(lambda: not alive(first), timeout=20, what="the first run's sleep to be killed")
         await h.until(lambda: h.state("r").runs >= BURST - 1, what="the burst to be processed")
         # the last one is still running its own sleep 30; everything before it was cancelled
         runs = h.runs("r")

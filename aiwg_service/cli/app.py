@@ -13,12 +13,14 @@ from typing import Annotated
 import typer
 
 from .. import paths
+from . import approvals as approvals_cli
 from . import render, systemctl
 from .core import call, cmd_ping, cmd_status, fail, options, use_instance
 from .cron import cron_app
 from .events import events_app
 from .rules import rules_app
 from .tasks import task_app
+from .webhooks import webhook_app
 
 app = typer.Typer(
     help="Control aiwg-service, the per-user service that supervises your projects.",
@@ -34,6 +36,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(cron_app, name="cron")
 app.add_typer(rules_app, name="rules")
 app.add_typer(task_app, name="task")
+app.add_typer(webhook_app, name="webhook")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 
@@ -139,6 +142,9 @@ def config_check(
         print(f"warning: {w}")
     print(f"{target}: valid")
 
+
+for _fn in (approvals_cli.approvals, approvals_cli.approve, approvals_cli.reject):
+    app.command()(_fn)
 
 for _fn in (systemctl.install, systemctl.uninstall, systemctl.start, systemctl.stop, systemctl.restart,
             systemctl.logs):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from .. import paths
 from . import render
 from .core import fail
 
-UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service")
+UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service", "aiwg-webhook.socket")
 NO_MANAGER = ("no systemd user manager is reachable ({why}). In a login session it runs by itself; over ssh "
               "or for a service that outlives logins run `loginctl enable-linger $USER`; in a container run "
               "the service in the foreground with `aiwg-service run`")
@@ -73,9 +74,24 @@ def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
     return res
 
 
+def webhook_port() -> int:
+    """``webhook.port`` from the service-wide config (9471 when unset); a broken file is a clear error."""
+    from .. import config, schemas  # noqa: F401  (schemas registers every section, webhook's too)
+
+    try:
+        return config.load_file(paths.service_config_file()).config.webhook.port
+    except config.ConfigError as exc:
+        fail("cannot read the webhook port:\n" + "\n".join(exc.errors))
+
+
 def install(
     start: Annotated[bool, typer.Option(help="enable and start aiwg.socket now")] = True,
     force: Annotated[bool, typer.Option("--force", help="write the units even over a package's units")] = False,
+    webhook: Annotated[bool, typer.Option("--webhook", help="also enable aiwg-webhook.socket (the webhook "
+                                          "listener on 127.0.0.1:webhook.port)")] = False,
+    webhook_port_: Annotated[int | None, typer.Option("--webhook-port", min=1, max=65535,
+                                                      help="port for aiwg-webhook.socket (default: webhook.port "
+                                                           "from the service-wide config, else 9471)")] = None,
 ) -> None:
     """Install the user units (ExecStart pointing at this aiwg-service), daemon-reload, enable the socket.
 
@@ -89,18 +105,27 @@ def install(
         render.error(f"warning: writing copies that shadow the packaged units in {packaged} (--force)")
     target.mkdir(parents=True, exist_ok=True)
     bindir = service_bindir()
+    port = webhook_port_ if webhook_port_ is not None else webhook_port()
     for name, text in unit_texts().items():
-        (target / name).write_text(text.replace("@BINDIR@", str(bindir)))
+        text = text.replace("@BINDIR@", str(bindir))
+        if name == "aiwg-webhook.socket":
+            text = re.sub(r"(?m)^ListenStream=127\.0\.0\.1:\d+$", f"ListenStream=127.0.0.1:{port}", text)
+        (target / name).write_text(text)
         print(f"wrote {target / name}")
     systemctl("daemon-reload")
     if start:
         systemctl("enable", "--now", "aiwg.socket")
         print("aiwg.socket enabled and listening; the service starts on first use (try `aiwgctl ping`)")
+        if webhook:
+            # restart, not start: a port rewritten by this install takes effect now
+            systemctl("enable", "aiwg-webhook.socket")
+            systemctl("restart", "aiwg-webhook.socket")
+            print(f"aiwg-webhook.socket enabled, listening on 127.0.0.1:{port}")
 
 
 def uninstall() -> None:
     """Stop and disable the units and remove the files `install` wrote."""
-    systemctl("disable", "--now", "aiwg.socket", "aiwg.service", check=False)
+    systemctl("disable", "--now", "aiwg.socket", "aiwg-webhook.socket", "aiwg.service", check=False)
     target = paths.user_unit_dir()
     for name in UNITS:
         f = target / name

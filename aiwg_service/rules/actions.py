@@ -48,8 +48,14 @@ async def _maybe_await(v: Any) -> Any:
 
 
 def origin_of(ctx: Ctx) -> dict[str, Any]:
-    return {"rule_id": ctx.rule_id, "run_id": ctx.run_id, "project": ctx.project, "event_id": ctx.event.id,
-            "event_type": ctx.event.type}
+    out = {"rule_id": ctx.rule_id, "run_id": ctx.run_id, "project": ctx.project, "event_id": ctx.event.id,
+           "event_type": ctx.event.type}
+    if ctx.approval_id is not None:
+        out["approval_id"] = ctx.approval_id
+    delivery = ctx.event.data.get("delivery_id") if ctx.event.type.startswith("webhook.") else None
+    if delivery is not None:
+        out["webhook_delivery_id"] = delivery
+    return out
 
 
 class Action:
@@ -175,6 +181,28 @@ class EmitAction(Action):
     async def run(self, ctx: Ctx, hooks: Hooks) -> dict[str, Any]:
         ev = hooks.bus.publish(self.type, ctx.project, self._data(ctx), source=f"rule:{ctx.rule_id}")
         return {"type": self.type, "event_id": ev.id}
+
+
+class ApproveAction(Action):
+    """A gate: the engine parks the run here until a human decides (see ``approvals``); ``run`` never acts."""
+
+    kind = "approve"
+
+    def __init__(self, message: str | None, timeout_s: float, on_timeout: str, approvers: list[str]) -> None:
+        super().__init__(False)
+        self.message, self.timeout_s, self.on_timeout, self.approvers = message, timeout_s, on_timeout, approvers
+
+    def render_message(self, ctx: Ctx) -> str | None:
+        if not self.message:
+            return None
+        return render(self.message, ctx.event, ctx.paths, {"rule_id": ctx.rule_id, "run_id": ctx.run_id})
+
+    def describe(self, ctx: Ctx) -> dict[str, Any]:
+        return {"kind": "approve", "message": self.render_message(ctx), "timeout_minutes": self.timeout_s / 60,
+                "on_timeout": self.on_timeout, "approvers": self.approvers}
+
+    async def run(self, ctx: Ctx, hooks: Hooks) -> dict[str, Any]:  # pragma: no cover - the engine intercepts
+        raise ActionFailed("an approve action is handled by the engine")
 
 
 def _post(url: str, body: bytes) -> tuple[int, str]:

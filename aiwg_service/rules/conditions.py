@@ -38,6 +38,7 @@ class Ctx:
     rule_id: str
     run_id: str
     paths: list[str] = field(default_factory=list)
+    approval_id: str | None = None  # set when the run resumes after an approval, for task origins
 
     def env(self) -> dict[str, str]:
         ev = self.event

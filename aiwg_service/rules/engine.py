@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections import deque
@@ -24,7 +25,8 @@ import msgspec
 from .. import protocol as p
 from ..events.bus import EventBus
 from ..protocol import Event, utc_now
-from .actions import ActionFailed, Doctor, Hooks, SubmitTask
+from .actions import ActionFailed, ApproveAction, Doctor, Hooks, SubmitTask
+from .approvals import ApprovalAlreadyDecided, ApprovalGate, ApprovalNotAllowed, ApprovalNotFound
 from .conditions import Ctx
 from .matching import TriggerIndex, event_paths
 from .schema import Rule, rules_for
@@ -81,6 +83,7 @@ class AutomationEngine:
         self.bus = bus
         self.store = TraceStore(Path(state_dir) / "automation.db", keep_traces)
         self.hooks = Hooks(bus, submit_task, doctor)
+        self.approvals = ApprovalGate(bus, state_dir, on_decided=self._on_decided)
         self.loop_disable_seconds = loop_disable_seconds
         self.flush_interval = flush_interval
         self.rules: dict[str, dict[str, Rule]] = {}
@@ -97,6 +100,7 @@ class AutomationEngine:
     # -- lifecycle ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.store.open()
+        self.approvals.open()
         self.overrides = self.store.overrides()
         self._stopping = False
         self._sub = self.bus.subscribe("*", self.on_event, name="automation", retries=0, max_queue=100_000)
@@ -117,6 +121,7 @@ class AutomationEngine:
             # thread writing while close() flushes on the same connection
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
+        self.approvals.close()
         self.store.close()
 
     def _add_trace(self, trace: dict[str, Any]) -> None:
@@ -151,6 +156,7 @@ class AutomationEngine:
             "events_seen": self.events_seen,
             "events_matched": self.events_matched,
             "config_errors": sum(len(e) for e in self.errors.values()),
+            "approvals": self.approvals.health(),
         }
 
     # -- configuration -----------------------------------------------------------------------------------------
@@ -164,6 +170,8 @@ class AutomationEngine:
             if root not in roots:
                 del self.rules[root]
                 del self.indexes[root]
+        if not self.approvals.armed:  # first apply: the rules are known, so overdue approvals can expire now
+            self.arm_approvals()
 
     def set_project(self, root: str, cfg: Any) -> list[Rule]:
         rules, errors = rules_for(cfg, root)
@@ -326,17 +334,17 @@ class AutomationEngine:
                               "disabled_seconds": self.loop_disable_seconds, "event_type": trace["event_type"]},
                              source="automation")
             return reason
-        if rule.requires_approval:
-            self.bus.publish("automation.approval_requested", rule.project,
-                             {"rule_id": rule.id, "run_id": trace["run_id"], "event": trace["event"]},
-                             source="automation")
-            return "requiresApproval: the approval flow is not available yet, so the action was not run"
+        if rule.needs_approval:
+            pending = self.approvals.pending_for(rule.project, rule.id)
+            limit = 1 if rule.mode in ("single", "restart") else rule.max
+            if len(pending) >= limit:
+                return (f"approval {', '.join(sorted(pending))} still pending (mode {rule.mode}"
+                        + (f", max {rule.max})" if limit > 1 else ")"))
         return None
 
     async def _run(self, rule: Rule, st: RuleState, ctx: Ctx, trace: dict[str, Any], t0: float,
                    conditions_done: bool) -> None:
         outcome, reason = "success", None
-        current: dict[str, Any] | None = None
         try:
             if not conditions_done:
                 for c in rule.conditions:
@@ -350,33 +358,14 @@ class AutomationEngine:
                 if blocked:
                     outcome, reason = "skipped", blocked
                     return
-            for i, action in enumerate(rule.actions):
-                t1 = time.monotonic()
-                current = {"index": i, "kind": action.kind, "ok": None}
-                trace["actions"].append(current)
-                try:
-                    res = await action.run(ctx, self.hooks)
-                    current.update(ok=True, result=res)
-                    if "task_id" in res:
-                        trace["task_ids"].append(res["task_id"])
-                except ActionFailed as exc:
-                    current.update(ok=False, error=str(exc), result=exc.detail)
-                except Exception as exc:
-                    log.exception("rule %s: actions[%d] (%s) crashed", rule.id, i, action.kind)
-                    current.update(ok=False, error=f"{type(exc).__name__}: {exc}")
-                current["duration_ms"] = round((time.monotonic() - t1) * 1000, 1)
-                if not current["ok"]:
-                    if outcome == "success":
-                        outcome, reason = "error", f"actions[{i}] ({action.kind}): {current['error']}"
-                    if not action.continue_on_error:
-                        break
-                current = None
+            if rule.requires_approval:
+                outcome, reason = "pending_approval", self._park(rule, ctx, trace, None, 0)
+                return
+            outcome, reason = await self._actions(rule, ctx, trace, 0)
         except asyncio.CancelledError:
             outcome = "cancelled"
             reason = ("restarted by a newer trigger (mode restart)" if ctx.run_id in st.restarted
                       else "cancelled: the service is stopping")
-            if current is not None:
-                current.update(ok=False, error="cancelled")
             raise
         except Exception as exc:  # a bug in a condition: fail this run, never the engine
             log.exception("rule %s: run %s crashed", rule.id, ctx.run_id)
@@ -387,6 +376,137 @@ class AutomationEngine:
             self._finish(rule, st, trace, t0, outcome, reason)
             self._drain(rule, st)
 
+    async def _actions(self, rule: Rule, ctx: Ctx, trace: dict[str, Any],
+                       start_at: int) -> tuple[str, str | None]:
+        """Run the actions from ``start_at`` in order; an ``approve`` action parks the run there."""
+        outcome, reason = "success", None
+        current: dict[str, Any] | None = None
+        for i in range(start_at, len(rule.actions)):
+            action = rule.actions[i]
+            if isinstance(action, ApproveAction):
+                return "pending_approval", self._park(rule, ctx, trace, action, i + 1)
+            t1 = time.monotonic()
+            current = {"index": i, "kind": action.kind, "ok": None}
+            trace["actions"].append(current)
+            try:
+                res = await action.run(ctx, self.hooks)
+                current.update(ok=True, result=res)
+                if "task_id" in res:
+                    trace["task_ids"].append(res["task_id"])
+            except ActionFailed as exc:
+                current.update(ok=False, error=str(exc), result=exc.detail)
+            except asyncio.CancelledError:
+                current.update(ok=False, error="cancelled")
+                raise
+            except Exception as exc:
+                log.exception("rule %s: actions[%d] (%s) crashed", rule.id, i, action.kind)
+                current.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+            current["duration_ms"] = round((time.monotonic() - t1) * 1000, 1)
+            if not current["ok"]:
+                if outcome == "success":
+                    outcome, reason = "error", f"actions[{i}] ({action.kind}): {current['error']}"
+                if not action.continue_on_error:
+                    break
+        return outcome, reason
+
+    # -- approval gates ----------------------------------------------------------------------------------------
+    def _park(self, rule: Rule, ctx: Ctx, trace: dict[str, Any], gate: ApproveAction | None, resume_at: int) -> str:
+        """Persist a pending approval for this run; the run ends as ``pending_approval`` until it is decided."""
+        rest = [a.describe(ctx) for a in rule.actions[resume_at:]]
+        message = (gate.render_message(ctx) if gate is not None else None) or \
+            f"rule {rule.id} wants to run: {_what(rest)}"
+        ap = self.approvals.request(
+            project=rule.project, rule_id=rule.id, run_id=ctx.run_id, event=msgspec.to_builtins(ctx.event),
+            paths=ctx.paths, message=message, actions=rest, approvers=gate.approvers if gate else [],
+            timeout_s=gate.timeout_s if gate else 60 * 60.0, on_timeout=gate.on_timeout if gate else "reject",
+            resume_at=resume_at)
+        trace["approval"] = {k: ap[k] for k in ("id", "state", "message", "requested", "expires", "on_timeout",
+                                                 "approvers")}
+        if gate is not None:
+            trace["actions"].append({"index": resume_at - 1, "kind": "approve", "ok": None, "approval_id": ap["id"]})
+        return f"waiting for approval {ap['id']} (expires {ap['expires']})"
+
+    def _on_decided(self, row: dict[str, Any], go_on: bool) -> None:
+        """The gate's callback: run the rest of the actions with the original event, or end the run."""
+        project, rule_id, run_id = row["project"], row["rule_id"], row["run_id"]
+        rule = self.rules.get(project, {}).get(rule_id)
+        event = msgspec.convert(json.loads(row["event"]), Event)
+        paths = json.loads(row["paths"])
+        trace = self.store.run(project, rule_id, run_id) if self.store.db is not None else None
+        if trace is None:  # pruned (more than keep runs since): start a fresh record under the same run id
+            trace = {"run_id": run_id, "rule_id": rule_id, "project": project, "event": _event_summary(event),
+                     "event_type": event.type, "event_path": paths[0] if paths else None, "started": row["requested"],
+                     "conditions": [], "actions": [], "task_ids": []}
+        trace["resumed"] = True
+        trace["finished"] = trace["outcome"] = trace["reason"] = None
+        trace["approval"] = {**trace.get("approval", {}), "id": row["id"], "state": row["state"],
+                             "decided_by": row["decided_by"], "decided_via": row["decided_via"],
+                             "decided_at": row["decided_at"], "reason": row["reason"]}
+        for a in trace["actions"]:
+            if a.get("approval_id") == row["id"]:
+                a["ok"] = go_on
+                a["result"] = {"state": row["state"], "by": row["decided_by"], "via": row["decided_via"]}
+        st = self._state((project, rule_id))
+        t0 = time.monotonic()
+        if rule is None or not go_on or self._stopping:
+            self.approvals.store.set_resumed(row["id"], "done" if not go_on else "running")
+            if not go_on:
+                who = "" if row["state"] == "expired" else f" by {row['decided_by']} via {row['decided_via']}"
+                reason = f"approval {row['id']} {row['state']}{who}" + (f": {row['reason']}" if row["reason"] else "")
+                outcome = row["state"]
+            elif rule is None:
+                outcome, reason = "error", f"approval {row['id']} approved, but rule {rule_id} no longer exists"
+                self.approvals.store.set_resumed(row["id"], "done")
+            else:
+                outcome, reason = "cancelled", "approved while the service was stopping; not run"
+            if rule is None:
+                rule = Rule(rule_id, project, "gone")
+            self._finish(rule, st, trace, t0, outcome, reason)
+            return
+        self.approvals.store.set_resumed(row["id"], "running")
+        ctx = Ctx(event, project, rule_id, run_id, paths, approval_id=row["id"])
+        task = asyncio.get_running_loop().create_task(self._resume(rule, st, ctx, trace, t0, row["resume_at"]),
+                                                      name=f"rule:{rule_id}:{run_id}:approved")
+        st.running[run_id] = task
+        task.add_done_callback(lambda _t: self._reap(rule, st, ctx, trace, t0))
+
+    async def _resume(self, rule: Rule, st: RuleState, ctx: Ctx, trace: dict[str, Any], t0: float,
+                      start_at: int) -> None:
+        outcome, reason = "success", None
+        try:
+            outcome, reason = await self._actions(rule, ctx, trace, start_at)
+        except asyncio.CancelledError:
+            outcome, reason = "cancelled", "cancelled: the service is stopping"
+            raise
+        except Exception as exc:
+            log.exception("rule %s: approved run %s crashed", rule.id, ctx.run_id)
+            outcome, reason = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            st.running.pop(ctx.run_id, None)
+            if outcome != "cancelled" and ctx.approval_id is not None:
+                self.approvals.store.set_resumed(ctx.approval_id, "done")
+            self._finish(rule, st, trace, t0, outcome, reason)
+            self._drain(rule, st)
+
+    def arm_approvals(self) -> None:
+        """Once the rules are known: record runs a stop cut short, expire what is overdue, set the expiry timer."""
+        self._interrupted_approvals()
+        self.approvals.arm()
+
+    def _interrupted_approvals(self) -> None:
+        """Approved runs that a stop or crash cut short: recorded as interrupted, never re-run (they may have acted)."""
+        for row in self.approvals.store.unfinished():
+            self.approvals.store.set_resumed(row["id"], "interrupted")
+            trace = self.store.run(row["project"], row["rule_id"], row["run_id"])
+            log.warning("approval %s: the approved actions of rule %s were interrupted by a stop; not re-run",
+                        row["id"], row["rule_id"], extra={"PROJECT": row["project"]})
+            if trace is not None:
+                trace["outcome"] = "interrupted"
+                trace["reason"] = (f"approval {row['id']} was {row['state']}, but the service stopped while its "
+                                   f"actions ran; not re-run")
+                trace["finished"] = utc_now()
+                self._add_trace(trace)
+
     def _finish(self, rule: Rule, st: RuleState, trace: dict[str, Any], t0: float, outcome: str,
                 reason: str | None) -> None:
         trace["finished"] = utc_now()
@@ -395,10 +515,11 @@ class AutomationEngine:
         if outcome == "skipped":
             st.skipped += 1
         else:
-            st.runs += 1
+            if not trace.get("resumed"):
+                st.runs += 1
             st.last_run, st.last_outcome = trace["started"], outcome
         self._add_trace(trace)
-        if outcome in ("success", "error", "cancelled"):
+        if outcome in ("success", "error", "cancelled", "pending_approval", "rejected", "expired"):
             lvl = logging.WARNING if outcome == "error" else logging.INFO
             log.log(lvl, "rule %s run %s: %s%s", rule.id, trace["run_id"], outcome, f" ({reason})" if reason else "",
                     extra={"PROJECT": rule.project})
@@ -478,6 +599,9 @@ class AutomationEngine:
         }
         if reason:
             out["disabled_reason"] = reason
+        pending = self.approvals.pending_for(rule.project, rule.id)
+        if pending:
+            out["pending_approvals"] = sorted(pending)
         nf = _next_fire(rule)
         if nf:
             out["next_fire"] = nf
@@ -490,6 +614,26 @@ class AutomationEngine:
         rpc.register("automation.disable", self.rpc_disable)
         rpc.register("automation.trace", self.rpc_trace)
         rpc.register("automation.test", self.rpc_test)
+        rpc.register("approval.list", self.rpc_approval_list)
+        rpc.register("approval.approve", lambda params, conn=None: self._rpc_decide(params, conn, True))
+        rpc.register("approval.reject", lambda params, conn=None: self._rpc_decide(params, conn, False))
+
+    def rpc_approval_list(self, params: p.ApprovalListParams, _conn: Any = None) -> dict[str, Any]:
+        root = self._project(params.project) if params.project is not None else None
+        state = None if params.state == "all" else params.state
+        return {"approvals": self.approvals.list(state, root, params.limit)}
+
+    def _rpc_decide(self, params: p.ApprovalDecideParams, conn: Any, approve: bool) -> dict[str, Any]:
+        by = _peer_name(conn)
+        try:
+            ap = self.approvals.decide(params.approvalId, approve, by, params.via, params.reason)
+        except ApprovalNotFound as exc:
+            raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: approvalId: {exc}", {"param": "approvalId"}) from None
+        except ApprovalAlreadyDecided as exc:
+            raise p.RpcError(p.ALREADY_DECIDED, str(exc), {"approval": exc.approval}) from None
+        except ApprovalNotAllowed as exc:
+            raise p.RpcError(p.NOT_ALLOWED, str(exc)) from None
+        return {"approval": ap}
 
     def rpc_status(self, params: p.AutomationStatusParams, _conn: Any = None) -> dict[str, Any]:
         return {"rules": [self.rule_status(r) for r in self.find(None, params.project)]}
@@ -565,13 +709,38 @@ class AutomationEngine:
                 blocked.append("a run is in flight (mode single): this trigger would be skipped")
         if event.data.get("rule_id") == rule.id and rule.ignore_own_events:
             blocked.append("the event was emitted by this rule (ignore_own_events)")
-        if rule.requires_approval:
-            blocked.append("requiresApproval: the approval flow is not available yet")
+        pending = self.approvals.pending_for(rule.project, rule.id)
+        if rule.needs_approval and pending and rule.mode in ("single", "restart"):
+            blocked.append(f"approval {', '.join(sorted(pending))} still pending (mode {rule.mode})")
         would = bool(matched) and passed and not blocked
         return {"ruleId": rule.id, "project": rule.project, "event": msgspec.to_builtins(event),
                 "triggered": bool(matched), "matched_triggers": matched, "conditions": results,
                 "conditions_passed": passed, "blocked_by": blocked, "would_run": would,
+                "needs_approval": rule.needs_approval,
                 "actions": [a.describe(ctx) for a in rule.actions], "acted": False}
+
+
+def _peer_name(conn: Any) -> str:
+    """Who is on the other end of an RPC connection: the peer's user name from SO_PEERCRED."""
+    uid = getattr(conn, "peer_uid", None)
+    if uid is None:
+        return "local"
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _what(actions: list[dict[str, Any]]) -> str:
+    """One line saying what the parked actions will do, for the approval's default message."""
+    out = []
+    for a in actions:
+        k = a.get("kind")
+        detail = a.get("prompt") or a.get("command") or a.get("message") or a.get("url") or a.get("type") or ""
+        out.append(f"{k} {detail!r}" if detail else str(k))
+    return "; ".join(out) or "nothing more"
 
 
 def _next_fire(rule: Rule) -> str | None:

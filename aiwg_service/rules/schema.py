@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 MODES = ("single", "queued", "restart", "parallel")
 AIWG_ACTIONS = ("agent", "notify", "webhook")
-ACTION_KINDS = ("agent", "shell", "notify", "doctor", "emit", "webhook")
+ACTION_KINDS = ("agent", "shell", "notify", "doctor", "emit", "webhook", "approve")
+ON_TIMEOUT = ("reject", "approve")
+DEFAULT_APPROVAL_MINUTES = 60.0
 CONDITION_KINDS = ("shell", "match", "time", "not", "any", "all")
 MATCH_HOW = ("equals", "glob", "regex")
 EXPECT = ("success", "fail")
@@ -38,7 +40,7 @@ DEFAULT_MAX_RUNS_PER_MINUTE = 30
 DEFAULT_SHELL_TIMEOUT = 60.0
 AIWG_KEYS = {"id", "description", "enabled", "trigger", "conditions", "action", "cooldownMs", "requiresApproval"}
 RICH_KEYS = {"id", "description", "enabled", "triggers", "conditions", "actions", "mode", "max", "cooldown_seconds",
-             "max_runs_per_minute", "ignore_own_events"}
+             "max_runs_per_minute", "ignore_own_events", "requires_approval"}
 TRIGGER_KEYS = {"type", "paths", "agent", "source", "job_id", "data"}
 SCHEDULE_PREFIX = "schedule:"
 
@@ -118,6 +120,11 @@ class Rule:
 
     def __post_init__(self) -> None:
         self.sync_conditions = all(c.is_sync for c in self.conditions)
+
+    @property
+    def needs_approval(self) -> bool:
+        """A run of this rule may park for a human: ``requires_approval`` or an ``approve`` action."""
+        return self.requires_approval or any(a.kind == "approve" for a in self.actions)
 
     def triggers_text(self) -> str:
         return "; ".join(t.text for t in self.triggers)
@@ -541,6 +548,20 @@ def _rich_action(v: _V, a: Any, path: str, source: str = "rule") -> A.Action | N
         if not isinstance(data, dict):
             v.type_err(f"{p}.data", "an object", data)
         return None if v.count > n or typ is None else A.EmitAction(typ, data, coe)
+    if kind == "approve":
+        v.unknown(body, {"message", "timeout_minutes", "on_timeout", "approvers"}, p, "an approve action")
+        msg = v.str_(body, "message", p)
+        minutes = v.num(body, "timeout_minutes", p, DEFAULT_APPROVAL_MINUTES, lo=0, hi=30 * 24 * 60, strict_lo=True)
+        on_timeout = body.get("on_timeout", "reject")
+        v.one_of(on_timeout, ON_TIMEOUT, f"{p}.on_timeout")
+        approvers = body.get("approvers", [])
+        if not isinstance(approvers, list) or not all(isinstance(x, str) and x.strip() for x in approvers):
+            v.type_err(f"{p}.approvers", 'a list of names (like ["cli", "telegram:12345"])', approvers)
+        if coe:
+            v.err(f"{path}.continue_on_error", "does not apply to an approve action (a rejection ends the run)")
+        if v.count > n:
+            return None
+        return A.ApproveAction(msg, float(minutes) * 60, on_timeout, list(approvers))
     v.unknown(body, {"url", "message"}, p, "a webhook action")
     url = v.str_(body, "url", p, required=True)
     if url is not None and not url.startswith(("http://", "https://")):
@@ -577,11 +598,12 @@ def _rich_rule(v: _V, raw: dict[str, Any], rid: str, project: str) -> Rule | Non
     mrpm = v.num(raw, "max_runs_per_minute", "", DEFAULT_MAX_RUNS_PER_MINUTE, lo=1, hi=100_000, integer=True)
     own = v.bool_(raw, "ignore_own_events", "", True)
     enabled = v.bool_(raw, "enabled", "", True)
+    approval = v.bool_(raw, "requires_approval", "", False)
     desc = v.str_(raw, "description", "") or ""
     if v.count > n:
         return None
     return Rule(rid, project, "rich", desc, enabled, [t for t in triggers if t], [c for c in conds if c],
-                [a for a in acts if a], mode, int(mx), float(cooldown), int(mrpm), own)
+                [a for a in acts if a], mode, int(mx), float(cooldown), int(mrpm), own, approval)
 
 
 # -- schedule.jobs shorthand --------------------------------------------------------------------------------

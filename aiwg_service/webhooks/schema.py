@@ -1,0 +1,74 @@
+"""The ``webhook`` config section and its semantic check (hook ids, secrets present, ``events`` where it applies).
+
+The AIWG daemon's section (``enabled``, ``port``, ``secret_env``) keeps its meaning: ``port`` is where the
+listener is (service-wide), ``secret_env`` is the secret a hook uses when it names none. Hooks live in a
+project's file (or the service-wide one) under ``webhook.hooks``. Imports only leaves (msgspec, ``secrets``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct, field
+
+from .secrets import secret_problem
+
+HookKind = Literal["github", "gitlab", "standard", "token"]
+HOOK_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+DEFAULT_PORT = 9471
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+class Hook(Struct, forbid_unknown_fields=False):
+    id: Annotated[str, Meta(pattern=HOOK_ID)]
+    kind: HookKind = "standard"
+    #: the environment variable (or systemd credential name) holding the secret; default: the section's
+    secret_env: Annotated[str, Meta(pattern=ENV_NAME)] | None = None
+    #: GitHub / GitLab event names to accept (X-GitHub-Event / X-Gitlab-Event); others are answered and ignored
+    events: list[Annotated[str, Meta(min_length=1)]] | None = None
+    enabled: bool = True
+
+
+class RateLimit(Struct, forbid_unknown_fields=False):
+    """Token buckets: ``per_hook`` for each hook, ``per_source`` for each client address."""
+
+    per_hook_per_second: Annotated[float, Meta(gt=0, le=1_000_000)] = 20.0
+    per_hook_burst: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
+    per_source_per_second: Annotated[float, Meta(gt=0, le=1_000_000)] = 10.0
+    per_source_burst: Annotated[int, Meta(ge=1, le=1_000_000)] = 50
+
+
+class WebhookSection(Struct):
+    enabled: bool = True  # false turns this file's hooks off
+    port: Annotated[int, Meta(ge=1, le=65535)] = DEFAULT_PORT
+    bind: Annotated[str, Meta(min_length=1)] = "127.0.0.1"
+    secret_env: Annotated[str, Meta(pattern=ENV_NAME)] = "AIWG_WEBHOOK_SECRET"
+    hooks: list[Hook] = field(default_factory=list)
+    max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = DEFAULT_MAX_BODY
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+
+
+def secret_name(section: WebhookSection, hook: Hook) -> str:
+    return hook.secret_env or section.secret_env
+
+
+def check_section(section: WebhookSection) -> list[tuple[str, str]]:
+    """Duplicate ids, ``events`` on a kind without event names, and a secret nobody set (refused here, so a hook
+    can never run unauthenticated)."""
+    errors: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for i, hook in enumerate(section.hooks):
+        base = f"webhook.hooks[{i}]"
+        if hook.id in seen:
+            errors.append((f"{base}.id", f"duplicate hook id \"{hook.id}\" (also webhook.hooks[{seen[hook.id]}])"))
+        seen.setdefault(hook.id, i)
+        if hook.events is not None and hook.kind not in ("github", "gitlab"):
+            errors.append((f"{base}.events", f"only applies to kind github or gitlab, not \"{hook.kind}\""))
+        if section.enabled and hook.enabled:
+            name = secret_name(section, hook)
+            problem = secret_problem(name, hook.kind)
+            if problem:
+                where = f"{base}.secret_env" if hook.secret_env else f"{base} (secret from webhook.secret_env)"
+                errors.append((where, problem))
+    return errors

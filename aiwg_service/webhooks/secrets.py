@@ -1,0 +1,55 @@
+"""Where a hook's secret comes from: an environment variable, else a systemd credential of the same name.
+
+``LoadCredential=AIWG_WEBHOOK_SECRET:/path`` (or ``SetCredentialEncrypted=``) in a drop-in for aiwg.service puts
+the secret in ``$CREDENTIALS_DIRECTORY/AIWG_WEBHOOK_SECRET``, readable by the service only and never in its
+environment. The value is never logged or returned by any RPC.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+STANDARD_PREFIX = "whsec_"
+
+
+def read_secret(name: str) -> str | None:
+    """The secret's text, or None when neither the variable nor the credential is set (or both are empty)."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        try:
+            text = (Path(creds) / name).read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text or None
+    return None
+
+
+def secret_key(text: str, kind: str) -> bytes:
+    """The bytes a kind signs with. Standard Webhooks secrets are ``whsec_`` + base64 of the key."""
+    if kind == "standard" and text.startswith(STANDARD_PREFIX):
+        return base64.b64decode(text[len(STANDARD_PREFIX):], validate=True)
+    return text.encode()
+
+
+def secret_problem(name: str, kind: str) -> str | None:
+    """Why a hook cannot be served with this secret, or None. Never says anything about the value itself."""
+    text = read_secret(name)
+    if text is None:
+        return (f"the secret is not set: set the environment variable {name} for the service, or give it a systemd "
+                f"credential named {name} (LoadCredential=)")
+    if kind == "standard" and text.startswith(STANDARD_PREFIX):
+        try:
+            key = secret_key(text, kind)
+        except (binascii.Error, ValueError):
+            return f"the secret in {name} starts with {STANDARD_PREFIX} but the rest is not valid base64"
+        if len(key) < 16:
+            return f"the secret in {name} is shorter than 16 bytes"
+    elif len(text) < 8:
+        return f"the secret in {name} is shorter than 8 characters"
+    return None

@@ -1,0 +1,18 @@
+"""The ``webhook`` section, registered with ``config``: the listener (service-wide) and each file's hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import register_literal, register_pattern, register_section
+from .schema import HOOK_ID, HookKind, WebhookSection, check_section
+
+
+def check_webhook(cfg: Any) -> list[tuple[str, str]]:
+    """Hook ids, ``events`` where it applies, and every enabled hook's secret set (env or credential)."""
+    return check_section(cfg.webhook)
+
+
+register_literal(HookKind)
+register_pattern(HOOK_ID, "{v} may use only letters, digits and _ . - (at most 64, starting with a letter or digit)")
+register_section("webhook", WebhookSection, WebhookSection, check=check_webhook)
