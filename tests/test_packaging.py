@@ -43,7 +43,15 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD_SH = REPO / "packaging" / "build.sh"
 PREFIX = "/usr/lib/aiwg-service"
 UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service", "aiwg-webhook.socket")
-PYVER = "python{}.{}".format(*sys.version_info[:2])  # CI builds with Debian's python3, the same minor
+def debian_python() -> str:
+    """``python3.X`` of Debian's /usr/bin/python3, which build.sh builds the venv with."""
+    if not os.access("/usr/bin/python3", os.X_OK):
+        return "python3"
+    return subprocess.run(["/usr/bin/python3", "-c", "import sys; print('python%d.%d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+PYVER = debian_python()
 USER = 65534  # nobody: a real user's manager is unprivileged
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LOCK = Path("/tmp/aiwg-packaging-install.lock")
@@ -176,8 +184,8 @@ def test_deb_file_list(built: Built) -> None:
     assert sorted(p.rsplit("/", 1)[1] for p in entries if p.startswith(f"{PREFIX}/bin/")) == [
         "aiwg-service", "aiwgctl", "python", "python3", PYVER]
     # the bytecode is shipped, so the package owns it and removing the package removes it
-    assert any(p.endswith(".cpython-{}{}.pyc".format(*sys.version_info[:2])) and "/aiwg_service/" in p
-               for p in entries)
+    tag = PYVER.removeprefix("python").replace(".", "")
+    assert any(p.endswith(f".cpython-{tag}.pyc") and "/aiwg_service/" in p for p in entries)
     assert not [p for p in entries if p.startswith(("/etc", "/home", "/root", "/var"))]
 
 

@@ -131,6 +131,10 @@ def test_loop_guard_stops_a_rule_that_rewrites_its_own_file(svc_env: ServiceEnv)
                    "actions": [{"shell": "echo again >> src/loop.py"}], "mode": "queued",
                    "max_runs_per_minute": 5}],
     }
+    # the file exists before the service starts, so the write below is a modify: a new file's create and first
+    # write settle into one file.create when inotify delivers them together, which this rule would not see
+    (svc_env.project / "src").mkdir(exist_ok=True)
+    (svc_env.project / "src" / "loop.py").write_text("")
     _start_with_fake_claude(svc_env, cfg)
     sub = svc_env.connect()
     sub.request("events.subscribe", {"type": "automation.loop_detected"})
