@@ -76,8 +76,19 @@ class Client:
         try:
             self.sock.sendall(frame)
         except (BrokenPipeError, ConnectionResetError):  # not aiwgctl's stdout: never a silent exit 0
+            self._refusal()
             raise Dropped(self.path) from None
         return rid
+
+    def _refusal(self) -> None:
+        """The service may have said why it closed before we wrote (too many connections, another user's
+        socket): raise that, rather than a misleading "not running"."""
+        try:
+            msg = jsonlite.loads(self._readline())
+        except (OSError, ValueError, NotRunning):
+            return
+        if isinstance(msg, dict) and msg.get("id") is None and isinstance(msg.get("error"), dict):
+            raise RpcError.from_object(msg["error"])
 
     def _readline(self) -> bytes:
         while True:
@@ -106,6 +117,8 @@ class Client:
         while True:
             msg = self.read()
             if msg.get("id") != rid:
+                if msg.get("id") is None and "error" in msg:
+                    raise RpcError.from_object(msg["error"])  # refused before reading us (too many connections)
                 continue  # a notification on a streaming connection
             if "error" in msg:
                 raise RpcError.from_object(msg["error"])

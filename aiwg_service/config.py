@@ -28,7 +28,7 @@ import msgspec
 import msgspec.inspect as mi
 from msgspec import Meta, Struct, field
 
-from . import paths
+from . import paths, redact
 
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit's RestartPreventExitStatus= names it
 
@@ -70,6 +70,10 @@ class DaemonSection(Struct):
     action_timeout_minutes: Annotated[int, Meta(ge=1, le=7 * 24 * 60)] = 120
     stop_timeout_seconds: Annotated[int, Meta(ge=0, le=3600)] = 60
     retention_days: Annotated[int, Meta(ge=1, le=3650)] = 30
+    #: shell conditions and actions of every rule together; more wait their turn (the service file's applies)
+    max_rule_processes: Annotated[int, Meta(ge=1, le=256)] = 8
+    #: Client connections open at once; one more is answered with an error and closed.
+    max_connections: Annotated[int, Meta(ge=1, le=65_536)] = 256
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -84,7 +88,8 @@ class Section:
     type: Any
     default: Callable[[], Any]
     checks: list[SemanticCheck] = dc_field(default_factory=list)
-    #: loosely typed sections (dicts of anything) are scanned for secret-looking values
+    #: a loosely typed section (dicts of anything): its ``*_env`` values are checked to be variable names here,
+    #: as a typed section's schema does (every section is scanned for secrets by key name and value shape)
     scan_secrets: bool = False
 
 
@@ -141,7 +146,10 @@ register_section("daemon", DaemonSection, DaemonSection)
 #: Checks over the whole document that no single section owns.
 SEMANTIC_CHECKS: list[SemanticCheck] = []
 
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|webhook_url|credential)s?$", re.I)
+#: a value that names an environment variable (``"token": "GITHUB_TOKEN"``) is not the secret itself
+_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|access_?key|private_?key|webhook_url|credential|"
+                         r"authorization)s?$", re.I)
 
 
 class ConfigError(Exception):
@@ -277,22 +285,34 @@ def _unknown_key(key: str, value: Any, path: str, errors: list[tuple[str, str]],
         warnings.append((path, "unknown key, ignored"))
 
 
-def _secret_scan(value: Any, path: str, errors: list[tuple[str, str]]) -> None:
-    """Loosely typed sections (agents, rules, messaging) still must not carry secrets."""
+def _secret_scan(value: Any, path: str, errors: list[tuple[str, str]], loose: bool = True) -> None:
+    """No section may carry a secret: caught by the key's name (``api_key``, ``Authorization``) and by the
+    value's shape (a GitHub token, a Slack webhook URL, ``https://user:pass@``, ``--api-key=...``)."""
     if isinstance(value, dict):
         for k, v in value.items():
             p = _join(path, k)
-            if k.endswith("_env"):
-                if not (isinstance(v, str) and re.search(ENV_NAME, v)):
+            if k.endswith("_env"):  # a typed section's schema checks these itself
+                if loose and not (isinstance(v, str) and re.search(ENV_NAME, v)):
                     errors.append((p, PATTERN_HELP[ENV_NAME].format(v=show_value(v))))
-            elif _SECRET_KEY.search(k) and isinstance(v, str) and v:
+            elif _SECRET_KEY.search(k) and isinstance(v, str) and v and not _VAR_NAME.fullmatch(v):
                 errors.append((p, f"looks like a secret; keep it out of config: set an environment variable "
                                   f"and name it in \"{k}_env\""))
             else:
-                _secret_scan(v, p, errors)
+                _secret_scan(v, p, errors, loose)
     elif isinstance(value, list):
+        before = len(errors)
         for i, v in enumerate(value):
-            _secret_scan(v, _join(path, i), errors)
+            _secret_scan(v, _join(path, i), errors, loose)
+        words = [v for v in value if isinstance(v, str)]
+        kind = redact.find(" ".join(words)) if len(errors) == before and len(words) > 1 else None
+        if kind:  # an argv list: ["--api-key", "sk-..."] says it only in two elements
+            errors.append((path, f"holds what looks like a secret ({kind}); keep it out of config: put it in an "
+                                 f"environment variable or a systemd credential and name that instead"))
+    elif isinstance(value, str):
+        kind = redact.find(value)
+        if kind:
+            errors.append((path, f"holds what looks like a secret ({kind}); keep it out of config: put it in an "
+                                 f"environment variable or a systemd credential and name that instead"))
 
 
 _CONFIG_TYPE: Any = None
@@ -315,8 +335,8 @@ def validate(raw: Any, display: str) -> Loaded:
     doc = document_type()
     _walk(raw, _CONFIG_TYPE, "", errors, warnings)
     for section in SECTIONS.values():
-        if section.scan_secrets and section.name in raw:
-            _secret_scan(raw[section.name], section.name, errors)
+        if section.name in raw:
+            _secret_scan(raw[section.name], section.name, errors, section.scan_secrets)
     cfg: Any = None
     if not errors:
         try:
@@ -328,8 +348,8 @@ def validate(raw: Any, display: str) -> Loaded:
                 errors.extend(check(cfg))
         for check in SEMANTIC_CHECKS:
             errors.extend(check(cfg))
-    if errors:
-        raise ConfigError([f"{display}: {p or '(top level)'}: {m}" for p, m in errors])
+    if errors:  # the walker and the secret scan may both see one unknown secret-named key: say it once
+        raise ConfigError([f"{display}: {p or '(top level)'}: {m}" for p, m in dict.fromkeys(errors)])
     assert cfg is not None
     return Loaded(cfg, [f"{display}: {p}: {m}" for p, m in warnings])
 

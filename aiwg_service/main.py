@@ -53,7 +53,9 @@ def setup_logging(args: argparse.Namespace, log_cfg: config.LogConfig) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root.addHandler(handler)
+    from .logsafe import install
+
+    root.addHandler(install(handler))
 
 
 def _init_as_pid1() -> None:

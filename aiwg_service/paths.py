@@ -14,6 +14,7 @@ from .locate import SOCKET_ENV  # noqa: F401  (re-exported)
 
 PROJECT_CONFIG = Path(".aiwg") / "daemon.json"
 PROJECT_SOCKET_LINK = Path(locate.PROJECT_SOCKET_LINK)
+PROJECT_STATE_LINK = Path(".aiwg") / "daemon" / "state.json"
 
 
 def _home() -> Path:
@@ -74,6 +75,11 @@ def project_socket_link(root: str | os.PathLike[str]) -> Path:
     return Path(locate.project_socket_link(root))
 
 
+def project_state_link(root: str | os.PathLike[str]) -> Path:
+    """Where the AIWG CLI reads the daemon's state when the socket does not answer."""
+    return Path(root) / PROJECT_STATE_LINK
+
+
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` as a 0700 directory owned by us; refuse one that another user owns."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -82,3 +88,31 @@ def ensure_private_dir(path: Path) -> None:
         raise PermissionError(f"{path} is owned by uid {st.st_uid}, not by us ({os.getuid()})")
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
+
+
+def private_file(path: Path) -> None:
+    """Make sure ``path`` exists as a 0600 file before a library (SQLite) opens it with the umask's
+    mode; SQLite gives its -wal and -shm files the database file's mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def tighten_tree(root: Path) -> int:
+    """Every file under ``root`` 0600 and every directory 0700 (state written by older versions, or
+    under a loose umask); symlinks are left alone. Returns how many modes it changed."""
+    changed = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name, want in [*((d, 0o700) for d in dirnames), *((f, 0o600) for f in filenames)]:
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+                if not os.path.islink(full) and st.st_uid == os.getuid() and st.st_mode & 0o7777 != want:
+                    os.chmod(full, want)
+                    changed += 1
+            except OSError:
+                continue
+    return changed

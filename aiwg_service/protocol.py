@@ -32,6 +32,11 @@ from .wire import (  # noqa: F401  (re-exported)
     RpcError,
 )
 
+MAX_QUOTE = 200  # bytes of client input a log line or an error message may repeat
+MAX_PATH = 4096  # PATH_MAX: longer path params are refused before they reach the file system
+MAX_NAME = 255  # NAME_MAX: the longest path component
+MAX_OFFSET = 2**53 - 1  # the largest integer every JSON client (JavaScript's Number) holds exactly
+
 ID = int | float | str | None
 
 
@@ -107,12 +112,19 @@ TaskSource = Literal["cli", "rule", "cron", "chat", "messaging", "webhook"]
 Limit = Annotated[int, Meta(ge=1, le=1000)]
 
 
+Priority = Annotated[int, Meta(ge=-1000, le=1000)]
+#: An agent profile, or a Claude Code subagent (``claude --agent NAME``) if it is a plain identifier
+#: (checked by ``tasks.model.split_agent``).
+AgentName = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
 class TaskSubmitParams(Params):
     prompt: Annotated[str, Meta(min_length=1)]
-    agent: str | None = None
-    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
+    agent: AgentName | None = None
+    #: The AIWG CLI sends ``parseInt`` of its flag, so a non-number arrives as null: null is the default.
+    priority: Priority | None = None
     project: str | None = None
-    timeout: Annotated[float, Meta(gt=0)] | None = None  # seconds
+    timeout: Annotated[float, Meta(gt=0, le=366 * 86400)] | None = None  # seconds
     wait: bool = False
     source: TaskSource = "cli"
 
@@ -135,7 +147,7 @@ class TaskStatsParams(Params):
 
 class TaskLogsParams(Params):
     taskId: Annotated[str, Meta(min_length=1)]
-    offset: Annotated[int, Meta(ge=0)] = 0
+    offset: Annotated[int, Meta(ge=0, le=MAX_OFFSET)] = 0
     limit: Annotated[int, Meta(ge=1, le=MAX_LINE // 2)] = 65536
     follow: bool = False
 
@@ -183,15 +195,18 @@ class WebhookTestParams(Params):
     payload: Any = None
 
 
+EventPattern = Annotated[str, Meta(max_length=256)]
+
+
 class EventsListParams(Params):
-    type: str | None = None  # exact type or wildcard pattern: file.*, *
+    type: EventPattern | None = None  # exact type or wildcard pattern: file.*, *
     project: str | None = None
     since: str | None = None  # an event id or an ISO-8601 time
     limit: Limit = 100
 
 
 class EventsSubscribeParams(Params):
-    type: str = "*"
+    type: EventPattern = "*"
     project: str | None = None
 
 
@@ -201,7 +216,7 @@ class EventIdParams(Params):
 
 class ChatSendParams(Params):
     message: Annotated[str, Meta(min_length=1)]
-    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 5  # the AIWG daemon's default: chat goes first
+    priority: Priority | None = None  # null or omitted: 5, the AIWG daemon's default (chat goes first)
     project: str | None = None
 
 
@@ -298,12 +313,49 @@ def _split_validation(err: msgspec.ValidationError) -> tuple[str, str]:
     return path.lstrip("."), msg
 
 
+def quote(value: Any, limit: int = MAX_QUOTE) -> str:
+    """``repr`` of client input cut to ``limit`` bytes, for log lines and error messages: a client can
+    send a megabyte, and every line that repeats it must stay short."""
+    if isinstance(value, bytes | bytearray):
+        text = repr(bytes(value[: limit + 1]))
+    else:
+        text = repr(value if not isinstance(value, str) or len(value) <= limit * 4 else value[: limit * 4])
+    raw = text.encode("utf-8", "backslashreplace")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "…"
+
+
+#: Params holding a file-system path: checked against NAME_MAX/PATH_MAX before they reach the kernel.
+PATH_PARAMS = frozenset({"path", "project"})
+
+
+def check_str_param(name: str, value: str) -> None:
+    """Refuse what no file name or command line can carry: a NUL byte, an over-long path or component."""
+    if "\x00" in value:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: {name}: contains a NUL byte",
+                       {"param": name, "problem": "contains a NUL byte"})
+    if name in PATH_PARAMS:
+        raw = value.encode("utf-8", "surrogateescape")
+        problem = None
+        if len(raw) > MAX_PATH:
+            problem = f"longer than {MAX_PATH} bytes"
+        elif any(len(part) > MAX_NAME for part in raw.split(b"/")):
+            problem = f"has a path component longer than {MAX_NAME} bytes"
+        if problem:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {name}: {problem}", {"param": name, "problem": problem})
+
+
+def _cut(text: str, limit: int = MAX_QUOTE) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def decode_params(method: str, raw: Raw) -> Params:
     """Decode and validate a method's params in one pass; raise -32602 naming the bad param."""
     ptype = METHODS[method]
     data = bytes(raw)
-    first = data.lstrip()[:1]
-    if data.strip() in (b"", b"null"):
+    first = data.lstrip(b" \t\r\n")[:1]
+    if not data:
         data = b"{}"
     elif first not in (b"{", b"["):
         raise RpcError(INVALID_REQUEST, "Invalid Request: params must be an object or an array")
@@ -311,8 +363,10 @@ def decode_params(method: str, raw: Raw) -> Params:
         # by-position params: map onto the fields in declaration order
         try:
             values = msgspec.json.decode(data)
-        except msgspec.DecodeError as exc:  # pragma: no cover - the envelope already parsed
-            raise RpcError(INVALID_PARAMS, "Invalid params: not valid JSON") from exc
+        except msgspec.DecodeError as exc:  # invalid UTF-8 inside a string: the envelope kept it raw
+            raise RpcError(PARSE_ERROR, f"Parse error: {exc}") from exc
+        except RecursionError:
+            raise RpcError(PARSE_ERROR, "Parse error: params nested too deeply") from None
         fields = ptype.__struct_fields__
         if len(values) > len(fields):
             raise RpcError(INVALID_PARAMS, f"Invalid params: {method} takes at most {len(fields)} params")
@@ -321,9 +375,10 @@ def decode_params(method: str, raw: Raw) -> Params:
     if dec is None:
         dec = _param_decoders[ptype] = msgspec.json.Decoder(ptype)
     try:
-        return dec.decode(data)
+        params = dec.decode(data)
     except msgspec.ValidationError as exc:
         param, problem = _split_validation(exc)
+        param, problem = _cut(param), _cut(problem)  # both may repeat client input (a key, a value)
         if problem == "is required":
             message = f"Missing required parameter: {param}"
         elif param:
@@ -331,6 +386,15 @@ def decode_params(method: str, raw: Raw) -> Params:
         else:
             message = f"Invalid params: {problem}"
         raise RpcError(INVALID_PARAMS, message, {"param": param or None, "problem": problem}) from exc
+    except msgspec.DecodeError as exc:  # invalid UTF-8 inside a string: the envelope kept it raw
+        raise RpcError(PARSE_ERROR, f"Parse error: {exc}") from exc
+    except RecursionError:
+        raise RpcError(PARSE_ERROR, "Parse error: params nested too deeply") from None
+    for name in ptype.__struct_fields__:
+        value = getattr(params, name)
+        if type(value) is str:
+            check_str_param(name, value)
+    return params
 
 
 def to_builtins(obj: Any) -> Any:

@@ -14,19 +14,66 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from . import paths
+from . import memtrim, paths
 from . import protocol as p
 
 log = logging.getLogger("aiwg.rpc")
 
 Handler = Callable[[Any, "Connection"], Any]
 PEER_REFUSED = -32003
+
+#: Replies and notifications waiting for one client to read them. Past this the connection stops being
+#: read (no new requests run), subscriptions drop events (counted) and log followers wait; below
+#: ``OUTPUT_LOW`` everything resumes. So a client that never reads costs at most this, plus one reply.
+OUTPUT_BUDGET = 1024 * 1024
+OUTPUT_LOW = 256 * 1024
+#: Coroutine handlers running at once for one connection (each holds a reply to come).
+MAX_INFLIGHT = 128
+#: ``events.subscribe`` and ``task.logs {follow}`` streams one connection may hold.
+MAX_STREAMS = 64
+#: A request line must be complete this long after its first byte, or the connection is closed.
+PARTIAL_LINE_TIMEOUT = 30.0
+#: Requests one connection runs in a row before the others get the loop (pipelined clients, batches of lines).
+LINES_PER_TURN = 32
+TURN_SECONDS = 0.001
+#: Batches up to this many items run at once; longer ones in turns (as a task), their reply when done.
+BATCH_INLINE = 8
+#: Bytes of incomplete request lines held across every connection; past it, connections holding one
+#: stop being read until the total falls (their data waits in the kernel, not in our memory).
+INPUT_BUDGET = 16 * 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 256
+#: JSON's whitespace (RFC 8259): a line of only these is skipped; any other control character is an error.
+_JSON_WS = b" \t\r"
+
+
+class _Throttle:
+    """At most ``burst`` log records per key per ``window`` seconds: a client must not flood the journal."""
+
+    def __init__(self, burst: int = 5, window: float = 60.0) -> None:
+        self.burst = burst
+        self.window = window
+        self._seen: dict[str, list[float]] = {}  # key -> [window start, count]
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        entry = self._seen.get(key)
+        if entry is None or now - entry[0] > self.window:
+            suppressed = int(entry[1]) - self.burst if entry is not None else 0
+            if suppressed > 0:
+                log.warning("%d more like %r in the last %.0f s were not logged", suppressed, key, self.window)
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            self._seen[key] = [now, 1]
+            return True
+        entry[1] += 1
+        return entry[1] <= self.burst
 
 
 class _Entry:
@@ -37,8 +84,15 @@ class _Entry:
         self.is_async = inspect.iscoroutinefunction(fn)
 
 
-class Connection(asyncio.Protocol):
-    """One client connection: NDJSON in, NDJSON out."""
+#: Bytes read from a socket at once. A buffered protocol with one shared buffer, so that a connection
+#: paused for the input budget has taken at most this much past it (uvloop's default read is 256 KiB).
+READ_SIZE = 64 * 1024
+_read_buffer = bytearray(READ_SIZE)
+_read_view = memoryview(_read_buffer)
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One client connection: NDJSON in, NDJSON out, within a byte budget each way."""
 
     def __init__(self, server: RpcServer) -> None:
         self.server = server
@@ -48,12 +102,23 @@ class Connection(asyncio.Protocol):
         self.peer_uid: int | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self._close_callbacks: list[Callable[[], None]] = []
-        self._paused = False
+        self._drain_callbacks: list[Callable[[], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._write_full = False  # the transport holds OUTPUT_BUDGET bytes the client has not read
+        self._held = False  # complete lines wait in ``buf`` until there is room for their replies
+        self._starved = False  # paused for the server-wide input budget
+        self._yielding = False  # more lines wait for the next loop turn
+        self._big = False  # it held a budget's worth of memory at some point
+        self._reading = True
+        self._counted = 0  # bytes of ``buf`` counted in server.input_bytes
+        self._partial_timer: asyncio.TimerHandle | None = None
+        self._lines = 0
+        self.streams = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=OUTPUT_BUDGET, low=OUTPUT_LOW)
         sock = transport.get_extra_info("socket")
         try:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -61,9 +126,21 @@ class Connection(asyncio.Protocol):
         except OSError:
             self.peer_uid = None
         if self.peer_uid != self.server.uid:
-            log.warning("refused a connection from uid %s (pid %s): not the service's user",
-                        self.peer_uid, self.peer_pid)
+            if self.server.throttle.allow("peer-uid"):
+                log.warning("refused a connection from uid %s (pid %s): not the service's user",
+                            self.peer_uid, self.peer_pid)
             err = p.RpcError(PEER_REFUSED, "permission denied: this service belongs to another user")
+            transport.write(p.encode_error(None, err))
+            transport.close()
+            return
+        limit = self.server.max_connections
+        if len(self.server.connections) >= limit:
+            if self.server.throttle.allow("max-connections"):
+                log.warning("refused a connection (pid %s): %d connections open, daemon.max_connections is %d",
+                            self.peer_pid, len(self.server.connections), limit)
+            err = p.RpcError(p.SERVER_BUSY, f"the service has too many connections open ({limit}, "
+                             "daemon.max_connections); close some or raise the limit, then retry",
+                             {"max_connections": limit})
             transport.write(p.encode_error(None, err))
             transport.close()
             return
@@ -71,6 +148,17 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self._big:
+            memtrim.trim_soon()  # it held megabytes: give the heap pages back once it is gone
+        self._release_input(len(self.buf))
+        self.buf.clear()
+        self.server.starving.pop(self, None)
+        if self.server.privileged is self:
+            self.server.privileged = None
+            self.server.wake_starving()
+        if self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
         if not self.closed.done():
             self.closed.set_result(None)
         for cb in self._close_callbacks:
@@ -79,41 +167,163 @@ class Connection(asyncio.Protocol):
             except Exception:  # a cleanup hook must not break the others
                 log.exception("connection close callback failed")
         self._close_callbacks.clear()
+        self._drain_callbacks.clear()
         for t in self._tasks:
             t.cancel()
 
     def pause_writing(self) -> None:
-        # the client is not reading: stop reading its requests until it catches up
-        self._paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        # the client is not reading: stop running its requests until it catches up
+        self._write_full = True
+        self._big = True
+        self._set_reading()
 
     def resume_writing(self) -> None:
-        self._paused = False
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self._write_full = False
+        callbacks, self._drain_callbacks = self._drain_callbacks, []
+        for cb in callbacks:
+            if self.is_closing or self._write_full:
+                self._drain_callbacks.append(cb)
+                continue
+            try:
+                cb()
+            except Exception:
+                log.exception("connection drain callback failed")
+        self._process()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # one buffer for every connection: each read is copied into ``buf`` before the next one runs
+        return _read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.buf += _read_view[:nbytes]
+        self._process()
 
     def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._process()
+
+    # -- the read side ---------------------------------------------------------------------------------
+    @property
+    def full(self) -> bool:
+        """No room for more replies: the client must read first (or running handlers must finish)."""
+        return self._write_full or len(self._tasks) >= MAX_INFLIGHT
+
+    def _process(self) -> None:
+        """Run the complete lines in ``buf`` while there is room for their replies, for at most
+        ``LINES_PER_TURN`` lines or ``TURN_SECONDS`` before letting the other connections have the loop."""
+        if self._yielding:
+            return
         buf = self.buf
-        buf += data
         start = 0
-        while True:
+        turn = 0
+        until = time.perf_counter() + TURN_SECONDS
+        while not self.full:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
+            if turn == LINES_PER_TURN or (turn and time.perf_counter() > until):
+                self._yielding = True
+                asyncio.get_running_loop().call_soon(self._next_turn)
+                break
+            turn += 1
             line = bytes(buf[start:nl])
             start = nl + 1
+            self._lines += 1
             if len(line) > p.MAX_LINE:
                 self._too_large()
                 return
-            if line.strip():
+            if line.strip(_JSON_WS):
                 self.server.handle_line(line, self)
-            if self.transport is None or self.transport.is_closing():
+            if self.is_closing:
                 return
         if start:
             del buf[:start]
-        if len(buf) > p.MAX_LINE:
+        self._held = (self.full or self._yielding) and buf.find(b"\n") >= 0
+        if not self._held and len(buf) > p.MAX_LINE:
             self._too_large()
+            return
+        self._account_input()
+        if buf and self._partial_timer is None:
+            self._partial_timer = asyncio.get_running_loop().call_later(
+                self.server.partial_line_timeout, self._partial_timeout, self._lines)
+        elif not buf and self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
+        self._set_reading()
+
+    def _next_turn(self) -> None:
+        self._yielding = False
+        if not self.is_closing:
+            self._process()
+
+    def _account_input(self) -> None:
+        """Keep the server-wide total of buffered input current. Past the budget, a connection holding
+        part of a line stops being read, except one (the first to need it), which may finish its line:
+        so memory stays within the budget plus one line, and some connection always makes progress."""
+        server = self.server
+        size = len(self.buf)
+        if size > OUTPUT_LOW:
+            self._big = True
+        delta = size - self._counted
+        if delta < 0:
+            self._release_input(-delta)
+        elif delta:
+            self._counted = size
+            server.input_bytes += delta
+        if size and server.input_bytes > server.input_budget and server.privileged not in (None, self):
+            if not self._starved:
+                self._starved = True
+                server.starving[self] = None
+            return
+        if size and server.input_bytes > server.input_budget:
+            server.privileged = self
+        elif server.privileged is self and not size:
+            server.privileged = None
+            server.wake_starving()
+        if self._starved:
+            self._starved = False
+            server.starving.pop(self, None)
+
+    def _release_input(self, n: int) -> None:
+        n = min(n, self._counted)
+        if not n:
+            return
+        self._counted -= n
+        self.server.input_bytes -= n
+        if self.server.starving and self.server.input_bytes <= self.server.input_budget // 2:
+            self.server.wake_starving(every=True)
+
+    def _set_reading(self) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        want = not (self._write_full or self._held or self._starved)
+        if want != self._reading:
+            self._reading = want
+            if want:
+                t.resume_reading()
+            else:
+                t.pause_reading()
+
+    def _partial_timeout(self, lines_then: int) -> None:
+        self._partial_timer = None
+        if self.is_closing or not self.buf:
+            return
+        if self._held or self._write_full or self._lines != lines_then:
+            # waiting on us (replies to drain), or a new line began since: give it its own time
+            self._partial_timer = asyncio.get_running_loop().call_later(
+                self.server.partial_line_timeout, self._partial_timeout, self._lines)
+            return
+        err = p.RpcError(p.INVALID_REQUEST, f"Invalid Request: a request line stayed incomplete for "
+                         f"{self.server.partial_line_timeout:g} s; closing the connection")
+        self.send(p.encode_error(None, err))
+        self._discard_input()
+        assert self.transport is not None
+        self.transport.close()
+
+    def _discard_input(self) -> None:
+        self._release_input(len(self.buf))
+        self.buf.clear()
 
     # -- helpers for handlers --------------------------------------------------------------------------
     def send(self, frame: bytes) -> None:
@@ -125,21 +335,50 @@ class Connection(asyncio.Protocol):
         self.send(p.encode(p.Notification(method=method, params=params)))
 
     @property
+    def writable(self) -> bool:
+        """Room for a notification: streams check this and drop (or defer) what does not fit."""
+        return not self._write_full and not self.is_closing
+
+    def when_writable(self, cb: Callable[[], None]) -> None:
+        """Call ``cb`` once the client has read enough for the connection to be writable again."""
+        if self.writable:
+            asyncio.get_running_loop().call_soon(cb)
+        else:
+            self._drain_callbacks.append(cb)
+
+    @property
     def is_closing(self) -> bool:
         return self.transport is None or self.transport.is_closing()
 
     def on_close(self, cb: Callable[[], None]) -> None:
         self._close_callbacks.append(cb)
 
+    def open_stream(self) -> None:
+        """Count one more subscription or follow on this connection; -32600 past ``MAX_STREAMS``."""
+        if self.streams >= MAX_STREAMS:
+            raise p.RpcError(p.INVALID_REQUEST, f"Invalid Request: this connection already holds {MAX_STREAMS} "
+                             "subscriptions and log follows (the limit); open another connection",
+                             {"max_streams": MAX_STREAMS})
+        self.streams += 1
+
+    def close_stream(self) -> None:
+        self.streams = max(0, self.streams - 1)
+
     def spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        full = self.full
+        self._tasks.discard(task)
+        if full and not self.is_closing:
+            self._process()
 
     def _too_large(self) -> None:
         err = p.RpcError(p.INVALID_REQUEST, f"request line exceeds {p.MAX_LINE} bytes; closing the connection")
         self.send(p.encode_error(None, err))
-        self.buf.clear()
+        self._discard_input()
         if self.transport is not None:
             self.transport.close()
 
@@ -155,6 +394,27 @@ class RpcServer:
         self.accepting = True  # False once a stop begins: only READ_ONLY methods are served then
         self.requests = 0
         self.errors = 0
+        self.max_connections = DEFAULT_MAX_CONNECTIONS
+        self.partial_line_timeout = PARTIAL_LINE_TIMEOUT
+        self.input_budget = INPUT_BUDGET
+        self.input_bytes = 0  # incomplete request lines held, over every connection
+        self.notifications_dropped = 0  # events not sent to subscribers whose budget was full
+        self.starving: dict[Connection, None] = {}  # paused for the input budget, oldest first
+        self.privileged: Connection | None = None  # the one allowed past the budget to finish its line
+        self.throttle = _Throttle()
+
+    def wake_starving(self, every: bool = False) -> None:
+        """Read again from connections paused for the input budget: all of them once the total has
+        fallen, else the oldest, which becomes the one allowed to finish its line."""
+        while self.starving:
+            conn = next(iter(self.starving))
+            del self.starving[conn]
+            conn._starved = False
+            if not every:
+                self.privileged = conn
+            conn._set_reading()
+            if not every:
+                return
 
     def register(self, method: str, fn: Handler) -> None:
         if method not in p.METHODS:
@@ -193,6 +453,15 @@ class RpcServer:
 
     # -- dispatch ---------------------------------------------------------------------------------------
     def handle_line(self, line: bytes, conn: Connection) -> None:
+        if not line.isascii():
+            try:
+                line.decode()
+            except UnicodeDecodeError as exc:
+                # the whole line is not JSON text, batch or not (RFC 8259 8.1); echo the id if it shows
+                rid = _salvage_id(line.decode("utf-8", "replace").encode())
+                conn.send(p.encode_error(rid, p.RpcError(p.PARSE_ERROR, f"Parse error: invalid UTF-8 at byte "
+                                                                        f"{exc.start}")))
+                return
         first = line.lstrip()[:1]
         if first == b"[":
             self._handle_batch(line, conn)
@@ -205,6 +474,9 @@ class RpcServer:
         except msgspec.DecodeError:
             conn.send(p.encode_error(None, p.RpcError(p.PARSE_ERROR, "Parse error")))
             return
+        except RecursionError:
+            conn.send(p.encode_error(None, _TOO_DEEP))
+            return
         out = self._call(req, conn, None)
         if out is not None:
             conn.send(out)
@@ -215,25 +487,66 @@ class RpcServer:
         except msgspec.DecodeError:
             conn.send(p.encode_error(None, p.RpcError(p.PARSE_ERROR, "Parse error")))
             return
+        except RecursionError:
+            conn.send(p.encode_error(None, _TOO_DEEP))
+            return
         if not items:
             conn.send(p.encode_error(None, p.RpcError(p.INVALID_REQUEST, "Invalid Request: empty batch")))
             return
-        pending: list[asyncio.Future[bytes | None]] = []
-        replies: list[bytes] = []
-        for raw in items:
-            try:
-                req = p.decode_request(bytes(raw))
-            except msgspec.DecodeError:
-                replies.append(p.encode_error(_salvage_id(bytes(raw)),
-                                              p.RpcError(p.INVALID_REQUEST, "Invalid Request")))
-                continue
-            fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-            out = self._call(req, conn, fut)
-            if out is not None:
-                replies.append(out)
-            elif not fut.done() and req.method in self.handlers and self.handlers[req.method].is_async:
-                pending.append(fut)
+        if len(items) <= BATCH_INLINE:
+            self._run_batch_now(items, conn)
+        else:
+            # a long batch is one line but many requests: run it in turns, so other clients get the loop
+            conn.spawn(self._run_batch(items, conn))
 
+    def _run_batch_now(self, items: list[msgspec.Raw], conn: Connection) -> None:
+        replies: list[bytes] = []
+        pending: list[asyncio.Future[bytes | None]] = []
+        size = 0
+        for raw in items:
+            size += self._batch_item(raw, conn, replies, pending, size)
+        self._finish_batch(conn, replies, pending)
+
+    async def _run_batch(self, items: list[msgspec.Raw], conn: Connection) -> None:
+        replies: list[bytes] = []
+        pending: list[asyncio.Future[bytes | None]] = []
+        size = 0
+        until = time.perf_counter() + TURN_SECONDS
+        for raw in items:
+            if time.perf_counter() > until:
+                await asyncio.sleep(0)
+                until = time.perf_counter() + TURN_SECONDS
+                if conn.is_closing:
+                    return
+            size += self._batch_item(raw, conn, replies, pending, size)
+        self._finish_batch(conn, replies, pending)
+
+    def _batch_item(self, raw: msgspec.Raw, conn: Connection, replies: list[bytes],
+                    pending: list[asyncio.Future[bytes | None]], size: int) -> int:
+        """Run one item of a batch; returns the bytes its reply added."""
+        try:
+            req = p.decode_request(bytes(raw))
+        except (msgspec.DecodeError, RecursionError):
+            replies.append(p.encode_error(_salvage_id(bytes(raw)), p.RpcError(p.INVALID_REQUEST, "Invalid Request")))
+            return 0
+        if size > OUTPUT_BUDGET:
+            # one batch is one reply line: it may not outgrow a connection's budget
+            if not req.is_notification:
+                replies.append(p.encode_error(req.id, p.RpcError(
+                    p.INVALID_REQUEST, f"Invalid Request: not run, the batch's replies passed {OUTPUT_BUDGET} "
+                    "bytes; send fewer requests per batch")))
+            return 0
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        out = self._call(req, conn, fut)
+        if out is not None:
+            replies.append(out)
+            return len(out)
+        if not fut.done() and req.method in self.handlers and self.handlers[req.method].is_async:
+            pending.append(fut)
+        return 0
+
+    @staticmethod
+    def _finish_batch(conn: Connection, replies: list[bytes], pending: list[asyncio.Future[bytes | None]]) -> None:
         async def finish() -> None:
             done = await asyncio.gather(*pending)
             frames = replies + [f for f in done if f is not None]
@@ -255,7 +568,8 @@ class RpcServer:
             if req.method in p.METHODS:
                 err = p.RpcError(p.METHOD_NOT_FOUND, f"Method not available yet: {req.method}")
             else:
-                err = p.RpcError(p.METHOD_NOT_FOUND, f"Method not found: {req.method}")
+                name = req.method if len(req.method) <= p.MAX_QUOTE else p.quote(req.method)
+                err = p.RpcError(p.METHOD_NOT_FOUND, f"Method not found: {name}")
             return None if notification else p.encode_error(rid, err)
         try:
             params = p.decode_params(req.method, req.params)
@@ -294,17 +608,21 @@ class RpcServer:
 
     def _internal(self, method: str, rid: p.ID, notification: bool) -> bytes | None:
         self.errors += 1
-        log.exception("internal error in %s", method)
+        if self.throttle.allow(f"internal error in {method}"):
+            log.exception("internal error in %s", method)
         if notification:
             return None
         return p.encode_error(rid, p.RpcError(p.INTERNAL_ERROR, "Internal error (details are in the service log)"))
+
+
+_TOO_DEEP = p.RpcError(p.PARSE_ERROR, "Parse error: nested too deeply")
 
 
 def _salvage_id(line: bytes) -> p.ID:
     """The id of an invalid request, when it can be read and is of a valid type; else null."""
     try:
         obj = msgspec.json.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     if isinstance(obj, dict):
         rid = obj.get("id")
@@ -325,11 +643,17 @@ class RpcSubsystem:
     async def start(self) -> None:
         await self.rpc.serve(self.listen())
 
+    def apply(self, configs: Any) -> None:
+        self.rpc.max_connections = configs.service.daemon.max_connections
+
     async def stop(self) -> None:
         await self.rpc.close()
 
     def health(self) -> dict[str, Any]:
-        return {"connections": len(self.rpc.connections), "requests": self.rpc.requests}
+        rpc = self.rpc
+        return {"connections": len(rpc.connections), "requests": rpc.requests,
+                "max_connections": rpc.max_connections, "input_buffered": rpc.input_bytes,
+                "notifications_dropped": rpc.notifications_dropped}
 
 
 # -- the listening socket ---------------------------------------------------------------------------------

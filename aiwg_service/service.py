@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from . import __version__, config, paths
+from . import __version__, aiwg_shape, config, paths, pidfile
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
@@ -70,6 +70,7 @@ class Service:
         self._timers: list[asyncio.Task[None]] = []
         self._status_pending = False
         self._reloading = asyncio.Lock()
+        self.last_heartbeat: str | None = None
 
     # -- config ----------------------------------------------------------------------------------------
     def registry_file(self) -> Path:
@@ -140,6 +141,9 @@ class Service:
     # -- lifecycle -------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
         paths.ensure_private_dir(self.state_dir)
+        changed = paths.tighten_tree(self.state_dir)
+        if changed:
+            log.info("made %d file(s) in %s private (0600/0700)", changed, self.state_dir)
         fd = os.open(self.state_dir / "service.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -243,6 +247,8 @@ class Service:
             except Exception:
                 log.exception("stopping %s failed", sub.name)
         self.started.clear()
+        for root in self.configs.projects:
+            self.remove_pid_file(root)
         self.write_state(stopped=True)
         if not self.socket_activated:
             with contextlib.suppress(FileNotFoundError):
@@ -312,10 +318,19 @@ class Service:
             "status": self.status_line(),
         }
 
+    def daemon_status(self) -> dict[str, Any]:
+        """``daemon.status``: our state, plus the fields the AIWG daemon's CLI prints (``aiwg_shape``)."""
+        st = self.state()
+        problems = aiwg_shape.issues(st["subsystems"], self.last_reload)
+        st.update(aiwg_shape.status(st["subsystems"], len(self.rpc.connections), problems))
+        return st
+
     def write_state(self, stopped: bool = False) -> None:
         try:
             st = self.state()
             st["running"] = not stopped
+            st["last_heartbeat"] = self.last_heartbeat
+            st.update(aiwg_shape.state_file(st["subsystems"], aiwg_shape.issues(st["subsystems"], self.last_reload)))
             write_atomic(self.state_dir / "state.json", msgspec.json.encode(st))
         except OSError as exc:
             log.error("cannot write state.json: %s", exc)
@@ -323,8 +338,14 @@ class Service:
     async def _heartbeat(self) -> None:
         hb = self.state_dir / "heartbeat"
         while True:
+            self.last_heartbeat = datetime.now(UTC).isoformat(timespec="seconds")
             try:
-                hb.write_text(datetime.now(UTC).isoformat(timespec="seconds") + "\n")
+                # rewritten in place (its mtime is what counts), created private whatever the umask
+                fd = os.open(hb, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                try:
+                    os.write(fd, self.last_heartbeat.encode() + b"\n")
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 log.error("cannot touch the heartbeat file: %s", exc)
             self.write_state()
@@ -355,7 +376,8 @@ class Service:
         return " · ".join(parts)
 
     def schedule_status(self) -> None:
-        """Coalesce STATUS= updates: at most one per half second, however busy the bus is."""
+        """Coalesce STATUS= updates and state.json rewrites (the AIWG CLI's fallback reads its agent
+        counts): at most one per half second, however busy the bus is."""
         if self._status_pending:
             return
         self._status_pending = True
@@ -364,14 +386,21 @@ class Service:
             self._status_pending = False
             if self.configs is not None:
                 sd.notify_status(self.status_line())
+                if self.started:
+                    self.write_state()
 
         asyncio.get_running_loop().call_later(0.5, send)
 
     # -- projects --------------------------------------------------------------------------------------
     def link_project(self, root: str) -> None:
-        """Give AIWG tools the socket where they look: <root>/.aiwg/daemon/daemon.sock -> ours."""
-        link = paths.project_socket_link(root)
-        target = str(self.socket_path)
+        """Give AIWG tools what they look for, where they look: ``.aiwg/daemon.pid``, and links
+        ``.aiwg/daemon/daemon.sock`` -> our socket and ``.aiwg/daemon/state.json`` -> our state file."""
+        self._link(root, paths.project_socket_link(root), str(self.socket_path))
+        self._link(root, paths.project_state_link(root), str(self.state_dir / "state.json"))
+        self.write_pid_file(root)
+
+    @staticmethod
+    def _link(root: str, link: Path, target: str) -> None:
         try:
             link.parent.mkdir(parents=True, exist_ok=True)
             if link.is_symlink():
@@ -384,19 +413,32 @@ class Service:
                 return
             os.symlink(target, link)
         except OSError as exc:
-            log.warning("cannot link %s to the socket: %s", link, exc, extra={"PROJECT": root})
+            log.warning("cannot link %s to %s: %s", link, target, exc, extra={"PROJECT": root})
+
+    def write_pid_file(self, root: str) -> None:
+        """The AIWG CLI's first check: ``.aiwg/daemon.pid`` holds a live pid (see ``pidfile``)."""
+        try:
+            pidfile.write(root)
+        except OSError as exc:
+            log.warning("cannot write %s/.aiwg/%s: %s", root, pidfile.NAME, exc, extra={"PROJECT": root})
+
+    def remove_pid_file(self, root: str) -> None:
+        with contextlib.suppress(OSError):
+            pidfile.remove(root)
 
     def unlink_project(self, root: str) -> None:
-        link = paths.project_socket_link(root)
-        with contextlib.suppress(OSError):
-            if link.is_symlink() and os.readlink(link) == str(self.socket_path):
-                link.unlink()
+        self.remove_pid_file(root)
+        for link, target in ((paths.project_socket_link(root), self.socket_path),
+                             (paths.project_state_link(root), self.state_dir / "state.json")):
+            with contextlib.suppress(OSError):
+                if link.is_symlink() and os.readlink(link) == str(target):
+                    link.unlink()
 
     # -- RPC handlers ----------------------------------------------------------------------------------
     def register_rpc(self) -> None:
         r = self.rpc.register
         r("ping", self.rpc_ping)
-        r("daemon.status", lambda _p, _c: self.state())
+        r("daemon.status", lambda _p, _c: self.daemon_status())
         r("daemon.reload", self.rpc_reload)
         r("project.add", self.rpc_project_add)
         r("project.remove", self.rpc_project_remove)

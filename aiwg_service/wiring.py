@@ -51,9 +51,15 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
         """The automation engine's way into the task queue (it never imports the supervisor)."""
         if supervisor.supervisor is None:
             raise RuntimeError("the task queue is not running")
+        from .tasks.model import split_agent
+
         try:
-            task = supervisor.supervisor.submit(project, prompt, agent=agent or "claude", priority=priority,
-                                                source=source, timeout_s=timeout_s)
+            # as the AIWG daemon ran a rule's agent: a name that is no profile of ours is a Claude Code subagent
+            profile, subagent = split_agent(agent, supervisor.agent_names(project))
+            task = supervisor.supervisor.submit(project, prompt, agent=profile, priority=priority,
+                                                source=source, timeout_s=timeout_s, subagent=subagent)
+        except ValueError as exc:
+            raise ValueError(f"agent {agent!r} {exc}") from None
         except KeyError:
             raise ValueError(f"unknown agent profile {agent!r}") from None
         return task.id

@@ -54,11 +54,12 @@ def thousand_rules() -> list[dict]:
     return rules
 
 
-async def throughput(n: int, tmp: Path) -> None:
+async def throughput(n: int, tmp: Path) -> list[float]:
     cfg = config.parse(json.dumps({"rules": thousand_rules(), "schedule": {"jobs": []}}), "bench").config
     root = str(tmp / "proj")
     rng = random.Random(1)
     paths = [f"pkg{rng.randrange(2000)}/sub/m{rng.randrange(50)}.py" for _ in range(n)]
+    rates: list[float] = []
     for label, direct in (("through the bus", False), ("engine handler called directly", True)):
         bus = EventBus(None)
         await bus.start()
@@ -89,15 +90,17 @@ async def throughput(n: int, tmp: Path) -> None:
         print(f"  {label}: {n:,} events vs 1,000 rules in {dt:.2f}s = {n / dt:,.0f} events/s; "
               f"{eng.events_matched:,} matched a rule ({eng.events_matched / n:.0%}); "
               f"final trace flush {written:,} rows in {ft * 1e3:.0f} ms")
+        rates.append(n / dt)
         await eng.stop()
         await bus.stop()
+    return rates
 
 
 async def latency(samples: int, tmp: Path) -> None:
     rules = [*thousand_rules(), {"id": "lat", "triggers": [{"type": "file.modify", "paths": ["hot/**/*.py"]}],
                                  "conditions": [{"match": {"field": "data.kind", "equals": "hot"}}],
                                  "actions": [{"agent": {"prompt": "fix {path}"}}], "mode": "parallel",
-                                 "max_runs_per_minute": 100_000}]
+                                 "max_runs_per_minute": 600}]
     cfg = config.parse(json.dumps({"rules": rules, "schedule": {"jobs": []}}), "bench").config
     root = str(tmp / "proj")
     got: list[float] = []
@@ -127,10 +130,74 @@ async def latency(samples: int, tmp: Path) -> None:
     await bus.stop()
 
 
+async def hostile(seconds: float, tmp: Path) -> None:
+    """What a ping would wait while hostile rules run: a regex that backtracks, a glob with 8 ``**``, a rule
+    that emits its own trigger, a shell that never ends. Measured as the lag of a 5 ms timer on the loop."""
+    rules = [
+        {"id": "redos", "triggers": [{"type": "file.modify", "paths": ["/".join(["**/a"] * 8) + "/**"]}],
+         "conditions": [{"match": {"field": "data.name", "regex": "^(a|aa)+$"}}],
+         "actions": [{"agent": {"prompt": "never"}}], "mode": "parallel", "max": 100, "max_runs_per_minute": 600},
+        {"id": "loop", "triggers": [{"type": "x.loop"}], "actions": [{"emit": {"type": "x.loop"}}],
+         "ignore_own_events": False},
+        {"id": "forever", "triggers": [{"type": "x.hang"}], "actions": [{"shell": "sleep 600", "timeout_seconds": 1}],
+         "mode": "parallel", "max": 100},
+    ]
+    cfg = config.parse(json.dumps({"rules": rules, "schedule": {"jobs": []}}), "bench").config
+    root = str(tmp / "proj")
+    import logging
+
+    logging.getLogger("aiwg").setLevel(logging.CRITICAL)  # each hostile run logs a warning: not the figure
+    bus = EventBus(None)
+    await bus.start()
+    eng = AutomationEngine(bus, tmp / "state-hostile", submit_task=lambda *a: "task-1", doctor=lambda p: {"ok": True})
+    await eng.start()
+    eng.set_project(root, cfg)
+    lags: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def ticker() -> None:
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lags.append((time.perf_counter() - t - 0.005) * 1000)
+
+    tick = asyncio.ensure_future(ticker())
+    bus.publish("x.loop", root, {}, "bench")
+    sent = 0
+    while time.monotonic() < stop:
+        bus.publish("file.modify", root, {"path": "/".join(["a"] * 41) + "/x", "name": "a" * 40 + "!"}, "watch")
+        bus.publish("x.hang", root, {}, "bench")
+        sent += 1
+        await asyncio.sleep(0.02)
+    await tick
+    h = eng.health()
+    print(f"  {seconds:g}s of hostile events ({sent} crafted paths, {sent} hanging shells, one self-emitting rule): "
+          f"loop lag p50 {statistics.median(lags):.2f} ms, p99 {pct(lags, 0.99):.2f} ms, max {max(lags):.2f} ms "
+          f"(target: pings < 10 ms); regex timeouts {h['regex_timeouts']}, chain cuts {h['chain_cuts']}, "
+          f"loop-guarded rules {h['loop_guarded']}, rule processes at most {eng.gate.limit}")
+    await eng.stop()
+    await bus.stop()
+
+
+def baseline_figures(checkout: Path, events: int) -> list[float]:
+    """The same bench from another checkout (the code before a change), run now on this machine."""
+    import re
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(checkout / "bench" / "rules.py"), "--events", str(events),
+                          "--samples", "50"], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(checkout), "PATH": "/usr/bin:/bin"}).stdout
+    return [float(x.replace(",", "")) for x in re.findall(r"s = ([\d,]+) events/s", out)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=50_000)
     ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--hostile-seconds", type=float, default=5.0)
+    ap.add_argument("--no-hostile", action="store_true", help="skip the hostile-rules section")
+    ap.add_argument("--baseline", type=Path, help="a checkout of the code before a change: its throughput is "
+                                                  "measured in the same run and the ratios printed")
     args = ap.parse_args()
     import uvloop
 
@@ -138,9 +205,18 @@ def main() -> None:
         tmp = Path(d)
         (tmp / "proj").mkdir()
         print("rule evaluation throughput (no shell conditions; targets >= 10,000 events/s):")
-        uvloop.run(throughput(args.events, tmp))
+        rates = uvloop.run(throughput(args.events, tmp))
         print("latency (target: write-to-action p50 < 20 ms):")
         uvloop.run(latency(args.samples, tmp))
+        if not args.no_hostile:
+            print("hostile rules (regex limit, linear globs, chain cap, process cap in place):")
+            uvloop.run(hostile(args.hostile_seconds, tmp))
+    if args.baseline:
+        before = baseline_figures(args.baseline, args.events)
+        print(f"baseline {args.baseline} (same machine, same run): "
+              + ", ".join(f"{x:,.0f} events/s" for x in before))
+        for label, now, then in zip(("through the bus", "handler called directly"), rates, before, strict=False):
+            print(f"  {label}: this checkout / baseline = {now / then:.2f}x (target: >= 0.90x)")
 
 
 if __name__ == "__main__":

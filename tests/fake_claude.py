@@ -35,7 +35,8 @@ def opt(words: list[str], key: str) -> str | None:
 
 def main() -> int:
     argv = sys.argv[1:]
-    prompt = argv[argv.index("-p") + 1] if "-p" in argv else ""
+    # the prompt is the positional argument: after "--" when the caller ends options (as aiwg-service does)
+    prompt = argv[argv.index("--") + 1] if "--" in argv else argv[argv.index("-p") + 1] if "-p" in argv else ""
     model = argv[argv.index("--model") + 1] if "--model" in argv else "fake-model"
     words = prompt.split()
     sid = f"sess-{os.getpid()}"

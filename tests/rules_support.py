@@ -17,9 +17,10 @@ from aiwg_service.rules.engine import AutomationEngine
 F = ".aiwg/daemon.json"
 
 
-def parse(rules: list[dict[str, Any]], jobs: list[dict[str, Any]] | None = None) -> config.Config:
+def parse(rules: list[dict[str, Any]], jobs: list[dict[str, Any]] | None = None,
+          extra: dict[str, Any] | None = None) -> config.Config:
     """Through config.parse, exactly as the service loads a project file."""
-    return config.parse(json.dumps({"rules": rules, "schedule": {"jobs": jobs or []}}), F).config
+    return config.parse(json.dumps({"rules": rules, "schedule": {"jobs": jobs or []}, **(extra or {})}), F).config
 
 
 def config_errors(data: dict[str, Any]) -> list[str]:
@@ -59,7 +60,7 @@ class Harness:
         return self.doctor_result
 
     async def start(self, rules: list[dict[str, Any]] | None = None, jobs: list[dict[str, Any]] | None = None,
-                    start_bus: bool = True) -> AutomationEngine:
+                    start_bus: bool = True, extra: dict[str, Any] | None = None) -> AutomationEngine:
         if start_bus:
             await self.bus.start()
             self.bus.subscribe("*", self.events.append, name="recorder")
@@ -67,7 +68,7 @@ class Harness:
                                        **self.engine_kw)
         await self.engine.start()
         if rules is not None or jobs is not None:
-            self.engine.set_project(self.root, parse(rules or [], jobs))
+            self.engine.set_project(self.root, parse(rules or [], jobs, extra))
         return self.engine
 
     async def stop(self) -> None:

@@ -142,9 +142,9 @@ def test_loop_guard_stops_a_rule_that_retriggers_itself(tmp_path: Path) -> None:
             # two rules ping-ponging: ignore_own_events cannot see this loop, the guard does
             {"id": "ping", "triggers": [{"type": "x.ping"}], "max_runs_per_minute": 8,
              "actions": [{"emit": {"type": "x.pong"}}]},
-            {"id": "pong", "triggers": [{"type": "x.pong"}], "max_runs_per_minute": 1000,
+            {"id": "pong", "triggers": [{"type": "x.pong"}], "max_runs_per_minute": 600,
              "actions": [{"emit": {"type": "x.ping"}}]},
-        ])
+        ], extra={"automation": {"max_chain_depth": 20}})  # the loop guard, not the chain cap, is under test
         h.publish("file.modify", {"path": "gen/a"})
         h.publish("x.ping")
         await h.until(lambda: len(h.of_type("automation.loop_detected")) == 2, what="two loop detections")

@@ -87,7 +87,9 @@ def test_traces_carry_detail_and_are_capped_at_100(tmp_path: Path) -> None:
         {"id": "t", "triggers": [{"type": "file.modify", "paths": ["src/**"]}],
          "conditions": [{"shell": "echo checking $AIWG_EVENT_PATH; seq 1 100; exit 1", "expect": "fail"}],
          "actions": [{"agent": {"prompt": "fix {path}"}}, {"shell": "echo done"}]},
+        # 150 triggers in a second: every triggered run counts for the loop guard now, so allow them
         {"id": "cap", "triggers": [{"type": "tick"}], "conditions": [{"match": {"field": "data.n", "equals": -1}}],
+         "max_runs_per_minute": 600,
          "actions": [{"agent": {"prompt": "never"}}], "mode": "parallel"},
     ]
 

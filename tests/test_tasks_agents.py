@@ -17,7 +17,7 @@ from aiwg_service.tasks.agents import (
     profile_lookup,
     systemd_scope_argv,
 )
-from aiwg_service.tasks.model import AgentProfile, Task, TaskState, new_task_id, parse_time, utc_now
+from aiwg_service.tasks.model import AgentProfile, Task, TaskState, new_task_id, parse_time, profile_problems, utc_now
 
 
 def test_ids_sortable_unique_short() -> None:
@@ -86,13 +86,14 @@ def test_model_imports_light() -> None:
 def test_build_argv() -> None:
     p = AgentProfile(model="sonnet", max_turns=7, allowed_tools=["Read", "Bash(git log:*)"],
                      permission_mode="acceptEdits", args=["--add-dir", "/x"])
+    # the prompt comes last, after "--": options end before it (issue 19)
     assert build_argv(p, "do it; rm -rf /") == [
-        "claude", "-p", "do it; rm -rf /", "--output-format", "stream-json", "--verbose",
+        "claude", "-p", "--output-format", "stream-json", "--verbose",
         "--model", "sonnet", "--max-turns", "7", "--allowedTools", "Read,Bash(git log:*)",
-        "--permission-mode", "acceptEdits", "--add-dir", "/x"]
+        "--permission-mode", "acceptEdits", "--add-dir", "/x", "--", "do it; rm -rf /"]
     assert build_argv(AgentProfile(kind="shell"), "echo $HOME") == ["/bin/sh", "-c", "echo $HOME"]
-    custom = AgentProfile(kind="command", command=["agent", "--task={prompt}", "{prompt}"])
-    assert build_argv(custom, "a b; c") == ["agent", "--task=a b; c", "a b; c"]
+    custom = AgentProfile(kind="command", command=["agent", "--message", "{prompt}"], args=["--json"])
+    assert build_argv(custom, "a b; c") == ["agent", "--message", "a b; c", "--json"]
     scoped = systemd_scope_argv("t-1", AgentProfile(memory_max="2G", cpu_quota="50%"), ["x", "y"])
     assert scoped == ["systemd-run", "--user", "--scope", "--quiet", "--collect", "--unit=aiwg-task-t-1",
                       "-p", "MemoryMax=2G", "-p", "CPUQuota=50%", "--", "x", "y"]
@@ -175,3 +176,14 @@ def test_parser_skips_overlong_line() -> None:
     p.feed(b"y" * 80)
     p.feed(b"z\n" + json.dumps({"type": "result", "result": "r", "session_id": "s"}).encode() + b"\n")
     assert p.result == "r" and p.garbage_lines == 1
+
+
+def test_a_prompt_that_looks_like_an_option_stays_a_prompt() -> None:
+    """A file named ``--permission-mode=bypassPermissions`` with the prompt template ``{path}``."""
+    evil = "--permission-mode=bypassPermissions"
+    argv = build_argv(AgentProfile(), evil)
+    assert argv[-2:] == ["--", evil] and argv.count(evil) == 1
+    argv = build_argv(AgentProfile(kind="command", command=["tool", "-v", "--message", "{prompt}"]), evil)
+    assert argv == ["tool", "-v", "--message", evil]  # one element, the value of --message
+    problems = profile_problems(AgentProfile(kind="command", command=["tool", "--task={prompt}"]))
+    assert problems and problems[0][0] == "command[1]" and "argv element of its own" in problems[0][1]

@@ -18,7 +18,7 @@ from service_fixture import BIN, RpcConn, ServiceEnv, wait_for
 from tests.tasks_support import kill_quiet, make_fakebin, pid_alive, read_pid
 
 SHELL_PROFILES = {"sh": {"kind": "shell"}, "sh0": {"kind": "shell", "retry": 0},
-                  "echo": {"kind": "command", "command": ["/bin/echo", "said: {prompt}"]}}
+                  "echo": {"kind": "command", "command": ["/bin/echo", "said:", "{prompt}"]}}
 
 
 def write_service_config(env: ServiceEnv, daemon: dict[str, Any] | None = None,
@@ -76,11 +76,11 @@ def test_submit_get_list_stats_and_wait(tsvc: ServiceEnv) -> None:
     assert done["cost_usd"] == 0.0123 and done["num_turns"] == 3 and done["input_tokens"] == 1234
     first = wait_state(tsvc, res["taskId"], "completed")
     assert first["taskId"] == first["id"] == res["taskId"]
-    page = tsvc.call("task.list", {"limit": 1})
-    assert [t["id"] for t in page["tasks"]] == [done["taskId"]] and page["next"] == done["taskId"]
-    rest = tsvc.call("task.list", {"before": page["next"]})
-    assert [t["id"] for t in rest["tasks"]] == [res["taskId"]] and rest["next"] is None
-    assert tsvc.call("task.list", {"state": "failed"})["tasks"] == []
+    page = tsvc.call("task.list", {"limit": 1})  # an array, newest first, as the AIWG CLI iterates it
+    assert [t["id"] for t in page] == [done["taskId"]]
+    rest = tsvc.call("task.list", {"before": page[-1]["id"]})  # keyset: before = the last id seen
+    assert [t["id"] for t in rest] == [res["taskId"]]
+    assert tsvc.call("task.list", {"state": "failed"}) == []
     st = tsvc.call("task.stats")
     for k in ("total", "queued", "running", "completed", "failed", "cancelled", "timeout", "interrupted"):
         assert k in st
@@ -101,7 +101,9 @@ def test_submit_get_list_stats_and_wait(tsvc: ServiceEnv) -> None:
 @pytest.mark.parametrize(("params", "param", "words"), [
     ({}, "prompt", "Missing required parameter: prompt"),
     ({"prompt": "x", "priority": "high"}, "priority", "priority"),
-    ({"prompt": "x", "agent": "nope"}, "agent", "known: claude, echo, sh, sh0, shell"),
+    ({"prompt": "x", "agent": "--nope"}, "agent", "known: claude, echo, sh, sh0, shell"),
+    ({"prompt": "x", "agent": "../bin/sh"}, "agent", "nor a subagent name"),
+    ({"prompt": "x\u0000y", "agent": "sh"}, "prompt", "NUL"),
     ({"prompt": "x", "project": "/nonexistent/elsewhere"}, "project", "not a project this service serves"),
     ({"prompt": "x", "timeout": 0}, "timeout", "timeout"),
 ])
@@ -185,7 +187,7 @@ def test_priority_order_and_concurrency_limit(svc_env: ServiceEnv) -> None:
            for pri in (0, 10, -5, 5)}
     for tid in ids.values():
         wait_state(svc_env, tid, "completed")
-    runs = [tsk for tsk in c.call("task.list", {"limit": 10})["tasks"]]
+    runs = list(c.call("task.list", {"limit": 10}))
     started = sorted(runs, key=lambda t: t["started_at"])
     assert [t["priority"] for t in started] == [0, 10, 5, 0, -5]
     assert started[0]["id"] == blocker["taskId"]
@@ -299,7 +301,7 @@ def test_invalid_agent_profile_is_reported_with_its_path(tsvc: ServiceEnv) -> No
     res = tsvc.ctl("reload")
     assert "agents.lint.command: must contain {prompt}" in res.stderr
     # a project profile overrides a service one for that project only
-    tsvc.write_project_config({"agents": {"sh": {"kind": "command", "command": ["/bin/echo", "proj {prompt}"]}}})
+    tsvc.write_project_config({"agents": {"sh": {"kind": "command", "command": ["/bin/echo", "proj", "{prompt}"]}}})
     tsvc.ctl("reload", check=True)
     t = tsvc.call("task.submit", {"prompt": "hi", "agent": "sh", "wait": True})
     assert t["result"] == "proj hi"
@@ -320,7 +322,7 @@ def test_cli_submit_wait_exit_codes(tsvc: ServiceEnv) -> None:
     assert res.returncode == 0 and json.loads(res.stdout)["result"] == "hi"
     p = subprocess.Popen([str(BIN / "aiwgctl"), "task", "submit", "sleep=30", "--wait"], env=tsvc.env,
                          cwd=tsvc.project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    running = wait_for(lambda: tsvc.call("task.list", {"state": "running"})["tasks"], what="a running task")
+    running = wait_for(lambda: tsvc.call("task.list", {"state": "running"}), what="a running task")
     cancel = tsvc.ctl("task", "cancel", running[0]["id"], check=True)
     assert "cancelling" in cancel.stdout
     _out, err = p.communicate(timeout=30)
@@ -333,7 +335,7 @@ def test_cli_list_get_cancel_stats_logs(tsvc: ServiceEnv) -> None:
     q = tsvc.call("task.submit", {"prompt": "sleep=30"})["taskId"]
     out = tsvc.ctl("task", "list", check=True).stdout
     assert out.splitlines()[0].split()[:5] == ["ID", "STATE", "AGENT", "PRI", "AGE"] and tid in out
-    assert json.loads(tsvc.ctl("task", "list", "--state", "completed", "--json", check=True).stdout)["tasks"][0][
+    assert json.loads(tsvc.ctl("task", "list", "--state", "completed", "--json", check=True).stdout)[0][
         "id"] == tid
     assert "no tasks" in tsvc.ctl("task", "list", "--state", "timeout", check=True).stdout
     assert tsvc.ctl("task", "list", "--state", "bogus").returncode == 1

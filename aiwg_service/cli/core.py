@@ -114,9 +114,12 @@ def cmd_status(json: bool) -> None:
         ("socket", st["socket"] + (" (from systemd)" if st.get("socket_activated") else "")),
         ("state", st["state_dir"]),
         ("config", "ok" if cfg.get("ok", True) else f"last reload refused at {cfg.get('time')}"),
+        ("health", st.get("health", "?")),
     ])
     for e in cfg.get("errors", []):
         print(f"  {e}")
+    for issue in st.get("issues", []):
+        print(f"  {issue}")
     print()
     render.table(["project", "persistent"], [(pr["path"], "yes" if pr["persistent"] else "no (this run)")
                                              for pr in st["projects"]], empty="no projects")

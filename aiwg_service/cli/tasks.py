@@ -231,7 +231,7 @@ def follow_logs(task_id: str, offset: int, raw: bool, label: str, quiet: bool = 
 def _print_task(t: dict[str, Any]) -> None:
     pairs: list[tuple[str, Any]] = [
         ("task", t["id"]), ("state", t["state"] + (f" ({t['error']})" if t.get("error") else "")),
-        ("project", t["project"]), ("agent", t["agent"]), ("priority", t["priority"]), ("source", t["source"]),
+        ("project", t["project"]), ("agent", _agent(t)), ("priority", t["priority"]), ("source", t["source"]),
         ("created", t["created_at"]), ("started", t.get("started_at") or "-"),
         ("finished", t.get("finished_at") or "-"), ("took", _took(t)), ("attempts", t.get("attempts", 0)),
     ]
@@ -306,11 +306,16 @@ def list_(
     if json:
         render.emit_json(res)
         return
-    rows = [(t["id"], t["state"], t["agent"], t["priority"], _short(_since(t["created_at"])), _took(t), _cost(t),
-             _excerpt(t["prompt"])) for t in res["tasks"]]
+    rows = [(t["id"], t["state"], _agent(t), t["priority"], _short(_since(t["created_at"])), _took(t), _cost(t),
+             _excerpt(t["prompt"])) for t in res]
     render.table(["id", "state", "agent", "pri", "age", "took", "cost", "prompt"], rows, empty="no tasks")
-    if res.get("next"):
-        print(f"(more: aiwgctl task list --before {res['next']})")
+    if len(res) == limit:  # keyset paging: the next page is what is older than the last id shown
+        print(f"(more: aiwgctl task list --before {res[-1]['id']})")
+
+
+def _agent(t: dict[str, Any]) -> str:
+    """The profile, with the Claude Code subagent it runs (``claude --agent NAME``) if any."""
+    return f"{t['agent']}:{t['subagent']}" if t.get("subagent") else t["agent"]
 
 
 @task_app.command("get")

@@ -8,9 +8,6 @@ from .. import protocol as p
 from ..rpc import Connection, RpcServer
 from .bus import EventBus
 
-#: A subscriber whose socket has this much unsent data gets events dropped (and counted), not buffered.
-MAX_PENDING_BYTES = 4 * 1024 * 1024
-
 
 def register(rpc: RpcServer, bus: EventBus) -> None:
     def events_list(params: p.EventsListParams, _conn: Connection) -> dict[str, Any]:
@@ -30,16 +27,19 @@ def register(rpc: RpcServer, bus: EventBus) -> None:
     def events_subscribe(params: p.EventsSubscribeParams, conn: Connection) -> dict[str, Any]:
         dropped = 0
         project = params.project
+        conn.open_stream()
 
         def forward(ev: p.Event) -> None:
+            # A client that does not read its events has them dropped (and counted) once its connection's
+            # byte budget is full: never buffered without bound.
             nonlocal dropped
             if project is not None and ev.project != project:
                 return
-            t = conn.transport
-            if t is None or t.is_closing():
+            if conn.is_closing:
                 return
-            if t.get_write_buffer_size() > MAX_PENDING_BYTES:
+            if not conn.writable:
                 dropped += 1
+                conn.server.notifications_dropped += 1
                 return
             conn.notify(p.NOTIFY_EVENT, ev)
 

@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,7 @@ async def _maybe_await(v: Any) -> Any:
 
 def origin_of(ctx: Ctx) -> dict[str, Any]:
     out = {"rule_id": ctx.rule_id, "run_id": ctx.run_id, "project": ctx.project, "event_id": ctx.event.id,
-           "event_type": ctx.event.type}
+           "event_type": ctx.event.type, "chain_depth": ctx.depth + 1}
     if ctx.approval_id is not None:
         out["approval_id"] = ctx.approval_id
     delivery = ctx.event.data.get("delivery_id") if ctx.event.type.startswith("webhook.") else None
@@ -173,6 +174,7 @@ class EmitAction(Action):
         out = {k: render(v, ctx.event, ctx.paths, extra) if isinstance(v, str) else v for k, v in self.data.items()}
         out["rule_id"] = ctx.rule_id
         out["origin"] = origin_of(ctx)
+        out["chain_depth"] = ctx.depth + 1
         return out
 
     def describe(self, ctx: Ctx) -> dict[str, Any]:
@@ -219,13 +221,28 @@ def _post(url: str, body: bytes) -> tuple[int, str]:
 
 
 class WebhookAction(Action):
-    """The AIWG daemon's ``webhook`` (a no-op there): POST the event and message as JSON, in a thread."""
+    """The AIWG daemon's ``webhook`` (a no-op there): POST the event and message as JSON, in a thread.
+
+    A URL that carries a token (Slack, Discord) belongs in the environment: ``url_env`` names the variable,
+    read at each run, and traces show ``$NAME``, never the URL.
+    """
 
     kind = "webhook"
 
-    def __init__(self, url: str, message: str | None, continue_on_error: bool = False) -> None:
+    def __init__(self, url: str | None, message: str | None, continue_on_error: bool = False, *,
+                 url_env: str | None = None) -> None:
         super().__init__(continue_on_error)
-        self.url, self.message = url, message
+        self.url_env = url_env
+        self.url = url if url is not None else f"${url_env}"
+        self.message = message
+
+    def _target(self) -> str:
+        if self.url_env is None:
+            return self.url
+        url = os.environ.get(self.url_env, "")
+        if not url.startswith(("http://", "https://")):
+            raise ActionFailed(f"${self.url_env} is unset or not an http(s) URL", {"url": self.url})
+        return url
 
     def _body(self, ctx: Ctx) -> dict[str, Any]:
         msg = render(self.message, ctx.event, ctx.paths) if self.message else None
@@ -239,10 +256,12 @@ class WebhookAction(Action):
 
     async def run(self, ctx: Ctx, hooks: Hooks) -> dict[str, Any]:
         body = json.dumps(self._body(ctx), ensure_ascii=False).encode()
+        target = self._target()
         try:
-            status, text = await asyncio.to_thread(_post, self.url, body)
+            status, text = await asyncio.to_thread(_post, target, body)
         except Exception as exc:
-            raise ActionFailed(f"POST {self.url} failed: {exc}", {"url": self.url}) from exc
+            why = str(exc).replace(target, self.url)  # never the URL that came from the environment
+            raise ActionFailed(f"POST {self.url} failed: {why}", {"url": self.url}) from exc
         res = {"url": self.url, "status": status, "response": text[:500]}
         if not 200 <= status < 300:
             raise ActionFailed(f"POST {self.url} answered HTTP {status}", res)

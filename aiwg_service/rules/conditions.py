@@ -11,17 +11,20 @@ import asyncio
 import contextlib
 import functools
 import os
-import re
 import signal
 import time
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from ..childenv import sanitized
 from ..protocol import Event
 from .matching import MISSING, get_field
+from .regexes import RegexTimeout, UserRegex
 
 OUTPUT_CAP = 4096  # bytes of stdout/stderr kept per stream
 TRACE_LINES = 20
@@ -38,13 +41,20 @@ class Ctx:
     rule_id: str
     run_id: str
     paths: list[str] = field(default_factory=list)
+    #: variables of the service's environment the rule asked for by name (its ``env`` list)
+    env_names: tuple[str, ...] = ()
+    #: causal depth of the triggering event (0: from outside; +1 for each rule run in between)
+    depth: int = 0
+    #: the engine's cap on rule subprocesses, shared by every run
+    gate: ProcessGate | None = None
     approval_id: str | None = None  # set when the run resumes after an approval, for task origins
 
     def env(self) -> dict[str, str]:
+        """The allow-listed environment (as agents get), the rule's own names, and the event as AIWG_* vars."""
         ev = self.event
         d = ev.data
         return {
-            **os.environ,
+            **sanitized(self.env_names),
             "AIWG_EVENT_TYPE": ev.type,
             "AIWG_EVENT_ID": ev.id,
             "AIWG_EVENT_SOURCE": ev.source,
@@ -59,6 +69,65 @@ class Ctx:
 
 
 # -- the shell runner (conditions and actions) -------------------------------------------------------------
+
+
+class ProcessGate:
+    """At most ``limit`` rule subprocesses at once, across every rule; the rest wait their turn in order.
+
+    One file event can trigger hundreds of rules (or one rule in parallel mode hundreds of times): without a
+    global cap each would fork its shell at once. Release is synchronous, so a cancelled run gives its slot
+    back even while its cancellation unwinds.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self.running < self.limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.running += 1
+                fut.set_result(None)
+
+    async def acquire(self) -> None:
+        if self.running < self.limit and not self._waiters:
+            self.running += 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # granted: running already counts us
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted, then cancelled before we could use it
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self.running -= 1
+        self._grant()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[float]:
+        """Hold one slot; yields how long the wait was (seconds)."""
+        t0 = time.monotonic()
+        await self.acquire()
+        try:
+            yield time.monotonic() - t0
+        finally:
+            self.release()
 
 
 async def _read_capped(stream: asyncio.StreamReader | None, buf: bytearray) -> None:
@@ -113,16 +182,36 @@ def shell_argv(cmd: str) -> list[str]:
 
 
 async def run_shell(cmd: str, ctx: Ctx, timeout: float | None) -> dict[str, Any]:
-    """Run ``cmd`` with ``sh -c`` in the project root, in a new session; never blocks the loop.
+    """Run ``cmd`` with ``sh -c`` in the project root, in a new session, within the engine's process cap.
 
     On timeout or cancellation the whole process group gets SIGTERM, then SIGKILL after a short grace, so
     nothing the command started outlives it. Output is capped; the trace keeps the first lines.
     """
+    if ctx.gate is None:
+        return await _run_shell(cmd, ctx, timeout)
+    async with ctx.gate.slot() as waited:
+        res = await _run_shell(cmd, ctx, timeout)
+    if waited >= 0.001:
+        res["waited_ms"] = round(waited * 1000, 1)
+    return res
+
+
+async def _run_shell(cmd: str, ctx: Ctx, timeout: float | None) -> dict[str, Any]:
     t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
+    creating = asyncio.ensure_future(asyncio.create_subprocess_exec(
         *shell_argv(cmd), cwd=ctx.project if os.path.isdir(ctx.project) else None, env=ctx.env(),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True)
+        start_new_session=True))
+    try:
+        # shielded: a run cancelled while asyncio is still wiring up the pipes would otherwise leave the
+        # shell's group running (asyncio kills the shell alone, and may then wait for it forever)
+        proc = await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            started = await creating
+            _killpg(started.pid, signal.SIGKILL)
+            await asyncio.wait_for(started.wait(), 2.0)
+        raise
     out, err = bytearray(), bytearray()
     timed_out = False
     readers = asyncio.gather(_read_capped(proc.stdout, out), _read_capped(proc.stderr, err))
@@ -148,8 +237,13 @@ async def run_shell(cmd: str, ctx: Ctx, timeout: float | None) -> dict[str, Any]
         _killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(readers), 2.0)
+    except BaseException:
+        # cancelled (restart mode, shutdown): kill the whole tree even if the shell itself is already gone,
+        # since what it started in the background is still in its group
+        _killpg(proc.pid, signal.SIGKILL)
+        raise
     finally:
-        if proc.returncode is None:  # cancelled (restart mode, shutdown): kill the tree and reap it
+        if proc.returncode is None:  # reap the shell
             _killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -217,7 +311,7 @@ class FieldCondition(Condition):
 
     kind = "field"
 
-    def __init__(self, fld: str, op: str, value: Any, rx: re.Pattern[str] | None = None) -> None:
+    def __init__(self, fld: str, op: str, value: Any, rx: UserRegex | None = None) -> None:
         self.field, self.op, self.value, self.rx = fld, op, value, rx
 
     def test(self, actual: Any) -> bool:
@@ -239,7 +333,7 @@ class FieldCondition(Condition):
             return False
         if op == "matches":
             text = actual if isinstance(actual, str) else str(actual)
-            return self.rx is not None and self.rx.search(text) is not None
+            return self.rx is not None and self.rx.search(text)
         a, b = _num(actual), _num(want)
         if a is None or b is None:
             return False
@@ -247,8 +341,13 @@ class FieldCondition(Condition):
 
     def check(self, ctx: Ctx) -> dict[str, Any]:
         actual = get_field(ctx.event, self.field)
-        return {"kind": "field", "field": self.field, "operator": self.op, "value": self.value,
-                "actual": None if actual is MISSING else actual, "ok": self.test(actual)}
+        out = {"kind": "field", "field": self.field, "operator": self.op, "value": self.value,
+               "actual": None if actual is MISSING else actual}
+        try:
+            out["ok"] = self.test(actual)
+        except RegexTimeout as exc:
+            out.update(ok=False, error=str(exc), timed_out=True)
+        return out
 
 
 class MatchCondition(Condition):
@@ -265,6 +364,7 @@ class MatchCondition(Condition):
         else:
             actuals = [get_field(ctx.event, self.field)]
         ok = False
+        error = None
         for actual in actuals:
             if actual is MISSING:
                 continue
@@ -273,12 +373,19 @@ class MatchCondition(Condition):
             elif self.how == "glob":
                 ok = isinstance(actual, str) and self.compiled.matches(actual)
             else:
-                ok = self.compiled.search(actual if isinstance(actual, str) else str(actual)) is not None
+                try:
+                    ok = self.compiled.search(actual if isinstance(actual, str) else str(actual))
+                except RegexTimeout as exc:
+                    ok, error = False, str(exc)
+                    break  # the budget is spent: the other paths of a batch would time out too
             if ok:
                 break
         shown = actuals[0] if len(actuals) == 1 else actuals
-        return {"kind": "match", "field": self.field, self.how: self.value,
-                "actual": None if shown is MISSING else shown, "ok": ok}
+        out = {"kind": "match", "field": self.field, self.how: self.value,
+               "actual": None if shown is MISSING else shown, "ok": ok}
+        if error:
+            out.update(error=error, timed_out=True)
+        return out
 
 
 class TimeCondition(Condition):

@@ -27,14 +27,19 @@ from ..events.bus import EventBus
 from ..protocol import Event, utc_now
 from .actions import ActionFailed, ApproveAction, Doctor, Hooks, SubmitTask
 from .approvals import ApprovalAlreadyDecided, ApprovalGate, ApprovalNotAllowed, ApprovalNotFound
-from .conditions import Ctx
+from .conditions import Ctx, ProcessGate
 from .matching import TriggerIndex, event_paths
+from .regexes import TIMEOUT_S as REGEX_TIMEOUT_S
+from .regexes import UserRegex
 from .schema import Rule, rules_for
 from .traces import TraceStore, summary_of
 
 log = logging.getLogger("aiwg.automation")
 
 LOOP_WINDOW = 60.0
+DEFAULT_MAX_CHAIN_DEPTH = 3
+DEFAULT_MAX_RULE_PROCESSES = 8
+TASK_DEPTHS_KEPT = 10_000  # tasks whose chain depth is remembered (for their task.* events)
 LOOP_DISABLE_SECONDS = 300.0
 FLUSH_INTERVAL = 0.25
 EVENT_DATA_CAP = 4000
@@ -67,7 +72,7 @@ class RuleState:
         self.last_outcome: str | None = None
         self.last_acted = float("-inf")
         self.running: dict[str, asyncio.Task[None]] = {}
-        self.queue: deque[tuple[Event, list[str]]] = deque()
+        self.queue: deque[tuple[Event, list[str], int]] = deque()
         self.acted: deque[float] = deque()
         self.disabled_until = 0.0
         self.disabled_reason: str | None = None
@@ -93,6 +98,11 @@ class AutomationEngine:
         self.errors: dict[str, list[str]] = {}
         self.events_seen = 0
         self.events_matched = 0
+        self.chain_cuts = 0
+        self.gate = ProcessGate(DEFAULT_MAX_RULE_PROCESSES)
+        self.max_depth: dict[str, int] = {}
+        #: task id -> chain depth of the rule run that queued it, so the task's own events carry it on
+        self.task_depths: dict[str, int] = {}
         self._sub: Any = None
         self._flusher: asyncio.Task[None] | None = None
         self._stopping = False
@@ -147,7 +157,9 @@ class AutomationEngine:
         return {
             "projects": len(self.rules),
             "rules": sum(len(r) for r in self.rules.values()),
-            "enabled": sum(1 for rs in self.rules.values() for r in rs.values() if self._enabled(r)),
+            "enabled": True,  # the engine runs (the AIWG CLI prints it as "Automation: enabled")
+            "ruleCount": sum(len(r) for r in self.rules.values()),
+            "rules_enabled": sum(1 for rs in self.rules.values() for r in rs.values() if self._enabled(r)),
             "running": sum(len(s.running) for s in states),
             "queued": sum(len(s.queue) for s in states),
             "runs": sum(s.runs for s in states),
@@ -156,6 +168,11 @@ class AutomationEngine:
             "events_seen": self.events_seen,
             "events_matched": self.events_matched,
             "config_errors": sum(len(e) for e in self.errors.values()),
+            "regex_timeouts": UserRegex.timeouts,
+            "chain_cuts": self.chain_cuts,
+            "rule_processes": self.gate.running,
+            "rule_processes_waiting": self.gate.waiting,
+            "max_rule_processes": self.gate.limit,
             "approvals": self.approvals.health(),
         }
 
@@ -166,6 +183,9 @@ class AutomationEngine:
         for root, project in configs.projects.items():
             self.set_project(root, project.config)
             roots.add(root)
+        limit = configs.service.daemon.max_rule_processes
+        if limit != self.gate.limit:
+            self.gate.set_limit(limit)
         for root in list(self.rules):
             if root not in roots:
                 del self.rules[root]
@@ -174,6 +194,8 @@ class AutomationEngine:
             self.arm_approvals()
 
     def set_project(self, root: str, cfg: Any) -> list[Rule]:
+        auto = getattr(cfg, "automation", None)
+        self.max_depth[root] = auto.max_chain_depth if auto is not None else DEFAULT_MAX_CHAIN_DEPTH
         rules, errors = rules_for(cfg, root)
         # config validation already refused these; this only guards a config built without config.validate
         self.errors[root] = [f"{path}: {problem}" for path, problem in errors]
@@ -206,13 +228,17 @@ class AutomationEngine:
         if event.type.startswith("automation.") or self._stopping:
             return
         self.events_seen += 1
-        if event.project is not None:
-            idx = self.indexes.get(event.project)
-            if idx is not None:
-                self._match(event.project, idx, event)
-        else:
-            for root, idx in list(self.indexes.items()):
-                self._match(root, idx, event)
+        UserRegex.deadline = time.monotonic() + REGEX_TIMEOUT_S  # one regex budget for the whole dispatch
+        try:
+            if event.project is not None:
+                idx = self.indexes.get(event.project)
+                if idx is not None:
+                    self._match(event.project, idx, event)
+            else:
+                for root, idx in list(self.indexes.items()):
+                    self._match(root, idx, event)
+        finally:
+            UserRegex.deadline = None
 
     def _match(self, root: str, idx: TriggerIndex, event: Event) -> None:
         d = event.data
@@ -222,12 +248,24 @@ class AutomationEngine:
             return
         self.events_matched += 1
         own = d.get("rule_id")
+        depth = self.depth_of(event)
         for rule, _trig in matched:
             if own is not None and own == rule.id and rule.ignore_own_events:
                 continue
-            self.fire(rule, event, paths)
+            self.fire(rule, event, paths, depth)
 
-    def fire(self, rule: Rule, event: Event, paths: list[str]) -> None:
+    def depth_of(self, event: Event) -> int:
+        """How many rule runs led to this event: emitted events say so; a task's events inherit the depth of
+        the run that queued the task; anything else came from outside (0)."""
+        d = event.data
+        depth = d.get("chain_depth")
+        if isinstance(depth, int) and not isinstance(depth, bool):
+            return max(0, depth)
+        if event.type.startswith("task."):
+            return self.task_depths.get(str(d.get("id") or d.get("taskId") or ""), 0)
+        return 0
+
+    def fire(self, rule: Rule, event: Event, paths: list[str], depth: int = 0) -> None:
         """A trigger matched: apply enable state, loop guard, cooldown and mode, then run (or skip)."""
         key = (rule.project, rule.id)
         if not self.overrides.get(key, rule.enabled):
@@ -252,7 +290,7 @@ class AutomationEngine:
                 if len(st.running) + len(st.queue) >= rule.max:
                     self._skip(rule, st, event, paths, f"queue full (mode queued, max {rule.max})")
                 else:
-                    st.queue.append((event, paths))
+                    st.queue.append((event, paths, depth))
                 return
             if mode == "restart":
                 for run_id, task in list(st.running.items()):
@@ -262,7 +300,7 @@ class AutomationEngine:
             elif len(st.running) >= rule.max:
                 self._skip(rule, st, event, paths, f"{len(st.running)} runs in flight (mode parallel, max {rule.max})")
                 return
-        self._start(rule, st, event, paths)
+        self._start(rule, st, event, paths, depth)
 
     # -- runs --------------------------------------------------------------------------------------------------
     def _trace(self, rule: Rule, event: Event, paths: list[str], run_id: str) -> dict[str, Any]:
@@ -275,11 +313,16 @@ class AutomationEngine:
         trace = self._trace(rule, event, paths, new_run_id())
         self._finish(rule, st, trace, time.monotonic(), "skipped", reason)
 
-    def _start(self, rule: Rule, st: RuleState, event: Event, paths: list[str]) -> None:
+    def _start(self, rule: Rule, st: RuleState, event: Event, paths: list[str], depth: int = 0) -> None:
         run_id = new_run_id()
         t0 = time.monotonic()
-        ctx = Ctx(event, rule.project, rule.id, run_id, paths)
+        ctx = Ctx(event, rule.project, rule.id, run_id, paths, rule.env, depth, self.gate)
         trace = self._trace(rule, event, paths, run_id)
+        trace["chain_depth"] = depth
+        blocked = self._chain_cut(rule, trace, depth) or self._loop_guard(rule, st, trace)
+        if blocked:  # every triggered run counts, whether or not its conditions would pass
+            self._finish(rule, st, trace, t0, "skipped", blocked)
+            return
         if rule.sync_conditions:
             for c in rule.conditions:
                 r = c.check(ctx)
@@ -310,10 +353,24 @@ class AutomationEngine:
         self._finish(rule, st, trace, t0, "cancelled", reason)
         self._drain(rule, st)
 
-    def _guard(self, rule: Rule, st: RuleState, trace: dict[str, Any]) -> str | None:
-        """About to act: the loop guard and the approval gate. Returns why not, or None."""
+    def _chain_cut(self, rule: Rule, trace: dict[str, Any], depth: int) -> str | None:
+        """A run whose work would lie deeper than ``automation.max_chain_depth`` from an outside event is cut:
+        rules that trigger each other through tasks or emitted events end there instead of running forever."""
+        limit = self.max_depth.get(rule.project, DEFAULT_MAX_CHAIN_DEPTH)
+        if depth < limit:
+            return None
+        self.chain_cuts += 1
+        reason = (f"chain depth: the triggering event is {depth} rule run(s) away from an outside event; "
+                  f"automation.max_chain_depth is {limit}")
+        log.warning("rule %s: %s", rule.id, reason, extra={"PROJECT": rule.project})
+        self.bus.publish("automation.chain_cut", rule.project,
+                         {"rule_id": rule.id, "run_id": trace["run_id"], "depth": depth, "max_chain_depth": limit,
+                          "event_type": trace["event_type"], "event_id": trace["event"]["id"]}, source="automation")
+        return reason
+
+    def _loop_guard(self, rule: Rule, st: RuleState, trace: dict[str, Any]) -> str | None:
+        """Every triggered run counts (a shell condition that touches the file it watches loops too)."""
         now = time.monotonic()
-        st.last_acted = now
         acted = st.acted
         while acted and acted[0] < now - LOOP_WINDOW:
             acted.popleft()
@@ -334,6 +391,11 @@ class AutomationEngine:
                               "disabled_seconds": self.loop_disable_seconds, "event_type": trace["event_type"]},
                              source="automation")
             return reason
+        return None
+
+    def _guard(self, rule: Rule, st: RuleState, trace: dict[str, Any]) -> str | None:
+        """About to act (conditions passed): approvals still pending. Returns why not, or None."""
+        st.last_acted = time.monotonic()
         if rule.needs_approval:
             pending = self.approvals.pending_for(rule.project, rule.id)
             limit = 1 if rule.mode in ("single", "restart") else rule.max
@@ -376,6 +438,11 @@ class AutomationEngine:
             self._finish(rule, st, trace, t0, outcome, reason)
             self._drain(rule, st)
 
+    def _remember_task(self, task_id: str, depth: int) -> None:
+        if len(self.task_depths) >= TASK_DEPTHS_KEPT:
+            self.task_depths.pop(next(iter(self.task_depths)))
+        self.task_depths[task_id] = depth
+
     async def _actions(self, rule: Rule, ctx: Ctx, trace: dict[str, Any],
                        start_at: int) -> tuple[str, str | None]:
         """Run the actions from ``start_at`` in order; an ``approve`` action parks the run there."""
@@ -393,6 +460,7 @@ class AutomationEngine:
                 current.update(ok=True, result=res)
                 if "task_id" in res:
                     trace["task_ids"].append(res["task_id"])
+                    self._remember_task(res["task_id"], ctx.depth + 1)
             except ActionFailed as exc:
                 current.update(ok=False, error=str(exc), result=exc.detail)
             except asyncio.CancelledError:
@@ -464,7 +532,8 @@ class AutomationEngine:
             self._finish(rule, st, trace, t0, outcome, reason)
             return
         self.approvals.store.set_resumed(row["id"], "running")
-        ctx = Ctx(event, project, rule_id, run_id, paths, approval_id=row["id"])
+        ctx = Ctx(event, project, rule_id, run_id, paths, rule.env, trace.get("chain_depth", self.depth_of(event)),
+                  self.gate, approval_id=row["id"])
         task = asyncio.get_running_loop().create_task(self._resume(rule, st, ctx, trace, t0, row["resume_at"]),
                                                       name=f"rule:{rule_id}:{run_id}:approved")
         st.running[run_id] = task
@@ -534,8 +603,8 @@ class AutomationEngine:
             if not self._enabled(rule) or st.disabled_until > time.monotonic():
                 st.queue.clear()
                 return
-            event, paths = st.queue.popleft()
-            self._start(rule, st, event, paths)
+            event, paths, depth = st.queue.popleft()
+            self._start(rule, st, event, paths, depth)
 
     # -- enable / disable --------------------------------------------------------------------------------------
     def set_enabled(self, rule: Rule, enabled: bool) -> None:
@@ -573,7 +642,8 @@ class AutomationEngine:
             elif rule_id in rules:
                 out.append(rules[rule_id])
         if rule_id is not None and not out:
-            raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: ruleId: no rule '{rule_id}'", {"param": "ruleId"})
+            raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: ruleId: no rule {p.quote(rule_id)}"
+                             + (f" in {p.quote(root)}" if root else ""), {"param": "ruleId"})
         return out
 
     def disabled_reason(self, rule: Rule) -> str | None:
@@ -688,7 +758,7 @@ class AutomationEngine:
                           raw_event.get("project") or rule.project, str(raw_event.get("source", "test")), data)
         paths = event_paths(event, rule.project)
         matched = [t.text for t in rule.triggers if t.full_match(event, paths)]
-        ctx = Ctx(event, rule.project, rule.id, "test-" + new_run_id()[4:], paths)
+        ctx = Ctx(event, rule.project, rule.id, "test-" + new_run_id()[4:], paths, rule.env)
         results, passed = [], True
         for c in rule.conditions:
             r = await c.acheck(ctx)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..events.bus import compile_pattern
-from ..globs import rule_regex
+from ..globs import Matcher, compile_rule
 from ..protocol import Event
 
 if TYPE_CHECKING:
@@ -39,12 +39,12 @@ class Glob:
     text: str
     prefix: str  # the literal directory prefix ("src/"), "" if none; used by the index
     basename: bool
-    rx: re.Pattern[str]
+    rx: Matcher  # linear in the path whatever the glob (see globs)
 
     def matches(self, path: str) -> bool:
         if self.basename:
-            return self.rx.fullmatch(path.rpartition("/")[2]) is not None
-        return self.rx.fullmatch(path) is not None
+            return self.rx.fullmatch(path.rpartition("/")[2])
+        return self.rx.fullmatch(path)
 
 
 def compile_glob(text: str) -> Glob:
@@ -52,7 +52,7 @@ def compile_glob(text: str) -> Glob:
     basename = "/" not in pat
     if pat.endswith("/"):
         pat += "**"  # "src/" means everything under src
-    rx = re.compile(rule_regex(pat), re.S)
+    rx = compile_rule(pat)
     prefix = ""
     if not basename:
         special = min((k for k in (pat.find(c) for c in "*?[{") if k >= 0), default=len(pat))

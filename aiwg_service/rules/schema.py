@@ -22,7 +22,9 @@ from ..events.bus import compile_pattern
 from ..protocol import Event
 from . import actions as A
 from . import conditions as C
+from . import regexes
 from .matching import MISSING, Glob, compile_glob, get_field
+from .regexes import RegexTimeout, UserRegex
 
 if TYPE_CHECKING:
     from ..events.section import CronJob
@@ -38,9 +40,17 @@ EXPECT = ("success", "fail")
 DEFAULT_MAX = 10
 DEFAULT_MAX_RUNS_PER_MINUTE = 30
 DEFAULT_SHELL_TIMEOUT = 60.0
+#: sane limits: past them a config is refused with a clear error, not accepted and then run away with
+MAX_RULES = 2_000  # per project, schedule jobs included
+MAX_JOBS = 200
+MAX_PER_RULE = 50  # triggers, conditions, actions, globs per trigger
+MAX_PARALLEL = 100  # a rule's "max"
+MAX_RUNS_PER_MINUTE = 600
 AIWG_KEYS = {"id", "description", "enabled", "trigger", "conditions", "action", "cooldownMs", "requiresApproval"}
 RICH_KEYS = {"id", "description", "enabled", "triggers", "conditions", "actions", "mode", "max", "cooldown_seconds",
-             "max_runs_per_minute", "ignore_own_events", "requires_approval"}
+             "max_runs_per_minute", "ignore_own_events", "env",
+             "requires_approval"}
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TRIGGER_KEYS = {"type", "paths", "agent", "source", "job_id", "data"}
 SCHEDULE_PREFIX = "schedule:"
 
@@ -61,13 +71,17 @@ class Trigger:
     job_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     globs: list[Glob] = field(default_factory=list)
-    regex: re.Pattern[str] | None = None  # the AIWG form's pattern over "type:source"
+    regex: UserRegex | None = None  # the AIWG form's pattern over "type:source"
 
     def matches(self, event: Event, paths: list[str]) -> bool:
         if self.source is not None and event.source != self.source:
             return False
-        if self.regex is not None and self.regex.search(f"{event.type}:{event.source}") is None:
-            return False
+        if self.regex is not None:
+            try:
+                if not self.regex.search(f"{event.type}:{event.source}"):
+                    return False
+            except RegexTimeout:
+                return False
         d = event.data
         if self.job_id is not None and d.get("job_id") != self.job_id:
             return False
@@ -117,6 +131,8 @@ class Rule:
     cron: str | None = None
     tz: str | None = None
     sync_conditions: bool = True
+    #: environment variables its shell conditions and actions may see, beyond the safe base set
+    env: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.sync_conditions = all(c.is_sync for c in self.conditions)
@@ -198,10 +214,10 @@ class _V:
             if k not in known:
                 self.err(f"{path}.{k}" if path else k, f"unknown key in {what} (known: {', '.join(sorted(known))})")
 
-    def regex(self, v: str, path: str, hint: str = "") -> re.Pattern[str] | None:
+    def regex(self, v: str, path: str, hint: str = "") -> UserRegex | None:
         try:
-            return re.compile(v)
-        except re.error as exc:
+            return UserRegex(v)
+        except regexes.error as exc:
             self.err(path, f"{show_value(v)} is not a valid regular expression ({exc}){hint}")
             return None
 
@@ -355,6 +371,8 @@ def _rich_trigger(v: _V, t: Any, path: str) -> Trigger | None:
         ps = [ps]
     if not isinstance(ps, list):
         v.type_err(f"{path}.paths", "a list of globs", ps)
+    elif len(ps) > MAX_PER_RULE:
+        v.err(f"{path}.paths", f"has {len(ps)} globs: at most {MAX_PER_RULE}")
     else:
         for j, g in enumerate(ps):
             cg = v.glob(g, f"{path}.paths[{j}]")
@@ -562,7 +580,14 @@ def _rich_action(v: _V, a: Any, path: str, source: str = "rule") -> A.Action | N
         if v.count > n:
             return None
         return A.ApproveAction(msg, float(minutes) * 60, on_timeout, list(approvers))
-    v.unknown(body, {"url", "message"}, p, "a webhook action")
+    v.unknown(body, {"url", "url_env", "message"}, p, "a webhook action")
+    url_env = v.str_(body, "url_env", p)
+    if url_env is not None:
+        if "url" in body:
+            v.err(p, "takes url or url_env, not both")
+        if not ENV_NAME.match(url_env):
+            v.err(f"{p}.url_env", f"{show_value(url_env)} must be the name of an environment variable")
+        return None if v.count > n else A.WebhookAction(None, v.str_(body, "message", p), coe, url_env=url_env)
     url = v.str_(body, "url", p, required=True)
     if url is not None and not url.startswith(("http://", "https://")):
         v.err(f"{p}.url", f"{show_value(url)} must be an http:// or https:// URL")
@@ -580,6 +605,9 @@ def _list(v: _V, raw: dict[str, Any], key: str, required: bool) -> list[Any]:
         return []
     if required and not val:
         v.err(key, "must not be empty")
+    if len(val) > MAX_PER_RULE:
+        v.err(key, f"has {len(val)} entries: at most {MAX_PER_RULE}")
+        return []
     return val
 
 
@@ -591,19 +619,36 @@ def _rich_rule(v: _V, raw: dict[str, Any], rid: str, project: str) -> Rule | Non
     acts = [_rich_action(v, a, f"actions[{i}]") for i, a in enumerate(_list(v, raw, "actions", True))]
     mode = raw.get("mode", "single")
     v.one_of(mode, MODES, "mode")
-    mx = v.num(raw, "max", "", DEFAULT_MAX, lo=1, hi=10_000, integer=True)
+    mx = v.num(raw, "max", "", DEFAULT_MAX, lo=1, hi=MAX_PARALLEL, integer=True)
     if "max" in raw and mode in ("single", "restart"):
         v.err("max", f"only applies to mode queued or parallel, not {show_value(mode)}")
     cooldown = v.num(raw, "cooldown_seconds", "", 0, lo=0, hi=30 * 86_400)
-    mrpm = v.num(raw, "max_runs_per_minute", "", DEFAULT_MAX_RUNS_PER_MINUTE, lo=1, hi=100_000, integer=True)
+    mrpm = v.num(raw, "max_runs_per_minute", "", DEFAULT_MAX_RUNS_PER_MINUTE, lo=1, hi=MAX_RUNS_PER_MINUTE,
+                 integer=True)
     own = v.bool_(raw, "ignore_own_events", "", True)
     enabled = v.bool_(raw, "enabled", "", True)
     approval = v.bool_(raw, "requires_approval", "", False)
     desc = v.str_(raw, "description", "") or ""
+    env = _env_names(v, raw)
     if v.count > n:
         return None
     return Rule(rid, project, "rich", desc, enabled, [t for t in triggers if t], [c for c in conds if c],
-                [a for a in acts if a], mode, int(mx), float(cooldown), int(mrpm), own, approval)
+                [a for a in acts if a], mode, int(mx), float(cooldown), int(mrpm), own, approval, env=env)
+
+
+def _env_names(v: _V, raw: dict[str, Any]) -> tuple[str, ...]:
+    """``env``: names of the service's environment variables the rule's shell commands may see."""
+    names = raw.get("env", [])
+    if not isinstance(names, list):
+        v.type_err("env", "a list of environment variable names", names)
+        return ()
+    out = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not ENV_NAME.match(name):
+            v.err(f"env[{i}]", f"{show_value(name)} must be the name of an environment variable")
+        else:
+            out.append(name)
+    return tuple(out)
 
 
 # -- schedule.jobs shorthand --------------------------------------------------------------------------------
@@ -652,6 +697,13 @@ def compile_rules(raw_rules: list[Any], jobs: list[CronJob], project: str = "") 
     errors: list[tuple[str, str]] = []
     out: list[Rule] = []
     seen: dict[str, int] = {}
+    if len(raw_rules) + len(jobs) > MAX_RULES:
+        errors.append(("rules", f"{len(raw_rules)} rules and {len(jobs)} schedule jobs: at most {MAX_RULES} "
+                                f"together per project"))
+        return out, errors
+    if len(jobs) > MAX_JOBS:
+        errors.append(("schedule.jobs", f"{len(jobs)} jobs: at most {MAX_JOBS} per project"))
+        return out, errors
     for i, raw in enumerate(raw_rules):
         rid = raw.get("id") if isinstance(raw, dict) else None
         base = f"rules[{i}]" + (f" ({rid})" if isinstance(rid, str) and rid else "")

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from .. import paths, redact
+
 #: traces are encoded in the flush thread while it holds the GIL: msgspec is several times faster than json, so
 #: the event loop waits less for the GIL (that wait showed up in the webhook listener's p99)
 _encode = msgspec.json.Encoder(enc_hook=str).encode
@@ -58,7 +60,8 @@ class TraceStore:
         self.lock = threading.Lock()  # the periodic write runs in a worker thread
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.private_file(self.path)  # SQLite gives its -wal/-shm the same mode
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -91,8 +94,12 @@ class TraceStore:
         rows = []
         for q in pending.values():
             for t in q:
+                detail = _encode(t).decode()
+                if redact.find(detail):  # rare: a command printed a token, an event carried a URL with a password
+                    t = redact.redact_obj(json.loads(detail))
+                    detail = _encode(t).decode()
                 rows.append((t["run_id"], t["project"], t["rule_id"], t["started"], t["outcome"],
-                             _encode(summary_of(t)).decode(), _encode(t).decode()))
+                             _encode(summary_of(t)).decode(), detail))
         with self.lock:
             db = self.db
             db.execute("BEGIN")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
+from ..childenv import SAFE_ENV, sanitized
 from .model import AgentProfile
 
 __all__ = [
@@ -37,11 +38,6 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
     "shell": AgentProfile(kind="shell"),
 }
 
-#: Variables a child may inherit from the service; everything else is dropped
-#: (API tokens, AWS_*, NOTIFY_SOCKET, LISTEN_FDS, INVOCATION_ID, WATCHDOG_*, ...).
-SAFE_ENV: frozenset[str] = frozenset(
-    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TZ", "SHELL", "TMPDIR", "XDG_RUNTIME_DIR"}
-)
 
 
 def profile_lookup(custom: Mapping[str, AgentProfile]) -> Callable[[str], AgentProfile]:
@@ -56,15 +52,20 @@ def profile_lookup(custom: Mapping[str, AgentProfile]) -> Callable[[str], AgentP
     return lookup
 
 
-def build_argv(profile: AgentProfile, prompt: str) -> list[str]:
+def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None) -> list[str]:
     """The argv to exec for ``prompt``; the prompt is always one argv element, never shell-parsed
-    (except by the ``shell`` kind, whose whole point is that)."""
+    (except by the ``shell`` kind, whose whole point is that). ``subagent`` (a plain identifier,
+    checked by the protocol) becomes ``--agent NAME`` for the ``claude`` kind.
+
+    For ``claude`` it comes last, after every option and after ``--``: a prompt made from a file named
+    ``--permission-mode=bypassPermissions`` stays a prompt. A ``command`` profile's ``{prompt}`` is an argv
+    element of its own (config check refuses ``--task={prompt}``), replaced whole, never glued to an option.
+    """
     if profile.command:
-        argv = [part.replace("{prompt}", prompt) for part in profile.command]
-        return argv + list(profile.args)
+        return [prompt if part == "{prompt}" else part for part in profile.command] + list(profile.args)
     if profile.kind == "shell":
         return ["/bin/sh", "-c", prompt, *profile.args]
-    argv = ["claude", "-p", prompt, "--output-format", "stream-json", "--verbose"]
+    argv = ["claude", "-p", "--output-format", "stream-json", "--verbose"]
     if profile.model:
         argv += ["--model", profile.model]
     if profile.max_turns is not None:
@@ -73,7 +74,9 @@ def build_argv(profile: AgentProfile, prompt: str) -> list[str]:
         argv += ["--allowedTools", ",".join(profile.allowed_tools)]
     if profile.permission_mode:
         argv += ["--permission-mode", profile.permission_mode]
-    return argv + list(profile.args)
+    if subagent:
+        argv += ["--agent", subagent]
+    return [*argv, *profile.args, "--", prompt]
 
 
 def systemd_scope_argv(task_id: str, profile: AgentProfile, argv: Sequence[str]) -> list[str]:
@@ -143,12 +146,8 @@ def child_env(
     With ``systemd`` the user-bus address is kept as well, since ``systemd-run --user``
     needs it to reach the manager when it is not at the default path.
     """
-    src = os.environ if parent is None else parent
-    keep = set(SAFE_ENV) | set(profile.env)
-    if systemd:
-        keep.add("DBUS_SESSION_BUS_ADDRESS")
-    env = {k: v for k, v in src.items() if k in keep or k.startswith("LC_")}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    names = [*profile.env, "DBUS_SESSION_BUS_ADDRESS"] if systemd else profile.env
+    env = sanitized(names, parent)
     env["AIWG_TASK_ID"] = task_id
     return env
 

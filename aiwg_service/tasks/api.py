@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import protocol as p
 from ..rpc import Connection, RpcServer
-from .model import FINISHED_STATES, Task, TaskSource, TaskState
+from .model import FINISHED_STATES, Task, TaskSource, TaskState, split_agent
 from .store import Store, StoreError
 from .supervisor import Supervisor
 
@@ -31,10 +31,16 @@ __all__ = ["TaskHub", "register"]
 log = logging.getLogger(__name__)
 
 _FINAL_EVENTS = frozenset(f"task.{s.value}" for s in FINISHED_STATES)
-#: A follower whose socket has this much unsent data stops getting live chunks; it catches up from
-#: the log file (the source of truth) once the client reads again, so nothing is lost or buffered twice.
-MAX_PENDING_BYTES = 4 * 1024 * 1024
-_CHUNK = 256 * 1024
+#: A follower sends the log in chunks while its connection has room (the connection's byte budget);
+#: when it has none, it waits and resumes from the log file (the source of truth) once the client
+#: reads again, so nothing is lost and nothing is buffered twice.
+_CHUNK = 128 * 1024
+#: ``task.list`` stops adding tasks past about this many bytes (long prompts), so one reply stays
+#: inside a connection's budget; the client pages on with ``before`` = the last id it got.
+LIST_BYTES = 512 * 1024
+#: Fields of a task that grow with client input; the rest add about this much each.
+_TASK_OVERHEAD = 1024
+_LIST_PAGE = 100
 
 
 def task_result(task: Task) -> dict[str, Any]:
@@ -67,6 +73,8 @@ class _Follower:
         self.offset = offset
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.lagging = False
+        self.final_state: str | None = None  # set once the task finished: the last message is owed
+        self._armed = False
 
     def _send(self, data: bytes) -> None:
         self.offset += len(data)
@@ -74,16 +82,31 @@ class _Follower:
         if text:
             self.conn.notify(p.NOTIFY_TASK_OUTPUT, {"taskId": self.task_id, "data": text, "offset": self.offset})
 
-    def _congested(self) -> bool:
-        t = self.conn.transport
-        return t is not None and t.get_write_buffer_size() > MAX_PENDING_BYTES
+    def _wait_for_room(self) -> None:
+        self.lagging = True
+        if not self._armed:
+            self._armed = True
+            self.conn.when_writable(self._resume)
 
-    def catch_up(self) -> None:
-        """Send what the log holds beyond ``offset`` (start-up backlog, or after lagging)."""
+    def _resume(self) -> None:
+        self._armed = False
+        if self.conn.is_closing:
+            return
+        if self.final_state is not None:
+            self.done(self.final_state)
+        else:
+            self.catch_up()
+
+    def catch_up(self) -> bool:
+        """Send what the log holds beyond ``offset`` while the connection has room (start-up backlog,
+        or after lagging). False if it ran out of room: it goes on by itself once the client reads."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 while not self.conn.is_closing:
+                    if not self.conn.writable:
+                        self._wait_for_room()
+                        return False
                     data = f.read(_CHUNK)
                     if not data:
                         break
@@ -93,26 +116,25 @@ class _Follower:
         except OSError as exc:
             log.warning("task %s: cannot read its log for a follower: %s", self.task_id, exc)
         self.lagging = False
+        return True
 
     def chunk(self, data: bytes) -> None:
-        if self.conn.is_closing:
+        if self.conn.is_closing or self.lagging:
+            return  # a lagging follower reads ``data`` from the file when it resumes
+        if not self.conn.writable:
+            self._wait_for_room()
             return
-        if self._congested():
-            self.lagging = True
-            return
-        if self.lagging:
-            self.catch_up()  # the file already holds ``data`` too
-        else:
-            self._send(data)
+        self._send(data)
 
     def done(self, state: str) -> None:
-        if self.conn.is_closing:
+        self.final_state = state
+        if self.conn.is_closing or not self.catch_up():
             return
-        self.catch_up()
         tail = self.decoder.decode(b"", final=True)
         msg: dict[str, Any] = {"taskId": self.task_id, "data": tail, "offset": self.offset, "done": True,
                                "state": state}
         self.conn.notify(p.NOTIFY_TASK_OUTPUT, msg)
+        self.conn.close_stream()
 
 
 class TaskHub:
@@ -191,6 +213,12 @@ def register(
     """Register the methods.  ``store``/``supervisor`` are getters: both are built when their
     subsystems start, after the methods are registered (and before the socket serves)."""
 
+    def root_of(value: str) -> str:
+        try:
+            return resolve_root(value)
+        except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, EACCES, ...
+            raise _invalid("project", f"cannot resolve {p.quote(value)}: {exc}") from None
+
     def project_of(value: str | None) -> str:
         served = list(projects())
         if value is None:
@@ -200,22 +228,25 @@ def register(
                 raise _invalid("project", "the service serves no project; add one with `aiwgctl project add`")
             raise _invalid("project", f"required: the service serves {len(served)} projects ({', '.join(served)})",
                            projects=served)
-        root = resolve_root(value)
+        root = root_of(value)
         if root not in served:
-            raise _invalid("project", f"{root} is not a project this service serves"
+            raise _invalid("project", f"{p.quote(root)} is not a project this service serves"
                            + (f" (serving: {', '.join(served)})" if served else ""), projects=served)
         return root
 
     def submit(prompt: str, agent: str | None, priority: int, project: str | None, timeout: float | None,
                source: str) -> Task:
         root = project_of(project)
-        name = agent or "claude"
         known = agent_names(root)
-        if name not in known:
-            raise _invalid("agent", f"unknown agent profile {name!r} (known: {', '.join(known)})", known=known)
+        try:
+            # The AIWG daemon's ``agent`` names a Claude Code subagent: one that names no profile of ours
+            # runs with the claude profile, as ``claude --agent NAME``.
+            name, subagent = split_agent(agent, known)
+        except ValueError as exc:
+            raise _invalid("agent", f"{p.quote(agent)} {exc}", known=known) from None
         try:
             return supervisor().submit(root, prompt, agent=name, priority=priority, source=TaskSource(source),
-                                       timeout_s=timeout)
+                                       timeout_s=timeout, subagent=subagent)
         except KeyError as exc:  # the profile vanished in a reload between the check and the submit
             raise _invalid("agent", str(exc).strip("\"'"), known=known) from None
         except StoreError as exc:
@@ -228,7 +259,8 @@ def register(
         return task
 
     async def task_submit(params: p.TaskSubmitParams, conn: Connection) -> dict[str, Any]:
-        task = submit(params.prompt, params.agent, params.priority, params.project, params.timeout, params.source)
+        priority = 0 if params.priority is None else params.priority
+        task = submit(params.prompt, params.agent, priority, params.project, params.timeout, params.source)
         if not params.wait:
             return task_result(task)
         fut = hub.waiter(task.id)
@@ -254,14 +286,28 @@ def register(
         now = store().get(task.id) or task
         return {"taskId": task.id, "cancelled": cancelled, "state": now.state.value}
 
-    def task_list(params: p.TaskListParams, _conn: Connection) -> dict[str, Any]:
-        project = resolve_root(params.project) if params.project else None
-        tasks, nxt = store().list(state=params.state, project=project, source=params.source, limit=params.limit,
-                                  cursor=params.before)
-        return {"tasks": [task_result(t) for t in tasks], "next": nxt}
+    def task_list(params: p.TaskListParams, _conn: Connection) -> list[dict[str, Any]]:
+        """An array, newest first, as the AIWG CLI iterates it; the next page is ``before`` = the last id."""
+        project = root_of(params.project) if params.project else None
+        out: list[dict[str, Any]] = []
+        size = 0
+        cursor = params.before
+        while len(out) < params.limit and size <= LIST_BYTES:
+            # read in small keyset pages: a page of long prompts ends early without reading the rest
+            want = min(_LIST_PAGE, params.limit - len(out))
+            tasks, cursor = store().list(state=params.state, project=project, source=params.source, limit=want,
+                                         cursor=cursor)
+            for t in tasks:
+                if out and size > LIST_BYTES:
+                    break
+                size += _TASK_OVERHEAD + len(t.prompt) + len(t.result or "") + len(t.error or "")
+                out.append(task_result(t))
+            if cursor is None:
+                break
+        return out
 
     def task_stats(params: p.TaskStatsParams, _conn: Connection) -> dict[str, Any]:
-        project = resolve_root(params.project) if params.project else None
+        project = root_of(params.project) if params.project else None
         out = store().stats(project)
         sup = supervisor()
         out["max_parallel"] = sup.max_parallel
@@ -275,19 +321,22 @@ def register(
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                f.seek(params.offset)
-                data = f.read(params.limit)
+                if params.offset < size:  # past the end there is nothing to read (and no seek to fail)
+                    f.seek(params.offset)
+                    data = f.read(params.limit)
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise p.RpcError(p.INTERNAL_ERROR, f"cannot read the log of {task.id}: {exc.strerror}") from None
-        end = params.offset + len(data)
+        offset = min(params.offset, size)
+        end = offset + len(data)
         if end < size or not task.finished:
             data = data[:_utf8_boundary(data)]
-        nxt = params.offset + len(data)
+        nxt = offset + len(data)
         result = {"taskId": task.id, "data": data.decode("utf-8", "replace"), "offset": nxt,
                   "eof": task.finished and nxt >= size, "state": task.state.value, "size": size}
         if params.follow:
+            conn.open_stream()
             follower = _Follower(hub, conn, task.id, path, nxt)
 
             def attach() -> None:
@@ -307,7 +356,8 @@ def register(
         return result
 
     def chat_send(params: p.ChatSendParams, _conn: Connection) -> dict[str, Any]:
-        task = submit(params.message, None, params.priority, params.project, None, TaskSource.chat.value)
+        priority = 5 if params.priority is None else params.priority
+        task = submit(params.message, None, priority, params.project, None, TaskSource.chat.value)
         return {"taskId": task.id, "state": task.state.value}
 
     rpc.register("task.submit", task_submit)

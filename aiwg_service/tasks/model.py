@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -114,6 +115,9 @@ class Task(Struct, kw_only=True, omit_defaults=False):
     output_truncated: bool = False
     timeout_s: Annotated[float, Meta(gt=0)] | None = None
     error: str | None = None
+    #: A Claude Code subagent (``claude --agent NAME``): what the AIWG daemon's ``agent`` means when it
+    #: names no profile of ours. ``agent`` is then the profile that runs it (``claude``).
+    subagent: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -127,6 +131,25 @@ class Task(Struct, kw_only=True, omit_defaults=False):
         if not self.started_at or not self.finished_at:
             return None
         return parse_time(self.finished_at) - parse_time(self.started_at)
+
+
+#: A Claude Code subagent name (``claude --agent NAME``): letters, digits, ``_``, ``-``, ``:``, not starting
+#: with ``-``, so it can never become an option or a path.
+SUBAGENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_:-]{0,127}")
+
+
+def split_agent(name: str | None, profiles: Collection[str]) -> tuple[str, str | None]:
+    """``(profile, subagent)`` for an ``agent`` as the AIWG daemon's clients and rules mean it: a profile
+    of ours if one has that name, else a Claude Code subagent run by the ``claude`` profile. ValueError for
+    a name that is neither."""
+    if not name:
+        return "claude", None
+    if name in profiles:
+        return name, None
+    if SUBAGENT_NAME.fullmatch(name):
+        return "claude", name
+    raise ValueError(f"is neither an agent profile (known: {', '.join(sorted(profiles))}) nor a subagent name "
+                     "(letters, digits, _, - and :, not starting with -)")
 
 
 AgentKind = Literal["claude", "shell", "command"]
@@ -173,6 +196,10 @@ def profile_problems(profile: AgentProfile) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if profile.command and not any("{prompt}" in part for part in profile.command):
         out.append(("command", "must contain {prompt} (where the task's prompt goes)"))
+    for i, part in enumerate(profile.command or ()):
+        if "{prompt}" in part and part != "{prompt}":
+            out.append((f"command[{i}]", f'"{{prompt}}" must be an argv element of its own, not part of {part!r}: '
+                                         "a prompt glued to an option could change what the option says"))
     return out
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import paths
 from .agents import kill_orphan_group
 from .model import (
     FINISHED_STATES,
@@ -83,6 +84,7 @@ MIGRATIONS: list[str] = [
     -- retention
     CREATE INDEX tasks_finished_at ON tasks(finished_at) WHERE finished_at IS NOT NULL;
     """,
+    "ALTER TABLE tasks ADD COLUMN subagent TEXT;",
 ]
 
 
@@ -100,9 +102,13 @@ class Store:
     def __init__(self, state_dir: str | os.PathLike[str], emit: Emit | None = None, *,
                  filename: str = "tasks.db") -> None:
         self.dir = Path(state_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.dir / filename
         self._emit_cb = emit
+        try:
+            paths.private_file(self.path)
+        except OSError as e:
+            raise StoreError(f"cannot open task store {self.path}: {e.strerror}") from e
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -201,11 +207,12 @@ class Store:
     # -- creation and reads ---------------------------------------------------------
 
     def submit(self, project: str, prompt: str, *, agent: str = "claude", priority: int = 0,
-               source: TaskSource | str = TaskSource.cli, timeout_s: float | None = None) -> Task:
+               source: TaskSource | str = TaskSource.cli, timeout_s: float | None = None,
+               subagent: str | None = None) -> Task:
         """Insert a queued task (one transaction) and emit ``task.queued``."""
         task = Task(id=new_task_id(), project=str(project), prompt=prompt, agent=agent,
                     priority=int(priority), source=TaskSource(source), created_at=utc_now(),
-                    timeout_s=timeout_s)
+                    timeout_s=timeout_s, subagent=subagent)
         return self.insert(task)
 
     def insert(self, task: Task) -> Task:

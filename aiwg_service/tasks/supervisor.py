@@ -110,7 +110,7 @@ class Supervisor:
 
         Returns the recovered tasks."""
         self._loop = asyncio.get_running_loop()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         recovered = self.store.recover(self._retry_for, retry_for_task=self._retry_for_task)
         self._started = True
         self._stopping = False
@@ -134,12 +134,13 @@ class Supervisor:
     # -- API ------------------------------------------------------------------------------
 
     def submit(self, project: str, prompt: str, *, agent: str = "claude", priority: int = 0,
-               source: TaskSource | str = TaskSource.cli, timeout_s: float | None = None) -> Task:
+               source: TaskSource | str = TaskSource.cli, timeout_s: float | None = None,
+               subagent: str | None = None) -> Task:
         """Queue a task (raises KeyError for an unknown agent, StoreError if it could not be
         stored) and wake the scheduler."""
         self._profile(agent, project)
         task = self.store.submit(project, prompt, agent=agent, priority=priority, source=source,
-                                 timeout_s=timeout_s)
+                                 timeout_s=timeout_s, subagent=subagent)
         self._idle.clear()
         self.wake()
         return task
@@ -263,7 +264,7 @@ class Supervisor:
         except Exception as e:
             self.store.fail_queued(task.id, f"unknown agent profile {task.agent!r}: {e}")
             return
-        argv = build_argv(profile, task.prompt)
+        argv = build_argv(profile, task.prompt, task.subagent)
         env = child_env(profile, task.id, systemd=self.use_systemd_scope)
         if self.child_umask is not None and self.child_umask != process_umask():
             # Resolve here so "no such agent" stays a spawn error, not an exit 127 of the wrapper.
@@ -281,7 +282,8 @@ class Supervisor:
                 self.store.cancel_queued(task.id)
             return
         try:
-            logf: BinaryIO = open(log_path, "ab", buffering=0)  # noqa: SIM115 - closed in finally below
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            logf: BinaryIO = open(fd, "ab", buffering=0)  # noqa: SIM115 - closed in finally below
         except OSError as e:
             self.store.fail_queued(task.id, f"cannot open log {log_path}: {e}")
             return

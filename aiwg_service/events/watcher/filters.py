@@ -6,11 +6,10 @@ Filters decide on path strings only; they never touch the filesystem or the watc
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ...globs import gitignore_regex
+from ...globs import Matcher, compile_gitignore
 
 KINDS = ("create", "modify", "delete")
 AUTO_IGNORE_DIRS = frozenset({".git", "node_modules", "__pycache__"})
@@ -38,14 +37,19 @@ class IgnoreMatcher:
     anchored to the spec path, ``!`` re-includes (last match wins). As in git, a file below an
     ignored directory cannot be re-included (ignored directories are not even watched).
     ``dir/**`` also prunes ``dir`` itself, since every entry below it is ignored.
+
+    Matching is linear in the path whatever the patterns (``globs``): a pattern without ``/`` is
+    tested against the basename only, instead of as ``**/pattern`` against the whole path.
     """
 
-    __slots__ = ("_any", "_dirs", "_rules")
+    __slots__ = ("_fast", "_rules")
 
     def __init__(self, patterns: Iterable[str]) -> None:
-        rules: list[tuple[re.Pattern[str], bool, bool]] = []
-        for raw in patterns:
-            p = raw.strip()
+        # (matcher, on the basename?, negated?, directories only?)
+        rules: list[tuple[Matcher, bool, bool, bool]] = []
+        raw: list[tuple[str, bool, bool, bool]] = []
+        for line in patterns:
+            p = line.strip()
             if not p or p.startswith("#"):
                 continue
             neg = p.startswith("!")
@@ -57,31 +61,38 @@ class IgnoreMatcher:
             p = p.lstrip("/")
             if not p:
                 continue
-            prefix = "" if anchored else "(?:.*/)?"
-            rules.append((re.compile(prefix + gitignore_regex(p)), neg, dir_only))
+            raw.append((p, not anchored, neg, dir_only))
             if p.endswith("/**") and not neg and len(p) > 3:
-                rules.append((re.compile(prefix + gitignore_regex(p[:-3])), False, True))
+                raw.append((p[:-3], not anchored, False, True))
+        for p, base, neg, dir_only in raw:
+            rules.append((compile_gitignore(p), base, neg, dir_only))
         self._rules = rules
-        self._any: re.Pattern[str] | None = None
-        self._dirs: re.Pattern[str] | None = None
-        if rules and not any(neg for _, neg, _ in rules):
-            # Fast path: one alternation per kind, a single fullmatch per lookup.
-            files = [r.pattern for r, _, d in rules if not d]
-            self._any = re.compile("|".join(f"(?:{p})" for p in files)) if files else re.compile(r"(?!)")
-            self._dirs = re.compile("|".join(f"(?:{r.pattern})" for r, _, _ in rules))
+        #: without negations, one matcher per (basename?, kind) answers at once: {(base, is_dir): matcher}
+        self._fast: dict[tuple[bool, bool], Matcher] | None = None
+        if raw and not any(neg for _, _, neg, _ in raw):
+            self._fast = {}
+            for base in (True, False):
+                for is_dir in (True, False):
+                    pats = [p for p, b, _, d in raw if b == base and (is_dir or not d)]
+                    if pats:
+                        self._fast[(base, is_dir)] = compile_gitignore(*pats)
 
     def __bool__(self) -> bool:
         return bool(self._rules)
 
     def match(self, rel: str, is_dir: bool) -> bool:
         """True if ``rel`` (relative to the spec path, ``/``-separated) is ignored."""
-        if self._dirs is not None:
-            rx = self._dirs if is_dir else self._any
-            return rx.fullmatch(rel) is not None  # type: ignore[union-attr]
-        for rx, neg, dir_only in reversed(self._rules):
+        name = rel.rpartition("/")[2]
+        if self._fast is not None:
+            m = self._fast.get((True, is_dir))
+            if m is not None and m.fullmatch(name):
+                return True
+            m = self._fast.get((False, is_dir))
+            return m is not None and m.fullmatch(rel)
+        for m, base, neg, dir_only in reversed(self._rules):
             if dir_only and not is_dir:
                 continue
-            if rx.fullmatch(rel) is not None:
+            if m.fullmatch(name if base else rel):
                 return not neg
         return False
 
