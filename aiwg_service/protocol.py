@@ -127,6 +127,11 @@ class TaskSubmitParams(Params):
     timeout: Annotated[float, Meta(gt=0, le=366 * 86400)] | None = None  # seconds
     wait: bool = False
     source: TaskSource = "cli"
+    #: This task's own budget (USD): the run is stopped when its cost passes it.
+    max_budget_usd: Annotated[float, Meta(ge=0)] | None = None
+    #: Why it runs (event_id, rule, run_id, approval, conversation, turn, cron_job, webhook_delivery,
+    #: cli...); default ``{"cli": true}``.  See ``trace.get``.
+    origin: dict[str, Any] | None = None
 
 
 class TaskIdParams(Params):
@@ -220,6 +225,21 @@ class ChatSendParams(Params):
     project: str | None = None
 
 
+class DaemonStopParams(Params):
+    #: Stop running agents too (after ``daemon.stop_timeout_seconds``); by default they keep running
+    #: and the next start re-adopts them.
+    agents: bool = False
+
+
+class BudgetStatusParams(Params):
+    project: str | None = None
+
+
+class TraceGetParams(Params):
+    #: Any event, rule run, task or conversation id.
+    id: Annotated[str, Meta(min_length=1, max_length=200)]
+
+
 #: Every method and its params type. The namespace is fixed here so clients and later subsystems agree.
 METHODS: dict[str, type[Params]] = {
     "ping": NoParams,
@@ -250,12 +270,15 @@ METHODS: dict[str, type[Params]] = {
     "events.subscribe": EventsSubscribeParams,
     "cron.list": NoParams,
     "chat.send": ChatSendParams,
+    "daemon.stop": DaemonStopParams,
+    "budget.status": BudgetStatusParams,
+    "trace.get": TraceGetParams,
 }
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
                        "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
-                       "approval.list", "webhook.list"})
+                       "budget.status", "trace.get", "approval.list", "webhook.list"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

@@ -181,7 +181,7 @@ class Service:
         self.subsystems = build_subsystems(CorePorts(
             bus=self.bus, rpc=self.rpc, configs=self.current_configs, state_dir=self.state_dir,
             listen=self.listening_socket, health=self.health, config_status=lambda: self.last_reload,
-            socket_path=lambda: self.socket_path,
+            socket_path=lambda: self.socket_path, request_stop=self.request_stop,
         ))
 
     def current_configs(self) -> Configs:

@@ -92,6 +92,9 @@ def main() -> int:
         for _ in range(n // 64 + 1):
             sys.stdout.write(chunk)
         sys.stdout.flush()
+    import fake_claude_extras as extras  # rising cost, long runs: see that module
+
+    extras.ticks(words, sid, model, out)
     sleep = opt(words, "sleep")
     if sleep:
         end = time.monotonic() + float(sleep)
@@ -105,11 +108,13 @@ def main() -> int:
     err_result = "error-result" in words
     usage = {"input_tokens": 1234, "output_tokens": 567, "cache_creation_input_tokens": 89,
              "cache_read_input_tokens": 4321}
-    out({"type": "result", "subtype": "error_max_turns" if err_result else
-         ("error_during_execution" if failed else "success"),
-         "is_error": failed or err_result, "result": text, "session_id": sid,
-         "total_cost_usd": 0.0123, "duration_ms": 1500, "duration_api_ms": 1200, "num_turns": 3,
-         "usage": usage})
+    result = {"type": "result", "subtype": "error_max_turns" if err_result else
+              ("error_during_execution" if failed else "success"),
+              "is_error": failed or err_result, "result": text, "session_id": sid,
+              "total_cost_usd": 0.0123, "duration_ms": 1500, "duration_api_ms": 1200, "num_turns": 3,
+              "usage": usage}
+    extras.adjust_result(words, result)
+    out(result)
     if mark:
         with open(mark, "a") as f:
             f.write(f"end {os.getpid()} {time.time():.6f}\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -163,6 +164,19 @@ class ServiceEnv:
         return self.log.read_text() if self.log.exists() else ""
 
 
+def kill_agents(state_dir: Path) -> None:
+    """Agents outlive the service (by design): a test's teardown ends the ones it left behind."""
+    for claim in (state_dir / "runs").glob("*.claim"):
+        try:
+            rec = json.loads(claim.read_text())
+        except (OSError, ValueError):
+            continue
+        for pid, group in ((rec.get("child"), True), (rec.get("pid"), False)):
+            if isinstance(pid, int) and pid > 1:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def svc_env(tmp_path: Path) -> Iterator[ServiceEnv]:
     env = ServiceEnv(tmp_path)
@@ -170,6 +184,7 @@ def svc_env(tmp_path: Path) -> Iterator[ServiceEnv]:
     if env.proc is not None and env.proc.poll() is None:
         env.proc.kill()
         env.proc.wait(10)
+    kill_agents(env.state_dir)
 
 
 @pytest.fixture

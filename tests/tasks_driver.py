@@ -1,17 +1,13 @@
 #!/usr/bin/env python3
 """Service-side driver run in a subprocess by the tests.
 
-  tasks_driver.py crash STATE_DIR PROJECT PROMPT RETRY
-      start a Supervisor, submit PROMPT, print the task id, then run until killed
-      (the test kill -9s us mid-task to simulate a crash).
   tasks_driver.py scope STATE_DIR PROJECT
-      run two shell tasks under systemd-run --user --scope (one reports its cgroup,
+      run two shell tasks, each in its own transient unit (one reports its cgroup,
       one times out with a grandchild) and print the finished tasks as JSON lines.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -24,16 +20,6 @@ from aiwg_service.tasks.agents import profile_lookup
 from aiwg_service.tasks.model import AgentProfile
 from aiwg_service.tasks.store import Store
 from aiwg_service.tasks.supervisor import Supervisor
-
-
-async def crash(state: str, project: str, prompt: str, retry: int) -> None:
-    store = Store(state)
-    sup = Supervisor(store, profile_lookup({"claude": AgentProfile(retry=retry)}), None,
-                     log_dir=Path(state) / "logs", default_timeout_s=600)
-    await sup.start()
-    t = sup.submit(project, prompt)
-    print(t.id, flush=True)
-    await asyncio.Event().wait()
 
 
 async def scope(state: str, project: str) -> None:
@@ -54,9 +40,7 @@ async def scope(state: str, project: str) -> None:
 
 def main() -> None:
     mode = sys.argv[1]
-    if mode == "crash":
-        uvloop.run(crash(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])))
-    elif mode == "scope":
+    if mode == "scope":
         uvloop.run(scope(sys.argv[2], sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -187,3 +187,29 @@ def test_a_prompt_that_looks_like_an_option_stays_a_prompt() -> None:
     assert argv == ["tool", "-v", "--message", evil]  # one element, the value of --message
     problems = profile_problems(AgentProfile(kind="command", command=["tool", "--task={prompt}"]))
     assert problems and problems[0][0] == "command[1]" and "argv element of its own" in problems[0][1]
+
+
+def test_cost_status_and_running_estimate() -> None:
+    from aiwg_service.tasks.agents import StreamJsonParser
+
+    def parse(*lines: str, prices: tuple[float, float, float, float] | None = None) -> StreamJsonParser:
+        p = StreamJsonParser()
+        p.prices = prices
+        p.feed("".join(line + "\n" for line in lines).encode())
+        p.close()
+        return p
+
+    def msg(i: int) -> str:
+        return ('{"type":"assistant","message":{"id":"m' + str(i)
+                + '","content":[],"usage":{"input_tokens":100,"output_tokens":1000}}}')
+
+    est = parse(msg(1), msg(2), prices=(1.0, 10.0, 0.0, 0.0))
+    assert est.running_cost() == pytest.approx(2 * (100 * 1.0 + 1000 * 10.0) / 1e6) and est.cost_status is None
+    assert parse(msg(1)).running_cost() is None  # no prices, no reported figure: unknown
+    ok = parse(msg(1), '{"type":"result","subtype":"success","result":"r","total_cost_usd":0.5}')
+    assert ok.cost_usd == 0.5 and ok.cost_status == "reported" and ok.running_cost() == 0.5
+    missing = parse('{"type":"result","subtype":"success","result":"r"}')
+    assert missing.cost_usd is None and missing.cost_status == "missing" and missing.result == "r"
+    for bad in ('"lots"', "-1", '{"usd": 1}', "true"):
+        p = parse('{"type":"result","subtype":"success","result":"kept","total_cost_usd":' + bad + "}")
+        assert p.cost_usd is None and p.cost_status == "malformed" and p.result == "kept", bad

@@ -317,7 +317,7 @@ def test_stop_interrupts_and_next_start_requeues(tmp_path: Path, fake_path: Path
         b = sup.submit(project, "sleep=30", agent="r0")
         await asyncio.to_thread(read_pid, pidfile)
         await await_for(lambda: len(sup.running) == 2)
-        await sup.stop(grace_s=0.2)
+        await sup.stop(grace_s=0.2, stop_agents=True)  # aiwgctl stop --agents
         for x in (a, b):
             t = sup.store.get(x.id)
             assert t and t.state is TaskState.interrupted and t.interruptions == 1, t
@@ -342,10 +342,10 @@ def test_stop_interrupts_and_next_start_requeues(tmp_path: Path, fake_path: Path
     assert ev.types(bid) == ["task.queued", "task.started", "task.interrupted", "task.failed"]
 
 
-def test_store_failure_at_start_kills_the_agent(tmp_path: Path, fake_path: Path, project: str) -> None:
-    """If 'running' cannot be recorded (disk full), the spawned agent must not live on unrecorded."""
+def test_store_failure_at_start_launches_nothing(tmp_path: Path, fake_path: Path, project: str) -> None:
+    """'running' is recorded before the launch: if that fails (disk full), nothing runs."""
     ev = Events()
-    pids: list[int] = []
+    mark = tmp_path / "mark"
 
     async def main() -> None:
         sup = make_supervisor(tmp_path, ev)
@@ -353,18 +353,42 @@ def test_store_failure_at_start_kills_the_agent(tmp_path: Path, fake_path: Path,
         real = sup.store.mark_started
 
         def failing(task_id: str, **kw: object) -> None:
-            pids.append(int(kw["pid"]))  # type: ignore[call-overload]
             raise StoreError("task store write failed, nothing was changed: database or disk is full")
 
         sup.store.mark_started = failing  # type: ignore[method-assign]
         await sup.start()
-        t = sup.submit(project, "sleep=30")
+        t = sup.submit(project, f"mark={mark}")
         await sup.wait_idle()
-        assert pids and not pid_alive(pids[0])
         q = sup.store.get(t.id)
         assert q and q.state is TaskState.queued and q.attempts == 0
         assert ("task.store_error", project) in [(e, p) for e, p, _ in ev.items]
+        assert not mark.exists()
         sup.store.mark_started = real  # type: ignore[method-assign]
+        await sup.stop(0)
+        sup.store.close()
+
+    run(main())
+
+
+def test_store_failure_after_launch_stops_the_agent(tmp_path: Path, fake_path: Path, project: str) -> None:
+    """If the handle cannot be recorded, the launched agent must not live on unseen."""
+    ev = Events()
+    handles: list[dict] = []
+
+    async def main() -> None:
+        sup = make_supervisor(tmp_path, ev, kill_grace_s=0.5)
+        sup.store_retry_s = 60
+
+        def failing(task_id: str, handle: dict) -> None:
+            handles.append(handle)
+            raise StoreError("task store write failed, nothing was changed: database or disk is full")
+
+        sup.store.set_handle = failing  # type: ignore[method-assign]
+        await sup.start()
+        sup.submit(project, "sleep=30")
+        await sup.wait_idle()
+        assert handles and not pid_alive(handles[0]["pid"])
+        assert ("task.store_error", project) in [(e, p) for e, p, _ in ev.items]
         await sup.stop(0)
         sup.store.close()
 

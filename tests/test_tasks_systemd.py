@@ -1,4 +1,4 @@
-"""use_systemd_scope=True against a real systemd user manager in a private mount namespace.
+"""use_systemd_scope=True (a transient unit per task) against a real systemd user manager in a private mount namespace.
 
 Self-contained (no shared fixture): as root, ``unshare -m`` gives us a private
 /run/systemd so a throwaway ``systemd --user`` can boot.  Skipped where that
@@ -72,7 +72,7 @@ def test_systemd_scope(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr + (rt / "systemd.log").read_text()[-2000:]
         a, b = (json.loads(line) for line in r.stdout.splitlines()[-2:])
         assert a["state"] == "completed", a
-        assert f"aiwg-task-{a['id']}.scope" in a["result"]
+        assert f"aiwg-task-{a['id']}.service" in a["result"]  # its own transient unit
         assert f"AIWG_TASK_ID={a['id']}" in a["result"]
         assert b["state"] == "timeout", b
         assert gc and not pid_alive(gc), "grandchild in the scope survived the timeout"

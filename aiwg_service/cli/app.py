@@ -14,6 +14,7 @@ import typer
 
 from .. import paths
 from . import approvals as approvals_cli
+from . import budget as budget_cmd
 from . import render, systemctl
 from .core import call, cmd_ping, cmd_status, fail, options, use_instance
 from .cron import cron_app
@@ -36,6 +37,8 @@ app.add_typer(events_app, name="events")
 app.add_typer(cron_app, name="cron")
 app.add_typer(rules_app, name="rules")
 app.add_typer(task_app, name="task")
+app.command("budget")(budget_cmd.budget)
+app.command("trace")(budget_cmd.trace)
 app.add_typer(webhook_app, name="webhook")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]

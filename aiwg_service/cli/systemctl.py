@@ -141,10 +141,59 @@ def start() -> None:
     print("started")
 
 
-def stop() -> None:
-    """Stop the service; the socket stays, so the next request starts it again."""
+def stop(
+    agents: Annotated[bool, typer.Option("--agents", help="stop running agents too (after "
+                                         "daemon.stop_timeout_seconds); by default they keep running")] = False,
+) -> None:
+    """Stop the service; the socket stays, so the next request starts it again.  Running agents
+    keep running (the next start re-adopts them) unless --agents."""
+    if not _manager_reachable():
+        _stop_foreground(agents)
+        return
+    if agents and systemctl("is-active", "aiwg.service", check=False).stdout.strip() in ("active", "reloading"):
+        _ask_to_stop_agents()  # (only when it runs: a request on the socket would start it)
     systemctl("stop", "aiwg.service")
     print("stopped (aiwg.socket still listens; use `systemctl --user stop aiwg.socket` to stop that too)")
+
+
+def _manager_reachable() -> bool:
+    if shutil.which("systemctl") is None:
+        return False
+    res = subprocess.run(["systemctl", "--user", "is-active", "aiwg.service"], capture_output=True, text=True)
+    err = res.stderr or ""
+    return not ("Failed to connect to bus" in err or "No medium found" in err or "$DBUS_SESSION_BUS_ADDRESS" in err)
+
+
+def _stop_foreground(agents: bool) -> None:
+    """No user manager: the service runs in the foreground; ask it to stop itself."""
+    from .. import protocol as p
+    from ..client import Client, NotRunning
+    from .core import START_HINT, resolve_socket
+
+    try:
+        with Client(resolve_socket(), 30.0) as c:
+            res = c.call("daemon.stop", {"agents": agents})
+    except NotRunning as exc:
+        fail(f"{exc}; {START_HINT}")
+    except p.RpcError as exc:
+        fail(f"the service refused to stop: {exc.message}")
+    kept = "" if agents else f"; {res.get('running', 0)} running agent(s) keep running"
+    print(f"stopping the foreground service{' and its agents' if agents else ''}{kept}")
+
+
+def _ask_to_stop_agents() -> None:
+    """Tell a running service that this stop is for its agents too (nothing to do if none runs)."""
+    from .. import protocol as p
+    from ..client import Client, NotRunning
+    from .core import resolve_socket
+
+    try:
+        with Client(resolve_socket(), 30.0) as c:
+            c.call("daemon.stop", {"agents": True})
+    except NotRunning:
+        return
+    except p.RpcError as exc:
+        fail(f"the service refused to stop its agents: {exc.message}")
 
 
 def restart() -> None:

@@ -24,7 +24,7 @@ task_app = typer.Typer(help="Agent tasks: submit, follow, list, inspect, cancel.
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 EXIT_CODES = {"completed": 0, "failed": 1, "timeout": 124, "cancelled": 130}
-STATES = ["queued", "running", "completed", "failed", "timeout", "cancelled", "interrupted"]
+STATES = ["queued", "held", "running", "completed", "failed", "timeout", "cancelled", "interrupted"]
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
@@ -51,7 +51,9 @@ def _short(seconds: float | None) -> str:
 
 def _cost(t: dict[str, Any]) -> str:
     c = t.get("cost_usd")
-    return "-" if c is None else f"${c:.4f}"
+    if c is None:
+        return "unknown" if t.get("cost_status") in ("missing", "malformed") else "-"
+    return f"${c:.4f}" + ("~" if t.get("cost_status") == "estimated" else "")
 
 
 def _excerpt(text: str, n: int = 50) -> str:
@@ -198,32 +200,61 @@ class LineRenderer:
         self.buf = ""
 
 
+#: How long ``logs -f`` keeps trying to reconnect while the service restarts (agents keep running).
+RECONNECT_S = 120.0
+
+
 def follow_logs(task_id: str, offset: int, raw: bool, label: str, quiet: bool = False) -> str:
-    """Stream ``task.logs {follow}`` until the task is done; returns its final state."""
+    """Stream ``task.logs {follow}`` until the task is done; returns its final state.
+
+    If the service restarts meanwhile (the agent keeps running), reconnect and go on from the last
+    byte received, so every line is shown exactly once."""
+    import time
+
     from ..client import Client, NotRunning
 
     state = "unknown"
+    done = False
     with Spinner(label) as sp:
         r = LineRenderer(sp, raw)
-        try:
-            with Client(resolve_socket(), None) as c:
-                for msg in c.stream("task.logs", {"taskId": task_id, "offset": offset, "follow": True}):
-                    if "result" in msg:
-                        res = msg["result"]
-                        state = res.get("state", state)
-                        if not quiet:
-                            r.feed(res.get("data", ""))
-                    elif msg.get("method") == p.NOTIFY_TASK_OUTPUT:
-                        prm = msg.get("params", {})
-                        if not quiet and prm.get("data"):
-                            r.feed(prm["data"])
-                        if prm.get("done"):
-                            state = prm.get("state", state)
-                            break
-        except NotRunning as exc:
-            fail(f"{exc}; {START_HINT}")
-        except p.RpcError as exc:
-            fail(exc.message)
+        gave_up_at: float | None = None
+        while not done:
+            try:
+                with Client(resolve_socket(), None) as c:
+                    for msg in c.stream("task.logs", {"taskId": task_id, "offset": offset, "follow": True}):
+                        gave_up_at = None
+                        if "result" in msg:
+                            res = msg["result"]
+                            state = res.get("state", state)
+                            offset = res.get("offset", offset)
+                            if not quiet:
+                                r.feed(res.get("data", ""))
+                            if res.get("eof"):
+                                done = True
+                                break
+                        elif msg.get("method") == p.NOTIFY_TASK_OUTPUT:
+                            prm = msg.get("params", {})
+                            offset = prm.get("offset", offset)
+                            if not quiet and prm.get("data"):
+                                r.feed(prm["data"])
+                            if prm.get("done"):
+                                state = prm.get("state", state)
+                                done = True
+                                break
+            except NotRunning as exc:
+                now = time.monotonic()
+                if state == "unknown" and gave_up_at is None and offset == 0:
+                    fail(f"{exc}; {START_HINT}")
+                gave_up_at = gave_up_at or now + RECONNECT_S
+                if now > gave_up_at:
+                    fail(f"{exc}; the task may still be running: `aiwgctl task get {task_id}`")
+                time.sleep(0.2)
+                continue
+            except p.RpcError as exc:
+                fail(exc.message)
+            if not done:  # the service went away mid-stream (a restart): resume from ``offset``
+                gave_up_at = gave_up_at or time.monotonic() + RECONNECT_S
+                time.sleep(0.1)
         r.close()
     return state
 
@@ -237,8 +268,20 @@ def _print_task(t: dict[str, Any]) -> None:
     ]
     if t.get("exit_code") is not None or t.get("signal") is not None:
         pairs.append(("exit", t["exit_code"] if t.get("exit_code") is not None else f"signal {t['signal']}"))
-    if t.get("cost_usd") is not None:
-        pairs.append(("cost", _cost(t)))
+    if t.get("cost_usd") is not None or t.get("cost_status") in ("missing", "malformed"):
+        pairs.append(("cost", _cost(t) + (f" ({t['cost_status']} in the stream)"
+                                          if t.get("cost_status") in ("missing", "malformed") else "")))
+    if t.get("max_budget_usd") is not None:
+        pairs.append(("budget", f"${t['max_budget_usd']:g}"))
+    if t.get("held_reason"):
+        pairs.append(("held", t["held_reason"]))
+    if t.get("adopted"):
+        pairs.append(("adopted", f"re-adopted {t['adopted']}x by a restarted service"))
+    if t.get("executor"):
+        pairs.append(("executor", t["executor"] + (f" ({t['handle'].get('unit') or t['handle'].get('kind')})"
+                                                   if t.get("handle") else "")))
+    if t.get("origin"):
+        pairs.append(("origin", ", ".join(f"{k}={v}" for k, v in t["origin"].items())))
     if t.get("input_tokens") is not None:
         pairs.append(("tokens", f"{t['input_tokens']} in, {t['output_tokens']} out, "
                                 f"{t.get('cache_read_tokens') or 0} cache read"))
@@ -291,6 +334,14 @@ def submit(
     raise typer.Exit(EXIT_CODES.get(state, 1))
 
 
+def _state(t: dict[str, Any]) -> str:
+    """The state, marked when a restarted service re-adopted the run (it kept running meanwhile)."""
+    st = t["state"]
+    if t.get("adopted") and st == "running":
+        return "running (adopted)"
+    return st
+
+
 @task_app.command("list")
 def list_(
     state: Annotated[str | None, typer.Option("--state", "-s", help=f"only this state: {', '.join(STATES)}")] = None,
@@ -306,7 +357,7 @@ def list_(
     if json:
         render.emit_json(res)
         return
-    rows = [(t["id"], t["state"], _agent(t), t["priority"], _short(_since(t["created_at"])), _took(t), _cost(t),
+    rows = [(t["id"], _state(t), _agent(t), t["priority"], _short(_since(t["created_at"])), _took(t), _cost(t),
              _excerpt(t["prompt"])) for t in res]
     render.table(["id", "state", "agent", "pri", "age", "took", "cost", "prompt"], rows, empty="no tasks")
     if len(res) == limit:  # keyset paging: the next page is what is older than the last id shown

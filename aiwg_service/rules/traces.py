@@ -137,6 +137,24 @@ class TraceStore:
                                   (project, rule_id, run_id)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def by_run_id(self, run_id: str) -> dict[str, Any] | None:
+        """One run in full by its id alone (``trace.get``)."""
+        self.flush()
+        assert self.db is not None
+        with self.lock:
+            row = self.db.execute("SELECT detail FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def by_event(self, event_id: str = "", *, task_id: str = "") -> list[dict[str, Any]]:
+        """Runs a given event triggered, or runs triggered by events about a task (``trace.get``)."""
+        self.flush()
+        assert self.db is not None
+        path, value = ("$.event.id", event_id) if event_id else ("$.event.data.id", task_id)
+        with self.lock:
+            rows = self.db.execute("SELECT detail FROM runs WHERE json_extract(detail, ?) = ? ORDER BY seq",
+                                   (path, value)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
     def count(self, project: str, rule_id: str) -> int:
         self.flush()
         assert self.db is not None

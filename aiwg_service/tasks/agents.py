@@ -52,10 +52,12 @@ def profile_lookup(custom: Mapping[str, AgentProfile]) -> Callable[[str], AgentP
     return lookup
 
 
-def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None) -> list[str]:
+def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None,
+               max_budget_usd: float | None = None) -> list[str]:
     """The argv to exec for ``prompt``; the prompt is always one argv element, never shell-parsed
     (except by the ``shell`` kind, whose whole point is that). ``subagent`` (a plain identifier,
-    checked by the protocol) becomes ``--agent NAME`` for the ``claude`` kind.
+    checked by the protocol) becomes ``--agent NAME`` for the ``claude`` kind; ``max_budget_usd`` goes
+    to claude as ``--max-budget-usd`` unless the profile says its claude lacks the flag (``budget_flag``).
 
     For ``claude`` it comes last, after every option and after ``--``: a prompt made from a file named
     ``--permission-mode=bypassPermissions`` stays a prompt. A ``command`` profile's ``{prompt}`` is an argv
@@ -76,6 +78,8 @@ def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None) 
         argv += ["--permission-mode", profile.permission_mode]
     if subagent:
         argv += ["--agent", subagent]
+    if max_budget_usd is not None and profile.budget_flag:
+        argv += ["--max-budget-usd", f"{max_budget_usd:g}"]
     return [*argv, *profile.args, "--", prompt]
 
 
@@ -182,7 +186,8 @@ class _Line(msgspec.Struct):
     model: str | None = None
     result: str | None = None
     is_error: bool = False
-    total_cost_usd: float | None = None
+    # Raw: a malformed cost (a string, an object) must not cost us the whole result line.
+    total_cost_usd: msgspec.Raw = msgspec.Raw()
     num_turns: int | None = None
     usage: _Usage | None = None
     # Raw: only decoded for assistant lines; tool results ("user") can be large.
@@ -219,7 +224,12 @@ class StreamJsonParser:
         self.last_text: str | None = None
         self.garbage_lines = 0
         self.json_lines = 0
+        #: ``reported`` | ``missing`` | ``malformed``: what the result line said about the cost.
+        self.cost_status: str | None = None
         self._msg_usage: dict[str, _Usage] = {}
+        #: USD per million tokens (input, output, cache write, cache read), to estimate the cost of a
+        #: run while it goes (stream-json reports the real figure only at the end).
+        self.prices: tuple[float, float, float, float] | None = None
 
     def feed(self, data: bytes) -> None:
         start = 0
@@ -276,12 +286,41 @@ class StreamJsonParser:
             self.is_error = bool(line.is_error) or (line.subtype not in (None, "success"))
             if line.result is not None:
                 self.result = line.result[: self.MAX_RESULT]
-            if line.total_cost_usd is not None:
-                self.cost_usd = line.total_cost_usd
+            self._cost(line.total_cost_usd)
             if line.num_turns is not None:
                 self.num_turns = line.num_turns
             if line.usage is not None:
                 self.usage = line.usage
+
+    def _cost(self, raw: msgspec.Raw) -> None:
+        if not len(raw):
+            self.cost_status = "missing"
+            return
+        try:
+            v = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            v = None
+        if v is None and bytes(raw).strip() == b"null":
+            self.cost_status = "missing"
+        elif isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 and v == v and v != float("inf"):
+            self.cost_usd = float(v)
+            self.cost_status = "reported"
+        else:
+            self.cost_status = "malformed"
+
+    def running_cost(self) -> float | None:
+        """The best figure for what the run has cost so far: the reported total once there is one,
+        else an estimate from token usage when prices are known."""
+        if self.cost_usd is not None:
+            return self.cost_usd
+        if self.prices is None or not self._msg_usage:
+            return None
+        pi, po, pw, pr = self.prices
+        tot = 0.0
+        for u in self._msg_usage.values():
+            tot += (u.input_tokens * pi + u.output_tokens * po + u.cache_creation_input_tokens * pw
+                    + u.cache_read_input_tokens * pr)
+        return tot / 1e6
 
     def _assistant(self, raw: msgspec.Raw) -> None:
         try:

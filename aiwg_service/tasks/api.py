@@ -209,6 +209,7 @@ def register(
     agent_names: Callable[[str], list[str]],
     resolve_root: Callable[[str], str],
     log_dir: Path,
+    request_stop: Callable[[], None] | None = None,
 ) -> None:
     """Register the methods.  ``store``/``supervisor`` are getters: both are built when their
     subsystems start, after the methods are registered (and before the socket serves)."""
@@ -235,7 +236,7 @@ def register(
         return root
 
     def submit(prompt: str, agent: str | None, priority: int, project: str | None, timeout: float | None,
-               source: str) -> Task:
+               source: str, origin: dict[str, Any] | None = None, max_budget_usd: float | None = None) -> Task:
         root = project_of(project)
         known = agent_names(root)
         try:
@@ -246,7 +247,8 @@ def register(
             raise _invalid("agent", f"{p.quote(agent)} {exc}", known=known) from None
         try:
             return supervisor().submit(root, prompt, agent=name, priority=priority, source=TaskSource(source),
-                                       timeout_s=timeout, subagent=subagent)
+                                       timeout_s=timeout, subagent=subagent, origin=origin,
+                                       max_budget_usd=max_budget_usd)
         except KeyError as exc:  # the profile vanished in a reload between the check and the submit
             raise _invalid("agent", str(exc).strip("\"'"), known=known) from None
         except StoreError as exc:
@@ -260,7 +262,8 @@ def register(
 
     async def task_submit(params: p.TaskSubmitParams, conn: Connection) -> dict[str, Any]:
         priority = 0 if params.priority is None else params.priority
-        task = submit(params.prompt, params.agent, priority, params.project, params.timeout, params.source)
+        task = submit(params.prompt, params.agent, priority, params.project, params.timeout, params.source,
+                      params.origin, params.max_budget_usd)
         if not params.wait:
             return task_result(task)
         fut = hub.waiter(task.id)
@@ -360,6 +363,16 @@ def register(
         task = submit(params.message, None, priority, params.project, None, TaskSource.chat.value)
         return {"taskId": task.id, "state": task.state.value}
 
+    def daemon_stop(params: p.DaemonStopParams, _conn: Connection) -> dict[str, Any]:
+        """Stop the service (``aiwgctl stop --agents`` asks for its agents to stop too)."""
+        sup = supervisor()
+        sup.stop_agents = params.agents
+        if request_stop is not None:
+            asyncio.get_running_loop().call_soon(request_stop)  # after the reply went out
+        return {"stopping": True, "agents": "stop" if params.agents else "keep running",
+                "running": len(sup.running)}
+
+    rpc.register("daemon.stop", daemon_stop)
     rpc.register("task.submit", task_submit)
     rpc.register("task.get", task_get)
     rpc.register("task.cancel", task_cancel)

@@ -41,9 +41,11 @@ Emit = Callable[[str, str | None, dict[str, Any]], None]
 
 
 class TaskState(enum.StrEnum):
-    """Lifecycle states; ``interrupted`` is transient (then queued or failed)."""
+    """Lifecycle states; ``interrupted`` is transient (then queued or failed); ``held`` waits for
+    a budget (``held_reason``) and goes back to ``queued`` when the budget allows."""
 
     queued = "queued"
+    held = "held"
     running = "running"
     completed = "completed"
     failed = "failed"
@@ -118,6 +120,26 @@ class Task(Struct, kw_only=True, omit_defaults=False):
     #: A Claude Code subagent (``claude --agent NAME``): what the AIWG daemon's ``agent`` means when it
     #: names no profile of ours. ``agent`` is then the profile that runs it (``claude``).
     subagent: str | None = None
+    #: Where it runs (``agents.<profile>.executor``; ``local`` by default) and the executor's
+    #: handle for the current attempt (JSON; lets a restarted service re-adopt the run).
+    executor: str | None = None
+    handle: dict[str, Any] | None = None
+    #: Why it was started: ``{"event_id", "rule", "run_id", "approval", "conversation", "turn",
+    #: "cron_job", "webhook_delivery", "cli"}``, whichever apply (see ``aiwgctl trace``).
+    origin: dict[str, Any] = {}
+    #: Why the service asked the run to stop (cancel, timeout, budget, stop), persisted before it
+    #: signals, so the outcome is recorded right even if the service restarts meanwhile.
+    stop_reason: str | None = None
+    #: How many times a restarted service re-adopted this run (it kept running meanwhile).
+    adopted: NonNegInt = 0
+    #: When a graceful stop of the service left the run going.
+    detached_at: str | None = None
+    #: ``reported`` (from the stream's result), ``missing`` or ``malformed`` (cost unknown).
+    cost_status: str | None = None
+    #: This task's own budget (USD); the run is stopped when its cost passes it.
+    max_budget_usd: float | None = None
+    #: Why a ``held`` task waits (which budget, spent and limit).
+    held_reason: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -155,6 +177,18 @@ def split_agent(name: str | None, profiles: Collection[str]) -> tuple[str, str |
 AgentKind = Literal["claude", "shell", "command"]
 
 
+class Prices(Struct, kw_only=True, forbid_unknown_fields=True):
+    """USD per million tokens."""
+
+    input: NonNegFloat = 0.0
+    output: NonNegFloat = 0.0
+    cache_write: NonNegFloat = 0.0
+    cache_read: NonNegFloat = 0.0
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return (self.input, self.output, self.cache_write, self.cache_read)
+
+
 class AgentProfile(Struct, kw_only=True):
     """How to run an agent.  ``kind`` picks a built-in argv; ``command`` overrides it.
 
@@ -180,6 +214,17 @@ class AgentProfile(Struct, kw_only=True):
     cpu_quota: PercentStr | None = None
     max_output_mb: Annotated[int, Meta(ge=1, le=10_000)] = 10
     timeout_minutes: Annotated[float, Meta(gt=0)] | None = None
+    #: Where tasks of this profile run (an executor's name; ``local`` by default) and that
+    #: executor's own settings (e.g. a host or a partition).
+    executor: ProfileName = "local"
+    executor_options: dict[str, Any] = {}
+    #: Per-task budget (USD): passed to claude as ``--max-budget-usd`` (``budget_flag``) and
+    #: enforced from the stream either way.
+    max_budget_usd: NonNegFloat | None = None
+    budget_flag: bool = True
+    #: USD per million tokens, to estimate a run's cost while it runs (the stream reports the
+    #: real figure only at the end); without it only the reported figure counts.
+    price_per_mtok: Prices | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("claude", "shell", "command"):

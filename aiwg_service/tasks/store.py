@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .. import paths
 from .agents import kill_orphan_group
 from .model import (
@@ -85,7 +87,25 @@ MIGRATIONS: list[str] = [
     CREATE INDEX tasks_finished_at ON tasks(finished_at) WHERE finished_at IS NOT NULL;
     """,
     "ALTER TABLE tasks ADD COLUMN subagent TEXT;",
+    """
+    ALTER TABLE tasks ADD COLUMN executor TEXT;
+    ALTER TABLE tasks ADD COLUMN handle TEXT;
+    ALTER TABLE tasks ADD COLUMN origin TEXT;
+    ALTER TABLE tasks ADD COLUMN stop_reason TEXT;
+    ALTER TABLE tasks ADD COLUMN adopted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN detached_at TEXT;
+    ALTER TABLE tasks ADD COLUMN cost_status TEXT;
+    ALTER TABLE tasks ADD COLUMN max_budget_usd REAL;
+    ALTER TABLE tasks ADD COLUMN held_reason TEXT;
+    CREATE INDEX tasks_held ON tasks(priority DESC, id) WHERE state = 'held';
+    -- budgets: spend per period
+    CREATE INDEX tasks_started_at ON tasks(started_at) WHERE started_at IS NOT NULL;
+    """,
 ]
+
+#: Columns stored as JSON text.
+_JSON_FIELDS = frozenset({"handle", "origin"})
+_json_enc = msgspec.json.Encoder()
 
 
 class StoreError(RuntimeError):
@@ -178,6 +198,10 @@ class Store:
         d["state"] = TaskState(d["state"])
         d["source"] = TaskSource(d["source"])
         d["output_truncated"] = bool(d["output_truncated"])
+        h = d["handle"]
+        d["handle"] = msgspec.json.decode(h) if h else None
+        o = d["origin"]
+        d["origin"] = msgspec.json.decode(o) if o else {}
         return Task(**d)
 
     def _transition(self, task_id: str, from_states: Iterable[TaskState], event: str | None,
@@ -192,7 +216,7 @@ class Store:
                 assigns.append(f"{k} = {v}")
             else:
                 assigns.append(f"{k} = ?")
-                params.append(v.value if isinstance(v, TaskState) else v)
+                params.append(_sql_value(k, v))
         sql = (f"UPDATE tasks SET {', '.join(assigns)} WHERE id = ? AND state IN "
                f"({', '.join('?' * len(froms))}) RETURNING {_COLS}")
         with self._tx() as db:
@@ -208,16 +232,17 @@ class Store:
 
     def submit(self, project: str, prompt: str, *, agent: str = "claude", priority: int = 0,
                source: TaskSource | str = TaskSource.cli, timeout_s: float | None = None,
-               subagent: str | None = None) -> Task:
+               subagent: str | None = None, origin: dict[str, Any] | None = None,
+               max_budget_usd: float | None = None) -> Task:
         """Insert a queued task (one transaction) and emit ``task.queued``."""
         task = Task(id=new_task_id(), project=str(project), prompt=prompt, agent=agent,
                     priority=int(priority), source=TaskSource(source), created_at=utc_now(),
-                    timeout_s=timeout_s, subagent=subagent)
+                    timeout_s=timeout_s, subagent=subagent, origin=dict(origin or {}),
+                    max_budget_usd=max_budget_usd)
         return self.insert(task)
 
     def insert(self, task: Task) -> Task:
-        vals = [getattr(task, f) for f in _FIELDS]
-        vals = [v.value if isinstance(v, TaskState | TaskSource) else v for v in vals]
+        vals = [_sql_value(f, getattr(task, f)) for f in _FIELDS]
         with self._tx() as db:
             db.execute(f"INSERT INTO tasks ({_COLS}) VALUES ({', '.join('?' * len(_FIELDS))})", vals)
         self._emit(f"task.{task.state.value}", task)
@@ -305,14 +330,94 @@ class Store:
 
     # -- transitions ------------------------------------------------------------
 
-    def mark_started(self, task_id: str, *, pid: int, pid_start: str | None,
-                     log_path: str | None) -> Task | None:
-        """queued -> running (attempts + 1); emits ``task.started``."""
+    def mark_started(self, task_id: str, *, pid: int | None = None, pid_start: str | None = None,
+                     log_path: str | None, executor: str | None = None) -> Task | None:
+        """queued -> running (attempts + 1); emits ``task.started``.
+
+        With an ``executor`` this is recorded *before* the run is launched (its handle follows with
+        :meth:`set_handle`): a crash in between leaves a ``running`` row whose attempt recovery
+        can find or rule out, never a run the store does not know about."""
         return self._transition(task_id, [TaskState.queued], "task.started", {
             "state": TaskState.running, "started_at": utc_now(), "finished_at": None,
             "attempts": _Expr("attempts + 1"), "pid": pid, "pid_start": pid_start, "log_path": log_path,
-            "exit_code": None, "signal": None, "error": None,
+            "exit_code": None, "signal": None, "error": None, "executor": executor, "handle": None,
+            "stop_reason": None, "held_reason": None, "detached_at": None,
         })
+
+    def set_handle(self, task_id: str, handle: dict[str, Any]) -> Task | None:
+        """The executor's handle of the running attempt (no event: nothing changed for clients)."""
+        pid = handle.get("pid") if isinstance(handle.get("pid"), int) else None
+        return self._transition(task_id, [TaskState.running], None, {"handle": handle, "pid": pid})
+
+    def set_stop_reason(self, task_id: str, reason: str) -> Task | None:
+        """Persist why we are about to stop a running task (before signalling it)."""
+        return self._transition(task_id, [TaskState.running], None, {"stop_reason": reason})
+
+    def mark_adopted(self, adopted: Iterable[tuple[str, dict[str, Any]]]) -> list[Task]:
+        """A restarted service took these running tasks back (one transaction for all; event
+        ``task.adopted`` each)."""
+        out: list[Task] = []
+        with self._tx() as db:
+            for tid, handle in adopted:
+                pid = handle.get("pid") if isinstance(handle.get("pid"), int) else None
+                row = db.execute(f"UPDATE tasks SET adopted = adopted + 1, handle = ?, pid = ? WHERE id = ? "
+                                 f"AND state = 'running' RETURNING {_COLS}",
+                                 (_sql_value("handle", handle), pid, tid)).fetchone()
+                if row is not None:
+                    out.append(self._row(row))
+        for t in out:
+            self._emit("task.adopted", t)
+        return out
+
+    def note_detached(self, task_ids: Iterable[str]) -> None:
+        """A graceful stop left these running (one transaction)."""
+        now = utc_now()
+        with self._tx() as db:
+            db.executemany("UPDATE tasks SET detached_at = ? WHERE id = ? AND state = 'running'",
+                           [(now, t) for t in task_ids])
+
+    def requeue_unstarted(self, task_id: str) -> Task | None:
+        """running -> queued for an attempt recovery proved never started and never will (its
+        number stays used: the next launch is a new attempt with its own claim)."""
+        return self._transition(task_id, [TaskState.running], "task.queued", {
+            "state": TaskState.queued, "started_at": None, "handle": None, "pid": None, "pid_start": None})
+
+    def hold(self, task_id: str, reason: str) -> Task | None:
+        """queued -> held (a budget is spent); emits ``task.held``."""
+        return self._transition(task_id, [TaskState.queued], "task.held",
+                                {"state": TaskState.held, "held_reason": reason[:500]})
+
+    def release(self, task_id: str) -> Task | None:
+        """held -> queued; emits ``task.queued``."""
+        return self._transition(task_id, [TaskState.held], "task.queued",
+                                {"state": TaskState.queued, "held_reason": None})
+
+    def costs_since(self, since: str) -> list[tuple[str, str | None, float, str]]:
+        """``(project, rule, cost_usd, finished_at)`` of tasks finished since ``since`` with a cost
+        (the budgets' ledger loads a month with it)."""
+        return self._db.execute(
+            "SELECT project, coalesce(json_extract(origin, '$.rule'), json_extract(origin, '$.rule_id')), "
+            "cost_usd, finished_at FROM tasks "
+            "INDEXED BY tasks_finished_at WHERE finished_at IS NOT NULL AND finished_at >= ? "
+            "AND cost_usd IS NOT NULL", (since,)).fetchall()
+
+    #: Origin keys ``by_origin`` may look up.
+    ORIGIN_KEYS = frozenset({"event_id", "rule", "rule_id", "run_id", "approval", "approval_id", "conversation",
+                             "turn", "cron_job", "webhook_delivery", "webhook_delivery_id"})
+
+    def by_origin(self, key: str, value: str, limit: int = 200) -> list[Task]:
+        """Tasks whose ``origin[key] == value`` (``trace.get``), oldest first."""
+        if key not in self.ORIGIN_KEYS:
+            raise ValueError(f"not an origin key: {key!r}")
+        rows = self._db.execute(f"SELECT {_COLS} FROM tasks WHERE origin IS NOT NULL AND "
+                                f"json_extract(origin, ?) = ? ORDER BY id LIMIT ?",
+                                (f"$.{key}", value, limit)).fetchall()
+        return [self._row(r) for r in rows]
+
+    def held(self) -> list[Task]:
+        rows = self._db.execute(f"SELECT {_COLS} FROM tasks INDEXED BY tasks_held WHERE state = 'held' "
+                                "ORDER BY priority DESC, id").fetchall()
+        return [self._row(r) for r in rows]
 
     def mark_finished(self, task_id: str, state: TaskState, **fields: Any) -> Task | None:
         """running -> completed|failed|timeout|cancelled with the run's outcome fields."""
@@ -327,9 +432,9 @@ class Store:
                                 {"state": TaskState.failed, "finished_at": utc_now(), "error": error[:500]})
 
     def cancel_queued(self, task_id: str) -> Task | None:
-        """queued -> cancelled; None if it is not queued (any more)."""
+        """queued|held -> cancelled; None if it is neither (any more)."""
         sets = {"state": TaskState.cancelled, "finished_at": utc_now(), "error": "cancelled"}
-        return self._transition(task_id, [TaskState.queued], "task.cancelled", sets)
+        return self._transition(task_id, [TaskState.queued, TaskState.held], "task.cancelled", sets)
 
     def mark_interrupted(self, task_id: str, **fields: Any) -> Task | None:
         """running -> interrupted (the run was cut short by a service stop/crash); emits
@@ -350,8 +455,10 @@ class Store:
 
     def recover(self, retry_for: Callable[[str], int],
                 kill_orphan: Callable[[int, str | None], bool] = kill_orphan_group, *,
-                retry_for_task: Callable[[Task], int] | None = None) -> list[Task]:
-        """Start-up: settle tasks a previous life left ``running`` or ``interrupted``.
+                retry_for_task: Callable[[Task], int] | None = None,
+                tasks: Iterable[Task] | None = None) -> list[Task]:
+        """Start-up: settle tasks a previous life left ``running`` or ``interrupted`` (all of them,
+        or just ``tasks``: runs no executor can re-adopt).
 
         For each: kill its orphaned process group if it is provably ours
         (``kill_orphan(pid, pid_start)`` compares /proc start time and boot id),
@@ -361,7 +468,7 @@ class Store:
         error "interrupted".  Returns the settled tasks.
         """
         out = []
-        for t in self.running():
+        for t in (self.running() if tasks is None else tasks):
             if t.state is TaskState.running:
                 if t.pid:
                     try:
@@ -401,6 +508,14 @@ class Store:
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _sql_value(field: str, v: Any) -> Any:
+    if isinstance(v, TaskState | TaskSource):
+        return v.value
+    if field in _JSON_FIELDS:
+        return None if v is None or (field == "origin" and not v) else _json_enc.encode(v).decode()
+    return v
 
 
 def _split_sql(script: str) -> list[str]:

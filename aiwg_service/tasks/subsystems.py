@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Configs, resolve_root
+from ..executors.local import LocalExecutor, systemd_available
+from ..executors.registry import Executors
 from ..ports import ConfigsView
 from ..rpc import RpcServer
-from .agents import BUILTIN_PROFILES, systemd_scope_available
+from .agents import BUILTIN_PROFILES
 from .api import TaskHub, register
 from .model import AgentProfile, TaskState
 from .store import Store
@@ -86,6 +88,12 @@ class SupervisorSubsystem:
         self.hub = hub
         self.supervisor: Supervisor | None = None
         self.log_dir = state_dir / "logs"
+        #: Where tasks run; ``wiring.py`` may register more executors before start.
+        self.use_units = systemd_available()
+        self.executors = Executors(LocalExecutor(state_dir, use_systemd=self.use_units))
+        #: Budget check and cost observer (set by ``wiring.py``; None: no budgets).
+        self.admit: Any = None
+        self.on_cost: Any = None
 
     def profile(self, agent: str, project: str | None = None) -> AgentProfile:
         """Project file's profile, else the service file's, else a built-in; KeyError if none."""
@@ -120,7 +128,7 @@ class SupervisorSubsystem:
     async def start(self) -> None:
         assert self.stores.store is not None, "the store subsystem starts first"
         c = self._configs()
-        scope = systemd_scope_available()
+        scope = self.use_units
         self.supervisor = Supervisor(
             self.stores.store, self.profile, self.hub.emit,
             max_parallel=c.service.daemon.max_parallel_actions,
@@ -131,13 +139,17 @@ class SupervisorSubsystem:
             project_profiles=self.profile,
             child_umask=CHILD_UMASK,
             on_output=self.hub.output,
+            executors=self.executors,
+            admit=self.admit,
+            on_cost=self.on_cost,
         )
         recovered = await self.supervisor.start()
         for t in recovered:
             log.warning("task %s was interrupted by a restart: now %s", t.id, t.state.value,
                         extra={"PROJECT": t.project})
-        log.info("agent supervisor started: max %d parallel%s", self.supervisor.max_parallel,
-                 ", each task in its own systemd scope" if scope else "")
+        log.info("agent supervisor started: max %d parallel, %d running%s", self.supervisor.max_parallel,
+                 len(self.supervisor.running), ", each task in its own transient systemd unit" if scope else
+                 ", each task under a detached runner")
 
     async def stop(self) -> None:
         if self.supervisor is not None:
@@ -147,6 +159,7 @@ class SupervisorSubsystem:
         if self.supervisor is None:
             return
         self.supervisor.max_parallel = configs.service.daemon.max_parallel_actions
+        self.supervisor.release_held()  # a raised budget lets held tasks go
         self.supervisor.wake()  # a raised limit (or a changed project cap) may let queued tasks start
 
     def health(self) -> dict[str, Any]:
@@ -157,13 +170,15 @@ class SupervisorSubsystem:
             queued = sup.store.count(TaskState.queued)
         except Exception:
             queued = None
-        return {"running": len(sup.running), "queued": queued, "max_parallel": sup.max_parallel,
-                "systemd_scope": sup.use_systemd_scope, "log_followers": self.hub.followers}
+        adopted = sum(1 for t in sup.running.values() if t.adopted)
+        return {"running": len(sup.running), "adopted": adopted, "queued": queued,
+                "max_parallel": sup.max_parallel, "systemd_units": sup.use_systemd_scope,
+                "executors": self.executors.names(), "log_followers": self.hub.followers}
 
 
-def build(publish: Callable[..., Any], rpc: RpcServer, configs: ConfigsView,
-          state_dir: Path) -> tuple[StoreSubsystem, SupervisorSubsystem]:
-    """Both subsystems and the ``task.*``/``chat.send`` methods, sharing one event hub.
+def build(publish: Callable[..., Any], rpc: RpcServer, configs: ConfigsView, state_dir: Path,
+          request_stop: Callable[[], None] | None = None) -> tuple[StoreSubsystem, SupervisorSubsystem]:
+    """Both subsystems and the ``task.*``/``chat.send``/``daemon.stop`` methods, sharing one event hub.
 
     ``publish(type, project, data, source)`` is the bus's publish: tasks never import the bus.
     """
@@ -181,5 +196,5 @@ def build(publish: Callable[..., Any], rpc: RpcServer, configs: ConfigsView,
 
     register(rpc, get_store, get_sup, hub,
              projects=lambda: list(configs().projects), agent_names=sup.agent_names,
-             resolve_root=resolve_root, log_dir=sup.log_dir)
+             resolve_root=resolve_root, log_dir=sup.log_dir, request_stop=request_stop)
     return stores, sup

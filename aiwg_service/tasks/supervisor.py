@@ -1,57 +1,80 @@
-"""Runs queued tasks as child process groups under service-wide and per-project limits.
+"""Runs queued tasks through executors under service-wide and per-project limits and budgets.
 
-Event-driven: the scheduler runs only when something changes (submit, a run
-ending, start, a cancel) via :meth:`Supervisor.wake`; nothing polls.  Each run
-is its own session/process group so timeout, cancel and stop can signal the
-agent *and* everything it spawned; the slot is released only once the leader
-has been reaped and its group swept.
+Event-driven: the scheduler runs only when something changes (submit, a run ending, start, a
+cancel, a budget released) via :meth:`Supervisor.wake`; nothing polls.
+
+The supervisor never spawns an agent itself: an :class:`~aiwg_service.executors.Executor` does
+(``local`` by default: a transient systemd unit or a detached runner), so agents outlive the
+service.  Each attempt is recorded ``running`` *before* it is launched, then gets the executor's
+handle; output is followed from the task's log file (``executors/follow.py``), not a pipe.  A
+graceful stop leaves agents running; the next start re-adopts them (or records how they ended
+while the service was away) and the concurrency limit counts them again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
-import signal
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from .agents import (
-    StreamJsonParser,
-    build_argv,
-    child_env,
-    proc_identity,
-    process_umask,
-    systemd_scope_argv,
-    umask_argv,
-)
+from ..executors import Executor, ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
+from ..executors.follow import LogTail, LogWatch
+from ..executors.local import LocalExecutor
+from ..executors.registry import Executors
+from .agents import StreamJsonParser, build_argv, child_env
 from .model import AgentProfile, Emit, Task, TaskSource, TaskState
 from .store import Store, StoreError
 
-__all__ = ["Supervisor"]
+__all__ = ["Admission", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
 _TAIL = 4000  # bytes of raw output kept as the result of agents that do not speak stream-json
 
+#: ``admit(task, profile) -> None`` (may start) or the reason it must wait (``held``).
+Admission = Callable[[Task, AgentProfile], str | None]
+
 
 class _Run:
-    """In-memory state of one task from pick to reap."""
+    """In-memory state of one attempt, from pick (or re-adoption) to its recorded outcome."""
 
-    __slots__ = ("job", "kill_handle", "proc", "reason", "task", "term_sent", "timer")
+    __slots__ = (
+        "adopted",
+        "budget",
+        "executor",
+        "had_session",
+        "handle",
+        "job",
+        "launch",
+        "parser",
+        "reason",
+        "replaying",
+        "tail",
+        "tail_bytes",
+        "task",
+        "timeout",
+    )
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, executor: Executor) -> None:
         self.task = task
-        self.proc: asyncio.subprocess.Process | None = None
+        self.executor = executor
+        self.handle: Handle | None = None
+        self.launch: asyncio.Future[Handle] | None = None
         self.job: asyncio.Task[None] | None = None
-        self.reason: str | None = None  # None | "timeout" | "cancel" | "stop"
-        self.term_sent = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.kill_handle: asyncio.TimerHandle | None = None
+        self.reason: str | None = None  # None | "timeout" | "cancel" | "stop" | "budget"
+        self.parser = StreamJsonParser()
+        self.tail: LogTail | None = None
+        self.tail_bytes = bytearray()
+        self.replaying = False
+        self.had_session = False
+        self.adopted = False
+        self.budget: float | None = None
+        self.timeout: float = 0.0
 
 
 class Supervisor:
@@ -73,12 +96,18 @@ class Supervisor:
         project_profiles: Callable[[str, str], AgentProfile] | None = None,
         child_umask: int | None = None,
         on_output: Callable[[str, bytes], None] | None = None,
+        executors: Executors | None = None,
+        admit: Admission | None = None,
+        on_cost: Callable[[Task, float | None], None] | None = None,
     ) -> None:
         """``project_profiles(agent, project)``, when given, resolves profiles instead of ``profiles``
         (a project may override service-wide profiles).  ``default_timeout_s`` may be a function of
-        the project.  ``child_umask`` is the umask agents run with (see :func:`umask_argv`).
-        ``on_output(task_id, data)`` sees every byte appended to a task's log, as it is written
-        (``task.logs`` followers hang off it: no polling of the log file)."""
+        the project.  ``child_umask`` is the umask agents run with.  ``on_output(task_id, data)``
+        sees every byte appended to a task's log, once, in order (``task.logs`` followers).
+        ``executors`` routes by ``agents.<profile>.executor`` (default: a local executor keeping
+        its run files next to ``log_dir``; ``use_systemd_scope`` makes it use transient units).
+        ``admit`` is the budget check before a start; ``on_cost(task, running_cost)`` is told of
+        each running task's cost as it rises (``None`` when it ends)."""
         if max_parallel < 1:
             raise ValueError("max_parallel must be >= 1")
         self.store = store
@@ -94,64 +123,102 @@ class Supervisor:
         self.project_profiles = project_profiles
         self.child_umask = child_umask
         self.on_output = on_output
+        self.executors = executors if executors is not None else Executors(
+            LocalExecutor(self.log_dir.parent, use_systemd=use_systemd_scope))
+        self.admit = admit
+        self.on_cost = on_cost
         #: Pause before trying the queue again after a failed store write (disk full).
         self.store_retry_s = 5.0
         self._runs: dict[str, _Run] = {}
+        self._watch: LogWatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._stopping = False
         self._wake_pending = False
         self._idle = asyncio.Event()
+        #: Set by ``daemon.stop {agents: true}`` (``aiwgctl stop --agents``): the next stop stops agents.
+        self.stop_agents = False
+        self.detached: list[str] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> list[Task]:
-        """Recover what a previous life left running (see :meth:`Store.recover`), then schedule.
+        """Re-adopt what a previous life left running, settle what cannot be, then schedule.
 
-        Returns the recovered tasks."""
+        Returns the tasks recovery settled without re-adopting (re-queued or failed)."""
         self._loop = asyncio.get_running_loop()
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        recovered = self.store.recover(self._retry_for, retry_for_task=self._retry_for_task)
+        self._watch = LogWatch(self.log_dir)
+        settled = await self._readopt()
         self._started = True
         self._stopping = False
         self.wake()
-        return recovered
+        return settled
 
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """Start nothing new; let running tasks finish for ``grace_s``, then SIGTERM (SIGKILL after
-        ``kill_grace_s``) their groups and record them ``interrupted``: the next :meth:`start`
-        re-queues them per the profile's ``retry``."""
+    async def stop(self, grace_s: float = 10.0, *, stop_agents: bool | None = None) -> None:
+        """Start nothing new.  By default leave running agents running (recorded as detached; the
+        next start re-adopts them).  With ``stop_agents`` (or after ``daemon.stop {agents}``): let
+        them finish for ``grace_s``, then stop them and record them ``interrupted`` (the next start
+        re-queues them per the profile's ``retry``)."""
         self._stopping = True
-        jobs = [r.job for r in self._runs.values() if r.job is not None]
-        if not jobs:
-            return
-        if grace_s > 0:
-            await asyncio.wait(jobs, timeout=grace_s)
-        for run in list(self._runs.values()):
-            self._terminate(run, "stop")
-        await asyncio.gather(*jobs, return_exceptions=True)
+        stop_agents = self.stop_agents if stop_agents is None else stop_agents
+        runs = list(self._runs.values())
+        jobs = [r.job for r in runs if r.job is not None]
+        if stop_agents and jobs:
+            if grace_s > 0:
+                await asyncio.wait(jobs, timeout=grace_s)
+            for run in list(self._runs.values()):
+                await self._terminate(run, "stop")
+            await asyncio.gather(*jobs, return_exceptions=True)
+        elif jobs:
+            self.detached = sorted(self._runs)
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            for run in runs:  # launches under way: let them finish and record their handles
+                if run.launch is not None and run.handle is None:
+                    try:
+                        handle = await asyncio.wait_for(run.launch, 30)
+                        self.store.set_handle(run.task.id, handle)
+                    except Exception as e:  # recovery's claim settles it at the next start
+                        log.warning("task %s: launch cut short by the stop: %s", run.task.id, e)
+            try:
+                self.store.note_detached(self.detached)
+            except StoreError as e:
+                log.error("could not record the agents left running: %s", e)
+            log.info("left %d agent(s) running for the next start to re-adopt: %s", len(self.detached),
+                     ", ".join(self.detached))
+            self._emit("agents.detached", None, {"tasks": self.detached})
+        if self._watch is not None:
+            self._watch.close()
+        await self.executors.close()
 
     # -- API ------------------------------------------------------------------------------
 
     def submit(self, project: str, prompt: str, *, agent: str = "claude", priority: int = 0,
                source: TaskSource | str = TaskSource.cli, timeout_s: float | None = None,
-               subagent: str | None = None) -> Task:
+               subagent: str | None = None, origin: dict[str, Any] | None = None,
+               max_budget_usd: float | None = None) -> Task:
         """Queue a task (raises KeyError for an unknown agent, StoreError if it could not be
-        stored) and wake the scheduler."""
+        stored) and wake the scheduler.  ``origin`` records why it runs (see ``aiwgctl trace``)."""
         self._profile(agent, project)
-        task = self.store.submit(project, prompt, agent=agent, priority=priority, source=source,
-                                 timeout_s=timeout_s, subagent=subagent)
+        src = TaskSource(source)
+        org = dict(origin or {})
+        if not org:
+            org = {"cli": True} if src is TaskSource.cli else {"source": src.value}
+        task = self.store.submit(project, prompt, agent=agent, priority=priority, source=src,
+                                 timeout_s=timeout_s, subagent=subagent, origin=org, max_budget_usd=max_budget_usd)
         self._idle.clear()
         self.wake()
         return task
 
     def cancel(self, task_id: str) -> bool:
-        """Cancel a queued task at once, or a running one (group SIGTERM, SIGKILL after grace;
-        it becomes ``cancelled`` when it has exited).  False if it is neither."""
+        """Cancel a queued or held task at once, or a running one (SIGTERM to its group, SIGKILL
+        after grace; it becomes ``cancelled`` when it has exited).  False if it is none of these."""
         run = self._runs.get(task_id)
         if run is not None:
             if run.reason in (None, "cancel"):
-                self._terminate(run, "cancel")
+                asyncio.get_running_loop().create_task(self._terminate(run, "cancel"))
                 return True
             return False
         return self.store.cancel_queued(task_id) is not None
@@ -163,9 +230,34 @@ class Supervisor:
         self._wake_pending = True
         self._loop.call_soon(self._schedule)
 
+    def release_held(self) -> list[Task]:
+        """Budgets changed (a reload, a new day): re-queue held tasks whose budgets allow them now."""
+        out = []
+        try:
+            held = self.store.held()
+        except Exception as e:
+            log.error("cannot read held tasks: %s", e)
+            return out
+        for t in held:
+            try:
+                prof = self._profile(t.agent, t.project)
+            except KeyError:
+                prof = AgentProfile()
+            if self.admit is None or self.admit(t, prof) is None:
+                done = self.store.release(t.id)
+                if done is not None:
+                    out.append(done)
+        if out:
+            self.wake()
+        return out
+
     @property
     def running(self) -> dict[str, Task]:
         return {tid: r.task for tid, r in self._runs.items()}
+
+    def running_cost(self, task_id: str) -> float | None:
+        run = self._runs.get(task_id)
+        return None if run is None else run.parser.running_cost()
 
     async def wait_idle(self) -> None:
         """Until nothing runs and nothing startable is queued (for tests and shutdown scripts)."""
@@ -195,7 +287,7 @@ class Supervisor:
         self._wake_pending = False
         if not self._started or self._stopping:
             return
-        per_project = Counter(r.task.project for r in self._runs.values())
+        per_project = Counter(r.task.project for r in self._runs.values())  # re-adopted runs count
         excluded: set[str] = set()
         for p, n in per_project.items():
             lim = self._limit(p)
@@ -213,12 +305,31 @@ class Supervisor:
             if lim is not None and per_project[task.project] >= lim:
                 excluded.add(task.project)
                 continue
+            try:
+                profile = self._profile(task.agent, task.project)
+            except Exception as e:
+                self.store.fail_queued(task.id, f"unknown agent profile {task.agent!r}: {e}")
+                continue
+            if self.admit is not None:
+                reason = self.admit(task, profile)
+                if reason is not None:
+                    try:
+                        self.store.hold(task.id, reason)
+                    except StoreError as e:
+                        log.error("task %s: cannot hold it: %s", task.id, e)
+                        break
+                    continue
+            try:
+                executor = self.executors.get(profile.executor)
+            except ExecutorError as e:
+                self.store.fail_queued(task.id, str(e))
+                continue
             per_project[task.project] += 1
             if lim is not None and per_project[task.project] >= lim:
                 excluded.add(task.project)
-            run = _Run(task)
+            run = _Run(task, executor)
             self._runs[task.id] = run
-            run.job = asyncio.get_running_loop().create_task(self._run(run), name=f"aiwg-task-{task.id}")
+            run.job = asyncio.get_running_loop().create_task(self._run(run, profile), name=f"aiwg-task-{task.id}")
         if not self._runs:
             self._idle.set()
 
@@ -233,22 +344,33 @@ class Supervisor:
             return self.default_timeout_s(task.project)
         return self.default_timeout_s
 
-    async def _run(self, run: _Run) -> None:
+    async def _run(self, run: _Run, profile: AgentProfile | None = None, probe: Probe | None = None) -> None:
         store_failed = False
         try:
-            await self._run_inner(run)
+            if probe is None:
+                assert profile is not None
+                await self._launch(run, profile)
+            else:
+                await self._follow(run, probe.log_start or 0, probe.exit)
+        except asyncio.CancelledError:
+            # A graceful stop: the agent keeps running; its row stays 'running' for re-adoption.
+            if self._stopping:
+                return
+            raise
         except StoreError as e:
-            # e.g. disk full: the task stays queued; retry after a pause rather than spin on it.
+            # e.g. disk full: the task stays where it was; retry after a pause rather than spin on it.
             store_failed = True
             log.error("task %s: store write failed: %s", run.task.id, e)
             self._emit("task.store_error", run.task.project, {"id": run.task.id, "error": str(e)})
         except Exception:
             log.exception("task %s: supervisor error", run.task.id)
         finally:
-            for h in (run.timer, run.kill_handle):
-                if h is not None:
-                    h.cancel()
-            self._runs.pop(run.task.id, None)
+            if run.tail is not None and self._watch is not None:
+                self._watch.remove(run.tail)
+            if self._runs.get(run.task.id) is run:
+                del self._runs[run.task.id]
+            if self.on_cost is not None:
+                self._safe(self.on_cost, run.task, None)
             if not self._stopping:
                 if store_failed and self._loop is not None:
                     self._loop.call_later(self.store_retry_s, self.wake)
@@ -257,179 +379,277 @@ class Supervisor:
             if not self._runs:
                 self._idle.set()
 
-    async def _run_inner(self, run: _Run) -> None:
+    async def _launch(self, run: _Run, profile: AgentProfile) -> None:
         task = run.task
-        try:
-            profile = self._profile(task.agent, task.project)
-        except Exception as e:
-            self.store.fail_queued(task.id, f"unknown agent profile {task.agent!r}: {e}")
+        budget = task.max_budget_usd if task.max_budget_usd is not None else profile.max_budget_usd
+        argv = build_argv(profile, task.prompt, task.subagent, budget)
+        env = child_env(profile, task.id)
+        # Resolve here so "no such agent" is a clear error before anything is launched.
+        exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
+        if exe is None:
+            self.store.fail_queued(task.id, f"cannot start agent {argv[0]!r}: not found on PATH")
             return
-        argv = build_argv(profile, task.prompt, task.subagent)
-        env = child_env(profile, task.id, systemd=self.use_systemd_scope)
-        if self.child_umask is not None and self.child_umask != process_umask():
-            # Resolve here so "no such agent" stays a spawn error, not an exit 127 of the wrapper.
-            exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
-            if exe is None:
-                self.store.fail_queued(task.id, f"cannot start agent {argv[0]!r}: not found on PATH")
-                return
-            argv = umask_argv([exe, *argv[1:]], self.child_umask)
-        if self.use_systemd_scope:
-            argv = systemd_scope_argv(task.id, profile, argv)
+        argv = [exe, *argv[1:]]
         log_path = self.log_dir / f"{task.id}.log"
-        timeout = self._timeout_for(task, profile)
         if self._stopping or run.reason is not None:
             if run.reason == "cancel":
                 self.store.cancel_queued(task.id)
             return
         try:
-            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            logf: BinaryIO = open(fd, "ab", buffering=0)  # noqa: SIM115 - closed in finally below
+            log_start = os.stat(log_path).st_size
+        except FileNotFoundError:
+            log_start = 0
         except OSError as e:
-            self.store.fail_queued(task.id, f"cannot open log {log_path}: {e}")
+            self.store.fail_queued(task.id, f"cannot use log {log_path}: {e.strerror}")
             return
+        # Recorded before the launch: a crash from here on leaves a row recovery can settle.
+        started = self.store.mark_started(task.id, log_path=str(log_path), executor=run.executor.name)
+        if started is None:  # no longer queued (cancelled behind our back): do not run it
+            return
+        run.task = started
+        run.budget = budget
+        run.timeout = self._timeout_for(task, profile)
+        spec = LaunchSpec(
+            task_id=task.id, attempt=started.attempts, argv=argv, cwd=task.project, env=env,
+            log_path=str(log_path), timeout_s=run.timeout, memory_max=profile.memory_max,
+            cpu_quota=profile.cpu_quota, umask=self.child_umask,
+            max_output_bytes=profile.max_output_mb * 1024 * 1024, kill_grace_s=self.kill_grace_s,
+            profile=task.agent, project=task.project, options=dict(profile.executor_options))
+        self._prices(run, profile)
+        # Shielded: a graceful stop arriving mid-launch lets the launch finish (see :meth:`stop`).
+        run.launch = asyncio.ensure_future(run.executor.start(spec))
         try:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT, cwd=task.project, env=env, start_new_session=True)
-            except OSError as e:
-                self.store.fail_queued(task.id, f"cannot start agent {argv[0]!r}: {e}")
-                return
-            run.proc = proc
-            try:
-                started = self.store.mark_started(task.id, pid=proc.pid, pid_start=proc_identity(proc.pid),
-                                                  log_path=str(log_path))
-            except StoreError:
-                # Not recorded as running, so it must not run: kill it before anyone depends on it.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-                raise
-            if started is None:  # no longer queued (cancelled behind our back): do not run it
-                run.reason = run.reason or "cancel"
-            else:
-                run.task = started
-            loop = asyncio.get_running_loop()
-            run.timer = loop.call_later(timeout, self._terminate, run, "timeout")
-            if run.reason is not None:
-                self._terminate(run, run.reason)
-            await self._supervise(run, proc, logf, profile, timeout, started is not None)
-        finally:
-            logf.close()
-
-    async def _supervise(self, run: _Run, proc: asyncio.subprocess.Process, logf: BinaryIO,
-                         profile: AgentProfile, timeout: float, record: bool) -> None:
-        parser = StreamJsonParser()
-        state: dict[str, Any] = {"truncated": False, "tail": bytearray()}
-        assert proc.stdout is not None
-        pump = asyncio.get_running_loop().create_task(
-            self._pump(run, proc.stdout, logf, parser, profile.max_output_mb * 1024 * 1024, state))
-        rc = await proc.wait()
-        if run.timer is not None:
-            run.timer.cancel()
-        if run.kill_handle is not None:
-            run.kill_handle.cancel()
-        # The leader is gone: whatever is left of its group (grandchildren) goes with it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            handle = await asyncio.shield(run.launch)
+        except LaunchError as e:
+            self.store.mark_finished(task.id, TaskState.failed, error=str(e)[:500])
+            return
+        run.handle = handle
         try:
-            await asyncio.wait_for(asyncio.shield(pump), self.drain_timeout_s)
-        except TimeoutError:  # something outside the group still holds the pipe
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-            with contextlib.suppress(OSError):
-                self._log_write(run, logf, b"\n[aiwg: output still open after the agent exited; stopped reading]\n")
-        parser.close()
-        if record:
-            self._record(run, rc, parser, state, timeout)
+            now = self.store.set_handle(task.id, handle)
+        except StoreError:
+            # Not recorded, so it must not run on unseen: stop it before anyone depends on it.
+            await run.executor.cancel(handle, grace_s=0)
+            await run.executor.wait(handle)
+            raise
+        if now is not None:
+            run.task = now
+        if run.reason is not None:
+            await self._terminate(run, run.reason, force=True)
+        await self._follow(run, log_start, None)
 
-    async def _pump(self, run: _Run, stream: asyncio.StreamReader, logf: BinaryIO, parser: StreamJsonParser,
-                    cap: int, state: dict[str, Any]) -> None:
-        """Copy output to the log (up to ``cap`` bytes, then only drain) and into the parser."""
-        written = 0
-        tail: bytearray = state["tail"]
-        had_session = False
-        while True:
-            chunk = await stream.read(1 << 16)
-            if not chunk:
-                return
-            parser.feed(chunk)
-            tail += chunk
-            if len(tail) > 2 * _TAIL:
-                del tail[:-_TAIL]
-            if not state["truncated"]:
-                room = cap - written
-                try:
-                    if len(chunk) <= room:
-                        self._log_write(run, logf, chunk)
-                        written += len(chunk)
-                    else:
-                        self._log_write(run, logf, chunk[:room])
-                        written = cap
-                        state["truncated"] = True
-                        self._log_write(run, logf, f"\n[aiwg: output truncated at {cap // (1024 * 1024)} MB; "
-                                        f"the rest was read and discarded]\n".encode())
-                except OSError as e:  # e.g. ENOSPC: keep draining so the agent never blocks on the pipe
-                    state["truncated"] = True
-                    log.warning("task %s: log write failed, output no longer logged: %s", run.task.id, e)
-            if not had_session and parser.session_id:
-                had_session = True
-                self._emit("task.session", run.task.project,
-                           {"id": run.task.id, "session_id": parser.session_id, "model": parser.model})
+    def _prices(self, run: _Run, profile: AgentProfile) -> None:
+        if profile.price_per_mtok is not None:
+            run.parser.prices = profile.price_per_mtok.as_tuple()
 
-    def _log_write(self, run: _Run, logf: BinaryIO, data: bytes) -> None:
-        """Append to the log, then tell ``on_output`` (only what really reached the file)."""
-        logf.write(data)
-        if self.on_output is not None and data:
+    async def _follow(self, run: _Run, log_start: int, finished: ExitInfo | None) -> None:
+        """Follow the run's log until it ends, then record it.  ``finished``: it already ended
+        (while the service was away): just read its stream and record it."""
+        assert self._watch is not None and run.handle is not None
+        log_path = run.task.log_path or str(self.log_dir / f"{run.task.id}.log")
+        tail = LogTail(log_path, log_start, lambda data: self._output(run, data))
+        run.tail = tail
+        if run.adopted:
+            run.replaying = True  # what the previous life already delivered: parse only
             try:
-                self.on_output(run.task.id, data)
-            except Exception:  # an observer must never stop the pump
-                log.exception("output observer failed for %s", run.task.id)
+                tail.read()
+            finally:
+                run.replaying = False
+                run.had_session = run.parser.session_id is not None
+        if finished is None:
+            self._watch.add(tail)
+            info = await run.executor.wait(run.handle)
+        else:
+            info = finished
+        tail.read()
+        if info.stream_tail:
+            run.parser.close()
+            run.parser.feed(info.stream_tail.encode())
+        run.parser.close()
+        self._record(run, info)
+        try:
+            await run.executor.forget(run.handle)
+        except ExecutorError as e:
+            log.warning("task %s: %s", run.task.id, e)
 
-    def _record(self, run: _Run, rc: int, parser: StreamJsonParser, state: dict[str, Any],
-                timeout: float) -> None:
+    def _output(self, run: _Run, data: bytes) -> None:
+        run.parser.feed(data)
+        tail = run.tail_bytes
+        tail += data
+        if len(tail) > 2 * _TAIL:
+            del tail[:-_TAIL]
+        if run.replaying:
+            return
+        if self.on_output is not None:
+            self._safe(self.on_output, run.task.id, data)
+        p = run.parser
+        if not run.had_session and p.session_id:
+            run.had_session = True
+            self._emit("task.session", run.task.project,
+                       {"id": run.task.id, "session_id": p.session_id, "model": p.model})
+        cost = p.running_cost()
+        if cost is not None:
+            if self.on_cost is not None:
+                self._safe(self.on_cost, run.task, cost)
+            if run.budget is not None and cost > run.budget and run.reason is None:
+                log.warning("task %s: cost $%.4f passed its budget $%.4f: stopping it", run.task.id, cost,
+                            run.budget, extra={"TASK_ID": run.task.id})
+                self._emit("budget.exceeded", run.task.project, {
+                    "budget": "task", "key": run.task.id, "spent_usd": round(cost, 6), "limit_usd": run.budget,
+                    "task": run.task.id, "action": "stopped"})
+                asyncio.get_running_loop().create_task(self._terminate(run, "budget"))
+
+    def _record(self, run: _Run, info: ExitInfo) -> None:
+        parser = run.parser
         usage = parser.total_usage()
         summary = parser.summary()
-        if summary is None and parser.json_lines == 0 and state["tail"]:
-            summary = bytes(state["tail"][-_TAIL:]).decode("utf-8", "replace").strip() or None
+        if summary is None and parser.json_lines == 0 and run.tail_bytes:
+            summary = bytes(run.tail_bytes[-_TAIL:]).decode("utf-8", "replace").strip() or None
+        cost_status = parser.cost_status
+        if cost_status is None and parser.json_lines:
+            cost_status = "missing"
         fields: dict[str, Any] = {
-            "exit_code": rc if rc >= 0 else None,
-            "signal": -rc if rc < 0 else None,
+            "exit_code": info.exit_code,
+            "signal": info.signal,
             "session_id": parser.session_id,
-            "cost_usd": parser.cost_usd,
+            "cost_usd": parser.cost_usd if parser.cost_usd is not None else (
+                round(parser.running_cost() or 0.0, 6) if parser.prices is not None and usage else None),
+            "cost_status": cost_status if parser.cost_usd is not None or parser.prices is None
+            or not usage else "estimated",
             "input_tokens": usage.input_tokens if usage else None,
             "output_tokens": usage.output_tokens if usage else None,
             "cache_creation_tokens": usage.cache_creation_input_tokens if usage else None,
             "cache_read_tokens": usage.cache_read_input_tokens if usage else None,
             "num_turns": parser.num_turns,
             "result": summary,
-            "output_truncated": state["truncated"],
+            "output_truncated": info.truncated,
         }
+        if fields["cost_usd"] is None and fields["cost_status"] == "estimated":
+            fields["cost_status"] = "missing"
         tid = run.task.id
+        reason = run.reason or run.task.stop_reason
+        if reason is None and info.timed_out:
+            reason = "timeout"
         try:
-            if run.reason == "stop":
-                self.store.mark_interrupted(tid, finished_at=None, error="service stopped while running",
-                                            **fields)
-            elif run.reason == "cancel":
-                self.store.mark_finished(tid, TaskState.cancelled, error="cancelled", **fields)
-            elif run.reason == "timeout":
-                self.store.mark_finished(tid, TaskState.timeout, error=f"timed out after {timeout:g}s",
-                                         **fields)
-            elif rc == 0 and not parser.is_error:
-                self.store.mark_finished(tid, TaskState.completed, **fields)
+            if reason == "stop":
+                done = self.store.mark_interrupted(tid, finished_at=None, error="service stopped while running",
+                                                   **fields)
+            elif reason == "cancel":
+                done = self.store.mark_finished(tid, TaskState.cancelled, error="cancelled", **fields)
+            elif reason == "timeout":
+                done = self.store.mark_finished(tid, TaskState.timeout, error=f"timed out after {run.timeout:g}s"
+                                         if run.timeout else "timed out", **fields)
+            elif reason == "budget":
+                cost = parser.running_cost()
+                lim = run.budget if run.budget is not None else run.task.max_budget_usd
+                done = self.store.mark_finished(tid, TaskState.failed, error=(
+                    f"stopped: its cost ${cost or 0:.4f} passed its budget ${lim or 0:g}"), **fields)
+            elif info.exit_code == 0 and not parser.is_error:
+                done = self.store.mark_finished(tid, TaskState.completed, **fields)
             else:
-                if parser.is_error:
+                if info.error and info.exit_code in (None, 127) and info.signal is None:
+                    err = info.error
+                elif parser.is_error:
                     err = f"agent reported {parser.result_subtype or 'error'}"
-                elif rc < 0:
-                    err = f"killed by {_signame(-rc)}"
+                elif info.signal is not None:
+                    err = f"killed by {_signame(info.signal)}"
                 else:
-                    err = f"exit code {rc}"
-                self.store.mark_finished(tid, TaskState.failed, error=err, **fields)
+                    err = f"exit code {info.exit_code}"
+                done = self.store.mark_finished(tid, TaskState.failed, error=err[:500], **fields)
+            if done is not None and self.on_cost is not None:
+                self._safe(self.on_cost, done, done.cost_usd)  # charge the final cost to the budgets
         except StoreError as e:
-            # The row stays 'running'; the next start's recovery settles it.
+            # The row stays 'running'; the next start's recovery settles it (the exit record stays).
             log.error("task %s: could not record its outcome: %s", tid, e)
             self._emit("task.store_error", run.task.project, {"id": tid, "error": str(e)})
+            raise
+
+    async def _terminate(self, run: _Run, reason: str, *, force: bool = False) -> None:
+        """Ask the executor to stop the run (SIGTERM, SIGKILL after ``kill_grace_s``); the reason
+        is persisted first so the outcome is right even across a restart.  Idempotent."""
+        if run.reason is not None and not force and run.reason != reason:
+            return
+        run.reason = run.reason or reason
+        if run.handle is None:
+            return  # not launched yet: checked right after the launch
+        try:
+            self.store.set_stop_reason(run.task.id, run.reason)
+        except StoreError as e:
+            log.error("task %s: could not persist the stop reason: %s", run.task.id, e)
+        try:
+            await run.executor.cancel(run.handle, grace_s=self.kill_grace_s)
+        except ExecutorError as e:
+            log.error("task %s: cannot stop it: %s", run.task.id, e)
+
+    # -- re-adoption -------------------------------------------------------------------------
+
+    async def _readopt(self) -> list[Task]:
+        """Find every run a previous life left: adopt live ones, record finished ones with their
+        real result, re-queue attempts that never started; legacy rows get the old recovery."""
+        rows = self.store.running()
+        legacy: list[Task] = []
+        by_exec: dict[str, list[Task]] = {}
+        for t in rows:
+            if t.state is TaskState.running and t.executor and t.executor in self.executors:
+                by_exec.setdefault(t.executor, []).append(t)
+            else:
+                legacy.append(t)
+        settled: list[Task] = []
+        adopt: list[tuple[_Run, Probe]] = []
+        for name, tasks in by_exec.items():
+            ex = self.executors.get(name)
+            refs = [RunRef(task_id=t.id, attempt=max(t.attempts, 1), log_path=t.log_path or "", handle=t.handle)
+                    for t in tasks]
+            try:
+                probes = await ex.poll(refs)
+            except ExecutorError as e:
+                log.error("executor %s cannot look for its runs: %s", name, e)
+                continue
+            lost: list[Task] = []
+            for t in tasks:
+                pr = probes.get(t.id)
+                if pr is None or pr.state == "lost":
+                    if pr is not None and pr.exit is not None and pr.exit.error:
+                        log.warning("task %s: %s", t.id, pr.exit.error, extra={"TASK_ID": t.id})
+                    lost.append(t)
+                elif pr.state == "never_started":
+                    done = self.store.requeue_unstarted(t.id)
+                    log.warning("task %s: its launch was cut short before it started: queued again", t.id)
+                    if done is not None:
+                        settled.append(done)
+                else:
+                    run = _Run(t, ex)
+                    run.handle = pr.handle or t.handle
+                    run.adopted = True
+                    run.reason = t.stop_reason
+                    run.budget = t.max_budget_usd
+                    try:
+                        prof = self._profile(t.agent, t.project)
+                        self._prices(run, prof)
+                        if run.budget is None:
+                            run.budget = prof.max_budget_usd
+                        run.timeout = self._timeout_for(t, prof)
+                    except Exception:
+                        pass
+                    adopt.append((run, pr))
+            if lost:
+                settled += self.store.recover(self._retry_for, retry_for_task=self._retry_for_task,
+                                              kill_orphan=lambda _pid, _ident: False, tasks=lost)
+        if legacy:
+            settled += self.store.recover(self._retry_for, retry_for_task=self._retry_for_task, tasks=legacy)
+        if adopt:
+            live = [(r.task.id, r.handle or {}) for r, pr in adopt if pr.state == "running"]
+            marked = {t.id: t for t in self.store.mark_adopted(live)} if live else {}
+            loop = asyncio.get_running_loop()
+            for run, pr in adopt:
+                run.task = marked.get(run.task.id, run.task)
+                self._runs[run.task.id] = run
+                run.job = loop.create_task(self._run(run, probe=pr), name=f"aiwg-task-{run.task.id}")
+            n = len(live)
+            if n:
+                log.info("re-adopted %d running agent(s)", n)
+        return settled
+
+    # -- helpers ----------------------------------------------------------------------------
 
     def _emit(self, event: str, project: str | None, data: dict[str, Any]) -> None:
         if self.emit is None:
@@ -439,29 +659,17 @@ class Supervisor:
         except Exception:
             log.exception("event handler failed for %s", event)
 
-    def _terminate(self, run: _Run, reason: str) -> None:
-        """SIGTERM the run's group now, SIGKILL it after ``kill_grace_s``.  Idempotent."""
-        if run.reason is None:
-            run.reason = reason
-        proc = run.proc
-        if proc is None or proc.returncode is not None or run.term_sent:
-            return  # not spawned yet (checked right after spawn) or already on its way out
-        run.term_sent = True
+    @staticmethod
+    def _safe(fn: Callable[..., Any], *args: Any) -> None:
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        loop = asyncio.get_running_loop()
-        run.kill_handle = loop.call_later(self.kill_grace_s, _killpg_quiet, proc)
-
-
-def _killpg_quiet(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            fn(*args)
+        except Exception:  # an observer must never stop the follower
+            log.exception("observer %r failed", fn)
 
 
 def _signame(sig: int) -> str:
+    import signal
+
     try:
         return signal.Signals(sig).name
     except ValueError:
