@@ -587,12 +587,11 @@ def test_installed_package_end_to_end(built: Built, mgr: UserManager) -> None:
                   cwd=project, timeout=120)
     task = json.loads(res.stdout)
     assert task["state"] == "completed", task
-    # the agent runs in its own unit, with an ordinary umask, not in the service's cgroup
+    # the agent runs in its own transient unit, outside the service's cgroup and sandbox, with umask 0022
     out = task["result"]
-    assert f"aiwg-task-{task['id']}." in out and "/aiwg.service" not in out, out
-    assert "\n0022\n" in out, out
-    if f"aiwg-task-{task['id']}.service" in out:  # a transient service: outside the service's sandbox too
-        assert "NoNewPrivs:\t0" in out, out
+    assert f"/aiwg-task-{task['id']}.service" in out and "/aiwg.service" not in out, out
+    assert "\n0022\n" in out and "NoNewPrivs:\t0" in out, out
+    assert "CapBnd:\t0000000000000000" not in out, out
 
     # upgrade to release 2: the running service is left alone (same pid, still answering) ...
     res = dpkg("-i", built.deb2)
