@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from service_fixture import wait_for
 from systemd_env import REPO_ROOT, UserManager
 
 from aiwg_service.systemd import systemd_escape_path
@@ -204,7 +205,9 @@ def test_reload_good_then_bad_config(svc: Svc, project: Path) -> None:
     cfg_file.write_text(json.dumps(cfg))
     cursor = svc.cursor()
     svc.sd.systemctl("reload", "aiwg.service", check=True)
-    assert any(m.startswith("reloaded: 1 project") for m in svc.messages(cursor))
+    # journald stores the line a moment after the service wrote it (before READY=1): wait for it
+    wait_for(lambda: any(m.startswith("reloaded: 1 project") for m in svc.messages(cursor)),
+             what="the reload's journal line")
     st = svc.status()
     assert st["config"]["ok"] is True and st["config"]["time"]
     assert "docs/" in specs()

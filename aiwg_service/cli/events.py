@@ -19,6 +19,10 @@ def _line(ev: dict[str, Any]) -> str:
     detail = data.get("path") or data.get("job_id") or data.get("taskId") or data.get("id") or ""
     if ev["type"] == "file.batch":
         detail = f"{data.get('count', 0)} files"
+        if data.get("parts", 1) > 1:
+            detail += f" (part {data.get('part')}/{data['parts']})"
+    elif ev["type"] == "file.move" and data.get("from_path"):
+        detail = f"{data['from_path']} -> {detail}"
     project = ev.get("project") or "-"
     return f"{ev['time']}  {ev['type']:<16} {project}  {detail}".rstrip()
 

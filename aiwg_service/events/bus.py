@@ -36,6 +36,26 @@ RETRY_DELAYS = (1.0, 2.0, 4.0)
 
 
 _counter = itertools.count()
+_probe = msgspec.json.Encoder()
+
+
+def wire_safe(obj: Any) -> Any:
+    """``obj`` with every string that is not valid UTF-8 (surrogate escapes) rendered with U+FFFD.
+
+    Sources that carry file names keep the raw bytes themselves (``*_b64``); this is the bus's guarantee
+    that no event can make history, the DLQ, a follower or a rule's JSON fail to encode.
+    """
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+            return obj
+        except UnicodeEncodeError:
+            return obj.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(obj, dict):
+        return {wire_safe(k): wire_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [wire_safe(v) for v in obj]
+    return obj
 
 
 def new_event_id() -> str:
@@ -214,10 +234,15 @@ class EventBus:
     def publish(self, type: str, project: str | None = None, data: dict[str, Any] | None = None,
                 source: str = "") -> Event:
         event = Event(new_event_id(), type, utc_now(), project, source, data if data is not None else {})
-        self.publish_event(event)
-        return event
+        return self.publish_event(event)
 
-    def publish_event(self, event: Event) -> None:
+    def publish_event(self, event: Event) -> Event:
+        """Deliver ``event`` (made encodable first if a source slipped in a non-UTF-8 string); returns it."""
+        try:
+            _probe.encode(event)
+        except UnicodeEncodeError:
+            event = Event(event.id, wire_safe(event.type), event.time, wire_safe(event.project), event.source,
+                          wire_safe(event.data))
         self.published += 1
         self.by_type[event.type] += 1
         self.history.append(event)
@@ -225,6 +250,7 @@ class EventBus:
         for sub in self.subs:
             if sub.matches(t):
                 sub.offer(event)
+        return event
 
     def subscribe(self, pattern: str, handler: Handler, *, name: str | None = None, max_queue: int = 10_000,
                   retries: int = 3) -> Subscription:

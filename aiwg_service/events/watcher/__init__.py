@@ -13,30 +13,30 @@ Design notes (why it looks the way it does):
 * The engine keeps a small view of each watched directory: its watch descriptor and the names of
   the non-directory entries. Memory is O(watched entries), never O(events). The view lets a
   rescan after a queue overflow report creates, deletes and (via ctime) modifications exactly.
-* Debounce is a per-path settle window: a path is delivered once it has been quiet for
-  ``debounce_ms``; all paths that settle in the same timer callback of a root form one flush,
-  and a flush of more than ``batch_threshold`` paths becomes a single ``file.batch`` event.
+* Debounce is a per-path settle window; all paths that settle in the same timer callback of a root
+  form one flush, and a flush of more than ``batch_threshold`` paths goes out as ``file.batch`` parts.
+* The view is the authority on what exists: a scan supersedes queued events, and an event that
+  contradicts the view (a delete or modify of a name it does not have) is stale and ignored, so events
+  read late are never applied at a place a scan already saw in a later state.
 
 Semantics (the contract the event bus relies on):
 
-* Coalescing inside one window, per path: create+modify -> create; modify+delete -> delete;
-  create+delete -> nothing (the path neither existed before nor exists now); delete+create ->
-  modify (replaced); a rename of a file created in the window -> create of the new name (modify
-  if it replaced an existing file: atomic save); a->b->c -> one move a->c; move then delete of
-  the new name -> delete of the old name. Directories are watched, never reported themselves.
-* A root flushes at most once per debounce window, so a sustained storm becomes one batch per
-  window; latency for a single path is debounce_ms (at most 2x under load). ``debounce_ms=0``
-  delivers on the next loop iteration, coalescing only what arrived in the same read.
-* ``file.batch``: ``paths`` holds at most ``batch_cap`` (default 1,000) entries, ``count`` is
-  exact, ``truncated`` tells whether the list was cut; moves list both names.
+* Per window, the net change of each path is worked out from contents (see ``settle``): it existed
+  before or not, exists now or not, and which pre-window path its content came from. Deleted or
+  moved away -> delete or move-from; created -> create; replaced or changed -> modify; content from
+  elsewhere -> move. Round trips are a modify; renames onto existing paths report what they destroyed.
+* A rename leaves its old path in event order (IN_MOVED_FROM) and lands at IN_MOVED_TO; unpaired it is
+  a delete. Directories are watched, never reported themselves.
+* A root flushes at most once per debounce window, so a sustained storm becomes one flush per window.
+* ``file.batch``: parts of at most ``batch_cap`` (default 1,000) paths, with ``path_kinds``, the exact
+  ``count`` and ``kinds`` of the flush, its ``flush`` id, ``part`` and ``parts``.
+* Names that are not UTF-8 go out with U+FFFD plus ``*_b64`` of the raw bytes (``names``).
 * Overflow (IN_Q_OVERFLOW): ``file.rescan {"reason": "overflow"}`` for every root, then every
   tree is walked against the view: new names -> create, missing names -> delete, files whose
-  ctime is not older than the start of the previous read (minus 1 s slack) -> modify. Lost
-  events happened after that read, so no change is lost; a few recent files may be reported
-  twice. Memory stays O(watched entries).
-* Watch limit (ENOSPC): counted per root as ``unwatched_dirs``, explained in health()
-  ``last_error`` with the sysctl to raise, logged once per root, retried on set_root/rescan.
-  Files in unwatched directories are still reported when the directory is first scanned.
+  ctime is not older than the start of the previous read (minus 1 s slack) -> modify.
+* Watch limit (ENOSPC): refused directories are walked and kept in the table without a watch, so
+  ``unwatched_dirs`` is exact (health() re-checks them first); while any exist, a timer re-checks
+  them every ``RECHECK_S`` and at once when watches are freed or on set_root (reload).
 """
 
 from .engine import FileWatcher

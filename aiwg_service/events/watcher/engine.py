@@ -19,17 +19,24 @@ from inotify_simple import INotify, flags
 from .filters import WatchSpec
 from .rescan import RESCAN_CTIME_SLACK_NS, Scanner
 from .settle import Emit, Settler
-from .table import Dir, Root, Spec, WatchTable, max_user_watches
+from .table import NO_CHILDREN, NO_FILES, NO_SPECS, Dir, Root, Spec, WatchTable, max_user_watches
 from .table import isdir as is_dir
 
 log = logging.getLogger("aiwg.watcher")
+
+#: While the watch limit leaves directories unwatched, their subtrees are re-checked this often.
+RECHECK_S = 2.0
+#: After watches were freed (directories deleted), the unwatched ones are retried this soon.
+FREED_RECHECK_S = 0.05
+#: Clock slack for the ctime watermark of a re-check (coarse kernel timestamps).
+RECHECK_CTIME_SLACK_NS = 20_000_000
 
 #: Unpaired IN_MOVED_FROM waits this long for its IN_MOVED_TO (the pair can straddle two reads).
 MOVE_PAIR_GRACE_S = 0.01
 
 _F_CREATE = int(flags.CREATE)
 _F_DELETE = int(flags.DELETE)
-_F_CHANGE = int(flags.MODIFY | flags.CLOSE_WRITE)
+_F_CHANGE = int(flags.MODIFY | flags.CLOSE_WRITE | flags.ATTRIB)
 _F_FROM = int(flags.MOVED_FROM)
 _F_TO = int(flags.MOVED_TO)
 _F_DELETE_SELF = int(flags.DELETE_SELF)
@@ -39,19 +46,37 @@ _F_IGNORED = int(flags.IGNORED)
 _F_ISDIR = int(flags.ISDIR)
 
 
+class Away:
+    """What an IN_MOVED_FROM took out of the view: a file, or a directory's files by suffix, and its watches."""
+
+    __slots__ = ("isdir", "known", "path", "t", "tokens", "wds")
+
+    def __init__(self, path: str, isdir: bool, known: bool, tokens: dict[str, list[tuple[Root, str | None]]],
+                 wds: list[int]) -> None:
+        self.path = path
+        self.isdir = isdir
+        self.known = known  # False: the view did not have it (stale event); nothing to report for it
+        self.tokens = tokens  # file suffix below ``path`` ("" for a file) -> (root, content token) it left with
+        self.wds = wds
+        self.t = time.monotonic()
+
+
 class FileWatcher:
     """Watches the ``watch.paths`` of many project roots and emits ``file.*`` events."""
 
     def __init__(self, emit: Emit, *, debounce_ms: int = 2000, batch_threshold: int = 50) -> None:
         self._roots: dict[str, Root] = {}
-        self.table = WatchTable(on_renamed=self._report_gone)
+        self.table = WatchTable(on_renamed=self._report_gone, on_replaced=self._replaced)
         self.settle = Settler(emit, self._roots, debounce_ms=max(0, int(debounce_ms)),
                               batch_threshold=max(0, int(batch_threshold)))
-        self.scan = Scanner(self.table, self._file_change)
+        self.scan = Scanner(self.table, self._file_change,
+                            lambda d: self._drop_tree(d, emit_deletes=True, rm=True))
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._moves: dict[int, tuple[Dir, str, bool, float]] = {}
+        self._moves: dict[int, Away] = {}  # cookie -> what an IN_MOVED_FROM took out of the view, awaiting its pair
         self._move_timer: asyncio.TimerHandle | None = None
         self._last_read_ns = time.time_ns()
+        self._recheck_timer: asyncio.TimerHandle | None = None
+        self._recheck_ns = 0  # start of the previous re-check of unwatched directories (ctime watermark)
 
     # Tunables live in the settle step; these keep them where callers have always set them.
     @property
@@ -124,6 +149,9 @@ class FileWatcher:
         if self._move_timer is not None:
             self._move_timer.cancel()
             self._move_timer = None
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
+            self._recheck_timer = None
         self._moves.clear()
         self.table.close()
 
@@ -160,8 +188,7 @@ class FileWatcher:
                 self._deactivate(s)
             elif not s.active and s.wait_dir is None:
                 self._activate(s, "baseline")
-            elif s.unwatched:
-                self.scan.walk([s], s.abs, "sync")  # retry directories refused earlier (watch limit)
+        self._recheck()  # retry directories the watch limit refused (it may have been raised)
         self._log_limit()
 
     def remove_root(self, root: str) -> None:
@@ -172,17 +199,24 @@ class FileWatcher:
         for s in r.specs.values():
             self._deactivate(s)
         self.settle.drop(r)
+        self._schedule_recheck(RECHECK_S)  # (cancels the re-check timer if nothing is unwatched now)
 
     def roots(self) -> list[str]:
         """The roots currently configured (watched or waiting)."""
         return list(self._roots)
 
     def health(self) -> dict:
-        """Snapshot for ``aiwgctl status``: global fd state plus per-root counters."""
+        """Snapshot for ``aiwgctl status``: global fd state plus per-root counters.
+
+        While the watch limit leaves directories unwatched, nothing tells us about directories made or
+        removed inside them, so the snapshot re-checks those subtrees first: the count is true when read.
+        """
+        if self._any_unwatched():
+            self._recheck()
         roots: dict[str, dict] = {}
         for path, r in self._roots.items():
             dirs: set[Dir] = set()
-            unwatched: set[str] = set()
+            unwatched: set[Dir] = set()
             specs = []
             for s in r.specs.values():
                 dirs |= s.dirs
@@ -253,6 +287,8 @@ class FileWatcher:
                 continue
             d = by_wd.get(wd)
             if d is None:
+                if mask & _F_TO and cookie in self._moves:  # landed somewhere we do not watch: gone, now
+                    self._gone_away(self._moves.pop(cookie))
                 continue
             if mask & _F_IGNORED:
                 self._dir_gone(d)
@@ -264,18 +300,20 @@ class FileWatcher:
                 continue
             isdir = bool(mask & _F_ISDIR)
             if mask & _F_FROM:
-                self._moves[cookie] = (d, name, isdir, time.monotonic())
+                self._moves[cookie] = self._take_away(d, name, isdir)
             elif mask & _F_TO:
-                src = self._moves.pop(cookie, None)
-                if src is not None and by_wd.get(src[0].wd) is src[0]:
-                    self._moved(src[0], src[1], d, name, isdir)
-                else:
-                    self._appeared(d, name, isdir)
+                away = self._moves.pop(cookie, None)
+                if away is not None and away.known:
+                    self._arrived(away, d, name)
+                else:  # from outside, or a source the view did not have (a scan got there first)
+                    self._appeared(d, name, isdir, moved_in=True)
             elif mask & _F_CREATE:
                 self._appeared(d, name, isdir)
             elif mask & _F_DELETE:
                 self._vanished(d, name, isdir)
-            elif mask & _F_CHANGE and not isdir and d.owners:
+            elif mask & _F_CHANGE and not isdir and d.owners and name in d.files:
+                # a name the view does not have was created before its directory's watch and gone before the
+                # scan: its changes are not news (it neither existed before nor exists now)
                 self._file_change(d.owners, d.path, name, "modify")
         if self._moves and self._move_timer is None and self._loop is not None:
             self._move_timer = self._loop.call_later(MOVE_PAIR_GRACE_S, self._expire_moves)
@@ -285,17 +323,77 @@ class FileWatcher:
         """An IN_MOVED_FROM without partner: the entry left the watched trees (= delete)."""
         self._move_timer = None
         limit = time.monotonic() - MOVE_PAIR_GRACE_S * 0.9
-        for cookie, (d, name, isdir, t) in list(self._moves.items()):
-            if t <= limit:
+        for cookie, away in list(self._moves.items()):
+            if away.t <= limit:
                 del self._moves[cookie]
-                if self.table.by_wd.get(d.wd) is d:
-                    self._vanished(d, name, isdir)
+                self._gone_away(away)
         if self._moves and self._loop is not None:
             self._move_timer = self._loop.call_later(MOVE_PAIR_GRACE_S, self._expire_moves)
 
+    def _take_away(self, d: Dir, name: str, isdir: bool) -> Away:
+        """IN_MOVED_FROM: the name leaves the view and is gone from its path as of now (in event order).
+
+        Its content tokens (per root, per file) wait for the IN_MOVED_TO; if none comes, nothing more is
+        needed: leaving already counts as a delete.
+        """
+        path = f"{d.path}/{name}"
+        if not isdir:
+            if name not in d.files or self.table.by_wd.get(d.wd) is not d:
+                return Away(path, False, False, {}, [])
+            d.discard_file(name)
+            return Away(path, False, True, {"": self._leave(d.owners, d.path, name)}, [])
+        child = d.children.get(name)
+        if child is None:
+            return Away(path, True, False, {}, [])
+        tokens: dict[str, list[tuple[Root, str | None]]] = {}
+        wds: list[int] = []
+        cut = len(path)
+        stack = [child]
+        while stack:
+            x = stack.pop()
+            stack.extend(x.children.values())
+            wds.append(x.wd)
+            if x.owners:
+                prefix = x.path[cut:]
+                for fname in x.files:
+                    tokens[f"{prefix}/{fname}"] = self._leave(x.owners, x.path, fname)
+        # Out of the table (the kernel keeps the watches): until it lands, events on it have no path.
+        self._drop_tree(child, emit_deletes=False, rm=False)
+        return Away(path, True, True, tokens, wds)
+
+    def _leave(self, owners: Iterable[Spec], dpath: str, name: str) -> list[tuple[Root, str | None]]:
+        return [(r, self.settle.leave(r, rel, specs))
+                for r, (rel, specs) in self._accepting(owners, dpath, name).items()]
+
+    def _land(self, tokens: list[tuple[Root, str | None]], owners: Iterable[Spec], dpath: str, name: str,
+              replaced: bool) -> None:
+        """Where a renamed file lands: a move in roots that saw it leave, a create (or replace) elsewhere."""
+        left = dict(tokens)
+        for r, (rel, specs) in self._accepting(owners, dpath, name).items():
+            if r in left:
+                self.settle.arrive(r, rel, specs, left[r], replaced)
+            else:
+                self.settle.enqueue(r, rel, "create", specs, replaced=replaced)
+
+    def _gone_away(self, away: Away) -> None:
+        """A rename did not land in a watched tree: release the kernel watches of a directory's tree."""
+        freed = False
+        for wd in away.wds:
+            if wd >= 0 and wd not in self.table.by_wd:
+                self.table.rm_watch(wd)
+                freed = True
+        if freed:
+            self._watches_freed()
+
     # ---------------------------------------------------------------- event handlers
 
-    def _appeared(self, d: Dir, name: str, isdir: bool) -> None:
+    def _known(self, d: Dir, name: str, isdir: bool) -> bool:
+        """Is ``name`` in the view of the live directory ``d``? Events that contradict the view are stale."""
+        if self.table.by_wd.get(d.wd) is not d:
+            return False
+        return name in d.children if isdir else name in d.files
+
+    def _appeared(self, d: Dir, name: str, isdir: bool, moved_in: bool = False) -> None:
         if isdir and d.waiters:
             for s in [w for w in d.waiters if w.wait_name == name]:
                 if s.wait_dir is d:
@@ -308,71 +406,49 @@ class FileWatcher:
             if specs:
                 self.scan.walk(specs, path, "sync")
                 self._log_limit()
+        elif name in d.files:
+            # renamed onto an existing file: its content is replaced; a plain create the view already has
+            # comes from a scan that saw the file before this queued event was read
+            self._file_change(d.owners, d.path, name, "create" if moved_in else "modify", replaced=True)
         else:
-            kind = "modify" if name in d.files else "create"
-            d.files.add(name)
-            self._file_change(d.owners, d.path, name, kind)
+            d.add_file(name)
+            self._file_change(d.owners, d.path, name, "create")
 
     def _vanished(self, d: Dir, name: str, isdir: bool) -> None:
         if isdir:
             child = d.children.get(name)
             if child is not None:
                 self._drop_tree(child, emit_deletes=True, rm=True)
-        else:
-            d.files.discard(name)
+        elif name in d.files:  # not in the view: a scan already saw it gone
+            d.discard_file(name)
             if d.owners:
                 self._file_change(d.owners, d.path, name, "delete")
 
-    def _moved(self, d1: Dir, name1: str, d2: Dir, name2: str, isdir: bool) -> None:
-        """A rename with both ends in watched directories."""
-        if not isdir:
-            d1.files.discard(name1)
-            src = self._accepting(d1.owners, d1.path, name1)
-            existed = name2 in d2.files
+    def _arrived(self, away: Away, d2: Dir, name2: str) -> None:
+        """IN_MOVED_TO paired with a known source: moves (per file, for a directory's whole tree)."""
+        if not away.isdir:
+            replaced = name2 in d2.files
             if d2.owners:
-                d2.files.add(name2)
-            dst = self._accepting(d2.owners, d2.path, name2)
-            for r, (rel, specs) in dst.items():
-                if r in src:
-                    self.settle.enqueue(r, rel, "move", specs, src[r][0], replaced=existed)
-                else:
-                    self.settle.enqueue(r, rel, "modify" if existed else "create", specs)
-            for r, (rel, specs) in src.items():
-                if r not in dst:
-                    self.settle.enqueue(r, rel, "delete", specs)
+                d2.add_file(name2)
+            self._land(away.tokens[""], d2.owners, d2.path, name2, replaced)
             return
-        old_path, new_path = f"{d1.path}/{name1}", f"{d2.path}/{name2}"
-        old_rels: dict[Root, list[tuple[str, tuple[Spec, ...]]]] = {}
-        old_wds: list[int] = []
-        child = d1.children.get(name1)
-        if child is not None:
-            stack = [child]
-            while stack:
-                x = stack.pop()
-                stack.extend(x.children.values())
-                old_wds.append(x.wd)
-                for fname in x.files:
-                    for r, entry in self._accepting(x.owners, x.path, fname).items():
-                        old_rels.setdefault(r, []).append(entry)
-            self._drop_tree(child, emit_deletes=False, rm=False)
+        new_path = f"{d2.path}/{name2}"
         for s in [w for w in d2.waiters if w.wait_name == name2]:
             if s.wait_dir is d2:
                 self._activate(s, "sync")
+        found: list[tuple[tuple[Spec, ...], str, str, str]] = []
         specs = [s for s in d2.owners if not s.prunes(new_path, name2)]
-        if specs:
-            self.scan.walk(specs, new_path, "sync")  # enqueues creates at the new location
-        cut = len(old_path)
-        for r, entries in old_rels.items():
-            for rel, fspecs in entries:
-                new_rel = (new_path + (r.path + "/" + rel)[cut:])[r.plen :]
-                p = r.pending.get(new_rel)
-                if p is not None and p.kind == "create" and new_path.startswith(r.path + "/"):
-                    self.settle.enqueue(r, new_rel, "move", p.specs, rel)
-                else:
-                    self.settle.enqueue(r, rel, "delete", fspecs)
-        for wd in old_wds:
-            if wd not in self.table.by_wd:
-                self.table.rm_watch(wd)
+        if specs:  # the scan re-adds the kernel's watches (same wds) under the new names
+            self.scan.walk(specs, new_path, "sync",
+                           report=lambda o, dp, n, k: found.append((tuple(o), dp, n, k)))
+        ncut = len(new_path)
+        for owners, dpath, fname, kind in found:
+            tokens = away.tokens.get(f"{dpath[ncut:]}/{fname}") if kind == "create" else None
+            if tokens is not None:
+                self._land(tokens, owners, dpath, fname, False)
+            else:
+                self._file_change(owners, dpath, fname, kind)
+        self._gone_away(away)  # watches of subdirectories that did not come along
         self._log_limit()
 
     def _moved_self(self, d: Dir) -> None:
@@ -407,9 +483,19 @@ class FileWatcher:
                 out[r] = (path[r.plen :], (*prev[1], s) if prev else (s,))
         return out
 
-    def _file_change(self, owners: Iterable[Spec], dpath: str, name: str, kind: str) -> None:
+    def _file_change(self, owners: Iterable[Spec], dpath: str, name: str, kind: str,
+                     replaced: bool = False) -> None:
         for r, (rel, specs) in self._accepting(owners, dpath, name).items():
-            self.settle.enqueue(r, rel, kind, specs)
+            self.settle.enqueue(r, rel, kind, specs, replaced=replaced)
+
+    def _replaced(self, d: Dir) -> None:
+        """Another directory now lives at ``d.path`` (replaced while we were not looking): d's tree is gone.
+
+        The path is being watched again right now, so a spec whose top it is stays active."""
+        tops = [s for s in d.owners if s.abs == d.path]
+        self._drop_tree(d, emit_deletes=True, rm=True, reactivate=False)
+        for s in tops:
+            s.active = True
 
     def _report_gone(self, d: Dir) -> None:
         """Every file the view knows in ``d`` is gone from its old path."""
@@ -420,6 +506,8 @@ class FileWatcher:
 
     def _overflow(self, since_ns: int) -> None:
         """The kernel queue overflowed and events were lost: rescan every root against the view."""
+        for away in self._moves.values():  # left their old names for sure; the rescan finds where they went
+            self._gone_away(away)
         self._moves.clear()
         watermark = since_ns - RESCAN_CTIME_SLACK_NS
         roots = [r for r in self._roots.values() if r.enabled and r.specs]
@@ -460,8 +548,6 @@ class FileWatcher:
                 if top is not None and s in top.owners:
                     s.active = True
                     return
-                if s.abs in s.unwatched:
-                    return  # refused by the watch limit; retried on rescan / set_root
             s.active = False
             parent, child = os.path.split(s.abs)
             while parent != "/" and not is_dir(parent):
@@ -470,7 +556,7 @@ class FileWatcher:
             if d is None:
                 s.root.last_error = f"cannot watch {parent} to wait for {s.abs}"
                 return
-            d.waiters.add(s)
+            self.table.add_waiter(d, s)
             s.wait_dir, s.wait_name = d, child
             if not is_dir(os.path.join(parent, child)):
                 return
@@ -481,18 +567,19 @@ class FileWatcher:
         d = s.wait_dir
         s.wait_dir = None
         if d is not None:
-            d.waiters.discard(s)
+            self.table.remove_waiter(d, s)
             self.table.release(d)
 
     def _deactivate(self, s: Spec) -> None:
         """Remove one spec's watches (other specs sharing a directory keep it)."""
         self._clear_wait(s)
-        for d in list(s.dirs):
-            d.owners.discard(s)
+        for d in [*s.dirs, *s.unwatched]:
+            self.table.disown(d, s)
             self.table.release(d)
         s.dirs.clear()
         s.unwatched.clear()
         s.active = False
+        self.table.forget_spec(s)
 
     def _drop_tree(self, d: Dir, *, emit_deletes: bool, rm: bool, reactivate: bool = True) -> None:
         """Forget ``d`` and everything below it.
@@ -501,6 +588,7 @@ class FileWatcher:
         if the path exists (e.g. re-created), otherwise they wait on the nearest parent.
         """
         orphans: list[Spec] = []
+        freed = False
         stack = [d]
         while stack:
             x = stack.pop()
@@ -510,24 +598,30 @@ class FileWatcher:
                     self._file_change(x.owners, x.path, name, "delete")
             for s in x.owners:
                 s.dirs.discard(x)
+                s.unwatched.discard(x)
                 if s.abs == x.path:
                     s.active = False
                     orphans.append(s)
             for s in x.waiters:
                 s.wait_dir = None
                 orphans.append(s)
-            x.owners = set()
-            x.waiters = set()
-            x.files = set()
+            x.owners = NO_SPECS
+            x.waiters = NO_SPECS
+            x.files = NO_FILES
+            if x.wd >= 0 and rm:
+                freed = True
             self.table.unregister(x, rm)
-            x.children = {}
+            x.children = NO_CHILDREN
+        if freed:
+            self._watches_freed()
         if reactivate:
             for s in dict.fromkeys(orphans):
                 if self._roots.get(s.root.path) is s.root and s.root.specs.get(s.spec) is s:
                     self._activate(s, "sync")
 
     def _log_limit(self) -> None:
-        """Log the watch-limit problem once per root (health() keeps the live count)."""
+        """Log the watch-limit problem once per root (health() keeps the live count); keep re-checking."""
+        self._schedule_recheck(RECHECK_S)
         if not self.table.enospc_roots:
             return
         for r in self.table.enospc_roots:
@@ -535,6 +629,7 @@ class FileWatcher:
                 continue
             n = len(set().union(*(s.unwatched for s in r.specs.values())))
             if not n:
+                r.limit_logged = False
                 continue
             r.limit_logged = True
             log.warning(
@@ -545,3 +640,65 @@ class FileWatcher:
                 r.path,
             )
         self.table.enospc_roots.clear()
+
+    # ---------------------------------------------------------------- the watch limit
+
+    def _any_unwatched(self) -> bool:
+        return any(s.unwatched for r in self._roots.values() for s in r.specs.values())
+
+    def _schedule_recheck(self, delay: float) -> None:
+        """Re-check unwatched subtrees after ``delay``: a timer that exists only while something is unwatched."""
+        if self._loop is None or self.table.inotify is None or not self._any_unwatched():
+            if self._recheck_timer is not None:  # nothing unwatched any more: no timer at all
+                self._recheck_timer.cancel()
+                self._recheck_timer = None
+            return
+        if self._recheck_timer is not None:
+            if self._recheck_timer.when() <= self._loop.time() + delay:
+                return
+            self._recheck_timer.cancel()
+        if not self._recheck_ns:
+            self._recheck_ns = time.time_ns() - RESCAN_CTIME_SLACK_NS
+        self._recheck_timer = self._loop.call_later(delay, self._recheck)
+
+    def _watches_freed(self) -> None:
+        """Watches went away (directories deleted): the unwatched ones may fit now."""
+        self._schedule_recheck(FREED_RECHECK_S)
+
+    def _recheck(self) -> None:
+        """Walk every unwatched subtree: watch what now fits, and report what changed in it meanwhile.
+
+        Creates and deletes come from the view; modifications from ctimes newer than the previous re-check.
+        """
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
+            self._recheck_timer = None
+        if self.table.inotify is None:
+            return
+        tops: dict[Dir, None] = {}
+        for r in self._roots.values():
+            for s in r.specs.values():
+                for d in s.unwatched:
+                    parent = self.table.by_path.get(d.path.rsplit("/", 1)[0] or "/")
+                    if parent is None or parent.wd >= 0 or s not in parent.owners:
+                        tops[d] = None
+        if not tops:
+            self._recheck_ns = 0
+            return
+        started = time.time_ns()
+        since = (self._recheck_ns or started) - RECHECK_CTIME_SLACK_NS
+        self._recheck_ns = started
+        for d in tops:
+            if self.table.by_path.get(d.path) is not d or not d.owners:
+                continue  # dropped by an earlier walk of this round
+            before: list[Dir] = []
+            stack = [d]
+            while stack:
+                x = stack.pop()
+                before.append(x)
+                stack.extend(x.children.values())
+            visited = self.scan.walk(list(d.owners), d.path, "rescan", since)
+            for x in before:
+                if x not in visited and self.table.by_path.get(x.path) is x:
+                    self._drop_tree(x, emit_deletes=True, rm=True)
+        self._log_limit()

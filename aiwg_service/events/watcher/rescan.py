@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from sys import intern
 
-from .table import Dir, Spec, WatchTable
+from .table import NO_FILES, Dir, Spec, WatchTable
 
 #: After an overflow, files whose ctime is newer than (last clean read - slack) count as modified.
 #: The slack covers the coarse kernel timestamp clock and filesystems with 1 s timestamps.
@@ -22,17 +23,23 @@ Report = Callable[[Iterable[Spec], str, str, str], None]
 class Scanner:
     """Walks directories into the table and reports what it finds through ``report(owners, dir, name, kind)``."""
 
-    def __init__(self, table: WatchTable, report: Report) -> None:
+    def __init__(self, table: WatchTable, report: Report, drop: Callable[[Dir], None]) -> None:
         self.table = table
         self.report = report
+        #: forget a directory the view has but the disk no longer does (reporting its files gone)
+        self.drop = drop
 
-    def walk(self, specs: list[Spec], top: str, mode: str, since_ns: int | None = None) -> set[Dir]:
+    def walk(self, specs: list[Spec], top: str, mode: str, since_ns: int | None = None,
+             report: Report | None = None) -> set[Dir]:
         """Watch ``top`` and every non-pruned directory below it, refreshing the view.
 
         mode ``baseline``: record only. ``sync``: report files that are new to the view (a new
-        directory -> all of its files). ``rescan``: also report vanished files, and files whose
-        ctime is at or after ``since_ns`` as modified.
+        directory -> all of its files) and files the view had that are gone: the scan supersedes
+        queued events, which the engine then ignores where they contradict the view. ``rescan``: also
+        report files whose ctime is at or after ``since_ns`` as modified. Directories the watch limit
+        refuses are walked all the same (their ``Dir`` has no watch), so they are counted and seen.
         """
+        report = report or self.report
         visited: set[Dir] = set()
         stack: list[tuple[str, list[Spec], int]] = [(top, specs, 0)]
         while stack:
@@ -41,6 +48,7 @@ class Scanner:
             if d is not None:
                 visited.add(d)
             names: set[str] = set()
+            subdirs: set[str] = set()
             entries: dict[str, os.DirEntry[str]] = {}
             try:
                 with os.scandir(path) as it:
@@ -53,33 +61,37 @@ class Scanner:
                             child = e.path
                             csp = [s for s in sp if not s.prunes(child, e.name)]
                             if csp:
+                                subdirs.add(e.name)
                                 stack.append((child, csp, e.inode()))
                         else:
-                            names.add(e.name)
+                            names.add(intern(e.name))  # one string per distinct name (index.ts, ...)
                             if since_ns is not None:
                                 entries[e.name] = e
             except OSError:
                 continue
             if d is None:
-                if mode != "baseline":  # unwatched (limit) but its files still exist: report them
+                if mode != "baseline":  # cannot be watched (permissions...) but its files exist: report them
                     for name in names:
-                        self.report(sp, path, name, "create")
+                        report(sp, path, name, "create")
                 continue
+            for name, gone in [(n, c) for n, c in d.children.items() if n not in subdirs]:
+                if d.children.get(name) is gone:  # queued events about it are stale now; the scan wins
+                    self.drop(gone)
             old = d.files
-            d.files = names
+            d.files = names if names else NO_FILES
             if mode == "baseline":
                 continue
             owners = d.owners
             for name in names - old:
-                self.report(owners, path, name, "create")
+                report(owners, path, name, "create")
+            for name in old - names:
+                report(owners, path, name, "delete")
             if since_ns is not None:
-                for name in old - names:
-                    self.report(owners, path, name, "delete")
                 for name in names & old:
                     try:
                         changed = entries[name].stat(follow_symlinks=False).st_ctime_ns >= since_ns
                     except OSError:
                         continue
                     if changed:
-                        self.report(owners, path, name, "modify")
+                        report(owners, path, name, "modify")
         return visited
