@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import _socket
 import itertools
+import os
+import sys
 
 from . import jsonlite
 from .wire import MAX_LINE, RpcError
@@ -27,6 +29,37 @@ class NotRunning(Exception):
         self.path = path
 
 
+class Impostor(NotRunning):
+    """The socket is not our own service's: another user serves it, or could have put it there.
+
+    Raised before a single byte of the request is sent (as ssh-agent and tmux refuse such sockets)."""
+
+    def __init__(self, path: str, why: str) -> None:
+        Exception.__init__(self, f"refusing to talk to {path}: {why}")
+        self.path = path
+
+
+def check_socket_dir(path: str) -> None:
+    """The socket's (real) directory must be ours and 0700: nobody else could have put a socket there."""
+    d = os.path.dirname(os.path.realpath(path) if os.path.islink(path) else path) or "."
+    try:
+        st = os.stat(d)
+    except OSError:
+        return  # connect() says what is missing
+    uid = os.getuid()
+    if st.st_uid != uid:
+        raise Impostor(path, f"its directory {d} belongs to uid {st.st_uid}, not to you (uid {uid})")
+    if st.st_mode & 0o077:
+        raise Impostor(path, f"its directory {d} is mode {st.st_mode & 0o777:04o}, not 0700 "
+                             f"(fix: chmod 700 {d})")
+
+
+def peer_uid(sock: _socket.socket) -> int:
+    """The uid of the process that listens, from the kernel (SO_PEERCRED: struct ucred {pid, uid, gid})."""
+    cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return int.from_bytes(cred[4:8], sys.byteorder)
+
+
 class Dropped(NotRunning):
     """The connection closed (or was reset) before the reply: the service died or stopped mid-request.
 
@@ -38,12 +71,15 @@ class Dropped(NotRunning):
 
 
 class Client:
+    """One connection. The server's uid is checked on connect (SO_PEERCRED) and its directory before."""
+
     def __init__(self, path: str, timeout: float | None = 30.0) -> None:
         self.path = str(path)
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf already known to hold no newline
+        check_socket_dir(self.path)
         self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
@@ -57,6 +93,10 @@ class Client:
         except PermissionError:
             self.sock.close()
             raise NotRunning(self.path, "permission denied (is it another user's socket?)") from None
+        uid = peer_uid(self.sock)
+        if uid != os.getuid():
+            self.sock.close()
+            raise Impostor(self.path, f"it is served by uid {uid}, not by you (uid {os.getuid()})")
 
     def close(self) -> None:
         self.sock.close()

@@ -15,6 +15,7 @@ the document type ``Config`` is assembled from what is registered, so this modul
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import msgspec
 import msgspec.inspect as mi
 from msgspec import Meta, Struct, field
 
-from . import paths, redact
+from . import paths, redact, safefs
 
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit's RestartPreventExitStatus= names it
 
@@ -163,6 +164,8 @@ class ConfigError(Exception):
 class Loaded(msgspec.Struct):
     config: Any  # the assembled ``Config``
     warnings: list[str]
+    raw: Any = None  # the parsed JSON, as written (what trust.needs reads)
+    sha256: str | None = None  # of the file's bytes; None when there is no file
 
 
 # -- the schema walker -----------------------------------------------------------------------------
@@ -351,7 +354,7 @@ def validate(raw: Any, display: str) -> Loaded:
     if errors:  # the walker and the secret scan may both see one unknown secret-named key: say it once
         raise ConfigError([f"{display}: {p or '(top level)'}: {m}" for p, m in dict.fromkeys(errors)])
     assert cfg is not None
-    return Loaded(cfg, [f"{display}: {p}: {m}" for p, m in warnings])
+    return Loaded(cfg, [f"{display}: {p}: {m}" for p, m in warnings], raw)
 
 
 def _convert_errors(raw: dict[str, Any], exc: msgspec.ValidationError) -> list[tuple[str, str]]:
@@ -412,32 +415,48 @@ def display_name(path: Path, root: Path | None = None) -> str:
     return str(path)
 
 
+#: Checks that need the project root (watch paths resolved on disk): ``check(cfg, root) -> [(path, problem)]``.
+ROOT_CHECKS: list[Callable[[Any, str], list[tuple[str, str]]]] = []
+
+
+def add_root_check(check: Callable[[Any, str], list[tuple[str, str]]]) -> None:
+    ROOT_CHECKS.append(check)
+
+
+def project_root_of(path: Path) -> str | None:
+    """The project a ``<root>/.aiwg/daemon.json`` belongs to (its real path), else None."""
+    if path.name == "daemon.json" and path.parent.name == ".aiwg":
+        return os.path.realpath(path.parent.parent)
+    return None
+
+
 def load_file(path: Path, root: Path | None = None) -> Loaded:
-    """Load one file; a missing file is the defaults."""
+    """Load one file; a missing file is the defaults. Only a regular file of at most 1 MiB is read."""
     display = display_name(path, root)
     try:
-        data = path.read_bytes()
+        data = safefs.read_limited(path)
     except FileNotFoundError:
         return Loaded(document_type()(), [])
     except OSError as exc:
-        raise ConfigError([f"{display}: cannot read: {exc.strerror}"]) from None
-    return parse(data, display)
+        raise ConfigError([f"{display}: cannot read: {exc.strerror or exc}"]) from None
+    loaded = parse(data, display)
+    project = project_root_of(path)
+    if project is not None:
+        problems = [x for check in ROOT_CHECKS for x in check(loaded.config, project)]
+        if problems:
+            raise ConfigError([f"{display}: {p}: {m}" for p, m in problems])
+    loaded.sha256 = hashlib.sha256(data).hexdigest()
+    return loaded
 
 
 def write_default(path: Path) -> bool:
-    """Write the default project file if there is none; True if written. Atomic, never clobbers."""
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(default_dict(), indent=2) + "\n")
-    try:
-        os.link(tmp, path)  # fails if someone wrote one meanwhile: theirs wins
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
+    """Write the default project file (``<root>/.aiwg/daemon.json``) if there is none; True if written.
+
+    Never clobbers, never follows a symlinked ``.aiwg``, and the temp file has a random name."""
+    root = os.path.realpath(path.parent.parent)
+    data = (json.dumps(default_dict(), indent=2) + "\n").encode()
+    with safefs.project_subdir(root, path.parent.name) as fd:
+        return safefs.write_new(fd, path.name, data)
 
 
 def resolve_root(path: str) -> str:
@@ -451,10 +470,14 @@ class Project:
     config: Any  # the assembled ``Config``
     warnings: list[str] = dc_field(default_factory=list)
     persistent: bool = True
+    sha256: str | None = None  # of the config file's bytes (None: no file, the defaults)
+    needs_trust: list[str] = dc_field(default_factory=list)  # what it could run (``trust.needs``)
+    untrusted: str | None = None  # why it may not run them now; None when trusted (or nothing to trust)
 
     def info(self) -> dict[str, Any]:
         return {"path": self.root, "persistent": self.persistent, "warnings": self.warnings,
-                "config": str(paths.project_config_file(self.root))}
+                "config": str(paths.project_config_file(self.root)), "trusted": self.untrusted is None,
+                "untrusted_reason": self.untrusted, "needs_trust": self.needs_trust}
 
 
 @dataclass

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 SOCKET_ENV = "AIWG_SOCKET"
 PROJECT_SOCKET_LINK = ".aiwg/daemon/daemon.sock"
 
@@ -40,9 +44,10 @@ def project_socket_link(root: str | os.PathLike[str]) -> str:
     return os.path.join(os.fspath(root), PROJECT_SOCKET_LINK)
 
 
-def find_socket(cwd: str) -> str:
+def find_socket(cwd: str, warn: Callable[[str], object] | None = None) -> str:
     """What a client talks to: $AIWG_SOCKET, else the project link above ``cwd`` (if it leads to a live
-    path), else the default."""
+    socket of ours), else the default. A link to another user's socket is ignored, with a warning: it may
+    be committed in a repository or planted in a shared directory."""
     env = os.environ.get(SOCKET_ENV)
     if env:
         return env
@@ -51,8 +56,14 @@ def find_socket(cwd: str) -> str:
         link = project_socket_link(d)
         if os.path.islink(link) or os.path.exists(link):
             target = os.path.realpath(link)
-            if os.path.exists(target):
+            try:
+                owner = os.stat(target).st_uid
+            except OSError:
+                break
+            if owner == os.getuid():
                 return target
+            if warn is not None:
+                warn(f"ignoring {link}: it leads to {target}, which belongs to uid {owner}, not to you")
             break
         parent = os.path.dirname(d)
         if parent == d:

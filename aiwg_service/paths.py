@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import locate
+from . import locate, safefs
 from .locate import SOCKET_ENV  # noqa: F401  (re-exported)
 
 PROJECT_CONFIG = Path(".aiwg") / "daemon.json"
@@ -80,14 +80,10 @@ def project_state_link(root: str | os.PathLike[str]) -> Path:
     return Path(root) / PROJECT_STATE_LINK
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` as a 0700 directory owned by us; refuse one that another user owns."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"{path} is owned by uid {st.st_uid}, not by us ({os.getuid()})")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+def ensure_private_dir(path: Path, *, allow_link: bool = False) -> None:
+    """Create ``path`` as a 0700 directory owned by us; refuse one that another user owns, and a symlink
+    unless ``allow_link`` (then the link must be ours and lead to a directory of ours)."""
+    safefs.private_dir(path, allow_link=allow_link)
 
 
 def private_file(path: Path) -> None:

@@ -107,6 +107,12 @@ class ReloadParams(Params):
     pass
 
 
+class TrustParams(Params):
+    path: Annotated[str, Meta(min_length=1)]
+    #: the content the user saw and allowed; refused if the file changed since
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
 TaskState = Literal["queued", "running", "completed", "failed", "timeout", "cancelled", "interrupted"]
 TaskSource = Literal["cli", "rule", "cron", "chat", "messaging", "webhook"]
 Limit = Annotated[int, Meta(ge=1, le=1000)]
@@ -248,6 +254,9 @@ METHODS: dict[str, type[Params]] = {
     "project.add": ProjectPathParams,
     "project.remove": ProjectPathParams,
     "project.list": NoParams,
+    "trust.show": ProjectPathParams,
+    "trust.allow": TrustParams,
+    "trust.revoke": ProjectPathParams,
     "task.submit": TaskSubmitParams,
     "task.cancel": TaskIdParams,
     "task.list": TaskListParams,
@@ -278,7 +287,7 @@ METHODS: dict[str, type[Params]] = {
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
                        "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
-                       "budget.status", "trace.get", "approval.list", "webhook.list"})
+                       "budget.status", "trace.get", "approval.list", "webhook.list", "trust.show"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

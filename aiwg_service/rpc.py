@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from . import memtrim, paths
+from . import memtrim, paths, safefs
 from . import protocol as p
 
 log = logging.getLogger("aiwg.rpc")
@@ -666,7 +666,10 @@ class SocketInUse(RuntimeError):
 def bind_socket(path: Path) -> socket.socket:
     """Bind our own socket (no systemd): 0700 directory, 0600 socket, stale file replaced after a probe."""
     paths.ensure_private_dir(path.parent)
-    if path.exists() or path.is_symlink():
+    if os.path.lexists(path) and not safefs.is_socket(path):
+        # --socket or $AIWG_SOCKET aimed at a file (or a link): deleting it would lose someone's data
+        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+    if os.path.lexists(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.settimeout(0.5)

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from . import __version__, aiwg_shape, config, paths, pidfile
+from . import __version__, aiwg_shape, config, paths, pidfile, safefs, trust
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
@@ -71,6 +71,8 @@ class Service:
         self._status_pending = False
         self._reloading = asyncio.Lock()
         self.last_heartbeat: str | None = None
+        self.trust_store = trust.TrustStore(self.state_dir)
+        self._trust_announced: dict[str, tuple[str | None, str]] = {}
 
     # -- config ----------------------------------------------------------------------------------------
     def registry_file(self) -> Path:
@@ -102,7 +104,47 @@ class Service:
         except OSError as exc:
             raise config.ConfigError([f"{cfg_path}: cannot write the default config: {exc.strerror}"]) from None
         loaded = config.load_file(cfg_path, Path(root))
-        return Project(root, loaded.config, loaded.warnings, persistent)
+        project = Project(root, loaded.config, loaded.warnings, persistent, loaded.sha256,
+                          trust.needs(loaded.raw))
+        self.assess_trust(project)
+        return project
+
+    # -- trust -----------------------------------------------------------------------------------------
+    def assess_trust(self, project: Project) -> None:
+        project.untrusted = trust.verdict(project.root, project.sha256, project.needs_trust, self.trust_store)
+
+    def untrusted(self, root: str) -> str | None:
+        """The port rules and agent profiles obey: why ``root`` may not run anything now, or None."""
+        pr = self.configs.projects.get(root) if self.configs is not None else None
+        return pr.untrusted if pr is not None else None
+
+    def announce_trust(self) -> None:
+        """One ``trust.required`` event (and log line) per untrusted project and config, so bridges can ask."""
+        assert self.configs is not None
+        for root, pr in self.configs.projects.items():
+            if pr.untrusted is None:
+                self._trust_announced.pop(root, None)
+                continue
+            key = (pr.sha256, pr.untrusted)
+            if self._trust_announced.get(root) == key:
+                continue
+            self._trust_announced[root] = key
+            log.warning("project %s is untrusted: %s; its rules and jobs run nothing", root, pr.untrusted,
+                        extra={"PROJECT": root})
+            self.bus.publish("trust.required", root, {"path": root, "reason": pr.untrusted,
+                                                      "needs": pr.needs_trust, "sha256": pr.sha256}, "service")
+
+    async def trust_changed(self, root: str, sha256: str | None) -> None:
+        """Re-judge every project; reload when the file on disk is newer than the one running."""
+        assert self.configs is not None
+        pr = self.configs.projects.get(root)
+        if pr is not None and sha256 is not None and pr.sha256 != sha256:
+            await self.reload()  # the user trusted what is on disk now: run that, not the older copy
+        for project in self.configs.projects.values():
+            self.assess_trust(project)
+        self.announce_trust()
+        self.write_state()
+        self.schedule_status()
 
     def load_all(self) -> Configs:
         """Load the service file and every project's file; raise ConfigError with every problem."""
@@ -140,7 +182,7 @@ class Service:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
-        paths.ensure_private_dir(self.state_dir)
+        paths.ensure_private_dir(self.state_dir, allow_link=True)  # the user's own choice of disk
         changed = paths.tighten_tree(self.state_dir)
         if changed:
             log.info("made %d file(s) in %s private (0600/0700)", changed, self.state_dir)
@@ -181,7 +223,7 @@ class Service:
         self.subsystems = build_subsystems(CorePorts(
             bus=self.bus, rpc=self.rpc, configs=self.current_configs, state_dir=self.state_dir,
             listen=self.listening_socket, health=self.health, config_status=lambda: self.last_reload,
-            socket_path=lambda: self.socket_path, request_stop=self.request_stop,
+            socket_path=lambda: self.socket_path, untrusted=self.untrusted, request_stop=self.request_stop,
         ))
 
     def current_configs(self) -> Configs:
@@ -206,6 +248,7 @@ class Service:
         await self.apply_configs()
         for root in self.configs.projects:
             self.link_project(root)
+        self.announce_trust()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -250,7 +293,7 @@ class Service:
         for root in self.configs.projects:
             self.remove_pid_file(root)
         self.write_state(stopped=True)
-        if not self.socket_activated:
+        if not self.socket_activated and safefs.is_socket(self.socket_path):  # never a file put in its place
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
         log.info("stopped")
@@ -281,6 +324,7 @@ class Service:
                 return {"reloaded": False, "errors": exc.errors}
             self.configs = new
             await self.apply_configs()
+            self.announce_trust()
             warnings = new.service_warnings + [w for pr in new.projects.values() for w in pr.warnings]
             self.last_reload = {"ok": True, "time": when, "errors": [], "warnings": warnings}
             self.write_state()
@@ -371,6 +415,9 @@ class Service:
         if "watched_dirs" in watcher:
             n_dirs = watcher["watched_dirs"]
             parts.append(f"watching {n_dirs:,} dir{'s' if n_dirs != 1 else ''}")
+        untrusted = sum(1 for pr in self.configs.projects.values() if pr.untrusted is not None)
+        if untrusted:
+            parts.append(f"{untrusted} untrusted (aiwgctl trust)")
         if not self.last_reload.get("ok", True):
             parts.append("last reload refused")
         return " · ".join(parts)
@@ -394,26 +441,24 @@ class Service:
     # -- projects --------------------------------------------------------------------------------------
     def link_project(self, root: str) -> None:
         """Give AIWG tools what they look for, where they look: ``.aiwg/daemon.pid``, and links
-        ``.aiwg/daemon/daemon.sock`` -> our socket and ``.aiwg/daemon/state.json`` -> our state file."""
-        self._link(root, paths.project_socket_link(root), str(self.socket_path))
-        self._link(root, paths.project_state_link(root), str(self.state_dir / "state.json"))
+        ``.aiwg/daemon/daemon.sock`` -> our socket and ``.aiwg/daemon/state.json`` -> our state file.
+
+        Made through directory fds that never follow a symlink: a committed ``.aiwg`` or ``.aiwg/daemon``
+        link is refused, so nothing we make can land outside the project."""
+        self._link(root, "daemon.sock", str(self.socket_path))
+        self._link(root, "state.json", str(self.state_dir / "state.json"))
         self.write_pid_file(root)
 
     @staticmethod
-    def _link(root: str, link: Path, target: str) -> None:
+    def _link(root: str, name: str, target: str) -> None:
+        link = os.path.join(root, ".aiwg", "daemon", name)
         try:
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink():
-                if os.readlink(link) == target:
-                    return
-                link.unlink()
-            elif link.exists():
-                log.warning("%s exists and is not our link (an old AIWG daemon?); leaving it", link,
-                            extra={"PROJECT": root})
-                return
-            os.symlink(target, link)
+            with safefs.project_subdir(root, ".aiwg", "daemon") as fd:
+                if safefs.set_link(fd, name, target) == "occupied":
+                    log.warning("%s exists and is not our link (an old AIWG daemon?); leaving it", link,
+                                extra={"PROJECT": root})
         except OSError as exc:
-            log.warning("cannot link %s to %s: %s", link, target, exc, extra={"PROJECT": root})
+            log.warning("cannot link %s to %s: %s", link, target, exc.strerror or exc, extra={"PROJECT": root})
 
     def write_pid_file(self, root: str) -> None:
         """The AIWG CLI's first check: ``.aiwg/daemon.pid`` holds a live pid (see ``pidfile``)."""
@@ -428,11 +473,11 @@ class Service:
 
     def unlink_project(self, root: str) -> None:
         self.remove_pid_file(root)
-        for link, target in ((paths.project_socket_link(root), self.socket_path),
-                             (paths.project_state_link(root), self.state_dir / "state.json")):
-            with contextlib.suppress(OSError):
-                if link.is_symlink() and os.readlink(link) == str(target):
-                    link.unlink()
+        with contextlib.suppress(OSError), safefs.project_subdir(root, ".aiwg", "daemon", create=False) as fd:
+            for name, target in (("daemon.sock", self.socket_path), ("state.json", self.state_dir / "state.json")):
+                with contextlib.suppress(OSError):
+                    if os.readlink(name, dir_fd=fd) == str(target):
+                        os.unlink(name, dir_fd=fd)
 
     # -- RPC handlers ----------------------------------------------------------------------------------
     def register_rpc(self) -> None:
@@ -443,6 +488,9 @@ class Service:
         r("project.add", self.rpc_project_add)
         r("project.remove", self.rpc_project_remove)
         r("project.list", self.rpc_project_list)
+        r("trust.show", self.rpc_trust_show)
+        r("trust.allow", self.rpc_trust_allow)
+        r("trust.revoke", self.rpc_trust_revoke)
         events_api.register(self.rpc, self.bus)
 
     @staticmethod
@@ -478,6 +526,7 @@ class Service:
         self.write_state()
         log.info("project added: %s", root, extra={"PROJECT": root})
         self.bus.publish("project.added", root, {"path": root}, "service")
+        self.announce_trust()
         return {"added": True, "project": project.info()}
 
     async def rpc_project_remove(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
@@ -494,3 +543,47 @@ class Service:
         log.info("project removed: %s", root, extra={"PROJECT": root})
         self.bus.publish("project.removed", root, {"path": root}, "service")
         return {"removed": True, "path": root}
+
+    def _describe(self, path: str) -> dict[str, Any]:
+        root = resolve_root(path)
+        if not Path(root).is_dir():
+            raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: path: {root} is not a directory", {"param": "path"})
+        try:
+            d = trust.describe(root, self.trust_store)
+        except trust.Unreadable as exc:
+            raise p.RpcError(p.CONFIG_INVALID, str(exc), {"param": "path"}) from None
+        assert self.configs is not None
+        served = self.configs.projects.get(root)
+        d["served"] = served is not None
+        d["untrusted_reason"] = served.untrusted if served is not None else None
+        return d
+
+    def rpc_trust_show(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
+        return self._describe(params.path)
+
+    async def rpc_trust_allow(self, params: p.TrustParams, _conn: Connection) -> dict[str, Any]:
+        d = self._describe(params.path)
+        root = d["path"]
+        if d["problem"]:
+            raise p.RpcError(p.NOT_ALLOWED, f"{root} cannot be trusted: {d['problem']}", {"param": "path"})
+        if params.sha256 is not None and params.sha256 != d["sha256"]:
+            raise p.RpcError(p.INVALID_PARAMS, f"{d['config']} changed since it was shown; nothing was trusted "
+                                               f"(run `aiwgctl trust` again)", {"param": "sha256"})
+        if d["sha256"] is not None and d["needs"]:
+            try:
+                self.trust_store.allow(root, d["sha256"], d["needs"])
+            except OSError as exc:
+                raise p.RpcError(p.INTERNAL_ERROR, f"cannot write {self.trust_store.path}: {exc.strerror}") from None
+            log.info("project %s trusted (config sha256 %s)", root, d["sha256"][:12], extra={"PROJECT": root})
+            await self.trust_changed(root, d["sha256"])
+        return {"trusted": True, "path": root, "sha256": d["sha256"], "needs": d["needs"]}
+
+    async def rpc_trust_revoke(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
+        root = resolve_root(params.path)
+        try:
+            had = self.trust_store.revoke(root)
+        except OSError as exc:
+            raise p.RpcError(p.INTERNAL_ERROR, f"cannot write {self.trust_store.path}: {exc.strerror}") from None
+        log.info("project %s untrusted by request", root, extra={"PROJECT": root})
+        await self.trust_changed(root, None)
+        return {"revoked": had, "path": root}

@@ -42,6 +42,8 @@ class CorePorts:
     health: Callable[[], dict[str, Any]]
     config_status: Callable[[], dict[str, Any]]
     socket_path: Callable[[], Path]
+    #: why a project's config may not run anything (not trusted), or None: rules and agent profiles obey it
+    untrusted: Callable[[str], str | None]
     #: Stop the service as SIGTERM would (``daemon.stop``).
     request_stop: Callable[[], None] | None = None
 
@@ -50,7 +52,8 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     scheduler = CronScheduler(core.bus, core.state_dir)
     core.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
     # also registers task.* and chat.send
-    store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir, core.request_stop)
+    store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir, core.request_stop,
+                                    core.untrusted)
 
     def submit_task(project: str, prompt: str, agent: str | None, priority: int, source: str,
                     timeout_s: float | None, origin: dict[str, Any]) -> str:
@@ -90,7 +93,7 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     facts = doctor.Facts(config_status=core.config_status, serving=lambda: core.rpc.serving,
                          socket_path=core.socket_path, health=core.health, state_dir=core.state_dir)
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
-                                  doctor=lambda project: doctor.run(facts, project))
+                                  doctor=lambda project: doctor.run(facts, project), untrusted=core.untrusted)
     automation.register_rpc(core.rpc)
     trace_api.register(core.rpc, Tracer(_trace_ports(core, store, automation)))
     webhooks = WebhookSubsystem(core.bus.publish, core.state_dir, lambda: sd.named_fd(*FD_NAMES))

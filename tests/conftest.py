@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from systemd_env import UserManager, require_private_manager_support
 
-pytest_plugins = ["service_fixture"]
+pytest_plugins = ["service_fixture", "trust_support"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -154,11 +154,28 @@ class ServiceEnv:
             assert res.returncode == 0, f"aiwgctl {' '.join(args)} -> {res.returncode}\n{res.stdout}{res.stderr}"
         return res
 
-    def write_project_config(self, data: dict[str, Any] | str, project: Path | None = None) -> Path:
+    def write_project_config(self, data: dict[str, Any] | str, project: Path | None = None,
+                             trusted: bool = True) -> Path:
+        """Write a project's config; ``trusted`` also records it in the trust store, as ``aiwgctl trust``
+        would (tests of other features need their rules to run; tests of trust pass False)."""
         path = (project or self.project) / ".aiwg" / "daemon.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(data if isinstance(data, str) else json.dumps(data, indent=2))
+        if trusted:
+            self.trust(project or self.project)
         return path
+
+    def trust(self, project: Path | None = None) -> None:
+        """Record the project's current config as trusted, straight in this service's trust store."""
+        from aiwg_service import trust
+
+        root = str((project or self.project).resolve())
+        try:
+            d = trust.describe(root, trust.TrustStore(self.state_dir))
+        except trust.Unreadable:
+            return  # a test of invalid config: nothing there to trust
+        if d["sha256"] is not None and d["needs"]:
+            trust.TrustStore(self.state_dir).allow(root, d["sha256"], d["needs"])
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

@@ -49,5 +49,6 @@ def test_importing_the_cli_loads_no_service_internals() -> None:
 def test_ping_and_status_load_neither_typer_nor_msgspec() -> None:
     """The fast path's whole import set: what ``aiwgctl ping`` pays before it talks to the service."""
     mods = loaded_after("import aiwg_service.cli.entry, aiwg_service.client")
-    heavy = {"typer", "msgspec", "json", "socket", "aiwg_service.protocol", "aiwg_service.paths"}
+    # the peer-uid and socket-directory checks (issue 18) parse SO_PEERCRED without struct
+    heavy = {"typer", "msgspec", "json", "socket", "struct", "aiwg_service.protocol", "aiwg_service.paths"}
     assert sorted(heavy & mods) == []

@@ -61,6 +61,8 @@ def test_webhook_socket_activates_the_service_and_the_rule_fires(sd: UserManager
         assert f"\nListenStream=127.0.0.1:{port}\n" in unit and "FileDescriptorName=webhook" in unit
         assert sd.show("aiwg-webhook.socket", "ActiveState")["ActiveState"] == "active"
         ctl("project", "add", str(project))  # starts the service through aiwg.socket
+        # the config runs a shell action: trusted through the service, in its own $STATE_DIRECTORY
+        assert "trusted: " in ctl("trust", str(project), "--yes")
         sd.systemctl("stop", "aiwg.service", check=True)
         assert sd.show("aiwg.service", "ActiveState")["ActiveState"] == "inactive"
 

@@ -16,11 +16,12 @@ from .. import paths
 from . import approvals as approvals_cli
 from . import budget as budget_cmd
 from . import render, systemctl
-from .core import call, cmd_ping, cmd_status, fail, options, use_instance
+from .core import call, cmd_ping, cmd_status, fail, options, trust_cell, use_instance
 from .cron import cron_app
 from .events import events_app
 from .rules import rules_app
 from .tasks import task_app
+from .trust import trust, untrust
 from .webhooks import webhook_app
 
 app = typer.Typer(
@@ -113,9 +114,13 @@ def project_list(json: JsonOpt = False) -> None:
     if json:
         render.emit_json(res)
         return
-    render.table(["project", "persistent", "config"],
-                 [(pr["path"], "yes" if pr["persistent"] else "no", pr["config"]) for pr in res["projects"]],
+    render.table(["project", "persistent", "trusted", "config"],
+                 [(pr["path"], "yes" if pr["persistent"] else "no", trust_cell(pr), pr["config"])
+                  for pr in res["projects"]],
                  empty="no projects (add one with `aiwgctl project add PATH`)")
+    for pr in res["projects"]:
+        if pr.get("untrusted_reason"):
+            print(f"untrusted: {pr['path']}: {pr['untrusted_reason']}")
 
 
 @config_app.command("check")
@@ -138,13 +143,24 @@ def config_check(
             for e in exc.errors:
                 print(e, file=sys.stderr)
         raise typer.Exit(1) from None
+    from ..trust import needs
+
+    # only a project's file needs trust (the service-wide file is the user's own)
+    what = needs(loaded.raw) if config.project_root_of(target) is not None else []
     if json:
-        render.emit_json({"valid": True, "warnings": loaded.warnings})
+        render.emit_json({"valid": True, "warnings": loaded.warnings, "needs_trust": what})
         return
     for w in loaded.warnings:
         print(f"warning: {w}")
     print(f"{target}: valid")
+    if what:
+        print("needs trust before it runs anything (`aiwgctl trust`); it can run, as you:")
+        for line in what:
+            print(f"  {line}")
 
+
+for _fn in (trust, untrust):
+    app.command()(_fn)
 
 for _fn in (approvals_cli.approvals, approvals_cli.approve, approvals_cli.reject):
     app.command()(_fn)

@@ -44,9 +44,16 @@ def fail(msg: str, code: int = 1) -> NoReturn:
 
 def resolve_socket() -> str:
     """--socket / $AIWG_SOCKET, --instance, the project link above the cwd, then the default."""
-    if options.socket is not None:
-        return options.socket
-    return locate.find_socket(os.getcwd())
+    if options.socket is None:
+        options.socket = locate.find_socket(os.getcwd(), warn=lambda msg: render.error(f"warning: {msg}"))
+    return options.socket
+
+
+def no_service(exc: Exception) -> str:
+    """The line for a failed connect: an impostor is named as such, a missing service gets the start hint."""
+    from ..client import Impostor
+
+    return str(exc) if isinstance(exc, Impostor) else f"{exc}; {START_HINT}"
 
 
 def use_instance(project: Path) -> None:
@@ -75,7 +82,7 @@ def call(method: str, params: dict[str, Any] | None = None, timeout: float | Non
         with Client(path, timeout) as c:
             return c.call(method, params)
     except NotRunning as exc:
-        fail(f"{exc}; {START_HINT}")
+        fail(no_service(exc))
     except p.RpcError as exc:
         lines = [exc.message]
         if isinstance(exc.data, dict):
@@ -88,6 +95,12 @@ def call(method: str, params: dict[str, Any] | None = None, timeout: float | Non
 
 
 # -- the two commands that also run without typer -------------------------------------------------------
+
+
+def trust_cell(project: dict[str, Any]) -> str:
+    if project.get("untrusted_reason"):
+        return "NO (runs nothing)"
+    return "yes" if project.get("needs_trust") else "yes (nothing to trust)"
 
 
 def cmd_ping(json: bool) -> None:
@@ -121,8 +134,12 @@ def cmd_status(json: bool) -> None:
     for issue in st.get("issues", []):
         print(f"  {issue}")
     print()
-    render.table(["project", "persistent"], [(pr["path"], "yes" if pr["persistent"] else "no (this run)")
-                                             for pr in st["projects"]], empty="no projects")
+    render.table(["project", "persistent", "trusted"],
+                 [(pr["path"], "yes" if pr["persistent"] else "no (this run)", trust_cell(pr))
+                  for pr in st["projects"]], empty="no projects")
+    for pr in st["projects"]:
+        if pr.get("untrusted_reason"):
+            print(f"untrusted: {pr['path']}: {pr['untrusted_reason']}")
     print()
     rows = []
     for name, h in st["subsystems"].items():

@@ -9,7 +9,7 @@ import typer
 
 from .. import protocol as p
 from . import render
-from .core import START_HINT, call, fail, resolve_socket
+from .core import call, fail, no_service, resolve_socket
 
 events_app = typer.Typer(help="Events on the bus: history, live follow, dead letters.")
 
@@ -64,7 +64,7 @@ def events(
                     ev = msg["params"]
                     print(render.dumps(ev) if json else _line(ev), flush=True)
     except NotRunning as exc:
-        fail(f"{exc}; {START_HINT}")
+        fail(no_service(exc))
     except p.RpcError as exc:
         fail(exc.message)
     except KeyboardInterrupt:

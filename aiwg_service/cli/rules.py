@@ -36,7 +36,7 @@ def rules_list(ctx: typer.Context, project: ProjectOpt = None, json: JsonOpt = F
         return
     rows = []
     for r in res["rules"]:
-        enabled = "yes" if r["enabled"] else "no"
+        enabled = ("held: untrusted" if r.get("untrusted") else "yes") if r["enabled"] else "no"
         rows.append((r["id"], r["project"], enabled, r["mode"], _when(r.get("last_run")), r.get("last_outcome") or "",
                      r["runs"], r["skipped"], r.get("next_fire", "")))
     render.table(["id", "project", "enabled", "mode", "last run", "outcome", "runs", "skipped", "next fire"], rows,
@@ -44,6 +44,9 @@ def rules_list(ctx: typer.Context, project: ProjectOpt = None, json: JsonOpt = F
     for r in res["rules"]:
         if r.get("disabled_reason"):
             print(f"{r['id']}: {r['disabled_reason']}")
+    untrusted = {r["project"]: r["untrusted"] for r in res["rules"] if r.get("untrusted")}
+    for root, why in untrusted.items():
+        print(f"{root}: untrusted, its rules run nothing: {why}")
 
 
 def _set(rule_id: str | None, enabled: bool, project: Path | None, json: bool) -> None:

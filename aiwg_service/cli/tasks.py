@@ -18,7 +18,7 @@ import typer
 
 from .. import protocol as p
 from . import render
-from .core import START_HINT, call, fail, resolve_socket
+from .core import call, fail, no_service, resolve_socket
 
 task_app = typer.Typer(help="Agent tasks: submit, follow, list, inspect, cancel.", no_args_is_help=True)
 
@@ -211,7 +211,7 @@ def follow_logs(task_id: str, offset: int, raw: bool, label: str, quiet: bool = 
     byte received, so every line is shown exactly once."""
     import time
 
-    from ..client import Client, NotRunning
+    from ..client import Client, Impostor, NotRunning
 
     state = "unknown"
     done = False
@@ -243,8 +243,8 @@ def follow_logs(task_id: str, offset: int, raw: bool, label: str, quiet: bool = 
                                 break
             except NotRunning as exc:
                 now = time.monotonic()
-                if state == "unknown" and gave_up_at is None and offset == 0:
-                    fail(f"{exc}; {START_HINT}")
+                if isinstance(exc, Impostor) or (state == "unknown" and gave_up_at is None and offset == 0):
+                    fail(no_service(exc))
                 gave_up_at = gave_up_at or now + RECONNECT_S
                 if now > gave_up_at:
                     fail(f"{exc}; the task may still be running: `aiwgctl task get {task_id}`")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct, field
 
-from ..config import register_literal, register_pattern, register_section, show_value
+from ..config import add_root_check, register_literal, register_pattern, register_section, show_value
 
 EventKind = Literal["create", "modify", "delete"]
 EXTENSION = r"^\.[^/\s]+$"
@@ -73,8 +74,30 @@ def check_schedule(cfg: Any) -> list[tuple[str, str]]:
     return errors
 
 
+def escapes_root(root: str, rel: str) -> str | None:
+    """Why ``rel`` (a watch path) leads outside ``root`` (its real path), by name or through a symlink."""
+    norm = os.path.normpath(rel.strip() or ".")
+    if os.path.isabs(norm) or norm == ".." or norm.startswith("../"):
+        return "is outside the project root"
+    real = os.path.realpath(os.path.join(root, norm))
+    if real != root and not real.startswith(root.rstrip("/") + "/"):
+        return f"leads outside the project root (to {real}, through a symlink)"
+    return None
+
+
+def check_watch_paths(cfg: Any, root: str) -> list[tuple[str, str]]:
+    """Watch paths stay inside the project, checked on disk: ``config check`` says what the service enforces."""
+    out = []
+    for i, wp in enumerate(cfg.watch.paths):
+        problem = escapes_root(root, wp.path)
+        if problem:
+            out.append((f"watch.paths[{i}].path", f"{show_value(wp.path)} {problem}"))
+    return out
+
+
 register_literal(EventKind)
 register_pattern(EXTENSION, '{v} must start with a dot, like ".ts"')
 register_pattern(JOB_ID, "{v} may use only letters, digits and _ . : -")
 register_section("watch", WatchSection, WatchSection)
 register_section("schedule", ScheduleSection, ScheduleSection, check=check_schedule)
+add_root_check(check_watch_paths)

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,10 @@ LOOP_DISABLE_SECONDS = 300.0
 FLUSH_INTERVAL = 0.25
 EVENT_DATA_CAP = 4000
 _seq = itertools.count()
+
+
+#: ``untrusted(project)``: why the project's rules may not run (an untrusted config), or None. From wiring.
+Untrusted = Callable[[str], str | None]
 
 
 def new_run_id() -> str:
@@ -84,8 +89,10 @@ class AutomationEngine:
 
     def __init__(self, bus: EventBus, state_dir: Path | str, *, submit_task: SubmitTask, doctor: Doctor,
                  keep_traces: int = 100, loop_disable_seconds: float = LOOP_DISABLE_SECONDS,
-                 flush_interval: float = FLUSH_INTERVAL) -> None:
+                 flush_interval: float = FLUSH_INTERVAL, untrusted: Untrusted | None = None) -> None:
         self.bus = bus
+        #: why a project may not run anything now (its config is not trusted), or None
+        self.untrusted: Untrusted = untrusted or (lambda _project: None)
         self.store = TraceStore(Path(state_dir) / "automation.db", keep_traces)
         self.hooks = Hooks(bus, submit_task, doctor)
         self.approvals = ApprovalGate(bus, state_dir, on_decided=self._on_decided)
@@ -271,6 +278,11 @@ class AutomationEngine:
         if not self.overrides.get(key, rule.enabled):
             return
         st = self._state(key)
+        why = self.untrusted(rule.project)
+        if why is not None:  # held back: traced, never run (not even its conditions)
+            trace = self._trace(rule, event, paths, new_run_id())
+            self._finish(rule, st, trace, time.monotonic(), "untrusted", why)
+            return
         now = time.monotonic()
         if st.disabled_until:
             if now < st.disabled_until:
@@ -448,6 +460,9 @@ class AutomationEngine:
         """Run the actions from ``start_at`` in order; an ``approve`` action parks the run there."""
         outcome, reason = "success", None
         current: dict[str, Any] | None = None
+        why = self.untrusted(rule.project)
+        if why is not None:  # trust revoked (or the config changed) while the run waited
+            return "untrusted", why
         for i in range(start_at, len(rule.actions)):
             action = rule.actions[i]
             if isinstance(action, ApproveAction):
@@ -581,8 +596,10 @@ class AutomationEngine:
         trace["finished"] = utc_now()
         trace["duration_ms"] = round((time.monotonic() - t0) * 1000, 2)
         trace["outcome"], trace["reason"] = outcome, reason
-        if outcome == "skipped":
+        if outcome in ("skipped", "untrusted"):
             st.skipped += 1
+            if outcome == "untrusted":
+                st.last_run, st.last_outcome = trace["started"], outcome
         else:
             if not trace.get("resumed"):
                 st.runs += 1
@@ -669,6 +686,9 @@ class AutomationEngine:
         }
         if reason:
             out["disabled_reason"] = reason
+        why = self.untrusted(rule.project)
+        if why is not None:
+            out["untrusted"] = why
         pending = self.approvals.pending_for(rule.project, rule.id)
         if pending:
             out["pending_approvals"] = sorted(pending)
@@ -760,13 +780,14 @@ class AutomationEngine:
         matched = [t.text for t in rule.triggers if t.full_match(event, paths)]
         ctx = Ctx(event, rule.project, rule.id, "test-" + new_run_id()[4:], paths, rule.env)
         results, passed = [], True
-        for c in rule.conditions:
+        why = self.untrusted(rule.project)
+        for c in [] if why is not None else rule.conditions:  # an untrusted shell condition never runs
             r = await c.acheck(ctx)
             results.append(r)
             if not r["ok"]:
                 passed = False
                 break
-        blocked = []
+        blocked = [f"untrusted: {why}"] if why is not None else []
         reason = self.disabled_reason(rule)
         if reason:
             blocked.append(reason)

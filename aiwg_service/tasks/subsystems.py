@@ -82,8 +82,11 @@ class SupervisorSubsystem:
 
     name = "supervisor"
 
-    def __init__(self, state_dir: Path, configs: ConfigsView, stores: StoreSubsystem, hub: TaskHub) -> None:
+    def __init__(self, state_dir: Path, configs: ConfigsView, stores: StoreSubsystem, hub: TaskHub,
+                 untrusted: Callable[[str], str | None] | None = None) -> None:
         self._configs = configs
+        #: why a project's config is not trusted now (its agent profiles are then ignored), or None
+        self._untrusted = untrusted or (lambda _project: None)
         self.stores = stores
         self.hub = hub
         self.supervisor: Supervisor | None = None
@@ -96,10 +99,10 @@ class SupervisorSubsystem:
         self.on_cost: Any = None
 
     def profile(self, agent: str, project: str | None = None) -> AgentProfile:
-        """Project file's profile, else the service file's, else a built-in; KeyError if none."""
+        """Project file's profile (if its config is trusted), else the service file's, else a built-in."""
         c = self._configs()
         pr = c.projects.get(project) if project is not None else None
-        if pr is not None and agent in pr.config.agents:
+        if pr is not None and agent in pr.config.agents and self._untrusted(pr.root) is None:
             return pr.config.agents[agent]
         if agent in c.service.agents:
             return c.service.agents[agent]
@@ -111,7 +114,7 @@ class SupervisorSubsystem:
         c = self._configs()
         names = set(BUILTIN_PROFILES) | set(c.service.agents)
         pr = c.projects.get(project)
-        if pr is not None:
+        if pr is not None and self._untrusted(pr.root) is None:
             names |= set(pr.config.agents)
         return sorted(names)
 
@@ -177,14 +180,17 @@ class SupervisorSubsystem:
 
 
 def build(publish: Callable[..., Any], rpc: RpcServer, configs: ConfigsView, state_dir: Path,
-          request_stop: Callable[[], None] | None = None) -> tuple[StoreSubsystem, SupervisorSubsystem]:
+          request_stop: Callable[[], None] | None = None,
+          untrusted: Callable[[str], str | None] | None = None) -> tuple[StoreSubsystem, SupervisorSubsystem]:
     """Both subsystems and the ``task.*``/``chat.send``/``daemon.stop`` methods, sharing one event hub.
+
+    ``untrusted(project)``: why a project's config is not trusted (its agent profiles are then ignored).
 
     ``publish(type, project, data, source)`` is the bus's publish: tasks never import the bus.
     """
     hub = TaskHub(lambda type, project, data: publish(type, project, data, "tasks"))
     stores = StoreSubsystem(state_dir, configs, hub)
-    sup = SupervisorSubsystem(state_dir, configs, stores, hub)
+    sup = SupervisorSubsystem(state_dir, configs, stores, hub, untrusted)
 
     def get_store() -> Store:
         assert stores.store is not None

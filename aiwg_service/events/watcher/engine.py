@@ -543,6 +543,13 @@ class FileWatcher:
             return
         for _ in range(32):  # re-check loop closes the race with a concurrent mkdir
             if is_dir(s.abs):
+                real = os.path.realpath(s.abs)
+                if real != s.root.path and not real.startswith(s.root.path.rstrip("/") + "/"):
+                    # ``up -> ..`` with path ``up/.ssh``: the name is inside, the directory is not
+                    s.error = s.root.last_error = (f"spec path {s.spec.path!r} leads outside the project root "
+                                                   f"(to {real}); not watched")
+                    log.warning("root %s: %s", s.root.path, s.error)
+                    return
                 self.scan.walk([s], s.abs, mode)
                 top = self.table.by_path.get(s.abs)
                 if top is not None and s in top.owners:
