@@ -576,6 +576,8 @@ def test_installed_package_end_to_end(built: Built, mgr: UserManager) -> None:
 
     # a file change fires the project's rule
     as_user(mgr, ctl, "project", "add", project)
+    # its rule runs a shell action: the owner allows that first (through the service, as a user would)
+    assert "trusted: " in as_user(mgr, ctl, "trust", project, "--yes").stdout
     as_user(mgr, "sh", "-c", f"echo hi > {project}/src/one.txt")
     fired = project / "fired.log"
     mgr.wait_for(lambda: fired.exists() and "src/one.txt" in fired.read_text(), timeout=30,
