@@ -138,6 +138,8 @@ class TaskSubmitParams(Params):
     #: Why it runs (event_id, rule, run_id, approval, conversation, turn, cron_job, webhook_delivery,
     #: cli...); default ``{"cli": true}``.  See ``trace.get``.
     origin: dict[str, Any] | None = None
+    #: Where it runs (an executor's name); default: the profile's ``executor`` (``local``).
+    executor: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)] | None = None
 
 
 class TaskIdParams(Params):
@@ -282,12 +284,14 @@ METHODS: dict[str, type[Params]] = {
     "daemon.stop": DaemonStopParams,
     "budget.status": BudgetStatusParams,
     "trace.get": TraceGetParams,
+    "executors.list": NoParams,
 }
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
                        "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
-                       "budget.status", "trace.get", "approval.list", "webhook.list", "trust.show"})
+                       "budget.status", "trace.get", "executors.list", "approval.list", "webhook.list",
+                       "trust.show"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

@@ -11,6 +11,7 @@ from typing import Any
 from . import config
 from .budgets import section as _budgets  # budgets
 from .events import section as _events  # watch, schedule
+from .executors import section as _executors  # executors
 from .rules import section as _rules  # rules
 from .tasks import section as _tasks  # agents
 from .webhooks import section as _webhooks  # webhook
@@ -18,4 +19,4 @@ from .webhooks import section as _webhooks  # webhook
 config.register_section("messaging", dict[str, Any], dict, scan_secrets=True)
 config.sections_complete()
 
-__all__ = ["_budgets", "_events", "_rules", "_tasks", "_webhooks"]
+__all__ = ["_budgets", "_events", "_executors", "_rules", "_tasks", "_webhooks"]

@@ -1,7 +1,8 @@
 """The one module that knows every subsystem: what each is built from, and the fixed start order.
 
-Start order: event router, task store, budgets, agent supervisor, automation engine, IPC server, file watcher,
-cron scheduler, webhooks, messaging. Stop runs in reverse, so sources go quiet before the engines they feed.
+Start order: event router, task store, budgets, executors, agent supervisor, automation engine, IPC server,
+file watcher, cron scheduler, webhooks, messaging. Stop runs in reverse, so sources go quiet before the engines they
+feed.
 Subsystems never import each other: this module hands each one the narrow ports it needs (the bus, the
 RPC server, a view of the current configs, the state directory, the task queue's submit function).
 """
@@ -21,6 +22,7 @@ from .config import resolve_root
 from .events.bus import EventBus
 from .events.scheduler import CronScheduler
 from .events.subsystems import WatcherSubsystem
+from .executors.subsystem import ExecutorsSubsystem
 from .ports import ConfigsView, Placeholder, Subsystem
 from .rpc import RpcServer, RpcSubsystem
 from .rules.engine import AutomationEngine
@@ -54,6 +56,18 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     # also registers task.* and chat.send
     store, supervisor = tasks.build(core.bus.publish, core.rpc, core.configs, core.state_dir, core.request_stop,
                                     core.untrusted)
+
+    def wake_supervisor() -> None:
+        if supervisor.supervisor is not None:
+            supervisor.supervisor.wake()
+
+    def executor_counts() -> dict[str, dict[str, int]]:
+        return supervisor.supervisor.counts_by_executor() if supervisor.supervisor is not None else {}
+
+    executors = ExecutorsSubsystem(core.configs, core.state_dir, supervisor.executors, counts=executor_counts,
+                                   on_available=wake_supervisor)
+    supervisor.executor_gate = executors.gate
+    executors.register_rpc(core.rpc)
 
     def submit_task(project: str, prompt: str, agent: str | None, priority: int, source: str,
                     timeout_s: float | None, origin: dict[str, Any]) -> str:
@@ -95,13 +109,14 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
                                   doctor=lambda project: doctor.run(facts, project), untrusted=core.untrusted)
     automation.register_rpc(core.rpc)
-    trace_api.register(core.rpc, Tracer(_trace_ports(core, store, automation)))
     webhooks = WebhookSubsystem(core.bus.publish, core.state_dir, lambda: sd.named_fd(*FD_NAMES))
     webhooks.register_rpc(core.rpc)
+    trace_api.register(core.rpc, Tracer(_trace_ports(core, store, automation)))
     return [
         core.bus,
         store,
         budgets,
+        executors,  # before the supervisor: it re-adopts runs through them
         supervisor,
         automation,
         RpcSubsystem(core.rpc, core.listen),

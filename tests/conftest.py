@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from systemd_env import UserManager, require_private_manager_support
 
-pytest_plugins = ["service_fixture", "trust_support"]
+pytest_plugins = ["service_fixture", "trust_support", "remote_fixtures"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

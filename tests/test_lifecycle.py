@@ -65,8 +65,8 @@ def test_state_and_heartbeat_files(svc_env: ServiceEnv) -> None:
     state = json.loads((svc_env.state_dir / "state.json").read_text())
     assert state["pid"] == svc_env.proc.pid  # type: ignore[union-attr]
     assert state["running"] is True and state["uptime_seconds"] >= 0
-    assert set(state["subsystems"]) == {"router", "store", "budgets", "supervisor", "automation", "ipc", "watcher",
-                                        "scheduler", "webhooks", "messaging"}
+    assert set(state["subsystems"]) == {"router", "store", "budgets", "executors", "supervisor", "automation", "ipc",
+                                        "watcher", "scheduler", "webhooks", "messaging"}
     # atomic writes leave no temp files (one may exist for the instant of a write: it must go away)
     wait_for(lambda: not list(svc_env.state_dir.glob(".*.tmp")), what="no temp file left in the state dir")
 

@@ -38,9 +38,9 @@ app.add_typer(events_app, name="events")
 app.add_typer(cron_app, name="cron")
 app.add_typer(rules_app, name="rules")
 app.add_typer(task_app, name="task")
+app.add_typer(webhook_app, name="webhook")
 app.command("budget")(budget_cmd.budget)
 app.command("trace")(budget_cmd.trace)
-app.add_typer(webhook_app, name="webhook")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 
@@ -157,6 +157,18 @@ def config_check(
         print("needs trust before it runs anything (`aiwgctl trust`); it can run, as you:")
         for line in what:
             print(f"  {line}")
+
+
+@app.command()
+def executors(json: JsonOpt = False) -> None:
+    """Where tasks run: each executor, its state, running and queued tasks, and its last error."""
+    res = call("executors.list")
+    if json:
+        render.emit_json(res)
+        return
+    render.table(["executor", "kind", "state", "running", "queued", "max", "last error"],
+                 [(e["name"], e["kind"], e["state"], e["running"], e["queued"], e["max_parallel"] or "-",
+                   e["last_error"] or "-") for e in res["executors"]], empty="no executors")
 
 
 for _fn in (trust, untrust):

@@ -273,13 +273,14 @@ def _print_task(t: dict[str, Any]) -> None:
                                           if t.get("cost_status") in ("missing", "malformed") else "")))
     if t.get("max_budget_usd") is not None:
         pairs.append(("budget", f"${t['max_budget_usd']:g}"))
-    if t.get("held_reason"):
-        pairs.append(("held", t["held_reason"]))
+    if t.get("held_reason"):  # a spent budget (held), or a full or down executor (still queued)
+        pairs.append(("waiting" if t.get("state") == "queued" else "held", t["held_reason"]))
     if t.get("adopted"):
         pairs.append(("adopted", f"re-adopted {t['adopted']}x by a restarted service"))
     if t.get("executor"):
-        pairs.append(("executor", t["executor"] + (f" ({t['handle'].get('unit') or t['handle'].get('kind')})"
-                                                   if t.get("handle") else "")))
+        h = t.get("handle") or {}
+        where = h.get("unit") or (f"job {h['job']}" if h.get("job") else None) or h.get("host") or h.get("kind")
+        pairs.append(("executor", t["executor"] + (f" ({where})" if where else "")))
     if t.get("origin"):
         pairs.append(("origin", ", ".join(f"{k}={v}" for k, v in t["origin"].items())))
     if t.get("input_tokens") is not None:
@@ -306,6 +307,8 @@ def submit(
     project: Annotated[Path | None, typer.Option("--project", help="project root (needed when the service "
                                                  "serves several)")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="seconds before the task is killed")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", "-e", help="where it runs (an executor of the "
+                                                 "service's config; default: the profile's)")] = None,
     wait: Annotated[bool, typer.Option("--wait", "-w", help="stream the agent's output and exit with its "
                                        "outcome: 0 completed, 1 failed, 124 timeout, 130 cancelled")] = False,
     raw: Annotated[bool, typer.Option("--raw", help="with --wait: print the output exactly as logged")] = False,
@@ -314,6 +317,8 @@ def submit(
     """Queue a task for an agent; prints its id (or, with --wait, its output as it runs)."""
     params = {"prompt": prompt, "agent": agent, "priority": priority, "project": _project(project),
               "timeout": timeout}
+    if executor is not None:
+        params["executor"] = executor
     res = call("task.submit", params)
     tid = res["taskId"]
     if not wait:

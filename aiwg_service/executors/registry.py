@@ -48,3 +48,14 @@ class Executors:
     async def close(self) -> None:
         for ex in self._by_name.values():
             await ex.close()
+
+    # -- reloads (the executors subsystem keeps the registry in step with the ``executors`` section) --------
+    def replace(self, executor: Executor) -> Executor | None:
+        """Register ``executor`` in place of the one of the same name; returns the old one (to close)."""
+        old = self._by_name.get(executor.name)
+        self._by_name[executor.name] = executor
+        return old
+
+    def unregister(self, name: str) -> Executor | None:
+        """Drop an executor a reload removed (runs it started keep their own reference until they end)."""
+        return self._by_name.pop(name, None)

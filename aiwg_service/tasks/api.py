@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import protocol as p
+from ..executors.base import ExecutorError
 from ..rpc import Connection, RpcServer
 from .model import FINISHED_STATES, Task, TaskSource, TaskState, split_agent
 from .store import Store, StoreError
@@ -236,7 +237,8 @@ def register(
         return root
 
     def submit(prompt: str, agent: str | None, priority: int, project: str | None, timeout: float | None,
-               source: str, origin: dict[str, Any] | None = None, max_budget_usd: float | None = None) -> Task:
+               source: str, origin: dict[str, Any] | None = None, max_budget_usd: float | None = None,
+               executor: str | None = None) -> Task:
         root = project_of(project)
         known = agent_names(root)
         try:
@@ -248,7 +250,9 @@ def register(
         try:
             return supervisor().submit(root, prompt, agent=name, priority=priority, source=TaskSource(source),
                                        timeout_s=timeout, subagent=subagent, origin=origin,
-                                       max_budget_usd=max_budget_usd)
+                                       max_budget_usd=max_budget_usd, executor=executor)
+        except ExecutorError as exc:
+            raise _invalid("executor", str(exc)) from None
         except KeyError as exc:  # the profile vanished in a reload between the check and the submit
             raise _invalid("agent", str(exc).strip("\"'"), known=known) from None
         except StoreError as exc:
@@ -263,7 +267,7 @@ def register(
     async def task_submit(params: p.TaskSubmitParams, conn: Connection) -> dict[str, Any]:
         priority = 0 if params.priority is None else params.priority
         task = submit(params.prompt, params.agent, priority, params.project, params.timeout, params.source,
-                      params.origin, params.max_budget_usd)
+                      params.origin, params.max_budget_usd, params.executor)
         if not params.wait:
             return task_result(task)
         fut = hub.waiter(task.id)

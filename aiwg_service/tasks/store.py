@@ -233,12 +233,13 @@ class Store:
     def submit(self, project: str, prompt: str, *, agent: str = "claude", priority: int = 0,
                source: TaskSource | str = TaskSource.cli, timeout_s: float | None = None,
                subagent: str | None = None, origin: dict[str, Any] | None = None,
-               max_budget_usd: float | None = None) -> Task:
-        """Insert a queued task (one transaction) and emit ``task.queued``."""
+               max_budget_usd: float | None = None, executor: str | None = None) -> Task:
+        """Insert a queued task (one transaction) and emit ``task.queued``.  ``executor``: where the
+        task asked to run (else its profile decides when it starts)."""
         task = Task(id=new_task_id(), project=str(project), prompt=prompt, agent=agent,
                     priority=int(priority), source=TaskSource(source), created_at=utc_now(),
                     timeout_s=timeout_s, subagent=subagent, origin=dict(origin or {}),
-                    max_budget_usd=max_budget_usd)
+                    max_budget_usd=max_budget_usd, executor=executor)
         return self.insert(task)
 
     def insert(self, task: Task) -> Task:
@@ -284,6 +285,13 @@ class Store:
         """Tasks in ``state`` (an index range count: cheap enough for every status line)."""
         return int(self._db.execute("SELECT count(*) FROM tasks WHERE state = ?",
                                     (TaskState(state).value,)).fetchone()[0])
+
+    def queued_groups(self) -> list[tuple[str, str, str | None, int]]:
+        """(agent, project, requested executor, count) of the queued tasks: where they will run is the
+        executor's or their profile's, which the caller resolves."""
+        rows = self._db.execute("SELECT agent, project, executor, count(*) FROM tasks WHERE state = 'queued' "
+                                "GROUP BY agent, project, executor").fetchall()
+        return [(str(a), str(p), e, int(n)) for a, p, e, n in rows]
 
     def running(self) -> list[Task]:
         rows = self._db.execute(f"SELECT {_COLS} FROM tasks WHERE state IN (?, ?) ORDER BY id",
@@ -386,6 +394,12 @@ class Store:
         """queued -> held (a budget is spent); emits ``task.held``."""
         return self._transition(task_id, [TaskState.queued], "task.held",
                                 {"state": TaskState.held, "held_reason": reason[:500]})
+
+    def set_queued_reason(self, task_id: str, reason: str | None) -> Task | None:
+        """Why a queued task is not starting (its executor is down or full), shown as ``held_reason``
+        while it stays ``queued``; emits ``task.waiting`` when a reason is set."""
+        return self._transition(task_id, [TaskState.queued], "task.waiting" if reason else None,
+                                {"held_reason": reason[:500] if reason else None})
 
     def release(self, task_id: str) -> Task | None:
         """held -> queued; emits ``task.queued``."""

@@ -97,6 +97,8 @@ class SupervisorSubsystem:
         #: Budget check and cost observer (set by ``wiring.py``; None: no budgets).
         self.admit: Any = None
         self.on_cost: Any = None
+        #: Per-executor limits and outages (set by ``wiring.py`` from the executors subsystem).
+        self.executor_gate: Any = None
 
     def profile(self, agent: str, project: str | None = None) -> AgentProfile:
         """Project file's profile (if its config is trusted), else the service file's, else a built-in."""
@@ -143,6 +145,7 @@ class SupervisorSubsystem:
             child_umask=CHILD_UMASK,
             on_output=self.hub.output,
             executors=self.executors,
+            executor_gate=self.executor_gate,
             admit=self.admit,
             on_cost=self.on_cost,
         )

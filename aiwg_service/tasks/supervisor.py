@@ -25,17 +25,21 @@ from typing import Any
 from ..executors import Executor, ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from ..executors.follow import LogTail, LogWatch
 from ..executors.local import LocalExecutor
-from ..executors.registry import Executors
+from ..executors.registry import DEFAULT_EXECUTOR, Executors
+from ..executors.remote_common import ExecutorUnavailable
 from .agents import StreamJsonParser, build_argv, child_env
 from .model import AgentProfile, Emit, Task, TaskSource, TaskState
 from .store import Store, StoreError
 
-__all__ = ["Admission", "Supervisor"]
+__all__ = ["Admission", "ExecutorGate", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
 _TAIL = 4000  # bytes of raw output kept as the result of agents that do not speak stream-json
 
+#: ``gate(executor_name, running_on_it) -> None`` (may start there) or why its tasks wait, queued
+#: (the executor is full or down).  The gate itself arranges a wake-up for when that may change.
+ExecutorGate = Callable[[str, int], "str | None"]
 #: ``admit(task, profile) -> None`` (may start) or the reason it must wait (``held``).
 Admission = Callable[[Task, AgentProfile], str | None]
 
@@ -97,6 +101,7 @@ class Supervisor:
         child_umask: int | None = None,
         on_output: Callable[[str, bytes], None] | None = None,
         executors: Executors | None = None,
+        executor_gate: ExecutorGate | None = None,
         admit: Admission | None = None,
         on_cost: Callable[[Task, float | None], None] | None = None,
     ) -> None:
@@ -123,6 +128,9 @@ class Supervisor:
         self.project_profiles = project_profiles
         self.child_umask = child_umask
         self.on_output = on_output
+        self.executor_gate = executor_gate
+        #: task id -> the reason recorded for it while queued (written only when it changes).
+        self._waiting: dict[str, str] = {}
         self.executors = executors if executors is not None else Executors(
             LocalExecutor(self.log_dir.parent, use_systemd=use_systemd_scope))
         self.admit = admit
@@ -198,16 +206,20 @@ class Supervisor:
     def submit(self, project: str, prompt: str, *, agent: str = "claude", priority: int = 0,
                source: TaskSource | str = TaskSource.cli, timeout_s: float | None = None,
                subagent: str | None = None, origin: dict[str, Any] | None = None,
-               max_budget_usd: float | None = None) -> Task:
-        """Queue a task (raises KeyError for an unknown agent, StoreError if it could not be
-        stored) and wake the scheduler.  ``origin`` records why it runs (see ``aiwgctl trace``)."""
+               max_budget_usd: float | None = None, executor: str | None = None) -> Task:
+        """Queue a task (raises KeyError for an unknown agent, ExecutorError for an unknown executor,
+        StoreError if it could not be stored) and wake the scheduler.  ``origin`` records why it runs
+        (see ``aiwgctl trace``); ``executor`` overrides the profile's."""
         self._profile(agent, project)
+        if executor is not None:
+            self.executors.get(executor)
         src = TaskSource(source)
         org = dict(origin or {})
         if not org:
             org = {"cli": True} if src is TaskSource.cli else {"source": src.value}
         task = self.store.submit(project, prompt, agent=agent, priority=priority, source=src,
-                                 timeout_s=timeout_s, subagent=subagent, origin=org, max_budget_usd=max_budget_usd)
+                                 timeout_s=timeout_s, subagent=subagent, origin=org, max_budget_usd=max_budget_usd,
+                                 executor=executor)
         self._idle.clear()
         self.wake()
         return task
@@ -283,19 +295,26 @@ class Supervisor:
     def _limit(self, project: str) -> int | None:
         return None if self.per_project_limit is None else self.per_project_limit(project)
 
+    def executor_of(self, task: Task, profile: AgentProfile) -> str:
+        """Where a task runs: its own choice, else its profile's (``local`` by default)."""
+        return task.executor or profile.executor or DEFAULT_EXECUTOR
+
     def _schedule(self) -> None:
         self._wake_pending = False
         if not self._started or self._stopping:
             return
         per_project = Counter(r.task.project for r in self._runs.values())  # re-adopted runs count
+        per_exec = Counter(r.executor.name for r in self._runs.values())
         excluded: set[str] = set()
         for p, n in per_project.items():
             lim = self._limit(p)
             if lim is not None and n >= lim:
                 excluded.add(p)
+        skip: set[str] = set()  # queued tasks whose executor is full or down: they stay queued
+        blocked: dict[str, str | None] = {}  # executor name -> why not (None: open), this pass
         while len(self._runs) < self.max_parallel:
             try:
-                task = self.store.next_queued(excluded, self._runs.keys())
+                task = self.store.next_queued(excluded, skip.union(self._runs))
             except Exception as e:  # closed or corrupt db: nothing to start
                 log.error("cannot read the queue: %s", e)
                 break
@@ -310,6 +329,15 @@ class Supervisor:
             except Exception as e:
                 self.store.fail_queued(task.id, f"unknown agent profile {task.agent!r}: {e}")
                 continue
+            name = self.executor_of(task, profile)
+            if self.executor_gate is not None:
+                if name not in blocked:
+                    blocked[name] = self.executor_gate(name, per_exec[name])
+                why = blocked[name]
+                if why is not None:
+                    skip.add(task.id)
+                    self._note_waiting(task, why)
+                    continue
             if self.admit is not None:
                 reason = self.admit(task, profile)
                 if reason is not None:
@@ -320,18 +348,48 @@ class Supervisor:
                         break
                     continue
             try:
-                executor = self.executors.get(profile.executor)
+                executor = self.executors.get(name)
             except ExecutorError as e:
                 self.store.fail_queued(task.id, str(e))
                 continue
             per_project[task.project] += 1
+            per_exec[name] += 1
+            blocked.pop(name, None)  # one more runs there now: ask the gate again for the next task
             if lim is not None and per_project[task.project] >= lim:
                 excluded.add(task.project)
+            self._waiting.pop(task.id, None)
             run = _Run(task, executor)
             self._runs[task.id] = run
             run.job = asyncio.get_running_loop().create_task(self._run(run, profile), name=f"aiwg-task-{task.id}")
         if not self._runs:
             self._idle.set()
+
+    def counts_by_executor(self) -> dict[str, dict[str, int]]:
+        """Running and queued tasks per executor name (for ``executors.list``)."""
+        out: dict[str, dict[str, int]] = {}
+        for run in self._runs.values():
+            c = out.setdefault(run.executor.name, {"running": 0, "queued": 0})
+            c["running"] += 1
+        for agent, project, requested, n in self.store.queued_groups():
+            name = requested
+            if name is None:
+                try:
+                    name = self._profile(agent, project).executor or DEFAULT_EXECUTOR
+                except Exception:
+                    name = DEFAULT_EXECUTOR
+            c = out.setdefault(name, {"running": 0, "queued": 0})
+            c["queued"] += n
+        return out
+
+    def _note_waiting(self, task: Task, why: str) -> None:
+        """Record why a queued task waits (once per change: no write per scheduling pass)."""
+        if self._waiting.get(task.id) == why and task.held_reason == why:
+            return
+        try:
+            self.store.set_queued_reason(task.id, why)
+            self._waiting[task.id] = why
+        except StoreError as e:
+            log.error("task %s: cannot record why it waits: %s", task.id, e)
 
     # -- one run ---------------------------------------------------------------------------
 
@@ -422,6 +480,15 @@ class Supervisor:
             handle = await asyncio.shield(run.launch)
         except LaunchError as e:
             self.store.mark_finished(task.id, TaskState.failed, error=str(e)[:500])
+            return
+        except ExecutorUnavailable as e:
+            # Nothing ran (the executor made sure of it): the task goes back to the queue, with the
+            # reason, and waits for the executor (the gate wakes us when it answers again).
+            why = f"executor {run.executor.name} is unavailable: {e}"
+            log.warning("task %s: %s; it stays queued", task.id, why, extra={"TASK_ID": task.id})
+            if self.store.requeue_unstarted(task.id) is not None:
+                self.store.set_queued_reason(task.id, why[:500])
+                self._waiting[task.id] = why
             return
         run.handle = handle
         try:
