@@ -199,8 +199,11 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="a checkout of the code before a change: its throughput is "
                                                   "measured in the same run and the ratios printed")
     args = ap.parse_args()
+    import logging
+
     import uvloop
 
+    logging.getLogger("aiwg").setLevel(logging.ERROR)  # rules paused by the loop guard say so: not the figure
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         (tmp / "proj").mkdir()

@@ -331,8 +331,13 @@ class AutomationEngine:
         ctx = Ctx(event, rule.project, rule.id, run_id, paths, rule.env, depth, self.gate)
         trace = self._trace(rule, event, paths, run_id)
         trace["chain_depth"] = depth
-        blocked = self._chain_cut(rule, trace, depth) or self._loop_guard(rule, st, trace)
-        if blocked:  # every triggered run counts, whether or not its conditions would pass
+        # The loop guard counts every run that can change anything: one that gets to act, and one that runs a
+        # shell condition, whether or not that condition passes (it may rewrite the file it watches). Runs that
+        # only fail an inline field/match/time test have no side effect and are not counted.
+        blocked = self._chain_cut(rule, trace, depth)
+        if not blocked and not rule.sync_conditions:
+            blocked = self._loop_guard(rule, st, trace)
+        if blocked:
             self._finish(rule, st, trace, t0, "skipped", blocked)
             return
         if rule.sync_conditions:
@@ -343,7 +348,7 @@ class AutomationEngine:
                     self._finish(rule, st, trace, t0, "condition_failed", f"conditions[{len(trace['conditions']) - 1}]"
                                                                           f" ({r['kind']}) not met")
                     return
-            blocked = self._guard(rule, st, trace)
+            blocked = self._loop_guard(rule, st, trace) or self._guard(rule, st, trace)
             if blocked:
                 self._finish(rule, st, trace, t0, "skipped", blocked)
                 return
@@ -381,7 +386,7 @@ class AutomationEngine:
         return reason
 
     def _loop_guard(self, rule: Rule, st: RuleState, trace: dict[str, Any]) -> str | None:
-        """Every triggered run counts (a shell condition that touches the file it watches loops too)."""
+        """More than ``max_runs_per_minute`` runs that could change something: pause the rule."""
         now = time.monotonic()
         acted = st.acted
         while acted and acted[0] < now - LOOP_WINDOW:
