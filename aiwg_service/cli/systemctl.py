@@ -18,12 +18,28 @@ from typing import Annotated
 import typer
 
 from .. import paths
+from . import render
 from .core import fail
 
 UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service", "aiwg-webhook.socket")
 NO_MANAGER = ("no systemd user manager is reachable ({why}). In a login session it runs by itself; over ssh "
               "or for a service that outlives logins run `loginctl enable-linger $USER`; in a container run "
               "the service in the foreground with `aiwg-service run`")
+
+
+#: Where distribution packages and admins put user units, in systemd's search order (systemd.unit(5)).
+#: aiwg units found here belong to a package: copies in ~/.config/systemd/user would shadow them.
+SYSTEM_UNIT_DIRS = (Path("/etc/systemd/user"), Path("/usr/local/lib/systemd/user"), Path("/usr/lib/systemd/user"),
+                    Path("/lib/systemd/user"))
+PACKAGED = ("aiwg-service's units are already installed for every user in {dir} (by the distribution package, "
+            "or an admin). Copies in {target} would shadow them and miss their updates, so nothing was written. "
+            "Use them as they are: `systemctl --user enable --now aiwg.socket`. "
+            "`aiwgctl install --force` writes the copies anyway.")
+
+
+def packaged_unit_dir() -> Path | None:
+    """The system-wide directory that already holds aiwg.service, if any."""
+    return next((d for d in SYSTEM_UNIT_DIRS if (d / "aiwg.service").is_file()), None)
 
 
 def unit_texts() -> dict[str, str]:
@@ -70,14 +86,23 @@ def webhook_port() -> int:
 
 def install(
     start: Annotated[bool, typer.Option(help="enable and start aiwg.socket now")] = True,
+    force: Annotated[bool, typer.Option("--force", help="write the units even over a package's units")] = False,
     webhook: Annotated[bool, typer.Option("--webhook", help="also enable aiwg-webhook.socket (the webhook "
                                           "listener on 127.0.0.1:webhook.port)")] = False,
     webhook_port_: Annotated[int | None, typer.Option("--webhook-port", min=1, max=65535,
                                                       help="port for aiwg-webhook.socket (default: webhook.port "
                                                            "from the service-wide config, else 9471)")] = None,
 ) -> None:
-    """Install the user units (ExecStart pointing at this aiwg-service), daemon-reload, enable the socket."""
+    """Install the user units (ExecStart pointing at this aiwg-service), daemon-reload, enable the socket.
+
+    Refused, without --force, when a package already installed the units system-wide.
+    """
     target = paths.user_unit_dir()
+    packaged = packaged_unit_dir()
+    if packaged is not None:
+        if not force:
+            fail(PACKAGED.format(dir=packaged, target=target))
+        render.error(f"warning: writing copies that shadow the packaged units in {packaged} (--force)")
     target.mkdir(parents=True, exist_ok=True)
     bindir = service_bindir()
     port = webhook_port_ if webhook_port_ is not None else webhook_port()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -151,6 +152,35 @@ def head(data: bytes) -> str:
     return "\n".join(lines[:TRACE_LINES]) + ("\n..." if len(lines) > TRACE_LINES else "")
 
 
+#: The umask a rule's command runs with, whatever the service's own (the unit's UMask=0077 keeps the daemon's
+#: files private; a command must create ordinary files in the project, as the user's shell would).
+COMMAND_UMASK = 0o022
+
+
+@functools.cache
+def service_umask() -> int | None:
+    """This process's umask, read without changing it (``Umask:`` in /proc/self/status); it never changes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def shell_argv(cmd: str) -> list[str]:
+    """``sh -c CMD``, through a shell that sets umask 0022 first when the service runs with another one.
+
+    The outer shell execs the inner one, so the pid and process group stay the command's (uvloop's spawn has
+    no ``umask=``, and changing the service's own umask around a spawn would race its other threads).
+    """
+    if service_umask() in (None, COMMAND_UMASK):
+        return ["/bin/sh", "-c", cmd]
+    return ["/bin/sh", "-c", f'umask {COMMAND_UMASK:04o} && exec /bin/sh -c "$1"', "sh", cmd]
+
+
 async def run_shell(cmd: str, ctx: Ctx, timeout: float | None) -> dict[str, Any]:
     """Run ``cmd`` with ``sh -c`` in the project root, in a new session, within the engine's process cap.
 
@@ -168,8 +198,8 @@ async def run_shell(cmd: str, ctx: Ctx, timeout: float | None) -> dict[str, Any]
 
 async def _run_shell(cmd: str, ctx: Ctx, timeout: float | None) -> dict[str, Any]:
     t0 = time.monotonic()
-    creating = asyncio.ensure_future(asyncio.create_subprocess_shell(
-        cmd, cwd=ctx.project if os.path.isdir(ctx.project) else None, env=ctx.env(),
+    creating = asyncio.ensure_future(asyncio.create_subprocess_exec(
+        *shell_argv(cmd), cwd=ctx.project if os.path.isdir(ctx.project) else None, env=ctx.env(),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True))
     try:
