@@ -17,6 +17,7 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Mapping
 
 __all__ = [
     "listen_fds",
@@ -165,6 +166,28 @@ def named_fd(*names: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------- journal
+
+
+def user_manager_reachable(environ: Mapping[str, str] | None = None) -> bool:
+    """We run as a unit (``INVOCATION_ID``) of a user manager we can reach (its private socket, or a user
+    bus) and ``systemd-run`` is on PATH: so agents, tmux servers and the like can get units of their own."""
+    import shutil
+
+    env = os.environ if environ is None else environ
+    if not env.get("INVOCATION_ID") or shutil.which("systemd-run", path=env.get("PATH")) is None:
+        return False
+    if env.get("DBUS_SESSION_BUS_ADDRESS"):
+        return True
+    rt = env.get("XDG_RUNTIME_DIR")
+    if not rt:
+        return False
+    for sock in ("systemd/private", "bus"):
+        try:
+            if stat.S_ISSOCK(os.stat(os.path.join(rt, sock)).st_mode):
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def under_journal() -> bool:

@@ -15,7 +15,6 @@ from aiwg_service.tasks.agents import (
     build_argv,
     child_env,
     profile_lookup,
-    systemd_scope_argv,
 )
 from aiwg_service.tasks.model import AgentProfile, Task, TaskState, new_task_id, parse_time, profile_problems, utc_now
 
@@ -94,9 +93,6 @@ def test_build_argv() -> None:
     assert build_argv(AgentProfile(kind="shell"), "echo $HOME") == ["/bin/sh", "-c", "echo $HOME"]
     custom = AgentProfile(kind="command", command=["agent", "--message", "{prompt}"], args=["--json"])
     assert build_argv(custom, "a b; c") == ["agent", "--message", "a b; c", "--json"]
-    scoped = systemd_scope_argv("t-1", AgentProfile(memory_max="2G", cpu_quota="50%"), ["x", "y"])
-    assert scoped == ["systemd-run", "--user", "--scope", "--quiet", "--collect", "--unit=aiwg-task-t-1",
-                      "-p", "MemoryMax=2G", "-p", "CPUQuota=50%", "--", "x", "y"]
 
 
 def test_profile_lookup() -> None:

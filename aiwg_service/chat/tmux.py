@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import shutil
 import signal
-import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from ..systemd import user_manager_reachable
 
 __all__ = ["Pane", "Tmux", "TmuxError", "TmuxMissing", "scope_available"]
 
@@ -34,17 +34,7 @@ class TmuxMissing(TmuxError):
 
 def scope_available(environ: Mapping[str, str] | None = None) -> bool:
     """Running as a systemd unit with a user manager reachable: new tmux servers get their own scope."""
-    env = os.environ if environ is None else environ
-    if not env.get("INVOCATION_ID") or shutil.which("systemd-run", path=env.get("PATH")) is None:
-        return False
-    if env.get("DBUS_SESSION_BUS_ADDRESS"):
-        return True
-    rt = env.get("XDG_RUNTIME_DIR")
-    for sock in ("systemd/private", "bus"):
-        with contextlib.suppress(OSError, TypeError):
-            if rt and stat.S_ISSOCK(os.stat(os.path.join(rt, sock)).st_mode):
-                return True
-    return False
+    return user_manager_reachable(environ)
 
 
 def _unblock_sigchld() -> None:

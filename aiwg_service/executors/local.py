@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..systemd import user_manager_reachable
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .runner import claim as _claim
 from .runner import write_bytes_atomic
@@ -355,22 +356,6 @@ class LocalExecutor:
 
 
 def systemd_available(environ: Mapping[str, str] | None = None) -> bool:
-    """Run attempts as transient units only when the service itself runs under a user manager
-    (``INVOCATION_ID``) that we can reach (its private socket or a user bus); in the foreground
-    the detached runner is used."""
-    import shutil
-    import stat
-
-    env = os.environ if environ is None else environ
-    if not env.get("INVOCATION_ID") or shutil.which("systemd-run", path=env.get("PATH")) is None:
-        return False
-    if env.get("DBUS_SESSION_BUS_ADDRESS"):
-        return True
-    rt = env.get("XDG_RUNTIME_DIR")
-    if not rt:
-        return False
-    for sock in ("systemd/private", "bus"):
-        with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.stat(os.path.join(rt, sock)).st_mode):
-                return True
-    return False
+    """Run attempts as transient units only when the service itself runs under a user manager it can reach;
+    in the foreground the detached runner is used."""
+    return user_manager_reachable(environ)

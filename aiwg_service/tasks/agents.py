@@ -11,7 +11,7 @@ import errno
 import os
 import select
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import msgspec
 
@@ -26,11 +26,7 @@ __all__ = [
     "child_env",
     "kill_orphan_group",
     "proc_identity",
-    "process_umask",
     "profile_lookup",
-    "systemd_scope_argv",
-    "systemd_scope_available",
-    "umask_argv",
 ]
 
 BUILTIN_PROFILES: dict[str, AgentProfile] = {
@@ -81,65 +77,6 @@ def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None,
     if max_budget_usd is not None and profile.budget_flag:
         argv += ["--max-budget-usd", f"{max_budget_usd:g}"]
     return [*argv, *profile.args, "--", prompt]
-
-
-def systemd_scope_argv(task_id: str, profile: AgentProfile, argv: Sequence[str]) -> list[str]:
-    """Wrap ``argv`` so it runs in its own transient user scope (own cgroup, limits, accounting).
-
-    ``systemd-run --scope`` execs the command in place, so the pid and process
-    group we started stay the agent's.
-    """
-    out = ["systemd-run", "--user", "--scope", "--quiet", "--collect", f"--unit=aiwg-task-{task_id}"]
-    if profile.memory_max:
-        out += ["-p", f"MemoryMax={profile.memory_max}"]
-    if profile.cpu_quota:
-        out += ["-p", f"CPUQuota={profile.cpu_quota}"]
-    return [*out, "--", *argv]
-
-
-def umask_argv(argv: Sequence[str], mask: int) -> list[str]:
-    """Run ``argv`` with umask ``mask`` via ``/bin/sh -c 'umask M && exec "$@"'``.
-
-    Why a wrapper: the unit runs the service with UMask=0077, but agents must create normal
-    (0644) files in project trees.  uvloop's spawn has no ``umask=`` and ``preexec_fn`` runs
-    Python between fork and exec (unsafe with threads); flipping the service's own umask around
-    the spawn would leak 0022 into whatever the service (or any thread) creates meanwhile.  The
-    shell execs in place, so the pid, process group and start time stay the agent's.
-    """
-    return ["/bin/sh", "-c", f'umask {mask:04o} && exec "$@"', "aiwg-agent", *argv]
-
-
-def process_umask() -> int | None:
-    """This process's umask, read without changing it (``Umask:`` in /proc/self/status)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def systemd_scope_available(environ: Mapping[str, str] | None = None) -> bool:
-    """True when we run as a systemd unit (``INVOCATION_ID``), ``systemd-run`` is on PATH and a user
-    manager is reachable (its private socket, or a user bus), so each task can get its own scope."""
-    import shutil
-    import stat
-
-    env = os.environ if environ is None else environ
-    if not env.get("INVOCATION_ID") or shutil.which("systemd-run", path=env.get("PATH")) is None:
-        return False
-    if env.get("DBUS_SESSION_BUS_ADDRESS"):
-        return True
-    rt = env.get("XDG_RUNTIME_DIR")
-    if not rt:
-        return False
-    for sock in ("systemd/private", "bus"):
-        with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.stat(os.path.join(rt, sock)).st_mode):
-                return True
-    return False
 
 
 def child_env(
