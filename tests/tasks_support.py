@@ -92,7 +92,12 @@ async def await_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 def read_pid(path: Path, timeout: float = 10.0) -> int:
-    assert wait_for(path.exists, timeout), f"{path} never appeared"
+    """The pid a shell wrote with ``echo $! > path``: the file exists a moment before its line does."""
+
+    def line() -> bool:
+        return path.exists() and path.read_text().endswith("\n")
+
+    assert wait_for(line, timeout), f"{path} never got its line"
     return int(path.read_text())
 
 
