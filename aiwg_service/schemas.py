@@ -1,4 +1,4 @@
-"""Every config section, in document order: importing this module registers them all with ``config``.
+"""Every config section: importing this module registers them all with ``config`` (each module registers its own).
 
 ``config`` imports no subsystem; this is the one list of whose sections make up the document, used by the
 service (through ``wiring``) and by ``aiwgctl config check``.
