@@ -92,12 +92,15 @@ async def await_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 def read_pid(path: Path, timeout: float = 10.0) -> int:
-    """The pid a shell wrote with ``echo $! > path``: the file exists a moment before its line does."""
+    """The pid a process wrote to ``path``: the file exists a moment before its number does (``echo $! >``)."""
 
-    def line() -> bool:
-        return path.exists() and path.read_text().endswith("\n")
+    def number() -> bool:
+        try:
+            return int(path.read_text()) > 0
+        except (OSError, ValueError):
+            return False
 
-    assert wait_for(line, timeout), f"{path} never got its line"
+    assert wait_for(number, timeout), f"{path} never got a pid"
     return int(path.read_text())
 
 
