@@ -20,7 +20,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS offsets (bridge TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS inbox (
     bridge TEXT NOT NULL, key TEXT NOT NULL, received REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'received',  -- received | started | done | refused
+    state TEXT NOT NULL DEFAULT 'received',  -- received | started | done | refused | failed
     record TEXT NOT NULL,
     PRIMARY KEY (bridge, key)
 );
