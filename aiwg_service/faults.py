@@ -31,3 +31,12 @@ def delay(point: str) -> float:
         return max(0.0, float(_table().get(point, 0)))
     except ValueError:
         return 0.0
+
+
+def stalling(point: str, seconds: float) -> None:
+    """Stall here (in a worker thread) and say so in the log first, so a test knows the stall began."""
+    import logging
+    import time
+
+    logging.getLogger("aiwg.faults").warning("fault: stalling %s for %g s", point, seconds)
+    time.sleep(seconds)
