@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from . import __version__, aiwg_shape, config, faults, paths, pidfile, safefs, trust
+from . import __version__, aiwg_shape, config, faults, looplag, paths, pidfile, safefs, trust
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
@@ -82,6 +82,7 @@ class Service:
         self._status_pending = False
         self.ops = Operations()  # every change (reload, projects, trust, stop), one at a time
         self.background = OwnedTasks("service", log)
+        self.loop_lag = looplag.LoopLag()
         self.last_heartbeat: str | None = None
         self.trust_store = trust.TrustStore(self.state_dir)
         self._trust_announced: dict[str, tuple[str | None, str]] = {}
@@ -247,6 +248,7 @@ class Service:
         return self.configs
 
     async def start(self) -> None:
+        self.loop_lag.install()
         self.acquire_lock()
         self.configs = self.load_all()
         for w in self.configs.service_warnings:
@@ -325,6 +327,7 @@ class Service:
         if not self.socket_activated and safefs.is_socket(self.socket_path):  # never a file put in its place
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+        self.loop_lag.close()
         log.info("stopped")
 
     async def apply_configs(self, fault_point: str | None = None) -> None:
@@ -434,6 +437,7 @@ class Service:
             "counts": {"requests": self.rpc.requests, "connections": len(self.rpc.connections),
                        "internal_errors": self.rpc.errors, "events": self.bus.published},
             "config": self.last_reload,
+            "loop": self.loop_lag.snapshot(),
             "operations": {"current": self.ops.current, "done": self.ops.done, "stopping": self.ops.stopping},
             "status": self.status_line(),
         }
@@ -458,6 +462,7 @@ class Service:
     async def _heartbeat(self) -> None:
         hb = self.state_dir / "heartbeat"
         while True:
+            looplag.poke()  # the heartbeat's own work (health of every subsystem, state.json) is measured
             self.last_heartbeat = datetime.now(UTC).isoformat(timespec="seconds")
             try:
                 # rewritten in place (its mtime is what counts), created private whatever the umask

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from .. import looplag
 from ..protocol import Event, utc_now
 from .deadletters import DeadLetterJournal
 
@@ -240,6 +241,7 @@ class EventBus:
 
     def publish_event(self, event: Event) -> Event:
         """Deliver ``event`` (made encodable first if a source slipped in a non-UTF-8 string); returns it."""
+        looplag.poke()
         try:
             _probe.encode(event)
         except UnicodeEncodeError:
