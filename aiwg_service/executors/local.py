@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import command
 from ..systemd import user_manager_reachable
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .runner import claim as _claim
@@ -161,7 +162,10 @@ class LocalExecutor:
                 stderr=asyncio.subprocess.PIPE, start_new_session=True, env=self._runner_env())
         except OSError as e:
             raise LaunchError(f"cannot start the agent runner ({self.python}): {e.strerror or e}") from None
-        out, err = await proc.communicate()
+        try:
+            out, err = await command.finish(proc, command.SYSTEMD_TIMEOUT_S, "the agent runner's start")
+        except command.CommandTimeout as e:
+            raise LaunchError(str(e)) from None
         try:
             pid = int(out.split()[0])
         except (ValueError, IndexError):
@@ -210,7 +214,10 @@ class LocalExecutor:
                 stderr=asyncio.subprocess.PIPE, env=self.environ)
         except OSError as e:
             raise LaunchError(f"cannot run {argv[0]}: {e.strerror or e}") from None
-        out, err = await proc.communicate()
+        try:
+            out, err = await command.finish(proc, command.SYSTEMD_TIMEOUT_S, argv[0])
+        except command.CommandTimeout as e:
+            raise LaunchError(str(e)) from None
         assert proc.returncode is not None
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
