@@ -39,7 +39,7 @@ class MessagingStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        self.db.execute("DELETE FROM inbox WHERE state IN ('done','refused') AND received < ?",
+        self.db.execute("DELETE FROM inbox WHERE state IN ('done','refused','failed') AND received < ?",
                         (time.time() - KEEP_DAYS * 86400,))
 
     def close(self) -> None:
