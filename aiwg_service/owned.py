@@ -63,7 +63,7 @@ class OwnedTasks:
             if left is not None and left <= 0:
                 return False
             _, pending = await asyncio.wait(set(self.tasks), timeout=left)
-            if pending and left is not None and loop.time() >= deadline:  # type: ignore[operator]
+            if pending:  # the timeout came first
                 return False
         return True
 
