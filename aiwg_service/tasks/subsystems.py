@@ -27,13 +27,13 @@ from ..rpc import RpcServer
 from .agents import BUILTIN_PROFILES
 from .api import TaskHub, register
 from .model import AgentProfile, Task, TaskState
-from .store import Store
+from .store import Store, remove_files
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_S = 86400.0
-PRUNE_SLICE = 200  # tasks per transaction: a few ms of loop time each
+PRUNE_SLICE = 100  # tasks per transaction: a few ms of loop time each (their log files go in a thread)
 #: Agents create files in project trees: they get a normal umask, not the service's UMask=0077.
 CHILD_UMASK = 0o022
 
@@ -68,11 +68,11 @@ class StoreSubsystem:
         removed = 0
         try:
             while True:
-                n = self.store.prune_slice(days, batch=PRUNE_SLICE)
-                removed += n
-                if n < PRUNE_SLICE:
+                logs = self.store.prune_slice(days, batch=PRUNE_SLICE, unlink=False)
+                removed += len(logs)
+                await asyncio.to_thread(remove_files, logs)  # the log files go off the loop
+                if len(logs) < PRUNE_SLICE:
                     break
-                await asyncio.sleep(0)
         except Exception as exc:  # a full disk must not take the service down; try again tomorrow
             log.error("pruning the task store failed: %s", exc)
         self.last_pruned = removed
