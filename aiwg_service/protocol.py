@@ -348,6 +348,7 @@ METHODS: dict[str, type[Params]] = {
     "daemon.stop": DaemonStopParams,
     "budget.status": BudgetStatusParams,
     "trace.get": TraceGetParams,
+    "web.login": NoParams,
     "executors.list": NoParams,
 }
 

@@ -1,8 +1,8 @@
 """The one module that knows every subsystem: what each is built from, and the fixed start order.
 
 Start order: event router, task store, budgets, executors, agent supervisor, automation engine, chat, IPC
-server, file watcher, cron scheduler, webhooks, messaging. Stop runs in reverse, so sources go quiet before the
-engines they feed.
+server, file watcher, cron scheduler, webhooks, messaging, web dashboard. Stop runs in reverse, so sources go
+quiet before the engines they feed.
 Subsystems never import each other: this module hands each one the narrow ports it needs (the bus, the
 RPC server, a view of the current configs, the state directory, the task queue's submit function).
 """
@@ -31,6 +31,9 @@ from .rules.engine import AutomationEngine
 from .tasks import subsystems as tasks
 from .trace import api as trace_api
 from .trace.graph import TracePorts, Tracer
+from .web.subsystem import FD_NAMES as WEB_FD_NAMES
+from .web.subsystem import WebSubsystem
+from .webhooks.secrets import read_secret
 from .webhooks.subsystem import FD_NAMES, WebhookSubsystem
 
 
@@ -185,6 +188,11 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     webhooks.register_rpc(core.rpc)
     trace_api.register(core.rpc, Tracer(_trace_ports(core, store, automation)))
     messaging = build_messaging(core, store, supervisor, automation, chat)
+    web = WebSubsystem(core.rpc, core.state_dir,
+                       inherited_fds=lambda: [fd for fd, name in sd.listen_fds() if name in WEB_FD_NAMES],
+                       finished_since=lambda since: store.store.finished_since(since) if store.store else [],
+                       read_secret=read_secret, socket_dir=lambda: core.socket_path().parent)
+    web.register_rpc(core.rpc)
     return [
         core.bus,
         store,
@@ -198,6 +206,7 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
         scheduler,
         webhooks,
         messaging,
+        web,  # last: the dashboard reads every other subsystem through the RPC methods
     ]
 
 
