@@ -25,6 +25,7 @@ from .messaging import messaging_app, notify
 from .rules import rules_app
 from .tasks import task_app
 from .trust import trust, untrust
+from .web import web as web_cmd
 from .webhooks import webhook_app
 
 app = typer.Typer(
@@ -46,6 +47,7 @@ app.command()(notify)
 app.add_typer(webhook_app, name="webhook")
 app.command("budget")(budget_cmd.budget)
 app.command("trace")(budget_cmd.trace)
+app.command("web")(web_cmd)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 

@@ -14,8 +14,9 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class WebSection(Struct, forbid_unknown_fields=False):
-    #: off by default: `aiwgctl install --web` turns it on (and enables aiwg-web.socket)
-    enabled: bool = False
+    #: unset: on when aiwg-web.socket passed its sockets (`aiwgctl install --web` enables that unit), else off;
+    #: true: on (in the foreground it binds ``bind:port`` itself); false: off even when the unit is enabled
+    enabled: bool | None = None
     port: Annotated[int, Meta(ge=1, le=65535)] = DEFAULT_PORT
     #: loopback by default; put a reverse proxy in front (or use the Unix socket) to reach it from elsewhere
     bind: Annotated[str, Meta(min_length=1)] = "127.0.0.1"

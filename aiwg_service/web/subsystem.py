@@ -78,7 +78,7 @@ class WebSubsystem:
         self.address = self.unix = self._own_unix = None
 
     def health(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"enabled": self.section.enabled,
+        out: dict[str, Any] = {"enabled": self.enabled,
                                "listening": f"{self.address[0]}:{self.address[1]}" if self.address else None,
                                "unix": self.unix, "from_systemd": self.from_systemd,
                                "sessions": len(self.sessions.sessions),
@@ -91,7 +91,7 @@ class WebSubsystem:
     async def apply(self, configs: Any) -> None:
         section: WebSection = configs.service.web
         self.section = section
-        if not section.enabled:
+        if not self.enabled:
             if self.runner is not None:
                 log.info("web: web.enabled is false; the dashboard no longer listens")
             await self._close()
@@ -102,6 +102,11 @@ class WebSubsystem:
             return
         await self._close()
         await self._listen(want)
+
+    @property
+    def enabled(self) -> bool:
+        on = self.section.enabled
+        return bool(self.inherited_fds()) if on is None else on
 
     def _metrics_token(self) -> str | None:
         return self.read_secret(self.section.metrics_token_env)
@@ -198,8 +203,8 @@ class WebSubsystem:
 
         base = self.base_url()
         if base is None:
-            why = self.error or ("web.enabled is false in the service-wide config (`aiwgctl install --web` turns "
-                                 "it on)" if not self.section.enabled else "the dashboard is not listening")
+            why = self.error or ("it is not enabled: run `aiwgctl install --web`, or set web.enabled in the "
+                                 "service-wide config" if not self.enabled else "the dashboard is not listening")
             raise p.RpcError(p.SERVER_BUSY, f"the dashboard is off: {why}")
         token = self.sessions.one_time_token()
         return {"url": f"{base}/login?token={quote(token)}", "expires_in": int(TOKEN_TTL), "unix": self.unix,
