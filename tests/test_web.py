@@ -131,7 +131,6 @@ def test_the_dashboard_in_a_real_browser(svc_env: ServiceEnv, browser: Any) -> N
 
     browser.get(f"{base}/costs")
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart")
-    both_widths(browser, "costs")
 
     # a strict CSP held everywhere, and nothing broke it
     assert not [m for m in console_errors(browser) if "Content Security Policy" in m or "Refused" in m]
@@ -209,3 +208,26 @@ def test_aiwgctl_web_says_plainly_when_the_dashboard_is_off(service: ServiceEnv)
     res = service.ctl("web", "--print-url")
     assert res.returncode == 1 and "the dashboard is off" in res.stderr and "aiwgctl install --web" in res.stderr
     assert "web" not in {k for k, v in service.call("daemon.status")["subsystems"].items() if v.get("listening")}
+
+
+def test_costs_chart_with_a_month_of_tasks_and_budgets(svc_env: ServiceEnv, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from web_support import seed_finished_tasks
+
+    env = svc_env
+    other = env.tmp / "webshop"
+    other.mkdir()
+    total = seed_finished_tasks(env.state_dir, [str(env.project.resolve()), str(other.resolve())], 120)
+    port = start_web_service(env, service_config={"budgets": {"service_daily_usd": 2.5, "project_daily_usd": 1.5}})
+    browser.get(login_url(env))
+    browser.get(f"http://127.0.0.1:{port}/costs")
+    header = browser.find_element(By.TAG_NAME, "h1").text
+    assert f"${total:.2f}" in header
+    bars = browser.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar")
+    assert len(bars) >= 5
+    assert "<script" not in bars[0].get_attribute("innerHTML")
+    lines = browser.find_elements(By.CSS_SELECTOR, "svg.chart line.budget")
+    assert len(lines) >= 1  # the service's daily budget, drawn as a line
+    rows = browser.find_elements(By.CSS_SELECTOR, "section table tbody tr")
+    assert any("webshop" in r.text for r in rows)
+    both_widths(browser, "costs")

@@ -113,3 +113,27 @@ def browser() -> Iterator[Any]:
 def console_errors(driver: Any) -> list[str]:
     """Console messages at SEVERE (a CSP violation is one): the pages must produce none."""
     return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def seed_finished_tasks(state_dir: Path, projects: list[str], n: int, days: int = 30) -> float:
+    """``n`` finished tasks with costs spread over the last ``days`` days and ``projects``, written into the real
+    task store before the service starts (as if they had run). Returns their total cost."""
+    from datetime import UTC, datetime, timedelta
+
+    from aiwg_service.tasks.model import Task, TaskState, new_task_id
+    from aiwg_service.tasks.store import Store
+
+    now = datetime.now(UTC)
+    total = 0.0
+    with Store(state_dir) as store:
+        for i in range(n):
+            end = now - timedelta(days=(i * 7) % days, minutes=i % 50 + 1)
+            start = end - timedelta(seconds=20 + (i * 37) % 900)
+            cost = round(0.02 + ((i * 13) % 17) / 40, 4)
+            total += cost
+            state = TaskState.failed if i % 11 == 0 else TaskState.completed
+            iso = "%Y-%m-%dT%H:%M:%S.000Z"
+            store.insert(Task(id=new_task_id(), project=projects[i % len(projects)], prompt=f"seeded task {i}",
+                              state=state, created_at=start.strftime(iso), started_at=start.strftime(iso),
+                              finished_at=end.strftime(iso), cost_usd=cost, attempts=1, exit_code=0))
+    return total

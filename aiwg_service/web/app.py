@@ -59,7 +59,7 @@ def templates() -> jinja2.Environment:
                              lstrip_blocks=True)
     env.filters["short"] = pages.short
     env.filters["when"] = lambda s: (s or "").replace("T", " ").replace("Z", "")[:19]
-    env.filters["usd"] = lambda v: "-" if v is None else f"${v:.4f}" if v < 1 else f"${v:.2f}"
+    env.filters["usd"] = lambda v: "-" if v is None else f"${v:.4f}" if 0 < v < 0.01 else f"${v:.2f}"
     return env
 
 

@@ -13,14 +13,14 @@ PALETTE = 8
 
 
 def _nice(v: float) -> float:
-    """A round axis maximum at or above ``v``."""
+    """A round axis maximum at or above ``v``: four gridline steps of 1, 2, 2.5 or 5 times a power of ten."""
     if v <= 0:
         return 1.0
-    step = 10 ** len(str(int(v))) / 10 if v >= 1 else 0.1
-    while step / 10 >= 0.01 and v / step < 3:
-        step /= 10
-    n = int(v / step) + 1
-    return round(n * step, 2)
+    for exp in range(-3, 9):
+        for m in (1, 2, 2.5, 5):
+            if m * 10**exp * 4 >= v:
+                return m * 10**exp * 4
+    return v
 
 
 def cost_chart(days: list[str], series: dict[str, dict[str, float]], lines: list[tuple[str, float]],

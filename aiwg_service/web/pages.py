@@ -105,7 +105,8 @@ async def costs(rpc: LocalRpc, finished_since: FinishedSince) -> dict[str, Any]:
         counts[project] += 1
     budgets = await rpc.call("budget.status")
     day = budgets.get("day")
-    lines = [(f"{b['budget']} {short(b['key']) if b.get('key') else ''}".strip(), float(b["limit_usd"]))
+    lines = [(f"{b['budget']} {short(b['key']) if b.get('key') not in (None, '', '*') else ''}".strip(),
+              float(b["limit_usd"]))
              for b in budgets.get("budgets", []) if b.get("period") == day]
     projects = sorted(per_project, key=lambda k: -per_project[k])
     table = [{"project": pr, "name": short(pr), "usd": per_project[pr], "tasks": counts[pr]} for pr in projects]
@@ -130,7 +131,7 @@ async def events(rpc: LocalRpc, type_: str | None, project: str | None) -> dict[
         res, error = {"events": []}, exc.message
     evs = res["events"][-200:]
     for e in evs:
-        e["data_json"] = json.dumps(e.get("data"), sort_keys=True)[:2000]
+        e["data_json"] = json.dumps(e.get("data"), separators=(",", ":"))[:2000]  # as the page's script shows it
     status = await rpc.call("project.list")
     return {"events": list(reversed(evs)), "type": type_ or "", "project": project or "", "error": error,
             "projects": [pr["path"] for pr in status["projects"]]}
