@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
@@ -25,7 +25,7 @@ from . import metrics, pages
 from .auth import Sessions
 from .chart import cost_chart
 from .local import LocalRpc
-from .stream import TASK_FINAL, Stream, backlog, frame
+from .stream import TASK_FINAL, Stream, backlog, event_cursor, frame
 
 log = logging.getLogger("aiwg.web")
 
@@ -35,7 +35,6 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                     "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY", "Cache-Control": "no-store",
                     "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Resource-Policy": "same-origin"}
-SESSION_KEY = web.AppKey("session", dict)
 STATIC = Path(str(files("aiwg_service.web") / "static"))
 
 
@@ -102,7 +101,8 @@ def build(ports: Ports) -> web.Application:
         request["session"] = session
         if request.method not in ("GET", "HEAD"):
             origin = request.headers.get("Origin")
-            if origin is not None and origin != f"{request.scheme}://{request.host}":
+            # the host only: behind a TLS reverse proxy the browser says https while we see http
+            if origin is not None and urlsplit(origin).netloc != request.host:
                 raise web.HTTPForbidden(text="cross-origin request refused")
             token = request.headers.get("X-CSRF-Token")
             if token is None and request.content_type == "application/x-www-form-urlencoded":
@@ -232,9 +232,7 @@ def build(ports: Ports) -> web.Application:
         return await stream.serve(request)
 
     def stream_frame(ev: dict[str, Any]) -> bytes:
-        from .stream import _event_cursor
-
-        return frame("event", ev, _event_cursor(ev))
+        return frame("event", ev, event_cursor(ev))
 
     # -- metrics ---------------------------------------------------------------------------------------
     async def metrics_page(request: web.Request) -> web.StreamResponse:
@@ -273,7 +271,3 @@ def build(ports: Ports) -> web.Application:
     app.router.add_get("/metrics", metrics_page)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     return app
-
-
-def login_url(base: str, token: str) -> str:
-    return f"{base}/login?token={quote(token)}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -66,7 +65,7 @@ class Stream:
     def push_notification(self, method: str, params: Any) -> None:
         params = msgspec.to_builtins(params)
         if method == p.NOTIFY_EVENT:
-            self.push(frame("event", params, _event_cursor(params)))
+            self.push(frame("event", params, event_cursor(params)))
         elif method == p.NOTIFY_TASK_OUTPUT:
             self.push(frame("output", params))
 
@@ -125,7 +124,7 @@ class Stream:
         self.wake.set()
 
 
-def _event_cursor(ev: dict[str, Any]) -> str | None:
+def event_cursor(ev: dict[str, Any]) -> str | None:
     """An event's place for resuming: its bus sequence number when the bus gives one, else its id."""
     seq = ev.get("seq")
     if isinstance(seq, int) and not isinstance(seq, bool):
@@ -158,7 +157,3 @@ async def backlog(rpc: LocalRpc, since: str, type_: str | None, project: str | N
         evs = res.get("events", []) if isinstance(res, dict) else res
         return [e for e in evs if isinstance(e, dict)]
     return []
-
-
-def event_json(ev: dict[str, Any]) -> str:
-    return json.dumps(ev, sort_keys=True)

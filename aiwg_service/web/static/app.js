@@ -53,11 +53,14 @@
   /* Now: redraw the task list on task events (fetching a fragment), keeping the logs already streamed. */
   function nowPage() {
     var box = document.getElementById("tasks");
-    var pending = false;
+    var pending = false, again = false;
     function redraw() {
-      if (pending) { return; }
+      if (pending) { again = true; return; }  /* one fetch at a time; events meanwhile ask for one more */
       pending = true;
-      fetch("/partials/now", { credentials: "same-origin" }).then(function (r) { return r.text(); }).then(function (html) {
+      fetch("/partials/now", { credentials: "same-origin" }).then(function (r) {
+        if (!r.ok) { throw new Error(r.status); }
+        return r.text();
+      }).then(function (html) {
         pending = false;
         var old = {};
         box.querySelectorAll("pre.log").forEach(function (p) { old[p.dataset.task] = p; });
@@ -69,7 +72,8 @@
         });
         box.replaceChildren(t.content);
         wireCancel(box);
-      }).catch(function () { pending = false; });
+        if (again) { again = false; redraw(); }
+      }).catch(function () { pending = false; again = false; setLive(false); });
     }
     var follow = [];
     box.querySelectorAll("pre.log").forEach(function (p) { follow.push(p.dataset.task + ":" + p.dataset.offset); });
