@@ -20,7 +20,8 @@ PROJECT = {
     "schedule": {"jobs": []},
     "rules": [{"id": "ship", "triggers": [{"type": "file.*", "paths": ["inbox/*.req"]}],
                "actions": [{"approve": {"message": "ship {path}?", "timeout_minutes": 30}},
-                           {"shell": "cp \"$AIWG_EVENT_PATH\" shipped.txt"}],
+                           {"shell": "cp \"$AIWG_EVENT_PATH\" shipped.txt"},
+                           {"agent": {"prompt": "echo reviewed {path}", "agent": "sh"}}],
                "mode": "queued", "max": 5}],
 }
 
@@ -94,7 +95,7 @@ def test_the_dashboard_in_a_real_browser(svc_env: ServiceEnv, browser: Any) -> N
     ap = wait_for(lambda: env.call("approval.list", {})["approvals"], 15, what="a pending approval")[0]
     browser.get(f"{base}/approvals")
     card = browser.find_element(By.CSS_SELECTOR, f'article[data-approval="{ap["id"]}"]')
-    assert "ship inbox/one.req?" in card.text and 'cp \\"$AIWG_EVENT_PATH\\" shipped.txt' in card.text
+    assert "ship inbox/one.req?" in card.text and '$ cp "$AIWG_EVENT_PATH" shipped.txt' in card.text
     both_widths(browser, "approvals")
     card = browser.find_element(By.CSS_SELECTOR, f'article[data-approval="{ap["id"]}"]')
     card.find_element(By.CSS_SELECTOR, "input[name=reason]").send_keys("looks right")
@@ -110,6 +111,11 @@ def test_the_dashboard_in_a_real_browser(svc_env: ServiceEnv, browser: Any) -> N
     tree = browser.find_element(By.CSS_SELECTOR, ".tree")
     assert ev["type"] in tree.text and "ship" in tree.text
     assert browser.find_elements(By.CSS_SELECTOR, ".tree details.k-rule_run")
+    wait_for(lambda: env.call("task.list", {"state": "completed"}), 20, what="the rule's agent task")
+    browser.refresh()
+    tree = browser.find_element(By.CSS_SELECTOR, ".tree")
+    assert "approved by" in tree.text and "via web" in tree.text
+    assert browser.find_elements(By.CSS_SELECTOR, ".tree details.k-task a[href^='/tasks/t-']")
     summary = browser.find_element(By.CSS_SELECTOR, ".tree details.k-event > summary")
     summary.click()  # folds
     assert js(browser, "return document.querySelector('.tree details.k-event').open") is False
