@@ -133,6 +133,12 @@ def test_the_dashboard_in_a_real_browser(svc_env: ServiceEnv, browser: Any) -> N
     wait_for(lambda: "inbox/while-away.txt" in browser.find_element(By.ID, "events").text, 20,
              what="the event written around the reload")
     assert "task." not in browser.find_element(By.ID, "events").text  # the type filter holds
+    # a file name is text from outside too: shown as text in a live row, never run
+    (env.project / "inbox" / "<img src=x onerror=window.pwned=3>.txt").write_text("x")
+    wait_for(lambda: "<img src=x onerror=window.pwned=3>" in browser.find_element(By.ID, "events").text, 20,
+             what="the row of the odd file name")
+    assert js(browser, "return document.querySelectorAll('main img, main script').length") == 0
+    assert js(browser, "return window.pwned === undefined")
     both_widths(browser, "events")
 
     browser.get(f"{base}/costs")
@@ -237,3 +243,35 @@ def test_costs_chart_with_a_month_of_tasks_and_budgets(svc_env: ServiceEnv, brow
     rows = browser.find_elements(By.CSS_SELECTOR, "section table tbody tr")
     assert any("webshop" in r.text for r in rows)
     both_widths(browser, "costs")
+
+
+def test_approvers_hold_on_the_web_too(svc_env: ServiceEnv) -> None:
+    """An approval that names its approvers cannot be decided from the dashboard by anyone else; one that names
+    ``web`` can."""
+    env = svc_env
+    (env.project / "inbox").mkdir()
+    rules = {**PROJECT, "rules": [
+        {"id": "guarded", "triggers": [{"type": "file.*", "paths": ["inbox/*.req"]}],
+         "actions": [{"approve": {"message": "only alice", "approvers": ["alice"]}}, {"shell": "touch ran"}]},
+        {"id": "webok", "triggers": [{"type": "file.*", "paths": ["inbox/*.web"]}],
+         "actions": [{"approve": {"message": "web may", "approvers": ["web"]}}, {"shell": "touch ran-web"}]}]}
+    port = start_web_service(env, rules)
+    url = login_url(env)
+    sid = request(port, "GET", url.split(str(port), 1)[1])[1]["set-cookie"].split(";", 1)[0]
+    page = request(port, "GET", "/approvals", {"Cookie": sid})[2]
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    form = {"Cookie": sid, "Content-Type": "application/x-www-form-urlencoded"}
+
+    (env.project / "inbox" / "a.req").write_text("x")
+    ap = wait_for(lambda: env.call("approval.list", {})["approvals"], 15, what="the guarded approval")[0]
+    status, _h, body = request(port, "POST", f"/approvals/{ap['id']}/approve", form, f"csrf={csrf}".encode())
+    assert status == 409 and "Not decided" in body and "alice" in body
+    assert env.call("approval.list", {})["approvals"][0]["state"] == "pending"
+
+    (env.project / "inbox" / "b.web").write_text("x")
+    ap2 = wait_for(lambda: [a for a in env.call("approval.list", {})["approvals"] if a["rule_id"] == "webok"], 15,
+                   what="the web approval")[0]
+    status, _h, _b = request(port, "POST", f"/approvals/{ap2['id']}/approve", form, f"csrf={csrf}".encode())
+    assert status == 303
+    wait_for(lambda: (env.project / "ran-web").exists(), 15, what="the rule approved via web to go on")
+    assert not (env.project / "ran").exists()
