@@ -219,7 +219,21 @@ def test_metrics_parsed_by_prometheus_client_match_the_service(svc_env: ServiceE
 def test_aiwgctl_web_says_plainly_when_the_dashboard_is_off(service: ServiceEnv) -> None:
     res = service.ctl("web", "--print-url")
     assert res.returncode == 1 and "the dashboard is off" in res.stderr and "aiwgctl install --web" in res.stderr
-    assert "web" not in {k for k, v in service.call("daemon.status")["subsystems"].items() if v.get("listening")}
+    web = service.call("daemon.status")["subsystems"]["web"]
+    assert web["enabled"] is False and web["listening"] is None
+
+
+def test_the_web_stack_loads_only_for_the_dashboard() -> None:
+    """Building every subsystem imports none of aiohttp's server, Jinja2 or prometheus_client: a service with the
+    dashboard off pays nothing for it at start-up."""
+    import subprocess
+    import sys
+
+    code = ("import sys, aiwg_service.schemas, aiwg_service.wiring, aiwg_service.web.subsystem; "
+            "print(sorted(m for m in ('jinja2', 'prometheus_client', 'aiohttp.web', 'aiwg_service.web.app') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_costs_chart_with_a_month_of_tasks_and_budgets(svc_env: ServiceEnv, browser: Any) -> None:
