@@ -220,11 +220,18 @@ def build(ports: Ports) -> web.Application:
         stream = Stream(ports.rpc, ports.streams)
         type_ = request.query.get("type") or "*"
         project = request.query.get("project") or None
+        since = request.headers.get("Last-Event-ID") or request.query.get("since") or ""
+        if since.isdigit():
+            try:  # a sequence number: the subscription itself starts after it, where the bus offers that
+                await stream.subscribe(type_, project, since=int(since))
+                stream.push(frame("resumed", {"since": since, "count": None}))
+                return await stream.serve(request)
+            except p.RpcError:
+                pass
         try:
             await stream.subscribe(type_, project)
         except p.RpcError as exc:
             raise web.HTTPBadRequest(text=exc.message) from None
-        since = request.headers.get("Last-Event-ID") or request.query.get("since") or ""
         if since:
             missed = await backlog(ports.rpc, since, type_, project)
             stream.queue.extendleft(reversed([stream_frame(e) for e in missed]))

@@ -46,6 +46,14 @@ class LocalConn:
         if not self.closed:
             self.sink(method, params)
 
+    def send(self, frame: bytes) -> None:
+        """A notification already encoded as a wire frame (a bus follower sends events this way)."""
+        if self.closed:
+            return
+        msg = msgspec.json.decode(frame)
+        if isinstance(msg, dict) and isinstance(msg.get("method"), str):
+            self.sink(msg["method"], msg.get("params"))
+
     @property
     def writable(self) -> bool:
         return not self.closed and self.room()
@@ -117,4 +125,5 @@ class LocalRpc:
         res = entry.fn(decoded, conn if conn is not None else self.conn())
         if inspect.isawaitable(res):
             res = await res
-        return msgspec.to_builtins(res)
+        # through JSON, as on the wire: results may hold Structs or pre-encoded ``msgspec.Raw`` parts
+        return msgspec.json.decode(msgspec.json.encode(res))

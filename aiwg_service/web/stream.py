@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("aiwg.web")
 
 HEARTBEAT = 30.0
+NOTIFY_GAP = getattr(p, "NOTIFY_GAP", "events.gap")
 TASK_FINAL = frozenset({"task.completed", "task.failed", "task.timeout", "task.cancelled", "task.interrupted"})
 
 
@@ -68,6 +69,8 @@ class Stream:
             self.push(frame("event", params, event_cursor(params)))
         elif method == p.NOTIFY_TASK_OUTPUT:
             self.push(frame("output", params))
+        elif method == NOTIFY_GAP:  # the bus could not keep what this stream missed
+            self.push(frame("gap", {"dropped": params.get("lost") if isinstance(params, dict) else None}))
 
     async def follow(self, task_id: str, offset: int | None) -> None:
         """Send ``task_id``'s log from ``offset`` (None: its last 16 KiB), then follow it while it runs."""
@@ -85,10 +88,12 @@ class Stream:
         if res.get("data"):
             self.push(frame("output", {"taskId": task_id, "data": res["data"], "offset": res["offset"]}))
 
-    async def subscribe(self, type_: str, project: str | None = None) -> None:
+    async def subscribe(self, type_: str, project: str | None = None, since: int | None = None) -> None:
         params: dict[str, Any] = {"type": type_}
         if project:
             params["project"] = project
+        if since is not None:
+            params["since"] = since  # a bus that numbers its events resumes the subscription itself
         await self.rpc.call("events.subscribe", params, self.conn)
 
     # -- serving --------------------------------------------------------------------------------------

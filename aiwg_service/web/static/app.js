@@ -115,7 +115,9 @@
     if (since) { q += "&since=" + encodeURIComponent(since); }
     open("/sse/events" + q, {
       event: row,
-      resumed: function (r) { if (note) { note.textContent = r.count ? "caught up on " + r.count + " event(s) since " + r.since : ""; } },
+      resumed: function (r) {
+        if (note) { note.textContent = r.count === null ? "resumed after #" + r.since : r.count ? "caught up on " + r.count + " event(s) since " + r.since : ""; }
+      },
       gap: function (g) { if (note) { note.textContent = g.dropped + " event(s) skipped: this page fell behind"; } }
     });
   }
