@@ -154,7 +154,7 @@ def build(ports: Ports) -> web.Application:
         method = "approval.approve" if request.match_info["how"] == "approve" else "approval.reject"
         reason = str(form.get("reason") or "").strip() or None
         try:
-            await ports.rpc.call(method, {"approvalId": request.match_info["id"], "via": "web",
+            await ports.rpc.call(method, {"approvalId": request.match_info["id"],
                                           **({"reason": reason} if reason else {})})
         except p.RpcError as exc:
             return render(request, "error.html", status=409, title="Not decided", message=exc.message)

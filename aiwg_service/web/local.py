@@ -36,6 +36,8 @@ class LocalConn:
         self.room = room
         self.peer_uid = os.getuid()
         self.peer_pid: int | None = None
+        #: how a decision made here arrived (``approval.approve`` records it as ``via``)
+        self.channel = "web"
         self.streams = 0
         self.closed = False
         self._close_callbacks: list[Callable[[], None]] = []
