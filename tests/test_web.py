@@ -163,6 +163,16 @@ def test_requests_without_the_cookie_or_the_csrf_token_are_refused(svc_env: Serv
     url = login_url(env)
     status, headers, _ = request(port, "GET", url.split(str(port), 1)[1])
     assert status == 303
+    # `aiwgctl web` (no flag) hands a fresh link to the desktop's browser ($BROWSER, as xdg-open would)
+    opened = env.tmp / "opened.txt"
+    fake_browser = env.tmp / "fake-browser"
+    fake_browser.write_text(f"#!/bin/sh\necho \"$1\" > {opened}\n")
+    fake_browser.chmod(0o755)
+    env.env["BROWSER"] = f"{fake_browser} %s"
+    out = env.ctl("web", check=True).stdout
+    assert "opened the dashboard in your browser" in out
+    assert opened.read_text().strip().startswith(f"http://127.0.0.1:{port}/login?token=")
+    assert request(port, "GET", opened.read_text().strip().split(str(port), 1)[1])[0] == 303
     cookie = headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     sid = cookie.split(";", 1)[0]

@@ -64,8 +64,8 @@ class StateCollector(Collector):
         yield _histogram("aiwg_task_duration_seconds", "Run time of tasks finished in the last 30 days",
                          durations, DURATION_BUCKETS)
         yield _histogram("aiwg_task_cost_usd", "Cost of tasks finished in the last 30 days", costs, COST_BUCKETS)
-        yield CounterMetricFamily("aiwg_task_cost_usd_all", "Cost of every task in the store (USD)",
-                                  value=float(s.stats.get("cost_usd") or 0.0))
+        yield GaugeMetricFamily("aiwg_store_cost_usd", "Cost of every task the store keeps (USD; pruned ones leave)",
+                                value=float(s.stats.get("cost_usd") or 0.0))
 
         auto = subs.get("automation", {})
         c = CounterMetricFamily("aiwg_rule_runs", "Rule runs since start by outcome", labels=["outcome"])
