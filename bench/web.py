@@ -11,8 +11,9 @@ window with no dashboard open.
 2. Output -> browser: a shell task prints a line with its wall-clock time every 100 ms; headless Chromium on
    *Now* notes when each line appears in the page (a MutationObserver added over the DevTools protocol);
    delay = appeared - printed, on the same clock.
-3. Idle: ten dashboards (two Chromium instances with five tabs each: a browser opens at most six connections
-   to one host) on *Now*, each holding its live stream; the service's CPU time over the window.
+3. Idle: ten dashboards (two Chromium instances with five windows each: a browser opens at most six connections
+   to one host, and a hidden tab gives its stream back) on *Now*, each holding its live stream; the service's
+   CPU time over the window.
 Usage: PYTHONPATH=. python bench/web.py [--samples 300] [--idle 30]
 """
 
@@ -147,7 +148,7 @@ def main() -> int:
             browsers.append(br)
             br.get(login_url(env))
             for _t in range(4):
-                br.switch_to.new_window("tab")
+                br.switch_to.new_window("window")
                 br.get(f"http://127.0.0.1:{port}/")
         wait_for(lambda: env.call("daemon.status")["subsystems"]["web"]["streams"] >= 10, 30,
                  what="ten live streams")

@@ -15,8 +15,21 @@
     Object.keys(handlers).forEach(function (k) {
       es.addEventListener(k, function (m) { handlers[k](JSON.parse(m.data), m); });
     });
-    window.addEventListener("pagehide", function () { es.close(); });
     return es;
+  }
+
+  /* A stream held only while the tab is visible: a browser opens at most six connections to one host, so
+     background tabs give theirs back; coming back, the stream resumes where the page is (offsets, cursor). */
+  function liveStream(makeUrl, handlers, onReturn) {
+    var es = null;
+    function start() { if (!es) { es = open(makeUrl(), handlers); } }
+    function stop() { if (es) { es.close(); es = null; setLive(false); } }
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "hidden") { stop(); } else { if (onReturn) { onReturn(); } start(); }
+    });
+    window.addEventListener("pagehide", stop);
+    if (document.visibilityState !== "hidden") { start(); }
+    return { stop: stop };
   }
 
   /* Append a log chunk once: `offset` is the byte offset after it, so repeats are skipped. */
@@ -75,17 +88,21 @@
         if (again) { again = false; redraw(); }
       }).catch(function () { pending = false; again = false; setLive(false); });
     }
-    var follow = [];
-    box.querySelectorAll("pre.log").forEach(function (p) { follow.push(p.dataset.task + ":" + p.dataset.offset); });
-    open("/sse/now?follow=" + encodeURIComponent(follow.join(",")), { task: redraw, output: onOutput });
+    liveStream(function () {
+      var follow = [];
+      box.querySelectorAll("pre.log").forEach(function (p) { follow.push(p.dataset.task + ":" + p.dataset.offset); });
+      return "/sse/now?follow=" + encodeURIComponent(follow.join(","));
+    }, { task: redraw, output: onOutput }, redraw);
   }
 
   function taskPage() {
     var pre = document.querySelector("pre.log");
     if (!pre || pre.dataset.follow !== "yes") { return; }
     pre.scrollTop = pre.scrollHeight;
-    var es = open("/sse/tasks/" + encodeURIComponent(pre.dataset.task) + "?offset=" + pre.dataset.offset, {
-      output: function (msg) { appendLog(pre, msg); if (msg.done) { es.close(); setLive(false); setTimeout(function () { location.reload(); }, 300); } }
+    var live = liveStream(function () {
+      return "/sse/tasks/" + encodeURIComponent(pre.dataset.task) + "?offset=" + pre.dataset.offset;
+    }, {
+      output: function (msg) { appendLog(pre, msg); if (msg.done) { live.stop(); setTimeout(function () { location.reload(); }, 300); } }
     });
   }
 
@@ -111,9 +128,11 @@
       var none = document.getElementById("no-events"); if (none) { none.remove(); }
       if (m.lastEventId) { sessionStorage.setItem(key, m.lastEventId); }
     }
-    var q = "?type=" + encodeURIComponent(table.dataset.type || "*") + "&project=" + encodeURIComponent(table.dataset.project || "");
-    if (since) { q += "&since=" + encodeURIComponent(since); }
-    open("/sse/events" + q, {
+    liveStream(function () {
+      var q = "?type=" + encodeURIComponent(table.dataset.type || "*") + "&project=" + encodeURIComponent(table.dataset.project || "");
+      since = sessionStorage.getItem(key) || since;
+      return "/sse/events" + (since ? q + "&since=" + encodeURIComponent(since) : q);
+    }, {
       event: row,
       resumed: function (r) {
         if (note) { note.textContent = r.count === null ? "resumed after #" + r.since : r.count ? "caught up on " + r.count + " event(s) since " + r.since : ""; }
