@@ -55,7 +55,7 @@ def test_the_dashboard_in_a_real_browser(svc_env: ServiceEnv, browser: Any) -> N
     status, _h, body = request(port, "GET", url[len(base):])
     assert status == 403 and "aiwgctl web" in body
 
-    # a task submitted from aiwgctl appears on Now with its output streaming in, <script> and all as text
+    # a task submitted from aiwgctl appears on Now with its output streaming in, as readable lines
     prompt = "ticks=400 tick=0.05 tok=1 <script>window.pwned=1</script><img src=x onerror=window.pwned=2>"
     out = env.ctl("task", "submit", prompt, "--json", check=True).stdout
     task_id = json.loads(out)["taskId"]
@@ -65,11 +65,22 @@ def test_the_dashboard_in_a_real_browser(svc_env: ServiceEnv, browser: Any) -> N
     first = log_text(browser, task_id)
     wait_for(lambda: len(log_text(browser, task_id)) > len(first), 20, what="more output, live")
     text = log_text(browser, task_id)
-    assert "<script>window.pwned=1</script>" in text  # shown as text ...
-    assert js(browser, "return document.querySelectorAll('main script, main img').length") == 0  # ... never markup
+    assert "· session" in text and "→ Bash: ls" in text and '"type": "assistant"' not in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("tick ")]
+    assert lines == [f"tick {i}" for i in range(len(lines))]  # each line once, in order (ticks count from 0)
+    # agent output with markup in it, from a shell task: shown as text, never run
+    shell = env.ctl("task", "submit", "--agent", "sh", "--json",
+                    "for i in $(seq 1 300); do echo \"<script>window.pwned=$i</script><b>$i</b>\"; sleep 0.1; done",
+                    check=True).stdout
+    shell_id = json.loads(shell)["taskId"]
+    wait_for(lambda: "<script>window.pwned=2</script><b>2</b>" in log_text(browser, shell_id), 20,
+             what="the shell task's markup, as text")
+    assert js(browser, "return document.querySelectorAll('main script, main img, main pre b').length") == 0
     assert js(browser, "return window.pwned === undefined")
-    assert "<script>window.pwned=1</script>" in browser.find_element(By.CSS_SELECTOR, "article.task p.prompt").text
+    assert "<script>window.pwned=1</script>" in browser.find_element(
+        By.CSS_SELECTOR, f'article.task[data-task="{task_id}"] p.prompt').text
     both_widths(browser, "now")
+    env.call("task.cancel", {"taskId": shell_id})
 
     # the task's page: prompt, profile, executor, cost, its log streaming, a link to its trace
     browser.get(f"{base}/tasks/{task_id}")
@@ -78,6 +89,8 @@ def test_the_dashboard_in_a_real_browser(svc_env: ServiceEnv, browser: Any) -> N
     wait_for(lambda: "tick" in log_text(browser, task_id), 15, what="the task page's log")
     grown = log_text(browser, task_id)
     wait_for(lambda: len(log_text(browser, task_id)) > len(grown), 20, what="the task page's log streaming")
+    lines = [ln for ln in log_text(browser, task_id).splitlines() if ln.startswith("tick ")]
+    assert lines == [f"tick {int(lines[0].split()[1]) + i}" for i in range(len(lines))]
     assert browser.find_element(By.CSS_SELECTOR, "main a.button").get_attribute("href") == f"{base}/trace/{task_id}"
     both_widths(browser, "task")
 

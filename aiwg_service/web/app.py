@@ -135,7 +135,7 @@ def build(ports: Ports) -> web.Application:
 
     async def task(request: web.Request) -> web.StreamResponse:
         try:
-            ctx = await pages.task(ports.rpc, request.match_info["id"])
+            ctx = await pages.task(ports.rpc, request.match_info["id"], raw=request.query.get("raw") == "1")
         except p.RpcError as exc:
             return render(request, "error.html", status=404, title="No such task", message=exc.message)
         return render(request, "task.html", **ctx)
@@ -210,7 +210,7 @@ def build(ports: Ports) -> web.Application:
         return await stream.serve(request)
 
     async def sse_task(request: web.Request) -> web.StreamResponse:
-        stream = Stream(ports.rpc, ports.streams)
+        stream = Stream(ports.rpc, ports.streams, raw=request.query.get("raw") == "1")
         tid = request.match_info["id"]
         off = request.query.get("offset", "")
         await stream.follow(tid, int(off) if off.isdigit() else None)

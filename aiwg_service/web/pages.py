@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import protocol as p
 from .local import LocalRpc
+from .loglines import Lines
 
 #: how much of a log a page shows at first (the rest streams in, or is one click away in `aiwgctl task logs`)
 TAIL = 16 * 1024
@@ -21,15 +22,20 @@ COST_DAYS = 30
 FinishedSince = Callable[[str], list[tuple[str, str, float | None, float | None, str]]]
 
 
-async def log_tail(rpc: LocalRpc, task_id: str, tail: int = TAIL) -> dict[str, Any]:
-    """The last ``tail`` bytes of a task's log (cut at a line start when it is cut), and the offset after them."""
+async def log_tail(rpc: LocalRpc, task_id: str, tail: int = TAIL, raw: bool = False) -> dict[str, Any]:
+    """The last ``tail`` bytes of a task's log, from a line's start, and the offset the page has after them:
+    ``raw``, the bytes as written; else complete lines made readable (a line still being written streams in)."""
     head = await rpc.call("task.logs", {"taskId": task_id, "offset": 0, "limit": 1})
     start = max(0, int(head.get("size", 0)) - tail)
     res = await rpc.call("task.logs", {"taskId": task_id, "offset": start, "limit": tail})
-    text = res["data"]
+    text, end, eof = res["data"], int(res["offset"]), bool(res.get("eof", False))
     if start > 0 and "\n" in text:
         text = text[text.index("\n") + 1:]
-    return {"text": text, "offset": res["offset"], "cut": start > 0, "eof": res.get("eof", False)}
+    if raw:
+        return {"text": text, "offset": end, "cut": start > 0, "eof": eof}
+    lines = Lines(end - len(text.encode()))
+    shown = lines.feed(text, end) + (lines.flush(end) if eof else [])
+    return {"text": "".join(f"{s}\n" for _, s in shown), "offset": lines.pos, "cut": start > 0, "eof": eof}
 
 
 def short(project: str | None) -> str:
@@ -66,10 +72,10 @@ async def now(rpc: LocalRpc) -> dict[str, Any]:
             "status_line": status.get("status", ""), "stats": stats, "pending": len(approvals["approvals"])}
 
 
-async def task(rpc: LocalRpc, task_id: str) -> dict[str, Any]:
+async def task(rpc: LocalRpc, task_id: str, raw: bool = False) -> dict[str, Any]:
     t = await rpc.call("task.get", {"taskId": task_id})
     t = t.get("task", t) if isinstance(t, dict) else t
-    return {"task": t, "log": await log_tail(rpc, t["id"], 64 * 1024),
+    return {"task": t, "log": await log_tail(rpc, t["id"], 64 * 1024, raw), "raw": raw,
             "origin_json": json.dumps(t.get("origin") or {}, indent=1, sort_keys=True)}
 
 

@@ -19,6 +19,7 @@ import msgspec
 
 from .. import protocol as p
 from .local import STREAM_BUDGET, LocalConn, LocalRpc
+from .loglines import Lines
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -41,8 +42,11 @@ def frame(event: str, data: Any, ident: str | None = None) -> bytes:
 class Stream:
     """One browser's live stream."""
 
-    def __init__(self, rpc: LocalRpc, streams: set[Stream]) -> None:
+    def __init__(self, rpc: LocalRpc, streams: set[Stream], raw: bool = False) -> None:
         self.rpc = rpc
+        #: raw: a task's log bytes as written (``output`` frames); else readable complete lines (``lines``)
+        self.raw = raw
+        self.lines: dict[str, Lines] = {}
         self.queue: deque[bytes] = deque()
         self.wake = asyncio.Event()
         self.dropped = 0
@@ -68,9 +72,27 @@ class Stream:
         if method == p.NOTIFY_EVENT:
             self.push(frame("event", params, event_cursor(params)))
         elif method == p.NOTIFY_TASK_OUTPUT:
-            self.push(frame("output", params))
+            self.output(params)
         elif method == NOTIFY_GAP:  # the bus could not keep what this stream missed
             self.push(frame("gap", {"dropped": params.get("lost") if isinstance(params, dict) else None}))
+
+    def output(self, msg: dict[str, Any]) -> None:
+        tid = str(msg.get("taskId"))
+        if self.raw:
+            self.push(frame("output", msg))
+        else:
+            end = int(msg.get("offset", 0))
+            lines = self.lines.get(tid)
+            if lines is None:
+                lines = self.lines[tid] = Lines(end - len(str(msg.get("data", "")).encode()))
+            shown = lines.feed(str(msg.get("data", "")), end)
+            if msg.get("done"):
+                shown += lines.flush(end)
+            if shown:
+                self.push(frame("lines", {"taskId": tid, "lines": shown}))
+        if msg.get("done"):
+            self.lines.pop(tid, None)
+            self.push(frame("done", {"taskId": tid, "state": msg.get("state")}))
 
     async def follow(self, task_id: str, offset: int | None) -> None:
         """Send ``task_id``'s log from ``offset`` (None: its last 16 KiB), then follow it while it runs."""
@@ -85,8 +107,9 @@ class Stream:
         except p.RpcError as exc:
             log.debug("web: cannot follow %s: %s", task_id, exc.message)
             return
+        self.lines[task_id] = Lines(offset)
         if res.get("data"):
-            self.push(frame("output", {"taskId": task_id, "data": res["data"], "offset": res["offset"]}))
+            self.output({"taskId": task_id, "data": res["data"], "offset": res["offset"]})
 
     async def subscribe(self, type_: str, project: str | None = None, since: int | None = None) -> None:
         params: dict[str, Any] = {"type": type_}

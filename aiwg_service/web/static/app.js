@@ -42,13 +42,24 @@
     var stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     pre.appendChild(document.createTextNode(text || ""));
     pre.dataset.offset = String(msg.offset);
-    pre.dataset.updated = String(Date.now());
+    if (stick) { pre.scrollTop = pre.scrollHeight; }
+  }
+
+  /* Readable lines, each with the offset after it: a line the page has already is skipped. */
+  function appendLines(pre, msg) {
+    var have = parseInt(pre.dataset.offset || "0", 10), add = "";
+    msg.lines.forEach(function (l) { if (l[0] > have) { add += l[1] + "\n"; have = l[0]; } });
+    if (!add) { return; }
+    var stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    pre.appendChild(document.createTextNode(add));
+    pre.dataset.offset = String(have);
     if (stick) { pre.scrollTop = pre.scrollHeight; }
   }
 
   function logFor(id) { return document.querySelector('pre.log[data-task="' + CSS.escape(id) + '"]'); }
 
   function onOutput(msg) { var pre = logFor(msg.taskId); if (pre) { appendLog(pre, msg); } }
+  function onLines(msg) { var pre = logFor(msg.taskId); if (pre) { appendLines(pre, msg); } }
 
   /* Cancel without leaving the page: the stream's task event redraws the list. */
   function wireCancel(root) {
@@ -64,8 +75,13 @@
   }
 
   /* Now: redraw the task list on task events (fetching a fragment), keeping the logs already streamed. */
+  function toBottom(root) {
+    root.querySelectorAll("pre.log").forEach(function (p) { if (!p.dataset.seen) { p.dataset.seen = "1"; p.scrollTop = p.scrollHeight; } });
+  }
+
   function nowPage() {
     var box = document.getElementById("tasks");
+    toBottom(box);
     var pending = false, again = false;
     function redraw() {
       if (pending) { again = true; return; }  /* one fetch at a time; events meanwhile ask for one more */
@@ -85,6 +101,7 @@
         });
         box.replaceChildren(t.content);
         wireCancel(box);
+        toBottom(box);
         if (again) { again = false; redraw(); }
       }).catch(function () { pending = false; again = false; setLive(false); });
     }
@@ -92,7 +109,7 @@
       var follow = [];
       box.querySelectorAll("pre.log").forEach(function (p) { follow.push(p.dataset.task + ":" + p.dataset.offset); });
       return "/sse/now?follow=" + encodeURIComponent(follow.join(","));
-    }, { task: redraw, output: onOutput }, redraw);
+    }, { task: redraw, lines: onLines, output: onOutput }, redraw);
   }
 
   function taskPage() {
@@ -100,9 +117,11 @@
     if (!pre || pre.dataset.follow !== "yes") { return; }
     pre.scrollTop = pre.scrollHeight;
     var live = liveStream(function () {
-      return "/sse/tasks/" + encodeURIComponent(pre.dataset.task) + "?offset=" + pre.dataset.offset;
+      return "/sse/tasks/" + encodeURIComponent(pre.dataset.task) + "?offset=" + pre.dataset.offset + (pre.dataset.raw ? "&raw=1" : "");
     }, {
-      output: function (msg) { appendLog(pre, msg); if (msg.done) { live.stop(); setTimeout(function () { location.reload(); }, 300); } }
+      output: function (msg) { appendLog(pre, msg); },
+      lines: function (msg) { appendLines(pre, msg); },
+      done: function () { live.stop(); setTimeout(function () { location.reload(); }, 300); }
     });
   }
 
