@@ -1,0 +1,50 @@
+"""What a launcher needs from the policy, in one call: for the mechanism that applies here, the unit
+properties or the argv prefix, the environment to add (the proxy), the record stored with the task, or why
+the task must be refused."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from .bwrap import bwrap_argv, netfwd_prefix
+from .mechanism import choose
+from .policy import PROXY_ADDR, Policy
+from .proxy import proxy_env
+from .units import unit_properties
+
+__all__ = ["Confinement", "confine"]
+
+
+class Confinement(msgspec.Struct, kw_only=True):
+    #: ``systemd-run -p`` properties (systemd mechanism)
+    properties: list[str] = []
+    #: prepended to the agent's argv (bubblewrap, and the proxy forwarder of ``network: allow``)
+    prefix: list[str] = []
+    env: dict[str, str] = {}
+    #: stored with the task (its handle): mechanism and what the agent could touch
+    record: dict[str, object] = {}
+    #: why nothing may run (no mechanism available): the task fails with this
+    refused: str | None = None
+
+
+def confine(policy: Policy | None, *, systemd: bool, keep: Sequence[str] = (), python: str | None = None,
+            proxy_socket: str | None = None, path: str | None = None) -> Confinement:
+    """``keep``: paths the launcher itself writes from inside a unit (bound writable, systemd only)."""
+    mech = choose(policy, systemd=systemd, path=path)
+    if mech.name == "refused":
+        return Confinement(refused=mech.detail, record={"mechanism": "refused"})
+    if policy is None or mech.name == "off":
+        return Confinement(record={"mechanism": "off"})
+    if proxy_socket is not None:
+        policy = msgspec.structs.replace(policy, proxy_socket=proxy_socket)
+    record: dict[str, object] = {"mechanism": mech.name, **policy.summary()}
+    env: dict[str, str] = {}
+    if policy.network == "allow" and policy.proxy_socket:
+        env = proxy_env(PROXY_ADDR)
+        record["proxy"] = policy.proxy_socket
+    if mech.name == "systemd":
+        return Confinement(properties=unit_properties(policy, keep=keep), prefix=netfwd_prefix(policy, python),
+                           env=env, record=record)
+    return Confinement(prefix=bwrap_argv(policy, bwrap=mech.detail, python=python), env=env, record=record)
