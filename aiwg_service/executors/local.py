@@ -139,7 +139,8 @@ class LocalExecutor:
         # The sandbox seam: one call, the policy rendered for the mechanism this launch uses (unit
         # properties, or a bubblewrap argv prefix), plus the proxy of ``network: allow``.
         box = await self._confine(spec, base)
-        record = {"argv": [*box.prefix, *spec.argv], "cwd": spec.cwd, "env": {**spec.env, **box.env},
+        argv = [box.program, *spec.argv[1:]] if box.program else spec.argv
+        record = {"argv": [*box.prefix, *argv], "cwd": spec.cwd, "env": {**spec.env, **box.env},
                   "log_path": spec.log_path,
                   "timeout_s": spec.timeout_s, "umask": spec.umask, "max_output_bytes": spec.max_output_bytes,
                   "kill_grace_s": spec.kill_grace_s}
@@ -172,7 +173,8 @@ class LocalExecutor:
         if proxy_path is not None and spec.sandbox is not None:  # first: the socket is bound in
             await self._start_proxy(spec.task_id, spec.sandbox.allow_hosts, proxy_path)
         box = confine(spec.sandbox, systemd=self.use_systemd, keep=keep, python=self.python,
-                      proxy_socket=proxy_path, path=self.environ.get("PATH"))
+                      proxy_socket=proxy_path, path=self.environ.get("PATH"),
+                      program=spec.argv[0] if spec.argv else None)
         if box.refused:
             await self._drop_proxy(spec.task_id)
             raise LaunchError(box.refused)

@@ -4,6 +4,7 @@ the task must be refused."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import msgspec
@@ -27,11 +28,15 @@ class Confinement(msgspec.Struct, kw_only=True):
     record: dict[str, object] = {}
     #: why nothing may run (no mechanism available): the task fails with this
     refused: str | None = None
+    #: the agent's program to exec (its real path: a symlink's directory may be hidden, its target is bound)
+    program: str | None = None
 
 
 def confine(policy: Policy | None, *, systemd: bool, keep: Sequence[str] = (), python: str | None = None,
-            proxy_socket: str | None = None, path: str | None = None) -> Confinement:
-    """``keep``: paths the launcher itself writes from inside a unit (bound writable, systemd only)."""
+            proxy_socket: str | None = None, path: str | None = None, program: str | None = None) -> Confinement:
+    """``keep``: paths the launcher itself writes from inside a unit (bound writable, systemd only).
+    ``program``: the agent's executable, kept visible (read-only) even where the policy hides its directory
+    (a program under /tmp would vanish with the private /tmp)."""
     mech = choose(policy, systemd=systemd, path=path)
     if mech.name == "refused":
         return Confinement(refused=mech.detail, record={"mechanism": "refused"})
@@ -39,6 +44,12 @@ def confine(policy: Policy | None, *, systemd: bool, keep: Sequence[str] = (), p
         return Confinement(record={"mechanism": "off"})
     if proxy_socket is not None:
         policy = msgspec.structs.replace(policy, proxy_socket=proxy_socket)
+    if program and os.path.isabs(program):
+        program = os.path.realpath(program)
+        if program not in policy.read_only:
+            policy = msgspec.structs.replace(policy, read_only=[*policy.read_only, program])
+    else:
+        program = None
     record: dict[str, object] = {"mechanism": mech.name, **policy.summary()}
     env: dict[str, str] = {}
     if policy.network == "allow" and policy.proxy_socket:
@@ -46,5 +57,6 @@ def confine(policy: Policy | None, *, systemd: bool, keep: Sequence[str] = (), p
         record["proxy"] = policy.proxy_socket
     if mech.name == "systemd":
         return Confinement(properties=unit_properties(policy, keep=keep), prefix=netfwd_prefix(policy, python),
-                           env=env, record=record)
-    return Confinement(prefix=bwrap_argv(policy, bwrap=mech.detail, python=python), env=env, record=record)
+                           env=env, record=record, program=program)
+    return Confinement(prefix=bwrap_argv(policy, bwrap=mech.detail, python=python), env=env, record=record,
+                       program=program)

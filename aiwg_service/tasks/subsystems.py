@@ -25,8 +25,9 @@ from ..executors.local import LocalExecutor, systemd_available
 from ..executors.registry import Executors
 from ..ports import ConfigsView
 from ..rpc import RpcServer
-from ..sandbox import Policy, SandboxSection, narrow, resolve
+from ..sandbox import Mechanism, Policy, SandboxSection, choose, narrow, resolve
 from ..sandbox.schema import section_of
+from . import sandbox_api
 from .agents import BUILTIN_PROFILES
 from .api import TaskHub, register
 from .model import AgentProfile, Task, TaskState
@@ -136,6 +137,20 @@ class SupervisorSubsystem:
     def task_sandbox(self, task: Task, profile: AgentProfile) -> Policy:
         return self.sandbox_policy(task.agent, task.project)
 
+    def sandbox_of(self, agent: str, project: str) -> tuple[Policy, Mechanism]:
+        """The policy and the mechanism a task of ``agent`` would get now (local executor)."""
+        policy = self.sandbox_policy(agent, project)
+        return policy, choose(policy, systemd=self.use_units)
+
+    def sandbox_mechanisms(self) -> dict[str, str]:
+        """Profile -> mechanism (or why refused), service-wide, for the doctor."""
+        home = os.path.join(os.path.expanduser("~"), "PROJECT")
+        out = {}
+        for name in self.agent_names(home):
+            mech = self.sandbox_of(name, home)[1]
+            out[name] = mech.name if mech.name != "refused" else f"refused: {mech.detail}"
+        return out
+
     def profile(self, agent: str, project: str | None = None) -> AgentProfile:
         """Project file's profile (if its config is trusted), else the service file's, else a built-in."""
         c = self._configs()
@@ -244,4 +259,5 @@ def build(publish: Callable[..., Any], rpc: RpcServer, configs: ConfigsView, sta
     register(rpc, get_store, get_sup, hub,
              projects=lambda: list(configs().projects), agent_names=sup.agent_names,
              resolve_root=resolve_root, log_dir=sup.log_dir, request_stop=request_stop)
+    sandbox_api.register(rpc, sup, lambda: list(configs().projects), resolve_root)
     return stores, sup
