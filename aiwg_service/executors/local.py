@@ -170,6 +170,9 @@ class LocalExecutor:
             else None
         # the runner itself (inside the unit) writes the run records and the log
         keep = [str(self.runs_dir), spec.log_path] if self.use_systemd else []
+        if self.use_systemd and spec.sandbox is not None and spec.sandbox.enabled:
+            with contextlib.suppress(OSError):  # bound into the unit: it must exist before it starts
+                os.close(os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
         if proxy_path is not None and spec.sandbox is not None:  # first: the socket is bound in
             await self._start_proxy(spec.task_id, spec.sandbox.allow_hosts, proxy_path)
         box = confine(spec.sandbox, systemd=self.use_systemd, keep=keep, python=self.python,
@@ -178,9 +181,6 @@ class LocalExecutor:
         if box.refused:
             await self._drop_proxy(spec.task_id)
             raise LaunchError(box.refused)
-        if self.use_systemd and spec.sandbox is not None and spec.sandbox.enabled:
-            with contextlib.suppress(OSError):  # bound into the unit: it must exist before it starts
-                os.close(os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
         return box
 
     async def _start_proxy(self, task_id: str, hosts: list[str], path: str) -> None:

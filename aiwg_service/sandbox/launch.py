@@ -4,6 +4,7 @@ the task must be refused."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -50,6 +51,10 @@ def confine(policy: Policy | None, *, systemd: bool, keep: Sequence[str] = (), p
             policy = msgspec.structs.replace(policy, read_only=[*policy.read_only, program])
     else:
         program = None
+    for state in policy.write[1:]:  # the agent's state directory (``~/.claude``): it must exist to be bound
+        if state.endswith("/.claude") and not os.path.lexists(state):
+            with contextlib.suppress(OSError):
+                os.makedirs(state, mode=0o700)
     record: dict[str, object] = {"mechanism": mech.name, **policy.summary()}
     env: dict[str, str] = {}
     if policy.network == "allow" and policy.proxy_socket:

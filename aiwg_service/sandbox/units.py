@@ -7,7 +7,8 @@ owner (the agent is the owner's), and ``MemoryDenyWriteExecute`` for node (its J
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 
 from .policy import Policy, split_hidden
 
@@ -33,24 +34,29 @@ def quote(path: str) -> str:
     return f'"{p}"' if any(c.isspace() or c == '"' for c in p) else p
 
 
-def unit_properties(policy: Policy, *, keep: Sequence[str] = ()) -> list[str]:
+def unit_properties(policy: Policy, *, keep: Sequence[str] = (),
+                    exists: Callable[[str], bool] = os.path.lexists) -> list[str]:
     """``Name=value`` strings (each for one ``-p``).  ``keep``: paths the launcher itself must write inside
-    the unit (the runner's run records and the task's log), bound like the writable paths."""
+    the unit (the runner's run records and the task's log), bound like the writable paths.  Paths that do not
+    exist are left out (every mount costs time at each start; the ``-`` prefix covers a path that goes away
+    before the unit starts)."""
     if not policy.enabled:
         return []
     props = list(HARDENING)
     props.append(f"MemoryDenyWriteExecute={'yes' if policy.memory_deny_write_execute else 'no'}")
-    binds = [*policy.write, *keep]
-    ro_binds = [*policy.read_only, *([policy.socket] if policy.socket else []),
-                *([policy.proxy_socket] if policy.proxy_socket else [])]
-    gone, masked = split_hidden(policy.hide, [*binds, *ro_binds])
+    binds = [p for p in (*policy.write, *keep) if exists(p)]
+    ro_binds = [p for p in (*policy.read_only, *([policy.socket] if policy.socket else []),
+                            *([policy.proxy_socket] if policy.proxy_socket else [])) if exists(p)]
+    gone, masked = split_hidden([h for h in policy.hide if exists(h)], [*binds, *ro_binds])
     props += [f"TemporaryFileSystem={quote(m)}:ro" for m in masked]
     if gone:
         props.append("InaccessiblePaths=" + " ".join("-" + quote(h) for h in gone))
     # BindPaths, not ReadWritePaths: a bind's source is the host's path, so it also works for paths under
     # the private /tmp or under a masked directory
-    props.append("BindPaths=" + " ".join("-" + quote(b) for b in binds))
-    props.append("BindReadOnlyPaths=" + " ".join("-" + quote(b) for b in ro_binds))
+    if binds:
+        props.append("BindPaths=" + " ".join("-" + quote(b) for b in binds))
+    if ro_binds:
+        props.append("BindReadOnlyPaths=" + " ".join("-" + quote(b) for b in ro_binds))
     if policy.network == "none":
         props += ["PrivateNetwork=yes", "IPAddressDeny=any", "RestrictAddressFamilies=AF_UNIX"]
     elif policy.network == "allow":
