@@ -10,6 +10,7 @@ RPC server, a view of the current configs, the state directory, the task queue's
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import msgspec
 from . import doctor
 from . import systemd as sd
 from .budgets.subsystem import BudgetsSubsystem
-from .chat.subsystem import ChatSubsystem
+from .chat.subsystem import PANE_ENV, ChatSubsystem
 from .config import resolve_root
 from .events.bus import EventBus
 from .events.scheduler import CronScheduler
@@ -31,7 +32,7 @@ from .executors.subsystem import ExecutorsSubsystem
 from .ports import ConfigsView, Subsystem
 from .rpc import RpcServer, RpcSubsystem
 from .rules.engine import AutomationEngine
-from .sandbox.launch import confine
+from .sandbox.launch import confine, interactive_prefix
 from .tasks import subsystems as tasks
 from .trace import api as trace_api
 from .trace.graph import TracePorts, Tracer
@@ -112,12 +113,16 @@ class CorePorts:
 
 
 def session_argv(supervisor: tasks.SupervisorSubsystem, root: str, cwd: str, argv: list[str]) -> list[str]:
-    """An interactive session's agent under the sandbox of its ``claude`` tasks, through bubblewrap (a tmux
-    pane is not a unit).  ``network: allow`` becomes ``none`` there: a pane has no per-task proxy (yet)."""
+    """An interactive session's agent under the sandbox of its ``claude`` tasks: as a transient unit with a
+    terminal where a user manager is reachable, else through bubblewrap.  ``network: allow`` becomes ``none``
+    there: a session has no per-task proxy (yet)."""
     policy = supervisor.sandbox_policy("claude", root, cwd)
     if policy.enabled and policy.network == "allow":
         policy = msgspec.structs.replace(policy, network="none", allow_hosts=[])
     exe = shutil.which(argv[0]) or argv[0]
+    if policy.enabled and supervisor.use_units:
+        names = [n for n in PANE_ENV if n in os.environ] + ["TERM", "AIWG_SOCKET"]  # what the pane has
+        return [*interactive_prefix(policy, program=exe, env_names=names), *argv[1:]]
     box = confine(policy, systemd=False, program=exe)
     if box.refused:
         raise RuntimeError(box.refused)

@@ -29,7 +29,7 @@ def _err(e: OSError) -> str:
 
 def attempt(word: str) -> tuple[str, str] | None:
     op, sep, arg = word.partition("=")
-    if not sep:
+    if not sep or op == "report":
         return None
     try:
         if op == "read":

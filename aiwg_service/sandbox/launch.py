@@ -16,7 +16,7 @@ from .policy import PROXY_ADDR, Policy
 from .proxy import proxy_env
 from .units import unit_properties
 
-__all__ = ["Confinement", "confine"]
+__all__ = ["Confinement", "confine", "interactive_prefix"]
 
 
 class Confinement(msgspec.Struct, kw_only=True):
@@ -65,3 +65,22 @@ def confine(policy: Policy | None, *, systemd: bool, keep: Sequence[str] = (), p
                            env=env, record=record, program=program)
     return Confinement(prefix=bwrap_argv(policy, bwrap=mech.detail, python=python), env=env, record=record,
                        program=program)
+
+
+def interactive_prefix(policy: Policy, *, program: str, env_names: Sequence[str]) -> list[str]:
+    """An interactive session under a user manager: the agent as its own transient service with a pseudo-terminal
+    (``systemd-run --pty``), so it gets the unit's sandbox.  (Started from a tmux pane, which inherits the
+    service's own sandbox, bubblewrap could not create its namespaces.)  The pane keeps the client, which
+    forwards the terminal and returns the agent's exit status."""
+    real = os.path.realpath(program)
+    if real not in policy.read_only:
+        policy = msgspec.structs.replace(policy, read_only=[*policy.read_only, real])
+    for state in policy.write[1:]:
+        if state.endswith("/.claude") and not os.path.lexists(state):
+            with contextlib.suppress(OSError):
+                os.makedirs(state, mode=0o700)
+    argv = ["systemd-run", "--user", "--pty", "--wait", "--collect", "--quiet", "--same-dir",
+            "--description=aiwg interactive session", *(f"--setenv={n}" for n in env_names)]
+    for prop in unit_properties(policy):
+        argv += ["-p", prop]
+    return [*argv, "--", real]
