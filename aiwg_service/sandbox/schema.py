@@ -22,7 +22,7 @@ Host = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:\[\]/*-]{1,255}$")]
 PathStr = Annotated[str, Meta(min_length=1, max_length=4096)]
 
 
-class SandboxSection(Struct, kw_only=True, forbid_unknown_fields=True):
+class SandboxSection(Struct, kw_only=True):
     """What an agent of this profile may touch.  Defaults: on, project-only writes, full network."""
 
     #: false: no sandbox at all (only in the service's own config: a project file cannot turn it off)
