@@ -252,3 +252,20 @@ def test_systemd_analyze_security_of_a_running_agent(world: World, sd) -> None:
         "kill", unit_name("t-score"))), report=False)
     print(f"exposure of a running agent unit: {scores}")
     assert scores and scores[0] <= 4.0, scores
+
+
+def test_node_runs_in_a_claude_unit_and_why_its_memory_may_be_writable_and_executable(world: World, sd) -> None:
+    """The ``claude`` kind leaves ``MemoryDenyWriteExecute`` off: node's JIT needs W+X memory (measured here:
+    node aborts under it); a ``shell`` unit has it on and an ordinary program runs."""
+    node = shutil.which("node")
+    if node is None:
+        if os.environ.get("AIWG_NO_SKIP"):
+            pytest.fail("node is not installed (the claude agent's runtime)")
+        pytest.skip("node is not installed")
+    mode = {"use_systemd": True, "environ": sd.env, "sd": sd}
+    js = "run=" + node + "+-e+'console.log(Array.from({length:100000},(_,i)=>i*2).reduce((a,b)=>a-b))'"
+    claude = resolve(SandboxSection(), kind="claude", cwd=str(world.project), home=str(world.home))
+    assert run_probe(world, mode, "t-node", [js], claude)[js] == "ok"
+    strict = resolve(SandboxSection(memory_deny_write_execute=True), kind="claude", cwd=str(world.project),
+                     home=str(world.home))
+    assert run_probe(world, mode, "t-node-wx", [js], strict)[js].startswith("rc:")
