@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -269,3 +270,38 @@ def test_node_runs_in_a_claude_unit_and_why_its_memory_may_be_writable_and_execu
     strict = resolve(SandboxSection(memory_deny_write_execute=True), kind="claude", cwd=str(world.project),
                      home=str(world.home))
     assert run_probe(world, mode, "t-node-wx", [js], strict)[js].startswith("rc:")
+
+
+def test_a_restarted_service_serves_a_running_tasks_proxy_again(world: World, mode: dict) -> None:
+    policy = world.policy(network="allow", allow_hosts=[f"localhost:{world.allowed.port}"])
+    proxy_word = f"proxy=localhost:{world.allowed.port}"
+
+    async def go() -> dict[str, str]:
+        first = LocalExecutor(world.state, use_systemd=mode["use_systemd"], environ=mode["environ"])
+        log = world.tmp / "t-rs.log"
+        spec = LaunchSpec(task_id="t-rs", argv=[sys.executable, PROBE, "sleep=4", proxy_word], cwd=str(world.project),
+                          env={"PATH": os.environ["PATH"], "HOME": str(world.home)}, log_path=str(log),
+                          sandbox=policy)
+        h = await first.start(spec)
+        claim = Path(h["run"] + ".claim")
+        deadline = time.monotonic() + 30
+        while not (claim.exists() and '"runner"' in claim.read_text()):  # the run is under way
+            assert time.monotonic() < deadline, "the runner never claimed the run"
+            await asyncio.sleep(0.02)
+        await first.close()  # the service goes away: its proxy with it
+        assert not Path(h["sandbox"]["proxy"]).exists()
+        second = LocalExecutor(world.state, use_systemd=mode["use_systemd"], environ=mode["environ"])
+        from aiwg_service.executors import RunRef
+
+        probe = await second.adopt(RunRef(task_id="t-rs", log_path=str(log), handle=h))
+        assert probe.state == "running", probe
+        assert Path(h["sandbox"]["proxy"]).exists()  # served again, where the sandbox sees it
+        await second.wait(probe.handle or h)
+        await second.forget(probe.handle or h)
+        assert not Path(h["sandbox"]["proxy"]).parent.exists()
+        await second.close()
+        m = re.search(r"^PROBE (.*)$", log.read_text(), re.M)
+        assert m, log.read_text()
+        return json.loads(m.group(1))
+
+    assert asyncio.run(go())[proxy_word] == "ok"

@@ -166,8 +166,8 @@ class LocalExecutor:
         return handle
 
     async def _confine(self, spec: LaunchSpec, base: Path) -> Confinement:
-        proxy_path = str(base.with_suffix(".px")) if spec.sandbox is not None and spec.sandbox.network == "allow" \
-            else None
+        proxy_path = str(base.with_suffix(".px") / "proxy.sock") \
+            if spec.sandbox is not None and spec.sandbox.network == "allow" else None
         # the runner itself (inside the unit) writes the run records and the log
         keep = [str(self.runs_dir), spec.log_path] if self.use_systemd else []
         if self.use_systemd and spec.sandbox is not None and spec.sandbox.enabled:
@@ -192,10 +192,10 @@ class LocalExecutor:
             raise LaunchError(f"cannot start the sandbox's proxy at {path}: {e.strerror or e}") from None
         self._proxies[task_id] = px
 
-    async def _drop_proxy(self, task_id: str) -> None:
+    async def _drop_proxy(self, task_id: str, *, done: bool = True) -> None:
         px = self._proxies.pop(task_id, None)
         if px is not None:
-            await px.close()
+            await px.close(remove_dir=done)
 
     async def _start_runner(self, runner: list[str], spec_path: str) -> Handle:
         try:
@@ -412,7 +412,7 @@ class LocalExecutor:
     async def close(self) -> None:
         """The proxies stop with the service (a restart's ``adopt`` serves live runs' proxies again)."""
         for task_id in list(self._proxies):
-            await self._drop_proxy(task_id)
+            await self._drop_proxy(task_id, done=False)
 
 
 def systemd_available(environ: Mapping[str, str] | None = None) -> bool:

@@ -44,7 +44,7 @@ def bwrap_argv(policy: Policy, *, bwrap: str = "bwrap", keep: Sequence[str] = ()
         argv.append("--unshare-net")
     binds = [p for p in (*policy.write, *keep) if exists(p)]
     ro_binds = [p for p in (*policy.read_only, *([policy.socket] if policy.socket else []),
-                            *([policy.proxy_socket] if policy.proxy_socket else [])) if exists(p)]
+                            *([os.path.dirname(policy.proxy_socket)] if policy.proxy_socket else [])) if exists(p)]
     gone, masked = split_hidden(policy.hide, [*binds, *ro_binds])
     # bubblewrap applies its operations in order: masks first, then the holes bound back into them (a bind
     # under /tmp lands in the private /tmp), then what is hidden (possibly inside a bound tree)

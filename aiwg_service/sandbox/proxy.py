@@ -89,6 +89,9 @@ class Proxy:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        """Listen at ``path``, in a directory of its own: the directory is what is bound into the sandbox, so
+        a restarted service's new socket there is the one the agent reaches."""
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         old = os.umask(0o177)
@@ -97,7 +100,8 @@ class Proxy:
         finally:
             os.umask(old)
 
-    async def close(self) -> None:
+    async def close(self, *, remove_dir: bool = False) -> None:
+        """Stop listening; ``remove_dir`` once the run is over (a restart keeps it: the sandbox binds it)."""
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -105,6 +109,9 @@ class Proxy:
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        if remove_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self.path))
 
     def _refuse(self, host: str, port: int) -> bytes:
         self.refused += 1

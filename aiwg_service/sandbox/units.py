@@ -46,7 +46,7 @@ def unit_properties(policy: Policy, *, keep: Sequence[str] = (),
     props.append(f"MemoryDenyWriteExecute={'yes' if policy.memory_deny_write_execute else 'no'}")
     binds = [p for p in (*policy.write, *keep) if exists(p)]
     ro_binds = [p for p in (*policy.read_only, *([policy.socket] if policy.socket else []),
-                            *([policy.proxy_socket] if policy.proxy_socket else [])) if exists(p)]
+                            *([os.path.dirname(policy.proxy_socket)] if policy.proxy_socket else [])) if exists(p)]
     gone, masked = split_hidden([h for h in policy.hide if exists(h)], [*binds, *ro_binds])
     props += [f"TemporaryFileSystem={quote(m)}:ro" for m in masked]
     if gone:
