@@ -223,6 +223,15 @@ def _print_task(t: dict[str, Any]) -> None:
         h = t.get("handle") or {}
         where = h.get("unit") or (f"job {h['job']}" if h.get("job") else None) or h.get("host") or h.get("kind")
         pairs.append(("executor", t["executor"] + (f" ({where})" if where else "")))
+    box = (t.get("handle") or {}).get("sandbox")
+    if box:  # what the run was confined with (stored with its handle at launch)
+        what = box.get("mechanism", "?")
+        if box.get("enabled"):
+            net = box.get("network", "full")
+            if net == "allow":
+                net += " " + ",".join(box.get("allow_hosts") or []) or " nothing"
+            what += f"; writes {', '.join(box.get('write') or [])}; network {net}; socket {box.get('socket', 'none')}"
+        pairs.append(("sandbox", what))
     if t.get("origin"):
         pairs.append(("origin", ", ".join(f"{k}={v}" for k, v in t["origin"].items())))
     if t.get("input_tokens") is not None:
