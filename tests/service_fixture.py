@@ -125,7 +125,7 @@ class ServiceEnv:
                 return False
             try:
                 return bool(c.call("ping")["pong"])
-            except (OSError, EOFError, ValueError):
+            except (OSError, EOFError, ValueError):  # a slow or cut answer: the probe is retried until the deadline
                 return False
             finally:
                 c.close()
