@@ -35,7 +35,7 @@ def test_the_doctor_runs_its_checks_from_a_rule(svc_env: ServiceEnv) -> None:
     assert run["outcome"] == "success", run
     action = full(env, run["run_id"])["actions"][0]
     names = {c["name"]: c["ok"] for c in action["result"]["checks"]}
-    assert names == {"config": True, "socket": True, "watcher": True, "disk": True, "agent": True}, action
+    assert {"config", "socket", "watcher", "disk", "agent"} <= set(names) and all(names.values()), action
 
 
 def test_a_failing_check_fails_the_run_and_names_it(svc_env: ServiceEnv) -> None:
