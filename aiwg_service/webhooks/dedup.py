@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from .. import faults
+
 log = logging.getLogger("aiwg.webhooks")
 
 WINDOW_S = 24 * 3600.0
@@ -111,8 +113,13 @@ class DeliveryLog:
         if not batch or self.db is None:
             return
         now = max(batch.values())
+        stall = faults.delay("dedup.write_delay")
+        if stall:  # a test's slow disk (see ``faults``)
+            faults.stalling("dedup.write", stall)
         with self._lock:
             db = self.db
+            if db is None:
+                raise RuntimeError(f"{self.path} was closed before {len(batch)} delivery id(s) were written")
             db.execute("BEGIN")
             try:
                 db.executemany("INSERT OR REPLACE INTO deliveries (hook, delivery_id, received) VALUES (?, ?, ?)",
