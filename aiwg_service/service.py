@@ -28,7 +28,7 @@ from . import __version__, aiwg_shape, config, faults, looplag, paths, pidfile, 
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
-from .atomic import write_atomic
+from .atomic import LatestWriter, write_atomic
 from .config import Configs, Project, resolve_root
 from .events import api as events_api
 from .events.bus import EventBus
@@ -83,6 +83,9 @@ class Service:
         self.ops = Operations()  # every change (reload, projects, trust, stop), one at a time
         self.background = OwnedTasks("service", log)
         self.loop_lag = looplag.LoopLag()
+        #: heartbeat and status rewrites of state.json, in a thread (stop drains it before the last write)
+        self._state_out = LatestWriter(self.state_dir / "state.json",
+                                       lambda exc: log.error("cannot write state.json: %s", exc))
         self.last_heartbeat: str | None = None
         self.trust_store = trust.TrustStore(self.state_dir)
         self._trust_announced: dict[str, tuple[str | None, str]] = {}
@@ -323,6 +326,7 @@ class Service:
         self.started.clear()
         for root in self.configs.projects:
             self.remove_pid_file(root)
+        await self._state_out.drain()  # a heartbeat's rewrite in flight must not land after the last one
         self.write_state(stopped=True)
         if not self.socket_activated and safefs.is_socket(self.socket_path):  # never a file put in its place
             with contextlib.suppress(FileNotFoundError):
@@ -449,13 +453,19 @@ class Service:
         st.update(aiwg_shape.status(st["subsystems"], len(self.rpc.connections), problems))
         return st
 
-    def write_state(self, stopped: bool = False) -> None:
+    def write_state(self, stopped: bool = False, *, background: bool = False) -> None:
+        """``background``: the frequent rewrites (heartbeat, status changes) go through a worker thread;
+        the others (start, changes, stop) are written before this returns."""
         try:
             st = self.state()
             st["running"] = not stopped
             st["last_heartbeat"] = self.last_heartbeat
             st.update(aiwg_shape.state_file(st["subsystems"], aiwg_shape.issues(st["subsystems"], self.last_reload)))
-            write_atomic(self.state_dir / "state.json", msgspec.json.encode(st))
+            data = msgspec.json.encode(st)
+            if background:
+                self._state_out.submit(data)
+            else:
+                write_atomic(self.state_dir / "state.json", data)
         except OSError as exc:
             log.error("cannot write state.json: %s", exc)
 
@@ -473,7 +483,7 @@ class Service:
                     os.close(fd)
             except OSError as exc:
                 log.error("cannot touch the heartbeat file: %s", exc)
-            self.write_state()
+            self.write_state(background=True)
             assert self.configs is not None
             await asyncio.sleep(self.configs.service.daemon.heartbeat_interval_seconds)
 
@@ -515,7 +525,7 @@ class Service:
             if self.configs is not None:
                 sd.notify_status(self.status_line())
                 if self.started:
-                    self.write_state()
+                    self.write_state(background=True)
 
         asyncio.get_running_loop().call_later(0.5, send)
 
