@@ -18,9 +18,10 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def issues(health: dict[str, dict[str, Any]], last_reload: dict[str, Any]) -> list[str]:
+def issues(health: dict[str, dict[str, Any]], last_reload: dict[str, Any],
+           failures: list[dict[str, Any]] | None = None) -> list[str]:
     """What is wrong now, one readable line each; empty when all is well."""
-    out: list[str] = []
+    out: list[str] = [f"project {f['path']} failed: {f.get('reason')}" for f in failures or ()]
     if not last_reload.get("ok", True):
         out.append(f"the last reload was refused (invalid config, {len(last_reload.get('errors', []))} "
                    "error(s)); the old config keeps running")

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from . import __version__, aiwg_shape, config, paths, pidfile, safefs, trust
+from . import __version__, aiwg_shape, config, paths, pidfile, project_configs, safefs, trust
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
@@ -50,6 +50,14 @@ class AlreadyRunning(RuntimeError):
     pass
 
 
+def _root(path: str) -> str:
+    """A project's identity; a path that cannot be resolved (a symlink loop) stays as written, to fail alone."""
+    try:
+        return resolve_root(path)
+    except (OSError, RuntimeError):
+        return os.path.abspath(path)
+
+
 class Service:
     """One per user (or per project instance): owns the lock, the socket and the subsystems."""
 
@@ -72,6 +80,7 @@ class Service:
         self._reloading = asyncio.Lock()
         self.last_heartbeat: str | None = None
         self.trust_store = trust.TrustStore(self.state_dir)
+        self.last_good = project_configs.LastGood(self.state_dir)
         self._trust_announced: dict[str, tuple[str | None, str]] = {}
 
     # -- config ----------------------------------------------------------------------------------------
@@ -91,21 +100,15 @@ class Service:
 
     def save_registry(self) -> None:
         assert self.configs is not None
-        roots = sorted(r for r, pr in self.configs.projects.items() if pr.persistent)
+        roots = sorted({r for r, pr in self.configs.projects.items() if pr.persistent}
+                       | {r for r, f in self.configs.failed.items() if f.persistent})  # a failed one stays registered
         write_atomic(self.registry_file(), json.dumps({"projects": roots}, indent=2).encode() + b"\n")
 
     def load_project(self, root: str, persistent: bool) -> Project:
-        if not Path(root).is_dir():
-            raise config.ConfigError([f"{root}: not a directory"])
-        cfg_path = paths.project_config_file(root)
-        try:
-            if config.write_default(cfg_path):
-                log.info("wrote the default config to %s", cfg_path, extra={"PROJECT": root})
-        except OSError as exc:
-            raise config.ConfigError([f"{cfg_path}: cannot write the default config: {exc.strerror}"]) from None
-        loaded = config.load_file(cfg_path, Path(root))
-        project = Project(root, loaded.config, loaded.warnings, persistent, loaded.sha256,
-                          trust.needs(loaded.raw))
+        """``root``'s config as it is on disk now (``project.add``): raise ConfigError if it cannot be used."""
+        project, data = project_configs.read_project(root, persistent)
+        if data is not None:
+            self.last_good.save(root, data)
         self.assess_trust(project)
         return project
 
@@ -158,27 +161,33 @@ class Service:
             errors.extend(exc.errors)
         roots: dict[str, bool] = {}
         for r in self.registered():
-            roots[resolve_root(r)] = True
+            roots[_root(r)] = True
         cli = self.opts.projects or ([] if self.opts.registered_only else [os.getcwd()])
         for r in cli:
-            roots.setdefault(resolve_root(r), False)
+            roots.setdefault(_root(r), False)
         if self.configs is not None:  # projects added at run time stay through a reload
             for r, pr in self.configs.projects.items():
                 roots.setdefault(r, pr.persistent)
+            for r, fp in self.configs.failed.items():
+                roots.setdefault(r, fp.persistent)
+        if errors:  # only the service-wide file stops everything
+            raise config.ConfigError(errors)
         projects: dict[str, Project] = {}
+        failed: dict[str, config.FailedProject] = {}
         for root, persistent in roots.items():
             if persistent and not Path(root).is_dir():
                 # a deleted project must not keep the whole service down (exit 78 is never restarted)
                 service_warnings.append(f"registered project {root} no longer exists; skipped "
                                         f"(`aiwgctl project remove {root}` forgets it)")
                 continue
-            try:
-                projects[root] = self.load_project(root, persistent)
-            except config.ConfigError as exc:
-                errors.extend(exc.errors)
-        if errors:
-            raise config.ConfigError(errors)
-        return Configs(service_cfg, service_warnings, projects)
+            # one project's file never takes down another: it keeps its last good config, or is not served
+            previous = self.configs.projects.get(root) if self.configs is not None else None
+            got = project_configs.load(root, persistent, previous, self.last_good, self.assess_trust)
+            if isinstance(got, Project):
+                projects[root] = got
+            else:
+                failed[root] = got
+        return Configs(service_cfg, service_warnings, projects, failed)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -327,12 +336,19 @@ class Service:
             await self.apply_configs()
             self.announce_trust()
             warnings = new.service_warnings + [w for pr in new.projects.values() for w in pr.warnings]
-            self.last_reload = {"ok": True, "time": when, "errors": [], "warnings": warnings}
+            failures = new.failures()
+            errors = [e for f in failures for e in f["errors"]]
+            failed = [f["path"] for f in failures]
+            self.last_reload = {"ok": not errors, "time": when, "errors": errors, "warnings": warnings,
+                                "failed": failed}
             self.write_state()
             log.info("reloaded: %d project(s)", len(new.projects))
+            for root in failed:
+                log.error("reload refused for project %s: invalid config; it keeps its last good config (or is "
+                          "not served)", root, extra={"PROJECT": root})
             sd.notify_status(self.status_line())
             sd.notify_ready()
-            return {"reloaded": True, "errors": [], "warnings": warnings}
+            return {"reloaded": True, "errors": errors, "warnings": warnings, "failed": failed}
 
     # -- state, heartbeat, watchdog, status line --------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -355,7 +371,7 @@ class Service:
             "socket_activated": self.socket_activated,
             "log_file": self.opts.log_file and str(Path(self.opts.log_file).resolve()),
             "state_dir": str(self.state_dir),
-            "projects": [pr.info() for pr in self.configs.projects.values()],
+            "projects": self.project_infos(),
             "subsystems": self.health(),
             "counts": {"requests": self.rpc.requests, "connections": len(self.rpc.connections),
                        "internal_errors": self.rpc.errors, "events": self.bus.published},
@@ -366,16 +382,20 @@ class Service:
     def daemon_status(self) -> dict[str, Any]:
         """``daemon.status``: our state, plus the fields the AIWG daemon's CLI prints (``aiwg_shape``)."""
         st = self.state()
-        problems = aiwg_shape.issues(st["subsystems"], self.last_reload)
+        problems = aiwg_shape.issues(st["subsystems"], self.last_reload, self.failures())
         st.update(aiwg_shape.status(st["subsystems"], len(self.rpc.connections), problems))
         return st
+
+    def failures(self) -> list[dict[str, Any]]:
+        return self.configs.failures() if self.configs is not None else []
 
     def write_state(self, stopped: bool = False) -> None:
         try:
             st = self.state()
             st["running"] = not stopped
             st["last_heartbeat"] = self.last_heartbeat
-            st.update(aiwg_shape.state_file(st["subsystems"], aiwg_shape.issues(st["subsystems"], self.last_reload)))
+            problems = aiwg_shape.issues(st["subsystems"], self.last_reload, self.failures())
+            st.update(aiwg_shape.state_file(st["subsystems"], problems))
             write_atomic(self.state_dir / "state.json", msgspec.json.encode(st))
         except OSError as exc:
             log.error("cannot write state.json: %s", exc)
@@ -416,6 +436,9 @@ class Service:
         if "watched_dirs" in watcher:
             n_dirs = watcher["watched_dirs"]
             parts.append(f"watching {n_dirs:,} dir{'s' if n_dirs != 1 else ''}")
+        failed = len(self.configs.failures())
+        if failed:
+            parts.append(f"{failed} failed (aiwgctl project list)")
         untrusted = sum(1 for pr in self.configs.projects.values() if pr.untrusted is not None)
         if untrusted:
             parts.append(f"{untrusted} untrusted (aiwgctl trust)")
@@ -503,11 +526,19 @@ class Service:
         if not result["reloaded"]:
             raise p.RpcError(p.CONFIG_INVALID, "reload refused: invalid config; the old config keeps running",
                              {"errors": result["errors"]})
+        if result["failed"]:
+            raise p.RpcError(p.CONFIG_INVALID, f"reload refused for {len(result['failed'])} project(s): invalid "
+                             "config; each keeps its last good config (or is not served); the others reloaded",
+                             {"errors": result["errors"], "failed": result["failed"]})
         return result
 
-    def rpc_project_list(self, _params: p.NoParams, _conn: Connection) -> dict[str, Any]:
+    def project_infos(self) -> list[dict[str, Any]]:
+        """Every project: served ones, then those not served because their config failed."""
         assert self.configs is not None
-        return {"projects": [pr.info() for pr in self.configs.projects.values()]}
+        return [pr.info() for pr in self.configs.projects.values()] + [f.info() for f in self.configs.failed.values()]
+
+    def rpc_project_list(self, _params: p.NoParams, _conn: Connection) -> dict[str, Any]:
+        return {"projects": self.project_infos()}
 
     async def rpc_project_add(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
         assert self.configs is not None
@@ -521,6 +552,7 @@ class Service:
             raise p.RpcError(p.CONFIG_INVALID if Path(root).is_dir() else p.INVALID_PARAMS,
                              f"cannot add {root}: {exc.errors[0]}", {"param": "path", "errors": exc.errors}) from None
         self.configs.projects[root] = project
+        self.configs.failed.pop(root, None)
         self.save_registry()
         self.link_project(root)
         await self.apply_configs()
@@ -533,10 +565,12 @@ class Service:
     async def rpc_project_remove(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
         assert self.configs is not None
         root = resolve_root(params.path)
-        if root not in self.configs.projects:
+        if root not in self.configs.projects and root not in self.configs.failed:
             raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: path: {root} is not a registered project",
                              {"param": "path"})
-        del self.configs.projects[root]
+        self.configs.projects.pop(root, None)
+        self.configs.failed.pop(root, None)
+        self.last_good.forget(root)
         self.save_registry()
         self.unlink_project(root)
         await self.apply_configs()
