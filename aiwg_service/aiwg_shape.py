@@ -42,6 +42,17 @@ def issues(health: dict[str, dict[str, Any]], last_reload: dict[str, Any],
     return out
 
 
+def scoped(subsystems: dict[str, dict[str, Any]], root: str,
+           per_project: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The subsystems' health as one project sees it: each subsystem's own counts for ``root`` over its totals,
+    and the file watcher's roots cut to ``root``."""
+    out = {name: {**h, **per_project.get(name, {})} for name, h in subsystems.items()}
+    watcher = out.get("watcher")
+    if watcher and isinstance(watcher.get("roots"), dict):
+        watcher["roots"] = {r: v for r, v in watcher["roots"].items() if r == root}
+    return out
+
+
 def _watcher(health: dict[str, dict[str, Any]]) -> dict[str, Any]:
     w = health.get("watcher", {})
     roots = (w.get("roots") or {}).values()

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from . import __version__, aiwg_shape, config, paths, pidfile, project_configs, safefs, trust
+from . import __version__, aiwg_shape, config, paths, project_configs, safefs, served, trust
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
@@ -81,6 +81,10 @@ class Service:
         self.last_heartbeat: str | None = None
         self.trust_store = trust.TrustStore(self.state_dir)
         self.last_good = project_configs.LastGood(self.state_dir)
+        #: projects stopped through their ``daemon.pid`` (the AIWG CLI's ``stop``): not served until added again
+        self.stopped: set[str] = set()
+        self.presence = served.Presence(self.rpc, paths.runtime_base() / "p", lambda: self.socket_path,
+                                        self.state_dir / "state.json", self.stop_serving)
         self._trust_announced: dict[str, tuple[str | None, str]] = {}
 
     # -- config ----------------------------------------------------------------------------------------
@@ -180,6 +184,8 @@ class Service:
                 service_warnings.append(f"registered project {root} no longer exists; skipped "
                                         f"(`aiwgctl project remove {root}` forgets it)")
                 continue
+            if root in self.stopped:
+                continue
             # one project's file never takes down another: it keeps its last good config, or is not served
             previous = self.configs.projects.get(root) if self.configs is not None else None
             got = project_configs.load(root, persistent, previous, self.last_good, self.assess_trust)
@@ -256,8 +262,7 @@ class Service:
             await sub.start()
             self.started.append(sub)
         await self.apply_configs()
-        for root in self.configs.projects:
-            self.link_project(root)
+        await self.sync_presence()
         self.announce_trust()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -300,8 +305,7 @@ class Service:
             except Exception:
                 log.exception("stopping %s failed", sub.name)
         self.started.clear()
-        for root in self.configs.projects:
-            self.remove_pid_file(root)
+        await self.presence.close()
         self.write_state(stopped=True)
         if not self.socket_activated and safefs.is_socket(self.socket_path):  # never a file put in its place
             with contextlib.suppress(FileNotFoundError):
@@ -334,6 +338,7 @@ class Service:
                 return {"reloaded": False, "errors": exc.errors}
             self.configs = new
             await self.apply_configs()
+            await self.sync_presence()
             self.announce_trust()
             warnings = new.service_warnings + [w for pr in new.projects.values() for w in pr.warnings]
             failures = new.failures()
@@ -379,12 +384,27 @@ class Service:
             "status": self.status_line(),
         }
 
-    def daemon_status(self) -> dict[str, Any]:
-        """``daemon.status``: our state, plus the fields the AIWG daemon's CLI prints (``aiwg_shape``)."""
+    def daemon_status(self, project: str | None = None) -> dict[str, Any]:
+        """``daemon.status``: our state, plus the fields the AIWG daemon's CLI prints (``aiwg_shape``); through a
+        project's own socket, those fields count that project's tasks, rules, jobs and watched events only."""
         st = self.state()
+        if project is not None:
+            st["project"] = project
+            st["subsystems"] = aiwg_shape.scoped(st["subsystems"], project, self.project_health(project))
         problems = aiwg_shape.issues(st["subsystems"], self.last_reload, self.failures())
         st.update(aiwg_shape.status(st["subsystems"], len(self.rpc.connections), problems))
         return st
+
+    def project_health(self, root: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for sub in self.subsystems:
+            of = getattr(sub, "project_health", None)
+            if of is not None:
+                try:
+                    out[sub.name] = of(root)
+                except Exception as exc:
+                    out[sub.name] = {"error": str(exc)}
+        return out
 
     def failures(self) -> list[dict[str, Any]]:
         return self.configs.failures() if self.configs is not None else []
@@ -463,51 +483,34 @@ class Service:
         asyncio.get_running_loop().call_later(0.5, send)
 
     # -- projects --------------------------------------------------------------------------------------
-    def link_project(self, root: str) -> None:
-        """Give AIWG tools what they look for, where they look: ``.aiwg/daemon.pid``, and links
-        ``.aiwg/daemon/daemon.sock`` -> our socket and ``.aiwg/daemon/state.json`` -> our state file.
+    async def sync_presence(self) -> None:
+        """Each served project's own socket, ``.aiwg/daemon.pid`` and links, in line with what is served."""
+        assert self.configs is not None
+        await self.presence.sync(self.configs.projects)
 
-        Made through directory fds that never follow a symlink: a committed ``.aiwg`` or ``.aiwg/daemon``
-        link is refused, so nothing we make can land outside the project."""
-        self._link(root, "daemon.sock", str(self.socket_path))
-        self._link(root, "state.json", str(self.state_dir / "state.json"))
-        self.write_pid_file(root)
-
-    @staticmethod
-    def _link(root: str, name: str, target: str) -> None:
-        link = os.path.join(root, ".aiwg", "daemon", name)
-        try:
-            with safefs.project_subdir(root, ".aiwg", "daemon") as fd:
-                if safefs.set_link(fd, name, target) == "occupied":
-                    log.warning("%s exists and is not our link (an old AIWG daemon?); leaving it", link,
-                                extra={"PROJECT": root})
-        except OSError as exc:
-            log.warning("cannot link %s to %s: %s", link, target, exc.strerror or exc, extra={"PROJECT": root})
-
-    def write_pid_file(self, root: str) -> None:
-        """The AIWG CLI's first check: ``.aiwg/daemon.pid`` holds a live pid (see ``pidfile``)."""
-        try:
-            pidfile.write(root)
-        except OSError as exc:
-            log.warning("cannot write %s/.aiwg/%s: %s", root, pidfile.NAME, exc, extra={"PROJECT": root})
-
-    def remove_pid_file(self, root: str) -> None:
-        with contextlib.suppress(OSError):
-            pidfile.remove(root)
-
-    def unlink_project(self, root: str) -> None:
-        self.remove_pid_file(root)
-        with contextlib.suppress(OSError), safefs.project_subdir(root, ".aiwg", "daemon", create=False) as fd:
-            for name, target in (("daemon.sock", self.socket_path), ("state.json", self.state_dir / "state.json")):
-                with contextlib.suppress(OSError):
-                    if os.readlink(name, dir_fd=fd) == str(target):
-                        os.unlink(name, dir_fd=fd)
+    async def stop_serving(self, root: str) -> None:
+        """A project's ``daemon.pid`` stand-in got SIGTERM (the AIWG CLI's ``stop``): serve it no more, until
+        ``aiwgctl project add`` or the next start. Stopping the only project served stops the service."""
+        assert self.configs is not None
+        if root not in self.configs.projects:
+            return
+        if len(self.configs.projects) == 1:
+            self.request_stop()
+            return
+        self.stopped.add(root)
+        del self.configs.projects[root]
+        await self.sync_presence()
+        await self.apply_configs()
+        self.write_state()
+        log.info("project %s is no longer served (stopped through its daemon.pid); `aiwgctl project add %s` "
+                 "serves it again", root, root, extra={"PROJECT": root})
+        self.bus.publish("project.stopped", root, {"path": root}, "service")
 
     # -- RPC handlers ----------------------------------------------------------------------------------
     def register_rpc(self) -> None:
         r = self.rpc.register
         r("ping", self.rpc_ping)
-        r("daemon.status", lambda _p, _c: self.daemon_status())
+        r("daemon.status", lambda _p, c: self.daemon_status(c.project))
         r("daemon.reload", self.rpc_reload)
         r("project.add", self.rpc_project_add)
         r("project.remove", self.rpc_project_remove)
@@ -535,7 +538,11 @@ class Service:
     def project_infos(self) -> list[dict[str, Any]]:
         """Every project: served ones, then those not served because their config failed."""
         assert self.configs is not None
-        return [pr.info() for pr in self.configs.projects.values()] + [f.info() for f in self.configs.failed.values()]
+        stopped = [{"path": r, "state": "stopped", "served": False, "persistent": r in self.registered(),
+                    "reason": "stopped through its .aiwg/daemon.pid; `aiwgctl project add` serves it again"}
+                   for r in sorted(self.stopped)]
+        return ([pr.info() for pr in self.configs.projects.values()] + [f.info() for f in self.configs.failed.values()]
+                + stopped)
 
     def rpc_project_list(self, _params: p.NoParams, _conn: Connection) -> dict[str, Any]:
         return {"projects": self.project_infos()}
@@ -553,8 +560,9 @@ class Service:
                              f"cannot add {root}: {exc.errors[0]}", {"param": "path", "errors": exc.errors}) from None
         self.configs.projects[root] = project
         self.configs.failed.pop(root, None)
+        self.stopped.discard(root)
         self.save_registry()
-        self.link_project(root)
+        await self.sync_presence()
         await self.apply_configs()
         self.write_state()
         log.info("project added: %s", root, extra={"PROJECT": root})
@@ -571,8 +579,9 @@ class Service:
         self.configs.projects.pop(root, None)
         self.configs.failed.pop(root, None)
         self.last_good.forget(root)
+        self.stopped.discard(root)
         self.save_registry()
-        self.unlink_project(root)
+        await self.sync_presence()
         await self.apply_configs()
         self.write_state()
         log.info("project removed: %s", root, extra={"PROJECT": root})

@@ -18,12 +18,16 @@ def test_first_start_writes_default_config_and_links_socket(service: ServiceEnv)
     cfg = json.loads((service.project / ".aiwg" / "daemon.json").read_text())
     assert cfg["schedule"]["jobs"][0]["id"] == "health-check"
     link = service.project / ".aiwg" / "daemon" / "daemon.sock"
-    assert link.is_symlink() and Path(os.readlink(link)) == service.socket
-    # an AIWG tool that only knows the project path reaches the service through the link
+    # the project's own socket, 0600 in the service's private runtime directory
+    target = Path(os.readlink(link))
+    assert link.is_symlink() and target.parent == service.socket.parent / "p" and target.is_socket()
+    assert target.stat().st_mode & 0o777 == 0o600 and target.parent.stat().st_mode & 0o777 == 0o700
+    # an AIWG tool that only knows the project path reaches the service through the link, about that project
     from service_fixture import RpcConn
 
     c = RpcConn(link)
     assert c.call("ping")["pong"] is True
+    assert c.call("daemon.status")["project"] == str(service.project)
 
 
 def test_sigterm_stops_cleanly_and_persists_state(service: ServiceEnv) -> None:

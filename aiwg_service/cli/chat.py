@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from .. import protocol as p
-from .core import START_HINT, fail
+from .core import START_HINT, fail, project_param
 
 
 def chat(
@@ -26,7 +26,7 @@ def chat(
     from ..client import NotRunning
     from .chat_repl import one_shot, repl
 
-    proj = str(project.expanduser().resolve()) if project is not None else None
+    proj = project_param(project)
     conv = conversation
     if conversation == "-":
         conv = None

@@ -56,6 +56,14 @@ def no_service(exc: Exception) -> str:
     return str(exc) if isinstance(exc, Impostor) else f"{exc}; {START_HINT}"
 
 
+def project_param(path: Path | None) -> str | None:
+    """``--project``, else the served project that contains the working directory (innermost first, as git
+    finds its repository), else None: the service then picks its only project, or names them all."""
+    if path is not None:
+        return str(path.expanduser().resolve())
+    return locate.find_project(os.getcwd())
+
+
 def use_instance(project: Path) -> None:
     from ..systemd import systemd_escape_path
 

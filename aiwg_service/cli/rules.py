@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from . import render
-from .core import call, fail
+from .core import call, fail, project_param
 
 rules_app = typer.Typer(help="Automation rules: list, enable/disable, traces, dry runs.", invoke_without_command=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
@@ -18,7 +18,8 @@ ProjectOpt = Annotated[Path | None, typer.Option("--project", help="only this pr
 
 
 def _project(project: Path | None) -> dict[str, Any]:
-    return {"project": str(project.expanduser().resolve())} if project is not None else {}
+    root = project_param(project)
+    return {"project": root} if root is not None else {}
 
 
 def _when(iso: str | None) -> str:

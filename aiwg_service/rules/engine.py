@@ -158,6 +158,12 @@ class AutomationEngine:
         except Exception:
             log.exception("cannot write automation traces to %s", self.store.path)
 
+    def project_health(self, root: str) -> dict[str, Any]:
+        """Rule counts for a client that came through ``root``'s own socket."""
+        rules = self.rules.get(root, {})
+        return {"rules": len(rules), "ruleCount": len(rules),
+                "rules_enabled": sum(1 for r in rules.values() if self._enabled(r))}
+
     def health(self) -> dict[str, Any]:
         states = list(self.states.values())
         now = time.monotonic()
