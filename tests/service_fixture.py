@@ -123,6 +123,8 @@ class ServiceEnv:
                 return False
             try:
                 return bool(c.call("ping")["pong"])
+            except TimeoutError:  # a probe that times out (a loaded machine, a start-up step) is retried
+                return False
             finally:
                 c.close()
 

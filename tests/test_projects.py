@@ -35,3 +35,40 @@ def test_aiwgctl_infers_the_project_from_the_working_directory(svc_env: ServiceE
     assert res.returncode == 1
     for root in (a, b, nested):
         assert str(root) in res.stderr
+
+
+def test_a_chat_picks_its_project_for_ask(svc_env: ServiceEnv, tmp_path: Path) -> None:
+    """/ask in a chat bound to each of two projects; unbound, the answer says how to pick one."""
+    from fake_telegram import FakeTelegram
+    from messaging_support import TG_TOKEN, WRITER, telegram_section, write_service_config
+    from tasks_support import make_fakebin
+
+    a, b = svc_env.project, tmp_path / "second"
+    b.mkdir()
+    svc_env.env["PATH"] = f"{make_fakebin(svc_env.tmp)}:{svc_env.env['PATH']}"
+    with FakeTelegram() as tg:
+        svc_env.env["AIWG_TELEGRAM_TOKEN"] = TG_TOKEN
+        svc_env.env["AIWG_TELEGRAM_CHAT_ID"] = "777"
+        write_service_config(svc_env, telegram_section(tg.base))
+        svc_env.start(projects=[a, b])
+        tg.push_message(WRITER, "/ask which project?")
+        tg.wait(lambda: tg.texts(WRITER), 60, what="the refusal")
+        hint = tg.texts(WRITER)[0]
+        assert "/project NAME" in hint and "messaging.project" in hint and "second" in hint
+        tg.push_message(WRITER, "/project second")
+        tg.wait(lambda: len(tg.texts(WRITER)) >= 2, 60, what="the binding")
+        assert str(b) in tg.texts(WRITER)[1]
+        tg.push_message(WRITER, "/ask in b")
+        tg.push_message(WRITER, "/project project", chat_id=-100)
+        tg.wait(lambda: tg.texts(-100), 60, what="the group's binding")
+        tg.push_message(WRITER, "/ask in a", chat_id=-100)
+        tg.wait(lambda: len(tg.texts(WRITER)) >= 3 and len(tg.texts(-100)) >= 2, 60, what="both answers")
+
+        def projects() -> dict[str, str]:
+            return {t["prompt"]: t["project"] for t in svc_env.call("task.list", {"source": "messaging"})}
+
+        assert wait_for(lambda: len(projects()) == 2 and projects(), 30) == {"in b": str(b), "in a": str(a)}
+        tg.push_message(WRITER, "/project")
+        tg.wait(lambda: len(tg.texts(WRITER)) >= 4, 60, what="the chat's project")
+        assert f"works in {b} (picked with /project)" in tg.texts(WRITER)[3]
+        assert svc_env.stop() == 0
