@@ -120,7 +120,7 @@ class MessagingSubsystem:
         self._resumed: set[str] = set()
         self._matchers: list[tuple[Subscription, Callable[[str], bool], str | None]] = []
         self.runner = CommandRunner(ports, lambda: self.section, self.bridge_states,
-                                    ChatProjects(state_dir / "messaging-projects.json"))
+                                    ChatProjects(state_dir / "messaging-projects.json") if state_dir else None)
         self.running = False
         register("messaging.status", lambda _p, _c: self.health())
         register("messaging.notify", self.rpc_notify)
