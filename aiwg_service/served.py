@@ -135,6 +135,7 @@ class Presence:
         else:
             self.sockets[root] = path
             self._link(root, "daemon.sock", str(path))
+            log.info("serving %s (its own socket: %s)", root, path, extra={"PROJECT": root})
         self._link(root, "state.json", str(self.state_file))
 
     def _remove_socket(self, path: Path) -> None:

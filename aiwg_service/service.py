@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from . import __version__, aiwg_shape, config, paths, project_configs, safefs, served, trust
+from . import __version__, aiwg_shape, config, logsafe, paths, project_configs, project_log, safefs, served, trust
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
@@ -83,6 +83,7 @@ class Service:
         self.last_good = project_configs.LastGood(self.state_dir)
         #: projects stopped through their ``daemon.pid`` (the AIWG CLI's ``stop``): not served until added again
         self.stopped: set[str] = set()
+        self.project_logs = project_log.ProjectLogs(self.log_limits)
         self.presence = served.Presence(self.rpc, paths.runtime_base() / "p", lambda: self.socket_path,
                                         self.state_dir / "state.json", self.stop_serving)
         self._trust_announced: dict[str, tuple[str | None, str]] = {}
@@ -247,8 +248,17 @@ class Service:
         assert self.configs is not None, "configs are loaded before any subsystem is built"
         return self.configs
 
+    def log_limits(self, root: str) -> tuple[int, int, int] | None:
+        """A served project's ``daemon.log`` bounds and level (its own file's ``daemon.log``), else None."""
+        pr = self.configs.projects.get(root) if self.configs is not None else None
+        if pr is None:
+            return None
+        lc = pr.config.daemon.log
+        return lc.max_size_mb * 1024 * 1024, lc.max_files, logging.getLevelName(lc.level.upper())
+
     async def start(self) -> None:
         self.acquire_lock()
+        logging.getLogger().addHandler(logsafe.install(self.project_logs))
         self.configs = self.load_all()
         for w in self.configs.service_warnings:
             log.warning("%s", w)
@@ -307,6 +317,8 @@ class Service:
         self.started.clear()
         await self.presence.close()
         self.write_state(stopped=True)
+        logging.getLogger().removeHandler(self.project_logs)
+        self.project_logs.close()
         if not self.socket_activated and safefs.is_socket(self.socket_path):  # never a file put in its place
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
@@ -484,9 +496,10 @@ class Service:
 
     # -- projects --------------------------------------------------------------------------------------
     async def sync_presence(self) -> None:
-        """Each served project's own socket, ``.aiwg/daemon.pid`` and links, in line with what is served."""
+        """Each served project's own socket, ``.aiwg/daemon.pid``, links and log, in line with what is served."""
         assert self.configs is not None
         await self.presence.sync(self.configs.projects)
+        self.project_logs.retain(self.configs.projects)
 
     async def stop_serving(self, root: str) -> None:
         """A project's ``daemon.pid`` stand-in got SIGTERM (the AIWG CLI's ``stop``): serve it no more, until

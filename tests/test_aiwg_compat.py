@@ -263,3 +263,37 @@ def test_two_projects_at_once_and_stop_in_one(svc_env: ServiceEnv, tmp_path: Pat
     # stop in the last project stops the service, as with one project before
     assert aiwg(svc_env, "stop", project=b).returncode == 0
     assert svc_env.proc.wait(20) == 0  # type: ignore[union-attr]
+
+
+def test_logs_follow_sees_a_rule_line_of_its_project_only(svc_env: ServiceEnv, tmp_path: Path) -> None:
+    """``.aiwg/daemon/daemon.log``: that project's lines only, 0600; ``logs --follow`` (tail -f) sees a rule run."""
+    a, b = svc_env.project, tmp_path / "second"
+    b.mkdir()
+    for p in (a, b):
+        (p / "src").mkdir()
+        svc_env.write_project_config({"watch": {"paths": [{"path": "src/"}], "debounce_ms": 50}, "rules": [
+            {"id": f"note-{p.name}", "trigger": {"type": "file.create"},
+             "action": {"type": "notify", "message": "saw {{payload.path}}"}}]}, project=p)
+    start(svc_env, projects=[a, b])
+    log_a = a / ".aiwg" / "daemon" / "daemon.log"
+    wait_for(lambda: aiwg(svc_env, "logs", project=a).returncode == 0, 15, what="a's daemon.log")
+    assert log_a.stat().st_mode & 0o777 == 0o600
+    follow = subprocess.Popen([sys.executable, str(CLIENT), "--project", str(a), "logs", "--follow", "--lines", "5"],
+                              stdout=subprocess.PIPE, text=True, env=svc_env.env)
+    try:
+        (a / "src" / "new.txt").write_text("x")
+        (b / "src" / "other.txt").write_text("y")
+        seen: list[str] = []
+
+        def rule_line() -> bool:
+            seen.append(follow.stdout.readline())  # type: ignore[union-attr]
+            return "rule note-project" in seen[-1] and "saw src/new.txt" in seen[-1]
+
+        wait_for(rule_line, 30, what="the rule's line through tail -f")
+    finally:
+        follow.kill()
+        follow.wait(10)
+    wait_for(lambda: "note-second" in (b / ".aiwg" / "daemon" / "daemon.log").read_text(), 15, what="b's rule line")
+    assert "note-second" not in log_a.read_text() and str(b) not in log_a.read_text()
+    last = aiwg(svc_env, "logs", "--lines", "1", project=a)
+    assert last.returncode == 0 and len(last.stdout.splitlines()) == 1 and "rule note-project" in last.stdout
