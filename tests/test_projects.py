@@ -72,3 +72,35 @@ def test_a_chat_picks_its_project_for_ask(svc_env: ServiceEnv, tmp_path: Path) -
         tg.wait(lambda: len(tg.texts(WRITER)) >= 4, 60, what="the chat's project")
         assert f"works in {b} (picked with /project)" in tg.texts(WRITER)[3]
         assert svc_env.stop() == 0
+
+
+def test_enable_without_a_rule_restores_the_config(svc_env: ServiceEnv) -> None:
+    """automation.disable then automation.enable (no id) leaves a rule the config disables off; it never fires."""
+    (svc_env.project / "src").mkdir()
+    svc_env.write_project_config({"watch": {"paths": [{"path": "src/"}], "debounce_ms": 50}, "rules": [
+        {"id": "on", "trigger": {"type": "file.create"}, "action": {"type": "notify", "message": "on"}},
+        {"id": "off", "enabled": False, "trigger": {"type": "file.create"},
+         "action": {"type": "notify", "message": "off"}},
+    ]})
+    start(svc_env)
+    assert {"on", "off"} <= set(svc_env.call("automation.disable", {})["rules"])
+    res = svc_env.call("automation.enable", {})
+    assert res["restored"] is True and "on" in res["enabled_rules"] and res["disabled_in_config"] == ["off"]
+    st = {r["id"]: r for r in svc_env.call("automation.status")["rules"]}
+    assert st["on"]["enabled"] is True and st["off"]["enabled"] is False and st["off"]["override"] is None
+    (svc_env.project / "src" / "a.txt").write_text("x")
+    def runs() -> dict[str, int]:
+        return {r["id"]: r["runs"] for r in svc_env.call("automation.status")["rules"]}
+
+    wait_for(lambda: runs()["on"] == 1, 20, what="rule on to run")
+    svc_env.call("daemon.reload")  # a reload keeps it as the config says, too
+    (svc_env.project / "src" / "b.txt").write_text("x")
+    wait_for(lambda: runs()["on"] == 2, 20, what="rule on to run again")
+    assert runs()["off"] == 0
+    # an override of one rule shows in aiwgctl rules, and holds across a reload
+    svc_env.call("automation.enable", {"ruleId": "off"})
+    svc_env.call("daemon.reload")
+    out = svc_env.ctl("rules", check=True).stdout
+    assert "yes (override)" in out and "off: enabled by automation.enable (the config disables it)" in out
+    svc_env.ctl("rules", "enable", check=True)
+    assert "(override)" not in svc_env.ctl("rules", check=True).stdout
