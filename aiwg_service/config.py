@@ -68,7 +68,8 @@ class LogConfig(Struct, forbid_unknown_fields=False):
 class DaemonSection(Struct):
     heartbeat_interval_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 30
     max_parallel_actions: Annotated[int, Meta(ge=1, le=256)] = 3
-    action_timeout_minutes: Annotated[int, Meta(ge=1, le=7 * 24 * 60)] = 120
+    #: minutes, fractions too (the AIWG daemon's key is a number): 0.5 is thirty seconds
+    action_timeout_minutes: Annotated[float, Meta(gt=0, le=7 * 24 * 60)] = 120
     stop_timeout_seconds: Annotated[int, Meta(ge=0, le=3600)] = 60
     retention_days: Annotated[int, Meta(ge=1, le=3650)] = 30
     #: shell conditions and actions of every rule together; more wait their turn (the service file's applies)
@@ -468,11 +469,28 @@ def load_file(path: Path, root: Path | None = None) -> Loaded:
     return load_bytes(data, path, display)
 
 
+#: ``daemon`` keys a project's file may set for itself (its tasks' parallelism and timeout, its own
+#: ``.aiwg/daemon/daemon.log``); the others apply to the whole service and are read from its file only.
+PROJECT_DAEMON_KEYS = frozenset({"max_parallel_actions", "action_timeout_minutes", "log"})
+
+
+def service_only_warnings(raw: Any, display: str) -> list[str]:
+    """A project's file setting a service-wide ``daemon`` key: named as ignored, with where it belongs."""
+    section = raw.get("daemon") if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        return []
+    defaults = msgspec.to_builtins(DaemonSection())
+    return [f"{display}: daemon.{k}: applies to the whole service, so a project's file cannot set it (ignored); "
+            f"set it in the service's {paths.service_config_file()}"
+            for k, v in section.items() if k not in PROJECT_DAEMON_KEYS and k in defaults and v != defaults[k]]
+
+
 def load_bytes(data: bytes, path: Path, display: str) -> Loaded:
     """Validate a file's bytes (read now, or a project's last good copy) as the file at ``path``."""
     loaded = parse(data, display)
     project = project_root_of(path)
     if project is not None:
+        loaded.warnings.extend(service_only_warnings(loaded.raw, display))
         problems = [x for check in ROOT_CHECKS for x in check(loaded.config, project)]
         if problems:
             raise ConfigError([f"{display}: {p}: {m}" for p, m in problems])

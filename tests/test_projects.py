@@ -104,3 +104,22 @@ def test_enable_without_a_rule_restores_the_config(svc_env: ServiceEnv) -> None:
     assert "yes (override)" in out and "off: enabled by automation.enable (the config disables it)" in out
     svc_env.ctl("rules", "enable", check=True)
     assert "(override)" not in svc_env.ctl("rules", check=True).stdout
+
+
+def test_project_daemon_keys_and_the_services_own_files(svc_env: ServiceEnv) -> None:
+    """A project's ``daemon``: fractional minutes work; service-wide keys are named as ignored, with where they
+    belong; the service's own ``.aiwg/daemon.pid`` never makes an event, even watched."""
+    svc_env.write_project_config({"daemon": {"action_timeout_minutes": 0.05, "retention_days": 7},
+                                  "watch": {"paths": [{"path": ".aiwg/"}], "debounce_ms": 50}})
+    chk = svc_env.ctl("config", "check")
+    assert chk.returncode == 0, chk.stderr
+    assert "daemon.retention_days: applies to the whole service" in chk.stdout + chk.stderr
+    assert str(svc_env.config_home / "aiwg" / "daemon.json") in chk.stdout + chk.stderr
+    start(svc_env)
+    t = svc_env.call("task.submit", {"prompt": "sleep=60"})
+    # 0.05 minutes: it times out after 3 s of its 60 (the default would be 120 minutes)
+    assert wait_state(svc_env, t["id"], "timeout", "completed", timeout=40)["state"] == "timeout"
+    (svc_env.project / ".aiwg" / "note.txt").write_text("a change of the project's own")
+    wait_for(lambda: svc_env.call("events.list", {"type": "file.*"})["events"], 15, what="the note's event")
+    paths = [e["data"].get("path") for e in svc_env.call("events.list", {"type": "file.*"})["events"]]
+    assert paths and not [p for p in paths if "daemon" in str(p)], paths
