@@ -123,3 +123,12 @@ def test_project_daemon_keys_and_the_services_own_files(svc_env: ServiceEnv) -> 
     wait_for(lambda: svc_env.call("events.list", {"type": "file.*"})["events"], 15, what="the note's event")
     paths = [e["data"].get("path") for e in svc_env.call("events.list", {"type": "file.*"})["events"]]
     assert paths and not [p for p in paths if "daemon" in str(p)], paths
+
+
+def test_aiwgctl_chat_list(svc_env: ServiceEnv) -> None:
+    start(svc_env)
+    assert "no conversations yet" in svc_env.ctl("chat", "list", check=True).stdout
+    assert svc_env.ctl("chat", "-m", "hello there", check=True).returncode == 0
+    (conv,) = json.loads(svc_env.ctl("chat", "list", "--json", check=True).stdout)["conversations"]
+    assert conv["project"] == str(svc_env.project) and conv["turns"] == 1
+    assert conv["id"] in svc_env.ctl("chat", "list", check=True).stdout

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_systemd_e2e import Svc, svc  # noqa: F401  (the fixture)
+from test_systemd_e2e import BIN, Svc, svc  # noqa: F401  (the fixture)
 
 #: a rule that runs a command: its project needs trust, so StrictModes matters
 RULE = {"id": "note", "triggers": [{"type": "file.create", "paths": ["src/**"]}], "actions": [{"shell": "echo seen"}]}
@@ -127,3 +127,23 @@ def test_one_bad_project_never_takes_down_the_others(svc: Svc, three: list[Path]
         _restore(three[1], good_bytes)
         svc.ctl("reload")
         assert projects(svc)[bad]["state"] == "ok", name
+
+
+def test_install_at_login_gives_the_aiwg_cli_a_running_service(svc: Svc, three: list[Path]) -> None:  # noqa: F811
+    """An idle socket-activated service has no daemon.pid for the AIWG CLI; `install --at-login` runs it."""
+    sd = svc.sd
+    for name in ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service"):
+        (sd.unit_dir / name).unlink()
+    sd.daemon_reload()
+    try:
+        res = sd.run([str(BIN / "aiwgctl"), "install"], env=svc.env)
+        assert res.returncode == 0 and "aiwgctl install --at-login" in res.stdout, res.stdout + res.stderr
+        res = sd.run([str(BIN / "aiwgctl"), "install", "--at-login"], env=svc.env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert sd.systemctl("is-enabled", "aiwg.service").stdout.strip() == "enabled"
+        assert svc.show("ActiveState")["ActiveState"] == "active"  # running now, without a first connection
+        svc.ctl("project", "add", str(three[0]))
+        pid = int((three[0] / ".aiwg" / "daemon.pid").read_text())
+        assert pid == svc.main_pid()
+    finally:
+        sd.run([str(BIN / "aiwgctl"), "uninstall"], env=svc.env)
