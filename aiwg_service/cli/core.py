@@ -106,6 +106,8 @@ def call(method: str, params: dict[str, Any] | None = None, timeout: float | Non
 
 
 def trust_cell(project: dict[str, Any]) -> str:
+    if project.get("served") is False:
+        return "-"  # not served: its config runs nothing either way
     if project.get("untrusted_reason"):
         return "NO (runs nothing)"
     return "yes" if project.get("needs_trust") else "yes (nothing to trust)"
@@ -142,8 +144,8 @@ def cmd_status(json: bool) -> None:
     for issue in st.get("issues", []):
         print(f"  {issue}")
     print()
-    render.table(["project", "persistent", "trusted"],
-                 [(pr["path"], "yes" if pr["persistent"] else "no (this run)", trust_cell(pr))
+    render.table(["project", "state", "persistent", "trusted"],
+                 [(pr["path"], pr.get("state", "ok"), "yes" if pr["persistent"] else "no (this run)", trust_cell(pr))
                   for pr in st["projects"]], empty="no projects")
     for pr in st["projects"]:
         if pr.get("untrusted_reason"):
