@@ -360,9 +360,11 @@ class Service:
                                 "failed": failed}
             self.write_state()
             log.info("reloaded: %d project(s)", len(new.projects))
-            for root in failed:
-                log.error("reload refused for project %s: invalid config; it keeps its last good config (or is "
-                          "not served)", root, extra={"PROJECT": root})
+            for f in failures:
+                kept = "keeps its last good config" if f["served"] else "is not served"
+                for e in f["errors"]:
+                    log.error("reload refused: %s (project %s %s; the others reloaded)", e, f["path"], kept,
+                              extra={"PROJECT": f["path"]})
             sd.notify_status(self.status_line())
             sd.notify_ready()
             return {"reloaded": True, "errors": errors, "warnings": warnings, "failed": failed}
