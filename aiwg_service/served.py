@@ -61,7 +61,7 @@ class Presence:
         self.main_socket = main_socket
         self.state_file = state_file
         self.on_stop = on_stop
-        self.sockets: dict[str, Path] = {}
+        self.sockets: dict[str, Path | None] = {}  # every served root: its own socket, or None (linked to ours)
         self.stand_ins: dict[str, StandIn] = {}
         self.closing = False
         self._watchers: set[asyncio.Task[None]] = set()
@@ -99,7 +99,9 @@ class Presence:
         for root in list(self.sockets):
             self._remove_pid(root)
             self.rpc.close_project(root)
-            self._remove_socket(self.sockets.pop(root))
+            sock = self.sockets.pop(root)
+            if sock is not None:
+                self._remove_socket(sock)
         for si in self.stand_ins.values():
             si.retire()
         self.stand_ins.clear()
@@ -115,9 +117,9 @@ class Presence:
         if sock is not None:
             self._remove_socket(sock)
         with contextlib.suppress(OSError), safefs.project_subdir(root, ".aiwg", "daemon", create=False) as fd:
-            for name, target in (("daemon.sock", sock), ("state.json", self.state_file)):
+            for name, target in (("daemon.sock", sock or self.main_socket()), ("state.json", self.state_file)):
                 with contextlib.suppress(OSError):
-                    if target is not None and os.readlink(name, dir_fd=fd) in (str(target), str(self.main_socket())):
+                    if os.readlink(name, dir_fd=fd) in (str(target), str(self.main_socket())):
                         os.unlink(name, dir_fd=fd)
 
     # -- parts -----------------------------------------------------------------------------------------
@@ -131,6 +133,7 @@ class Presence:
             # the project is still served; its clients reach the service's own socket and name the project
             log.warning("cannot make %s's own socket %s: %s; its link leads to the service's socket", root, path,
                         exc, extra={"PROJECT": root})
+            self.sockets[root] = None
             self._link(root, "daemon.sock", str(self.main_socket()))
         else:
             self.sockets[root] = path
