@@ -553,7 +553,10 @@ class Service:
     def project_infos(self) -> list[dict[str, Any]]:
         """Every project: served ones, then those not served because their config failed."""
         assert self.configs is not None
-        stopped = [{"path": r, "state": "stopped", "served": False, "persistent": r in self.registered(),
+        registered = set(self.registered()) if self.stopped else set()
+        stopped = [{"path": r, "state": "stopped", "served": False, "persistent": r in registered, "warnings": [],
+                    "config": str(paths.project_config_file(r)), "trusted": False, "untrusted_reason": None,
+                    "needs_trust": [], "errors": [],
                     "reason": "stopped through its .aiwg/daemon.pid; `aiwgctl project add` serves it again"}
                    for r in sorted(self.stopped)]
         return ([pr.info() for pr in self.configs.projects.values()] + [f.info() for f in self.configs.failed.values()]
