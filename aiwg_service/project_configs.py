@@ -78,8 +78,9 @@ def load(root: str, persistent: bool, previous: Project | None, last_good: LastG
         project, data = read_project(root, persistent)
     except config.ConfigError as exc:
         errors = exc.errors
-    except (OSError, RecursionError, MemoryError, ValueError) as exc:  # never a traceback for a config
-        errors = [f"{paths.project_config_file(root)}: cannot be loaded: {exc}"]
+    except Exception as exc:  # whatever else fails one project's load (a check's bug) fails that project only
+        log.debug("loading %s failed", root, exc_info=True, extra={"PROJECT": root})
+        errors = [f"{paths.project_config_file(root)}: cannot be loaded: {exc.__class__.__name__}: {exc}"]
     else:
         if data is not None:
             last_good.save(root, data)
