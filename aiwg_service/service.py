@@ -218,7 +218,7 @@ class Service:
 
     def listening_socket(self) -> socket.socket:
         for fd, name in sd.listen_fds():
-            if name in ("webhook", "aiwg-webhook.socket"):  # the webhook listener's (webhooks/subsystem.py)
+            if name in ("webhook", "aiwg-webhook.socket", "web", "aiwg-web.socket"):  # webhooks' and the dashboard's
                 continue
             if name in ("rpc", "aiwg.socket", "unknown", "") or name.endswith(".socket"):
                 self.socket_activated = True
@@ -525,7 +525,8 @@ class Service:
     def register_rpc(self) -> None:
         r = self.rpc.register
         r("ping", self.rpc_ping)
-        r("daemon.status", lambda _p, c: self.daemon_status(c.project))
+        # (an in-process caller, the dashboard's, has no project: it sees the whole service)
+        r("daemon.status", lambda _p, c: self.daemon_status(getattr(c, "project", None)))
         r("daemon.reload", self.rpc_reload)
         r("project.add", self.rpc_project_add)
         r("project.remove", self.rpc_project_remove)

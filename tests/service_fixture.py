@@ -123,7 +123,7 @@ class ServiceEnv:
                 return False
             try:
                 return bool(c.call("ping")["pong"])
-            except TimeoutError:  # a probe that times out (a loaded machine, a start-up step) is retried
+            except TimeoutError:  # still starting on a loaded machine: the probe is retried until the deadline
                 return False
             finally:
                 c.close()

@@ -274,7 +274,8 @@ def register(
 
     def in_scope(task: Task, conn: Connection | None) -> bool:
         """A connection through a project's own socket sees that project's tasks only."""
-        return conn is None or conn.project is None or task.project == conn.project
+        scope = getattr(conn, "project", None)  # an in-process caller (the dashboard) has none
+        return scope is None or task.project == scope
 
     async def task_submit(params: p.TaskSubmitParams, conn: Connection) -> dict[str, Any]:
         priority = 0 if params.priority is None else params.priority
