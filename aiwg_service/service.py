@@ -24,7 +24,20 @@ from typing import Any
 
 import msgspec
 
-from . import __version__, aiwg_shape, config, faults, looplag, paths, pidfile, safefs, trust
+from . import (
+    __version__,
+    aiwg_shape,
+    config,
+    faults,
+    logsafe,
+    looplag,
+    paths,
+    project_configs,
+    project_log,
+    safefs,
+    served,
+    trust,
+)
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
@@ -61,6 +74,14 @@ class ApplyFailed(RuntimeError):
         self.error = error
 
 
+def _root(path: str) -> str:
+    """A project's identity; a path that cannot be resolved (a symlink loop) stays as written, to fail alone."""
+    try:
+        return resolve_root(path)
+    except (OSError, RuntimeError):
+        return os.path.abspath(path)
+
+
 class Service:
     """One per user (or per project instance): owns the lock, the socket and the subsystems."""
 
@@ -88,6 +109,12 @@ class Service:
                                        lambda exc: log.error("cannot write state.json: %s", exc))
         self.last_heartbeat: str | None = None
         self.trust_store = trust.TrustStore(self.state_dir)
+        self.last_good = project_configs.LastGood(self.state_dir)
+        #: projects stopped through their ``daemon.pid`` (the AIWG CLI's ``stop``): not served until added again
+        self.stopped: set[str] = set()
+        self.project_logs = project_log.ProjectLogs(self.log_limits)
+        self.presence = served.Presence(self.rpc, paths.runtime_base() / "p", lambda: self.socket_path,
+                                        self.state_dir / "state.json", self.stop_serving)
         self._trust_announced: dict[str, tuple[str | None, str]] = {}
 
     # -- config ----------------------------------------------------------------------------------------
@@ -108,21 +135,15 @@ class Service:
     def save_registry(self, configs: Configs | None = None) -> None:
         configs = configs or self.configs
         assert configs is not None
-        roots = sorted(r for r, pr in configs.projects.items() if pr.persistent)
+        roots = sorted({r for r, pr in configs.projects.items() if pr.persistent}
+                       | {r for r, f in configs.failed.items() if f.persistent})  # a failed one stays registered
         write_atomic(self.registry_file(), json.dumps({"projects": roots}, indent=2).encode() + b"\n")
 
     def load_project(self, root: str, persistent: bool) -> Project:
-        if not Path(root).is_dir():
-            raise config.ConfigError([f"{root}: not a directory"])
-        cfg_path = paths.project_config_file(root)
-        try:
-            if config.write_default(cfg_path):
-                log.info("wrote the default config to %s", cfg_path, extra={"PROJECT": root})
-        except OSError as exc:
-            raise config.ConfigError([f"{cfg_path}: cannot write the default config: {exc.strerror}"]) from None
-        loaded = config.load_file(cfg_path, Path(root))
-        project = Project(root, loaded.config, loaded.warnings, persistent, loaded.sha256,
-                          trust.needs(loaded.raw))
+        """``root``'s config as it is on disk now (``project.add``): raise ConfigError if it cannot be used."""
+        project, data = project_configs.read_project(root, persistent)
+        if data is not None:
+            self.last_good.save(root, data)
         self.assess_trust(project)
         return project
 
@@ -176,27 +197,35 @@ class Service:
             errors.extend(exc.errors)
         roots: dict[str, bool] = {}
         for r in self.registered():
-            roots[resolve_root(r)] = True
+            roots[_root(r)] = True
         cli = self.opts.projects or ([] if self.opts.registered_only else [os.getcwd()])
         for r in cli:
-            roots.setdefault(resolve_root(r), False)
+            roots.setdefault(_root(r), False)
         if self.configs is not None:  # projects added at run time stay through a reload
             for r, pr in self.configs.projects.items():
                 roots.setdefault(r, pr.persistent)
+            for r, fp in self.configs.failed.items():
+                roots.setdefault(r, fp.persistent)
+        if errors:  # only the service-wide file stops everything
+            raise config.ConfigError(errors)
         projects: dict[str, Project] = {}
+        failed: dict[str, config.FailedProject] = {}
         for root, persistent in roots.items():
             if persistent and not Path(root).is_dir():
                 # a deleted project must not keep the whole service down (exit 78 is never restarted)
                 service_warnings.append(f"registered project {root} no longer exists; skipped "
                                         f"(`aiwgctl project remove {root}` forgets it)")
                 continue
-            try:
-                projects[root] = self.load_project(root, persistent)
-            except config.ConfigError as exc:
-                errors.extend(exc.errors)
-        if errors:
-            raise config.ConfigError(errors)
-        return Configs(service_cfg, service_warnings, projects)
+            if root in self.stopped:
+                continue
+            # one project's file never takes down another: it keeps its last good config, or is not served
+            previous = self.configs.projects.get(root) if self.configs is not None else None
+            got = project_configs.load(root, persistent, previous, self.last_good, self.assess_trust)
+            if isinstance(got, Project):
+                projects[root] = got
+            else:
+                failed[root] = got
+        return Configs(service_cfg, service_warnings, projects, failed)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -250,9 +279,18 @@ class Service:
         assert self.configs is not None, "configs are loaded before any subsystem is built"
         return self.configs
 
+    def log_limits(self, root: str) -> tuple[int, int, int] | None:
+        """A served project's ``daemon.log`` bounds and level (its own file's ``daemon.log``), else None."""
+        pr = self.configs.projects.get(root) if self.configs is not None else None
+        if pr is None:
+            return None
+        lc = pr.config.daemon.log
+        return lc.max_size_mb * 1024 * 1024, lc.max_files, logging.getLevelName(lc.level.upper())
+
     async def start(self) -> None:
         self.loop_lag.install()
         self.acquire_lock()
+        logging.getLogger().addHandler(logsafe.install(self.project_logs))
         self.configs = self.load_all()
         for w in self.configs.service_warnings:
             log.warning("%s", w)
@@ -266,8 +304,7 @@ class Service:
             await sub.start()
             self.started.append(sub)
         await self.apply_configs()
-        for root in self.configs.projects:
-            self.link_project(root)
+        await self.sync_presence()
         self.announce_trust()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -324,10 +361,11 @@ class Service:
             except Exception:
                 log.exception("stopping %s failed", sub.name)
         self.started.clear()
-        for root in self.configs.projects:
-            self.remove_pid_file(root)
+        await self.presence.close()
         await self._state_out.drain()  # a heartbeat's rewrite in flight must not land after the last one
         self.write_state(stopped=True)
+        logging.getLogger().removeHandler(self.project_logs)
+        self.project_logs.close()
         if not self.socket_activated and safefs.is_socket(self.socket_path):  # never a file put in its place
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
@@ -382,7 +420,8 @@ class Service:
 
     async def _reload(self) -> dict[str, Any]:
         """Apply only if all of it is valid, else keep the old one running; a subsystem that refuses the new
-        config rolls it back everywhere. RELOADING=1 is always followed by READY=1."""
+        config rolls it back everywhere. A project whose own file fails keeps its last good config (or is not
+        served) while the others reload. RELOADING=1 is always followed by READY=1."""
         sd.notify_reloading()
         try:
             return await self._reload_inner()
@@ -407,13 +446,22 @@ class Service:
             self.write_state()
             sd.notify_status(f"reload failed in {exc.subsystem}; old config restored · " + self.status_line())
             return {"reloaded": False, "errors": [error], "rolled_back": True}
+        await self.sync_presence()
         self.announce_trust()
         warnings = new.service_warnings + [w for pr in new.projects.values() for w in pr.warnings]
-        self.last_reload = {"ok": True, "time": when, "errors": [], "warnings": warnings}
+        failures = new.failures()
+        errors = [e for f in failures for e in f["errors"]]
+        failed = [f["path"] for f in failures]
+        self.last_reload = {"ok": not errors, "time": when, "errors": errors, "warnings": warnings, "failed": failed}
         self.write_state()
         log.info("reloaded: %d project(s)", len(new.projects))
+        for f in failures:
+            kept = "keeps its last good config" if f["served"] else "is not served"
+            for e in f["errors"]:
+                log.error("reload refused: %s (project %s %s; the others reloaded)", e, f["path"], kept,
+                          extra={"PROJECT": f["path"]})
         sd.notify_status(self.status_line())
-        return {"reloaded": True, "errors": [], "warnings": warnings}
+        return {"reloaded": True, "errors": errors, "warnings": warnings, "failed": failed}
 
     # -- state, heartbeat, watchdog, status line --------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -436,7 +484,7 @@ class Service:
             "socket_activated": self.socket_activated,
             "log_file": self.opts.log_file and str(Path(self.opts.log_file).resolve()),
             "state_dir": str(self.state_dir),
-            "projects": [pr.info() for pr in self.configs.projects.values()],
+            "projects": self.project_infos(),
             "subsystems": self.health(),
             "counts": {"requests": self.rpc.requests, "connections": len(self.rpc.connections),
                        "internal_errors": self.rpc.errors, "events": self.bus.published},
@@ -446,12 +494,30 @@ class Service:
             "status": self.status_line(),
         }
 
-    def daemon_status(self) -> dict[str, Any]:
-        """``daemon.status``: our state, plus the fields the AIWG daemon's CLI prints (``aiwg_shape``)."""
+    def daemon_status(self, project: str | None = None) -> dict[str, Any]:
+        """``daemon.status``: our state, plus the fields the AIWG daemon's CLI prints (``aiwg_shape``); through a
+        project's own socket, those fields count that project's tasks, rules, jobs and watched events only."""
         st = self.state()
-        problems = aiwg_shape.issues(st["subsystems"], self.last_reload)
+        if project is not None:
+            st["project"] = project
+            st["subsystems"] = aiwg_shape.scoped(st["subsystems"], project, self.project_health(project))
+        problems = aiwg_shape.issues(st["subsystems"], self.last_reload, self.failures())
         st.update(aiwg_shape.status(st["subsystems"], len(self.rpc.connections), problems))
         return st
+
+    def project_health(self, root: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for sub in self.subsystems:
+            of = getattr(sub, "project_health", None)
+            if of is not None:
+                try:
+                    out[sub.name] = of(root)
+                except Exception as exc:
+                    out[sub.name] = {"error": str(exc)}
+        return out
+
+    def failures(self) -> list[dict[str, Any]]:
+        return self.configs.failures() if self.configs is not None else []
 
     def write_state(self, stopped: bool = False, *, background: bool = False) -> None:
         """``background``: the frequent rewrites (heartbeat, status changes) go through a worker thread;
@@ -460,7 +526,8 @@ class Service:
             st = self.state()
             st["running"] = not stopped
             st["last_heartbeat"] = self.last_heartbeat
-            st.update(aiwg_shape.state_file(st["subsystems"], aiwg_shape.issues(st["subsystems"], self.last_reload)))
+            problems = aiwg_shape.issues(st["subsystems"], self.last_reload, self.failures())
+            st.update(aiwg_shape.state_file(st["subsystems"], problems))
             data = msgspec.json.encode(st)
             if background:
                 self._state_out.submit(data)
@@ -506,6 +573,9 @@ class Service:
         if "watched_dirs" in watcher:
             n_dirs = watcher["watched_dirs"]
             parts.append(f"watching {n_dirs:,} dir{'s' if n_dirs != 1 else ''}")
+        failed = len(self.configs.failures())
+        if failed:
+            parts.append(f"{failed} failed (aiwgctl project list)")
         untrusted = sum(1 for pr in self.configs.projects.values() if pr.untrusted is not None)
         if untrusted:
             parts.append(f"{untrusted} untrusted (aiwgctl trust)")
@@ -530,51 +600,40 @@ class Service:
         asyncio.get_running_loop().call_later(0.5, send)
 
     # -- projects --------------------------------------------------------------------------------------
-    def link_project(self, root: str) -> None:
-        """Give AIWG tools what they look for, where they look: ``.aiwg/daemon.pid``, and links
-        ``.aiwg/daemon/daemon.sock`` -> our socket and ``.aiwg/daemon/state.json`` -> our state file.
+    async def sync_presence(self) -> None:
+        """Each served project's own socket, ``.aiwg/daemon.pid``, links and log, in line with what is served."""
+        assert self.configs is not None
+        await self.presence.sync(self.configs.projects)
+        self.project_logs.retain(self.configs.projects)
 
-        Made through directory fds that never follow a symlink: a committed ``.aiwg`` or ``.aiwg/daemon``
-        link is refused, so nothing we make can land outside the project."""
-        self._link(root, "daemon.sock", str(self.socket_path))
-        self._link(root, "state.json", str(self.state_dir / "state.json"))
-        self.write_pid_file(root)
+    async def stop_serving(self, root: str) -> None:
+        """A project's ``daemon.pid`` stand-in got SIGTERM (the AIWG CLI's ``stop``): serve it no more, until
+        ``aiwgctl project add`` or the next start. Stopping the only project served stops the service."""
+        with contextlib.suppress(Stopping):  # the whole service is stopping anyway
+            await self.ops.run("project.stop", lambda: self._stop_serving(root))
 
-    @staticmethod
-    def _link(root: str, name: str, target: str) -> None:
-        link = os.path.join(root, ".aiwg", "daemon", name)
-        try:
-            with safefs.project_subdir(root, ".aiwg", "daemon") as fd:
-                if safefs.set_link(fd, name, target) == "occupied":
-                    log.warning("%s exists and is not our link (an old AIWG daemon?); leaving it", link,
-                                extra={"PROJECT": root})
-        except OSError as exc:
-            log.warning("cannot link %s to %s: %s", link, target, exc.strerror or exc, extra={"PROJECT": root})
-
-    def write_pid_file(self, root: str) -> None:
-        """The AIWG CLI's first check: ``.aiwg/daemon.pid`` holds a live pid (see ``pidfile``)."""
-        try:
-            pidfile.write(root)
-        except OSError as exc:
-            log.warning("cannot write %s/.aiwg/%s: %s", root, pidfile.NAME, exc, extra={"PROJECT": root})
-
-    def remove_pid_file(self, root: str) -> None:
-        with contextlib.suppress(OSError):
-            pidfile.remove(root)
-
-    def unlink_project(self, root: str) -> None:
-        self.remove_pid_file(root)
-        with contextlib.suppress(OSError), safefs.project_subdir(root, ".aiwg", "daemon", create=False) as fd:
-            for name, target in (("daemon.sock", self.socket_path), ("state.json", self.state_dir / "state.json")):
-                with contextlib.suppress(OSError):
-                    if os.readlink(name, dir_fd=fd) == str(target):
-                        os.unlink(name, dir_fd=fd)
+    async def _stop_serving(self, root: str) -> None:
+        assert self.configs is not None
+        if root not in self.configs.projects:
+            return
+        if len(self.configs.projects) == 1:
+            self.request_stop()
+            return
+        self.stopped.add(root)
+        del self.configs.projects[root]
+        await self.sync_presence()
+        await self.apply_configs()
+        self.write_state()
+        log.info("project %s is no longer served (stopped through its daemon.pid); `aiwgctl project add %s` "
+                 "serves it again", root, root, extra={"PROJECT": root})
+        self.bus.publish("project.stopped", root, {"path": root}, "service")
 
     # -- RPC handlers ----------------------------------------------------------------------------------
     def register_rpc(self) -> None:
         r = self.rpc.register
         r("ping", self.rpc_ping)
-        r("daemon.status", lambda _p, _c: self.daemon_status())
+        # (an in-process caller, the dashboard's, has no project: it sees the whole service)
+        r("daemon.status", lambda _p, c: self.daemon_status(getattr(c, "project", None)))
         r("daemon.reload", self.rpc_reload)
         r("project.add", self.rpc_project_add)
         r("project.remove", self.rpc_project_remove)
@@ -603,11 +662,26 @@ class Service:
         if not result["reloaded"]:
             raise p.RpcError(p.CONFIG_INVALID, "reload refused: invalid config; the old config keeps running",
                              {"errors": result["errors"]})
+        if result.get("failed"):
+            raise p.RpcError(p.CONFIG_INVALID, f"reload refused for {len(result['failed'])} project(s): invalid "
+                             "config; each keeps its last good config (or is not served); the others reloaded",
+                             {"errors": result["errors"], "failed": result["failed"]})
         return result
 
-    def rpc_project_list(self, _params: p.NoParams, _conn: Connection) -> dict[str, Any]:
+    def project_infos(self) -> list[dict[str, Any]]:
+        """Every project: served ones, then those not served because their config failed."""
         assert self.configs is not None
-        return {"projects": [pr.info() for pr in self.configs.projects.values()]}
+        registered = set(self.registered()) if self.stopped else set()
+        stopped = [{"path": r, "state": "stopped", "served": False, "persistent": r in registered, "warnings": [],
+                    "config": str(paths.project_config_file(r)), "trusted": False, "untrusted_reason": None,
+                    "needs_trust": [], "errors": [],
+                    "reason": "stopped through its .aiwg/daemon.pid; `aiwgctl project add` serves it again"}
+                   for r in sorted(self.stopped)]
+        return ([pr.info() for pr in self.configs.projects.values()] + [f.info() for f in self.configs.failed.values()]
+                + stopped)
+
+    def rpc_project_list(self, _params: p.NoParams, _conn: Connection) -> dict[str, Any]:
+        return {"projects": self.project_infos()}
 
     async def rpc_project_add(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
         root = resolve_root(params.path)
@@ -645,9 +719,11 @@ class Service:
             raise p.RpcError(p.CONFIG_INVALID if Path(root).is_dir() else p.INVALID_PARAMS,
                              f"cannot add {root}: {exc.errors[0]}", {"param": "path", "errors": exc.errors}) from None
         old = self.configs
-        await self._switch_projects(Configs(old.service, old.service_warnings, {**old.projects, root: project}),
+        await self._switch_projects(Configs(old.service, old.service_warnings, {**old.projects, root: project},
+                                            {r: f for r, f in old.failed.items() if r != root}),
                                     f"project.add {root}")
-        self.link_project(root)
+        self.stopped.discard(root)
+        await self.sync_presence()
         self.write_state()
         log.info("project added: %s", root, extra={"PROJECT": root})
         self.bus.publish("project.added", root, {"path": root}, "service")
@@ -660,14 +736,17 @@ class Service:
 
     async def _project_remove(self, root: str) -> dict[str, Any]:
         assert self.configs is not None
-        if root not in self.configs.projects:
+        if root not in self.configs.projects and root not in self.configs.failed:
             raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: path: {root} is not a registered project",
                              {"param": "path"})
         old = self.configs
         await self._switch_projects(Configs(old.service, old.service_warnings,
-                                            {r: pr for r, pr in old.projects.items() if r != root}),
+                                            {r: pr for r, pr in old.projects.items() if r != root},
+                                            {r: f for r, f in old.failed.items() if r != root}),
                                     f"project.remove {root}")
-        self.unlink_project(root)
+        self.last_good.forget(root)
+        self.stopped.discard(root)
+        await self.sync_presence()
         self.write_state()
         log.info("project removed: %s", root, extra={"PROJECT": root})
         self.bus.publish("project.removed", root, {"path": root}, "service")

@@ -236,7 +236,7 @@ class Conversations:
     def _get(self, conversation: str) -> Conversation:
         conv = self.store.get(conversation)
         if conv is None:
-            raise ChatError(f"no conversation {conversation!r} (see `aiwgctl chat --list`)", param="conversation")
+            raise ChatError(f"no conversation {conversation!r} (see `aiwgctl chat list`)", param="conversation")
         return conv
 
     def _project(self, value: str | None) -> str:

@@ -28,6 +28,7 @@ import msgspec
 from ..events.bus import compile_pattern
 from ..owned import OwnedTasks
 from ..protocol import Event
+from .binding import ChatProjects
 from .bridge import Bridge
 from .commands import CommandRunner
 from .model import Button, Inbound, OutMessage, SendError, Severity
@@ -119,7 +120,8 @@ class MessagingSubsystem:
         self._handling = OwnedTasks("messaging", log)
         self._resumed: set[str] = set()
         self._matchers: list[tuple[Subscription, Callable[[str], bool], str | None]] = []
-        self.runner = CommandRunner(ports, lambda: self.section, self.bridge_states)
+        self.runner = CommandRunner(ports, lambda: self.section, self.bridge_states,
+                                    ChatProjects(state_dir / "messaging-projects.json") if state_dir else None)
         self.running = False
         register("messaging.status", lambda _p, _c: self.health())
         register("messaging.notify", self.rpc_notify)

@@ -176,6 +176,11 @@ class TraceStore:
         assert self.db is not None
         return {(p, r): bool(e) for p, r, e in self.db.execute("SELECT project, rule_id, enabled FROM overrides")}
 
+    def clear_override(self, project: str, rule_id: str) -> None:
+        assert self.db is not None
+        with self.lock:
+            self.db.execute("DELETE FROM overrides WHERE project = ? AND rule_id = ?", (project, rule_id))
+
     def set_override(self, project: str, rule_id: str, enabled: bool, when: str) -> None:
         assert self.db is not None
         with self.lock:

@@ -296,10 +296,13 @@ class Store:
         nxt = tasks[-1].id if len(tasks) == limit else None
         return tasks, nxt
 
-    def count(self, state: TaskState | str) -> int:
-        """Tasks in ``state`` (an index range count: cheap enough for every status line)."""
-        return int(self._db.execute("SELECT count(*) FROM tasks WHERE state = ?",
-                                    (TaskState(state).value,)).fetchone()[0])
+    def count(self, state: TaskState | str, project: str | None = None) -> int:
+        """Tasks in ``state`` (an index range count: cheap enough for every status line), of one project."""
+        if project is None:
+            return int(self._db.execute("SELECT count(*) FROM tasks WHERE state = ?",
+                                        (TaskState(state).value,)).fetchone()[0])
+        return int(self._db.execute("SELECT count(*) FROM tasks WHERE state = ? AND project = ?",
+                                    (TaskState(state).value, project)).fetchone()[0])
 
     def queued_groups(self) -> list[tuple[str, str, str | None, int]]:
         """(agent, project, requested executor, count) of the queued tasks: where they will run is the

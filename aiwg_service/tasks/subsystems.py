@@ -249,6 +249,17 @@ class SupervisorSubsystem:
                 "max_parallel": sup.max_parallel, "systemd_units": sup.use_systemd_scope,
                 "executors": self.executors.names(), "log_followers": self.hub.followers}
 
+    def project_health(self, root: str) -> dict[str, Any]:
+        """The counts ``daemon.status`` shows a client that came through ``root``'s own socket."""
+        sup = self.supervisor
+        if sup is None:
+            return {}
+        try:
+            queued: int | None = sup.store.count(TaskState.queued, root)
+        except Exception:
+            queued = None
+        return {"running": sum(1 for t in sup.running.values() if t.project == root), "queued": queued}
+
 
 def build(publish: Callable[..., Any], rpc: RpcServer, configs: ConfigsView, state_dir: Path,
           request_stop: Callable[[], None] | None = None,
