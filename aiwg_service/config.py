@@ -29,7 +29,8 @@ import msgspec
 import msgspec.inspect as mi
 from msgspec import Meta, Struct, field
 
-from . import paths, redact, safefs
+from . import paths, safefs
+from .policy import redact
 
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit's RestartPreventExitStatus= names it
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from .redact import escape_controls, redact
+from .policy.redact import escape_controls, redact
 
 
 class SafeRecords(logging.Filter):

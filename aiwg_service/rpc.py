@@ -100,6 +100,8 @@ class Connection(asyncio.BufferedProtocol):
         self.buf = bytearray()
         self.peer_pid: int | None = None
         self.peer_uid: int | None = None
+        #: who is calling (``policy.identity.Caller``), looked up by the gate on first need, then kept
+        self.caller: Any = None
         self.closed = asyncio.get_running_loop().create_future()
         self._close_callbacks: list[Callable[[], None]] = []
         self._drain_callbacks: list[Callable[[], None]] = []
@@ -402,6 +404,8 @@ class RpcServer:
         self.starving: dict[Connection, None] = {}  # paused for the input budget, oldest first
         self.privileged: Connection | None = None  # the one allowed past the budget to finish its line
         self.throttle = _Throttle()
+        #: the policy gate (``policy.gate.Gate.rpc_hook``): the reason a call is refused for its caller, or None
+        self.gate: Callable[[str, Any, Connection], str | None] | None = None
 
     def wake_starving(self, every: bool = False) -> None:
         """Read again from connections paused for the input budget: all of them once the total has
@@ -575,6 +579,11 @@ class RpcServer:
             params = p.decode_params(req.method, req.params)
         except p.RpcError as err:
             return None if notification else p.encode_error(rid, err)
+        if self.gate is not None:
+            why = self.gate(req.method, params, conn)
+            if why is not None:
+                err = p.RpcError(p.NOT_ALLOWED, why, {"method": req.method})
+                return None if notification else p.encode_error(rid, err)
         if not self.accepting and req.method not in p.READ_ONLY:
             err = p.RpcError(p.SERVER_BUSY, "the service is stopping and takes no new work; retry once it is back")
             return None if notification else p.encode_error(rid, err)

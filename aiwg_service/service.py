@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from . import __version__, aiwg_shape, config, paths, pidfile, safefs, trust
+from . import __version__, aiwg_shape, config, paths, pidfile, safefs
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
@@ -32,6 +32,8 @@ from .atomic import write_atomic
 from .config import Configs, Project, resolve_root
 from .events import api as events_api
 from .events.bus import EventBus
+from .policy import fields, identity, trust
+from .policy.gate import Gate
 from .ports import Subsystem
 from .rpc import Connection, RpcServer, bind_socket
 
@@ -73,6 +75,8 @@ class Service:
         self.last_heartbeat: str | None = None
         self.trust_store = trust.TrustStore(self.state_dir)
         self._trust_announced: dict[str, tuple[str | None, str]] = {}
+        self.gate = Gate(self.untrusted, self._project_channels, self.bus.publish)
+        self.rpc.gate = self.gate.rpc_hook
 
     # -- config ----------------------------------------------------------------------------------------
     def registry_file(self) -> Path:
@@ -94,7 +98,10 @@ class Service:
         roots = sorted(r for r, pr in self.configs.projects.items() if pr.persistent)
         write_atomic(self.registry_file(), json.dumps({"projects": roots}, indent=2).encode() + b"\n")
 
-    def load_project(self, root: str, persistent: bool) -> Project:
+    def _project_channels(self) -> dict[str, list[str]]:
+        return self.configs.service.messaging.project_channels if self.configs is not None else {}
+
+    def load_project(self, root: str, persistent: bool, service_cfg: Any = None) -> Project:
         if not Path(root).is_dir():
             raise config.ConfigError([f"{root}: not a directory"])
         cfg_path = paths.project_config_file(root)
@@ -107,7 +114,23 @@ class Service:
         project = Project(root, loaded.config, loaded.warnings, persistent, loaded.sha256,
                           trust.needs(loaded.raw))
         self.assess_trust(project)
+        if loaded.raw is not None:  # serve only what it may set: inert fields, limits no higher than ours
+            service = service_cfg if service_cfg is not None else self.current_configs().service
+            project.config = self._restricted(project, loaded, service)
         return project
+
+    @staticmethod
+    def _restricted(project: Project, loaded: config.Loaded, service: Any) -> Any:
+        display = config.display_name(paths.project_config_file(project.root), Path(project.root))
+        raw = fields.restrict(loaded.raw, project.untrusted is None, service, project.warnings.append)
+        if raw == loaded.raw:
+            return loaded.config
+        try:
+            return config.validate(raw, display).config
+        except config.ConfigError:  # e.g. a rule naming an agent profile it may not define: hold every rule
+            raw = {k: v for k, v in raw.items() if k != "rules"}
+            raw.get("schedule", {}).pop("jobs", None)
+            return config.validate(raw, display).config
 
     # -- trust -----------------------------------------------------------------------------------------
     def assess_trust(self, project: Project) -> None:
@@ -135,11 +158,10 @@ class Service:
                                                       "needs": pr.needs_trust, "sha256": pr.sha256}, "service")
 
     async def trust_changed(self, root: str, sha256: str | None) -> None:
-        """Re-judge every project; reload when the file on disk is newer than the one running."""
+        """Re-judge every project: reload, since what a project is served with depends on its trust (and the
+        user trusted what is on disk now: run that, not the older copy)."""
         assert self.configs is not None
-        pr = self.configs.projects.get(root)
-        if pr is not None and sha256 is not None and pr.sha256 != sha256:
-            await self.reload()  # the user trusted what is on disk now: run that, not the older copy
+        await self.reload()
         for project in self.configs.projects.values():
             self.assess_trust(project)
         self.announce_trust()
@@ -173,7 +195,7 @@ class Service:
                                         f"(`aiwgctl project remove {root}` forgets it)")
                 continue
             try:
-                projects[root] = self.load_project(root, persistent)
+                projects[root] = self.load_project(root, persistent, service_cfg)
             except config.ConfigError as exc:
                 errors.extend(exc.errors)
         if errors:
@@ -183,6 +205,7 @@ class Service:
     # -- lifecycle -------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
         paths.ensure_private_dir(self.state_dir, allow_link=True)  # the user's own choice of disk
+        identity.load_key(self.state_dir)  # signs the caller tokens agents and rule shells carry
         changed = paths.tighten_tree(self.state_dir)
         if changed:
             log.info("made %d file(s) in %s private (0600/0700)", changed, self.state_dir)
@@ -224,7 +247,7 @@ class Service:
             bus=self.bus, rpc=self.rpc, configs=self.current_configs, state_dir=self.state_dir,
             listen=self.listening_socket, health=self.health, config_status=lambda: self.last_reload,
             socket_path=lambda: self.socket_path, untrusted=self.untrusted, state=self.state,
-            request_stop=self.request_stop,
+            request_stop=self.request_stop, gate=self.gate,
         ))
 
     def current_configs(self) -> Configs:

@@ -25,6 +25,7 @@ from .events.bus import EventBus
 from .events.scheduler import CronScheduler
 from .events.subsystems import WatcherSubsystem
 from .executors.subsystem import ExecutorsSubsystem
+from .policy.gate import Gate
 from .ports import ConfigsView, Subsystem
 from .rpc import RpcServer, RpcSubsystem
 from .rules.engine import AutomationEngine
@@ -105,6 +106,8 @@ class CorePorts:
     state: Callable[[], dict[str, Any]]
     #: Stop the service as SIGTERM would (``daemon.stop``).
     request_stop: Callable[[], None] | None = None
+    #: the policy gate: every run / send / spend / listen decision (``policy.gate``)
+    gate: Gate | None = None
 
 
 def build_subsystems(core: CorePorts) -> list[Subsystem]:
@@ -272,7 +275,8 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
             raise RuntimeError(task.get("error") or f"the turn ended {task.get('state')}")
         return str(task.get("result") or "")
 
-    ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, ask=ask, decide=decide)
+    ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, ask=ask, decide=decide,
+                         channel_refused=core.gate.channel_refused if core.gate is not None else None)
     return MessagingSubsystem(core.bus, core.rpc.register, core.configs, core.state_dir, ports)
 
 
@@ -301,7 +305,8 @@ def _trace_ports(core: CorePorts, store: tasks.StoreSubsystem, automation: Autom
 
     def events_of_task(tid: str) -> list[dict[str, Any]]:
         out = {ev.id: event_dict(ev) for ev in core.bus.history
-               if ev.type.startswith("task.") and isinstance(ev.data, dict) and ev.data.get("id") == tid}
+               if isinstance(ev.data, dict) and ((ev.type.startswith("task.") and ev.data.get("id") == tid)
+                                                 or (ev.type == "policy.refused" and ev.data.get("ref") == tid))}
         for run in automation.store.by_event(task_id=tid):
             e = run.get("event") or {}
             if e.get("id"):

@@ -148,7 +148,7 @@ def config_check(
             for e in exc.errors:
                 print(e, file=sys.stderr)
         raise typer.Exit(1) from None
-    from ..trust import needs
+    from ..policy.trust import needs
 
     # only a project's file needs trust (the service-wide file is the user's own)
     what = needs(loaded.raw) if config.project_root_of(target) is not None else []

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 import typer
 
 from .. import paths
-from .. import trust as tr
 from .. import wire as p
+from ..policy import trust as tr
 from . import render
 from .core import fail, no_service, resolve_socket
 

@@ -44,3 +44,6 @@ class ServicePorts:
     cancel: Callable[[str], dict[str, Any]]
     ask: AskPort | None = None
     decide: DecidePort | None = None
+    #: the policy gate's send check: why ``project``'s events may not go to ``channel`` (``bridge`` or
+    #: ``bridge:target``), or None; the refusal is recorded by the gate. None: everything may (tests).
+    channel_refused: Callable[[str | None, str, str | None], str | None] | None = None

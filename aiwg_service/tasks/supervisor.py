@@ -27,6 +27,7 @@ from ..executors.follow import LogTail, LogWatch
 from ..executors.local import LocalExecutor
 from ..executors.registry import DEFAULT_EXECUTOR, Executors
 from ..executors.remote_common import ExecutorUnavailable
+from ..policy import identity
 from .agents import StreamJsonParser, build_argv, child_env
 from .model import AgentProfile, Emit, Task, TaskSource, TaskState
 from .store import Store, StoreError
@@ -455,6 +456,7 @@ class Supervisor:
                 self.store.fail_queued(task.id, f"cannot prepare the agent's arguments: {e}")
                 return
         env = child_env(profile, task.id)
+        env.update(identity.child_env("agent", task.project, task.id))  # its calls back carry who it is
         # Resolve here so "no such agent" is a clear error before anything is launched.
         exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
         if exe is None:
