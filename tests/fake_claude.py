@@ -12,6 +12,7 @@ Behaviour is steered by words in the prompt:
   garbage          interleave non-JSON lines
   env=NAME         report the value of env var NAME in the result text
   mark=PATH        append "start <pid> <t>" / "end <pid> <t>" lines to PATH
+  rpc=SOCKET       call the service's socket from inside the task (``fake_claude_calls.py``)
 
 Sessions, as claude keeps them (see ``fake_claude_sessions.py``): ``--session-id UUID`` starts one
 (refused if it exists), ``--resume ID`` continues one (refused, as claude does, if there is none for this
@@ -122,6 +123,11 @@ def main() -> int:
         while (left := end - time.monotonic()) > 0:
             time.sleep(left)
     text = "Done: " + prompt[:200]
+    import fake_claude_calls
+
+    called = fake_claude_calls.maybe_call(words)
+    if called is not None:
+        text = called
     envname = opt(words, "env")
     if envname:
         text = f"{envname}={os.environ.get(envname, '<unset>')}"

@@ -103,6 +103,27 @@ def _lookup(doc: Any, path: str) -> Any:
     return cur
 
 
+def _open_below(path: str) -> bool:
+    """Is anything under ``path`` declared (so it cannot be dropped whole)?"""
+    gen = ".".join("*" if i == 1 else p for i, p in enumerate(path.split(".")))
+    return any(d.startswith(path + ".") or d.startswith(gen + ".") for d in DECLARED)
+
+
+def _drop_gated(doc: dict[str, Any], prefix: str) -> None:
+    """Remove what needs trust, at the highest level that has nothing declared below it (so a dict entry goes
+    whole, never leaving a half entry behind that fails validation)."""
+    for k in list(doc):
+        path = f"{prefix}.{k}" if prefix else str(k)
+        cls = classify(path)
+        if cls != GATED:
+            continue
+        v = doc[k]
+        if isinstance(v, dict) and v and _open_below(path):
+            _drop_gated(v, path)
+        else:
+            del doc[k]
+
+
 def restrict(raw: Any, trusted: bool, service: Any, warn: Callable[[str], None] | None = None) -> Any:
     """The document a project is served with: ``raw`` with every field that needs trust removed (unless
     ``trusted``), and each ``LOWER`` limit clamped to the service file's value (``service``: the service's
@@ -111,17 +132,17 @@ def restrict(raw: Any, trusted: bool, service: Any, warn: Callable[[str], None] 
     if not isinstance(raw, dict):
         return raw
     out = copy.deepcopy(raw)
+    if not trusted:
+        _drop_gated(out, "")
     for path, value, (parent, key) in list(leaves(out)):
-        cls = classify(path)
-        if cls == GATED and not trusted:
-            del parent[key]
-        elif cls == LOWER:
-            cap = _lookup(service, path)
-            if cap is None:  # no service-wide limit: any value lowers it
-                continue
-            if value is None or (isinstance(value, int | float) and not isinstance(value, bool) and value > cap):
-                parent[key] = cap
-                if warn is not None:
-                    warn(f"{path}: {short(value)} is above the service-wide {short(cap)}; "
-                         f"a project may lower it, never raise it (using {short(cap)})")
+        if classify(path) != LOWER:
+            continue
+        cap = _lookup(service, path)
+        if cap is None:  # no service-wide limit: any value lowers it
+            continue
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool) and value > cap):
+            parent[key] = cap
+            if warn is not None:
+                warn(f"{path}: {short(value)} is above the service-wide {short(cap)}; "
+                     f"a project may lower it, never raise it (using {short(cap)})")
     return out

@@ -141,13 +141,13 @@ class Gate:
             return None
         why: str | None = None
         if cls == OWNER:
-            why = f"{method} is for the owner at a terminal, not an {caller.describe()}"
+            why = f"{method} is for the owner at a terminal, not {caller.describe()}"
         else:
             want = getattr(params, "project", None)
             if want is not None and caller.project is not None and _same(want) != caller.project:
-                why = f"{method}: an {caller.describe()} may only use its own project"
+                why = f"{method}: {caller.describe()} may only use its own project"
             elif cls == SUBMIT and caller.project is None:
-                why = f"{method}: an {caller.describe()} has no project of its own to submit to"
+                why = f"{method}: {caller.describe()} has no project of its own to submit to"
             elif want is None and caller.project is not None and hasattr(params, "project"):
                 params.project = caller.project  # scope it to its project
         if why is not None:

@@ -57,7 +57,7 @@ class Caller:
     def describe(self) -> str:
         if not self.confined:
             return f"the owner (pid {self.pid})"
-        what = {"agent": "agent task", "rule": "rule shell"}.get(self.kind, "child of the service")
+        what = {"agent": "an agent task", "rule": "a rule shell"}.get(self.kind, "a child of the service")
         ref = f" {self.ref}" if self.ref else ""
         proj = f" in {self.project}" if self.project else ""
         return f"{what}{ref}{proj} (pid {self.pid}, by {self.how})"
