@@ -199,7 +199,9 @@ class ApprovalListParams(Params):
 class ApprovalDecideParams(Params):
     approvalId: Annotated[str, Meta(min_length=1)]
     reason: Annotated[str, Meta(max_length=2000)] | None = None
-    via: Annotated[str, Meta(min_length=1, max_length=40)] = "rpc"  # how: cli, rpc (who comes from SO_PEERCRED)
+    #: ignored: the service sets ``via`` from the channel that delivered the decision (``cli`` for the socket),
+    #: so a local process cannot claim to be a chat user an approval names; kept so older clients still work
+    via: Annotated[str, Meta(min_length=1, max_length=40)] = "rpc"
 
 
 class WebhookTestParams(Params):
