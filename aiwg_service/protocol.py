@@ -234,10 +234,13 @@ class ChatSendParams(Params):
     priority: Priority | None = None  # null or omitted: 5, the AIWG daemon's default (chat goes first)
     project: str | None = None
     conversation: str | None = None  # omitted: a new conversation
+    #: continue a conversation a chat bridge started (it becomes this terminal's; the chat gets a new one)
+    take: bool = False
 
 
 class ChatListParams(Params):
     project: str | None = None
+    terminal: bool = False  # only conversations started at a terminal (not by a chat bridge)
     limit: Limit = 50
 
 
