@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from fake_telegram import FakeTelegram
 from messaging_support import WRITER, start_with_telegram
-from service_fixture import BIN, ServiceEnv, wait_for
+from service_fixture import BIN, ServiceEnv
 from tasks_support import make_fakebin
 from tmux_support import Tmux
 

@@ -1,9 +1,11 @@
 """Secret shapes, found in text and replaced before anything is stored or logged.
 
-Modelled on gitleaks' rules (written here, not copied): provider token formats (GitHub, Slack, AWS, Anthropic
-and OpenAI keys, Telegram bot tokens, JWTs), credentials in URLs, bearer tokens, private key blocks, and
-``name=value`` pairs whose name says secret. Every pattern is linear-time, and one combined search rejects
-clean text with a few substring tests, so redacting traces and log lines costs little when there is nothing to hide.
+Modelled on gitleaks' rules (written here, not copied): provider token formats (GitHub, GitLab, Slack, Discord,
+Telegram, AWS key ids and secret keys, Google, OpenAI, Anthropic, Stripe, npm and PyPI tokens, JWTs),
+credentials in URLs, bearer tokens, private key blocks, and ``name=value`` pairs whose name says secret. Every
+pattern is linear-time, and one combined search rejects clean text with a few substring tests (the two shapes
+without a prefix run only on text long enough to hold one), so redacting traces and log lines costs little
+when there is nothing to hide.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ _RULES: list[tuple[str, tuple[str, ...], str, int]] = [
     ("Discord webhook", ("/api/webhooks/",),
      r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d{5,30}/[\w-]{10,200}", 0),
     ("AWS access key id", ("akia", "asia", "abia", "acca"), r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b", 0),
+    ("GitLab token", ("glpat-", "gldt-", "glrt-", "glptt-", "glsoat-", "glft-"),
+     r"\bgl(?:pat|dt|rt|ptt|soat|ft)-[A-Za-z0-9_-]{20,100}\b", 0),
+    ("Google API key", ("aiza",), r"\bAIza[0-9A-Za-z_-]{35}\b", 0),
+    ("npm token", ("npm_",), r"\bnpm_[A-Za-z0-9]{36}\b", 0),
+    ("PyPI token", ("pypi-",), r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,300}", 0),
+    ("Stripe key", ("k_live_", "k_test_"), r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{20,250}\b", 0),
     ("API key", ("sk-",), r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,300}\b", 0),
     ("Telegram bot token", (":aa",), r"\b\d{6,12}:AA[A-Za-z0-9_-]{30,40}\b", 0),
     ("JWT", ("eyj",), r"\beyJ[A-Za-z0-9_-]{8,2000}\.eyJ[A-Za-z0-9_-]{8,4000}\.[A-Za-z0-9_-]{8,2000}", 0),
@@ -46,6 +54,16 @@ _RULES: list[tuple[str, tuple[str, ...], str, int]] = [
      r"(?![A-Z][A-Z0-9_]*\b)(?![-$])[^\s\"',;]{6,2000}", 1),
 ]
 
+#: Shapes with no fixed prefix to look for first: tried on any text long enough to hold one.
+_ALWAYS: list[tuple[str, str]] = [
+    ("Discord bot token", r"\b[MNO][A-Za-z0-9_-]{23,27}\.[A-Za-z0-9_-]{6,7}\.[A-Za-z0-9_-]{27,40}\b"),
+    # 40 characters of base64 with upper, lower and a digit, standing alone (a git sha is lower-case hex)
+    ("AWS secret access key", r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
+                              r"(?=[A-Za-z0-9/+]{0,39}[0-9])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
+]
+_ALWAYS_MIN = 40
+_ALWAYS_COMPILED = [(name, re.compile(rx), 0) for name, rx in _ALWAYS]
+
 _COMPILED = [(name, re.compile(rx), keep) for name, _needles, rx, keep in _RULES]
 _BY_NEEDLE: dict[str, list[int]] = {}
 for _i, (_name, _needles, _rx, _keep) in enumerate(_RULES):
@@ -57,10 +75,11 @@ _NEEDLES = tuple(_BY_NEEDLE)
 def _candidates(text: str) -> list[tuple[str, re.Pattern[str], int]]:
     low = text.lower()
     hits = [n for n in _NEEDLES if n in low]  # substring tests beat a regex alternation several times over
+    always = _ALWAYS_COMPILED if len(text) >= _ALWAYS_MIN else []
     if not hits:
-        return []
+        return always
     wanted = sorted({i for n in hits for i in _BY_NEEDLE[n]})
-    return [_COMPILED[i] for i in wanted]
+    return [_COMPILED[i] for i in wanted] + always
 
 
 def find(text: str) -> str | None:
