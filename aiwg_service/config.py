@@ -108,6 +108,16 @@ def register_section(name: str, type_: Any, default: Callable[[], Any], *, check
     _document = None
 
 
+#: Checks across files: ``check(service config, service file name, {project file name: config}) -> [line]``
+#: (each line ``file: path: problem``), run at start and at every reload, on what each project is served with.
+FilesCheck = Callable[[Any, str, dict[str, Any]], list[str]]
+FILES_CHECKS: list[FilesCheck] = []
+
+
+def add_files_check(check: FilesCheck) -> None:
+    FILES_CHECKS.append(check)
+
+
 def add_check(check: SemanticCheck) -> None:
     """A check over the whole document that no single section owns (e.g. rules over schedule jobs)."""
     SEMANTIC_CHECKS.append(check)

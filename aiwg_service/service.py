@@ -198,9 +198,17 @@ class Service:
                 projects[root] = self.load_project(root, persistent, service_cfg)
             except config.ConfigError as exc:
                 errors.extend(exc.errors)
+        if not errors:
+            errors = self.files_errors(service_cfg, projects)
         if errors:
             raise config.ConfigError(errors)
         return Configs(service_cfg, service_warnings, projects)
+
+    @staticmethod
+    def files_errors(service_cfg: Any, projects: dict[str, Project]) -> list[str]:
+        """Checks across files (``config.FILES_CHECKS``: a hook id in two files...), on what is served."""
+        files = {str(paths.project_config_file(r)): pr.config for r, pr in projects.items()}
+        return [e for check in config.FILES_CHECKS for e in check(service_cfg, str(paths.service_config_file()), files)]
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -543,6 +551,9 @@ class Service:
         except config.ConfigError as exc:
             raise p.RpcError(p.CONFIG_INVALID if Path(root).is_dir() else p.INVALID_PARAMS,
                              f"cannot add {root}: {exc.errors[0]}", {"param": "path", "errors": exc.errors}) from None
+        errors = self.files_errors(self.configs.service, {**self.configs.projects, root: project})
+        if errors:
+            raise p.RpcError(p.CONFIG_INVALID, f"cannot add {root}: {errors[0]}", {"param": "path", "errors": errors})
         self.configs.projects[root] = project
         self.save_registry()
         self.link_project(root)
