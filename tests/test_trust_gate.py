@@ -308,3 +308,26 @@ def test_identity_of_peers(tmp_path: Path) -> None:
     assert g.channel_refused("/a", "slack:C1") is None and g.channel_refused("/a", "telegram") is None
     assert g.channel_refused("/b", "slack:C1") is not None and g.channel_refused("/a", "telegram:666") is not None
     assert g.channel_refused(None, "telegram:666") is None
+
+
+def test_identity_from_the_cgroup_under_systemd(sd: Any) -> None:
+    """Under a real user manager: a process in ``aiwg-task-<id>.service`` is that task's agent, and a child in
+    the service's own unit is a rule shell, without any token."""
+    sd.run(["systemd-run", "--user", "--unit=aiwg-task-t-cg1.service", "--collect", "--quiet", "sleep", "120"],
+           check=True, as_user=True)
+    sd.run(["systemd-run", "--user", "--unit=aiwg.service", "--collect", "--quiet", "sh", "-c",
+            "sleep 121 & exec sleep 122"], check=True, as_user=True)
+    try:
+        agent = int(wait_for(lambda: sd.show("aiwg-task-t-cg1.service", "MainPID").get("MainPID", "0") != "0"
+                             and sd.show("aiwg-task-t-cg1.service", "MainPID")["MainPID"], 20, what="the task unit"))
+        who = identity.peer_identity(agent, service_pid=1)
+        assert (who.kind, who.ref, who.how) == ("agent", "t-cg1", "cgroup") and who.confined
+        main = int(wait_for(lambda: sd.show("aiwg.service", "MainPID").get("MainPID", "0") != "0"
+                            and sd.show("aiwg.service", "MainPID")["MainPID"], 20, what="the service unit"))
+        child = int(wait_for(lambda: subprocess.run(["pgrep", "-f", "-x", "sleep 121"], capture_output=True,
+                                                    text=True).stdout.split()[:1], 20, what="the shell's child")[0])
+        shell = identity.peer_identity(child, service_pid=main)
+        assert shell.kind == "rule" and shell.confined
+        assert identity.peer_identity(os.getpid(), service_pid=main).kind == "owner"
+    finally:
+        sd.systemctl("stop", "aiwg-task-t-cg1.service", "aiwg.service")

@@ -157,21 +157,21 @@ def _token(pid: int) -> str | None:
     return None
 
 
-_own_cgroup: str | None = None
+_own_cgroup: dict[int, str] = {}  # the service's cgroup, looked up once (it does not move)
 
 
 def peer_identity(pid: int | None, service_pid: int | None = None) -> Caller:
     """Who the process ``pid`` (a socket peer of the owner's uid) is; see the module docstring."""
-    global _own_cgroup
     if pid is None or pid <= 0:
         return Caller("child", pid=pid, how="no peer pid")  # cannot tell: not the owner's terminal
     me = os.getpid() if service_pid is None else service_pid
-    if _own_cgroup is None:
-        _own_cgroup = cgroup_of(me) or ""
+    own = _own_cgroup.get(me)
+    if own is None:
+        own = _own_cgroup[me] = cgroup_of(me) or ""
     cg = cgroup_of(pid) or ""
     m = _TASK_UNIT.search(cg)
     found: Caller | None = Caller("agent", ref=m.group(1), pid=pid, how="cgroup") if m else None
-    if found is None and _SERVICE_UNIT.search(_own_cgroup) and cg == _own_cgroup and pid != me:
+    if found is None and _SERVICE_UNIT.search(own) and cg == own and pid != me:
         found = Caller("rule", pid=pid, how="cgroup")
     cur: int | None = pid
     for _ in range(_MAX_DEPTH):
