@@ -96,6 +96,10 @@ def test_every_field_of_every_section_is_declared_inert_or_needs_trust() -> None
     assert fields.classify("newsection.anything") == fields.GATED
     assert trust.needs({"newsection": {"x": 1}}) == ["newsection.x: sets 1"]
     assert trust.needs(config.default_dict()) == []
+    # a rule that only emits its own events is inert; one that forges a service event needs trust
+    forge = {"id": "f", "triggers": [{"type": "x"}], "actions": [{"emit": {"type": "task.failed"}}]}
+    assert trust.needs({"rules": [forge]}) == ["rules[0] (f): actions[0]: emits a service event: task.failed"]
+    assert trust.needs({"rules": [{**forge, "actions": [{"emit": {"type": "build.done"}}]}]}) == []
 
 
 def test_a_project_may_lower_a_limit_never_raise_it() -> None:

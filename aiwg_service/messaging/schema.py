@@ -76,7 +76,7 @@ class Subscription(Struct, forbid_unknown_fields=False):
 def default_subscriptions() -> list[Subscription]:
     """What the service file subscribes to when it says nothing (a project file subscribes to nothing)."""
     return [Subscription("task.failed"), Subscription("task.timeout"), Subscription("automation.loop_detected"),
-            Subscription("approval.requested"), Subscription("health.degraded")]
+            Subscription("approval.requested"), Subscription("approval.cancelled"), Subscription("health.degraded")]
 
 
 class MessagingSection(Struct, forbid_unknown_fields=False):

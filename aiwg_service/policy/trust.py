@@ -28,6 +28,11 @@ from .fields import gated, short
 
 STORE_NAME = "trust.json"
 _short = short
+#: Event types only the service publishes: a rule that emits one could forge a task's failure, an approval
+#: or a delivery, so it needs trust (``emit`` of the project's own types stays inert).
+SERVICE_EVENTS = ("task.", "approval.", "gate.", "trust.", "policy.", "webhook.", "budget.", "project.",
+                  "health.", "automation.", "daemon.", "notify.", "messaging.", "session.", "chat.", "cron.",
+                  "file.")
 
 
 def _conditions(conds: Any, where: str, out: list[str]) -> None:
@@ -71,6 +76,10 @@ def _rule(raw: Any, i: int, out: list[str]) -> None:
             out.append(f"{at}: agent task{who}: {_short(body.get('prompt', ''))}")
         if isinstance(a.get("webhook"), dict):
             out.append(f"{at}: webhook: POST {_url(a['webhook'])}")
+        emit = a.get("emit")
+        etype = emit.get("type") if isinstance(emit, dict) else None
+        if isinstance(etype, str) and etype.startswith(SERVICE_EVENTS):
+            out.append(f"{at}: emits a service event: {_short(etype)}")
     env = raw.get("env")
     if len(out) > before and isinstance(env, list) and env:  # what those commands may read of yours
         out.append(f"{where}: passes your environment variables {_short(', '.join(map(str, env)))}")
