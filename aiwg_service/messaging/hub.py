@@ -238,7 +238,7 @@ class MessagingSubsystem:
         return []
 
     def _refused(self, project: str | None, bridge: str, target: str | None, event: Event) -> bool:
-        gate = self.ports.channel_refused
+        gate = getattr(self.ports, "channel_refused", None)
         return gate is not None and gate(project, f"{bridge}:{target}" if target else bridge, event.id) is not None
 
     def _deliverer(self, bridge: Bridge) -> Callable[[Event], Any]:
