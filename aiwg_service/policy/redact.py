@@ -54,15 +54,39 @@ _RULES: list[tuple[str, tuple[str, ...], str, int]] = [
      r"(?![A-Z][A-Z0-9_]*\b)(?![-$])[^\s\"',;]{6,2000}", 1),
 ]
 
-#: Shapes with no fixed prefix to look for first: tried on any text long enough to hold one.
-_ALWAYS: list[tuple[str, str]] = [
-    ("Discord bot token", r"\b[MNO][A-Za-z0-9_-]{23,27}\.[A-Za-z0-9_-]{6,7}\.[A-Za-z0-9_-]{27,40}\b"),
-    # 40 characters of base64 with upper, lower and a digit, standing alone (a git sha is lower-case hex)
-    ("AWS secret access key", r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
-                              r"(?=[A-Za-z0-9/+]{0,39}[0-9])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
+# Shapes with no fixed prefix to look for first. A regex over the whole text would cost every log line ten
+# times what the prefixed rules do, so the text is cut into words of the token's alphabet (``str.translate`` and
+# ``split``, in C) and only words of the right length are matched.
+def _words_table(keep: str) -> dict[int, str]:
+    return {c: " " for c in range(128) if chr(c) not in keep}
+
+
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_NOPREFIX: list[tuple[str, dict[int, str], tuple[int, int], re.Pattern[str]]] = [
+    # 40 characters of base64 with upper, lower and a digit, standing alone (a git sha is lower-case hex);
+    # "=" stays in the word so that a longer base64 blob is not taken for one
+    ("AWS secret access key", _words_table(_B64 + "/+="), (40, 40),
+     re.compile(r"(?=[^a-z]*[a-z])(?=[^A-Z]*[A-Z])(?=[^0-9]*[0-9])[A-Za-z0-9/+]{40}")),
+    ("Discord bot token", _words_table(_B64 + "_-."), (58, 76),
+     re.compile(r"[MNO][A-Za-z0-9_-]{23,27}\.[A-Za-z0-9_-]{6,7}\.[A-Za-z0-9_-]{27,40}")),
 ]
-_ALWAYS_MIN = 40
-_ALWAYS_COMPILED = [(name, re.compile(rx), 0) for name, rx in _ALWAYS]
+_NOPREFIX_MIN = 40
+_ANY_TOKEN = _words_table(_B64 + "/+=_-.")
+
+
+def _unprefixed(text: str) -> list[tuple[str, str]]:
+    """``(name, token)`` for each secret of a shape without a prefix in ``text``."""
+    if len(text) < _NOPREFIX_MIN:
+        return []
+    long = [w for w in text.translate(_ANY_TOKEN).split() if len(w) >= _NOPREFIX_MIN]
+    if not long:  # most text: one pass in C and nothing to look at
+        return []
+    out = []
+    for name, table, (lo, hi), rx in _NOPREFIX:
+        for word in " ".join(long).translate(table).split():
+            if lo <= len(word) <= hi and rx.fullmatch(word):
+                out.append((name, word))
+    return out
 
 _COMPILED = [(name, re.compile(rx), keep) for name, _needles, rx, keep in _RULES]
 _BY_NEEDLE: dict[str, list[int]] = {}
@@ -75,11 +99,10 @@ _NEEDLES = tuple(_BY_NEEDLE)
 def _candidates(text: str) -> list[tuple[str, re.Pattern[str], int]]:
     low = text.lower()
     hits = [n for n in _NEEDLES if n in low]  # substring tests beat a regex alternation several times over
-    always = _ALWAYS_COMPILED if len(text) >= _ALWAYS_MIN else []
     if not hits:
-        return always
+        return []
     wanted = sorted({i for n in hits for i in _BY_NEEDLE[n]})
-    return [_COMPILED[i] for i in wanted] + always
+    return [_COMPILED[i] for i in wanted]
 
 
 def find(text: str) -> str | None:
@@ -87,13 +110,16 @@ def find(text: str) -> str | None:
     for name, rx, _keep in _candidates(text):
         if rx.search(text):
             return name
-    return None
+    found = _unprefixed(text)
+    return found[0][0] if found else None
 
 
 def redact(text: str) -> str:
     """``text`` with every secret replaced by ``[REDACTED]`` (what names it, like ``token=``, stays)."""
     for _name, rx, keep in _candidates(text):
         text = rx.sub(lambda m, k=keep: m.group(k) + MASK, text) if keep else rx.sub(MASK, text)
+    for _name, token in _unprefixed(text):
+        text = text.replace(token, MASK)
     return text
 
 
