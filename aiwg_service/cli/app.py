@@ -85,7 +85,7 @@ def reload(json: JsonOpt = False) -> None:
         return
     print("reloaded")
     for w in res.get("warnings", []):
-        print(f"warning: {w}")
+        print(render.safe(f"warning: {w}"))
 
 
 @project_app.command("add")

@@ -34,6 +34,12 @@ def safe(text: Any) -> str:
 _ESC = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+def text(value: Any) -> str:
+    """Multi-line text (an agent's answer) for a terminal: its lines kept, every other control character
+    (an escape sequence, a carriage return that would overwrite the line) escaped."""
+    return "\n".join(safe(line) for line in str(value).split("\n"))
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str = "(none)") -> None:
     if not rows:
         print(safe(empty))
@@ -67,4 +73,4 @@ def duration(seconds: float) -> str:
 
 def error(msg: str) -> None:
     # line by line: our own messages span lines (config errors); every other control character is escaped
-    sys.stderr.write("aiwgctl: " + "\n".join(safe(line) for line in str(msg).split("\n")) + "\n")
+    sys.stderr.write("aiwgctl: " + text(msg) + "\n")
