@@ -159,9 +159,10 @@ def config_check(
         print(f"warning: {w}")
     print(f"{target}: valid")
     if what:
-        print("needs trust before it runs anything (`aiwgctl trust`); it can run, as you:")
+        print("needs trust before it runs anything (`aiwgctl trust`); what it sets that a repository may not "
+              "set alone (it runs, sends, spends or listens as you):")
         for line in what:
-            print(f"  {line}")
+            print(render.safe(f"  {line}"))
 
 
 @app.command()
