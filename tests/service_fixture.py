@@ -123,6 +123,8 @@ class ServiceEnv:
                 return False
             try:
                 return bool(c.call("ping")["pong"])
+            except TimeoutError:  # still starting on a loaded machine: the probe is retried until the deadline
+                return False
             finally:
                 c.close()
 

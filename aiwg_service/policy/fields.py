@@ -45,6 +45,8 @@ DECLARED: dict[str, str] = {
     "budgets.service_monthly_usd": LOWER,
     "budgets.warn_at": INERT,
     "budgets.tz": INERT,
+    # a project's sandbox for a profile is intersected with the owner's (``sandbox.narrow``): it can only take away
+    "agents.*.sandbox": INERT,
 }
 
 

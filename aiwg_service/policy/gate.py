@@ -53,6 +53,8 @@ METHODS: dict[str, str] = {
     "budget.status": READ,
     "trace.get": READ,
     "executors.list": READ,
+    "sandbox.check": READ,
+    "doctor": READ,
     "task.submit": SUBMIT,
 }
 

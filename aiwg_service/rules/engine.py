@@ -748,11 +748,13 @@ class AutomationEngine:
         return {"approvals": self.approvals.list(state, root, params.limit)}
 
     def _rpc_decide(self, params: p.ApprovalDecideParams, conn: Any, approve: bool) -> dict[str, Any]:
-        """Decided over the local socket: ``via`` is ``cli``, whatever the params say (a caller cannot claim to
-        be a chat user an approval names); who is the peer's user, from SO_PEERCRED."""
+        """``via`` comes from the channel that delivered the decision, never from the params (a caller cannot
+        claim to be a chat user an approval names): a channel the service built says so (the dashboard: ``web``),
+        the local socket is ``cli``; who is the peer's user, from SO_PEERCRED."""
         by = _peer_name(conn)
+        via = getattr(conn, "channel", None) or "cli"
         try:
-            ap = self.approvals.decide(params.approvalId, approve, by, "cli", params.reason)
+            ap = self.approvals.decide(params.approvalId, approve, by, via, params.reason)
         except ApprovalNotFound as exc:
             raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: approvalId: {exc}", {"param": "approvalId"}) from None
         except ApprovalAlreadyDecided as exc:
