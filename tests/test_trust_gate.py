@@ -247,6 +247,8 @@ def test_an_agent_cannot_trust_approve_or_stop_from_inside_its_task(svc_env: Ser
     svc_env.write_project_config({"schedule": {"jobs": []},
                                   "rules": [{"id": "r", "triggers": [{"type": "x"}],
                                              "actions": [{"shell": f"echo x >> {marker}"}]}]}, trusted=False)
+    # the sandbox hides the socket unless the profile shows it: here it does, and the gate is what holds
+    write_service_config(svc_env, {"enabled": False}, agents={"claude": {"sandbox": {"socket": "read"}}})
     svc_env.start()
     sock = svc_env.socket
     for clear in ("", " clear-env"):
