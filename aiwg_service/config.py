@@ -29,7 +29,8 @@ import msgspec
 import msgspec.inspect as mi
 from msgspec import Meta, Struct, field
 
-from . import paths, redact, safefs
+from . import paths, safefs
+from .policy import redact
 
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit's RestartPreventExitStatus= names it
 
@@ -106,6 +107,16 @@ def register_section(name: str, type_: Any, default: Callable[[], Any], *, check
     global _document
     SECTIONS[name] = Section(name, type_, default, [check] if check else [], scan_secrets)
     _document = None
+
+
+#: Checks across files: ``check(service config, service file name, {project file name: config}) -> [line]``
+#: (each line ``file: path: problem``), run at start and at every reload, on what each project is served with.
+FilesCheck = Callable[[Any, str, dict[str, Any]], list[str]]
+FILES_CHECKS: list[FilesCheck] = []
+
+
+def add_files_check(check: FilesCheck) -> None:
+    FILES_CHECKS.append(check)
 
 
 def add_check(check: SemanticCheck) -> None:

@@ -45,7 +45,9 @@ def setup_logging(args: argparse.Namespace, log_cfg: config.LogConfig) -> None:
     root.setLevel(level)
     handler: logging.Handler
     if args.log_file:
-        handler = logging.handlers.RotatingFileHandler(
+        from .logsafe import PrivateRotatingFileHandler
+
+        handler = PrivateRotatingFileHandler(
             args.log_file, maxBytes=log_cfg.max_size_mb * 1024 * 1024, backupCount=log_cfg.max_files)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
     elif sd.under_journal():

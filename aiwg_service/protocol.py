@@ -199,7 +199,9 @@ class ApprovalListParams(Params):
 class ApprovalDecideParams(Params):
     approvalId: Annotated[str, Meta(min_length=1)]
     reason: Annotated[str, Meta(max_length=2000)] | None = None
-    via: Annotated[str, Meta(min_length=1, max_length=40)] = "rpc"  # how: cli, rpc (who comes from SO_PEERCRED)
+    #: ignored: the service sets ``via`` from the channel that delivered the decision (``cli`` for the socket),
+    #: so a local process cannot claim to be a chat user an approval names; kept so older clients still work
+    via: Annotated[str, Meta(min_length=1, max_length=40)] = "rpc"
 
 
 class WebhookTestParams(Params):
@@ -232,10 +234,13 @@ class ChatSendParams(Params):
     priority: Priority | None = None  # null or omitted: 5, the AIWG daemon's default (chat goes first)
     project: str | None = None
     conversation: str | None = None  # omitted: a new conversation
+    #: continue a conversation a chat bridge started (it becomes this terminal's; the chat gets a new one)
+    take: bool = False
 
 
 class ChatListParams(Params):
     project: str | None = None
+    terminal: bool = False  # only conversations started at a terminal (not by a chat bridge)
     limit: Limit = 50
 
 

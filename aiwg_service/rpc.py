@@ -103,6 +103,8 @@ class Connection(asyncio.BufferedProtocol):
         self.buf = bytearray()
         self.peer_pid: int | None = None
         self.peer_uid: int | None = None
+        #: who is calling (``policy.identity.Caller``), looked up by the gate on first need, then kept
+        self.caller: Any = None
         self.closed = asyncio.get_running_loop().create_future()
         self._close_callbacks: list[Callable[[], None]] = []
         self._drain_callbacks: list[Callable[[], None]] = []
@@ -407,6 +409,8 @@ class RpcServer:
         self.throttle = _Throttle()
         #: one listening socket per served project; its connections carry the project (``Connection.project``)
         self.project_servers: dict[str, asyncio.AbstractServer] = {}
+        #: the policy gate (``policy.gate.Gate.rpc_hook``): the reason a call is refused for its caller, or None
+        self.gate: Callable[[str, Any, Connection], str | None] | None = None
 
     def wake_starving(self, every: bool = False) -> None:
         """Read again from connections paused for the input budget: all of them once the total has
@@ -597,6 +601,11 @@ class RpcServer:
             return None if notification else p.encode_error(rid, err)
         if conn.project is not None and getattr(params, "project", False) is None:
             params.project = conn.project  # the connection says the project; an explicit one still wins
+        if self.gate is not None:
+            why = self.gate(req.method, params, conn)
+            if why is not None:
+                err = p.RpcError(p.NOT_ALLOWED, why, {"method": req.method})
+                return None if notification else p.encode_error(rid, err)
         if not self.accepting and req.method not in p.READ_ONLY:
             err = p.RpcError(p.SERVER_BUSY, "the service is stopping and takes no new work; retry once it is back")
             return None if notification else p.encode_error(rid, err)

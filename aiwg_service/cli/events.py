@@ -24,7 +24,7 @@ def _line(ev: dict[str, Any]) -> str:
     elif ev["type"] == "file.move" and data.get("from_path"):
         detail = f"{data['from_path']} -> {detail}"
     project = ev.get("project") or "-"
-    return f"{ev['time']}  {ev['type']:<16} {project}  {detail}".rstrip()
+    return render.safe(f"{ev['time']}  {ev['type']:<16} {project}  {detail}".rstrip())
 
 
 @events_app.callback(invoke_without_command=True)
