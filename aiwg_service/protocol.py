@@ -82,7 +82,8 @@ class Notification(Struct):
 
 
 class Event(Struct, omit_defaults=True):
-    """One event on the bus. ``id`` sorts by time; ``project`` is the root path or None."""
+    """One event on the bus. ``id`` sorts by time; ``project`` is the root path or None; ``seq`` is the bus's
+    sequence number, rising for the life of the state directory (0: never published, e.g. a rule test)."""
 
     id: str
     type: str
@@ -90,6 +91,7 @@ class Event(Struct, omit_defaults=True):
     project: str | None = None
     source: str = ""
     data: dict[str, Any] = {}
+    seq: int = 0
 
 
 # -- params: one Struct per method; unknown params are refused so that typos surface ----------------
@@ -216,16 +218,30 @@ class WebhookTestParams(Params):
 EventPattern = Annotated[str, Meta(max_length=256)]
 
 
+Seq = Annotated[int, Meta(ge=0, le=MAX_OFFSET)]
+
+
 class EventsListParams(Params):
     type: EventPattern | None = None  # exact type or wildcard pattern: file.*, *
     project: str | None = None
-    since: str | None = None  # an event id or an ISO-8601 time
+    since: Seq | str | None = None  # a sequence number, an event id or an ISO-8601 time
     limit: Limit = 100
+
+
+class EventsQueryParams(Params):
+    """Events after a sequence number, oldest first: how a follower catches up (``next`` pages on)."""
+
+    since: Seq | None = None  # omitted: the newest ``limit``
+    type: EventPattern | None = None
+    project: str | None = None
+    limit: Limit = 1000
 
 
 class EventsSubscribeParams(Params):
     type: EventPattern = "*"
     project: str | None = None
+    #: resume: first send every retained event after this sequence number (a ``gap`` first if some are gone)
+    since: Seq | None = None
 
 
 class EventIdParams(Params):
@@ -336,6 +352,7 @@ METHODS: dict[str, type[Params]] = {
     "events.dlq": NoParams,
     "events.replay": EventIdParams,
     "events.subscribe": EventsSubscribeParams,
+    "events.query": EventsQueryParams,
     "cron.list": NoParams,
     "chat.send": ChatSendParams,
     "messaging.status": NoParams,
@@ -358,13 +375,16 @@ METHODS: dict[str, type[Params]] = {
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
-                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
+                       "automation.status", "automation.trace", "events.list", "events.query", "events.dlq",
+                       "cron.list",
                        "messaging.status", "chat.list", "chat.history", "session.list", "session.capture",
                        "budget.status", "trace.get", "executors.list", "approval.list", "webhook.list",
                        "trust.show"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"
+#: A follower missed events that fell out of the history: ``{"from", "to", "lost"}`` (sequence numbers).
+NOTIFY_GAP = "events.gap"
 NOTIFY_TASK_OUTPUT = "task.output"
 
 def utc_now() -> str:
