@@ -465,8 +465,12 @@ class RpcServer:
             try:
                 line.decode()
             except UnicodeDecodeError as exc:
-                # the whole line is not JSON text, batch or not (RFC 8259 8.1): no id can be read from it
-                conn.send(p.encode_error(None, p.RpcError(p.PARSE_ERROR, f"Parse error: invalid UTF-8 at byte "
+                # the whole line is not JSON text, batch or not (RFC 8259 8.1); echo the id only if it reads
+                # intact (an id holding the bad bytes would come back mangled: null then)
+                rid = _salvage_id(line.decode("utf-8", "replace").encode())
+                if isinstance(rid, str) and "\ufffd" in rid:
+                    rid = None
+                conn.send(p.encode_error(rid, p.RpcError(p.PARSE_ERROR, f"Parse error: invalid UTF-8 at byte "
                                                                         f"{exc.start}")))
                 return
         first = line.lstrip()[:1]

@@ -100,11 +100,13 @@ def test_no_client_input_makes_an_internal_error(service: ServiceEnv) -> None:
     assert r["error"]["code"] == -32602 and r["error"]["data"]["param"] == "payload", r
     r = line(c, b'{"jsonrpc":"2.0","method":"webhook.test","id":4,"params":{"hookId":"h","event":"push\\r\\nX: 1"}}')
     assert r["error"]["code"] == -32602 and r["error"]["data"]["param"] == "event", r
-    # a line that is not UTF-8 is not JSON: no id can be read from it
+    # a line that is not UTF-8 is not JSON: an id holding the bad bytes is never echoed mangled
     r = line(c, b'{"jsonrpc":"2.0","method":"ping","id":"\xff\xfe"}')
     assert r == {"jsonrpc": "2.0", "id": None, "error": r["error"]} and r["error"]["code"] == -32700
-    r = line(c, b'{"jsonrpc":"2.0","method":"ping","id":7,"params":{"x":"\xc3"}}')
+    r = line(c, b'{"jsonrpc":"2.0","method":"ping","id":"a\xc3b"}')
     assert r["id"] is None and r["error"]["code"] == -32700
+    r = line(c, b'{"jsonrpc":"2.0","method":"ping","id":7,"params":{"x":"\xc3"}}')
+    assert r["id"] == 7 and r["error"]["code"] == -32700  # an intact id is still echoed
     # shallow nesting is fine
     r = line(c, b'{"jsonrpc":"2.0","method":"webhook.test","id":5,"params":{"hookId":"nope","payload":'
              + ("[" * 40 + "]" * 40).encode() + b"}}")

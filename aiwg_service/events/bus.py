@@ -272,6 +272,7 @@ class EventBus:
             "queue_depth": sum(len(s.queue) for s in self.subs),
             "subscribers": len(self.subs),
             "followers": len(self.followers),
+            "followers_behind": sum(1 for f in self.followers if f.cursor < self.kept.last_seq),
             "seq": self.kept.last_seq,
             "history": {"events": len(self.kept), "bytes": self.kept.bytes, "first_seq": self.kept.first_seq,
                         "evicted": self.kept.evicted, "max_events": self.kept.max_events,

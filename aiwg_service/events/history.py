@@ -9,11 +9,10 @@ The sequence itself survives restarts through ``SeqFile`` (journald's cursor is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
-
-from ..atomic import write_atomic
 
 log = logging.getLogger("aiwg.bus")
 
@@ -158,10 +157,14 @@ class SeqFile:
     def _write(self, value: int) -> None:
         if self.path is None:
             return
+        # replaced atomically but not fsynced: it must survive the process, not a power cut (after one,
+        # numbers may repeat; fsync here made every start wait on the disk)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            write_atomic(self.path, f"{value}\n".encode())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(f"{value}\n".encode())
+            os.replace(tmp, self.path)
         except OSError as exc:
             log.error("cannot record the event sequence in %s: %s", self.path, exc)
 
-
-Pins = Callable[[], int | None]
