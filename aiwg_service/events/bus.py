@@ -39,6 +39,7 @@ RETRY_DELAYS = (1.0, 2.0, 4.0)
 _counter = itertools.count()
 _probe = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)
+_new_kept = tuple.__new__  # a Kept from a tuple without NamedTuple's Python-level constructor (publish is hot)
 
 
 class Follower:
@@ -301,8 +302,10 @@ class EventBus:
             self.seqfile.reserve(seq)
         self.published += 1
         self.by_type[event.type] += 1
-        self.kept.append(Kept(seq, event.id, event.time, event.type, event.project, FRAME_HEAD + raw + FRAME_TAIL))
-        if self.kept.over:
+        kept = self.kept
+        kept.append(_new_kept(Kept, (seq, event.id, event.time, event.type, event.project,
+                                     FRAME_HEAD + raw + FRAME_TAIL)))
+        if kept.bytes > kept.max_bytes or len(kept._items) - kept._head > kept.max_events:
             self.trim()
         t = event.type
         for sub in self.subs:
@@ -323,7 +326,7 @@ class EventBus:
 
     def trim(self) -> None:
         """Bound the history; what a prompt follower has yet to read stays (within ``PIN_FACTOR``)."""
-        pinned = min((f.cursor for f in self.followers if f.prompt), default=None)
+        pinned = min((f.cursor for f in self.followers if f.prompt), default=None) if self.followers else None
         self.kept.trim(pinned)
 
     def subscribe(self, pattern: str, handler: Handler, *, name: str | None = None, max_queue: int = 10_000,

@@ -100,21 +100,30 @@ class History:
         return len(self) > self.max_events or self.bytes > self.max_bytes
 
     def trim(self, pinned: int | None = None) -> None:
-        """Evict the oldest events past the bounds, but not those above ``pinned`` (the lowest cursor of a
-        prompt follower) while the history stays under ``PIN_FACTOR`` times its byte bound."""
+        """Evict the oldest events past the bounds (down to 7/8 of them, so that this runs once per many
+        publishes), but not those above ``pinned`` (the lowest cursor of a prompt follower) while the
+        history stays under ``PIN_FACTOR`` times its bounds."""
         items = self._items
-        hard = self.max_bytes * PIN_FACTOR
-        while len(self) and self.over:
-            oldest = items[self._head]
-            if pinned is not None and oldest.seq > pinned and self.bytes <= hard \
-                    and len(self) <= self.max_events * PIN_FACTOR:
+        head = self._head
+        n = len(items) - head
+        size = self.bytes
+        max_events, max_bytes = self.max_events, self.max_bytes
+        if n <= max_events and size <= max_bytes:
+            return
+        low_events, low_bytes = max_events - max_events // 8, max_bytes - max_bytes // 8
+        hard_events, hard_bytes = max_events * PIN_FACTOR, max_bytes * PIN_FACTOR
+        while n and (n > low_events or size > low_bytes):
+            oldest = items[head]
+            if pinned is not None and oldest.seq > pinned and size <= hard_bytes and n <= hard_events:
                 break
-            self.bytes -= len(oldest.frame)
-            items[self._head] = None  # type: ignore[call-overload]  # freed now; compacted below
-            self._head += 1
-            self.evicted += 1
-        if self._head > 1024 and self._head * 2 > len(items):
-            del items[: self._head]
+            size -= len(oldest.frame)
+            items[head] = None  # type: ignore[call-overload]  # freed now; compacted below
+            head += 1
+            n -= 1
+        self.evicted += head - self._head
+        self._head, self.bytes = head, size
+        if head > 1024 and head * 2 > len(items):
+            del items[:head]
             self._head = 0
 
 
