@@ -44,10 +44,17 @@ class RpcFollower:
         return self._blocked_since is None or time.monotonic() - self._blocked_since < PROMPT_GRACE
 
     def wake(self) -> None:
+        """More events: send them now if the connection has room (no loop turn between a change and its
+        follower), else when it has."""
         if self._scheduled or self._blocked_since is not None:
             return
-        self._scheduled = True
-        asyncio.get_running_loop().call_soon(self._pump)
+        self._pump()
+
+    def _later(self) -> None:
+        """Go on in the next loop turn (this follower has had its share of this one)."""
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
 
     def close(self) -> None:
         self.bus.unfollow(self)
@@ -84,7 +91,7 @@ class RpcFollower:
                 conn.when_writable(self._unblock)
                 break
             if budget <= 0:
-                self.wake()
+                self._later()
                 break
         if kept.over:
             self.bus.trim()  # this follower may have been what held the history past its bounds
@@ -128,7 +135,7 @@ def register(rpc: RpcServer, bus: EventBus) -> None:
         follower = RpcFollower(bus, conn, params.type, params.project, cursor)
         bus.follow(follower)
         conn.on_close(follower.close)
-        follower.wake()  # after this reply: the reply goes out first, then the backlog (if resuming)
+        follower._later()  # after this reply: the reply goes out first, then the backlog (if resuming)
         return {"subscribed": True, "type": params.type, "project": params.project, "seq": cursor,
                 "first_seq": bus.kept.first_seq}
 
