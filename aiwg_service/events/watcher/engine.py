@@ -8,19 +8,23 @@ watch existed (``mkdir -p a/b/c && touch a/b/c/f``) are still reported.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from inotify_simple import INotify, flags
 
 from .filters import WatchSpec
-from .rescan import RESCAN_CTIME_SLACK_NS, Scanner
+from .rescan import RESCAN_CTIME_SLACK_NS, Scanner, ctime_slack
 from .settle import Emit, Settler
 from .table import NO_CHILDREN, NO_FILES, NO_SPECS, Dir, Root, Spec, WatchTable, max_user_watches
 from .table import isdir as is_dir
+
+#: The longest an overflow rescan holds the loop at a time (it goes on in the next turn).
+RESCAN_SLICE_S = 0.02
 
 log = logging.getLogger("aiwg.watcher")
 
@@ -77,6 +81,9 @@ class FileWatcher:
         self._last_read_ns = time.time_ns()
         self._recheck_timer: asyncio.TimerHandle | None = None
         self._recheck_ns = 0  # start of the previous re-check of unwatched directories (ctime watermark)
+        self._rescan: Iterator[None] | None = None  # an overflow rescan running in slices (reading paused)
+        self._rescan_handle: asyncio.Handle | None = None
+        self.rescan_turns = 0  # loop turns overflow rescans took (a big tree takes many short ones)
 
     # Tunables live in the settle step; these keep them where callers have always set them.
     @property
@@ -137,7 +144,7 @@ class FileWatcher:
         """Remove the reader, close the fd, cancel timers. Pending changes are dropped, not flushed."""
         if self.table.inotify is None:
             return
-        if self._loop is not None:
+        if self._loop is not None and self._rescan is None:  # (a running rescan removed it already)
             self._loop.remove_reader(self.table.inotify.fileno())
         for r in self._roots.values():
             self.settle.drop(r)
@@ -152,6 +159,10 @@ class FileWatcher:
         if self._recheck_timer is not None:
             self._recheck_timer.cancel()
             self._recheck_timer = None
+        if self._rescan_handle is not None:
+            self._rescan_handle.cancel()
+            self._rescan_handle = None
+        self._rescan = None
         self._moves.clear()
         self.table.close()
 
@@ -237,11 +248,12 @@ class FileWatcher:
                 "unwatched_dirs": len(unwatched),
                 "overflows": r.overflows,
                 "rescans": r.rescans,
-                "pending": len(r.pending),
+                "pending": len(r.pending) + (1 if self._rescan is not None else 0),  # a rescan is pending work
                 "events": dict(r.counts),
                 "last_error": last_error,
             }
-        return {"running": self.table.inotify is not None, "watches": len(self.table.by_wd), "roots": roots}
+        return {"running": self.table.inotify is not None, "watches": len(self.table.by_wd), "roots": roots,
+                "rescanning": self._rescan is not None, "rescan_turns": self.rescan_turns}
 
     # ---------------------------------------------------------------- reader
 
@@ -505,13 +517,18 @@ class FileWatcher:
     # ---------------------------------------------------------------- overflow
 
     def _overflow(self, since_ns: int) -> None:
-        """The kernel queue overflowed and events were lost: rescan every root against the view."""
+        """The kernel queue overflowed and events were lost: rescan every root against the view.
+
+        The walk runs in slices of at most ``RESCAN_SLICE_S`` (a tree of 100,000 files took a second), with
+        the inotify fd not read meanwhile: the kernel queues what happens during it, applied once the view
+        is whole again, so no event meets a half-refreshed view (and a second overflow means a second rescan).
+        """
         for away in self._moves.values():  # left their old names for sure; the rescan finds where they went
             self._gone_away(away)
         self._moves.clear()
-        watermark = since_ns - RESCAN_CTIME_SLACK_NS
         roots = [r for r in self._roots.values() if r.enabled and r.specs]
         log.warning("inotify event queue overflowed; rescanning %d root(s)", len(roots))
+        jobs: list[tuple[Root, Spec, int]] = []
         for r in roots:
             r.overflows += 1
             r.rescans += 1
@@ -528,11 +545,63 @@ class FileWatcher:
                             self._drop_tree(d, emit_deletes=True, rm=True)
                     self._activate(s, "sync")
                     continue
-                visited = self.scan.walk([s], s.abs, "rescan", watermark)
+                jobs.append((r, s, since_ns - ctime_slack(s.abs)))
+        self._log_limit()
+        if not jobs:
+            return
+        if self._rescan is not None:  # already rescanning (an injected overflow): this one joins it
+            self._rescan = itertools.chain(self._rescan, self._rescan_jobs(jobs))
+            return
+        self._rescan = self._rescan_jobs(jobs)
+        inotify = self.table.inotify
+        if self._loop is None or inotify is None:
+            for _ in self._rescan:
+                pass
+            self._rescan = None
+            return
+        self._loop.remove_reader(inotify.fileno())
+        self._rescan_turn()
+
+    def _rescan_jobs(self, jobs: list[tuple[Root, Spec, int]]) -> Iterator[None]:
+        for r, s, watermark in jobs:
+            visited: set[Dir] = set()
+            for _ in self.scan.walk_steps([s], s.abs, "rescan", watermark, visited=visited):
+                if self._roots.get(r.path) is not r or r.specs.get(s.spec) is not s or not s.active:
+                    break  # its root was removed or reconfigured meanwhile: that did its own scan
+                yield
+            else:
                 for d in list(s.dirs):
                     if d in s.dirs and d not in visited:
                         self._drop_tree(d, emit_deletes=True, rm=True)
+
+    def _rescan_turn(self) -> None:
+        """One slice of the rescan; the next on the next loop turn, or reading resumes when it is done."""
+        self._rescan_handle = None
+        gen = self._rescan
+        if gen is None:
+            return
+        self.rescan_turns += 1
+        until = time.perf_counter() + RESCAN_SLICE_S
+        settle_now = self.settle.now
+        self.settle.now = self._loop.time() if self._loop is not None else None
+        try:
+            for _ in gen:
+                if time.perf_counter() > until:
+                    assert self._loop is not None
+                    self._rescan_handle = self._loop.call_soon(self._rescan_turn)
+                    return
+        finally:
+            self.settle.now = settle_now
+        self._rescan = None
         self._log_limit()
+        inotify = self.table.inotify
+        if self._loop is not None and inotify is not None:
+            self._last_read_ns = time.time_ns()  # what the kernel queued meanwhile is read next, not lost
+            self._loop.add_reader(inotify.fileno(), self._on_readable)
+
+    @property
+    def rescanning(self) -> bool:
+        return self._rescan is not None
 
     # ---------------------------------------------------------------- watches
 

@@ -1,14 +1,15 @@
 """Scanning trees into the table: first watch, new directories, and the full rescan after a lost event.
 
 A rescan walks every tree against the view: new names are creates, missing names deletes, and files whose
-ctime is not older than the start of the previous read (minus ``RESCAN_CTIME_SLACK_NS``) are modifies. Lost
-events happened after that read, so no change is lost; a few recent files may be reported twice.
+ctime is not older than the start of the previous read (minus a slack for coarse timestamps, ``ctime_slack``)
+are modifies. Lost events happened after that read, so no change is lost; a few recent files may be reported
+twice. ``walk_steps`` yields after each directory, so the engine can run a big rescan in slices.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from sys import intern
 
 from .table import NO_FILES, Dir, Spec, WatchTable
@@ -16,6 +17,19 @@ from .table import NO_FILES, Dir, Spec, WatchTable
 #: After an overflow, files whose ctime is newer than (last clean read - slack) count as modified.
 #: The slack covers the coarse kernel timestamp clock and filesystems with 1 s timestamps.
 RESCAN_CTIME_SLACK_NS = 1_000_000_000
+#: The slack where timestamps have sub-second parts: the kernel's coarse clock lags by at most a tick (10 ms),
+#: so a file last changed before that is not reported modified by a rescan (the 1 s slack was reporting most
+#: files of a storm a second time).
+FINE_CTIME_SLACK_NS = 50_000_000
+
+
+def ctime_slack(path: str) -> int:
+    """The slack for the tree at ``path``: small if its timestamps have sub-second parts, else 1 s."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return RESCAN_CTIME_SLACK_NS
+    return FINE_CTIME_SLACK_NS if st.st_ctime_ns % 1_000_000_000 else RESCAN_CTIME_SLACK_NS
 
 Report = Callable[[Iterable[Spec], str, str, str], None]
 
@@ -31,6 +45,14 @@ class Scanner:
 
     def walk(self, specs: list[Spec], top: str, mode: str, since_ns: int | None = None,
              report: Report | None = None) -> set[Dir]:
+        """The whole walk at once (see ``walk_steps``); returns the directories visited."""
+        visited: set[Dir] = set()
+        for _ in self.walk_steps(specs, top, mode, since_ns, report, visited):
+            pass
+        return visited
+
+    def walk_steps(self, specs: list[Spec], top: str, mode: str, since_ns: int | None = None,
+                   report: Report | None = None, visited: set[Dir] | None = None) -> Iterator[None]:
         """Watch ``top`` and every non-pruned directory below it, refreshing the view.
 
         mode ``baseline``: record only. ``sync``: report files that are new to the view (a new
@@ -40,9 +62,10 @@ class Scanner:
         refuses are walked all the same (their ``Dir`` has no watch), so they are counted and seen.
         """
         report = report or self.report
-        visited: set[Dir] = set()
+        visited = set() if visited is None else visited
         stack: list[tuple[str, list[Spec], int]] = [(top, specs, 0)]
         while stack:
+            yield  # one directory per step: a caller may run the walk in slices
             path, sp, ino = stack.pop()
             d = self.table.register(path, sp, ino)
             if d is not None:
@@ -94,4 +117,3 @@ class Scanner:
                         continue
                     if changed:
                         report(owners, path, name, "modify")
-        return visited
