@@ -123,7 +123,7 @@ class ServiceEnv:
                 return False
             try:
                 return bool(c.call("ping")["pong"])
-            except (OSError, EOFError):  # a probe that timed out on a loaded machine: retried to the deadline
+            except (OSError, EOFError):  # still starting on a loaded machine: the probe is retried until the deadline
                 return False
             finally:
                 c.close()
