@@ -394,7 +394,7 @@ def test_differential_against_ground_truth(tmp_path: Path, seed: int) -> None:
         async def quiet() -> None:
             for _ in range(2):
                 await asyncio.sleep(DEBOUNCE_MS / 1000 + 0.05)
-                await until(lambda: not root.pending and not w._moves and not w.rescanning, timeout=30,
+                await until(lambda: not root.pending and not w._moves and not w.walking, timeout=30,
                             what="the watcher to settle")
 
         flooded = False

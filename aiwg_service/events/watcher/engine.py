@@ -81,9 +81,15 @@ class FileWatcher:
         self._last_read_ns = time.time_ns()
         self._recheck_timer: asyncio.TimerHandle | None = None
         self._recheck_ns = 0  # start of the previous re-check of unwatched directories (ctime watermark)
-        self._rescan: Iterator[None] | None = None  # an overflow rescan running in slices (reading paused)
-        self._rescan_handle: asyncio.Handle | None = None
-        self.rescan_turns = 0  # loop turns overflow rescans took (a big tree takes many short ones)
+        #: walks running in slices, reading paused meanwhile: an overflow rescan, a big new tree's first walk
+        self._walks: Iterator[None] | None = None
+        self._slice_handle: asyncio.Handle | None = None
+        self.walk_turns = 0  # loop turns the sliced walks took (a big tree takes many short ones)
+        #: walk new trees in slices too (the service: a project of 20,000 dirs held the loop 650 ms); tests
+        #: and tools that write right after ``set_root`` keep it off, so its walk is done when it returns
+        self.slice_walks = False
+        self.slice_s = RESCAN_SLICE_S
+        self._activating: set[Spec] = set()
 
     # Tunables live in the settle step; these keep them where callers have always set them.
     @property
@@ -144,7 +150,7 @@ class FileWatcher:
         """Remove the reader, close the fd, cancel timers. Pending changes are dropped, not flushed."""
         if self.table.inotify is None:
             return
-        if self._loop is not None and self._rescan is None:  # (a running rescan removed it already)
+        if self._loop is not None and self._walks is None:  # (a sliced walk under way removed it already)
             self._loop.remove_reader(self.table.inotify.fileno())
         for r in self._roots.values():
             self.settle.drop(r)
@@ -159,10 +165,11 @@ class FileWatcher:
         if self._recheck_timer is not None:
             self._recheck_timer.cancel()
             self._recheck_timer = None
-        if self._rescan_handle is not None:
-            self._rescan_handle.cancel()
-            self._rescan_handle = None
-        self._rescan = None
+        if self._slice_handle is not None:
+            self._slice_handle.cancel()
+            self._slice_handle = None
+        self._walks = None
+        self._activating.clear()
         self._moves.clear()
         self.table.close()
 
@@ -197,8 +204,12 @@ class FileWatcher:
                 continue
             if not enabled:
                 self._deactivate(s)
-            elif not s.active and s.wait_dir is None:
-                self._activate(s, "baseline")
+            elif not s.active and s.wait_dir is None and s not in self._activating:
+                if self.slice_walks and self._inside(s):
+                    self._activating.add(s)
+                    self._run_sliced(self._first_walk(s))
+                else:
+                    self._activate(s, "baseline")
         self._recheck()  # retry directories the watch limit refused (it may have been raised)
         self._log_limit()
 
@@ -248,12 +259,12 @@ class FileWatcher:
                 "unwatched_dirs": len(unwatched),
                 "overflows": r.overflows,
                 "rescans": r.rescans,
-                "pending": len(r.pending) + (1 if self._rescan is not None else 0),  # a rescan is pending work
+                "pending": len(r.pending) + (1 if self._walks is not None else 0),  # a sliced walk is pending work
                 "events": dict(r.counts),
                 "last_error": last_error,
             }
         return {"running": self.table.inotify is not None, "watches": len(self.table.by_wd), "roots": roots,
-                "rescanning": self._rescan is not None, "rescan_turns": self.rescan_turns}
+                "walking": self._walks is not None, "walk_turns": self.walk_turns}
 
     # ---------------------------------------------------------------- reader
 
@@ -534,7 +545,7 @@ class FileWatcher:
             r.rescans += 1
             self.settle.emit(r, "file.rescan", {"reason": "overflow", "event_type": "rescan"})
             for s in list(r.specs.values()):
-                if s.error:
+                if s.error or s in self._activating:  # (a first walk under way sees the tree as it is now)
                     continue
                 if not s.active:
                     self._activate(s, "sync")
@@ -549,18 +560,23 @@ class FileWatcher:
         self._log_limit()
         if not jobs:
             return
-        if self._rescan is not None:  # already rescanning (an injected overflow): this one joins it
-            self._rescan = itertools.chain(self._rescan, self._rescan_jobs(jobs))
+        self._run_sliced(self._rescan_jobs(jobs))
+
+    def _run_sliced(self, steps: Iterator[None]) -> None:
+        """Run ``steps`` (walks that yield after each directory) in slices of ``slice_s``, the inotify fd not
+        read until they are done; the first slice runs now (a small tree is done before this returns)."""
+        if self._walks is not None:  # already walking: this one goes after
+            self._walks = itertools.chain(self._walks, steps)
             return
-        self._rescan = self._rescan_jobs(jobs)
+        self._walks = steps
         inotify = self.table.inotify
         if self._loop is None or inotify is None:
-            for _ in self._rescan:
+            for _ in steps:
                 pass
-            self._rescan = None
+            self._walks = None
             return
         self._loop.remove_reader(inotify.fileno())
-        self._rescan_turn()
+        self._walk_turn()
 
     def _rescan_jobs(self, jobs: list[tuple[Root, Spec, int]]) -> Iterator[None]:
         for r, s, watermark in jobs:
@@ -574,25 +590,25 @@ class FileWatcher:
                     if d in s.dirs and d not in visited:
                         self._drop_tree(d, emit_deletes=True, rm=True)
 
-    def _rescan_turn(self) -> None:
+    def _walk_turn(self) -> None:
         """One slice of the rescan; the next on the next loop turn, or reading resumes when it is done."""
-        self._rescan_handle = None
-        gen = self._rescan
+        self._slice_handle = None
+        gen = self._walks
         if gen is None:
             return
-        self.rescan_turns += 1
-        until = time.perf_counter() + RESCAN_SLICE_S
+        self.walk_turns += 1
+        until = time.perf_counter() + self.slice_s
         settle_now = self.settle.now
         self.settle.now = self._loop.time() if self._loop is not None else None
         try:
             for _ in gen:
                 if time.perf_counter() > until:
                     assert self._loop is not None
-                    self._rescan_handle = self._loop.call_soon(self._rescan_turn)
+                    self._slice_handle = self._loop.call_soon(self._walk_turn)
                     return
         finally:
             self.settle.now = settle_now
-        self._rescan = None
+        self._walks = None
         self._log_limit()
         inotify = self.table.inotify
         if self._loop is not None and inotify is not None:
@@ -600,8 +616,28 @@ class FileWatcher:
             self._loop.add_reader(inotify.fileno(), self._on_readable)
 
     @property
-    def rescanning(self) -> bool:
-        return self._rescan is not None
+    def walking(self) -> bool:
+        """A sliced walk (rescan or first walk) is under way: events wait in the kernel until it is done."""
+        return self._walks is not None
+
+    def _first_walk(self, s: Spec) -> Iterator[None]:
+        """``_activate(s, "baseline")`` for a tree that exists, in steps (``slice_walks``)."""
+        r = s.root
+        since = time.time_ns() - 10_000_000  # less a tick of the kernel's coarse clock
+        try:
+            for _ in self.scan.walk_steps([s], s.abs, "baseline", since):
+                if self._roots.get(r.path) is not r or r.specs.get(s.spec) is not s or not r.enabled:
+                    return  # removed or reconfigured meanwhile
+                yield
+        finally:
+            self._activating.discard(s)
+        top = self.table.by_path.get(s.abs)
+        if top is not None and s in top.owners:
+            s.active = True
+        else:  # it moved or went while we walked: the usual way (wait for it, or walk it now)
+            self._activate(s, "sync")
+        self._recheck()
+        self._log_limit()
 
     # ---------------------------------------------------------------- watches
 
@@ -638,6 +674,14 @@ class FileWatcher:
                 return
             self._clear_wait(s)
             mode = "sync"
+
+    @staticmethod
+    def _inside(s: Spec) -> bool:
+        """The spec's directory exists and is inside its root (else ``_activate`` says why, or waits)."""
+        if not is_dir(s.abs):
+            return False
+        real = os.path.realpath(s.abs)
+        return real == s.root.path or real.startswith(s.root.path.rstrip("/") + "/")
 
     def _clear_wait(self, s: Spec) -> None:
         d = s.wait_dir

@@ -51,11 +51,28 @@ class Scanner:
             pass
         return visited
 
+    @staticmethod
+    def _appeared_since(d: Dir, path: str, names: set[str], since_ns: int, report: Report) -> None:
+        """Files of ``path`` created after ``since_ns`` (the directory's mtime says whether to look): a walk
+        that ran in slices found them before their directory was watched, so no event will tell of them."""
+        try:
+            if os.stat(path).st_mtime_ns < since_ns:
+                return
+        except OSError:
+            return
+        for name in names:
+            try:
+                if os.stat(os.path.join(path, name), follow_symlinks=False).st_ctime_ns >= since_ns:
+                    report(d.owners, path, name, "create")
+            except OSError:
+                continue
+
     def walk_steps(self, specs: list[Spec], top: str, mode: str, since_ns: int | None = None,
                    report: Report | None = None, visited: set[Dir] | None = None) -> Iterator[None]:
         """Watch ``top`` and every non-pruned directory below it, refreshing the view.
 
-        mode ``baseline``: record only. ``sync``: report files that are new to the view (a new
+        mode ``baseline``: record only (with ``since_ns``, a walk run in slices: also report files created
+        since then, in directories whose mtime shows a change). ``sync``: report files that are new to the view (a new
         directory -> all of its files) and files the view had that are gone: the scan supersedes
         queued events, which the engine then ignores where they contradict the view. ``rescan``: also
         report files whose ctime is at or after ``since_ns`` as modified. Directories the watch limit
@@ -103,6 +120,8 @@ class Scanner:
             old = d.files
             d.files = names if names else NO_FILES
             if mode == "baseline":
+                if since_ns is not None and names:  # a first walk in slices: what appeared while it ran
+                    self._appeared_since(d, path, names, since_ns, report)
                 continue
             owners = d.owners
             for name in names - old:
