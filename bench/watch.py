@@ -89,13 +89,18 @@ def running_service(base: Path, debounce_ms: int = 200) -> Iterator[tuple[subpro
 
 
 def service_rss(base: Path, expect_dirs: int) -> tuple[float, float]:
-    """Start the real service on ``base``; (seconds until every dir is watched, RSS MB once settled)."""
+    """Start the real service on ``base``; (seconds until every dir is watched, RSS MB once settled). Pings
+    meanwhile: the longest round trip while the tree is walked goes to ``FIG["walk_ping_max"]``."""
     t0 = time.perf_counter()
+    pings: list[float] = []
     with running_service(base) as (proc, sock):
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"aiwg-service exited with {proc.returncode}")
             try:
+                tp = time.perf_counter()
+                rpc(sock, "ping")
+                pings.append((time.perf_counter() - tp) * 1000)
                 st = rpc(sock, "daemon.status")["result"]["subsystems"]["watcher"]
                 if st.get("watched_dirs", 0) >= expect_dirs:
                     break
@@ -103,6 +108,8 @@ def service_rss(base: Path, expect_dirs: int) -> tuple[float, float]:
                 pass
             time.sleep(0.05)
         dt = time.perf_counter() - t0
+        FIG["walk_ping_max"] = max(pings[1:], default=0.0)  # (the first one waits for the service to start)
+        FIG["walk_pings"] = len(pings) - 1
         time.sleep(1.0)  # start-up garbage collected, first heartbeat done
         return dt, proc_rss_mb(proc.pid)
 
@@ -267,7 +274,9 @@ def bench_service_rss(n_dirs: int, peer: bool) -> None:
         dt, rss1 = service_rss(big, made)
         FIG["rss"] = rss1
         print(f"service RSS: base {rss0:.1f} MB (empty src/); after watching {made} dirs {rss1:.1f} MB "
-              f"(+{rss1 - rss0:.1f} MB; target < 50 MB); start to all watched {dt:.2f} s")
+              f"(+{rss1 - rss0:.1f} MB; target < 50 MB); start to all watched {dt:.2f} s; longest ping while "
+              f"the tree was walked {FIG.get('walk_ping_max', 0):.1f} ms ({FIG.get('walk_pings', 0):.0f} pings; "
+              f"last turn the walk held the loop 650 ms)")
         if not peer:
             return
         wm = Watchman(Path(tmp))
