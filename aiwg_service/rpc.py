@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from . import memtrim, paths, safefs
+from . import looplag, memtrim, paths, safefs
 from . import protocol as p
 
 log = logging.getLogger("aiwg.rpc")
@@ -461,6 +461,7 @@ class RpcServer:
 
     # -- dispatch ---------------------------------------------------------------------------------------
     def handle_line(self, line: bytes, conn: Connection) -> None:
+        looplag.poke()  # work arrived: measure how long the loop takes to get back to waiting
         if not line.isascii():
             try:
                 line.decode()

@@ -24,14 +24,16 @@ from typing import Any
 
 import msgspec
 
-from . import __version__, aiwg_shape, config, paths, pidfile, safefs, trust
+from . import __version__, aiwg_shape, config, faults, looplag, paths, pidfile, safefs, trust
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
-from .atomic import write_atomic
+from .atomic import LatestWriter, write_atomic
 from .config import Configs, Project, resolve_root
 from .events import api as events_api
 from .events.bus import EventBus
+from .operations import Operations, Stopping
+from .owned import OwnedTasks
 from .ports import Subsystem
 from .rpc import Connection, RpcServer, bind_socket
 
@@ -48,6 +50,15 @@ class RunOptions:
 
 class AlreadyRunning(RuntimeError):
     pass
+
+
+class ApplyFailed(RuntimeError):
+    """A subsystem refused a new config; the previous one was put back everywhere."""
+
+    def __init__(self, subsystem: str, error: BaseException) -> None:
+        super().__init__(f"{subsystem}: {error or type(error).__name__}")
+        self.subsystem = subsystem
+        self.error = error
 
 
 class Service:
@@ -69,7 +80,12 @@ class Service:
         self._lock_fd: int | None = None
         self._timers: list[asyncio.Task[None]] = []
         self._status_pending = False
-        self._reloading = asyncio.Lock()
+        self.ops = Operations()  # every change (reload, projects, trust, stop), one at a time
+        self.background = OwnedTasks("service", log)
+        self.loop_lag = looplag.LoopLag()
+        #: heartbeat and status rewrites of state.json, in a thread (stop drains it before the last write)
+        self._state_out = LatestWriter(self.state_dir / "state.json",
+                                       lambda exc: log.error("cannot write state.json: %s", exc))
         self.last_heartbeat: str | None = None
         self.trust_store = trust.TrustStore(self.state_dir)
         self._trust_announced: dict[str, tuple[str | None, str]] = {}
@@ -89,9 +105,10 @@ class Service:
                       self.registry_file(), exc)
             return []
 
-    def save_registry(self) -> None:
-        assert self.configs is not None
-        roots = sorted(r for r, pr in self.configs.projects.items() if pr.persistent)
+    def save_registry(self, configs: Configs | None = None) -> None:
+        configs = configs or self.configs
+        assert configs is not None
+        roots = sorted(r for r, pr in configs.projects.items() if pr.persistent)
         write_atomic(self.registry_file(), json.dumps({"projects": roots}, indent=2).encode() + b"\n")
 
     def load_project(self, root: str, persistent: bool) -> Project:
@@ -139,7 +156,8 @@ class Service:
         assert self.configs is not None
         pr = self.configs.projects.get(root)
         if pr is not None and sha256 is not None and pr.sha256 != sha256:
-            await self.reload()  # the user trusted what is on disk now: run that, not the older copy
+            # the user trusted what is on disk now: run that, not the older copy (already inside a change)
+            await self._reload()
         for project in self.configs.projects.values():
             self.assess_trust(project)
         self.announce_trust()
@@ -233,6 +251,7 @@ class Service:
         return self.configs
 
     async def start(self) -> None:
+        self.loop_lag.install()
         self.acquire_lock()
         self.configs = self.load_all()
         for w in self.configs.service_warnings:
@@ -253,11 +272,11 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        self._timers.append(asyncio.ensure_future(self._heartbeat()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self._timers.append(self.background.spawn(self._heartbeat(), "heartbeat"))
         interval = sd.watchdog_interval()
         if interval:
-            self._timers.append(asyncio.ensure_future(self._watchdog(interval)))
+            self._timers.append(self.background.spawn(self._watchdog(interval), "watchdog"))
         self.bus.subscribe("task.*", lambda _e: self.schedule_status(), name="status-line")
         self.write_state()
         # start-up objects live as long as the service: keep them out of every future GC pass
@@ -270,13 +289,26 @@ class Service:
     async def run(self) -> None:
         await self.start()
         await self.stop_event.wait()
-        await self.stop()
+        await self.ops.stop(self.stop)  # after the change in progress; later ones are refused
 
     def request_stop(self) -> None:
         if not self.stop_event.is_set():
             log.info("stopping")
             self.rpc.accepting = False
+            self.ops.stopping = True
             self.stop_event.set()
+
+    def _on_sighup(self) -> None:
+        if self.ops.stopping:
+            log.info("SIGHUP ignored: the service is stopping")
+            return
+        self.background.spawn(self._sighup_reload(), "SIGHUP reload")
+
+    async def _sighup_reload(self) -> None:
+        try:
+            await self.reload()  # refusals and failures are logged by the reload itself
+        except Stopping:
+            log.info("SIGHUP reload dropped: the service is stopping")
 
     async def stop(self) -> None:
         sd.notify_stopping()
@@ -285,6 +317,7 @@ class Service:
         sd.notify_extend_timeout((grace + 15) * 1_000_000)
         for t in self._timers:
             t.cancel()
+        await self.background.close()
         for sub in reversed(self.started):
             try:
                 await sub.stop()
@@ -293,46 +326,94 @@ class Service:
         self.started.clear()
         for root in self.configs.projects:
             self.remove_pid_file(root)
+        await self._state_out.drain()  # a heartbeat's rewrite in flight must not land after the last one
         self.write_state(stopped=True)
         if not self.socket_activated and safefs.is_socket(self.socket_path):  # never a file put in its place
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+        self.loop_lag.close()
         log.info("stopped")
 
-    async def apply_configs(self) -> None:
+    async def apply_configs(self, fault_point: str | None = None) -> None:
+        """Hand the configs in force to every started subsystem, in start order; the first refusal raises
+        ``ApplyFailed`` (``fault_point``: where a test may inject one, see ``faults``)."""
         assert self.configs is not None
         for sub in self.started:
             apply = getattr(sub, "apply", None)
-            if apply is not None:
+            if apply is None:
+                continue
+            try:
+                if fault_point is not None:
+                    faults.fail(fault_point, sub.name)
                 res = apply(self.configs)
                 if asyncio.iscoroutine(res):
                     await res
+            except Exception as exc:
+                raise ApplyFailed(sub.name, exc) from exc
         self.schedule_status()
 
+    async def switch_configs(self, new: Configs, what: str) -> None:
+        """Make ``new`` the config of every subsystem, or, when one refuses it, the previous one again in
+        every subsystem (those applied before the refusal too), then raise ``ApplyFailed``."""
+        old = self.configs
+        self.configs = new
+        try:
+            await self.apply_configs(fault_point=f"{what}.apply")
+        except ApplyFailed as exc:
+            log.error("%s: %s refused the new config (%s); restoring the previous config everywhere", what,
+                      exc.subsystem, exc.error or type(exc.error).__name__, exc_info=exc.error)
+            self.configs = old
+            for sub in self.started:
+                apply = getattr(sub, "apply", None)
+                if apply is None:
+                    continue
+                try:
+                    res = apply(old)
+                    if asyncio.iscoroutine(res):
+                        await res
+                except Exception:
+                    log.exception("%s: %s could not take the previous config back either", what, sub.name)
+            self.schedule_status()
+            raise
+
     async def reload(self) -> dict[str, Any]:
-        """Re-read every config file; apply only if all of it is valid, else keep the old one running."""
-        async with self._reloading:
-            sd.notify_reloading()
-            when = datetime.now(UTC).isoformat(timespec="seconds")
-            try:
-                new = self.load_all()
-            except config.ConfigError as exc:
-                self.last_reload = {"ok": False, "time": when, "errors": exc.errors}
-                for e in exc.errors:
-                    log.error("reload refused: %s", e)
-                sd.notify_status("reload refused: invalid config; old config still running · " + self.status_line())
-                sd.notify_ready()
-                return {"reloaded": False, "errors": exc.errors}
-            self.configs = new
-            await self.apply_configs()
-            self.announce_trust()
-            warnings = new.service_warnings + [w for pr in new.projects.values() for w in pr.warnings]
-            self.last_reload = {"ok": True, "time": when, "errors": [], "warnings": warnings}
-            self.write_state()
-            log.info("reloaded: %d project(s)", len(new.projects))
-            sd.notify_status(self.status_line())
+        """Re-read every config file and apply it, as one service-owned change (see ``operations``)."""
+        return await self.ops.run("daemon.reload", self._reload)
+
+    async def _reload(self) -> dict[str, Any]:
+        """Apply only if all of it is valid, else keep the old one running; a subsystem that refuses the new
+        config rolls it back everywhere. RELOADING=1 is always followed by READY=1."""
+        sd.notify_reloading()
+        try:
+            return await self._reload_inner()
+        finally:
             sd.notify_ready()
-            return {"reloaded": True, "errors": [], "warnings": warnings}
+
+    async def _reload_inner(self) -> dict[str, Any]:
+        when = datetime.now(UTC).isoformat(timespec="seconds")
+        try:
+            new = self.load_all()
+        except config.ConfigError as exc:
+            self.last_reload = {"ok": False, "time": when, "errors": exc.errors}
+            for e in exc.errors:
+                log.error("reload refused: %s", e)
+            sd.notify_status("reload refused: invalid config; old config still running · " + self.status_line())
+            return {"reloaded": False, "errors": exc.errors}
+        try:
+            await self.switch_configs(new, "reload")
+        except ApplyFailed as exc:
+            error = f"reload failed in {exc}; the previous config was restored"
+            self.last_reload = {"ok": False, "time": when, "errors": [error], "rolled_back": True}
+            self.write_state()
+            sd.notify_status(f"reload failed in {exc.subsystem}; old config restored · " + self.status_line())
+            return {"reloaded": False, "errors": [error], "rolled_back": True}
+        self.announce_trust()
+        warnings = new.service_warnings + [w for pr in new.projects.values() for w in pr.warnings]
+        self.last_reload = {"ok": True, "time": when, "errors": [], "warnings": warnings}
+        self.write_state()
+        log.info("reloaded: %d project(s)", len(new.projects))
+        sd.notify_status(self.status_line())
+        return {"reloaded": True, "errors": [], "warnings": warnings}
 
     # -- state, heartbeat, watchdog, status line --------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -360,6 +441,8 @@ class Service:
             "counts": {"requests": self.rpc.requests, "connections": len(self.rpc.connections),
                        "internal_errors": self.rpc.errors, "events": self.bus.published},
             "config": self.last_reload,
+            "loop": self.loop_lag.snapshot(),
+            "operations": {"current": self.ops.current, "done": self.ops.done, "stopping": self.ops.stopping},
             "status": self.status_line(),
         }
 
@@ -370,19 +453,26 @@ class Service:
         st.update(aiwg_shape.status(st["subsystems"], len(self.rpc.connections), problems))
         return st
 
-    def write_state(self, stopped: bool = False) -> None:
+    def write_state(self, stopped: bool = False, *, background: bool = False) -> None:
+        """``background``: the frequent rewrites (heartbeat, status changes) go through a worker thread;
+        the others (start, changes, stop) are written before this returns."""
         try:
             st = self.state()
             st["running"] = not stopped
             st["last_heartbeat"] = self.last_heartbeat
             st.update(aiwg_shape.state_file(st["subsystems"], aiwg_shape.issues(st["subsystems"], self.last_reload)))
-            write_atomic(self.state_dir / "state.json", msgspec.json.encode(st))
+            data = msgspec.json.encode(st)
+            if background:
+                self._state_out.submit(data)
+            else:
+                write_atomic(self.state_dir / "state.json", data)
         except OSError as exc:
             log.error("cannot write state.json: %s", exc)
 
     async def _heartbeat(self) -> None:
         hb = self.state_dir / "heartbeat"
         while True:
+            looplag.poke()  # the heartbeat's own work (health of every subsystem, state.json) is measured
             self.last_heartbeat = datetime.now(UTC).isoformat(timespec="seconds")
             try:
                 # rewritten in place (its mtime is what counts), created private whatever the umask
@@ -393,7 +483,7 @@ class Service:
                     os.close(fd)
             except OSError as exc:
                 log.error("cannot touch the heartbeat file: %s", exc)
-            self.write_state()
+            self.write_state(background=True)
             assert self.configs is not None
             await asyncio.sleep(self.configs.service.daemon.heartbeat_interval_seconds)
 
@@ -420,7 +510,7 @@ class Service:
         if untrusted:
             parts.append(f"{untrusted} untrusted (aiwgctl trust)")
         if not self.last_reload.get("ok", True):
-            parts.append("last reload refused")
+            parts.append("last reload failed" if self.last_reload.get("rolled_back") else "last reload refused")
         return " · ".join(parts)
 
     def schedule_status(self) -> None:
@@ -435,7 +525,7 @@ class Service:
             if self.configs is not None:
                 sd.notify_status(self.status_line())
                 if self.started:
-                    self.write_state()
+                    self.write_state(background=True)
 
         asyncio.get_running_loop().call_later(0.5, send)
 
@@ -498,8 +588,18 @@ class Service:
     def rpc_ping(_params: p.NoParams, _conn: Connection) -> dict[str, Any]:
         return {"pong": True, "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds")}
 
+    async def change(self, name: str, fn: Any) -> Any:
+        """Run ``fn`` as a service-owned change (see ``operations``); a caller that hangs up loses only the
+        reply. Refused with SERVER_BUSY once the service is stopping."""
+        try:
+            return await self.ops.run(name, fn)
+        except Stopping as exc:
+            raise p.RpcError(p.SERVER_BUSY, str(exc)) from None
+
     async def rpc_reload(self, _params: p.ReloadParams, _conn: Connection) -> dict[str, Any]:
-        result = await self.reload()
+        result = await self.change("daemon.reload", self._reload)
+        if result.get("rolled_back"):
+            raise p.RpcError(p.INTERNAL_ERROR, result["errors"][0], {"errors": result["errors"], "rolled_back": True})
         if not result["reloaded"]:
             raise p.RpcError(p.CONFIG_INVALID, "reload refused: invalid config; the old config keeps running",
                              {"errors": result["errors"]})
@@ -510,8 +610,32 @@ class Service:
         return {"projects": [pr.info() for pr in self.configs.projects.values()]}
 
     async def rpc_project_add(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
-        assert self.configs is not None
         root = resolve_root(params.path)
+        return await self.change("project.add", lambda: self._project_add(root))  # type: ignore[no-any-return]
+
+    def _save_registry_or_refuse(self, configs: Configs, what: str) -> None:
+        try:
+            self.save_registry(configs)
+        except OSError as exc:
+            raise p.RpcError(p.INTERNAL_ERROR, f"{what}: cannot write {self.registry_file()}: "
+                                               f"{exc.strerror or exc}; nothing changed") from None
+
+    async def _switch_projects(self, new: Configs, what: str) -> None:
+        """Disk first (the registry), then memory (every subsystem); a refusal puts both back."""
+        assert self.configs is not None
+        old = self.configs
+        self._save_registry_or_refuse(new, what)
+        try:
+            await self.switch_configs(new, what.split(" ", 1)[0])
+        except ApplyFailed as exc:
+            try:
+                self.save_registry(old)
+            except OSError as err:
+                log.error("%s: cannot restore %s: %s", what, self.registry_file(), err)
+            raise p.RpcError(p.INTERNAL_ERROR, f"{what} failed in {exc}; nothing changed") from None
+
+    async def _project_add(self, root: str) -> dict[str, Any]:
+        assert self.configs is not None
         existing = self.configs.projects.get(root)
         if existing is not None and existing.persistent:
             return {"added": False, "project": existing.info()}
@@ -520,10 +644,10 @@ class Service:
         except config.ConfigError as exc:
             raise p.RpcError(p.CONFIG_INVALID if Path(root).is_dir() else p.INVALID_PARAMS,
                              f"cannot add {root}: {exc.errors[0]}", {"param": "path", "errors": exc.errors}) from None
-        self.configs.projects[root] = project
-        self.save_registry()
+        old = self.configs
+        await self._switch_projects(Configs(old.service, old.service_warnings, {**old.projects, root: project}),
+                                    f"project.add {root}")
         self.link_project(root)
-        await self.apply_configs()
         self.write_state()
         log.info("project added: %s", root, extra={"PROJECT": root})
         self.bus.publish("project.added", root, {"path": root}, "service")
@@ -531,15 +655,19 @@ class Service:
         return {"added": True, "project": project.info()}
 
     async def rpc_project_remove(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
-        assert self.configs is not None
         root = resolve_root(params.path)
+        return await self.change("project.remove", lambda: self._project_remove(root))  # type: ignore[no-any-return]
+
+    async def _project_remove(self, root: str) -> dict[str, Any]:
+        assert self.configs is not None
         if root not in self.configs.projects:
             raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: path: {root} is not a registered project",
                              {"param": "path"})
-        del self.configs.projects[root]
-        self.save_registry()
+        old = self.configs
+        await self._switch_projects(Configs(old.service, old.service_warnings,
+                                            {r: pr for r, pr in old.projects.items() if r != root}),
+                                    f"project.remove {root}")
         self.unlink_project(root)
-        await self.apply_configs()
         self.write_state()
         log.info("project removed: %s", root, extra={"PROJECT": root})
         self.bus.publish("project.removed", root, {"path": root}, "service")
@@ -563,6 +691,9 @@ class Service:
         return self._describe(params.path)
 
     async def rpc_trust_allow(self, params: p.TrustParams, _conn: Connection) -> dict[str, Any]:
+        return await self.change("trust.allow", lambda: self._trust_allow(params))  # type: ignore[no-any-return]
+
+    async def _trust_allow(self, params: p.TrustParams) -> dict[str, Any]:
         d = self._describe(params.path)
         root = d["path"]
         if d["problem"]:
@@ -581,6 +712,9 @@ class Service:
 
     async def rpc_trust_revoke(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
         root = resolve_root(params.path)
+        return await self.change("trust.revoke", lambda: self._trust_revoke(root))  # type: ignore[no-any-return]
+
+    async def _trust_revoke(self, root: str) -> dict[str, Any]:
         try:
             had = self.trust_store.revoke(root)
         except OSError as exc:

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -168,11 +167,12 @@ def test_runs_as_pid1_reaps_and_stops_on_sigterm(svc_env: ServiceEnv) -> None:
     # an orphan re-parented to PID 1 is reaped, not left a zombie: spawn one inside the namespace
     init_pid = int(subprocess.check_output(["pgrep", "-P", str(proc.pid)], text=True).split()[0])
     subprocess.run(["nsenter", "-t", str(init_pid), "-p", "--", "sh", "-c", "sleep 0.1 & exit 0"], check=True)
-    time.sleep(0.5)
-    children = subprocess.run(["pgrep", "-P", str(init_pid), "-l"], capture_output=True, text=True).stdout
-    states = [Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
-              for pid in subprocess.run(["pgrep", "-P", str(init_pid)], capture_output=True, text=True).stdout.split()]
-    assert "Z" not in states, children
+
+    def reaped() -> bool:  # a zombie keeps its name: the orphan is gone only once init reaped it
+        children = subprocess.run(["pgrep", "-P", str(init_pid), "-l"], capture_output=True, text=True).stdout
+        return "sleep" not in children
+
+    wait_for(reaped, 10, what="the orphan to be reaped by our init")
     os.kill(init_pid, signal.SIGTERM)
     assert proc.wait(20) == 0
 

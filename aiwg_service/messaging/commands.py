@@ -195,10 +195,15 @@ class CommandRunner:
             await reply(OutMessage("/ask is not available: this service has no conversations.", reply=True))
             return
         cfg = self.section()
+        # awaited below, and cancelled with this command (the agent's turn itself is a task in the queue)
         turn = asyncio.ensure_future(self.ports.ask(inbound.chat_key, args))
-        done, _ = await asyncio.wait({turn}, timeout=cfg.working_notice_seconds)
-        if not done:
-            await reply(OutMessage("working…", reply=True))
+        try:
+            done, _ = await asyncio.wait({turn}, timeout=cfg.working_notice_seconds)
+            if not done:
+                await reply(OutMessage("working…", reply=True))
+        except BaseException:
+            turn.cancel()
+            raise
         try:
             answer = await asyncio.wait_for(turn, cfg.ask_timeout_seconds)
         except TimeoutError:

@@ -137,7 +137,6 @@ class AutomationEngine:
             # let a pending flush finish (at most flush_interval): cancelling it mid-write would leave its
             # thread writing while close() flushes on the same connection
             await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
         self.approvals.close()
         self.store.close()
 
@@ -148,15 +147,23 @@ class AutomationEngine:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_soon(), name="automation:flush")
 
     async def _flush_soon(self) -> None:
-        """Write the traces gathered over ``flush_interval`` in one transaction, off the event loop."""
-        await asyncio.sleep(self.flush_interval)
-        self._flusher = None  # traces added while we write schedule the next flush
+        """Write the traces gathered over ``flush_interval`` in one transaction, off the event loop.
+
+        The task stays ``_flusher`` until its write is done (and loops while traces came in meanwhile), so
+        ``stop`` waits for the write in its thread before it closes the database."""
         try:
-            batch = self.store.take()
-            if batch:
-                await asyncio.to_thread(self.store.write, batch)  # keeps SQLite off the event loop
-        except Exception:
-            log.exception("cannot write automation traces to %s", self.store.path)
+            while True:
+                await asyncio.sleep(self.flush_interval)
+                try:
+                    batch = self.store.take()
+                    if batch:
+                        await asyncio.to_thread(self.store.write, batch)  # keeps SQLite off the event loop
+                except Exception:
+                    log.exception("cannot write automation traces to %s", self.store.path)
+                if not self.store.pending:
+                    return
+        finally:
+            self._flusher = None
 
     def health(self) -> dict[str, Any]:
         states = list(self.states.values())

@@ -291,7 +291,10 @@ def register(
             return {"taskId": params.taskId, "cancelled": False, "state": None, "error": "no such task"}
         cancelled = supervisor().cancel(task.id)
         now = store().get(task.id) or task
-        return {"taskId": task.id, "cancelled": cancelled, "state": now.state.value}
+        out = {"taskId": task.id, "cancelled": cancelled, "state": now.state.value}
+        if cancelled and now.state is TaskState.running:
+            out["requested"] = True  # asked to stop: ``task.cancelled`` comes when it has exited
+        return out
 
     def task_list(params: p.TaskListParams, _conn: Connection) -> list[dict[str, Any]]:
         """An array, newest first, as the AIWG CLI iterates it; the next page is ``before`` = the last id."""
