@@ -77,6 +77,10 @@ class DaemonSection(Struct):
     max_rule_processes: Annotated[int, Meta(ge=1, le=256)] = 8
     #: Client connections open at once; one more is answered with an error and closed.
     max_connections: Annotated[int, Meta(ge=1, le=65_536)] = 256
+    #: The bus's history (what ``events.query {since}`` and a resuming follower can still fetch): at most this
+    #: many events and this many bytes of them, whichever is reached first.
+    event_history: Annotated[int, Meta(ge=100, le=1_000_000)] = 10_000
+    event_history_bytes: Annotated[int, Meta(ge=65_536, le=1 << 30)] = 8 * 1024 * 1024
     log: LogConfig = field(default_factory=LogConfig)
 
 

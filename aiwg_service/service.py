@@ -91,7 +91,7 @@ class Service:
         self.opts = opts
         self.state_dir = paths.state_dir()
         self.socket_path = paths.socket_path(opts.socket)
-        self.bus = EventBus(self.state_dir / "deadletters.json")
+        self.bus = EventBus(self.state_dir / "deadletters.json", seq_path=self.state_dir / "events.seq")
         self.rpc = RpcServer()
         self.subsystems: list[Subsystem] = []
         self.started: list[Subsystem] = []

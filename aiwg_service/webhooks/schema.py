@@ -51,6 +51,14 @@ class WebhookSection(Struct):
     hooks: list[Hook] = field(default_factory=list)
     max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = DEFAULT_MAX_BODY
     rate_limit: RateLimit = field(default_factory=RateLimit)
+    #: connections the listener holds at once, and from one source address (more are answered 503 and closed;
+    #: the fd limit less a reserve for the RPC socket caps the total too)
+    max_connections: Annotated[int, Meta(ge=1, le=65_536)] = 256
+    max_connections_per_source: Annotated[int, Meta(ge=1, le=65_536)] = 64
+    #: a request's headers must be complete this long after the connection (or the last answer), and the whole
+    #: request read and answered this long after its headers: else the connection is closed (slowloris)
+    header_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = 5.0
+    body_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = 10.0
 
 
 def secret_name(section: WebhookSection, hook: Hook) -> str:
