@@ -33,6 +33,11 @@ class Backoff:
         self.attempt = 0
 
 
+#: while a platform's server cannot be reached at all (refused, reset, DNS), retry at least this often, so
+#: inbound polling is back within 2 s of the server's return; errors the server answers back off to 60 s
+UNREACHABLE_CAP_S = 2.0
+
+
 class Host(Protocol):
     """The hub as a bridge sees it."""
 
@@ -41,6 +46,8 @@ class Host(Protocol):
     def receive(self, bridge: Bridge, inbound: Inbound, offset: int | None = None) -> bool: ...
 
     def ready(self, bridge: Bridge) -> None: ...
+
+    def back(self, bridge: Bridge) -> None: ...
 
 
 class Bridge:
@@ -68,6 +75,21 @@ class Bridge:
             except (OSError, UnicodeDecodeError):
                 value = ""
         return value
+
+    def retry_delay(self, unreachable: bool) -> float:
+        """The next reconnect delay: jittered, capped at 60 s, and at 2 s while the server is unreachable."""
+        d = self.backoff.next()
+        return min(d, UNREACHABLE_CAP_S) if unreachable else d
+
+    def connected(self, detail: str) -> None:
+        """The platform answered: connected (again). The first time, the hub finishes an earlier run's
+        commands; every time after a loss, the courier sends what waited."""
+        self.backoff.reset()
+        if self.state.state == "connected" and self.state.detail == detail:
+            return
+        self.state.state, self.state.detail = "connected", detail
+        self.host.ready(self)
+        self.host.back(self)
 
     def disable(self, why: str) -> None:
         self.state.enabled = False

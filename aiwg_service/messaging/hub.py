@@ -1,9 +1,12 @@
 """The messaging subsystem: bridges out (notify, subscriptions) and in (commands), one hub for all.
 
-Outbound: each bridge is its own bus subscriber (``messaging.<bridge>``), so a slow or failing platform
-never holds up the bus or the other bridges; a send that fails is retried by the bus with backoff and
-then dead-lettered like any other subscriber's event (``aiwgctl events replay`` re-sends it to that
-bridge). A permanent failure (a revoked token) is dead-lettered at once.
+Outbound: each bridge is its own bus subscriber (``messaging.<bridge>``), which only writes the messages
+an event makes into the bridge's outbox (``messaging.db``); the bridge's courier (``outbox``) sends them
+in order and removes each once the platform acknowledged it. A platform that is away keeps them waiting,
+across restarts too, and gets them when it is back; only a permanent refusal (a 403, an unknown chat)
+goes to the bus's dead-letter queue (``aiwgctl events replay`` queues it again). Answers to commands go
+through the same outbox, unless the platform has a faster path for them (an interaction response); if
+that path fails (Discord's interaction token expires after 15 minutes), the answer goes to the chat.
 
 Inbound: a bridge hands each command to ``receive``; the inbox (``messaging.db``) drops duplicates and
 remembers it; then the command is authenticated, rate-limited and run, each in its own task so a long
@@ -30,7 +33,8 @@ from ..events.bus import compile_pattern
 from ..protocol import Event
 from .bridge import Bridge
 from .commands import CommandRunner
-from .model import Button, Inbound, OutMessage, SendError, Severity
+from .model import Button, Inbound, OutMessage, Severity
+from .outbox import Courier, message_record
 from .ports import ServicePorts
 from .schema import BRIDGES, MessagingSection, Subscription, default_subscriptions
 from .store import MessagingStore
@@ -113,6 +117,7 @@ class MessagingSubsystem:
         self.section = MessagingSection()
         self.store: MessagingStore | None = None
         self.bridges: dict[str, Bridge] = {}
+        self.couriers: dict[str, Courier] = {}
         self._subs: dict[str, Any] = {}
         self._keys: dict[str, Any] = {}
         self._handling: set[asyncio.Task[None]] = set()
@@ -177,6 +182,8 @@ class MessagingSubsystem:
             self.bridges[name] = bridge
             self._keys[name] = key
             if bridge.state.enabled:
+                courier = self.couriers[name] = Courier(bridge, lambda: self.store, self._refused(name))
+                courier.start()
                 self._subs[name] = self.bus.subscribe("*", self._deliverer(bridge), name=f"messaging.{name}",
                                                       retries=self.section.retries)
 
@@ -184,6 +191,9 @@ class MessagingSubsystem:
         sub = self._subs.pop(name, None)
         if sub is not None:
             self.bus.unsubscribe(sub)
+        courier = self.couriers.pop(name, None)
+        if courier is not None:
+            await courier.stop()  # what it holds stays in the outbox for the next courier
         bridge = self.bridges.pop(name, None)
         if bridge is not None:
             try:
@@ -193,7 +203,12 @@ class MessagingSubsystem:
 
     # -- status ----------------------------------------------------------------------------------------
     def bridge_states(self) -> dict[str, dict[str, Any]]:
-        return {n: b.state.as_dict() for n, b in self.bridges.items()}
+        out = {n: b.state.as_dict() for n, b in self.bridges.items()}
+        if self.store is not None:
+            for n, st in out.items():
+                if st["enabled"]:
+                    st["outbox"] = self.store.outbox_state(n)
+        return out
 
     def health(self) -> dict[str, Any]:
         states = self.bridge_states()
@@ -234,24 +249,43 @@ class MessagingSubsystem:
         return []
 
     def _deliverer(self, bridge: Bridge) -> Callable[[Event], Any]:
-        sub_name = f"messaging.{bridge.name}"
-
-        async def deliver(event: Event) -> None:
+        def deliver(event: Event) -> None:
             for msg, target in self.route(event, bridge.name):
                 if target is None and not bridge.has_default_target():
                     continue
-                try:
-                    await bridge.send(msg, target)
-                except SendError as exc:
-                    bridge.state.send_failures += 1
-                    bridge.state.error(str(exc))
-                    if exc.permanent:
-                        log.error("messaging: %s cannot deliver %s: %s (not retried)", bridge.name, event.id, exc)
-                        self.bus.dead_letter(event, sub_name, f"SendError: {exc}", 1)
-                        continue
-                    raise
+                self.post(bridge, msg, target, msgspec.json.encode(event).decode())
 
         return deliver
+
+    def post(self, bridge: Bridge, msg: OutMessage, target: str | None, event: str | None = None) -> None:
+        """Queue a message in the bridge's outbox (durably, before any attempt) and wake its courier."""
+        if self.store is None:
+            return
+        _oid, dropped = self.store.put(bridge.name, target, message_record(msg), event, self.section.outbox_max)
+        if dropped:
+            log.warning("messaging: %s outbox is full (%d): dropped its %d oldest message(s)", bridge.name,
+                        self.section.outbox_max, dropped)
+        courier = self.couriers.get(bridge.name)
+        if courier is not None:
+            courier.kick()
+
+    def back(self, bridge: Bridge) -> None:
+        """A bridge is connected again: what waits in its outbox goes now, not after the courier's backoff."""
+        courier = self.couriers.get(bridge.name)
+        if courier is not None:
+            courier.kick()
+
+    def _refused(self, name: str) -> Callable[[str | None, str], None]:
+        def refused(event: str | None, error: str) -> None:
+            if event is None:
+                return
+            try:
+                ev = msgspec.json.decode(event, type=Event)
+            except msgspec.DecodeError:
+                return
+            self.bus.dead_letter(ev, f"messaging.{name}", error, 1)
+
+        return refused
 
     async def rpc_notify(self, params: Any, _conn: Any) -> dict[str, Any]:
         event = self.bus.publish("notify.request", None, {"message": params.message, "channel": params.channel,
@@ -311,12 +345,14 @@ class MessagingSubsystem:
             store.mark(bridge.name, inbound.key, "done")
 
     async def _reply(self, bridge: Bridge, inbound: Inbound, msg: OutMessage) -> None:
-        try:
-            if inbound.responder is not None:
+        """An answer goes through the platform's fast path if it has one, else (or if that fails: an
+        expired interaction token) into the outbox, to the chat that asked."""
+        if inbound.responder is not None:
+            try:
                 await inbound.responder(msg)
-            else:
-                await bridge.send(msg, inbound.chat_id)
-        except Exception as exc:
-            bridge.state.send_failures += 1
-            bridge.state.error(f"reply failed: {exc}")
-            log.error("messaging: could not answer %s on %s: %s", inbound.user_key, bridge.name, exc)
+                return
+            except Exception as exc:
+                bridge.state.error(f"reply failed: {exc}")
+                log.warning("messaging: could not answer %s on %s directly (%s); posting to the chat",
+                            inbound.user_key, bridge.name, exc)
+        self.post(bridge, msg, inbound.chat_id)

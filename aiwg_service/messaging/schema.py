@@ -92,6 +92,8 @@ class MessagingSection(Struct, forbid_unknown_fields=False):
     working_notice_seconds: Annotated[float, Meta(ge=0, le=3600)] = 5.0
     ask_timeout_seconds: Annotated[float, Meta(ge=1, le=86_400)] = 1800.0
     retries: Annotated[int, Meta(ge=0, le=10)] = 3
+    #: messages each bridge's outbox keeps while its platform is away; beyond it the oldest go (counted)
+    outbox_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
     slack: SlackBridge = field(default_factory=SlackBridge)
     discord: DiscordBridge = field(default_factory=DiscordBridge)
     telegram: TelegramBridge = field(default_factory=TelegramBridge)

@@ -100,6 +100,7 @@ class SlackBridge(Bridge):
 
         app_web = AsyncWebClient(token=self.app_token, base_url=self._base(), session=self.http)
         while True:
+            unreachable = False
             try:
                 who = await self.web.auth_test()
                 self.bot_user = str(who.get("user_id") or "")
@@ -128,13 +129,13 @@ class SlackBridge(Bridge):
             except Exception as exc:
                 self.state.error(f"{type(exc).__name__}: {exc}")
                 self.state.state, self.state.detail = "connecting", f"reconnecting after: {type(exc).__name__}"
+                unreachable = isinstance(exc, aiohttp.ClientConnectionError | OSError | TimeoutError)
             self.state.reconnects += 1
-            await asyncio.sleep(self.backoff.next())
+            await asyncio.sleep(self.retry_delay(unreachable))
 
     async def _on_message(self, client: Any, message: dict[str, Any], raw: str | None) -> None:
         if message.get("type") == "hello":
-            self.state.state, self.state.detail = "connected", "socket mode"
-            self.host.ready(self)
+            self.connected("socket mode")
         elif message.get("type") == "disconnect":
             self.state.state, self.state.detail = "connecting", f"slack asked to reconnect ({message.get('reason')})"
             self.state.reconnects += 1

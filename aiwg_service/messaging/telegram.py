@@ -87,25 +87,25 @@ class TelegramBridge(Bridge):
     # -- inbound: the long-poll loop -------------------------------------------------------------------
     async def _run(self) -> None:
         offset = self.host.store.offset(self.name)
-        ready_sent = False
+        webhook_cleared = False
+        verified = False  # getMe answered since the last failure
         while True:
             try:
-                if not self.username:
+                if not verified:
                     me = await self.call("getMe")
                     self.username = str((me or {}).get("username") or "")
-                    await self.call("deleteWebhook", {"drop_pending_updates": False})
+                    if not webhook_cleared:
+                        await self.call("deleteWebhook", {"drop_pending_updates": False})
+                        webhook_cleared = True
+                    verified = True
+                    self.connected(f"long polling as @{self.username}")
                 timeout = self.cfg.poll_timeout_seconds
                 payload: dict[str, Any] = {"timeout": timeout, "allowed_updates": ["message", "callback_query"]}
                 if offset is not None:
                     payload["offset"] = offset
-                if self.state.state != "connected":
-                    self.state.state, self.state.detail = "connected", f"long polling as @{self.username}"
-                    if not ready_sent:
-                        ready_sent = True
-                        self.host.ready(self)
                 # the HTTP timeout outlasts the poll timeout, so an idle poll ends on Telegram's side
                 updates = await self.call("getUpdates", payload, timeout=timeout + 15)
-                self.backoff.reset()
+                self.connected(f"long polling as @{self.username}")
                 if not isinstance(updates, list):
                     log.warning("messaging: telegram getUpdates answered %r; ignored", type(updates).__name__)
                     continue
@@ -114,6 +114,7 @@ class TelegramBridge(Bridge):
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
+                verified = False
                 if exc.status == 401 or (exc.status == 404 and "Not Found" in exc.description):
                     self.state.state = "error"
                     self.state.detail = "token rejected (401 Unauthorized): revoked or wrong; not retrying"
@@ -131,7 +132,7 @@ class TelegramBridge(Bridge):
                     self.state.detail = f"reconnecting after: {exc}"
                 self.state.error(str(exc))
                 self.state.reconnects += 1
-                delay = exc.retry_after if exc.retry_after else self.backoff.next()
+                delay = exc.retry_after if exc.retry_after else self.retry_delay(unreachable=exc.status == 0)
                 await asyncio.sleep(min(float(delay), 300.0))
 
     def _take(self, upd: Any, offset: int | None) -> int | None:
@@ -190,7 +191,10 @@ class TelegramBridge(Bridge):
 
         async def respond(msg: OutMessage) -> None:
             await self.send(msg, chat_id)
-            await self.edit(chat_id, message_id, fmt.cut(f"{original}{OUTCOME}{msg.text}", fmt.TELEGRAM_TEXT))
+            try:  # the answer went out: a failed edit must not send it twice
+                await self.edit(chat_id, message_id, fmt.cut(f"{original}{OUTCOME}{msg.text}", fmt.TELEGRAM_TEXT))
+            except SendError as exc:
+                log.warning("messaging: telegram could not update the approval prompt: %s", exc)
 
         return respond
 
