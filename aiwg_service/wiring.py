@@ -258,7 +258,24 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
 
     turns = TurnWaiter(core.bus)
 
-    async def ask(chat_key: str, text: str) -> str:
+    async def answer(task_id: str) -> str:
+        """The answer of a turn's task, once it is final (at once if it already is)."""
+        from .tasks.model import FINISHED_STATES
+
+        waiting = turns.wait(task_id)
+        now = store.store.get(task_id) if store.store is not None else None
+        if now is None:
+            raise RuntimeError(f"task {task_id} is unknown")
+        if now.state in FINISHED_STATES:
+            turns.waiting.pop(task_id, None)
+            task = now.to_dict()
+        else:
+            task = await waiting
+        if task.get("state") != "completed":
+            raise RuntimeError(task.get("error") or f"the turn ended {task.get('state')}")
+        return str(task.get("result") or "")
+
+    async def ask(chat_key: str, text: str, on_task: Callable[[str], None] | None = None) -> str:
         """One turn of the chat's own conversation (kept under its key: one resumed session per chat)."""
         from .chat.conversations import ChatError
 
@@ -267,12 +284,12 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
                                     project=core.configs().service.messaging.project)
         except ChatError as exc:
             raise AskRefused(str(exc)) from None
-        task = await turns.wait(sent.task_id)
-        if task.get("state") != "completed":
-            raise RuntimeError(task.get("error") or f"the turn ended {task.get('state')}")
-        return str(task.get("result") or "")
+        if on_task is not None:
+            on_task(sent.task_id)
+        return await answer(sent.task_id)
 
-    ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, ask=ask, decide=decide)
+    ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, ask=ask, decide=decide,
+                         answer=answer)
     return MessagingSubsystem(core.bus, core.rpc.register, core.configs, core.state_dir, ports)
 
 

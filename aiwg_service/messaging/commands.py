@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {  # name: (permission, usage, what 
     "reject": ("write", "/reject ID [reason]", "reject a pending approval"),
 }
 KNOWN = ", ".join(f"/{c}" for c in COMMANDS)
+#: how much of an answer fits one message on each platform (its limit, less room for escaping and the tail)
+ANSWER_ROOM = {"telegram": 3600, "discord": 1800, "slack": 2700}
 REFUSAL = "Sorry, you are not allowed to use this service. Ask its owner to add your user id ({user}) to its config."
 
 
@@ -55,6 +57,16 @@ def parse(text: str) -> tuple[str, str]:
         rest = more + (" " + rest if rest else "")
     word = word.split("@", 1)[0].lower()
     return word, rest.strip()
+
+
+def fit_answer(answer: str, platform: str, task_id: str | None) -> str:
+    """An answer too long for one message is cut, and says which task holds all of it and how to read it."""
+    room = ANSWER_ROOM.get(platform, 3600)
+    if len(answer) <= room:
+        return answer
+    where = f"aiwgctl task logs {task_id}" if task_id else "aiwgctl task list --source messaging"
+    tail = f"\n… (cut; the whole answer: {where})"
+    return answer[: room - len(tail)] + tail
 
 
 class RateLimiter:
@@ -194,16 +206,35 @@ class CommandRunner:
         if self.ports.ask is None:
             await reply(OutMessage("/ask is not available: this service has no conversations.", reply=True))
             return
+        task_ids: list[str] = []
+
+        def on_task(task_id: str) -> None:
+            task_ids.append(task_id)
+            if inbound.on_task is not None:
+                inbound.on_task(task_id)
+
+        turn = asyncio.ensure_future(self.ports.ask(inbound.chat_key, args, on_task))
+        await self._answer(inbound, turn, task_ids, reply)
+
+    async def resume_ask(self, inbound: Inbound, task_id: str, reply: Reply) -> None:
+        """An /ask whose turn a previous run of the service queued: its answer, once the turn is done."""
+        if self.ports.answer is None:
+            return
+        await self._answer(inbound, asyncio.ensure_future(self.ports.answer(task_id)), [task_id], reply,
+                           notice=False)
+
+    async def _answer(self, inbound: Inbound, turn: asyncio.Future[str], task_ids: list[str], reply: Reply,
+                      notice: bool = True) -> None:
         cfg = self.section()
-        turn = asyncio.ensure_future(self.ports.ask(inbound.chat_key, args))
         done, _ = await asyncio.wait({turn}, timeout=cfg.working_notice_seconds)
-        if not done:
+        if not done and notice:
             await reply(OutMessage("working…", reply=True))
         try:
             answer = await asyncio.wait_for(turn, cfg.ask_timeout_seconds)
         except TimeoutError:
+            where = f" (task {task_ids[-1]}: `aiwgctl task logs {task_ids[-1]}`)" if task_ids else ""
             await reply(OutMessage(f"No answer after {cfg.ask_timeout_seconds:g} s; the turn goes on in the "
-                                   f"background.", reply=True))
+                                   f"background{where}.", reply=True))
             return
         except AskRefused as exc:
             await reply(OutMessage(str(exc), reply=True))
@@ -211,7 +242,8 @@ class CommandRunner:
         except Exception as exc:
             await reply(OutMessage(f"The agent failed: {exc}", severity="warning", reply=True))
             return
-        await reply(OutMessage(answer or "(empty answer)", reply=True))
+        await reply(OutMessage(fit_answer(answer, inbound.platform, task_ids[-1] if task_ids else None)
+                               or "(empty answer)", reply=True))
 
     async def _decide(self, inbound: Inbound, args: str, reply: Reply, approve: bool) -> None:
         word = "approve" if approve else "reject"

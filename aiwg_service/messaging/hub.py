@@ -310,11 +310,14 @@ class MessagingSubsystem:
         if self.store is None or bridge.name in self._resumed:
             return
         self._resumed.add(bridge.name)
-        for key, state, rec in self.store.pending(bridge.name):
+        for key, state, rec, task_id in self.store.pending(bridge.name):
             inbound = Inbound(rec["platform"], rec["user_id"], rec["chat_id"], rec["text"], key, rec.get("display", ""))
             if state == "received":
                 log.info("messaging: running %s command %s received before a restart", bridge.name, key)
                 self._spawn(self.handle(bridge, inbound))
+            elif task_id:  # an /ask whose turn outlived the service (re-adopted): its answer is still owed
+                log.info("messaging: %s command %s: following its turn %s after a restart", bridge.name, key, task_id)
+                self._spawn(self._resume(bridge, inbound, task_id))
             else:
                 self.store.mark(bridge.name, key, "done")
                 text = (f"The service restarted while answering “{inbound.text[:100]}”, so this answer is lost. "
@@ -340,8 +343,20 @@ class MessagingSubsystem:
                 await reply(refusal)
             return
         store.mark(bridge.name, inbound.key, "started")
+        inbound.on_task = lambda task_id: store.set_task(bridge.name, inbound.key, task_id)
         await self.runner.run(inbound, reply)
         with contextlib.suppress(Exception):  # the store closes on stop; the reply went out already
+            store.mark(bridge.name, inbound.key, "done")
+
+    async def _resume(self, bridge: Bridge, inbound: Inbound, task_id: str) -> None:
+        store = self.store
+        assert store is not None
+
+        async def reply(msg: OutMessage) -> None:
+            await self._reply(bridge, inbound, msg)
+
+        await self.runner.resume_ask(inbound, task_id, reply)
+        with contextlib.suppress(Exception):
             store.mark(bridge.name, inbound.key, "done")
 
     async def _reply(self, bridge: Bridge, inbound: Inbound, msg: OutMessage) -> None:

@@ -44,6 +44,8 @@ class Inbound:
     #: the bridge's fast reply path for this one command (an interaction response); None: send to chat_id
     responder: Callable[[OutMessage], Awaitable[None]] | None = None
     received: float = field(default_factory=time.monotonic)
+    #: told the task id of the turn an /ask started (the inbox keeps it: the answer survives a restart)
+    on_task: Callable[[str], None] | None = None
 
     @property
     def user_key(self) -> str:

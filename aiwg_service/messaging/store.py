@@ -50,6 +50,9 @@ class MessagingStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(inbox)")}
+        if "task_id" not in cols:  # the turn an /ask queued: its answer is owed across a restart
+            self.db.execute("ALTER TABLE inbox ADD COLUMN task_id TEXT")
         self.db.execute("DELETE FROM inbox WHERE state IN ('done','refused') AND received < ?",
                         (time.time() - KEEP_DAYS * 86400,))
 
@@ -80,11 +83,15 @@ class MessagingStore:
         with self.db:
             self.db.execute("UPDATE inbox SET state = ? WHERE bridge = ? AND key = ?", (state, bridge, key))
 
-    def pending(self, bridge: str) -> list[tuple[str, str, dict[str, Any]]]:
-        """(key, state, record) of commands a previous run received but did not finish, oldest first."""
-        rows = self.db.execute("SELECT key, state, record FROM inbox WHERE bridge = ? AND state IN "
+    def set_task(self, bridge: str, key: str, task_id: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE inbox SET task_id = ? WHERE bridge = ? AND key = ?", (task_id, bridge, key))
+
+    def pending(self, bridge: str) -> list[tuple[str, str, dict[str, Any], str | None]]:
+        """(key, state, record, task id) of commands a previous run received but did not finish, oldest first."""
+        rows = self.db.execute("SELECT key, state, record, task_id FROM inbox WHERE bridge = ? AND state IN "
                                "('received','started') ORDER BY received", (bridge,)).fetchall()
-        return [(k, s, json.loads(r)) for k, s, r in rows]
+        return [(k, s, json.loads(r), t) for k, s, r, t in rows]
 
     def states(self, bridge: str) -> dict[str, str]:
         return dict(self.db.execute("SELECT key, state FROM inbox WHERE bridge = ?", (bridge,)).fetchall())
