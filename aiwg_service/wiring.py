@@ -253,7 +253,9 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
             return automation.approvals.decide(approval_id, approve, by, via, reason)
         except ApprovalNotFound:
             raise KeyError(approval_id) from None
-        except (ApprovalAlreadyDecided, ApprovalNotAllowed) as exc:
+        except ApprovalNotAllowed as exc:
+            raise PermissionError(str(exc)) from None
+        except ApprovalAlreadyDecided as exc:
             raise ValueError(str(exc)) from None
 
     turns = TurnWaiter(core.bus)

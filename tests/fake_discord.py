@@ -41,6 +41,7 @@ class FakeDiscord(ThreadedServer):
         self.delivered_seq = 0  # highest seq written to the current socket
         self.resume_overlap = 0
         self.messages: list[dict[str, Any]] = []  # POST /channels/{id}/messages
+        self.edits: list[dict[str, Any]] = []  # PATCH /channels/{id}/messages/{id}
         self.callbacks: list[dict[str, Any]] = []  # interaction callbacks
         self.followups: list[dict[str, Any]] = []  # webhook edits and posts, with "kind"
         self.commands: list[dict[str, Any]] = []
@@ -186,6 +187,14 @@ class FakeDiscord(ThreadedServer):
             with self.lock:
                 self.messages.append(msg)
             return self._json(msg)
+        if m == "PATCH" and len(parts) == 4 and parts[0] == "channels" and parts[2] == "messages":
+            with self.lock:
+                old = next((x for x in self.messages if x["id"] == parts[3] and x["channel_id"] == parts[1]), None)
+                if old is None:
+                    return self._json({"message": "Unknown Message", "code": 10008}, 404)
+                old.update({k: v for k, v in body.items() if k in ("content", "embeds", "components")})
+                self.edits.append({"id": parts[3], **body})
+            return self._json(old)
         if m == "POST" and len(parts) == 4 and parts[0] == "interactions" and parts[3] == "callback":
             with self.lock:
                 self.callbacks.append({"id": parts[1], "token": parts[2], **body})
@@ -194,7 +203,7 @@ class FakeDiscord(ThreadedServer):
             problem = self._invalid(body)
             if problem:
                 return self._json({"message": "Invalid Form Body", "code": 50035, "errors": problem}, 400)
-            kind = "edit" if m == "PATCH" else "followup"
+            kind = {"PATCH": "edit", "DELETE": "delete"}.get(m, "followup")
             msg = self._message("0", body)
             with self.lock:
                 self.followups.append({**body, "kind": kind, "token": parts[2]})

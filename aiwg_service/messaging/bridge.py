@@ -49,6 +49,8 @@ class Host(Protocol):
 
     def back(self, bridge: Bridge) -> None: ...
 
+    def command_of(self, text: str, addressed: bool) -> str | None: ...
+
 
 class Bridge:
     """One platform. ``start`` never raises: a bridge that cannot run says why in its state."""
@@ -121,9 +123,14 @@ class Bridge:
         if self.state.enabled:
             self.state.state = "stopped"
 
-    async def send(self, msg: OutMessage, target: str | None = None) -> None:
-        """Deliver one message (to ``target``, else the configured default); raise SendError on failure."""
+    async def send(self, msg: OutMessage, target: str | None = None) -> str | None:
+        """Deliver one message (to ``target``, else the configured default); raise SendError on failure.
+        Returns the platform's reference to the message (to edit it later), where it has one."""
         raise NotImplementedError
+
+    async def close_prompt(self, ref: str, msg: OutMessage, outcome: str) -> None:
+        """An approval prompt (sent as ``msg``, known as ``ref``) was decided: show the outcome below its
+        text and take its buttons away. Bridges that cannot edit messages do nothing."""
 
     def has_default_target(self) -> bool:
         return True

@@ -69,6 +69,22 @@ def fit_answer(answer: str, platform: str, task_id: str | None) -> str:
     return answer[: room - len(tail)] + tail
 
 
+def as_command(text: str, *, private: bool, plain_ask: bool) -> str | None:
+    """What a message means, the same on every platform: ``/cmd …`` is that command; a message that starts
+    with a command's name (``@bot status``) is that command; any other text in a private chat (or
+    addressed to the bot) is a question, ``/ask`` (unless ``plain_ask`` is off: then None, ignored)."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith("/"):
+        return text
+    if text.split(maxsplit=1)[0].lower() in COMMANDS:
+        return "/" + text
+    if plain_ask and private:
+        return "/ask " + text
+    return None
+
+
 class RateLimiter:
     """At most ``n`` commands per ``window`` seconds per user: a sliding window of timestamps."""
 
@@ -101,6 +117,19 @@ class CommandRunner:
         self.refused = 0
         self.limited = 0
         self.ran = 0
+        self._told: dict[str, float] = {}  # when each user was last told of a refusal (one per window)
+
+    def _once(self, user: str, text: str) -> OutMessage:
+        """A refusal, said once per rate-limit window to each user: a burst of 46 commands gets one answer
+        in the chat (the empty text says "say nothing more"; a button press still gets its private answer)."""
+        now = time.monotonic()
+        window = self.section().rate_limit.per_seconds
+        if now - self._told.get(user, -1e18) < window:
+            return OutMessage("", reply=True, private=True)
+        self._told[user] = now
+        if len(self._told) > 10_000:  # strangers must not grow it without bound
+            self._told = {u: t for u, t in self._told.items() if now - t < window}
+        return OutMessage(text, reply=True, private=True)
 
     def reconfigure(self) -> None:
         cfg = self.section()
@@ -116,21 +145,20 @@ class CommandRunner:
             self.refused += 1
             log.warning("messaging: refused a command from unlisted user %s (%r): %s", inbound.user_key,
                         inbound.display, inbound.text[:80])
-            if not self.limiter.allow("unlisted:" + inbound.user_key):
-                return OutMessage("", reply=True)  # do not become a reply amplifier
-            return OutMessage(REFUSAL.format(user=inbound.user_key), reply=True)
+            return self._once("unlisted:" + inbound.user_key, REFUSAL.format(user=inbound.user_key))
         if not self.limiter.allow(inbound.user_key):
             self.limited += 1
             log.warning("messaging: rate limit exceeded for %s", inbound.user_key)
             cfg = self.section().rate_limit
-            return OutMessage(f"Rate limit exceeded: at most {cfg.commands} commands per {cfg.per_seconds} s.",
-                              reply=True)
+            return self._once("limited:" + inbound.user_key,
+                              f"Rate limit exceeded: at most {cfg.commands} commands per {cfg.per_seconds} s; "
+                              f"further commands in this window are ignored.")
         name, _ = parse(inbound.text)
         need = COMMANDS.get(name, ("read",))[0]
         if need == "write" and perm != "write":
             self.refused += 1
             log.warning("messaging: %s has read permission only; refused /%s", inbound.user_key, name)
-            return OutMessage(f"/{name} needs write permission; you have read.", reply=True)
+            return OutMessage(f"/{name} needs write permission; you have read.", reply=True, private=True)
         return None
 
     async def run(self, inbound: Inbound, reply: Reply) -> None:
@@ -259,6 +287,9 @@ class CommandRunner:
                                           reason.strip() or None)
         except KeyError:
             await reply(OutMessage(f"No pending approval {approval_id}.", reply=True))
+            return
+        except PermissionError as exc:  # not one of its approvers: told privately, the buttons stay
+            await reply(OutMessage(f"Approval {approval_id}: {exc}", reply=True, private=True))
             return
         except ValueError as exc:
             await reply(OutMessage(f"Approval {approval_id}: {exc}", reply=True))

@@ -204,11 +204,11 @@ class DiscordBridge(Bridge):
         mentioned = client.user is not None and any(u.id == client.user.id for u in message.mentions)
         if not (is_dm or mentioned):
             return None
-        text = _MENTION.sub("", message.content or "").strip()
-        if not text:
+        command = self.host.command_of(_MENTION.sub("", message.content or ""), True)
+        if command is None:
             return None
-        return Inbound("discord", str(message.author.id), str(message.channel.id),
-                       text if text.startswith("/") else "/" + text, f"msg:{message.id}", str(message.author))
+        return Inbound("discord", str(message.author.id), str(message.channel.id), command, f"msg:{message.id}",
+                       str(message.author))
 
     async def _from_interaction(self, client: Any, interaction: Any) -> Inbound | None:
         import discord
@@ -246,8 +246,20 @@ class DiscordBridge(Bridge):
                                  webhook_id=app_id, webhook_token=token)
             self.state.messages_out += 1
 
+        async def private(msg: OutMessage) -> None:
+            """Ephemeral: only the one who typed or pressed sees it. A slash command's public "thinking…"
+            goes, so nothing public is left for a refused command; a pressed button keeps its message."""
+            if time.monotonic() - born > INTERACTION_TOKEN_S:
+                raise SendError("discord: the interaction token has expired", permanent=True)
+            await self._rest("POST", "/webhooks/{webhook_id}/{webhook_token}", {**fmt.discord(msg), "flags": 64},
+                             webhook_id=app_id, webhook_token=token)
+            if first[0]:
+                first[0] = False
+                await self._rest("DELETE", "/webhooks/{webhook_id}/{webhook_token}/messages/@original", {},
+                                 webhook_id=app_id, webhook_token=token)
+
         return Inbound("discord", str(interaction.user.id), str(interaction.channel_id), text,
-                       f"int:{interaction.id}", str(interaction.user), responder=respond)
+                       f"int:{interaction.id}", str(interaction.user), responder=respond, private_reply=private)
 
     # -- outbound ------------------------------------------------------------------------------------------
     async def _rest(self, method: str, path: str, body: dict[str, Any], **params: Any) -> Any:
@@ -267,9 +279,17 @@ class DiscordBridge(Bridge):
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise SendError(f"discord {method} {path}: {type(exc).__name__}: {exc}") from None
 
-    async def send(self, msg: OutMessage, target: str | None = None) -> None:
+    async def send(self, msg: OutMessage, target: str | None = None) -> str | None:
         channel = target or self.channel_id
         if not channel:
             raise SendError("discord: no channel: set $" + self.cfg.channel_id_env, permanent=True)
-        await self._rest("POST", "/channels/{channel_id}/messages", fmt.discord(msg), channel_id=channel)
+        sent = await self._rest("POST", "/channels/{channel_id}/messages", fmt.discord(msg), channel_id=channel)
         self.state.messages_out += 1
+        mid = sent.get("id") if isinstance(sent, dict) else None
+        return f"{channel}:{mid}" if mid else None
+
+    async def close_prompt(self, ref: str, msg: OutMessage, outcome: str) -> None:
+        channel, _, mid = ref.rpartition(":")
+        body = fmt.discord(OutMessage(f"{msg.text}\n→ {outcome}", msg.title, msg.severity, [], msg.reply))
+        await self._rest("PATCH", "/channels/{channel_id}/messages/{message_id}", {**body, "components": []},
+                         channel_id=channel, message_id=mid)

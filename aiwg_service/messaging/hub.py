@@ -32,9 +32,9 @@ import msgspec
 from ..events.bus import compile_pattern
 from ..protocol import Event
 from .bridge import Bridge
-from .commands import CommandRunner
+from .commands import CommandRunner, as_command
 from .model import Button, Inbound, OutMessage, Severity
-from .outbox import Courier, message_record
+from .outbox import Courier, message_of, message_record
 from .ports import ServicePorts
 from .schema import BRIDGES, MessagingSection, Subscription, default_subscriptions
 from .store import MessagingStore
@@ -118,6 +118,7 @@ class MessagingSubsystem:
         self.store: MessagingStore | None = None
         self.bridges: dict[str, Bridge] = {}
         self.couriers: dict[str, Courier] = {}
+        self._decided_sub: Any = None
         self._subs: dict[str, Any] = {}
         self._keys: dict[str, Any] = {}
         self._handling: set[asyncio.Task[None]] = set()
@@ -132,10 +133,14 @@ class MessagingSubsystem:
     async def start(self) -> None:
         self.store = MessagingStore(self.state_dir)
         self.running = True
+        self._decided_sub = self.bus.subscribe("approval.*", self._on_approval, name="messaging.prompts")
         await self.apply(self.configs())
 
     async def stop(self) -> None:
         self.running = False
+        if self._decided_sub is not None:
+            self.bus.unsubscribe(self._decided_sub)
+            self._decided_sub = None
         if self._handling:  # commands in flight get a moment to answer; the inbox covers the rest
             await asyncio.wait(set(self._handling), timeout=STOP_GRACE_S)
         for t in list(self._handling):
@@ -275,6 +280,29 @@ class MessagingSubsystem:
         if courier is not None:
             courier.kick()
 
+    def _on_approval(self, event: Event) -> None:
+        """An approval was decided (from any chat, the CLI, a rule's expiry): every prompt for it, on every
+        bridge, shows the outcome and loses its buttons, so nobody presses a stale one."""
+        state = event.type.rpartition(".")[2]
+        if state not in ("approved", "rejected", "expired") or self.store is None:
+            return
+        aid = str(event.data.get("approval_id") or event.data.get("id") or "")
+        who = event.data.get("decided_by")
+        outcome = f"{state}" + (f" by {who}" if who and state != "expired" else "")
+        for name, ref, rec in self.store.prompts(aid):
+            bridge = self.bridges.get(name)
+            if bridge is not None:
+                self._spawn(self._close_prompt(bridge, aid, ref, rec, outcome))
+
+    async def _close_prompt(self, bridge: Bridge, aid: str, ref: str, rec: dict[str, Any], outcome: str) -> None:
+        try:
+            await bridge.close_prompt(ref, message_of(rec), outcome)
+        except Exception as exc:
+            log.warning("messaging: %s could not update the prompt of approval %s: %s", bridge.name, aid, exc)
+            return
+        if self.store is not None:
+            self.store.prompt_closed(bridge.name, aid, ref)
+
     def _refused(self, name: str) -> Callable[[str | None, str], None]:
         def refused(event: str | None, error: str) -> None:
             if event is None:
@@ -324,6 +352,14 @@ class MessagingSubsystem:
                         f"Send it again if you still need it.")
                 self._spawn(self._reply(bridge, inbound, OutMessage(text, reply=True)))
 
+    def command_of(self, text: str, addressed: bool) -> str | None:
+        """The command a message means, the same rule for every bridge (``commands.as_command``);
+        ``addressed``: a private chat, or a message that mentions the bot."""
+        cmd = as_command(text, private=addressed, plain_ask=self.section.plain_messages_ask)
+        if cmd is None and addressed and text.strip():
+            log.info("messaging: ignored a plain message (messaging.plain_messages_ask is off): %.60r", text)
+        return cmd
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._handling.add(task)
@@ -341,6 +377,10 @@ class MessagingSubsystem:
             store.mark(bridge.name, inbound.key, "refused")
             if refusal.text:
                 await reply(refusal)
+            elif inbound.private_reply is not None:  # told already; a press or interaction still gets an answer
+                with contextlib.suppress(Exception):
+                    await inbound.private_reply(OutMessage("Refused (see the earlier message).", reply=True,
+                                                           private=True))
             return
         store.mark(bridge.name, inbound.key, "started")
         inbound.on_task = lambda task_id: store.set_task(bridge.name, inbound.key, task_id)
@@ -361,8 +401,16 @@ class MessagingSubsystem:
 
     async def _reply(self, bridge: Bridge, inbound: Inbound, msg: OutMessage) -> None:
         """An answer goes through the platform's fast path if it has one, else (or if that fails: an
-        expired interaction token) into the outbox, to the chat that asked."""
-        if inbound.responder is not None:
+        expired interaction token) into the outbox, to the chat that asked. A private answer (a refusal)
+        goes only to the one who acted where the platform can."""
+        if msg.private and inbound.private_reply is not None:
+            try:
+                await inbound.private_reply(msg)
+                return
+            except Exception as exc:
+                log.warning("messaging: could not answer %s privately on %s (%s); answering in the chat",
+                            inbound.user_key, bridge.name, exc)
+        elif inbound.responder is not None:
             try:
                 await inbound.responder(msg)
                 return

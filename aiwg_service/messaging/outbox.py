@@ -33,7 +33,7 @@ def message_record(msg: OutMessage) -> dict[str, Any]:
 def message_of(rec: dict[str, Any]) -> OutMessage:
     buttons = [Button(str(b["label"]), b["action"], str(b["value"])) for b in rec.get("buttons") or []]
     return OutMessage(str(rec.get("text", "")), rec.get("title"), rec.get("severity", "info"), buttons,
-                      bool(rec.get("reply")))
+                      bool(rec.get("reply")), bool(rec.get("private")))
 
 
 class Courier:
@@ -80,7 +80,7 @@ class Courier:
                 continue
             oid, target, rec, _attempts, event = head
             try:
-                await self.bridge.send(message_of(rec), target)
+                ref = await self.bridge.send(message_of(rec), target)
             except asyncio.CancelledError:
                 raise
             except SendError as exc:
@@ -104,3 +104,5 @@ class Courier:
                 continue
             store.sent(oid)
             self.backoff.reset()
+            if ref and rec.get("buttons"):  # an approval prompt: remembered, so any decision updates it
+                store.prompt_sent(name, str(rec["buttons"][0]["value"]), ref, rec)

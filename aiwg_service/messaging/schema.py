@@ -89,6 +89,8 @@ class MessagingSection(Struct, forbid_unknown_fields=False):
     subscriptions: list[Subscription] | None = None  # None: the defaults above (service file) / none (project)
     #: the project /ask conversations work in; default: the only project served
     project: str | None = None
+    #: a message without a leading ``/`` in a private chat (or addressed to the bot) is a question (/ask)
+    plain_messages_ask: bool = True
     working_notice_seconds: Annotated[float, Meta(ge=0, le=3600)] = 5.0
     ask_timeout_seconds: Annotated[float, Meta(ge=1, le=86_400)] = 1800.0
     retries: Annotated[int, Meta(ge=0, le=10)] = 3

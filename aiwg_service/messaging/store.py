@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_bridge ON outbox (bridge, id);
 CREATE TABLE IF NOT EXISTS outbox_dropped (bridge TEXT PRIMARY KEY, count INTEGER NOT NULL);
+-- approval prompts sent, so a decision from anywhere (another chat, the CLI) updates them all
+CREATE TABLE IF NOT EXISTS prompts (
+    bridge TEXT NOT NULL, approval_id TEXT NOT NULL, ref TEXT NOT NULL, message TEXT NOT NULL, sent REAL NOT NULL,
+    PRIMARY KEY (bridge, approval_id, ref)
+);
 """
 KEEP_DAYS = 7
 
@@ -55,6 +60,7 @@ class MessagingStore:
             self.db.execute("ALTER TABLE inbox ADD COLUMN task_id TEXT")
         self.db.execute("DELETE FROM inbox WHERE state IN ('done','refused') AND received < ?",
                         (time.time() - KEEP_DAYS * 86400,))
+        self.db.execute("DELETE FROM prompts WHERE sent < ?", (time.time() - 30 * 86400,))
 
     def close(self) -> None:
         self.db.close()
@@ -135,3 +141,20 @@ class MessagingStore:
         row = self.db.execute("SELECT count FROM outbox_dropped WHERE bridge = ?", (bridge,)).fetchone()
         return {"queued": int(depth), "oldest_age_s": round(time.time() - oldest, 1) if oldest else None,
                 "dropped": int(row[0]) if row else 0}
+
+    # -- approval prompts ------------------------------------------------------------------------------
+    def prompt_sent(self, bridge: str, approval_id: str, ref: str, message: dict[str, Any]) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO prompts (bridge, approval_id, ref, message, sent) "
+                            "VALUES (?,?,?,?,?)", (bridge, approval_id, ref, json.dumps(message), time.time()))
+
+    def prompts(self, approval_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(bridge, ref, message) of every prompt sent for an approval."""
+        rows = self.db.execute("SELECT bridge, ref, message FROM prompts WHERE approval_id = ?",
+                               (approval_id,)).fetchall()
+        return [(b, r, json.loads(m)) for b, r, m in rows]
+
+    def prompt_closed(self, bridge: str, approval_id: str, ref: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM prompts WHERE bridge = ? AND approval_id = ? AND ref = ?",
+                            (bridge, approval_id, ref))

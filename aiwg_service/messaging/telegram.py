@@ -158,52 +158,66 @@ class TelegramBridge(Bridge):
         if "callback_query" in upd:
             cq = upd["callback_query"]
             action, _, value = str(cq.get("data") or "").partition(":")
-            self.spawn(self._answer_callback(cq["id"]))
             verb = {"a": "approve", "r": "reject"}.get(action)
             if verb is None or not value:
+                self.spawn(self._answer_callback(cq["id"], ""))
                 return None
             prompt = cq.get("message") or {}
             chat = prompt.get("chat") or {}
             sender = cq["from"]
             chat_id = str(chat.get("id", sender["id"]))
+            answered = [False]  # Telegram takes one answer per press: the outcome, or a refusal as an alert
+
+            async def private(msg: OutMessage) -> None:
+                if not answered[0]:
+                    answered[0] = True
+                    await self._answer_callback(cq["id"], msg.text, alert=True)
+
             responder = None
             if isinstance(prompt.get("message_id"), int):
-                responder = self._decision_responder(chat_id, prompt["message_id"], str(prompt.get("text") or ""))
+                responder = self._decision_responder(chat_id, prompt["message_id"], str(prompt.get("text") or ""),
+                                                     cq["id"], answered)
             return Inbound("telegram", str(int(sender["id"])), chat_id, f"/{verb} {value}",
-                           key, str(sender.get("username") or ""), responder=responder)
+                           key, str(sender.get("username") or ""), responder=responder, private_reply=private)
         msg = upd.get("message")
         if not isinstance(msg, dict):
             return None
         text = msg.get("text")
         sender = msg.get("from")
-        if not isinstance(text, str) or not text.startswith("/") or not isinstance(sender, dict):
+        if not isinstance(text, str) or not isinstance(sender, dict):
             return None
+        if not text.startswith("/"):  # a plain message: a question in a private chat (as on Slack, Discord)
+            private = (msg.get("chat") or {}).get("type") == "private"
+            command = self.host.command_of(text, private)
+            if command is None:
+                return None
+            text = command
         word = text.split(maxsplit=1)[0]
         if "@" in word and self.username and word.split("@", 1)[1].lower() != self.username.lower():
             return None  # a command for another bot in a group
         return Inbound("telegram", str(int(sender["id"])), str(int(msg["chat"]["id"])), text, key,
                        str(sender.get("username") or ""))
 
-    def _decision_responder(self, chat_id: str, message_id: int, prompt_text: str) -> Any:
+    def _decision_responder(self, chat_id: str, message_id: int, prompt_text: str, callback_id: str,
+                            answered: list[bool]) -> Any:
         """A button's answer goes to the chat, and the prompt itself shows the outcome, its buttons gone."""
 
-        original = prompt_text.split(OUTCOME)[0]  # a second press sees the text our first edit left
-
         async def respond(msg: OutMessage) -> None:
-            await self.send(msg, chat_id)
-            try:  # the answer went out: a failed edit must not send it twice
-                await self.edit(chat_id, message_id, fmt.cut(f"{original}{OUTCOME}{msg.text}", fmt.TELEGRAM_TEXT))
-            except SendError as exc:
-                log.warning("messaging: telegram could not update the approval prompt: %s", exc)
+            if not answered[0]:
+                answered[0] = True
+                await self._answer_callback(callback_id, "Received")
+            await self.send(msg, chat_id)  # the prompt itself is updated by the decision's event, everywhere
 
         return respond
 
-    async def _answer_callback(self, callback_id: str) -> None:
+    async def _answer_callback(self, callback_id: str, text: str, alert: bool = False) -> None:
+        """Stop the button's spinner; with ``alert``, the text shows to the presser only, as a dialog."""
         with contextlib.suppress(ApiError):
-            await self.call("answerCallbackQuery", {"callback_query_id": callback_id, "text": "Received"})
+            await self.call("answerCallbackQuery", {"callback_query_id": callback_id, "text": text[:200],
+                                                    "show_alert": alert})
 
     # -- outbound --------------------------------------------------------------------------------------
-    async def send(self, msg: OutMessage, target: str | None = None) -> None:
+    async def send(self, msg: OutMessage, target: str | None = None) -> str | None:
         chat = target or self.chat_id
         if not chat:
             raise SendError("no chat id: set $" + self.cfg.chat_id_env, permanent=True)
@@ -217,9 +231,10 @@ class TelegramBridge(Bridge):
             body = fmt.telegram(msg)
         for attempt in range(3):
             try:
-                await self.call("sendMessage", {"chat_id": chat, **body})
+                sent = await self.call("sendMessage", {"chat_id": chat, **body})
                 self.state.messages_out += 1
-                return
+                mid = sent.get("message_id") if isinstance(sent, dict) else None
+                return f"{chat}:{mid}" if isinstance(mid, int) else None
             except ApiError as exc:
                 if exc.status == 429 and exc.retry_after is not None and attempt < 2:
                     await asyncio.sleep(min(float(exc.retry_after), 30.0))
@@ -234,11 +249,14 @@ class TelegramBridge(Bridge):
                                 retry_after=exc.retry_after) from None
         raise SendError("telegram sendMessage: still rate-limited after retries")
 
-    async def edit(self, chat_id: str, message_id: int, text: str) -> None:
-        """Replace a message's text (an approval prompt once decided); "not modified" is success."""
+    async def close_prompt(self, ref: str, msg: OutMessage, outcome: str) -> None:
+        chat_id, _, mid = ref.rpartition(":")
+        shown = OutMessage(fmt.cut(f"{msg.text}{OUTCOME}{outcome}", fmt.TELEGRAM_TEXT - 200), msg.title,
+                           msg.severity, [], msg.reply)
+        body = fmt.telegram(shown)
         try:
-            await self.call("editMessageText", {"chat_id": chat_id, "message_id": message_id,
-                                                "text": text, "reply_markup": {"inline_keyboard": []}})
+            await self.call("editMessageText", {"chat_id": chat_id, "message_id": int(mid), **body,
+                                                "reply_markup": {"inline_keyboard": []}})
         except ApiError as exc:
             if "message is not modified" not in exc.description:
                 raise SendError(f"telegram editMessageText: {exc}") from None
