@@ -290,8 +290,12 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
             on_task(sent.task_id)
         return await answer(sent.task_id)
 
+    def task(task_id: str) -> dict[str, Any] | None:
+        t = store.store.get(task_id) if store.store is not None else None
+        return t.to_dict() if t is not None else None
+
     ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, ask=ask, decide=decide,
-                         answer=answer)
+                         answer=answer, task=task)
     return MessagingSubsystem(core.bus, core.rpc.register, core.configs, core.state_dir, ports)
 
 

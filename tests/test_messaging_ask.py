@@ -73,3 +73,19 @@ def test_long_answers_say_which_task_holds_all_of_it(svc_env: ServiceEnv) -> Non
         task = svc_env.call("task.list", {"source": "messaging"})[0]
         assert len(answer) <= 4096 and answer.endswith(f"(cut; the whole answer: aiwgctl task logs {task['id']})")
         assert svc_env.stop() == 0
+
+
+def test_a_held_ask_says_so_in_the_chat(svc_env: ServiceEnv) -> None:
+    svc_env.env["PATH"] = f"{make_fakebin(svc_env.tmp)}:{svc_env.env['PATH']}"
+    svc_env.write_project_config({"budgets": {"project_daily_usd": 0.01}})
+    with FakeTelegram() as tg:
+        start_with_telegram(svc_env, tg.base, working_notice_seconds=0.5)
+        tg.push_message(WRITER, "/ask spend it")  # $0.0123: the day's $0.01 is spent afterwards
+        tg.wait(lambda: any("Done: spend it" in t for t in tg.texts(WRITER)), 60, what="the first answer")
+        tg.push_message(WRITER, "/ask one more")
+        held = tg.wait(lambda: next((t for t in tg.texts(WRITER) if t.startswith("held:")), None), 30,
+                       what="held: in the chat")
+        task = next(t for t in svc_env.call("task.list", {"source": "messaging"}) if t["state"] == "held")
+        assert "project.daily budget" in held and f"/cancel {task['id']}" in held
+        assert "working…" not in tg.texts(WRITER)
+        assert svc_env.stop() == 0

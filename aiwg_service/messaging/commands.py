@@ -256,7 +256,12 @@ class CommandRunner:
         cfg = self.section()
         done, _ = await asyncio.wait({turn}, timeout=cfg.working_notice_seconds)
         if not done and notice:
-            await reply(OutMessage("working…", reply=True))
+            task = self.ports.task(task_ids[-1]) if self.ports.task is not None and task_ids else None
+            if task is not None and task.get("state") == "held":  # a budget holds it: say so, not "working…"
+                await reply(OutMessage(f"held: {task.get('held_reason') or 'waiting for a budget'} (task "
+                                       f"{task_ids[-1]}; /cancel {task_ids[-1]} cancels it)", reply=True))
+            else:
+                await reply(OutMessage("working…", reply=True))
         try:
             answer = await asyncio.wait_for(turn, cfg.ask_timeout_seconds)
         except TimeoutError:

@@ -54,3 +54,5 @@ class ServicePorts:
     ask: AskPort | None = None
     decide: DecidePort | None = None
     answer: AnswerPort | None = None
+    #: one task as a dict (state, held_reason…), None if unknown
+    task: Callable[[str], dict[str, Any] | None] | None = None
