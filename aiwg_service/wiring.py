@@ -331,6 +331,22 @@ def _trace_ports(core: CorePorts, store: tasks.StoreSubsystem, automation: Autom
                 out.setdefault(e["id"], dict(e))
         return sorted(out.values(), key=lambda e: e["id"])
 
+    def approval(aid: str) -> dict[str, Any] | None:
+        from .rules.approvals import ApprovalNotFound
+
+        try:
+            return automation.approvals.store.get(aid)
+        except (ApprovalNotFound, AttributeError):
+            return None
+
+    def event_by_delivery(did: str) -> dict[str, Any] | None:
+        for ev in reversed(core.bus.history):
+            if ev.type.startswith("webhook.") and isinstance(ev.data, dict) and ev.data.get("delivery_id") == did:
+                return event_dict(ev)
+        runs = automation.store.by_event(delivery_id=did)
+        return dict(runs[0]["event"]) if runs else None
+
     return TracePorts(event=event, rule_run=automation.store.by_run_id,
                       runs_for_event=lambda eid: automation.store.by_event(eid), task=task,
-                      tasks_by_origin=by_origin, events_of_task=events_of_task)
+                      tasks_by_origin=by_origin, events_of_task=events_of_task, approval=approval,
+                      event_by_delivery=event_by_delivery)
