@@ -41,7 +41,7 @@ def issues(health: dict[str, dict[str, Any]], last_reload: dict[str, Any]) -> li
         waiting = (b.get("outbox") or {}).get("queued") or 0
         held = f"; {waiting} message(s) wait in its outbox" if waiting else ""
         if b.get("state") in ("error", "stopped"):
-            out.append(f"messaging: the {name} bridge is {b['state']}: {b.get('detail') or b.get('last_error')}{held}")
+            out.append(f"messaging: the {name} bridge stopped: {b.get('detail') or b.get('last_error')}{held}")
         elif b.get("state") == "connecting" and waiting:
             out.append(f"messaging: the {name} bridge is reconnecting ({b.get('detail')}){held}")
     for name in ("router", "automation"):

@@ -174,3 +174,34 @@ def test_reload_changes_permissions_without_reconnecting(svc_env: ServiceEnv) ->
         assert tg.texts(READER)[1] == "No task t-1."
         assert [c[0] for c in tg.calls].count("getMe") == 1  # the bridge kept its connection
         assert svc_env.stop() == 0
+
+
+def test_unknown_channel_is_an_error_and_a_fixed_credential_restarts_a_stopped_bridge(svc_env: ServiceEnv) -> None:
+    from messaging_support import TG_TOKEN, telegram_section, write_service_config
+
+    with FakeTelegram() as tg:
+        creds = svc_env.tmp / "credentials"
+        creds.mkdir(mode=0o700)
+        (creds / "AIWG_TELEGRAM_TOKEN").write_text("123456:WRONG-token\n")
+        svc_env.env["CREDENTIALS_DIRECTORY"] = str(creds)
+        svc_env.env["AIWG_TELEGRAM_CHAT_ID"] = "777"
+        write_service_config(svc_env, telegram_section(tg.base))
+        svc_env.start()
+        st = wait_for(lambda: _bridge(svc_env)["state"] == "error" and _bridge(svc_env), 30, what="the 401 stop")
+        assert "token rejected" in st["detail"]
+        status = svc_env.ctl("status")
+        assert "degraded" in status.stdout + status.stderr and "the telegram bridge stopped: token rejected" \
+            in status.stdout + status.stderr
+        # a typo in the channel is an error, not a message to every bridge
+        bad = svc_env.ctl("notify", "hello", "-c", "telegramm")
+        assert bad.returncode == 1 and "'telegramm' names no bridge" in bad.stderr
+        off = svc_env.ctl("notify", "hello", "-c", "slack")
+        assert off.returncode == 1 and "the slack bridge is not enabled" in off.stderr
+        # the credential is fixed: a reload restarts the bridge (the same config would not)
+        (creds / "AIWG_TELEGRAM_TOKEN").write_text(TG_TOKEN + "\n")
+        assert svc_env.call("daemon.reload")["reloaded"] is True
+        wait_for(lambda: _bridge(svc_env)["state"] == "connected", 30, what="the bridge back after the reload")
+        svc_env.ctl("notify", "budget", "-c", "telegram", check=True)
+        tg.wait(lambda: tg.texts(777), what="a message after the fix")
+        assert svc_env.call("daemon.status")["health"] == "healthy"
+        assert svc_env.stop() == 0

@@ -82,6 +82,11 @@ def test_severity_and_messages_from_events() -> None:
     assert m.title == "Approval needed: ap-1 · proj" and [b.action for b in m.buttons] == ["approve", "reject"]
     t = event_message(ev("task.failed", {"id": "t-1", "prompt": "fix", "error": "boom"}))
     assert t.title == "Task t-1 failed" and "error: boom" in t.text
+    b = event_message(ev("budget.warning", {"budget": "project.daily", "key": "/p/proj", "period": "2026-12-07",
+                                            "spent_usd": 0.0123, "limit_usd": 0.015}))
+    assert b.title == "Budget warning" and b.text == "project.daily budget for /p/proj: $0.0123 of $0.0150 (2026-12-07)"
+    other = event_message(ev("health.degraded", {"subsystem": "watcher", "roots": ["/a", "/b"]}))
+    assert other.text == 'subsystem: watcher\nroots: ["/a","/b"]' and "{" not in other.text
 
 
 class _Bus:

@@ -38,6 +38,19 @@ class Backoff:
 UNREACHABLE_CAP_S = 2.0
 
 
+def secret_of(env: Mapping[str, str], env_name: str) -> str:
+    """The value of an ``*_env`` variable, else of the systemd credential of that name; empty if neither.
+    Read afresh each time: ``aiwgctl reload`` after fixing a credential file restarts the bridge."""
+    value = (env.get(env_name) or "").strip()
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    if not value and creds:
+        try:
+            value = (Path(creds) / env_name).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            value = ""
+    return value
+
+
 class Host(Protocol):
     """The hub as a bridge sees it."""
 
@@ -68,15 +81,7 @@ class Bridge:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def secret(self, env_name: str) -> str:
-        """The value of an ``*_env`` variable, else of the systemd credential of that name; empty if neither."""
-        value = (self.env.get(env_name) or "").strip()
-        creds = self.env.get("CREDENTIALS_DIRECTORY")
-        if not value and creds:
-            try:
-                value = (Path(creds) / env_name).read_text().strip()
-            except (OSError, UnicodeDecodeError):
-                value = ""
-        return value
+        return secret_of(self.env, env_name)
 
     def retry_delay(self, unreachable: bool) -> float:
         """The next reconnect delay: jittered, capped at 60 s, and at 2 s while the server is unreachable."""

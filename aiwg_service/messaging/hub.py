@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..events.bus import compile_pattern
-from ..protocol import Event
-from .bridge import Bridge
+from ..protocol import INVALID_PARAMS, Event, RpcError
+from .bridge import Bridge, secret_of
 from .commands import CommandRunner, as_command
 from .model import Button, Inbound, OutMessage, Severity
 from .outbox import Courier, message_of, message_record
@@ -82,8 +82,26 @@ def event_message(event: Event, severity: Severity | None = None) -> OutMessage:
     if event.type == "automation.loop_detected":
         return OutMessage(str(d.get("message") or d.get("reason") or ""),
                           title=f"Rule {d.get('rule_id', '?')} paused: loop detected{where}", severity=sev)
-    text = str(d.get("message") or "") or msgspec.json.encode(d).decode()[:1000]
+    if event.type.startswith("budget.") and d.get("budget"):
+        spent, limit = d.get("spent_usd"), d.get("limit_usd")
+        text = (f"{d['budget']} budget for {d.get('key') or d.get('task') or '?'}: "
+                + (f"${spent:.4f} of ${limit:.4f}" if isinstance(spent, int | float) and isinstance(limit, int | float)
+                   else "")
+                + (f" ({d['period']})" if d.get("period") else ""))
+        return OutMessage(text, title=f"Budget {event.type.split('.', 1)[1]}{where}", severity=sev)
+    text = str(d.get("message") or "") or readable(d)
     return OutMessage(text, title=f"{event.type}{where}", severity=sev)
+
+
+def readable(data: dict[str, Any], limit: int = 1000) -> str:
+    """An event's data as "key: value" lines (nested values shortened), never a JSON blob."""
+    lines = []
+    for k, v in data.items():
+        if isinstance(v, dict | list):
+            v = msgspec.json.encode(v).decode()
+            v = v if len(v) <= 120 else v[:119] + "…"
+        lines.append(f"{k}: {v}")
+    return "\n".join(lines)[:limit]
 
 
 def build_bridge(name: str, section: MessagingSection, env: Mapping[str, str], host: Any) -> Bridge:
@@ -165,8 +183,10 @@ class MessagingSubsystem:
                 self._matchers.append((sub, compile_pattern(sub.events), root))
         for name in BRIDGES:
             cfg = getattr(self.section, name)
+            # the secrets' values are part of the key: a bridge stopped by a rejected token restarts on the
+            # reload after its variable or credential file was fixed (and only then)
             key = (self.section.enabled, cfg, self.section.retries,
-                   tuple(self.env.get(v) for k, v in msgspec.structs.asdict(cfg).items() if k.endswith("_env")))
+                   tuple(secret_of(self.env, v) for k, v in msgspec.structs.asdict(cfg).items() if k.endswith("_env")))
             if name in self.bridges and self._keys.get(name) == key:
                 continue
             if name in self.bridges:
@@ -316,6 +336,16 @@ class MessagingSubsystem:
         return refused
 
     async def rpc_notify(self, params: Any, _conn: Any) -> dict[str, Any]:
+        if params.channel:  # a typo must not quietly go to every bridge
+            name = params.channel.partition(":")[0]
+            if name not in BRIDGES:
+                raise RpcError(INVALID_PARAMS, f"channel {params.channel!r} names no bridge (one of "
+                                               f"{', '.join(BRIDGES)}, optionally :target)",
+                               {"param": "channel"})
+            bridge = self.bridges.get(name)
+            if bridge is None or not bridge.state.enabled:
+                why = bridge.state.detail if bridge is not None else "not configured"
+                raise RpcError(INVALID_PARAMS, f"the {name} bridge is not enabled ({why})", {"param": "channel"})
         event = self.bus.publish("notify.request", None, {"message": params.message, "channel": params.channel,
                                                           "severity": params.severity}, "cli")
         targets = [n for n, b in self.bridges.items() if b.state.enabled and self.route(event, n)]
