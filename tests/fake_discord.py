@@ -45,6 +45,9 @@ class FakeDiscord(ThreadedServer):
         self.callbacks: list[dict[str, Any]] = []  # interaction callbacks
         self.followups: list[dict[str, Any]] = []  # webhook edits and posts, with "kind"
         self.commands: list[dict[str, Any]] = []
+        self.rate_limit_next = 0  # answer this many channel messages with 429 (retry_after 0.5 s), as Discord does
+        self.rate_limited: list[float] = []  # when each 429 was given (loop time)
+        self.expired_tokens: set[str] = set()  # interaction tokens past their 15 minutes
         self._ws: web.WebSocketResponse | None = None
         self._wake: asyncio.Event | None = None
 
@@ -117,6 +120,11 @@ class FakeDiscord(ThreadedServer):
         self._dispatch("MESSAGE_CREATE", d)
         return mid
 
+    def expire_interactions(self) -> None:
+        """Every interaction token given so far is past its 15 minutes: responses through it get 401."""
+        with self.lock:
+            self.expired_tokens |= {c["token"] for c in self.callbacks}
+
     def drop(self) -> None:
         self.soon(lambda: asyncio.ensure_future(self._close_ws()))
 
@@ -180,6 +188,14 @@ class FakeDiscord(ThreadedServer):
                                for c in body])
         parts = path.split("/")
         if m == "POST" and len(parts) == 3 and parts[0] == "channels" and parts[2] == "messages":
+            if self.rate_limit_next > 0:
+                self.rate_limit_next -= 1
+                self.rate_limited.append(asyncio.get_running_loop().time())
+                return web.json_response(
+                    {"message": "You are being rate limited.", "retry_after": 0.5, "global": False}, status=429,
+                    headers={"Retry-After": "0.5", "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
+                             "X-RateLimit-Reset-After": "0.5", "X-RateLimit-Bucket": "chan",
+                             "X-RateLimit-Scope": "user"})
             problem = self._invalid(body)
             if problem:
                 return self._json({"message": "Invalid Form Body", "code": 50035, "errors": problem}, 400)
@@ -200,6 +216,8 @@ class FakeDiscord(ThreadedServer):
                 self.callbacks.append({"id": parts[1], "token": parts[2], **body})
             return web.Response(status=204)
         if parts[0] == "webhooks" and len(parts) >= 3:
+            if parts[2] in self.expired_tokens:
+                return self._json({"message": "Invalid Webhook Token", "code": 50027}, 401)
             problem = self._invalid(body)
             if problem:
                 return self._json({"message": "Invalid Form Body", "code": 50035, "errors": problem}, 400)
