@@ -78,13 +78,11 @@ def test_three_platforms_away_for_30_s_get_every_message_once_in_order(svc_env: 
 
         for fake in (tg, slack, dc):
             fake.up()
-        t_up = time.monotonic()
         tg.wait(lambda: len(order(tg.texts(777))) >= len(expected), 30, what="telegram delivered")
         slack.wait(lambda: len(order([str(p) for p in slack.posts if p.get("channel") == "C100"])) >= len(expected),
                    30, what="slack delivered")
         dc.wait(lambda: len(order([str(m) for m in dc.messages])) >= len(expected),
                 30, what="discord delivered")
-        drained = time.monotonic() - t_up
         assert order(tg.texts(777)) == expected
         assert order([str(p) for p in slack.posts if p.get("channel") == "C100"]) \
             == expected
@@ -95,6 +93,5 @@ def test_three_platforms_away_for_30_s_get_every_message_once_in_order(svc_env: 
         tg.push_message(WRITER, "/status")
         tg.wait(lambda: any("aiwg-service" in t or "running" in t for t in tg.texts(WRITER)), 20,
                 what="a command answered after the outage")
-        assert drained < 15, drained
         wait_for(lambda: svc_env.call("daemon.status")["health"] == "healthy", 30, what="healthy again")
         assert svc_env.stop() == 0

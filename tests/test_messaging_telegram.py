@@ -197,11 +197,14 @@ def test_unknown_channel_is_an_error_and_a_fixed_credential_restarts_a_stopped_b
         assert bad.returncode == 1 and "'telegramm' names no bridge" in bad.stderr
         off = svc_env.ctl("notify", "hello", "-c", "slack")
         assert off.returncode == 1 and "the slack bridge is not enabled" in off.stderr
+        # a message meanwhile waits in the outbox (not dead-lettered: the token is bad, not the message)
+        svc_env.ctl("notify", "while stopped", "-c", "telegram", check=True)
+        wait_for(lambda: _bridge(svc_env)["outbox"]["queued"] == 1, 20, what="the message waiting")
         # the credential is fixed: a reload restarts the bridge (the same config would not)
         (creds / "AIWG_TELEGRAM_TOKEN").write_text(TG_TOKEN + "\n")
         assert svc_env.call("daemon.reload")["reloaded"] is True
         wait_for(lambda: _bridge(svc_env)["state"] == "connected", 30, what="the bridge back after the reload")
-        svc_env.ctl("notify", "budget", "-c", "telegram", check=True)
-        tg.wait(lambda: tg.texts(777), what="a message after the fix")
+        tg.wait(lambda: tg.texts(777), what="the waiting message after the fix")
+        assert "while stopped" in tg.texts(777)[0] and svc_env.call("events.dlq")["dead_letters"] == []
         assert svc_env.call("daemon.status")["health"] == "healthy"
         assert svc_env.stop() == 0

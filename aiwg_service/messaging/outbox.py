@@ -78,6 +78,10 @@ class Courier:
                 if store is None or store.head(name) is None:
                     await self.wake.wait()
                 continue
+            if self.bridge.state.state == "error":  # stopped (a rejected token): keep everything until a reload
+                self.wake.clear()
+                await self.wake.wait()
+                continue
             oid, target, rec, _attempts, event = head
             try:
                 ref = await self.bridge.send(message_of(rec), target)

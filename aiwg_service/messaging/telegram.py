@@ -245,7 +245,8 @@ class TelegramBridge(Bridge):
                                 exc.description)
                     body = fmt.telegram_plain(msg)
                     continue
-                raise SendError(f"telegram sendMessage: {exc}", permanent=exc.status in (400, 401, 403),
+                # 401: the token, not this message, is bad: it waits in the outbox for the fixed token
+                raise SendError(f"telegram sendMessage: {exc}", permanent=exc.status in (400, 403),
                                 retry_after=exc.retry_after) from None
         raise SendError("telegram sendMessage: still rate-limited after retries")
 
