@@ -260,19 +260,23 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
 
     turns = TurnWaiter(core.bus)
 
-    async def answer(task_id: str) -> str:
-        """The answer of a turn's task, once it is final (at once if it already is)."""
+    async def final(task_id: str) -> dict[str, Any]:
+        """A task once it is final (at once if it already is)."""
         from .tasks.model import FINISHED_STATES
 
         waiting = turns.wait(task_id)
         now = store.store.get(task_id) if store.store is not None else None
         if now is None:
+            turns.waiting.pop(task_id, None)
             raise RuntimeError(f"task {task_id} is unknown")
         if now.state in FINISHED_STATES:
             turns.waiting.pop(task_id, None)
-            task = now.to_dict()
-        else:
-            task = await waiting
+            return now.to_dict()
+        return await waiting
+
+    async def answer(task_id: str) -> str:
+        """The answer of a turn's task, once it is final."""
+        task = await final(task_id)
         if task.get("state") != "completed":
             raise RuntimeError(task.get("error") or f"the turn ended {task.get('state')}")
         return str(task.get("result") or "")
@@ -281,11 +285,17 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
         """One turn of the chat's own conversation (kept under its key: one resumed session per chat)."""
         from .chat.conversations import ChatError
 
-        try:
-            sent = chat.open().send(text, key=chat_key, source="messaging",
-                                    project=core.configs().service.messaging.project)
-        except ChatError as exc:
-            raise AskRefused(str(exc)) from None
+        while True:
+            try:
+                sent = chat.open().send(text, key=chat_key, source="messaging",
+                                        project=core.configs().service.messaging.project)
+                break
+            except ChatError as exc:
+                running = exc.data.get("taskId") if exc.busy else None
+                if not running:
+                    raise AskRefused(str(exc)) from None
+                # the chat's last question is still being answered: this one waits behind it, as in the REPL
+                await final(str(running))
         if on_task is not None:
             on_task(sent.task_id)
         return await answer(sent.task_id)

@@ -87,5 +87,21 @@ def test_a_held_ask_says_so_in_the_chat(svc_env: ServiceEnv) -> None:
                        what="held: in the chat")
         task = next(t for t in svc_env.call("task.list", {"source": "messaging"}) if t["state"] == "held")
         assert "project.daily budget" in held and f"/cancel {task['id']}" in held
-        assert "working…" not in tg.texts(WRITER)
+        after = tg.texts(WRITER)[next(i for i, t in enumerate(tg.texts(WRITER)) if "Done: spend it" in t) + 1:]
+        assert "working…" not in after  # the held turn says why it waits, not "working…"
+        assert svc_env.stop() == 0
+
+
+def test_a_question_while_one_is_answered_waits_behind_it(svc_env: ServiceEnv) -> None:
+    svc_env.env["PATH"] = f"{make_fakebin(svc_env.tmp)}:{svc_env.env['PATH']}"
+    with FakeTelegram() as tg:
+        start_with_telegram(svc_env, tg.base, working_notice_seconds=60)
+        tg.push_message(WRITER, "/ask first sleep=2")
+        tg.wait(lambda: svc_env.call("task.list", {"source": "messaging"}), 30, what="the first turn queued")
+        tg.push_message(WRITER, "/ask second")
+        tg.wait(lambda: len(tg.texts(WRITER)) >= 2, 60, what="both answers")
+        first, second = tg.texts(WRITER)[:2]
+        assert first.startswith("Done: first") and second.startswith("Done: second")
+        assert SESSION.search(second).group(1) == "2"  # type: ignore[union-attr]  # the same session, next turn
+        assert not any("still answering" in t for t in tg.texts(WRITER))
         assert svc_env.stop() == 0
