@@ -266,10 +266,14 @@ class Repl:
             await self._drain()
 
     async def cancel_current(self) -> None:
-        if self.current is not None:
-            with contextlib.suppress(p.RpcError, ConnectionError):
-                await self.link.call("task.cancel", {"taskId": self.current})
-            self.say(self.s.dim("(cancelling the turn…)"))
+        if self.current is None:
+            return
+        if not self.link.up.is_set():  # never block the prompt on a service that is away
+            self.say(self.s.dim("(the service is away: Ctrl-C again once it is back to cancel the turn)"))
+            return
+        with contextlib.suppress(p.RpcError, ConnectionError):
+            await self.link.call("task.cancel", {"taskId": self.current}, resend=False)
+        self.say(self.s.dim("(cancelling the turn…)"))
 
     async def command(self, line: str) -> None:
         cmd, _, arg = line.partition(" ")
