@@ -39,7 +39,7 @@ def test_three_platforms_away_for_30_s_get_every_message_once_in_order(svc_env: 
         write_service_config(svc_env, {
             "users": {f"telegram:{WRITER}": "write", "slack:U1": "write", "discord:7001": "write"},
             "telegram": {"api_base_url": tg.base, "poll_timeout_seconds": 5},
-            "slack": {"api_base_url": slack.base + "/api/", "ping_interval_seconds": 1},
+            "slack": {"api_base_url": slack.base + "/api/"},  # the default 2 s ping notices the drop
             "discord": {"api_base_url": dc.api}, "apprise": {"enabled": False},
         })
         svc_env.write_project_config({
@@ -91,7 +91,11 @@ def test_three_platforms_away_for_30_s_get_every_message_once_in_order(svc_env: 
                              if n != "apprise"), 20, what="the outboxes empty")
         # inbound is back too, within 2 s of the server's return (plus what the messages took)
         tg.push_message(WRITER, "/status")
-        tg.wait(lambda: any("aiwg-service" in t or "running" in t for t in tg.texts(WRITER)), 20,
-                what="a command answered after the outage")
+        tg.wait(lambda: any("aiwg status" in t for t in tg.texts(WRITER)), 20, what="telegram inbound after the outage")
+        slack.push_dm("U1", "status")
+        slack.wait(lambda: any("aiwg status" in str(p) for p in slack.posts if p.get("channel") == "D100"), 20,
+                   what="slack inbound after the outage")
+        dc.push_message("7001", "status")
+        dc.wait(lambda: any("aiwg status" in t for t in dc.replies()), 20, what="discord inbound after the outage")
         wait_for(lambda: svc_env.call("daemon.status")["health"] == "healthy", 30, what="healthy again")
         assert svc_env.stop() == 0

@@ -34,7 +34,8 @@ class SlackBridge(Struct, forbid_unknown_fields=False):
     channel: str | None = None  # where notifications go with a bot token (an id such as C0123)
     channel_env: EnvName = "AIWG_SLACK_CHANNEL"
     api_base_url: BaseUrl = "https://slack.com/api/"
-    ping_interval_seconds: Annotated[float, Meta(ge=0.5, le=300)] = 10.0  # Socket Mode keep-alive
+    #: Socket Mode keep-alive: slack_sdk notices a dropped socket, and reconnects, at its next ping
+    ping_interval_seconds: Annotated[float, Meta(ge=0.5, le=300)] = 2.0
 
 
 class DiscordBridge(Struct, forbid_unknown_fields=False):
