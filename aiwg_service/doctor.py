@@ -29,6 +29,8 @@ class Facts:
     socket_path: Callable[[], Path]
     health: Callable[[], dict[str, Any]]
     state_dir: Path
+    #: agent profile -> the sandbox mechanism its tasks get ("systemd", "bubblewrap", "off", "refused: why")
+    sandbox: Callable[[], dict[str, str]] | None = None
 
 
 def run(facts: Facts, project: str | None) -> dict[str, Any]:
@@ -53,4 +55,8 @@ def run(facts: Facts, project: str | None) -> dict[str, Any]:
         checks.append(_check("disk", False, f"cannot stat {facts.state_dir}: {exc.strerror}"))
     claude = shutil.which("claude")
     checks.append(_check("agent", claude is not None, claude or "`claude` is not on PATH (agent tasks will fail)"))
+    if facts.sandbox is not None:
+        for name, mech in sorted(facts.sandbox().items()):
+            checks.append(_check(f"sandbox {name}", not mech.startswith("refused"), mech if mech != "off" else
+                                 "off: this profile's agents run unconfined (sandbox: \"off\")"))
     return {"ok": all(c["ok"] for c in checks), "project": project, "checks": checks}

@@ -123,7 +123,7 @@ class ServiceEnv:
                 return False
             try:
                 return bool(c.call("ping")["pong"])
-            except OSError:  # a ping slower than 1 s on a loaded machine: ask again until the deadline
+            except OSError:  # still starting on a loaded machine (a slow or reset probe): retried until the deadline
                 return False
             finally:
                 c.close()

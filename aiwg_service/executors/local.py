@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..sandbox import proxy as sandbox_proxy
+from ..sandbox.launch import Confinement, confine
 from ..systemd import user_manager_reachable
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .runner import claim as _claim
@@ -105,6 +107,8 @@ class LocalExecutor:
         self.python = python or sys.executable
         self.environ = dict(os.environ if environ is None else environ)
         self._boot = _boot_id()
+        #: ``network: allow`` runs: the task's filtering proxy, by task id (closed when the run is forgotten)
+        self._proxies: dict[str, sandbox_proxy.Proxy] = {}
 
     # -- paths and identity ------------------------------------------------------------------------------
     def _base(self, task_id: str, attempt: int) -> Path:
@@ -132,7 +136,12 @@ class LocalExecutor:
         claim_path = base.with_suffix(base.suffix + ".claim")
         if claim_path.exists():
             raise LaunchError(f"attempt {spec.attempt} of task {spec.task_id} was already claimed ({claim_path})")
-        record = {"argv": spec.argv, "cwd": spec.cwd, "env": spec.env, "log_path": spec.log_path,
+        # The sandbox seam: one call, the policy rendered for the mechanism this launch uses (unit
+        # properties, or a bubblewrap argv prefix), plus the proxy of ``network: allow``.
+        box = await self._confine(spec, base)
+        argv = [box.program, *spec.argv[1:]] if box.program else spec.argv
+        record = {"argv": [*box.prefix, *argv], "cwd": spec.cwd, "env": {**spec.env, **box.env},
+                  "log_path": spec.log_path,
                   "timeout_s": spec.timeout_s, "umask": spec.umask, "max_output_bytes": spec.max_output_bytes,
                   "kill_grace_s": spec.kill_grace_s}
         try:  # marshal: the runner reads it without importing json (its start-up is every task's)
@@ -142,17 +151,51 @@ class LocalExecutor:
         runner = [self.python, "-I", "-S", RUNNER]
         try:
             if self.use_systemd:
-                handle = await self._start_unit(spec, runner, str(spec_path))
+                handle = await self._start_unit(spec, runner, str(spec_path), box.properties)
             else:
                 handle = await self._start_runner(runner, str(spec_path))
         except LaunchError:
+            await self._drop_proxy(spec.task_id)
             # Nothing was launched.  (On a cancel the launch may be under way: the spec stays for the
             # runner, and recovery's claim settles it if the runner never came.)
             with contextlib.suppress(OSError):
                 spec_path.unlink()
             raise
         handle["run"] = str(base)
+        handle["sandbox"] = box.record
         return handle
+
+    async def _confine(self, spec: LaunchSpec, base: Path) -> Confinement:
+        proxy_path = str(base.with_suffix(".px") / "proxy.sock") \
+            if spec.sandbox is not None and spec.sandbox.network == "allow" else None
+        # the runner itself (inside the unit) writes the run records and the log
+        keep = [str(self.runs_dir), spec.log_path] if self.use_systemd else []
+        if self.use_systemd and spec.sandbox is not None and spec.sandbox.enabled:
+            with contextlib.suppress(OSError):  # bound into the unit: it must exist before it starts
+                os.close(os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        if proxy_path is not None and spec.sandbox is not None:  # first: the socket is bound in
+            await self._start_proxy(spec.task_id, spec.sandbox.allow_hosts, proxy_path)
+        box = confine(spec.sandbox, systemd=self.use_systemd, keep=keep, python=self.python,
+                      proxy_socket=proxy_path, path=self.environ.get("PATH"),
+                      program=spec.argv[0] if spec.argv else None)
+        if box.refused:
+            await self._drop_proxy(spec.task_id)
+            raise LaunchError(box.refused)
+        return box
+
+    async def _start_proxy(self, task_id: str, hosts: list[str], path: str) -> None:
+        await self._drop_proxy(task_id)
+        px = sandbox_proxy.Proxy(task_id, hosts, path)
+        try:
+            await px.start()
+        except OSError as e:
+            raise LaunchError(f"cannot start the sandbox's proxy at {path}: {e.strerror or e}") from None
+        self._proxies[task_id] = px
+
+    async def _drop_proxy(self, task_id: str, *, done: bool = True) -> None:
+        px = self._proxies.pop(task_id, None)
+        if px is not None:
+            await px.close(remove_dir=done)
 
     async def _start_runner(self, runner: list[str], spec_path: str) -> Handle:
         try:
@@ -174,7 +217,8 @@ class LocalExecutor:
         keep = ("PATH", "LANG", "LC_ALL", "TZ")
         return {k: v for k, v in self.environ.items() if k in keep}
 
-    def unit_argv(self, spec: LaunchSpec, runner: Sequence[str], spec_path: str) -> list[str]:
+    def unit_argv(self, spec: LaunchSpec, runner: Sequence[str], spec_path: str,
+                  properties: Sequence[str] = ()) -> list[str]:
         unit = unit_name(spec.task_id)
         argv = ["systemd-run", "--user", f"--unit={unit}", "--collect", "--quiet",
                 "-p", "Type=exec", "-p", "KillMode=mixed",
@@ -185,11 +229,14 @@ class LocalExecutor:
             argv += ["-p", f"MemoryMax={spec.memory_max}"]
         if spec.cpu_quota:
             argv += ["-p", f"CPUQuota={spec.cpu_quota}"]
+        for prop in properties:
+            argv += ["-p", prop]
         return [*argv, "--", *runner, spec_path]
 
-    async def _start_unit(self, spec: LaunchSpec, runner: list[str], spec_path: str) -> Handle:
+    async def _start_unit(self, spec: LaunchSpec, runner: list[str], spec_path: str,
+                          properties: Sequence[str] = ()) -> Handle:
         unit = unit_name(spec.task_id)
-        rc, _out, err = await self._run(self.unit_argv(spec, runner, spec_path))
+        rc, _out, err = await self._run(self.unit_argv(spec, runner, spec_path, properties))
         if rc != 0:
             msg = err.strip().splitlines()[-1] if err.strip() else f"exit status {rc}"
             if "already" in err or "exists" in err:
@@ -230,6 +277,12 @@ class LocalExecutor:
     # -- adopt / poll ----------------------------------------------------------------------------------------
     async def adopt(self, ref: RunRef) -> Probe:
         probe = self._probe(ref)
+        box = (ref.handle or {}).get("sandbox") or {}
+        if probe.state == "running" and box.get("proxy") and ref.task_id not in self._proxies:
+            try:  # a restarted service serves a live run's proxy again, at the same socket
+                await self._start_proxy(ref.task_id, list(box.get("allow_hosts") or []), str(box["proxy"]))
+            except LaunchError as e:
+                log.warning("task %s: %s", ref.task_id, e)
         if probe.state == "never_started" and self.use_systemd:
             # A launch may still be on its way through systemd-run: the runner will find the claim
             # taken and exit, but do not leave a unit behind either.
@@ -347,12 +400,19 @@ class LocalExecutor:
         if "run" not in handle:
             raise ExecutorError("not a local handle (no 'run')")
         spec, claim_path, exit_path = self._paths(handle)
+        box = handle.get("sandbox") or {}
+        if box.get("proxy"):
+            for task_id, px in list(self._proxies.items()):
+                if px.path == box["proxy"]:
+                    await self._drop_proxy(task_id)
         for p in (spec, exit_path, claim_path):
             with contextlib.suppress(OSError):
                 p.unlink()
 
     async def close(self) -> None:
-        return None
+        """The proxies stop with the service (a restart's ``adopt`` serves live runs' proxies again)."""
+        for task_id in list(self._proxies):
+            await self._drop_proxy(task_id, done=False)
 
 
 def systemd_available(environ: Mapping[str, str] | None = None) -> bool:
