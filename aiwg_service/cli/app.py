@@ -32,9 +32,9 @@ from .webhooks import webhook_app
 
 #: ``--help`` lists commands in this order: the service, then talking to the agent, the work it does, why it
 #: ran, and the configuration; anything not named here follows, in the order it was registered.
-ORDER = ("status", "ping", "start", "stop", "restart", "reload", "logs", "install", "uninstall",
-         "chat", "attach", "top", "session", "task", "approvals", "approve", "reject", "trace", "budget",
-         "events", "rules", "cron", "notify", "messaging", "webhook", "executors",
+ORDER = ("status", "ping", "start", "stop", "restart", "reload", "logs", "doctor", "install", "uninstall",
+         "chat", "attach", "top", "web", "session", "task", "approvals", "approve", "reject", "trace", "budget",
+         "events", "rules", "cron", "notify", "messaging", "webhook", "executors", "sandbox",
          "project", "trust", "untrust", "config")
 
 
