@@ -8,9 +8,10 @@ import pytest
 
 from aiwg_service import config, schemas  # noqa: F401  (registers every section)
 from aiwg_service.messaging import format as fmt
+from aiwg_service.messaging.announce import event_message, severity_of
 from aiwg_service.messaging.bridge import Backoff
 from aiwg_service.messaging.commands import RateLimiter, parse
-from aiwg_service.messaging.hub import MessagingSubsystem, event_message, severity_of
+from aiwg_service.messaging.hub import MessagingSubsystem
 from aiwg_service.messaging.model import Button, OutMessage
 from aiwg_service.messaging.schema import MessagingSection, Subscription
 from aiwg_service.protocol import Event
