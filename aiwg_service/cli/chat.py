@@ -24,7 +24,8 @@ def chat(
 ) -> None:
     """Talk to the agent; each conversation keeps its context (one resumed agent session)."""
     from ..client import NotRunning
-    from .chat_repl import one_shot, repl
+    from .chat_repl import repl
+    from .chat_send import one_shot
 
     proj = str(project.expanduser().resolve()) if project is not None else None
     conv = conversation
