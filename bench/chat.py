@@ -183,7 +183,7 @@ def main() -> int:
         first, last, b_first, b_last = [], [], [], []
         bare_session = ["--session-id", "00000000-0000-4000-8000-000000000000"]
         for i in range(args.turns + 3):
-            mark = tmp / f"turn-{i}"
+            mark = project / f".mark-turn-{i}"  # in the project: agents are confined to it
             t0 = time.time()
             res = c.call("chat.send", {"message": f"turn {i} mark={mark}", "conversation": conv})
             conv = res["conversation"]
@@ -207,7 +207,7 @@ def main() -> int:
         # the same agent as a plain task (no conversation): what the task queue itself costs per run
         p_first, p_last, pb_first, pb_last = [], [], [], []
         for i in range(args.turns + 3):
-            mark = tmp / f"plain-{i}"
+            mark = project / f".mark-plain-{i}"
             t0 = time.time()
             res = c.call("task.submit", {"prompt": f"plain {i} mark={mark}"})
             while True:
