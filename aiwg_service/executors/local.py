@@ -134,7 +134,7 @@ class LocalExecutor:
             raise LaunchError(f"attempt {spec.attempt} of task {spec.task_id} was already claimed ({claim_path})")
         record = {"argv": spec.argv, "cwd": spec.cwd, "env": spec.env, "log_path": spec.log_path,
                   "timeout_s": spec.timeout_s, "umask": spec.umask, "max_output_bytes": spec.max_output_bytes,
-                  "kill_grace_s": spec.kill_grace_s}
+                  "kill_grace_s": spec.kill_grace_s, "stdin": spec.stdin}
         try:  # marshal: the runner reads it without importing json (its start-up is every task's)
             write_bytes_atomic(str(spec_path), marshal.dumps(record), durable=False)
         except (OSError, ValueError) as e:

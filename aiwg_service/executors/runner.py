@@ -11,10 +11,12 @@ What it does, in order:
    the same when it finds no trace of a run; whoever creates the file first wins, so an attempt
    runs at most once even if the service died while launching it.
 2. Reads the spec (argv, cwd, env, log path, limits) and deletes it (it may hold secrets).
-3. Starts the agent in its own process group with stdout+stderr on a pipe, and copies the pipe to
+3. Starts the agent in its own process group with the prompt on stdin (an anonymous file: no size
+   limit, unlike argv) and stdout+stderr on a pipe, and copies the pipe to
    the log (up to the cap; then it drains), re-creating the log if it was deleted underneath.
 4. Enforces the timeout itself (SIGTERM the group, SIGKILL after the grace), so a run cannot
-   outlive its limit while the service is down; SIGTERM to the runner does the same (cancel).
+   outlive its limit while the service is down; SIGTERM to the runner does the same (cancel).  Both
+   hold until the agent exits, also after it closed its stdout and stderr.
 5. When the agent exits, sweeps its group, drains the pipe and writes ``<run>.exit`` atomically:
    exit status, signal, timeout, and ``log_bytes`` (the log's size at the end of the stream).
 """
@@ -197,8 +199,9 @@ def _which(name: str, path: str | None) -> str | None:
 
 
 def _spawn(spec: dict, wfd: int) -> int:
-    """The agent in its own session, stdin /dev/null, stdout+stderr on ``wfd``, in the spec's cwd
-    with its umask and env.  posix_spawn: no subprocess import, no Python between fork and exec."""
+    """The agent in its own session, stdin the spec's ``stdin`` (else /dev/null), stdout+stderr on
+    ``wfd``, in the spec's cwd with its umask and env.  posix_spawn: no subprocess import, no Python
+    between fork and exec."""
     argv = list(spec["argv"])
     env = dict(spec["env"])
     exe = _which(argv[0], env.get("PATH"))
@@ -207,11 +210,35 @@ def _spawn(spec: dict, wfd: int) -> int:
     os.chdir(spec["cwd"])  # inherited by the child (posix_spawn has no chdir before 3.13)
     if spec.get("umask") is not None:
         os.umask(int(spec["umask"]))
-    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+    data = spec.get("stdin")
+    stdin = _stdin_fd(data.encode() if isinstance(data, str) else data, spec.get("_dir") or ".") \
+        if data is not None else None
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0) if stdin is None
+               else (os.POSIX_SPAWN_DUP2, stdin, 0),
                (os.POSIX_SPAWN_DUP2, wfd, 1), (os.POSIX_SPAWN_DUP2, wfd, 2)]
     # Python ignores SIGPIPE/SIGXFSZ and we ignore SIGHUP: the agent gets the defaults back.
-    return os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True,
-                          setsigdef=(signal.SIGPIPE, signal.SIGHUP, signal.SIGXFSZ))
+    try:
+        return os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True,
+                              setsigdef=(signal.SIGPIPE, signal.SIGHUP, signal.SIGXFSZ))
+    finally:
+        if stdin is not None:
+            os.close(stdin)
+
+
+def _stdin_fd(data: bytes, where: str) -> int:
+    """The agent's stdin: the prompt in an anonymous file (any size: argv stops at 128 KiB per word),
+    read from its start.  memfd where there is one, else an unlinked file beside the spec."""
+    try:
+        fd = os.memfd_create("aiwg-prompt", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        path = os.path.join(where, f".stdin.{os.getpid()}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.unlink(path)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def run(spec_path: str) -> int:
@@ -236,6 +263,7 @@ def run(spec_path: str) -> int:
             spec = marshal.loads(f.read())
         if not isinstance(spec, dict):
             raise ValueError("not a run spec")
+        spec["_dir"] = os.path.dirname(os.path.abspath(spec_path))
     except (OSError, ValueError, EOFError, TypeError) as e:
         write_json_atomic(exit_path, {"error": f"cannot read the run's spec {spec_path}: {e}",
                                       "finished_at": _utc(time.time())})
@@ -269,7 +297,9 @@ def run(spec_path: str) -> int:
     rc: int | None = None
     eof = False
     drain_until: float | None = None
-    while not eof:
+    # Until the agent has exited AND its output is drained.  The deadline and the stop signal are
+    # watched the whole time, also after the agent closed its stdout/stderr (EOF) while running on.
+    while True:
         now = time.monotonic()
         if rc is None:
             if stop["sig"] is not None and kill_at is None:
@@ -282,12 +312,14 @@ def run(spec_path: str) -> int:
             if kill_at is not None and now >= kill_at:
                 _killpg(child, signal.SIGKILL)
                 kill_at = float("inf")
+        elif eof:
+            break
         elif drain_until is not None and now >= drain_until:
             log.note("output still open after the agent exited; stopped reading")
             break
         waits = [t for t in (deadline if kill_at is None else None, kill_at, drain_until) if t is not None]
         wait = max(0.0, min(waits) - now) if waits and min(waits) != float("inf") else None
-        fds = [rfd, wake_r] + ([pidfd] if rc is None else [])
+        fds = ([] if eof else [rfd]) + [wake_r] + ([pidfd] if rc is None else [])
         try:
             ready, _, _ = select.select(fds, [], [], wait)
         except InterruptedError:
@@ -316,8 +348,6 @@ def run(spec_path: str) -> int:
             # kept the pipe open), then we read what remains.
             _killpg(child, signal.SIGKILL)
             drain_until = time.monotonic() + DRAIN_S
-    if rc is None:
-        rc = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
     os.close(pidfd)
     info = {
         "exit_code": rc if rc >= 0 else None,

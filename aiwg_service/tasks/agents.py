@@ -27,6 +27,7 @@ __all__ = [
     "kill_orphan_group",
     "proc_identity",
     "profile_lookup",
+    "prompt_stdin",
 ]
 
 BUILTIN_PROFILES: dict[str, AgentProfile] = {
@@ -55,9 +56,11 @@ def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None,
     checked by the protocol) becomes ``--agent NAME`` for the ``claude`` kind; ``max_budget_usd`` goes
     to claude as ``--max-budget-usd`` unless the profile says its claude lacks the flag (``budget_flag``).
 
-    For ``claude`` it comes last, after every option and after ``--``: a prompt made from a file named
-    ``--permission-mode=bypassPermissions`` stays a prompt. A ``command`` profile's ``{prompt}`` is an argv
-    element of its own (config check refuses ``--task={prompt}``), replaced whole, never glued to an option.
+    For ``claude`` the prompt is not in argv at all: it goes on stdin (:func:`prompt_stdin`), so it can be
+    of any size (an argv word stops at 128 KiB) and a prompt made from a file named
+    ``--permission-mode=bypassPermissions`` can never be read as an option. A ``command`` profile's
+    ``{prompt}`` is an argv element of its own (config check refuses ``--task={prompt}``), replaced whole,
+    never glued to an option.
     """
     if profile.command:
         return [prompt if part == "{prompt}" else part for part in profile.command] + list(profile.args)
@@ -76,7 +79,14 @@ def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None,
         argv += ["--agent", subagent]
     if max_budget_usd is not None and profile.budget_flag:
         argv += ["--max-budget-usd", f"{max_budget_usd:g}"]
-    return [*argv, *profile.args, "--", prompt]
+    return [*argv, *profile.args]
+
+
+def prompt_stdin(profile: AgentProfile, prompt: str) -> str | None:
+    """What the agent reads on stdin: the prompt, unless its argv carries it (``shell``, ``{prompt}``)."""
+    if profile.command:
+        return None if "{prompt}" in profile.command else prompt
+    return None if profile.kind == "shell" else prompt
 
 
 def child_env(

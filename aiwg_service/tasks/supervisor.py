@@ -27,7 +27,7 @@ from ..executors.follow import LogTail, LogWatch
 from ..executors.local import LocalExecutor
 from ..executors.registry import DEFAULT_EXECUTOR, Executors
 from ..executors.remote_common import ExecutorUnavailable
-from .agents import StreamJsonParser, build_argv, child_env
+from .agents import StreamJsonParser, build_argv, child_env, prompt_stdin
 from .model import AgentProfile, Emit, Task, TaskSource, TaskState
 from .store import Store, StoreError
 
@@ -447,9 +447,7 @@ class Supervisor:
         if self.agent_args is not None and profile.kind == "claude":
             try:
                 extra = self.agent_args(task)
-                # options go before the "--" that ends them (the prompt stays the last, positional word)
-                at = len(argv) - 2 if len(argv) >= 2 and argv[-2] == "--" and not profile.command else len(argv)
-                argv[at:at] = extra
+                argv += extra  # the prompt is on stdin, not in argv
             except Exception as e:
                 log.exception("task %s: cannot compute its agent arguments", task.id)
                 self.store.fail_queued(task.id, f"cannot prepare the agent's arguments: {e}")
@@ -482,7 +480,8 @@ class Supervisor:
         run.timeout = self._timeout_for(task, profile)
         spec = LaunchSpec(
             task_id=task.id, attempt=started.attempts, argv=argv, cwd=task.project, env=env,
-            log_path=str(log_path), timeout_s=run.timeout, memory_max=profile.memory_max,
+            log_path=str(log_path), stdin=prompt_stdin(profile, task.prompt), timeout_s=run.timeout,
+            memory_max=profile.memory_max,
             cpu_quota=profile.cpu_quota, umask=self.child_umask,
             max_output_bytes=profile.max_output_mb * 1024 * 1024, kill_grace_s=self.kill_grace_s,
             profile=task.agent, project=task.project, options=dict(profile.executor_options))
