@@ -28,7 +28,7 @@ from ..executors.local import LocalExecutor
 from ..executors.registry import DEFAULT_EXECUTOR, Executors
 from ..executors.remote_common import ExecutorUnavailable
 from .agents import StreamJsonParser, build_argv, child_env, prompt_stdin
-from .model import AgentProfile, Emit, Task, TaskSource, TaskState
+from .model import AgentProfile, Emit, Task, TaskSource, TaskState, parse_time
 from .store import Store, StoreError
 
 __all__ = ["Admission", "ExecutorGate", "Supervisor"]
@@ -140,6 +140,8 @@ class Supervisor:
         self.agent_args = agent_args
         #: Pause before trying the queue again after a failed store write (disk full).
         self.store_retry_s = 5.0
+        #: Interval of the reconciliation that replaces a run's failed liveness source (never otherwise).
+        self.reconcile_s = 2.0
         self._runs: dict[str, _Run] = {}
         self._watch: LogWatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -516,6 +518,34 @@ class Supervisor:
             await self._terminate(run, run.reason, force=True)
         await self._follow(run, log_start, None)
 
+    async def _wait_end(self, run: _Run) -> ExitInfo:
+        """Until the run ends, by its executor's event source (a pidfd, a unit's state, a job's end).
+
+        If that source fails, the run is not given up (it stays ``running`` only while something
+        proves it): the executor is asked every ``reconcile_s`` what became of it, until it ends."""
+        assert run.handle is not None
+        try:
+            return await run.executor.wait(run.handle)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("task %s: lost its liveness source (%s); asking executor %s every %gs until it ends",
+                        run.task.id, e, run.executor.name, self.reconcile_s, extra={"TASK_ID": run.task.id})
+        ref = RunRef(task_id=run.task.id, attempt=max(run.task.attempts, 1), log_path=run.task.log_path or "",
+                     handle=run.handle)
+        while True:
+            await asyncio.sleep(self.reconcile_s)
+            try:
+                probe = (await run.executor.poll([ref])).get(run.task.id)
+            except Exception as e:  # unreachable for now: ask again
+                log.debug("task %s: reconciliation failed: %s", run.task.id, e)
+                continue
+            if probe is None or probe.state == "running":
+                continue
+            if probe.state == "finished" and probe.exit is not None:
+                return probe.exit
+            return probe.exit or ExitInfo(error=f"the run was {probe.state.replace('_', ' ')}")
+
     def _prices(self, run: _Run, profile: AgentProfile) -> None:
         if profile.price_per_mtok is not None:
             run.parser.prices = profile.price_per_mtok.as_tuple()
@@ -535,8 +565,8 @@ class Supervisor:
                 run.replaying = False
                 run.had_session = run.parser.session_id is not None
         if finished is None:
-            self._watch.add(tail)
-            info = await run.executor.wait(run.handle)
+            self._watch.add(tail)  # never fails: it falls back to reading on a timer (and says so)
+            info = await self._wait_end(run)
         else:
             info = finished
         tail.read()
@@ -569,7 +599,8 @@ class Supervisor:
         if cost is not None:
             if self.on_cost is not None:
                 self._safe(self.on_cost, run.task, cost)
-            if run.budget is not None and cost > run.budget and run.reason is None:
+            # A reported total (the result line) means the agent is done: over budget, but not stopped.
+            if run.budget is not None and cost > run.budget and run.reason is None and p.cost_usd is None:
                 log.warning("task %s: cost $%.4f passed its budget $%.4f: stopping it", run.task.id, cost,
                             run.budget, extra={"TASK_ID": run.task.id})
                 self._emit("budget.exceeded", run.task.project, {
@@ -608,8 +639,13 @@ class Supervisor:
         reason = run.reason or run.task.stop_reason
         if reason is None and info.timed_out:
             reason = "timeout"
+        if reason == "budget" and info.signal is None and info.exit_code == 0 and parser.cost_usd is not None:
+            reason = None  # it finished (result line, exit 0) before the stop reached it: not "stopped"
+        if info.finished_at and _is_time(info.finished_at):
+            fields["finished_at"] = info.finished_at  # the runner's own clock: it may have ended while we were away
         try:
             if reason == "stop":
+                fields.pop("finished_at", None)
                 done = self.store.mark_interrupted(tid, finished_at=None, error="service stopped while running",
                                                    **fields)
             elif reason == "cancel":
@@ -744,6 +780,14 @@ class Supervisor:
             fn(*args)
         except Exception:  # an observer must never stop the follower
             log.exception("observer %r failed", fn)
+
+
+def _is_time(s: str) -> bool:
+    try:
+        parse_time(s)
+    except ValueError:
+        return False
+    return True
 
 
 def _signame(sig: int) -> str:
