@@ -52,7 +52,8 @@ def result_line(log: Path) -> dict:
 def test_run_and_record(tmp_path: Path, mode: dict) -> None:
     async def go() -> None:
         ex = make(tmp_path, mode)
-        h = await ex.start(spec(tmp_path, "t-a", "hello", memory_max="256M", cpu_quota="50%"))
+        # it runs long enough for its unit to be looked at (the agent now starts at once: no runner first)
+        h = await ex.start(spec(tmp_path, "t-a", "sleep=2 hello", memory_max="256M", cpu_quota="50%"))
         assert h["kind"] == ("local-unit" if mode["use_systemd"] else "local-runner")
         if mode["sd"] is not None:
             props = mode["sd"].show(unit_name("t-a"), "MemoryMax", "CPUQuotaPerSecUSec", "ControlGroup")
@@ -63,7 +64,7 @@ def test_run_and_record(tmp_path: Path, mode: dict) -> None:
         log = tmp_path / "t-a.log"
         assert info.exit_code == 0 and info.signal is None and not info.timed_out
         assert info.log_bytes == log.stat().st_size
-        assert result_line(log)["result"] == "Done: hello"
+        assert result_line(log)["result"] == "Done: sleep=2 hello"
         spec_file = Path(h["run"] + ".spec")
         assert not spec_file.exists()  # the env (secrets) does not stay on disk
         await ex.forget(h)

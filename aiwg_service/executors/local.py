@@ -21,22 +21,38 @@ import json
 import logging
 import marshal
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from ..systemd import user_manager_reachable
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .runner import claim as _claim
 from .runner import write_bytes_atomic
+from .shim import SCRIPT, script_for, shell_ok, write_private
 
-__all__ = ["RUNNER", "LocalExecutor", "unit_name"]
+__all__ = ["RUNNER", "Confinement", "LocalExecutor", "unit_name"]
 
 log = logging.getLogger(__name__)
 
 RUNNER = str(Path(__file__).with_name("runner.py"))
+
+
+#: Every file of a run, ``<state>/runs/<id>.<attempt><suffix>``: dropped together.
+_RUN_FILES = (".spec", ".sh", ".stdin", ".fifo", ".child", ".rc", ".exit", ".claim")
+
+
+class Confinement(msgspec.Struct, frozen=True):
+    """What confines one run (issue #27 fills it): unit ``properties`` (``"ProtectSystem=strict"``...)
+    under systemd, an argv ``prefix`` (``["bwrap", ...]``) in the foreground.  Empty: unconfined."""
+
+    properties: tuple[str, ...] = ()
+    prefix: tuple[str, ...] = ()
 
 
 def unit_name(task_id: str) -> str:
@@ -105,6 +121,18 @@ class LocalExecutor:
         self.python = python or sys.executable
         self.environ = dict(os.environ if environ is None else environ)
         self._boot = _boot_id()
+        #: ``setsid`` and ``/bin/sh`` for the exec-first start (``shim.py``); None: the runner starts agents.
+        self._setsid = shutil.which("setsid", path=self.environ.get("PATH") or "/usr/bin:/bin")
+        self._shim: str | None = None
+        if self._setsid and os.access("/bin/sh", os.X_OK):
+            self._shim = str(Path(state_dir) / "agent-shim.sh")
+            try:
+                write_bytes_atomic(self._shim, SCRIPT.encode(), durable=False)
+            except OSError as e:
+                log.warning("cannot write %s (%s): agents start through the runner", self._shim, e)
+                self._shim = None
+        #: Extra unit properties and an argv prefix per run (confinement, issue #27): see :meth:`confine`.
+        self.confine: Callable[[LaunchSpec], Confinement] | None = None
 
     # -- paths and identity ------------------------------------------------------------------------------
     def _base(self, task_id: str, attempt: int) -> Path:
@@ -132,27 +160,82 @@ class LocalExecutor:
         claim_path = base.with_suffix(base.suffix + ".claim")
         if claim_path.exists():
             raise LaunchError(f"attempt {spec.attempt} of task {spec.task_id} was already claimed ({claim_path})")
-        record = {"argv": spec.argv, "cwd": spec.cwd, "env": spec.env, "log_path": spec.log_path,
-                  "timeout_s": spec.timeout_s, "umask": spec.umask, "max_output_bytes": spec.max_output_bytes,
-                  "kill_grace_s": spec.kill_grace_s, "stdin": spec.stdin}
+        conf = self.confine(spec) if self.confine is not None else Confinement()
+        exe = self._exec_first(spec, conf)
+        if exe is not None:  # the shim starts the agent, then becomes its runner: only limits in the spec
+            record: dict[str, Any] = {"log_path": spec.log_path, "timeout_s": spec.timeout_s,
+                                      "max_output_bytes": spec.max_output_bytes, "kill_grace_s": spec.kill_grace_s}
+        else:  # the runner starts it (the agent or its cwd is missing: the runner records the clear error)
+            record = {"argv": [*conf.prefix, *spec.argv], "cwd": spec.cwd, "env": spec.env,
+                      "log_path": spec.log_path, "timeout_s": spec.timeout_s, "umask": spec.umask,
+                      "max_output_bytes": spec.max_output_bytes, "kill_grace_s": spec.kill_grace_s,
+                      "stdin": spec.stdin}
         try:  # marshal: the runner reads it without importing json (its start-up is every task's)
             write_bytes_atomic(str(spec_path), marshal.dumps(record), durable=False)
+            if exe is not None:
+                self._write_shim_files(str(base), spec, exe, conf)
         except (OSError, ValueError) as e:
-            raise LaunchError(f"cannot write the run's spec {spec_path}: {e.strerror or e}") from None
+            self._drop_files(str(base))
+            raise LaunchError(f"cannot write the run's files {base}.*: {e.strerror or e}") from None
         runner = [self.python, "-I", "-S", RUNNER]
         try:
-            if self.use_systemd:
-                handle = await self._start_unit(spec, runner, str(spec_path))
+            if exe is not None:
+                cmd = ["/bin/sh", str(self._shim), str(base), self.python, RUNNER, str(self._setsid)]
+                if self.use_systemd:
+                    handle = await self._start_unit(spec, cmd, conf)
+                else:
+                    handle = self._spawn_shim(cmd, spec.env)
+            elif self.use_systemd:
+                handle = await self._start_unit(spec, [*runner, str(spec_path)], conf)
             else:
                 handle = await self._start_runner(runner, str(spec_path))
         except LaunchError:
             # Nothing was launched.  (On a cancel the launch may be under way: the spec stays for the
             # runner, and recovery's claim settles it if the runner never came.)
-            with contextlib.suppress(OSError):
-                spec_path.unlink()
+            self._drop_files(str(base))
             raise
         handle["run"] = str(base)
         return handle
+
+    def _exec_first(self, spec: LaunchSpec, conf: Confinement) -> str | None:
+        """The agent's path when the shim can start it (see ``shim.py``), else None (the runner does)."""
+        if self._shim is None or not shell_ok(spec.env) or not os.path.isdir(spec.cwd):
+            return None
+        argv0 = conf.prefix[0] if conf.prefix else spec.argv[0]
+        exe = argv0 if "/" in argv0 else shutil.which(argv0, path=spec.env.get("PATH"))
+        if exe is None or not os.access(exe, os.X_OK) or os.path.isdir(exe):
+            return None
+        return exe
+
+    def _write_shim_files(self, base: str, spec: LaunchSpec, exe: str, conf: Confinement) -> None:
+        stdin_path = f"{base}.stdin" if spec.stdin is not None else None
+        if stdin_path is not None:
+            write_private(stdin_path, (spec.stdin or "").encode())
+        argv = [*conf.prefix, *spec.argv]
+        argv[0] = exe
+        write_private(f"{base}.sh", script_for(argv=argv, env=spec.env, cwd=spec.cwd, umask=spec.umask,
+                                               stdin_path=stdin_path, clear_env=self.use_systemd).encode())
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{base}.fifo")
+        os.mkfifo(f"{base}.fifo", 0o600)
+
+    @staticmethod
+    def _drop_files(base: str) -> None:
+        for suffix in _RUN_FILES:
+            with contextlib.suppress(OSError):
+                os.unlink(base + suffix)
+
+    def _spawn_shim(self, cmd: list[str], env: Mapping[str, str]) -> Handle:
+        """fork+exec of the shim in its own session, the agent's env as its own; it outlives us (it is
+        our child only until we go: :meth:`wait` reaps it)."""
+        try:
+            pid = os.posix_spawn(cmd[0], cmd, dict(env), setsid=True, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, 1, 2)])
+        except OSError as e:
+            raise LaunchError(f"cannot start the agent's shim ({cmd[0]}): {e.strerror or e}") from None
+        return {"kind": "local-runner", "pid": pid, "start_time": _start_time(pid), "boot_id": self._boot}
 
     async def _start_runner(self, runner: list[str], spec_path: str) -> Handle:
         try:
@@ -174,7 +257,9 @@ class LocalExecutor:
         keep = ("PATH", "LANG", "LC_ALL", "TZ")
         return {k: v for k, v in self.environ.items() if k in keep}
 
-    def unit_argv(self, spec: LaunchSpec, runner: Sequence[str], spec_path: str) -> list[str]:
+    def unit_argv(self, spec: LaunchSpec, command: Sequence[str], conf: Confinement | None = None) -> list[str]:
+        """``systemd-run`` for the run's transient unit; ``conf.properties`` (confinement, issue #27) are
+        added as ``-p`` after the service's own."""
         unit = unit_name(spec.task_id)
         argv = ["systemd-run", "--user", f"--unit={unit}", "--collect", "--quiet",
                 "-p", "Type=exec", "-p", "KillMode=mixed",
@@ -185,11 +270,13 @@ class LocalExecutor:
             argv += ["-p", f"MemoryMax={spec.memory_max}"]
         if spec.cpu_quota:
             argv += ["-p", f"CPUQuota={spec.cpu_quota}"]
-        return [*argv, "--", *runner, spec_path]
+        for prop in (conf.properties if conf is not None else ()):
+            argv += ["-p", prop]
+        return [*argv, "--", *command]
 
-    async def _start_unit(self, spec: LaunchSpec, runner: list[str], spec_path: str) -> Handle:
+    async def _start_unit(self, spec: LaunchSpec, command: list[str], conf: Confinement) -> Handle:
         unit = unit_name(spec.task_id)
-        rc, _out, err = await self._run(self.unit_argv(spec, runner, spec_path))
+        rc, _out, err = await self._run(self.unit_argv(spec, command, conf))
         if rc != 0:
             msg = err.strip().splitlines()[-1] if err.strip() else f"exit status {rc}"
             if "already" in err or "exists" in err:
@@ -250,8 +337,9 @@ class LocalExecutor:
                          log_start=start)
         if cl is None and not claim_path.exists():
             if _claim(str(claim_path), {"by": "recovery", "pid": os.getpid()}):
-                with contextlib.suppress(OSError):
-                    _spec.unlink()
+                for suffix in (".spec", ".sh", ".stdin", ".fifo"):  # what the launch left (env, prompt)
+                    with contextlib.suppress(OSError):
+                        os.unlink(base + suffix)
                 return Probe(state="never_started")
             cl = _read_json(claim_path)
         if cl is None or cl.get("by") != "runner":
@@ -264,7 +352,7 @@ class LocalExecutor:
         rec = _read_json(exit_path)  # it may have finished between the two looks
         if rec is not None:
             return Probe(state="finished", handle=handle, exit=_exit_info(rec), log_start=start)
-        self._sweep_child(cl)
+        self._sweep_child(cl, base)
         return Probe(state="lost", handle=handle, log_start=start,
                      exit=ExitInfo(error="the agent runner ended without recording a result (killed?)"))
 
@@ -283,10 +371,14 @@ class LocalExecutor:
         h["run"] = base
         return h
 
-    def _sweep_child(self, cl: Mapping[str, Any]) -> None:
+    def _sweep_child(self, cl: Mapping[str, Any], base: str | None = None) -> None:
         """The runner died (SIGKILL) and left its agent's group: kill it (the group id cannot be
-        reused while any member lives, so what is left in it is ours)."""
+        reused while any member lives, so what is left in it is ours).  The shim records the agent's
+        pid in ``<run>.child`` before the runner is up to put it in the claim."""
         child = cl.get("child")
+        if not isinstance(child, int) and base is not None:
+            with contextlib.suppress(OSError, ValueError), open(base + ".child") as f:
+                child = int(f.read().strip())
         if isinstance(child, int) and child > 1:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child, signal.SIGKILL)
@@ -308,7 +400,7 @@ class LocalExecutor:
             return _exit_info(rec)
         cl = _read_json(claim_path)
         if cl is not None:
-            self._sweep_child(cl)
+            self._sweep_child(cl, handle["run"])
         return ExitInfo(error="the agent runner ended without recording a result (killed?)")
 
     async def _pid_exit(self, pid: int) -> None:
@@ -330,6 +422,8 @@ class LocalExecutor:
         finally:
             loop.remove_reader(fd)
             os.close(fd)
+        with contextlib.suppress(ChildProcessError):  # our own child (a shim we spawned): reap it
+            os.waitpid(pid, os.WNOHANG)
 
     async def cancel(self, handle: Handle, *, grace_s: float = 5.0) -> None:
         """SIGTERM to the runner: it stops the agent's group (SIGKILL after its grace) and records it."""
@@ -346,10 +440,7 @@ class LocalExecutor:
     async def forget(self, handle: Handle) -> None:
         if "run" not in handle:
             raise ExecutorError("not a local handle (no 'run')")
-        spec, claim_path, exit_path = self._paths(handle)
-        for p in (spec, exit_path, claim_path):
-            with contextlib.suppress(OSError):
-                p.unlink()
+        self._drop_files(str(handle["run"]))
 
     async def close(self) -> None:
         return None
