@@ -98,3 +98,34 @@ def test_final_cost_over_its_own_budget_is_finished_not_stopped(tmp_path: Path, 
         sup.store.close()
 
     run(main())
+
+
+def test_concurrent_starts_reserve_before_they_spend(tmp_path: Path, fake_path: Path, project: str) -> None:
+    """Ten $0.10 tasks submitted at once under a $0.50 project day: each start reserves its budget, so at
+    most one reservation past the limit is ever spent ($0.60), not ten tasks' worth."""
+    from aiwg_service.budgets.ledger import Ledger
+    from aiwg_service.budgets.schema import BudgetSection
+
+    ev = Events()
+    section = BudgetSection(project_daily_usd=0.5, tz="UTC")
+
+    async def main() -> None:
+        sup = make_supervisor(tmp_path, ev, max_parallel=10)
+        ledger = Ledger(sup.store.costs_since, lambda: (section, {}), ev)
+        ledger.reload()
+        sup.admit, sup.on_cost = ledger.admit, ledger.on_cost
+        await sup.start()
+        ids = [sup.submit(project, f"sleep=0.5 cost=0.1 n={i}", max_budget_usd=0.1).id for i in range(10)]
+        await asyncio.wait_for(sup.wait_idle(), 60)
+        tasks = [sup.store.get(i) for i in ids]
+        done = [t for t in tasks if t is not None and t.state is TaskState.completed]
+        held = [t for t in tasks if t is not None and t.state is TaskState.held]
+        assert len(done) + len(held) == 10
+        spent = sum(t.cost_usd or 0 for t in done)
+        assert 0.5 <= spent <= 0.6 + 1e-9, spent
+        assert held and all("project.daily budget" in (t.held_reason or "") for t in held)
+        assert not ledger.reserved and not ledger.live  # every reservation settled
+        await sup.stop(0)
+        sup.store.close()
+
+    run(main())

@@ -261,6 +261,7 @@ class Supervisor:
             except KeyError:
                 prof = AgentProfile()
             if self.admit is None or self.admit(t, prof) is None:
+                self._unreserve(t)  # only asked; its start will be admitted (and reserve) again
                 done = self.store.release(t.id)
                 if done is not None:
                     out.append(done)
@@ -355,6 +356,7 @@ class Supervisor:
             try:
                 executor = self.executors.get(name)
             except ExecutorError as e:
+                self._unreserve(task)
                 self.store.fail_queued(task.id, str(e))
                 continue
             per_project[task.project] += 1
@@ -368,6 +370,11 @@ class Supervisor:
             run.job = asyncio.get_running_loop().create_task(self._run(run, profile), name=f"aiwg-task-{task.id}")
         if not self._runs:
             self._idle.set()
+
+    def _unreserve(self, task: Task) -> None:
+        """An admitted task that does not start now: give back what its admission reserved."""
+        if self.on_cost is not None:
+            self._safe(self.on_cost, task, None)
 
     def counts_by_executor(self) -> dict[str, dict[str, int]]:
         """Running and queued tasks per executor name (for ``executors.list``)."""
