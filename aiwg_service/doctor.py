@@ -29,6 +29,8 @@ class Facts:
     socket_path: Callable[[], Path]
     health: Callable[[], dict[str, Any]]
     state_dir: Path
+    #: profile -> the executable its tasks run (None: not found), for ``project`` (None: the service's).
+    agents: Callable[[str | None], dict[str, str | None]] | None = None
 
 
 def run(facts: Facts, project: str | None) -> dict[str, Any]:
@@ -51,6 +53,9 @@ def run(facts: Facts, project: str | None) -> dict[str, Any]:
         checks.append(_check("disk", ok, f"{du.free / 2**30:.1f} GiB free in {facts.state_dir}"))
     except OSError as exc:
         checks.append(_check("disk", False, f"cannot stat {facts.state_dir}: {exc.strerror}"))
-    claude = shutil.which("claude")
-    checks.append(_check("agent", claude is not None, claude or "`claude` is not on PATH (agent tasks will fail)"))
+    agents = facts.agents(project) if facts.agents is not None else {"claude": shutil.which("claude")}
+    for name, exe in agents.items():
+        where = " or in ~/.local/bin, ~/.claude/local" if name == "claude" else ""
+        checks.append(_check(f"agent {name}", exe is not None,
+                             exe or f"its command is not on PATH{where} (its tasks will fail)"))
     return {"ok": all(c["ok"] for c in checks), "project": project, "checks": checks}

@@ -295,6 +295,11 @@ class BudgetStatusParams(Params):
     project: str | None = None
 
 
+class DoctorParams(Params):
+    #: A project root: its own agent profiles and watcher state too.
+    project: str | None = None
+
+
 class TraceGetParams(Params):
     #: Any event, rule run, task or conversation id.
     id: Annotated[str, Meta(min_length=1, max_length=200)]
@@ -349,6 +354,7 @@ METHODS: dict[str, type[Params]] = {
     "budget.status": BudgetStatusParams,
     "trace.get": TraceGetParams,
     "executors.list": NoParams,
+    "daemon.doctor": DoctorParams,
 }
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
@@ -356,7 +362,7 @@ READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "tas
                        "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
                        "messaging.status", "chat.list", "chat.history", "session.list", "session.capture",
                        "budget.status", "trace.get", "executors.list", "approval.list", "webhook.list",
-                       "trust.show"})
+                       "trust.show", "daemon.doctor"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

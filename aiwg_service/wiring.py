@@ -177,7 +177,9 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     supervisor.agent_args = chat.agent_args  # a turn's session flags, decided as it starts
 
     facts = doctor.Facts(config_status=core.config_status, serving=lambda: core.rpc.serving,
-                         socket_path=core.socket_path, health=core.health, state_dir=core.state_dir)
+                         socket_path=core.socket_path, health=core.health, state_dir=core.state_dir,
+                         agents=supervisor.agent_binaries)
+    core.rpc.register("daemon.doctor", lambda prm, _c: doctor.run(facts, prm.project))
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
                                   doctor=lambda project: doctor.run(facts, project), untrusted=core.untrusted)
     automation.register_rpc(core.rpc)

@@ -125,3 +125,27 @@ def test_stop_agents_stops_the_unit(svc: Svc, project: Path) -> None:
     t = task(svc, tid)  # re-queued per retry (1) and started again by the activated service
     assert t["interruptions"] == 1
     svc.ctl("task", "cancel", tid)
+
+
+def test_claude_only_in_local_bin_runs_under_the_user_manager(svc: Svc, project: Path) -> None:
+    """Claude Code's installer puts ``claude`` in ~/.local/bin, which a user manager's PATH lacks: the
+    service finds it there, and ``aiwgctl doctor`` says which binary the profile runs."""
+    sd: UserManager = svc.sd
+    local_bin = sd.home / ".local" / "bin"
+    local_bin.mkdir(parents=True, exist_ok=True)
+    (local_bin / "claude").symlink_to(FAKE)
+    try:
+        configure(svc)
+        sd.systemctl("start", "aiwg.socket", check=True)
+        svc.ctl("project", "add", str(project))
+        on_path = sd.run(["systemd-run", "--user", "--wait", "--pipe", "--quiet", "sh", "-c",
+                          "command -v claude || echo none"], as_user=True).stdout.strip()
+        assert on_path == "none", "the user manager's PATH must not have claude for this test"
+        res = json.loads(svc.ctl("task", "submit", "hello from local bin", "--json", cwd=project).stdout)
+        done = wait_task(svc, res["taskId"], lambda t: t["state"] not in ("queued", "running"), timeout=60)
+        assert done["state"] == "completed", done
+        assert done["result"] == "Done: hello from local bin"
+        doc = svc.ctl("doctor", check=False).stdout
+        assert f"agent claude: {local_bin / 'claude'}" in doc, doc
+    finally:
+        (local_bin / "claude").unlink()

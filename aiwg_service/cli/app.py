@@ -46,6 +46,7 @@ app.command()(notify)
 app.add_typer(webhook_app, name="webhook")
 app.command("budget")(budget_cmd.budget)
 app.command("trace")(budget_cmd.trace)
+app.command("doctor")(budget_cmd.doctor)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import select
+import shutil
 import signal
 from collections.abc import Callable, Mapping
 
@@ -25,6 +26,7 @@ __all__ = [
     "build_argv",
     "child_env",
     "kill_orphan_group",
+    "locate_agent",
     "proc_identity",
     "profile_lookup",
     "prompt_stdin",
@@ -80,6 +82,26 @@ def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None,
     if max_budget_usd is not None and profile.budget_flag:
         argv += ["--max-budget-usd", f"{max_budget_usd:g}"]
     return [*argv, *profile.args]
+
+
+#: Where Claude Code's installers put ``claude`` besides PATH (the native installer, ``claude migrate-installer``).
+#: A user manager's PATH rarely has them, so a service under systemd looks there too.
+CLAUDE_HOMES = (".local/bin", ".claude/local")
+
+
+def locate_agent(name: str, path: str | None, home: str | None = None) -> str | None:
+    """The executable an agent's argv[0] runs: PATH first, then, for ``claude``, its installers' places."""
+    if "/" in name:
+        return name if os.access(name, os.X_OK) and not os.path.isdir(name) else None
+    found = shutil.which(name, path=path)
+    if found is not None or name != "claude":
+        return found
+    home = home if home is not None else os.environ.get("HOME") or os.path.expanduser("~")
+    for d in CLAUDE_HOMES:
+        cand = os.path.join(home, d, name)
+        if os.access(cand, os.X_OK) and not os.path.isdir(cand):
+            return cand
+    return None
 
 
 def prompt_stdin(profile: AgentProfile, prompt: str) -> str | None:

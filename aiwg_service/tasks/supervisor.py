@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from ..executors.follow import LogTail, LogWatch
 from ..executors.local import LocalExecutor
 from ..executors.registry import DEFAULT_EXECUTOR, Executors
 from ..executors.remote_common import ExecutorUnavailable
-from .agents import StreamJsonParser, build_argv, child_env, prompt_stdin
+from .agents import StreamJsonParser, build_argv, child_env, locate_agent, prompt_stdin
 from .model import AgentProfile, Emit, Task, TaskSource, TaskState, parse_time
 from .store import Store, StoreError
 
@@ -463,9 +462,10 @@ class Supervisor:
                 return
         env = child_env(profile, task.id)
         # Resolve here so "no such agent" is a clear error before anything is launched.
-        exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
+        exe = locate_agent(argv[0], env.get("PATH"), env.get("HOME"))
         if exe is None:
-            self.store.fail_queued(task.id, f"cannot start agent {argv[0]!r}: not found on PATH")
+            where = " or in ~/.local/bin, ~/.claude/local" if argv[0] == "claude" else ""
+            self.store.fail_queued(task.id, f"cannot start agent {argv[0]!r}: not found on PATH{where}")
             return
         argv = [exe, *argv[1:]]
         log_path = self.log_dir / f"{task.id}.log"
