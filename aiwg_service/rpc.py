@@ -383,6 +383,10 @@ class Connection(asyncio.BufferedProtocol):
             self.transport.close()
 
 
+#: What the service answers before its subsystems have started (everything else waits for them).
+ANSWERED_WHILE_STARTING = frozenset({"ping", "daemon.status"})
+
+
 class RpcServer:
     """Maps method names to handlers and serves them on one listening socket."""
 
@@ -402,6 +406,9 @@ class RpcServer:
         self.starving: dict[Connection, None] = {}  # paused for the input budget, oldest first
         self.privileged: Connection | None = None  # the one allowed past the budget to finish its line
         self.throttle = _Throttle()
+        #: Set while the service still starts: ping and daemon.status answer at once, a method whose
+        #: subsystem is not up yet waits for it (instead of "not available"), then runs.
+        self.starting: asyncio.Event | None = None
 
     def wake_starving(self, every: bool = False) -> None:
         """Read again from connections paused for the input budget: all of them once the total has
@@ -541,7 +548,7 @@ class RpcServer:
         if out is not None:
             replies.append(out)
             return len(out)
-        if not fut.done() and req.method in self.handlers and self.handlers[req.method].is_async:
+        if not fut.done() and not req.is_notification:  # an async handler, or one waiting for the start
             pending.append(fut)
         return 0
 
@@ -564,6 +571,11 @@ class RpcServer:
         rid = None if req.id is msgspec.UNSET else req.id
         notification = req.is_notification
         entry = self.handlers.get(req.method)
+        if (self.starting is not None and not self.starting.is_set() and req.method in p.METHODS
+                and req.method not in ANSWERED_WHILE_STARTING):
+            self.requests -= 1  # counted when it runs
+            conn.spawn(self._after_start(self.starting, req, conn, batch_fut))
+            return None
         if entry is None:
             if req.method in p.METHODS:
                 err = p.RpcError(p.METHOD_NOT_FOUND, f"Method not available yet: {req.method}")
@@ -588,6 +600,18 @@ class RpcServer:
         except Exception:
             return self._internal(req.method, rid, notification)
         return None if notification else p.encode_result(rid, result)
+
+    async def _after_start(self, started: asyncio.Event, req: p.Request, conn: Connection,
+                           batch_fut: asyncio.Future[bytes | None] | None) -> None:
+        await started.wait()
+        out = self._call(req, conn, batch_fut)
+        if batch_fut is not None:
+            if out is not None and not batch_fut.done():
+                batch_fut.set_result(out)
+            elif req.is_notification and not batch_fut.done():
+                batch_fut.set_result(None)
+        elif out is not None:
+            conn.send(out)
 
     async def _run_async(self, entry: _Entry, params: Any, conn: Connection, rid: p.ID, notification: bool,
                          batch_fut: asyncio.Future[bytes | None] | None) -> None:
@@ -641,7 +665,8 @@ class RpcSubsystem:
         self.listen = listen
 
     async def start(self) -> None:
-        await self.rpc.serve(self.listen())
+        if not self.rpc.serving:  # the service serves early (ping during start-up): then nothing to do
+            await self.rpc.serve(self.listen())
 
     def apply(self, configs: Any) -> None:
         self.rpc.max_connections = configs.service.daemon.max_connections

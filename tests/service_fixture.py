@@ -122,7 +122,10 @@ class ServiceEnv:
             except OSError:
                 return False
             try:
-                return bool(c.call("ping")["pong"])
+                # ping answers as soon as the config is loaded; ready means every subsystem has started
+                return bool(c.call("ping")["pong"]) and not c.call("daemon.status").get("starting")
+            except (TimeoutError, OSError):  # a slow first answer on a loaded machine: ask again
+                return False
             finally:
                 c.close()
 
