@@ -183,8 +183,8 @@ class LocalExecutor:
                 cmd = ["/bin/sh", str(self._shim), str(base), self.python, RUNNER, str(self._setsid)]
                 if self.use_systemd:
                     handle = await self._start_unit(spec, cmd, conf)
-                else:
-                    handle = self._spawn_shim(cmd, spec.env)
+                else:  # in a thread: vfork holds the caller until the child's exec, long on a busy machine
+                    handle = await asyncio.to_thread(self._spawn_shim, cmd, spec.env)
             elif self.use_systemd:
                 handle = await self._start_unit(spec, [*runner, str(spec_path)], conf)
             else:
@@ -440,7 +440,7 @@ class LocalExecutor:
     async def forget(self, handle: Handle) -> None:
         if "run" not in handle:
             raise ExecutorError("not a local handle (no 'run')")
-        self._drop_files(str(handle["run"]))
+        await asyncio.to_thread(self._drop_files, str(handle["run"]))
 
     async def close(self) -> None:
         return None

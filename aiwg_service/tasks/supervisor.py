@@ -485,6 +485,7 @@ class Supervisor:
         if started is None:  # no longer queued (cancelled behind our back): do not run it
             return
         run.task = started
+        await self.store.durable()  # on disk before it runs: a crash of the machine cannot run it twice
         run.budget = budget
         run.timeout = self._timeout_for(task, profile)
         spec = LaunchSpec(
@@ -582,6 +583,7 @@ class Supervisor:
             run.parser.feed(info.stream_tail.encode())
         run.parser.close()
         self._record(run, info)
+        await self.store.durable()  # the outcome is on disk before the run's own record of it goes
         try:
             await run.executor.forget(run.handle)
         except ExecutorError as e:
