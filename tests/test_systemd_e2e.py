@@ -423,8 +423,8 @@ def test_aiwgctl_install_start_stop_uninstall(svc: Svc) -> None:
         assert svc.show("ActiveState", unit="aiwg.socket")["ActiveState"] == "active"
         assert svc.show("ActiveState")["ActiveState"] == "inactive"
 
-        assert svc.ctl("ping").stdout.startswith("pong")  # activates it
-        assert svc.show("ActiveState")["ActiveState"] == "active"
+        assert svc.ctl("ping").stdout.startswith("pong")  # activates it (ping answers first, READY=1 follows)
+        sd.wait_for(lambda: svc.show("ActiveState")["ActiveState"] == "active", timeout=20, message="active")
 
         ctl("stop")
         assert svc.show("ActiveState")["ActiveState"] == "inactive"
