@@ -4,9 +4,9 @@ Durability: WAL with ``synchronous=NORMAL`` plus a group commit.  WAL + NORMAL a
 kill -9 of the service (the WAL is in the page cache) but can lose the last commits on power loss or
 a kernel crash.  What must survive those too waits for :meth:`Store.durable`: one ``fsync`` of the WAL,
 in a thread (off the event loop), for every commit made up to then, shared by everyone who waits
-meanwhile.  ``task.submit`` answers only after it (a task whose submit was answered is on disk), a run
-is launched only after its ``running`` row is, and a run's files are dropped only after its outcome
-is.  (It was ``synchronous=FULL``: ~3 fsyncs per task on the loop, stalling every other client.)
+meanwhile.  ``task.submit`` answers only after it (a task whose submit was answered is on disk), and a
+run's own files (its exit record) are dropped only after its outcome is.  (It was ``synchronous=FULL``:
+~3 fsyncs per task on the loop, stalling every other client.)
 
 All other calls are synchronous and run on the caller's (event-loop) thread: they are indexed point
 reads/writes, well under a millisecond without the fsync.

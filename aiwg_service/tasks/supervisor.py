@@ -484,8 +484,10 @@ class Supervisor:
         started = self.store.mark_started(task.id, log_path=str(log_path), executor=run.executor.name)
         if started is None:  # no longer queued (cancelled behind our back): do not run it
             return
+        # Committed, not yet fsynced: a crash of the service cannot lose it (the WAL is in the page cache),
+        # and the fsync it will share with others is not waited for here; a machine crash kills the run too,
+        # and recovery then re-queues it like any interrupted run.
         run.task = started
-        await self.store.durable()  # on disk before it runs: a crash of the machine cannot run it twice
         run.budget = budget
         run.timeout = self._timeout_for(task, profile)
         spec = LaunchSpec(
