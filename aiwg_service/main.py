@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -45,7 +44,9 @@ def setup_logging(args: argparse.Namespace, log_cfg: config.LogConfig) -> None:
     root.setLevel(level)
     handler: logging.Handler
     if args.log_file:
-        handler = logging.handlers.RotatingFileHandler(
+        from logging.handlers import RotatingFileHandler  # only for a log file: it pulls in socket, queue...
+
+        handler = RotatingFileHandler(
             args.log_file, maxBytes=log_cfg.max_size_mb * 1024 * 1024, backupCount=log_cfg.max_files)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
     elif sd.under_journal():
