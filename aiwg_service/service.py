@@ -403,7 +403,8 @@ class Service:
             st["running"] = not stopped
             st["last_heartbeat"] = self.last_heartbeat
             st.update(aiwg_shape.state_file(st["subsystems"], aiwg_shape.issues(st["subsystems"], self.last_reload)))
-            write_atomic(self.state_dir / "state.json", msgspec.json.encode(st))
+            # a snapshot rewritten every half second while busy: no fsync on the loop for it
+            write_atomic(self.state_dir / "state.json", msgspec.json.encode(st), durable=stopped)
         except OSError as exc:
             log.error("cannot write state.json: %s", exc)
 
