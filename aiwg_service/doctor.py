@@ -31,6 +31,8 @@ class Facts:
     state_dir: Path
     #: profile -> the executable its tasks run (None: not found), for ``project`` (None: the service's).
     agents: Callable[[str | None], dict[str, str | None]] | None = None
+    #: agent profile -> the sandbox mechanism its tasks get ("systemd", "bubblewrap", "off", "refused: why")
+    sandbox: Callable[[], dict[str, str]] | None = None
 
 
 def run(facts: Facts, project: str | None) -> dict[str, Any]:
@@ -58,4 +60,8 @@ def run(facts: Facts, project: str | None) -> dict[str, Any]:
         where = " or in ~/.local/bin, ~/.claude/local" if name == "claude" else ""
         checks.append(_check(f"agent {name}", exe is not None,
                              exe or f"its command is not on PATH{where} (its tasks will fail)"))
+    if facts.sandbox is not None:
+        for name, mech in sorted(facts.sandbox().items()):
+            checks.append(_check(f"sandbox {name}", not mech.startswith("refused"), mech if mech != "off" else
+                                 "off: this profile's agents run unconfined (sandbox: \"off\")"))
     return {"ok": all(c["ok"] for c in checks), "project": project, "checks": checks}

@@ -295,14 +295,19 @@ class BudgetStatusParams(Params):
     project: str | None = None
 
 
-class DoctorParams(Params):
-    #: A project root: its own agent profiles and watcher state too.
-    project: str | None = None
-
-
 class TraceGetParams(Params):
     #: Any event, rule run, task or conversation id.
     id: Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class SandboxCheckParams(Params):
+    #: One agent profile (default: every profile the project can use).
+    profile: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    project: str | None = None
+
+
+class DoctorParams(Params):
+    project: str | None = None
 
 
 #: Every method and its params type. The namespace is fixed here so clients and later subsystems agree.
@@ -353,8 +358,10 @@ METHODS: dict[str, type[Params]] = {
     "daemon.stop": DaemonStopParams,
     "budget.status": BudgetStatusParams,
     "trace.get": TraceGetParams,
+    "web.login": NoParams,
     "executors.list": NoParams,
-    "daemon.doctor": DoctorParams,
+    "sandbox.check": SandboxCheckParams,
+    "doctor": DoctorParams,
 }
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
@@ -362,7 +369,7 @@ READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "tas
                        "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
                        "messaging.status", "chat.list", "chat.history", "session.list", "session.capture",
                        "budget.status", "trace.get", "executors.list", "approval.list", "webhook.list",
-                       "trust.show", "daemon.doctor"})
+                       "trust.show", "sandbox.check", "doctor"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"

@@ -14,8 +14,9 @@ from .executors import section as _executors  # executors
 from .messaging import section as _messaging  # messaging
 from .rules import section as _rules  # rules
 from .tasks import section as _tasks  # agents
+from .web import section as _web  # web
 from .webhooks import section as _webhooks  # webhook
 
 config.sections_complete()
 
-__all__ = ["_budgets", "_chat", "_events", "_executors", "_messaging", "_rules", "_tasks", "_webhooks"]
+__all__ = ["_budgets", "_chat", "_events", "_executors", "_messaging", "_rules", "_tasks", "_web", "_webhooks"]

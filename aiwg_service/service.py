@@ -203,7 +203,7 @@ class Service:
 
     def listening_socket(self) -> socket.socket:
         for fd, name in sd.listen_fds():
-            if name in ("webhook", "aiwg-webhook.socket"):  # the webhook listener's (webhooks/subsystem.py)
+            if name in ("webhook", "aiwg-webhook.socket", "web", "aiwg-web.socket"):  # webhooks' and the dashboard's
                 continue
             if name in ("rpc", "aiwg.socket", "unknown", "") or name.endswith(".socket"):
                 self.socket_activated = True

@@ -1,8 +1,8 @@
 """The one module that knows every subsystem: what each is built from, and the fixed start order.
 
 Start order: event router, task store, budgets, executors, agent supervisor, automation engine, chat, IPC
-server, file watcher, cron scheduler, webhooks, messaging. Stop runs in reverse, so sources go quiet before the
-engines they feed.
+server, file watcher, cron scheduler, webhooks, messaging, web dashboard. Stop runs in reverse, so sources go
+quiet before the engines they feed.
 Subsystems never import each other: this module hands each one the narrow ports it needs (the bus, the
 RPC server, a view of the current configs, the state directory, the task queue's submit function).
 """
@@ -10,16 +10,20 @@ RPC server, a view of the current configs, the state directory, the task queue's
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from . import doctor
 from . import systemd as sd
 from .budgets.subsystem import BudgetsSubsystem
-from .chat.subsystem import ChatSubsystem
+from .chat.subsystem import PANE_ENV, ChatSubsystem
 from .config import resolve_root
 from .events.bus import EventBus
 from .events.scheduler import CronScheduler
@@ -28,9 +32,13 @@ from .executors.subsystem import ExecutorsSubsystem
 from .ports import ConfigsView, Subsystem
 from .rpc import RpcServer, RpcSubsystem
 from .rules.engine import AutomationEngine
+from .sandbox.launch import confine, interactive_prefix
 from .tasks import subsystems as tasks
 from .trace import api as trace_api
 from .trace.graph import TracePorts, Tracer
+from .web.subsystem import FD_NAMES as WEB_FD_NAMES
+from .web.subsystem import WebSubsystem
+from .webhooks.secrets import read_secret
 from .webhooks.subsystem import FD_NAMES, WebhookSubsystem
 
 
@@ -107,6 +115,23 @@ class CorePorts:
     request_stop: Callable[[], None] | None = None
 
 
+def session_argv(supervisor: tasks.SupervisorSubsystem, root: str, cwd: str, argv: list[str]) -> list[str]:
+    """An interactive session's agent under the sandbox of its ``claude`` tasks: as a transient unit with a
+    terminal where a user manager is reachable, else through bubblewrap.  ``network: allow`` becomes ``none``
+    there: a session has no per-task proxy (yet)."""
+    policy = supervisor.sandbox_policy("claude", root, cwd)
+    if policy.enabled and policy.network == "allow":
+        policy = msgspec.structs.replace(policy, network="none", allow_hosts=[])
+    exe = shutil.which(argv[0]) or argv[0]
+    if policy.enabled and supervisor.use_units:
+        names = [n for n in PANE_ENV if n in os.environ] + ["TERM", "AIWG_SOCKET"]  # what the pane has
+        return [*interactive_prefix(policy, program=exe, env_names=names), *argv[1:]]
+    box = confine(policy, systemd=False, program=exe)
+    if box.refused:
+        raise RuntimeError(box.refused)
+    return [*box.prefix, box.program or exe, *argv[1:]]
+
+
 def build_subsystems(core: CorePorts) -> list[Subsystem]:
     scheduler = CronScheduler(core.bus, core.state_dir)
     core.rpc.register("cron.list", lambda _p, _c: {"jobs": scheduler.list_jobs()})
@@ -173,13 +198,15 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
                          projects=lambda: list(core.configs().projects), resolve_root=resolve_root,
                          agent_argv=lambda project: interactive_argv(supervisor.profile("claude", project)),
                          setup=lambda project: worktree_setup(core.configs(), project, core.untrusted),
-                         socket_path=core.socket_path)
+                         socket_path=core.socket_path, confine=lambda root, cwd, argv: session_argv(
+                             supervisor, root, cwd, argv))
     supervisor.agent_args = chat.agent_args  # a turn's session flags, decided as it starts
 
     facts = doctor.Facts(config_status=core.config_status, serving=lambda: core.rpc.serving,
                          socket_path=core.socket_path, health=core.health, state_dir=core.state_dir,
-                         agents=supervisor.agent_binaries)
-    core.rpc.register("daemon.doctor", lambda prm, _c: doctor.run(facts, prm.project))
+                         agents=supervisor.agent_binaries, sandbox=supervisor.sandbox_mechanisms)
+    core.rpc.register("doctor", lambda params, _conn: doctor.run(facts, params.project))
+    supervisor.socket_path = core.socket_path
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
                                   doctor=lambda project: doctor.run(facts, project), untrusted=core.untrusted)
     automation.register_rpc(core.rpc)
@@ -187,6 +214,11 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
     webhooks.register_rpc(core.rpc)
     trace_api.register(core.rpc, Tracer(_trace_ports(core, store, automation)))
     messaging = build_messaging(core, store, supervisor, automation, chat)
+    web = WebSubsystem(core.rpc, core.state_dir,
+                       inherited_fds=lambda: [fd for fd, name in sd.listen_fds() if name in WEB_FD_NAMES],
+                       finished_since=lambda since: store.store.finished_since(since) if store.store else [],
+                       read_secret=read_secret, socket_dir=lambda: core.socket_path().parent)
+    web.register_rpc(core.rpc)
     return [
         core.bus,
         store,
@@ -200,6 +232,7 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
         scheduler,
         webhooks,
         messaging,
+        web,  # last: the dashboard reads every other subsystem through the RPC methods
     ]
 
 

@@ -22,7 +22,7 @@ set -euo pipefail
 PREFIX=/usr/lib/aiwg-service          # where the venv lives on the installed system
 PY=/usr/bin/python3                   # Debian's interpreter: the venv is tied to it
 BUILD_DEPS=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev)
-UNITS=(aiwg.socket aiwg.service aiwg@.socket aiwg@.service aiwg-webhook.socket)
+UNITS=(aiwg.socket aiwg.service aiwg@.socket aiwg@.service aiwg-webhook.socket aiwg-web.socket)
 
 say() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }

@@ -12,6 +12,8 @@ Behaviour is steered by words in the prompt:
   garbage          interleave non-JSON lines
   env=NAME         report the value of env var NAME in the result text
   mark=PATH        append "start <pid> <t>" / "end <pid> <t>" lines to PATH
+  probe            try the other words as reads, writes and connects (``fake_probe.py``); the result
+                   text is ``PROBE {json}``: what a confined agent could do
 
 Sessions, as claude keeps them (see ``fake_claude_sessions.py``): ``--session-id UUID`` starts one
 (refused if it exists), ``--resume ID`` continues one (refused, as claude does, if there is none for this
@@ -128,6 +130,10 @@ def main() -> int:
         while (left := end - time.monotonic()) > 0:
             time.sleep(left)
     text = "Done: " + prompt[:200]
+    if "probe" in words:
+        import fake_probe
+
+        text = "PROBE " + json.dumps(fake_probe.run(words))
     envname = opt(words, "env")
     if envname:
         text = f"{envname}={os.environ.get(envname, '<unset>')}"

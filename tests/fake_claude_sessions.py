@@ -173,6 +173,15 @@ def interactive(argv: list[str]) -> int:
         if sleep:
             time.sleep(float(sleep))
         answer = f"Done: {line} {session.describe()}"
+        if "probe" in words:  # what a confined session can do: the JSON goes to report=PATH (a pane wraps lines)
+            import fake_probe
+
+            found = fake_probe.run(words)
+            report = next((w.split("=", 1)[1] for w in words if w.startswith("report=")), None)
+            if report:
+                with open(report, "w") as f:
+                    json.dump(found, f)
+            answer = "Done: probed"
         session.begin(line)
         session.add_turn(line, answer)
         sys.stdout.write("\r\033[K" + answer + "\n")

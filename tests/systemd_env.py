@@ -491,6 +491,25 @@ def _mount(
         raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
 
 
+def _inaccessible_nodes(d: Path) -> None:
+    """What PID 1 creates at boot and a root manager's sandboxing mounts over what it hides
+    (``InaccessiblePaths=``, ``ProtectKernelTunables=``): one node of each type, mode 0000."""
+    import stat
+
+    d.mkdir(mode=0o755)
+    (d / "dir").mkdir(mode=0)
+    (d / "reg").touch(mode=0)
+    os.mkfifo(d / "fifo", 0)
+    for name, kind in (("chr", stat.S_IFCHR), ("blk", stat.S_IFBLK)):
+        with contextlib.suppress(OSError):  # mknod may be refused in a container
+            os.mknod(d / name, kind, os.makedev(0, 0))
+    s = __import__("socket").socket(__import__("socket").AF_UNIX)
+    s.bind(str(d / "sock"))
+    s.close()
+    for n in d.iterdir():
+        os.chmod(n, 0)
+
+
 def _holder_main(base: Path, cgroup_name: str) -> int:
     """Create namespaces, boot journald and ``systemd --user``, wait for stdin EOF, tear down.
 
@@ -513,6 +532,7 @@ def _holder_main(base: Path, cgroup_name: str) -> int:
 
     _mount(libc, "tmpfs", "/run/systemd", "tmpfs", 0, "mode=0755")
     Path("/run/systemd/system").mkdir()  # makes sd_booted() true -- only in here
+    _inaccessible_nodes(Path("/run/systemd/inaccessible"))
     # journald: volatile only, and do not read the host's kernel ring buffer (it would
     # import other sessions' kmsg lines into our journal).
     Path("/run/systemd/journald.conf.d").mkdir()

@@ -61,7 +61,7 @@ def test_agent_survives_restart_kill9_and_stop_start(svc: Svc, project: Path) ->
     assert props["ActiveState"] == "active"
     assert "aiwg.service" not in props["ControlGroup"]  # not in the service's cgroup
     assert props["MemoryMax"] == str(512 * 1024 * 1024) and props["CPUQuotaPerSecUSec"] == "800ms"
-    assert props["NoNewPrivileges"] == "no"  # the service's sandbox is not the agent's
+    assert props["NoNewPrivileges"] == "yes"  # the agent has its own sandbox (not the service's)
     follower = subprocess.Popen([str(BIN / "aiwgctl"), "task", "logs", tid, "-f", "--raw"], env=svc.env,
                                 cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from aiwg_service.executors import ExitInfo, LaunchError, LaunchSpec, RunRef
-from aiwg_service.executors.local import RUNNER, LocalExecutor, unit_name
+from aiwg_service.executors.local import RUNNER, SHIM_FILE, LocalExecutor, unit_name
 from aiwg_service.executors.runner import CLAIM_LOST
 
 FAKE = str(Path(__file__).with_name("fake_claude.py"))
@@ -68,7 +68,7 @@ def test_run_and_record(tmp_path: Path, mode: dict) -> None:
         spec_file = Path(h["run"] + ".spec")
         assert not spec_file.exists()  # the env (secrets) does not stay on disk
         await ex.forget(h)
-        assert not list((tmp_path / "state" / "runs").iterdir())
+        assert [p.name for p in (tmp_path / "state" / "runs").iterdir()] == [SHIM_FILE]  # only the shim
 
     asyncio.run(go())
 

@@ -66,7 +66,7 @@ def test_state_and_heartbeat_files(svc_env: ServiceEnv) -> None:
     assert state["pid"] == svc_env.proc.pid  # type: ignore[union-attr]
     assert state["running"] is True and state["uptime_seconds"] >= 0
     assert set(state["subsystems"]) == {"router", "store", "budgets", "executors", "supervisor", "automation",
-                                        "chat", "ipc", "watcher", "scheduler", "webhooks", "messaging"}
+                                        "chat", "ipc", "watcher", "scheduler", "webhooks", "messaging", "web"}
     # atomic writes leave no temp files (one may exist for the instant of a write: it must go away)
     wait_for(lambda: not list(svc_env.state_dir.glob(".*.tmp")), what="no temp file left in the state dir")
 

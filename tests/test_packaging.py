@@ -42,7 +42,7 @@ from systemd_env import UserManager, require_private_manager_support, skip_or_fa
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SH = REPO / "packaging" / "build.sh"
 PREFIX = "/usr/lib/aiwg-service"
-UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service", "aiwg-webhook.socket")
+UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service", "aiwg-webhook.socket", "aiwg-web.socket")
 def debian_python() -> str:
     """``python3.X`` of Debian's /usr/bin/python3, which build.sh builds the venv with."""
     if not os.access("/usr/bin/python3", os.X_OK):

@@ -25,8 +25,11 @@ def write_service_config(env: ServiceEnv, daemon: dict[str, Any] | None = None,
                          agents: dict[str, Any] | None = None) -> None:
     path = env.config_home / "aiwg" / "daemon.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"daemon": {"stop_timeout_seconds": 0, **(daemon or {})},
-                                "agents": SHELL_PROFILES if agents is None else agents}))
+    # Unconfined: these tests follow agents by the pids they write to the test's tmp dir (a bubblewrap
+    # sandbox has its own pid namespace and /tmp); confinement has its own tests (test_sandbox_*.py).
+    profiles = {"claude": {}, **(SHELL_PROFILES if agents is None else agents)}
+    profiles = {name: {"sandbox": "off", **prof} for name, prof in profiles.items()}
+    path.write_text(json.dumps({"daemon": {"stop_timeout_seconds": 0, **(daemon or {})}, "agents": profiles}))
 
 
 def start(env: ServiceEnv, daemon: dict[str, Any] | None = None, **kw: Any) -> ServiceEnv:

@@ -144,7 +144,7 @@ def test_shell_and_agent_jobs_are_held_until_trusted(tmp_path: Path) -> None:
 
 
 def test_project_agent_profiles_are_ignored_until_trusted(svc_env: ServiceEnv, tmp_path: Path) -> None:
-    marker = tmp_path / "MARKER"
+    marker = svc_env.project / "MARKER"  # in the project: the trusted agent is still confined to it
     svc_env.env["PATH"] = f"{make_fakebin(tmp_path)}:{svc_env.env['PATH']}"
     svc_env.env["SECRET_TOKEN"] = "s3cret"
     evil = {"agents": {"claude": {"kind": "command", "env": ["SECRET_TOKEN"],

@@ -67,8 +67,12 @@ class Sessions:
     def __init__(self, tmux: Tmux, store: ConversationStore, recorder: Recorder, *, state_dir: Path,
                  projects: Callable[[], Iterable[str]], resolve_root: Callable[[str], str],
                  agent_argv: Callable[[str], list[str]], setup: Callable[[str], tuple[list[str] | None, float]],
-                 pane_env: Callable[[], dict[str, str]]) -> None:
+                 pane_env: Callable[[], dict[str, str]],
+                 confine: Callable[[str, str, list[str]], list[str]] | None = None) -> None:
+        """``confine(project, cwd, argv)``: the agent's argv inside its sandbox (the same policy as its tasks,
+        through bubblewrap: a pane is not a unit); raises ``RuntimeError`` (why) when none is possible."""
         self.tmux = tmux
+        self._confine = confine
         self.store = store
         self.recorder = recorder
         self.state_dir = state_dir
@@ -118,6 +122,13 @@ class Sessions:
             argv += ["--agent", agent]
         if prompt:
             argv += ["--", prompt]  # a prompt that starts with "-" stays a prompt
+        if self._confine is not None:
+            try:
+                argv = self._confine(root, cwd, argv)
+            except RuntimeError as exc:
+                if wt_path is not None:
+                    await _git("worktree", "remove", "--force", wt_path, cwd=root)
+                raise ChatError(str(exc)) from None
         log_dir = self.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         sid = self.recorder.begin(root, prompt or "(interactive session)", "claude", "")

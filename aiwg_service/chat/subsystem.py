@@ -38,7 +38,8 @@ class ChatSubsystem:
                  unsubscribe: Callable[[Any], None], submit: SubmitTask, get_task: GetTask, recorder: Recorder,
                  projects: Callable[[], Iterable[str]], resolve_root: Callable[[str], str],
                  agent_argv: Callable[[str], list[str]], setup: Callable[[str], tuple[list[str] | None, float]],
-                 socket_path: Callable[[], Path]) -> None:
+                 socket_path: Callable[[], Path],
+                 confine: Callable[[str, str, list[str]], list[str]] | None = None) -> None:
         self.state_dir = state_dir
         self._subscribe = subscribe
         self._unsubscribe = unsubscribe
@@ -49,6 +50,7 @@ class ChatSubsystem:
         self._agent_argv = agent_argv
         self._setup = setup
         self._socket_path = socket_path
+        self._confine = confine
         self.store: ConversationStore | None = None
         self.conversations: Conversations | None = None
         self.sessions: Sessions | None = None
@@ -103,7 +105,8 @@ class ChatSubsystem:
         tmux = Tmux(paths.tmux_socket_path(), use_scope=scope_available(), env=self.pane_env())
         self.sessions = Sessions(tmux, self.store, self._recorder, state_dir=self.state_dir,
                                  projects=self._projects, resolve_root=self._resolve_root,
-                                 agent_argv=self._agent_argv, setup=self._setup, pane_env=self.pane_env)
+                                 agent_argv=self._agent_argv, setup=self._setup, pane_env=self.pane_env,
+                                 confine=self._confine)
         self.dashboard = Dashboard(tmux, self.pane_env)
         self._subs.append(self._subscribe("task.session", self._on_session, name="chat.session"))
         for ev in _FINAL_EVENTS:

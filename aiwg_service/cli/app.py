@@ -23,8 +23,10 @@ from .cron import cron_app
 from .events import events_app
 from .messaging import messaging_app, notify
 from .rules import rules_app
+from .sandbox import doctor, sandbox_app
 from .tasks import task_app
 from .trust import trust, untrust
+from .web import web as web_cmd
 from .webhooks import webhook_app
 
 app = typer.Typer(
@@ -44,9 +46,11 @@ app.add_typer(task_app, name="task")
 app.add_typer(messaging_app, name="messaging")
 app.command()(notify)
 app.add_typer(webhook_app, name="webhook")
+app.add_typer(sandbox_app, name="sandbox")
+app.command("doctor")(doctor)
 app.command("budget")(budget_cmd.budget)
 app.command("trace")(budget_cmd.trace)
-app.command("doctor")(budget_cmd.doctor)
+app.command("web")(web_cmd)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 

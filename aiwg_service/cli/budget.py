@@ -1,6 +1,5 @@
 """``aiwgctl budget`` (what each budget has spent in its period, against its limit, and what waits
-for it), ``aiwgctl trace ID`` (the chain from a source event to the costs it caused) and ``aiwgctl doctor``
-(the service's own checks, with the binary each agent profile runs)."""
+for it) and ``aiwgctl trace ID`` (the chain from a source event to the costs it caused)."""
 
 from __future__ import annotations
 
@@ -76,15 +75,3 @@ def trace(ident: Annotated[str, typer.Argument(help="an event, rule run, task or
     if res.get("total_cost_usd") is not None:
         print(f"total cost ${res['total_cost_usd']:.4f}")
 
-
-def doctor(project: Annotated[Path | None, typer.Option("--project", help="this project's profiles and watch")] = None,
-           json: JsonOpt = False) -> None:
-    """Check the service's health: config, socket, watcher, disk, and which binary each agent profile runs."""
-    res = call("daemon.doctor", {"project": str(project.resolve()) if project else None})
-    if json:
-        render.emit_json(res)
-    else:
-        for c in res["checks"]:
-            print(f"{'ok ' if c['ok'] else 'BAD'} {c['name']}: {c['detail']}")
-    if not res["ok"]:
-        raise typer.Exit(1)

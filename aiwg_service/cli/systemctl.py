@@ -21,7 +21,7 @@ from .. import paths
 from . import render
 from .core import fail
 
-UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service", "aiwg-webhook.socket")
+UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service", "aiwg-webhook.socket", "aiwg-web.socket")
 NO_MANAGER = ("no systemd user manager is reachable ({why}). In a login session it runs by itself; over ssh "
               "or for a service that outlives logins run `loginctl enable-linger $USER`; in a container run "
               "the service in the foreground with `aiwg-service run`")
@@ -84,6 +84,16 @@ def webhook_port() -> int:
         fail("cannot read the webhook port:\n" + "\n".join(exc.errors))
 
 
+def web_port() -> int:
+    """``web.port`` from the service-wide config (9472 when unset)."""
+    from .. import config, schemas  # noqa: F401
+
+    try:
+        return config.load_file(paths.service_config_file()).config.web.port
+    except config.ConfigError as exc:
+        fail("cannot read the web port:\n" + "\n".join(exc.errors))
+
+
 def install(
     start: Annotated[bool, typer.Option(help="enable and start aiwg.socket now")] = True,
     force: Annotated[bool, typer.Option("--force", help="write the units even over a package's units")] = False,
@@ -92,6 +102,8 @@ def install(
     webhook_port_: Annotated[int | None, typer.Option("--webhook-port", min=1, max=65535,
                                                       help="port for aiwg-webhook.socket (default: webhook.port "
                                                            "from the service-wide config, else 9471)")] = None,
+    web: Annotated[bool, typer.Option("--web", help="also enable aiwg-web.socket (the dashboard and /metrics on "
+                                      "127.0.0.1:web.port, and a Unix socket for a reverse proxy)")] = False,
 ) -> None:
     """Install the user units (ExecStart pointing at this aiwg-service), daemon-reload, enable the socket.
 
@@ -106,10 +118,13 @@ def install(
     target.mkdir(parents=True, exist_ok=True)
     bindir = service_bindir()
     port = webhook_port_ if webhook_port_ is not None else webhook_port()
+    dash_port = web_port()
     for name, text in unit_texts().items():
         text = text.replace("@BINDIR@", str(bindir))
         if name == "aiwg-webhook.socket":
             text = re.sub(r"(?m)^ListenStream=127\.0\.0\.1:\d+$", f"ListenStream=127.0.0.1:{port}", text)
+        if name == "aiwg-web.socket":
+            text = re.sub(r"(?m)^ListenStream=127\.0\.0\.1:\d+$", f"ListenStream=127.0.0.1:{dash_port}", text)
         (target / name).write_text(text)
         print(f"wrote {target / name}")
     systemctl("daemon-reload")
@@ -121,11 +136,16 @@ def install(
             systemctl("enable", "aiwg-webhook.socket")
             systemctl("restart", "aiwg-webhook.socket")
             print(f"aiwg-webhook.socket enabled, listening on 127.0.0.1:{port}")
+        if web:
+            systemctl("enable", "aiwg-web.socket")
+            systemctl("restart", "aiwg-web.socket")
+            print(f"aiwg-web.socket enabled, listening on 127.0.0.1:{dash_port}; open it with `aiwgctl web`")
 
 
 def uninstall() -> None:
     """Stop and disable the units and remove the files `install` wrote."""
-    systemctl("disable", "--now", "aiwg.socket", "aiwg-webhook.socket", "aiwg.service", check=False)
+    systemctl("disable", "--now", "aiwg.socket", "aiwg-webhook.socket", "aiwg-web.socket", "aiwg.service",
+              check=False)
     target = paths.user_unit_dir()
     for name in UNITS:
         f = target / name

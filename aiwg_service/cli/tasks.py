@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json as jsonlib
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import protocol as p
+from ..streamjson import readable
 from . import render
 from .core import call, fail, no_service, resolve_socket
 
@@ -114,64 +114,6 @@ class Spinner:
                 sys.stderr.flush()
             sys.stdout.write(text)
             sys.stdout.flush()
-
-
-def _tool_input(inp: Any) -> str:
-    if isinstance(inp, dict):
-        for key in ("command", "file_path", "path", "pattern", "url", "description", "prompt"):
-            if isinstance(inp.get(key), str):
-                return _excerpt(inp[key], 100)
-        return _excerpt(jsonlib.dumps(inp, ensure_ascii=False), 100)
-    return _excerpt(str(inp), 100)
-
-
-def readable(line: str) -> str | None:
-    """One log line for people: claude's stream-json as text and tool calls; anything else as is."""
-    s = line.strip()
-    if not s.startswith("{"):
-        return line
-    try:
-        obj = jsonlib.loads(s)
-    except ValueError:
-        return line
-    if not isinstance(obj, dict) or "type" not in obj:
-        return line
-    kind = obj.get("type")
-    if kind == "system":
-        if obj.get("subtype") == "init":
-            return f"· session {obj.get('session_id', '?')} ({obj.get('model', '?')})"
-        return None
-    msg = obj.get("message") if isinstance(obj.get("message"), dict) else {}
-    content = msg.get("content", [])
-    if kind == "assistant":
-        if isinstance(content, str):
-            return content
-        out = []
-        for b in content if isinstance(content, list) else []:
-            if not isinstance(b, dict):
-                continue
-            if b.get("type") == "text" and b.get("text"):
-                out.append(str(b["text"]))
-            elif b.get("type") == "tool_use":
-                out.append(f"→ {b.get('name', 'tool')}: {_tool_input(b.get('input'))}")
-        return "\n".join(out) or None
-    if kind == "user":
-        for b in content if isinstance(content, list) else []:
-            if isinstance(b, dict) and b.get("type") == "tool_result":
-                c = b.get("content")
-                text = c if isinstance(c, str) else " ".join(
-                    x.get("text", "") for x in (c or []) if isinstance(x, dict))
-                n = len(text.splitlines())
-                return f"  ⎿ {_excerpt(text, 80)}" + (f" ({n} lines)" if n > 1 else "")
-        return None
-    if kind == "result":
-        cost = obj.get("total_cost_usd")
-        bits = [f"{obj.get('num_turns')} turns" if obj.get("num_turns") is not None else "",
-                f"${cost:.4f}" if isinstance(cost, int | float) else ""]
-        extra = ", ".join(b for b in bits if b)
-        mark = "✗ " + str(obj.get("subtype", "error")) if obj.get("is_error") else "✓ done"
-        return f"{mark}" + (f" ({extra})" if extra else "")
-    return None
 
 
 class LineRenderer:
@@ -281,6 +223,15 @@ def _print_task(t: dict[str, Any]) -> None:
         h = t.get("handle") or {}
         where = h.get("unit") or (f"job {h['job']}" if h.get("job") else None) or h.get("host") or h.get("kind")
         pairs.append(("executor", t["executor"] + (f" ({where})" if where else "")))
+    box = (t.get("handle") or {}).get("sandbox")
+    if box:  # what the run was confined with (stored with its handle at launch)
+        what = box.get("mechanism", "?")
+        if box.get("enabled"):
+            net = box.get("network", "full")
+            if net == "allow":
+                net += " " + ",".join(box.get("allow_hosts") or []) or " nothing"
+            what += f"; writes {', '.join(box.get('write') or [])}; network {net}; socket {box.get('socket', 'none')}"
+        pairs.append(("sandbox", what))
     if t.get("origin"):
         pairs.append(("origin", ", ".join(f"{k}={v}" for k, v in t["origin"].items())))
     if t.get("input_tokens") is not None:

@@ -30,6 +30,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from ..sandbox.policy import Policy
+
 __all__ = [
     "Executor",
     "ExecutorError",
@@ -92,6 +94,8 @@ class LaunchSpec(msgspec.Struct, kw_only=True):
     #: Executor-specific settings from the profile (e.g. ``{"host": ...}`` for ssh,
     #: ``{"partition": ...}`` for slurm).  The local executor ignores it.
     options: dict[str, Any] = {}
+    #: The resolved confinement (``sandbox.resolve``); None: not confined (remote executors, direct use).
+    sandbox: Policy | None = None
 
 
 class ExitInfo(msgspec.Struct, kw_only=True):

@@ -24,19 +24,19 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
+from ..sandbox import proxy as sandbox_proxy
+from ..sandbox.launch import Confinement, confine
 from ..systemd import user_manager_reachable
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .runner import claim as _claim
 from .runner import write_bytes_atomic
 from .shim import SCRIPT, script_for, shell_ok, write_private
 
-__all__ = ["RUNNER", "Confinement", "LocalExecutor", "unit_name"]
+__all__ = ["RUNNER", "LocalExecutor", "unit_name"]
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,9 @@ RUNNER = str(Path(__file__).with_name("runner.py"))
 
 
 #: Every file of a run, ``<state>/runs/<id>.<attempt><suffix>``: dropped together.
+#: The shim (``shim.py``), written once into the runs dir (which a confined unit keeps writable and visible).
+SHIM_FILE = ".agent-shim.sh"
 _RUN_FILES = (".spec", ".sh", ".stdin", ".fifo", ".child", ".rc", ".exit", ".claim")
-
-
-class Confinement(msgspec.Struct, frozen=True):
-    """What confines one run (issue #27 fills it): unit ``properties`` (``"ProtectSystem=strict"``...)
-    under systemd, an argv ``prefix`` (``["bwrap", ...]``) in the foreground.  Empty: unconfined."""
-
-    properties: tuple[str, ...] = ()
-    prefix: tuple[str, ...] = ()
 
 
 def unit_name(task_id: str) -> str:
@@ -125,14 +119,14 @@ class LocalExecutor:
         self._setsid = shutil.which("setsid", path=self.environ.get("PATH") or "/usr/bin:/bin")
         self._shim: str | None = None
         if self._setsid and os.access("/bin/sh", os.X_OK):
-            self._shim = str(Path(state_dir) / "agent-shim.sh")
+            self._shim = str(self.runs_dir / SHIM_FILE)  # in the runs dir: a confined unit sees it
             try:
                 write_bytes_atomic(self._shim, SCRIPT.encode(), durable=False)
             except OSError as e:
                 log.warning("cannot write %s (%s): agents start through the runner", self._shim, e)
                 self._shim = None
-        #: Extra unit properties and an argv prefix per run (confinement, issue #27): see :meth:`confine`.
-        self.confine: Callable[[LaunchSpec], Confinement] | None = None
+        #: ``network: allow`` runs: the task's filtering proxy, by task id (closed when the run is forgotten)
+        self._proxies: dict[str, sandbox_proxy.Proxy] = {}
 
     # -- paths and identity ------------------------------------------------------------------------------
     def _base(self, task_id: str, attempt: int) -> Path:
@@ -160,60 +154,96 @@ class LocalExecutor:
         claim_path = base.with_suffix(base.suffix + ".claim")
         if claim_path.exists():
             raise LaunchError(f"attempt {spec.attempt} of task {spec.task_id} was already claimed ({claim_path})")
-        conf = self.confine(spec) if self.confine is not None else Confinement()
-        exe = self._exec_first(spec, conf)
+        # The sandbox seam: one call, the policy rendered for the mechanism this launch uses (unit
+        # properties, or a bubblewrap argv prefix), plus the proxy of ``network: allow``.
+        box = await self._confine(spec, base)
+        argv = [*box.prefix, *([box.program, *spec.argv[1:]] if box.program else spec.argv)]
+        env = {**spec.env, **box.env}
+        exe = self._exec_first(argv, env, spec.cwd)
         if exe is not None:  # the shim starts the agent, then becomes its runner: only limits in the spec
             record: dict[str, Any] = {"log_path": spec.log_path, "timeout_s": spec.timeout_s,
                                       "max_output_bytes": spec.max_output_bytes, "kill_grace_s": spec.kill_grace_s}
         else:  # the runner starts it (the agent or its cwd is missing: the runner records the clear error)
-            record = {"argv": [*conf.prefix, *spec.argv], "cwd": spec.cwd, "env": spec.env,
+            record = {"argv": argv, "cwd": spec.cwd, "env": env,
                       "log_path": spec.log_path, "timeout_s": spec.timeout_s, "umask": spec.umask,
                       "max_output_bytes": spec.max_output_bytes, "kill_grace_s": spec.kill_grace_s,
                       "stdin": spec.stdin}
         try:  # marshal: the runner reads it without importing json (its start-up is every task's)
             write_bytes_atomic(str(spec_path), marshal.dumps(record), durable=False)
             if exe is not None:
-                self._write_shim_files(str(base), spec, exe, conf)
+                self._write_shim_files(str(base), spec, [exe, *argv[1:]], env)
         except (OSError, ValueError) as e:
             self._drop_files(str(base))
+            await self._drop_proxy(spec.task_id)
             raise LaunchError(f"cannot write the run's files {base}.*: {e.strerror or e}") from None
         runner = [self.python, "-I", "-S", RUNNER]
         try:
             if exe is not None:
                 cmd = ["/bin/sh", str(self._shim), str(base), self.python, RUNNER, str(self._setsid)]
                 if self.use_systemd:
-                    handle = await self._start_unit(spec, cmd, conf)
+                    handle = await self._start_unit(spec, cmd, box.properties)
                 else:  # in a thread: vfork holds the caller until the child's exec, long on a busy machine
-                    handle = await asyncio.to_thread(self._spawn_shim, cmd, spec.env)
+                    handle = await asyncio.to_thread(self._spawn_shim, cmd, env)
             elif self.use_systemd:
-                handle = await self._start_unit(spec, [*runner, str(spec_path)], conf)
+                handle = await self._start_unit(spec, [*runner, str(spec_path)], box.properties)
             else:
                 handle = await self._start_runner(runner, str(spec_path))
         except LaunchError:
+            await self._drop_proxy(spec.task_id)
             # Nothing was launched.  (On a cancel the launch may be under way: the spec stays for the
             # runner, and recovery's claim settles it if the runner never came.)
             self._drop_files(str(base))
             raise
         handle["run"] = str(base)
+        handle["sandbox"] = box.record
         return handle
 
-    def _exec_first(self, spec: LaunchSpec, conf: Confinement) -> str | None:
+    async def _confine(self, spec: LaunchSpec, base: Path) -> Confinement:
+        proxy_path = str(base.with_suffix(".px") / "proxy.sock") \
+            if spec.sandbox is not None and spec.sandbox.network == "allow" else None
+        # the runner itself (inside the unit) writes the run records and the log
+        keep = [str(self.runs_dir), spec.log_path] if self.use_systemd else []
+        if self.use_systemd and spec.sandbox is not None and spec.sandbox.enabled:
+            with contextlib.suppress(OSError):  # bound into the unit: it must exist before it starts
+                os.close(os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        if proxy_path is not None and spec.sandbox is not None:  # first: the socket is bound in
+            await self._start_proxy(spec.task_id, spec.sandbox.allow_hosts, proxy_path)
+        box = confine(spec.sandbox, systemd=self.use_systemd, keep=keep, python=self.python,
+                      proxy_socket=proxy_path, path=self.environ.get("PATH"),
+                      program=spec.argv[0] if spec.argv else None)
+        if box.refused:
+            await self._drop_proxy(spec.task_id)
+            raise LaunchError(box.refused)
+        return box
+
+    async def _start_proxy(self, task_id: str, hosts: list[str], path: str) -> None:
+        await self._drop_proxy(task_id)
+        px = sandbox_proxy.Proxy(task_id, hosts, path)
+        try:
+            await px.start()
+        except OSError as e:
+            raise LaunchError(f"cannot start the sandbox's proxy at {path}: {e.strerror or e}") from None
+        self._proxies[task_id] = px
+
+    async def _drop_proxy(self, task_id: str, *, done: bool = True) -> None:
+        px = self._proxies.pop(task_id, None)
+        if px is not None:
+            await px.close(remove_dir=done)
+
+    def _exec_first(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str | None:
         """The agent's path when the shim can start it (see ``shim.py``), else None (the runner does)."""
-        if self._shim is None or not shell_ok(spec.env) or not os.path.isdir(spec.cwd):
+        if self._shim is None or not argv or not shell_ok(env) or not os.path.isdir(cwd):
             return None
-        argv0 = conf.prefix[0] if conf.prefix else spec.argv[0]
-        exe = argv0 if "/" in argv0 else shutil.which(argv0, path=spec.env.get("PATH"))
+        exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
         if exe is None or not os.access(exe, os.X_OK) or os.path.isdir(exe):
             return None
         return exe
 
-    def _write_shim_files(self, base: str, spec: LaunchSpec, exe: str, conf: Confinement) -> None:
+    def _write_shim_files(self, base: str, spec: LaunchSpec, argv: Sequence[str], env: Mapping[str, str]) -> None:
         stdin_path = f"{base}.stdin" if spec.stdin is not None else None
         if stdin_path is not None:
             write_private(stdin_path, (spec.stdin or "").encode())
-        argv = [*conf.prefix, *spec.argv]
-        argv[0] = exe
-        write_private(f"{base}.sh", script_for(argv=argv, env=spec.env, cwd=spec.cwd, umask=spec.umask,
+        write_private(f"{base}.sh", script_for(argv=argv, env=env, cwd=spec.cwd, umask=spec.umask,
                                                stdin_path=stdin_path, clear_env=self.use_systemd).encode())
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{base}.fifo")
@@ -257,9 +287,9 @@ class LocalExecutor:
         keep = ("PATH", "LANG", "LC_ALL", "TZ")
         return {k: v for k, v in self.environ.items() if k in keep}
 
-    def unit_argv(self, spec: LaunchSpec, command: Sequence[str], conf: Confinement | None = None) -> list[str]:
-        """``systemd-run`` for the run's transient unit; ``conf.properties`` (confinement, issue #27) are
-        added as ``-p`` after the service's own."""
+    def unit_argv(self, spec: LaunchSpec, command: Sequence[str], properties: Sequence[str] = ()) -> list[str]:
+        """``systemd-run`` for the run's transient unit; ``properties`` (the sandbox's) are added as ``-p``
+        after the service's own."""
         unit = unit_name(spec.task_id)
         argv = ["systemd-run", "--user", f"--unit={unit}", "--collect", "--quiet",
                 "-p", "Type=exec", "-p", "KillMode=mixed",
@@ -270,13 +300,13 @@ class LocalExecutor:
             argv += ["-p", f"MemoryMax={spec.memory_max}"]
         if spec.cpu_quota:
             argv += ["-p", f"CPUQuota={spec.cpu_quota}"]
-        for prop in (conf.properties if conf is not None else ()):
+        for prop in properties:
             argv += ["-p", prop]
         return [*argv, "--", *command]
 
-    async def _start_unit(self, spec: LaunchSpec, command: list[str], conf: Confinement) -> Handle:
+    async def _start_unit(self, spec: LaunchSpec, command: list[str], properties: Sequence[str] = ()) -> Handle:
         unit = unit_name(spec.task_id)
-        rc, _out, err = await self._run(self.unit_argv(spec, command, conf))
+        rc, _out, err = await self._run(self.unit_argv(spec, command, properties))
         if rc != 0:
             msg = err.strip().splitlines()[-1] if err.strip() else f"exit status {rc}"
             if "already" in err or "exists" in err:
@@ -317,6 +347,12 @@ class LocalExecutor:
     # -- adopt / poll ----------------------------------------------------------------------------------------
     async def adopt(self, ref: RunRef) -> Probe:
         probe = self._probe(ref)
+        box = (ref.handle or {}).get("sandbox") or {}
+        if probe.state == "running" and box.get("proxy") and ref.task_id not in self._proxies:
+            try:  # a restarted service serves a live run's proxy again, at the same socket
+                await self._start_proxy(ref.task_id, list(box.get("allow_hosts") or []), str(box["proxy"]))
+            except LaunchError as e:
+                log.warning("task %s: %s", ref.task_id, e)
         if probe.state == "never_started" and self.use_systemd:
             # A launch may still be on its way through systemd-run: the runner will find the claim
             # taken and exit, but do not leave a unit behind either.
@@ -440,10 +476,17 @@ class LocalExecutor:
     async def forget(self, handle: Handle) -> None:
         if "run" not in handle:
             raise ExecutorError("not a local handle (no 'run')")
+        box = handle.get("sandbox") or {}
+        if box.get("proxy"):
+            for task_id, px in list(self._proxies.items()):
+                if px.path == box["proxy"]:
+                    await self._drop_proxy(task_id)
         await asyncio.to_thread(self._drop_files, str(handle["run"]))
 
     async def close(self) -> None:
-        return None
+        """The proxies stop with the service (a restart's ``adopt`` serves live runs' proxies again)."""
+        for task_id in list(self._proxies):
+            await self._drop_proxy(task_id, done=False)
 
 
 def systemd_available(environ: Mapping[str, str] | None = None) -> bool:

@@ -720,8 +720,9 @@ class AutomationEngine:
 
     def _rpc_decide(self, params: p.ApprovalDecideParams, conn: Any, approve: bool) -> dict[str, Any]:
         by = _peer_name(conn)
+        via = getattr(conn, "channel", None) or params.via  # a channel the service built (the dashboard) says so
         try:
-            ap = self.approvals.decide(params.approvalId, approve, by, params.via, params.reason)
+            ap = self.approvals.decide(params.approvalId, approve, by, via, params.reason)
         except ApprovalNotFound as exc:
             raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: approvalId: {exc}", {"param": "approvalId"}) from None
         except ApprovalAlreadyDecided as exc:

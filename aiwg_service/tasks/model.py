@@ -21,6 +21,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from ..protocol import utc_now
+from ..sandbox.schema import SandboxSection
 
 __all__ = [
     "FINISHED_STATES",
@@ -226,6 +227,9 @@ class AgentProfile(Struct, kw_only=True):
     #: USD per million tokens, to estimate a run's cost while it runs (the stream reports the
     #: real figure only at the end); without it only the reported figure counts.
     price_per_mtok: Prices | None = None
+    #: The agent's confinement (``sandbox/``): on by default for every kind; ``"off"`` only in the service's
+    #: own config (a project file can only narrow it, see ``sandbox.schema.narrow``).
+    sandbox: SandboxSection | Literal["on", "off"] = "on"
 
     def __post_init__(self) -> None:
         if self.kind not in ("claude", "shell", "command"):

@@ -492,6 +492,14 @@ class Store:
             "INDEXED BY tasks_finished_at WHERE finished_at IS NOT NULL AND finished_at >= ? "
             "AND cost_usd IS NOT NULL", (since,)).fetchall()
 
+    def finished_since(self, since: str) -> list[tuple[str, str, float | None, float | None, str]]:
+        """``(project, state, run seconds, cost_usd, finished_at)`` of tasks finished since ``since``
+        (the dashboard's cost chart and the /metrics histograms)."""
+        return self._db.execute(
+            "SELECT project, state, (julianday(finished_at) - julianday(started_at)) * 86400.0, cost_usd, "
+            "finished_at FROM tasks INDEXED BY tasks_finished_at WHERE finished_at IS NOT NULL "
+            "AND finished_at >= ?", (since,)).fetchall()
+
     #: Origin keys ``by_origin`` may look up.
     ORIGIN_KEYS = frozenset({"event_id", "rule", "rule_id", "run_id", "approval", "approval_id", "conversation",
                              "turn", "cron_job", "webhook_delivery", "webhook_delivery_id"})

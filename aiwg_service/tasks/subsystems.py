@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import paths
 from ..config import Configs, resolve_root
 from ..executors.local import LocalExecutor, systemd_available
 from ..executors.registry import Executors
 from ..ports import ConfigsView
 from ..rpc import RpcServer
+from ..sandbox import Mechanism, Policy, SandboxSection, choose, narrow, resolve
+from ..sandbox.schema import section_of
+from . import sandbox_api
 from .agents import BUILTIN_PROFILES, build_argv, child_env, locate_agent
 from .api import TaskHub, register
 from .model import AgentProfile, Task, TaskState
@@ -101,6 +106,50 @@ class SupervisorSubsystem:
         self.agent_args: Callable[[Task], list[str]] | None = None
         #: Per-executor limits and outages (set by ``wiring.py`` from the executors subsystem).
         self.executor_gate: Any = None
+        self.state_dir = state_dir
+        #: The service's socket (set by ``wiring.py``): hidden from agents unless a profile grants it.
+        self.socket_path: Callable[[], Path] = paths.socket_path
+
+    # -- sandbox -----------------------------------------------------------------------------------
+    def sandbox_section(self, agent: str, project: str | None) -> SandboxSection:
+        """The owner's section for ``agent`` (service file, else built-in, else the default), narrowed by
+        what the project's file says for it (trusted or not: it can only take away)."""
+        c = self._configs()
+        own = c.service.agents.get(agent) or BUILTIN_PROFILES.get(agent)
+        base = section_of(own.sandbox) if own is not None else SandboxSection()
+        pr = c.projects.get(project) if project is not None else None
+        theirs = pr.config.agents.get(agent) if pr is not None else None
+        return narrow(base, section_of(theirs.sandbox) if theirs is not None else None)
+
+    def sandbox_policy(self, agent: str, project: str, cwd: str | None = None) -> Policy:
+        """The resolved policy of an agent of ``agent`` working in ``cwd`` (default: the project)."""
+        c = self._configs()
+        section = self.sandbox_section(agent, project)
+        kind = self.profile(agent, project).kind
+        hidden = [str(self.state_dir), str(paths.runtime_base()), str(paths.config_dir())]
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        if runtime:
+            hidden.append(runtime)
+        return resolve(section, kind=kind, cwd=cwd or project, home=os.path.expanduser("~"), service_dirs=hidden,
+                       other_projects=[root for root in c.projects if root != project],
+                       socket=str(self.socket_path()), profile=agent)
+
+    def task_sandbox(self, task: Task, profile: AgentProfile) -> Policy:
+        return self.sandbox_policy(task.agent, task.project)
+
+    def sandbox_of(self, agent: str, project: str) -> tuple[Policy, Mechanism]:
+        """The policy and the mechanism a task of ``agent`` would get now (local executor)."""
+        policy = self.sandbox_policy(agent, project)
+        return policy, choose(policy, systemd=self.use_units)
+
+    def sandbox_mechanisms(self) -> dict[str, str]:
+        """Profile -> mechanism (or why refused), service-wide, for the doctor."""
+        home = os.path.join(os.path.expanduser("~"), "PROJECT")
+        out = {}
+        for name in self.agent_names(home):
+            mech = self.sandbox_of(name, home)[1]
+            out[name] = mech.name if mech.name != "refused" else f"refused: {mech.detail}"
+        return out
 
     def profile(self, agent: str, project: str | None = None) -> AgentProfile:
         """Project file's profile (if its config is trusted), else the service file's, else a built-in."""
@@ -165,6 +214,7 @@ class SupervisorSubsystem:
             admit=self.admit,
             on_cost=self.on_cost,
             agent_args=self.agent_args,
+            sandbox=self.task_sandbox,
         )
         recovered = await self.supervisor.start()
         for t in recovered:
@@ -223,4 +273,5 @@ def build(publish: Callable[..., Any], rpc: RpcServer, configs: ConfigsView, sta
     register(rpc, get_store, get_sup, hub,
              projects=lambda: list(configs().projects), agent_names=sup.agent_names,
              resolve_root=resolve_root, log_dir=sup.log_dir, request_stop=request_stop)
+    sandbox_api.register(rpc, sup, lambda: list(configs().projects), resolve_root)
     return stores, sup

@@ -26,6 +26,7 @@ from ..executors.follow import LogTail, LogWatch
 from ..executors.local import LocalExecutor
 from ..executors.registry import DEFAULT_EXECUTOR, Executors
 from ..executors.remote_common import ExecutorUnavailable
+from ..sandbox.policy import Policy
 from .agents import StreamJsonParser, build_argv, child_env, locate_agent, prompt_stdin
 from .model import AgentProfile, Emit, Task, TaskSource, TaskState, parse_time
 from .store import Store, StoreError
@@ -104,6 +105,7 @@ class Supervisor:
         admit: Admission | None = None,
         on_cost: Callable[[Task, float | None], None] | None = None,
         agent_args: Callable[[Task], list[str]] | None = None,
+        sandbox: Callable[[Task, AgentProfile], Policy | None] | None = None,
     ) -> None:
         """``project_profiles(agent, project)``, when given, resolves profiles instead of ``profiles``
         (a project may override service-wide profiles).  ``default_timeout_s`` may be a function of
@@ -137,6 +139,8 @@ class Supervisor:
         self.admit = admit
         self.on_cost = on_cost
         self.agent_args = agent_args
+        #: The task's confinement (``sandbox.resolve`` with the service's view): None runs it unconfined.
+        self.sandbox = sandbox
         #: Pause before trying the queue again after a failed store write (disk full).
         self.store_retry_s = 5.0
         #: Interval of the reconciliation that replaces a run's failed liveness source (never otherwise).
@@ -461,6 +465,11 @@ class Supervisor:
                 self.store.fail_queued(task.id, f"cannot prepare the agent's arguments: {e}")
                 return
         env = child_env(profile, task.id)
+        try:
+            policy = self.sandbox(task, profile) if self.sandbox is not None else None
+        except (OSError, ValueError) as e:
+            self.store.fail_queued(task.id, f"cannot resolve the agent's sandbox: {e}")
+            return
         # Resolve here so "no such agent" is a clear error before anything is launched.
         exe = locate_agent(argv[0], env.get("PATH"), env.get("HOME"))
         if exe is None:
@@ -496,7 +505,7 @@ class Supervisor:
             memory_max=profile.memory_max,
             cpu_quota=profile.cpu_quota, umask=self.child_umask,
             max_output_bytes=profile.max_output_mb * 1024 * 1024, kill_grace_s=self.kill_grace_s,
-            profile=task.agent, project=task.project, options=dict(profile.executor_options))
+            profile=task.agent, project=task.project, options=dict(profile.executor_options), sandbox=policy)
         self._prices(run, profile)
         # Shielded: a graceful stop arriving mid-launch lets the launch finish (see :meth:`stop`).
         run.launch = asyncio.ensure_future(run.executor.start(spec))
