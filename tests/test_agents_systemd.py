@@ -146,6 +146,7 @@ def test_claude_only_in_local_bin_runs_under_the_user_manager(svc: Svc, project:
         assert done["state"] == "completed", done
         assert done["result"] == "Done: hello from local bin"
         doc = svc.ctl("doctor", check=False).stdout
-        assert f"agent claude: {local_bin / 'claude'}" in doc, doc
+        row = next(ln for ln in doc.splitlines() if ln.startswith("agent claude"))
+        assert row.split()[-1] == str(local_bin / "claude"), doc
     finally:
         (local_bin / "claude").unlink()

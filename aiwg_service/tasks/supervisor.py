@@ -146,6 +146,8 @@ class Supervisor:
         #: Interval of the reconciliation that replaces a run's failed liveness source (never otherwise).
         self.reconcile_s = 2.0
         self._runs: dict[str, _Run] = {}
+        #: Runs whose outcome is recorded, still making it durable and dropping their run files.
+        self._finishing: dict[str, _Run] = {}
         self._watch: LogWatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -178,6 +180,9 @@ class Supervisor:
         re-queues them per the profile's ``retry``)."""
         self._stopping = True
         stop_agents = self.stop_agents if stop_agents is None else stop_agents
+        finishing = [r.job for r in self._finishing.values() if r.job is not None]
+        if finishing:  # recorded runs still dropping their files: let them (it takes an fsync)
+            await asyncio.wait(finishing, timeout=10)
         runs = list(self._runs.values())
         jobs = [r.job for r in runs if r.job is not None]
         if stop_agents and jobs:
@@ -442,6 +447,8 @@ class Supervisor:
                 self._watch.remove(run.tail)
             if self._runs.get(run.task.id) is run:
                 del self._runs[run.task.id]
+            if self._finishing.get(run.task.id) is run:
+                del self._finishing[run.task.id]
             if self.on_cost is not None:
                 self._safe(self.on_cost, run.task, None)
             if not self._stopping:
@@ -594,6 +601,12 @@ class Supervisor:
             run.parser.feed(info.stream_tail.encode())
         run.parser.close()
         self._record(run, info)
+        # Recorded: its slot is free now (status and limits count it no more); the fsync and the removal of
+        # its run files finish in this same job, which stop() still waits for (``_finishing``).
+        if self._runs.get(run.task.id) is run:
+            del self._runs[run.task.id]
+            self._finishing[run.task.id] = run
+            self.wake()
         await self.store.durable()  # the outcome is on disk before the run's own record of it goes
         try:
             await run.executor.forget(run.handle)
