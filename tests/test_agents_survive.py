@@ -5,8 +5,6 @@ a run that ends while the service is down, the start-up crash window, and ``stop
 from __future__ import annotations
 
 import json
-import os
-import select
 import signal
 import subprocess
 import sys
@@ -63,12 +61,9 @@ def test_agent_survives_stop_and_kill9_with_every_line_once(svc_env: ServiceEnv)
     try:
         log_path = Path(svc_env.call("task.get", {"taskId": tid})["log_path"])
         wait_for(lambda: log_path.exists() and len(ticks_in(log_path.read_text())) >= 3, 20, what="first ticks")
-        # the follower is connected (it printed a line) before the service goes: aiwgctl's start-up on a
-        # loaded machine can outlast the first ticks, and a follower that never connected rightly gives up
-        assert f.stdout is not None
-        ready, _, _ = select.select([f.stdout], [], [], 30)
-        assert ready, "the follower printed nothing"
-        first = os.read(f.stdout.fileno(), 1 << 20).decode()  # unbuffered: communicate() reads the fd too
+        # the follower is connected before the stop (a follower that never reached the service fails at once)
+        wait_for(lambda: svc_env.call("daemon.status")["subsystems"]["supervisor"]["log_followers"] >= 1, 20,
+                 what="the follower to be connected")
         assert svc_env.stop() == 0  # graceful: the agent keeps running
         assert "start" in mark.read_text() and "end" not in mark.read_text()
         svc_env.start()
@@ -84,7 +79,6 @@ def test_agent_survives_stop_and_kill9_with_every_line_once(svc_env: ServiceEnv)
         svc_env.start()
         done = wait_state(svc_env, tid, "completed", timeout=40)
         out, err = f.communicate(timeout=30)
-        out = first + out
     finally:
         if f.poll() is None:
             f.kill()
