@@ -58,7 +58,8 @@ def run(facts: Facts, project: str | None) -> dict[str, Any]:
     agents = facts.agents(project) if facts.agents is not None else {"claude": shutil.which("claude")}
     for name, exe in agents.items():
         where = " or in ~/.local/bin, ~/.claude/local" if name == "claude" else ""
-        checks.append(_check(f"agent {name}", exe is not None,
+        # "agent": the default profile's row keeps its old name (rules and scripts read it)
+        checks.append(_check("agent" if name == "claude" else f"agent {name}", exe is not None,
                              exe or f"its command is not on PATH{where} (its tasks will fail)"))
     if facts.sandbox is not None:
         for name, mech in sorted(facts.sandbox().items()):

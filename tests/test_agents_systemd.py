@@ -146,7 +146,7 @@ def test_claude_only_in_local_bin_runs_under_the_user_manager(svc: Svc, project:
         assert done["state"] == "completed", done
         assert done["result"] == "Done: hello from local bin"
         doc = svc.ctl("doctor", check=False).stdout
-        row = next(ln for ln in doc.splitlines() if ln.startswith("agent claude"))
+        row = next(ln for ln in doc.splitlines() if ln.split()[:1] == ["agent"])  # the claude profile's row
         assert row.split()[-1] == str(local_bin / "claude"), doc
     finally:
         (local_bin / "claude").unlink()
