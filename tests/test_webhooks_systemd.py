@@ -27,7 +27,7 @@ def test_webhook_socket_activates_the_service_and_the_rule_fires(sd: UserManager
         shutil.rmtree(d, ignore_errors=True)
     port = free_port()
     config_home = tmp_path / "config"
-    service_cfg = json.dumps({"webhook": {"port": port}})
+    service_cfg = json.dumps({"webhook": {"port": port, "secret_vars": ["AIWG_TEST_GH"]}})
     for home in (config_home, sd.config_home):  # the service's (drop-in) and aiwgctl's view of the config
         (home / "aiwg").mkdir(parents=True, exist_ok=True)
         (home / "aiwg" / "daemon.json").write_text(service_cfg)
