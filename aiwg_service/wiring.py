@@ -207,7 +207,7 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
 
     facts = doctor.Facts(config_status=core.config_status, serving=lambda: core.rpc.serving,
                          socket_path=core.socket_path, health=core.health, state_dir=core.state_dir,
-                         sandbox=supervisor.sandbox_mechanisms)
+                         agents=supervisor.agent_binaries, sandbox=supervisor.sandbox_mechanisms)
     core.rpc.register("doctor", lambda params, _conn: doctor.run(facts, params.project))
     supervisor.socket_path = core.socket_path
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
