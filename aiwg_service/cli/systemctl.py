@@ -117,10 +117,26 @@ def install(
         systemctl("enable", "--now", "aiwg.socket")
         print("aiwg.socket enabled and listening; the service starts on first use (try `aiwgctl ping`)")
         if webhook:
-            # restart, not start: a port rewritten by this install takes effect now
             systemctl("enable", "aiwg-webhook.socket")
-            systemctl("restart", "aiwg-webhook.socket")
+            # restart, not start: a port rewritten by this install takes effect now
+            restart_sockets("aiwg-webhook.socket")
             print(f"aiwg-webhook.socket enabled, listening on 127.0.0.1:{port}")
+
+
+def restart_sockets(*sockets: str) -> None:
+    """(Re)start socket units of aiwg.service, which systemd refuses while that service runs.
+
+    A running service is stopped first and started again once the sockets listen, so it inherits them all
+    (its agents run in their own units and are re-adopted by the new process).
+    """
+    running = systemctl("is-active", "--quiet", "aiwg.service", check=False).returncode == 0
+    if running:
+        print("stopping aiwg.service so that it inherits the new socket (systemd starts a socket only while its "
+              "service is stopped); agents keep running")
+        systemctl("stop", "aiwg.service")
+    systemctl("restart", *sockets)
+    if running:
+        systemctl("start", "aiwg.service")
 
 
 def uninstall() -> None:
