@@ -185,6 +185,25 @@ stage() {
       sed -i "s|$VENV|$PREFIX|g" "$f"
     fi
   done < <(find "$VENV/bin" "$VENV/pyvenv.cfg" -maxdepth 1 -type f -print0)
+  # The RECORD files list bin/ scripts with the hashes they had while they named the staging path: drop the
+  # scripts deleted above and hash the rewritten ones, so RECORD is true and the same on every build.
+  "$VENV/bin/python" -I - "$SITE" <<'PY'
+import base64, hashlib, pathlib, sys
+site = pathlib.Path(sys.argv[1])
+for record in site.glob("*.dist-info/RECORD"):
+    out = []
+    for line in record.read_text().splitlines():
+        path = line.rsplit(",", 2)[0]
+        if path.startswith("../../../bin/"):
+            script = site / path
+            if not script.exists():
+                continue
+            data = script.read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            line = f"{path},sha256={digest},{len(data)}"
+        out.append(line)
+    record.write_text("\n".join(out) + "\n")
+PY
   # Wheels ship extension modules with debug info (uvloop's alone is 13 MB); strip it as dh_strip would.
   if command -v strip >/dev/null; then
     find "$VENV/lib" -type f \( -name '*.so' -o -name '*.so.[0-9]*' \) -exec strip --strip-unneeded {} +
