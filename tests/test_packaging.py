@@ -212,7 +212,8 @@ def test_rpm_layout_and_dependencies(built: Built) -> None:
     dirs = [ln[-1] for ln in listing if ln[0].startswith("d")]
     deb = {p for p, (mode, _, _) in deb_entries(built.deb).items() if not mode.startswith("d")}
     assert files - deb == {"/usr/share/zsh/site-functions/_aiwgctl"}
-    assert deb - files == {"/usr/share/zsh/vendor-completions/_aiwgctl"}
+    assert deb - files == {"/usr/share/zsh/vendor-completions/_aiwgctl", "/usr/share/lintian/overrides/aiwg-service",
+                           "/usr/share/doc/aiwg-service/changelog.Debian.gz"}  # the rpm has %changelog
     # it owns its own directories, never the distribution's (/usr/bin, /usr/lib/systemd/user, ...)
     assert PREFIX in dirs and all(d.startswith((PREFIX, "/usr/share/doc/aiwg-service")) for d in dirs), dirs
     requires = set(run("rpm", "-qpR", built.rpm).stdout.splitlines())
@@ -235,7 +236,8 @@ def test_rpm_installs_into_a_scratch_root(built: Built, tmp_path: Path) -> None:
     run(*rpm, "--noscripts", "-i", built.rpm)
     nevra = run("rpm", "--root", root, "-q", "aiwg-service").stdout
     assert nevra.startswith(f"aiwg-service-{pyproject_version()}-1."), nevra
-    assert os.readlink(root / "usr/bin/aiwgctl") == f"{PREFIX}/bin/aiwgctl"
+    assert os.readlink(root / "usr/bin/aiwgctl") == "../lib/aiwg-service/bin/aiwgctl"
+    assert (root / "usr/bin/aiwgctl").resolve() == root / PREFIX.lstrip("/") / "bin/aiwgctl"
     for unit in UNITS:
         assert (root / "usr/lib/systemd/user" / unit).read_text().count("@BINDIR@") == 0
     assert (root / "usr/share/zsh/site-functions/_aiwgctl").is_file()
