@@ -479,7 +479,8 @@ def test_installed_completions_load_in_real_shells(installed: Installed, tmp_pat
     env = {"HOME": str(home), "ZDOTDIR": str(home), "PATH": "/usr/bin:/bin", "TERM": "dumb"}
     zsh = run("zsh", "-ic", "print -r -- ${_comps[aiwgctl]}", **env)
     assert zsh.stdout.strip() == "_aiwgctl", zsh
-    bash = run("bash", "-ic", "_completion_loader aiwgctl; COMP_WORDS=(aiwgctl ta); COMP_CWORD=1; "
+    # an interactive login shell: /etc/profile.d/bash_completion.sh loads bash-completion, as at a terminal
+    bash = run("bash", "-lic", "_completion_loader aiwgctl; COMP_WORDS=(aiwgctl ta); COMP_CWORD=1; "
                "$(complete -p aiwgctl | sed -E 's/.* -F ([^ ]+) .*/\\1/') aiwgctl; echo \"${COMPREPLY[@]}\"",
                check=False, **env)
     assert bash.stdout.split()[-1:] == ["task"], bash

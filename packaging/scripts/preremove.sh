@@ -18,10 +18,14 @@ stop_for_running_users() {
     user=$(getent passwd "$uid" | cut -d: -f1) || continue
     [ -n "$user" ] || continue
     # shellcheck disable=SC2086
-    timeout 30 runuser -u "$user" -- env -u DBUS_SESSION_BUS_ADDRESS XDG_RUNTIME_DIR="$dir" \
-      sh -c 'systemctl --user stop "aiwg@*.service" "aiwg@*.socket"; systemctl --user disable --now "$@"' \
-      sh $UNITS >/dev/null 2>&1 \
-      && echo "aiwg-service: stopped and disabled for $user" >&2 || true
+    # (up to the unit's own stop timeout: a running service winds its agents down first)
+    if timeout 100 runuser -u "$user" -- env -u DBUS_SESSION_BUS_ADDRESS XDG_RUNTIME_DIR="$dir" \
+        sh -c 'systemctl --user stop "aiwg@*.service" "aiwg@*.socket"; systemctl --user disable --now "$@"' \
+        sh $UNITS >/dev/null 2>&1; then
+      echo "aiwg-service: stopped and disabled for $user" >&2
+    else
+      echo "aiwg-service: could not stop it for $user; they should run: systemctl --user disable --now $UNITS" >&2
+    fi
   done
 }
 
