@@ -93,7 +93,8 @@ def test_deb_control_fields_and_scripts(built: Built) -> None:
     assert built.deb.name == f"aiwg-service_{fields['Version']}_{arch}.deb"
     depends = [d.strip() for d in fields["Depends"].split(",")]
     assert depends[:2] == [PYVER, "libsystemd0"] and re.fullmatch(r"libc6 \(>= 2\.\d+\)", depends[2]), depends
-    assert {"systemd", "dbus-user-session", "tmux", "bubblewrap"} <= {r.strip() for r in fields["Recommends"].split(",")}
+    recommends = {r.strip() for r in fields["Recommends"].split(",")}
+    assert {"systemd", "dbus-user-session", "tmux", "bubblewrap"} <= recommends
     assert fields["Section"] == "devel"
     assert re.fullmatch(r".+ <[^@\s]+@[^>\s]+>", fields["Maintainer"]), fields["Maintainer"]
     assert fields["Description"].startswith("per-user service")
