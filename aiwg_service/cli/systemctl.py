@@ -148,7 +148,7 @@ def install(
             print(f"aiwg-webhook.socket enabled, listening on 127.0.0.1:{port}")
         if web:
             systemctl("enable", "aiwg-web.socket")
-            systemctl("restart", "aiwg-web.socket")
+            restart_sockets("aiwg-web.socket")
             print(f"aiwg-web.socket enabled, listening on 127.0.0.1:{dash_port}; open it with `aiwgctl web`")
 
 
