@@ -47,8 +47,9 @@ def confine(policy: Policy | None, *, systemd: bool, keep: Sequence[str] = (), p
         policy = msgspec.structs.replace(policy, proxy_socket=proxy_socket)
     if program and os.path.isabs(program):
         program = os.path.realpath(program)
-        if program not in policy.read_only:
-            policy = msgspec.structs.replace(policy, read_only=[*policy.read_only, program])
+        visible = _program_view(program, policy.hide)
+        if visible not in policy.read_only:
+            policy = msgspec.structs.replace(policy, read_only=[*policy.read_only, visible])
     else:
         program = None
     for state in policy.write[1:]:  # the agent's state directory (``~/.claude``): it must exist to be bound
@@ -67,14 +68,25 @@ def confine(policy: Policy | None, *, systemd: bool, keep: Sequence[str] = (), p
                        program=program)
 
 
+def _program_view(program: str, hidden: Sequence[str]) -> str:
+    """What of the agent's program to keep visible: its directory (a script finds its sibling modules there),
+    or the file alone where that directory is a shared one (/, /tmp, home) or one the policy hides."""
+    folder = os.path.dirname(program)
+    shared = {"/", "/tmp", "/var/tmp", os.path.expanduser("~")}
+    if folder in shared or any(folder == h or folder.startswith(h.rstrip("/") + "/") for h in hidden):
+        return program
+    return folder
+
+
 def interactive_prefix(policy: Policy, *, program: str, env_names: Sequence[str]) -> list[str]:
     """An interactive session under a user manager: the agent as its own transient service with a pseudo-terminal
     (``systemd-run --pty``), so it gets the unit's sandbox.  (Started from a tmux pane, which inherits the
     service's own sandbox, bubblewrap could not create its namespaces.)  The pane keeps the client, which
     forwards the terminal and returns the agent's exit status."""
     real = os.path.realpath(program)
-    if real not in policy.read_only:
-        policy = msgspec.structs.replace(policy, read_only=[*policy.read_only, real])
+    visible = _program_view(real, policy.hide)
+    if visible not in policy.read_only:
+        policy = msgspec.structs.replace(policy, read_only=[*policy.read_only, visible])
     for state in policy.write[1:]:
         if state.endswith("/.claude") and not os.path.lexists(state):
             with contextlib.suppress(OSError):
