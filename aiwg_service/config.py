@@ -107,6 +107,30 @@ def register_section(name: str, type_: Any, default: Callable[[], Any], *, check
     _document = None
 
 
+#: Keys read from the service-wide file only (JSON path -> why): in a project's file they are named as ignored.
+SERVICE_ONLY: dict[str, str] = {}
+SERVICE_ONLY_DEFAULT_WHY = "only the service-wide file sets it"
+
+
+def service_only(path: str, why: str = SERVICE_ONLY_DEFAULT_WHY) -> None:
+    """Declare a key (``messaging.users``) or a whole section (``web``) that a project's file cannot set."""
+    SERVICE_ONLY[path] = why
+
+
+def _service_only_warnings(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for path, why in SERVICE_ONLY.items():
+        node: Any = raw
+        for part in path.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING:
+            out.append((path, f"ignored in a project's file: {why}"))
+    return out
+
+
+_MISSING = object()
+
+
 def add_check(check: SemanticCheck) -> None:
     """A check over the whole document that no single section owns (e.g. rules over schedule jobs)."""
     SEMANTIC_CHECKS.append(check)
@@ -154,11 +178,13 @@ _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|access_?key|pr
 
 
 class ConfigError(Exception):
-    """Invalid config: ``errors`` are complete lines (``file: path: problem``)."""
+    """Invalid config: ``errors`` are complete lines (``file: path: problem``); ``warnings`` (unknown keys,
+    service-only keys in a project's file) are kept too, so a check reports every problem at once."""
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], warnings: list[str] | None = None) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+        self.warnings = warnings or []
 
 
 class Loaded(msgspec.Struct):
@@ -321,22 +347,26 @@ def _secret_scan(value: Any, path: str, errors: list[tuple[str, str]], loose: bo
 _CONFIG_TYPE: Any = None
 
 
-def parse(data: bytes | str, display: str) -> Loaded:
+def parse(data: bytes | str, display: str, project: bool = False) -> Loaded:
     """Validate ``data`` fully; raise ConfigError listing every problem as ``display: path: problem``."""
     try:
         raw = json.loads(data)
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{display}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}"]) from None
-    return validate(raw, display)
+    return validate(raw, display, project)
 
 
-def validate(raw: Any, display: str) -> Loaded:
+def validate(raw: Any, display: str, project: bool = False) -> Loaded:
+    """``project``: the file is a project's, where service-only keys are named as ignored."""
     errors: list[tuple[str, str]] = []
     warnings: list[tuple[str, str]] = []
     if not isinstance(raw, dict):
         raise ConfigError([f"{display}: the top level must be a JSON object"])
     doc = document_type()
     _walk(raw, _CONFIG_TYPE, "", errors, warnings)
+    if project:
+        warnings.extend(_service_only_warnings(raw))
+    shown = [f"{display}: {p}: {m}" for p, m in warnings]
     for section in SECTIONS.values():
         if section.name in raw:
             _secret_scan(raw[section.name], section.name, errors, section.scan_secrets)
@@ -345,16 +375,16 @@ def validate(raw: Any, display: str) -> Loaded:
         try:
             cfg = msgspec.convert(raw, doc)
         except msgspec.ValidationError as exc:  # a __post_init__ check the walker cannot see
-            raise ConfigError([f"{display}: {p}: {m}" for p, m in _convert_errors(raw, exc)]) from None
+            raise ConfigError([f"{display}: {p}: {m}" for p, m in _convert_errors(raw, exc)], shown) from None
         for section in SECTIONS.values():
             for check in section.checks:
                 errors.extend(check(cfg))
         for check in SEMANTIC_CHECKS:
             errors.extend(check(cfg))
     if errors:  # the walker and the secret scan may both see one unknown secret-named key: say it once
-        raise ConfigError([f"{display}: {p or '(top level)'}: {m}" for p, m in dict.fromkeys(errors)])
+        raise ConfigError([f"{display}: {p or '(top level)'}: {m}" for p, m in dict.fromkeys(errors)], shown)
     assert cfg is not None
-    return Loaded(cfg, [f"{display}: {p}: {m}" for p, m in warnings], raw)
+    return Loaded(cfg, shown, raw)
 
 
 def _convert_errors(raw: dict[str, Any], exc: msgspec.ValidationError) -> list[tuple[str, str]]:
@@ -439,12 +469,12 @@ def load_file(path: Path, root: Path | None = None) -> Loaded:
         return Loaded(document_type()(), [])
     except OSError as exc:
         raise ConfigError([f"{display}: cannot read: {exc.strerror or exc}"]) from None
-    loaded = parse(data, display)
     project = project_root_of(path)
+    loaded = parse(data, display, project is not None)
     if project is not None:
         problems = [x for check in ROOT_CHECKS for x in check(loaded.config, project)]
         if problems:
-            raise ConfigError([f"{display}: {p}: {m}" for p, m in problems])
+            raise ConfigError([f"{display}: {p}: {m}" for p, m in problems], loaded.warnings)
     loaded.sha256 = hashlib.sha256(data).hexdigest()
     return loaded
 

@@ -20,7 +20,8 @@ def chat(
                                                  "serves several)")] = None,
     new: Annotated[bool, typer.Option("--new", help="start a new conversation")] = False,
     message: Annotated[str | None, typer.Option("--message", "-m", help="send this one message, print the "
-                                                "answer and exit (0 done, 1 failed)")] = None,
+                                                "answer and exit (0 done, 1 failed); without CONVERSATION it starts "
+                                                "a new conversation (scripts never continue one by accident)")] = None,
 ) -> None:
     """Talk to the agent; each conversation keeps its context (one resumed agent session)."""
     from ..client import NotRunning

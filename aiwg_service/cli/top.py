@@ -48,6 +48,13 @@ class Top:
             self.events.appendleft(ev)
         self.schedule()
 
+    async def load_history(self) -> None:
+        """The bus's recent events, so the screen starts with what already happened (live ones stay first)."""
+        res = await self.rpc.call("events.list", {"limit": self.events.maxlen})
+        seen = {e.get("id") for e in self.events}
+        older = [e for e in reversed(res.get("events", [])) if e.get("id") not in seen]
+        self.events = deque([*self.events, *older], maxlen=self.events.maxlen)
+
     def schedule(self) -> None:
         if self._pending is None:
             loop = asyncio.get_running_loop()
@@ -116,11 +123,13 @@ async def run(once: bool, socket: Any) -> int:
     try:
         top = Top(rpc, sys.stdout)
         if once:
+            await top.load_history()
             data = await top.gather()
             sys.stdout.write("\n".join(top.render(data, shutil.get_terminal_size((120, 40)).columns)) + "\n")
             return 0
         rpc.on(p.NOTIFY_EVENT, top.on_event)
         await rpc.call("events.subscribe", {"type": "*"})
+        await top.load_history()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGWINCH, top.schedule)

@@ -53,6 +53,13 @@ def secret_name(section: WebhookSection, hook: Hook) -> str:
     return hook.secret_env or section.secret_env
 
 
+def needed_secrets(section: WebhookSection) -> list[tuple[str, str]]:
+    """The secret each enabled hook of this file needs, with the hook's kind (which decides its form)."""
+    if not section.enabled:
+        return []
+    return list(dict.fromkeys((secret_name(section, h), h.kind) for h in section.hooks if h.enabled))
+
+
 def check_section(section: WebhookSection) -> list[tuple[str, str]]:
     """Duplicate ids, ``events`` on a kind without event names, and a secret nobody set (refused here, so a hook
     can never run unauthenticated)."""

@@ -13,6 +13,17 @@ import os
 from pathlib import Path
 
 STANDARD_PREFIX = "whsec_"
+ELSEWHERE = "provided by the service's environment or credentials"
+
+#: False in aiwgctl: the service's secrets are in its own environment and credentials (environment.d,
+#: LoadCredential=), which the CLI's process does not see; the running service checks them (``webhook.secrets``).
+_seen_here = True
+
+
+def secrets_are_elsewhere() -> None:
+    """Called by aiwgctl before it validates a config: a secret is then not looked up in its own environment."""
+    global _seen_here
+    _seen_here = False
 
 
 def read_secret(name: str) -> str | None:
@@ -39,6 +50,8 @@ def secret_key(text: str, kind: str) -> bytes:
 
 def secret_problem(name: str, kind: str) -> str | None:
     """Why a hook cannot be served with this secret, or None. Never says anything about the value itself."""
+    if not _seen_here:
+        return None
     text = read_secret(name)
     if text is None:
         return (f"the secret is not set: set the environment variable {name} for the service, or give it a systemd "

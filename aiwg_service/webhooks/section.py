@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import register_literal, register_pattern, register_section
+from ..config import register_literal, register_pattern, register_section, service_only
 from .schema import HOOK_ID, HookKind, WebhookSection, check_section
 
 
@@ -16,3 +16,5 @@ def check_webhook(cfg: Any) -> list[tuple[str, str]]:
 register_literal(HookKind)
 register_pattern(HOOK_ID, "{v} may use only letters, digits and _ . - (at most 64, starting with a letter or digit)")
 register_section("webhook", WebhookSection, WebhookSection, check=check_webhook)
+for _key in ("port", "bind", "max_body_bytes", "rate_limit"):  # the one listener is the service's
+    service_only(f"webhook.{_key}")
