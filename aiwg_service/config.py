@@ -92,6 +92,9 @@ class Section:
     #: a loosely typed section (dicts of anything): its ``*_env`` values are checked to be variable names here,
     #: as a typed section's schema does (every section is scanned for secrets by key name and value shape)
     scan_secrets: bool = False
+    #: what a loosely typed section's entries really are (its own code converts them): for the generated
+    #: reference (docs/gen_config_reference.py), never for validation
+    doc_type: Any = None
 
 
 SemanticCheck = Callable[[Any], list[tuple[str, str]]]
@@ -100,10 +103,10 @@ _document: Any = None
 
 
 def register_section(name: str, type_: Any, default: Callable[[], Any], *, check: SemanticCheck | None = None,
-                     scan_secrets: bool = False) -> None:
+                     scan_secrets: bool = False, doc_type: Any = None) -> None:
     """Add a top-level section; ``check(cfg)`` gets the whole document, for checks that span sections."""
     global _document
-    SECTIONS[name] = Section(name, type_, default, [check] if check else [], scan_secrets)
+    SECTIONS[name] = Section(name, type_, default, [check] if check else [], scan_secrets, doc_type)
     _document = None
 
 
