@@ -142,7 +142,8 @@ def config_check(
     from .. import config
     from . import configfile
 
-    target = path or paths.project_config_file(Path.cwd())
+    # named as the user would (relative by default), so each line points at the file from where they stand
+    target = path or paths.project_config_file(Path("."))
     if not target.exists():
         fail(f"{target}: no such file")
     try:
