@@ -23,8 +23,12 @@ def test_the_manual_has_runnable_examples() -> None:
 def test_examples_hold(svc_env: ServiceEnv, page: Path) -> None:
     home = svc_env.tmp / "home"
     home.mkdir()
+    # the example's ~ is a real home: config and state where a user's are (~/.config/aiwg, ~/.local/state/aiwg)
+    svc_env.config_home, svc_env.state_home = home / ".config", home / ".local" / "state"
+    svc_env.state_dir = svc_env.state_home / "aiwg"
+    svc_env.env.update(HOME=str(home), XDG_CONFIG_HOME=str(svc_env.config_home),
+                       XDG_STATE_HOME=str(svc_env.state_home))
     svc_env.env["PATH"] = f"{make_fakebin(svc_env.tmp)}:{svc_env.env['PATH']}"
-    svc_env.env["HOME"] = str(home)  # the fake claude keeps its sessions in ~/.claude, as claude does
     svc_env.start("--registered", projects=[])
     ran = run(extract(page), examples_env(svc_env.env), home)
     assert ran == len(extract(page).commands)

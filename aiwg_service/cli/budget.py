@@ -25,7 +25,7 @@ def budget(project: Annotated[Path | None, typer.Option("--project", help="only 
              f"{100 * b['spent_usd'] / b['limit_usd']:.0f}%" if b["limit_usd"] else "-",
              ", ".join(b["held"]) or "-") for b in res["budgets"]]
     render.table(["budget", "for", "period", "spent", "limit", "used", "held"], rows,
-                 empty="no budgets configured (see `budgets` in the README)")
+                 empty="no budgets configured (see docs/budgets.md)")
     for h in res.get("held", []):
         print(f"held {h['taskId']}: {h['reason']}")
 
