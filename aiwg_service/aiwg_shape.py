@@ -18,9 +18,10 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def issues(health: dict[str, dict[str, Any]], last_reload: dict[str, Any]) -> list[str]:
+def issues(health: dict[str, dict[str, Any]], last_reload: dict[str, Any],
+           failures: list[dict[str, Any]] | None = None) -> list[str]:
     """What is wrong now, one readable line each; empty when all is well."""
-    out: list[str] = []
+    out: list[str] = [f"project {f['path']} failed: {f.get('reason')}" for f in failures or ()]
     if not last_reload.get("ok", True):
         out.append(f"the last reload was refused (invalid config, {len(last_reload.get('errors', []))} "
                    "error(s)); the old config keeps running")
@@ -38,6 +39,17 @@ def issues(health: dict[str, dict[str, Any]], last_reload: dict[str, Any]) -> li
     for name in ("router", "automation"):
         if _int(health.get(name, {}).get("config_errors")):
             out.append(f"{name}: {health[name]['config_errors']} config error(s)")
+    return out
+
+
+def scoped(subsystems: dict[str, dict[str, Any]], root: str,
+           per_project: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The subsystems' health as one project sees it: each subsystem's own counts for ``root`` over its totals,
+    and the file watcher's roots cut to ``root``."""
+    out = {name: {**h, **per_project.get(name, {})} for name, h in subsystems.items()}
+    watcher = out.get("watcher")
+    if watcher and isinstance(watcher.get("roots"), dict):
+        watcher["roots"] = {r: v for r, v in watcher["roots"].items() if r == root}
     return out
 
 

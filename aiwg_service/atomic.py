@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -21,3 +23,35 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class LatestWriter:
+    """Rewrites one file in a worker thread, newest content wins: a write in flight is never doubled, and a
+    newer content waiting replaces an older one. For snapshots rewritten often (``state.json`` on every
+    heartbeat and status change), so an fsync never runs on the event loop. ``drain()`` waits for it all."""
+
+    def __init__(self, path: Path, on_error: Callable[[OSError], None]) -> None:
+        self.path = path
+        self.on_error = on_error
+        self._next: bytes | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, data: bytes) -> None:
+        self._next = data
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"write {self.path.name}")
+
+    async def _run(self) -> None:
+        try:
+            while self._next is not None:
+                data, self._next = self._next, None
+                try:
+                    await asyncio.to_thread(write_atomic, self.path, data)
+                except OSError as exc:
+                    self.on_error(exc)
+        finally:
+            self._task = None
+
+    async def drain(self) -> None:
+        while self._task is not None:
+            await asyncio.shield(self._task)

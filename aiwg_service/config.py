@@ -68,7 +68,8 @@ class LogConfig(Struct, forbid_unknown_fields=False):
 class DaemonSection(Struct):
     heartbeat_interval_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 30
     max_parallel_actions: Annotated[int, Meta(ge=1, le=256)] = 3
-    action_timeout_minutes: Annotated[int, Meta(ge=1, le=7 * 24 * 60)] = 120
+    #: minutes, fractions too (the AIWG daemon's key is a number): 0.5 is thirty seconds
+    action_timeout_minutes: Annotated[float, Meta(gt=0, le=7 * 24 * 60)] = 120
     stop_timeout_seconds: Annotated[int, Meta(ge=0, le=3600)] = 60
     retention_days: Annotated[int, Meta(ge=1, le=3650)] = 30
     #: shell conditions and actions of every rule together; more wait their turn (the service file's applies)
@@ -195,6 +196,7 @@ class Loaded(msgspec.Struct):
     warnings: list[str]
     raw: Any = None  # the parsed JSON, as written (what trust.needs reads)
     sha256: str | None = None  # of the file's bytes; None when there is no file
+    data: bytes | None = None  # the file's bytes (kept as a project's last good copy)
 
 
 # -- the schema walker -----------------------------------------------------------------------------
@@ -350,12 +352,37 @@ def _secret_scan(value: Any, path: str, errors: list[tuple[str, str]], loose: bo
 _CONFIG_TYPE: Any = None
 
 
+#: Deepest nesting of arrays and objects a config may have; the real schema needs about eight levels.
+MAX_DEPTH = 64
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def nesting_depth(data: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, found without parsing it (strings skipped):
+    checked before any parser recurses into a document of 200 KB of ``[``."""
+    brackets = _STRINGS.sub(b"", data).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for opening in brackets.translate(bytes.maketrans(b"[{]}", b"\x01\x01\x00\x00")):
+        depth = depth + 1 if opening else depth - 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DEPTH:
+                break
+    return deepest
+
+
 def parse(data: bytes | str, display: str, project: bool = False) -> Loaded:
     """Validate ``data`` fully; raise ConfigError listing every problem as ``display: path: problem``."""
+    as_bytes = data.encode() if isinstance(data, str) else data
+    if nesting_depth(as_bytes) > MAX_DEPTH:
+        raise ConfigError([f"{display}: (top level): arrays and objects nest deeper than {MAX_DEPTH} levels"])
     try:
         raw = json.loads(data)
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{display}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}"]) from None
+    except (RecursionError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError([f"{display}: (top level): not a JSON document ({exc.__class__.__name__})"]) from None
     return validate(raw, display, project)
 
 
@@ -472,13 +499,36 @@ def load_file(path: Path, root: Path | None = None) -> Loaded:
         return Loaded(document_type()(), [])
     except OSError as exc:
         raise ConfigError([f"{display}: cannot read: {exc.strerror or exc}"]) from None
+    return load_bytes(data, path, display)
+
+
+#: ``daemon`` keys a project's file may set for itself (its tasks' parallelism and timeout, its own
+#: ``.aiwg/daemon/daemon.log``); the others apply to the whole service and are read from its file only.
+PROJECT_DAEMON_KEYS = frozenset({"max_parallel_actions", "action_timeout_minutes", "log"})
+
+
+def service_only_warnings(raw: Any, display: str) -> list[str]:
+    """A project's file setting a service-wide ``daemon`` key: named as ignored, with where it belongs."""
+    section = raw.get("daemon") if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        return []
+    defaults = msgspec.to_builtins(DaemonSection())
+    return [f"{display}: daemon.{k}: applies to the whole service, so a project's file cannot set it (ignored); "
+            f"set it in the service's {paths.service_config_file()}"
+            for k, v in section.items() if k not in PROJECT_DAEMON_KEYS and k in defaults and v != defaults[k]]
+
+
+def load_bytes(data: bytes, path: Path, display: str) -> Loaded:
+    """Validate a file's bytes (read now, or a project's last good copy) as the file at ``path``."""
     project = project_root_of(path)
     loaded = parse(data, display, project is not None)
     if project is not None:
+        loaded.warnings.extend(service_only_warnings(loaded.raw, display))
         problems = [x for check in ROOT_CHECKS for x in check(loaded.config, project)]
         if problems:
             raise ConfigError([f"{display}: {p}: {m}" for p, m in problems], loaded.warnings)
     loaded.sha256 = hashlib.sha256(data).hexdigest()
+    loaded.data = data
     return loaded
 
 
@@ -506,11 +556,38 @@ class Project:
     sha256: str | None = None  # of the config file's bytes (None: no file, the defaults)
     needs_trust: list[str] = dc_field(default_factory=list)  # what it could run (``trust.needs``)
     untrusted: str | None = None  # why it may not run them now; None when trusted (or nothing to trust)
+    #: why its file on disk could not be used; it runs its last good config meanwhile (empty: all is well)
+    errors: list[str] = dc_field(default_factory=list)
+    last_good: str | None = None  # where the config it runs came from when ``errors``: "memory" or "saved"
+
+    @property
+    def state(self) -> str:
+        return "failed" if self.errors else "ok"
 
     def info(self) -> dict[str, Any]:
-        return {"path": self.root, "persistent": self.persistent, "warnings": self.warnings,
-                "config": str(paths.project_config_file(self.root)), "trusted": self.untrusted is None,
-                "untrusted_reason": self.untrusted, "needs_trust": self.needs_trust}
+        out = {"path": self.root, "persistent": self.persistent, "warnings": self.warnings,
+               "config": str(paths.project_config_file(self.root)), "trusted": self.untrusted is None,
+               "untrusted_reason": self.untrusted, "needs_trust": self.needs_trust, "state": self.state,
+               "served": True, "errors": self.errors}
+        if self.errors:
+            out["reason"] = (f"{self.errors[0]} (serving its last good config"
+                             f"{' saved from an earlier run' if self.last_good == 'saved' else ''})")
+        return out
+
+
+@dataclass
+class FailedProject:
+    """A project whose config could not be loaded and that has no good config to fall back on: not served."""
+
+    root: str
+    persistent: bool
+    errors: list[str]
+
+    def info(self) -> dict[str, Any]:
+        return {"path": self.root, "persistent": self.persistent, "warnings": [],
+                "config": str(paths.project_config_file(self.root)), "trusted": False, "untrusted_reason": None,
+                "needs_trust": [], "state": "failed", "served": False, "errors": self.errors,
+                "reason": f"{self.errors[0] if self.errors else 'cannot be loaded'} (not served)"}
 
 
 @dataclass
@@ -523,3 +600,9 @@ class Configs:
     service: Any  # the assembled ``Config``
     service_warnings: list[str]
     projects: dict[str, Project]
+    #: projects that are not served because their config failed and none good was ever seen
+    failed: dict[str, FailedProject] = dc_field(default_factory=dict)
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Every failed project (served from its last good config or not served), as listed."""
+        return [pr.info() for pr in self.projects.values() if pr.errors] + [f.info() for f in self.failed.values()]

@@ -44,14 +44,12 @@ def project_socket_link(root: str | os.PathLike[str]) -> str:
     return os.path.join(os.fspath(root), PROJECT_SOCKET_LINK)
 
 
-def find_socket(cwd: str, warn: Callable[[str], object] | None = None) -> str:
-    """What a client talks to: $AIWG_SOCKET, else the project link above ``cwd`` (if it leads to a live
-    socket of ours), else the default. A link to another user's socket is ignored, with a warning: it may
-    be committed in a repository or planted in a shared directory."""
-    env = os.environ.get(SOCKET_ENV)
-    if env:
-        return env
-    d = cwd
+def _served_link(cwd: str, warn: Callable[[str], object] | None) -> tuple[str, str] | None:
+    """(root, socket) of the innermost project above ``realpath(cwd)`` whose link leads to a live socket of
+    ours (a served project: the service removes a project's socket when it stops serving it). A link that
+    leads nowhere is passed over; a link to another user's socket ends the search, with a warning: it may be
+    committed in a repository or planted in a shared directory."""
+    d = os.path.realpath(cwd)
     while True:
         link = project_socket_link(d)
         if os.path.islink(link) or os.path.exists(link):
@@ -59,14 +57,30 @@ def find_socket(cwd: str, warn: Callable[[str], object] | None = None) -> str:
             try:
                 owner = os.stat(target).st_uid
             except OSError:
-                break
+                owner = None  # dangling: a project no longer served; an outer one may be
             if owner == os.getuid():
-                return target
-            if warn is not None:
-                warn(f"ignoring {link}: it leads to {target}, which belongs to uid {owner}, not to you")
-            break
+                return d, target
+            if owner is not None:
+                if warn is not None:
+                    warn(f"ignoring {link}: it leads to {target}, which belongs to uid {owner}, not to you")
+                return None
         parent = os.path.dirname(d)
         if parent == d:
-            break
+            return None
         d = parent
-    return default_socket()
+
+
+def find_project(cwd: str) -> str | None:
+    """The served project that contains ``cwd``, innermost first (as git finds its repository), or None."""
+    found = _served_link(cwd, None)
+    return found[0] if found else None
+
+
+def find_socket(cwd: str, warn: Callable[[str], object] | None = None) -> str:
+    """What a client talks to: $AIWG_SOCKET, else the project link above ``cwd`` (if it leads to a live
+    socket of ours: that project's own), else the default."""
+    env = os.environ.get(SOCKET_ENV)
+    if env:
+        return env
+    found = _served_link(cwd, warn)
+    return found[1] if found else default_socket()

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from . import memtrim, paths, safefs
+from . import looplag, memtrim, paths, safefs
 from . import protocol as p
 
 log = logging.getLogger("aiwg.rpc")
@@ -94,8 +94,11 @@ _read_view = memoryview(_read_buffer)
 class Connection(asyncio.BufferedProtocol):
     """One client connection: NDJSON in, NDJSON out, within a byte budget each way."""
 
-    def __init__(self, server: RpcServer) -> None:
+    def __init__(self, server: RpcServer, project: str | None = None) -> None:
         self.server = server
+        #: the project this connection is about: it came in through that project's own socket (its
+        #: ``.aiwg/daemon/daemon.sock``), so a request that names no project means this one
+        self.project = project
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.peer_pid: int | None = None
@@ -402,6 +405,8 @@ class RpcServer:
         self.starving: dict[Connection, None] = {}  # paused for the input budget, oldest first
         self.privileged: Connection | None = None  # the one allowed past the budget to finish its line
         self.throttle = _Throttle()
+        #: one listening socket per served project; its connections carry the project (``Connection.project``)
+        self.project_servers: dict[str, asyncio.AbstractServer] = {}
 
     def wake_starving(self, every: bool = False) -> None:
         """Read again from connections paused for the input budget: all of them once the total has
@@ -430,6 +435,18 @@ class RpcServer:
         sock.setblocking(False)
         self.server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=1024)
 
+    async def serve_project(self, root: str, sock: socket.socket) -> None:
+        """Serve ``sock`` as ``root``'s own socket: whoever connects there is talking about that project."""
+        sock.setblocking(False)
+        self.project_servers[root] = await asyncio.get_running_loop().create_unix_server(
+            lambda: Connection(self, root), sock=sock, backlog=1024)
+
+    def close_project(self, root: str) -> None:
+        """Stop listening on ``root``'s socket; its open connections stay (they now get "not served")."""
+        srv = self.project_servers.pop(root, None)
+        if srv is not None:
+            srv.close()
+
     async def close(self, grace: float = 2.0) -> None:
         """Stop accepting, answer what accepted connections already sent, then close them.
 
@@ -440,6 +457,8 @@ class RpcServer:
         """
         if self.server is not None:
             self.server.close()
+        for root in list(self.project_servers):
+            self.close_project(root)
         self.accepting = False
         await asyncio.sleep(0.05)
         pending = [t for c in self.connections for t in c._tasks]
@@ -453,6 +472,7 @@ class RpcServer:
 
     # -- dispatch ---------------------------------------------------------------------------------------
     def handle_line(self, line: bytes, conn: Connection) -> None:
+        looplag.poke()  # work arrived: measure how long the loop takes to get back to waiting
         if not line.isascii():
             try:
                 line.decode()
@@ -575,6 +595,8 @@ class RpcServer:
             params = p.decode_params(req.method, req.params)
         except p.RpcError as err:
             return None if notification else p.encode_error(rid, err)
+        if conn.project is not None and getattr(params, "project", False) is None:
+            params.project = conn.project  # the connection says the project; an explicit one still wins
         if not self.accepting and req.method not in p.READ_ONLY:
             err = p.RpcError(p.SERVER_BUSY, "the service is stopping and takes no new work; retry once it is back")
             return None if notification else p.encode_error(rid, err)

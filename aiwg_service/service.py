@@ -24,14 +24,29 @@ from typing import Any
 
 import msgspec
 
-from . import __version__, aiwg_shape, config, paths, pidfile, safefs, trust
+from . import (
+    __version__,
+    aiwg_shape,
+    config,
+    faults,
+    logsafe,
+    looplag,
+    paths,
+    project_configs,
+    project_log,
+    safefs,
+    served,
+    trust,
+)
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
 from . import systemd as sd
-from .atomic import write_atomic
+from .atomic import LatestWriter, write_atomic
 from .config import Configs, Project, resolve_root
 from .events import api as events_api
 from .events.bus import EventBus
+from .operations import Operations, Stopping
+from .owned import OwnedTasks
 from .ports import Subsystem
 from .rpc import Connection, RpcServer, bind_socket
 
@@ -48,6 +63,23 @@ class RunOptions:
 
 class AlreadyRunning(RuntimeError):
     pass
+
+
+class ApplyFailed(RuntimeError):
+    """A subsystem refused a new config; the previous one was put back everywhere."""
+
+    def __init__(self, subsystem: str, error: BaseException) -> None:
+        super().__init__(f"{subsystem}: {error or type(error).__name__}")
+        self.subsystem = subsystem
+        self.error = error
+
+
+def _root(path: str) -> str:
+    """A project's identity; a path that cannot be resolved (a symlink loop) stays as written, to fail alone."""
+    try:
+        return resolve_root(path)
+    except (OSError, RuntimeError):
+        return os.path.abspath(path)
 
 
 class Service:
@@ -71,9 +103,20 @@ class Service:
         self._lock_fd: int | None = None
         self._timers: list[asyncio.Task[None]] = []
         self._status_pending = False
-        self._reloading = asyncio.Lock()
+        self.ops = Operations()  # every change (reload, projects, trust, stop), one at a time
+        self.background = OwnedTasks("service", log)
+        self.loop_lag = looplag.LoopLag()
+        #: heartbeat and status rewrites of state.json, in a thread (stop drains it before the last write)
+        self._state_out = LatestWriter(self.state_dir / "state.json",
+                                       lambda exc: log.error("cannot write state.json: %s", exc))
         self.last_heartbeat: str | None = None
         self.trust_store = trust.TrustStore(self.state_dir)
+        self.last_good = project_configs.LastGood(self.state_dir)
+        #: projects stopped through their ``daemon.pid`` (the AIWG CLI's ``stop``): not served until added again
+        self.stopped: set[str] = set()
+        self.project_logs = project_log.ProjectLogs(self.log_limits)
+        self.presence = served.Presence(self.rpc, paths.runtime_base() / "p", lambda: self.socket_path,
+                                        self.state_dir / "state.json", self.stop_serving)
         self._trust_announced: dict[str, tuple[str | None, str]] = {}
 
     # -- config ----------------------------------------------------------------------------------------
@@ -91,23 +134,18 @@ class Service:
                       self.registry_file(), exc)
             return []
 
-    def save_registry(self) -> None:
-        assert self.configs is not None
-        roots = sorted(r for r, pr in self.configs.projects.items() if pr.persistent)
+    def save_registry(self, configs: Configs | None = None) -> None:
+        configs = configs or self.configs
+        assert configs is not None
+        roots = sorted({r for r, pr in configs.projects.items() if pr.persistent}
+                       | {r for r, f in configs.failed.items() if f.persistent})  # a failed one stays registered
         write_atomic(self.registry_file(), json.dumps({"projects": roots}, indent=2).encode() + b"\n")
 
     def load_project(self, root: str, persistent: bool) -> Project:
-        if not Path(root).is_dir():
-            raise config.ConfigError([f"{root}: not a directory"])
-        cfg_path = paths.project_config_file(root)
-        try:
-            if config.write_default(cfg_path):
-                log.info("wrote the default config to %s", cfg_path, extra={"PROJECT": root})
-        except OSError as exc:
-            raise config.ConfigError([f"{cfg_path}: cannot write the default config: {exc.strerror}"]) from None
-        loaded = config.load_file(cfg_path, Path(root))
-        project = Project(root, loaded.config, loaded.warnings, persistent, loaded.sha256,
-                          trust.needs(loaded.raw))
+        """``root``'s config as it is on disk now (``project.add``): raise ConfigError if it cannot be used."""
+        project, data = project_configs.read_project(root, persistent)
+        if data is not None:
+            self.last_good.save(root, data)
         self.assess_trust(project)
         return project
 
@@ -141,7 +179,8 @@ class Service:
         assert self.configs is not None
         pr = self.configs.projects.get(root)
         if pr is not None and sha256 is not None and pr.sha256 != sha256:
-            await self.reload()  # the user trusted what is on disk now: run that, not the older copy
+            # the user trusted what is on disk now: run that, not the older copy (already inside a change)
+            await self._reload()
         for project in self.configs.projects.values():
             self.assess_trust(project)
         self.announce_trust()
@@ -160,27 +199,35 @@ class Service:
             errors.extend(exc.errors)
         roots: dict[str, bool] = {}
         for r in self.registered():
-            roots[resolve_root(r)] = True
+            roots[_root(r)] = True
         cli = self.opts.projects or ([] if self.opts.registered_only else [os.getcwd()])
         for r in cli:
-            roots.setdefault(resolve_root(r), False)
+            roots.setdefault(_root(r), False)
         if self.configs is not None:  # projects added at run time stay through a reload
             for r, pr in self.configs.projects.items():
                 roots.setdefault(r, pr.persistent)
+            for r, fp in self.configs.failed.items():
+                roots.setdefault(r, fp.persistent)
+        if errors:  # only the service-wide file stops everything
+            raise config.ConfigError(errors)
         projects: dict[str, Project] = {}
+        failed: dict[str, config.FailedProject] = {}
         for root, persistent in roots.items():
             if persistent and not Path(root).is_dir():
                 # a deleted project must not keep the whole service down (exit 78 is never restarted)
                 service_warnings.append(f"registered project {root} no longer exists; skipped "
                                         f"(`aiwgctl project remove {root}` forgets it)")
                 continue
-            try:
-                projects[root] = self.load_project(root, persistent)
-            except config.ConfigError as exc:
-                errors.extend(exc.errors)
-        if errors:
-            raise config.ConfigError(errors)
-        return Configs(service_cfg, service_warnings, projects)
+            if root in self.stopped:
+                continue
+            # one project's file never takes down another: it keeps its last good config, or is not served
+            previous = self.configs.projects.get(root) if self.configs is not None else None
+            got = project_configs.load(root, persistent, previous, self.last_good, self.assess_trust)
+            if isinstance(got, Project):
+                projects[root] = got
+            else:
+                failed[root] = got
+        return Configs(service_cfg, service_warnings, projects, failed)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -234,8 +281,18 @@ class Service:
         assert self.configs is not None, "configs are loaded before any subsystem is built"
         return self.configs
 
+    def log_limits(self, root: str) -> tuple[int, int, int] | None:
+        """A served project's ``daemon.log`` bounds and level (its own file's ``daemon.log``), else None."""
+        pr = self.configs.projects.get(root) if self.configs is not None else None
+        if pr is None:
+            return None
+        lc = pr.config.daemon.log
+        return lc.max_size_mb * 1024 * 1024, lc.max_files, logging.getLevelName(lc.level.upper())
+
     async def start(self) -> None:
+        self.loop_lag.install()
         self.acquire_lock()
+        logging.getLogger().addHandler(logsafe.install(self.project_logs))
         self.configs = self.load_all()
         for w in self.configs.service_warnings:
             log.warning("%s", w)
@@ -249,17 +306,16 @@ class Service:
             await sub.start()
             self.started.append(sub)
         await self.apply_configs()
-        for root in self.configs.projects:
-            self.link_project(root)
+        await self.sync_presence()
         self.announce_trust()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        self._timers.append(asyncio.ensure_future(self._heartbeat()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self._timers.append(self.background.spawn(self._heartbeat(), "heartbeat"))
         interval = sd.watchdog_interval()
         if interval:
-            self._timers.append(asyncio.ensure_future(self._watchdog(interval)))
+            self._timers.append(self.background.spawn(self._watchdog(interval), "watchdog"))
         self.bus.subscribe("task.*", lambda _e: self.schedule_status(), name="status-line")
         self.write_state()
         # start-up objects live as long as the service: keep them out of every future GC pass
@@ -272,13 +328,26 @@ class Service:
     async def run(self) -> None:
         await self.start()
         await self.stop_event.wait()
-        await self.stop()
+        await self.ops.stop(self.stop)  # after the change in progress; later ones are refused
 
     def request_stop(self) -> None:
         if not self.stop_event.is_set():
             log.info("stopping")
             self.rpc.accepting = False
+            self.ops.stopping = True
             self.stop_event.set()
+
+    def _on_sighup(self) -> None:
+        if self.ops.stopping:
+            log.info("SIGHUP ignored: the service is stopping")
+            return
+        self.background.spawn(self._sighup_reload(), "SIGHUP reload")
+
+    async def _sighup_reload(self) -> None:
+        try:
+            await self.reload()  # refusals and failures are logged by the reload itself
+        except Stopping:
+            log.info("SIGHUP reload dropped: the service is stopping")
 
     async def stop(self) -> None:
         sd.notify_stopping()
@@ -287,54 +356,114 @@ class Service:
         sd.notify_extend_timeout((grace + 15) * 1_000_000)
         for t in self._timers:
             t.cancel()
+        await self.background.close()
         for sub in reversed(self.started):
             try:
                 await sub.stop()
             except Exception:
                 log.exception("stopping %s failed", sub.name)
         self.started.clear()
-        for root in self.configs.projects:
-            self.remove_pid_file(root)
+        await self.presence.close()
+        await self._state_out.drain()  # a heartbeat's rewrite in flight must not land after the last one
         self.write_state(stopped=True)
+        logging.getLogger().removeHandler(self.project_logs)
+        self.project_logs.close()
         if not self.socket_activated and safefs.is_socket(self.socket_path):  # never a file put in its place
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
+        self.loop_lag.close()
         log.info("stopped")
 
-    async def apply_configs(self) -> None:
+    async def apply_configs(self, fault_point: str | None = None) -> None:
+        """Hand the configs in force to every started subsystem, in start order; the first refusal raises
+        ``ApplyFailed`` (``fault_point``: where a test may inject one, see ``faults``)."""
         assert self.configs is not None
         for sub in self.started:
             apply = getattr(sub, "apply", None)
-            if apply is not None:
+            if apply is None:
+                continue
+            try:
+                if fault_point is not None:
+                    faults.fail(fault_point, sub.name)
                 res = apply(self.configs)
                 if asyncio.iscoroutine(res):
                     await res
+            except Exception as exc:
+                raise ApplyFailed(sub.name, exc) from exc
         self.schedule_status()
 
+    async def switch_configs(self, new: Configs, what: str) -> None:
+        """Make ``new`` the config of every subsystem, or, when one refuses it, the previous one again in
+        every subsystem (those applied before the refusal too), then raise ``ApplyFailed``."""
+        old = self.configs
+        self.configs = new
+        try:
+            await self.apply_configs(fault_point=f"{what}.apply")
+        except ApplyFailed as exc:
+            log.error("%s: %s refused the new config (%s); restoring the previous config everywhere", what,
+                      exc.subsystem, exc.error or type(exc.error).__name__, exc_info=exc.error)
+            self.configs = old
+            for sub in self.started:
+                apply = getattr(sub, "apply", None)
+                if apply is None:
+                    continue
+                try:
+                    res = apply(old)
+                    if asyncio.iscoroutine(res):
+                        await res
+                except Exception:
+                    log.exception("%s: %s could not take the previous config back either", what, sub.name)
+            self.schedule_status()
+            raise
+
     async def reload(self) -> dict[str, Any]:
-        """Re-read every config file; apply only if all of it is valid, else keep the old one running."""
-        async with self._reloading:
-            sd.notify_reloading()
-            when = datetime.now(UTC).isoformat(timespec="seconds")
-            try:
-                new = self.load_all()
-            except config.ConfigError as exc:
-                self.last_reload = {"ok": False, "time": when, "errors": exc.errors}
-                for e in exc.errors:
-                    log.error("reload refused: %s", e)
-                sd.notify_status("reload refused: invalid config; old config still running · " + self.status_line())
-                sd.notify_ready()
-                return {"reloaded": False, "errors": exc.errors}
-            self.configs = new
-            await self.apply_configs()
-            self.announce_trust()
-            warnings = new.service_warnings + [w for pr in new.projects.values() for w in pr.warnings]
-            self.last_reload = {"ok": True, "time": when, "errors": [], "warnings": warnings}
-            self.write_state()
-            log.info("reloaded: %d project(s)", len(new.projects))
-            sd.notify_status(self.status_line())
+        """Re-read every config file and apply it, as one service-owned change (see ``operations``)."""
+        return await self.ops.run("daemon.reload", self._reload)
+
+    async def _reload(self) -> dict[str, Any]:
+        """Apply only if all of it is valid, else keep the old one running; a subsystem that refuses the new
+        config rolls it back everywhere. A project whose own file fails keeps its last good config (or is not
+        served) while the others reload. RELOADING=1 is always followed by READY=1."""
+        sd.notify_reloading()
+        try:
+            return await self._reload_inner()
+        finally:
             sd.notify_ready()
-            return {"reloaded": True, "errors": [], "warnings": warnings}
+
+    async def _reload_inner(self) -> dict[str, Any]:
+        when = datetime.now(UTC).isoformat(timespec="seconds")
+        try:
+            new = self.load_all()
+        except config.ConfigError as exc:
+            self.last_reload = {"ok": False, "time": when, "errors": exc.errors}
+            for e in exc.errors:
+                log.error("reload refused: %s", e)
+            sd.notify_status("reload refused: invalid config; old config still running · " + self.status_line())
+            return {"reloaded": False, "errors": exc.errors}
+        try:
+            await self.switch_configs(new, "reload")
+        except ApplyFailed as exc:
+            error = f"reload failed in {exc}; the previous config was restored"
+            self.last_reload = {"ok": False, "time": when, "errors": [error], "rolled_back": True}
+            self.write_state()
+            sd.notify_status(f"reload failed in {exc.subsystem}; old config restored · " + self.status_line())
+            return {"reloaded": False, "errors": [error], "rolled_back": True}
+        await self.sync_presence()
+        self.announce_trust()
+        warnings = new.service_warnings + [w for pr in new.projects.values() for w in pr.warnings]
+        failures = new.failures()
+        errors = [e for f in failures for e in f["errors"]]
+        failed = [f["path"] for f in failures]
+        self.last_reload = {"ok": not errors, "time": when, "errors": errors, "warnings": warnings, "failed": failed}
+        self.write_state()
+        log.info("reloaded: %d project(s)", len(new.projects))
+        for f in failures:
+            kept = "keeps its last good config" if f["served"] else "is not served"
+            for e in f["errors"]:
+                log.error("reload refused: %s (project %s %s; the others reloaded)", e, f["path"], kept,
+                          extra={"PROJECT": f["path"]})
+        sd.notify_status(self.status_line())
+        return {"reloaded": True, "errors": errors, "warnings": warnings, "failed": failed}
 
     # -- state, heartbeat, watchdog, status line --------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -358,34 +487,62 @@ class Service:
             "log_file": self.opts.log_file and str(Path(self.opts.log_file).resolve()),
             "log_to": self.log_to,
             "state_dir": str(self.state_dir),
-            "projects": [pr.info() for pr in self.configs.projects.values()],
+            "projects": self.project_infos(),
             "subsystems": self.health(),
             "counts": {"requests": self.rpc.requests, "connections": len(self.rpc.connections),
                        "internal_errors": self.rpc.errors, "events": self.bus.published},
             "config": self.last_reload,
+            "loop": self.loop_lag.snapshot(),
+            "operations": {"current": self.ops.current, "done": self.ops.done, "stopping": self.ops.stopping},
             "status": self.status_line(),
         }
 
-    def daemon_status(self) -> dict[str, Any]:
-        """``daemon.status``: our state, plus the fields the AIWG daemon's CLI prints (``aiwg_shape``)."""
+    def daemon_status(self, project: str | None = None) -> dict[str, Any]:
+        """``daemon.status``: our state, plus the fields the AIWG daemon's CLI prints (``aiwg_shape``); through a
+        project's own socket, those fields count that project's tasks, rules, jobs and watched events only."""
         st = self.state()
-        problems = aiwg_shape.issues(st["subsystems"], self.last_reload)
+        if project is not None:
+            st["project"] = project
+            st["subsystems"] = aiwg_shape.scoped(st["subsystems"], project, self.project_health(project))
+        problems = aiwg_shape.issues(st["subsystems"], self.last_reload, self.failures())
         st.update(aiwg_shape.status(st["subsystems"], len(self.rpc.connections), problems))
         return st
 
-    def write_state(self, stopped: bool = False) -> None:
+    def project_health(self, root: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for sub in self.subsystems:
+            of = getattr(sub, "project_health", None)
+            if of is not None:
+                try:
+                    out[sub.name] = of(root)
+                except Exception as exc:
+                    out[sub.name] = {"error": str(exc)}
+        return out
+
+    def failures(self) -> list[dict[str, Any]]:
+        return self.configs.failures() if self.configs is not None else []
+
+    def write_state(self, stopped: bool = False, *, background: bool = False) -> None:
+        """``background``: the frequent rewrites (heartbeat, status changes) go through a worker thread;
+        the others (start, changes, stop) are written before this returns."""
         try:
             st = self.state()
             st["running"] = not stopped
             st["last_heartbeat"] = self.last_heartbeat
-            st.update(aiwg_shape.state_file(st["subsystems"], aiwg_shape.issues(st["subsystems"], self.last_reload)))
-            write_atomic(self.state_dir / "state.json", msgspec.json.encode(st))
+            problems = aiwg_shape.issues(st["subsystems"], self.last_reload, self.failures())
+            st.update(aiwg_shape.state_file(st["subsystems"], problems))
+            data = msgspec.json.encode(st)
+            if background:
+                self._state_out.submit(data)
+            else:
+                write_atomic(self.state_dir / "state.json", data)
         except OSError as exc:
             log.error("cannot write state.json: %s", exc)
 
     async def _heartbeat(self) -> None:
         hb = self.state_dir / "heartbeat"
         while True:
+            looplag.poke()  # the heartbeat's own work (health of every subsystem, state.json) is measured
             self.last_heartbeat = datetime.now(UTC).isoformat(timespec="seconds")
             try:
                 # rewritten in place (its mtime is what counts), created private whatever the umask
@@ -396,7 +553,7 @@ class Service:
                     os.close(fd)
             except OSError as exc:
                 log.error("cannot touch the heartbeat file: %s", exc)
-            self.write_state()
+            self.write_state(background=True)
             assert self.configs is not None
             await asyncio.sleep(self.configs.service.daemon.heartbeat_interval_seconds)
 
@@ -419,11 +576,14 @@ class Service:
         if "watched_dirs" in watcher:
             n_dirs = watcher["watched_dirs"]
             parts.append(f"watching {n_dirs:,} dir{'s' if n_dirs != 1 else ''}")
+        failed = len(self.configs.failures())
+        if failed:
+            parts.append(f"{failed} failed (aiwgctl project list)")
         untrusted = sum(1 for pr in self.configs.projects.values() if pr.untrusted is not None)
         if untrusted:
             parts.append(f"{untrusted} untrusted (aiwgctl trust)")
         if not self.last_reload.get("ok", True):
-            parts.append("last reload refused")
+            parts.append("last reload failed" if self.last_reload.get("rolled_back") else "last reload refused")
         return " · ".join(parts)
 
     def schedule_status(self) -> None:
@@ -438,56 +598,45 @@ class Service:
             if self.configs is not None:
                 sd.notify_status(self.status_line())
                 if self.started:
-                    self.write_state()
+                    self.write_state(background=True)
 
         asyncio.get_running_loop().call_later(0.5, send)
 
     # -- projects --------------------------------------------------------------------------------------
-    def link_project(self, root: str) -> None:
-        """Give AIWG tools what they look for, where they look: ``.aiwg/daemon.pid``, and links
-        ``.aiwg/daemon/daemon.sock`` -> our socket and ``.aiwg/daemon/state.json`` -> our state file.
+    async def sync_presence(self) -> None:
+        """Each served project's own socket, ``.aiwg/daemon.pid``, links and log, in line with what is served."""
+        assert self.configs is not None
+        await self.presence.sync(self.configs.projects)
+        self.project_logs.retain(self.configs.projects)
 
-        Made through directory fds that never follow a symlink: a committed ``.aiwg`` or ``.aiwg/daemon``
-        link is refused, so nothing we make can land outside the project."""
-        self._link(root, "daemon.sock", str(self.socket_path))
-        self._link(root, "state.json", str(self.state_dir / "state.json"))
-        self.write_pid_file(root)
+    async def stop_serving(self, root: str) -> None:
+        """A project's ``daemon.pid`` stand-in got SIGTERM (the AIWG CLI's ``stop``): serve it no more, until
+        ``aiwgctl project add`` or the next start. Stopping the only project served stops the service."""
+        with contextlib.suppress(Stopping):  # the whole service is stopping anyway
+            await self.ops.run("project.stop", lambda: self._stop_serving(root))
 
-    @staticmethod
-    def _link(root: str, name: str, target: str) -> None:
-        link = os.path.join(root, ".aiwg", "daemon", name)
-        try:
-            with safefs.project_subdir(root, ".aiwg", "daemon") as fd:
-                if safefs.set_link(fd, name, target) == "occupied":
-                    log.warning("%s exists and is not our link (an old AIWG daemon?); leaving it", link,
-                                extra={"PROJECT": root})
-        except OSError as exc:
-            log.warning("cannot link %s to %s: %s", link, target, exc.strerror or exc, extra={"PROJECT": root})
-
-    def write_pid_file(self, root: str) -> None:
-        """The AIWG CLI's first check: ``.aiwg/daemon.pid`` holds a live pid (see ``pidfile``)."""
-        try:
-            pidfile.write(root)
-        except OSError as exc:
-            log.warning("cannot write %s/.aiwg/%s: %s", root, pidfile.NAME, exc, extra={"PROJECT": root})
-
-    def remove_pid_file(self, root: str) -> None:
-        with contextlib.suppress(OSError):
-            pidfile.remove(root)
-
-    def unlink_project(self, root: str) -> None:
-        self.remove_pid_file(root)
-        with contextlib.suppress(OSError), safefs.project_subdir(root, ".aiwg", "daemon", create=False) as fd:
-            for name, target in (("daemon.sock", self.socket_path), ("state.json", self.state_dir / "state.json")):
-                with contextlib.suppress(OSError):
-                    if os.readlink(name, dir_fd=fd) == str(target):
-                        os.unlink(name, dir_fd=fd)
+    async def _stop_serving(self, root: str) -> None:
+        assert self.configs is not None
+        if root not in self.configs.projects:
+            return
+        if len(self.configs.projects) == 1:
+            self.request_stop()
+            return
+        self.stopped.add(root)
+        del self.configs.projects[root]
+        await self.sync_presence()
+        await self.apply_configs()
+        self.write_state()
+        log.info("project %s is no longer served (stopped through its daemon.pid); `aiwgctl project add %s` "
+                 "serves it again", root, root, extra={"PROJECT": root})
+        self.bus.publish("project.stopped", root, {"path": root}, "service")
 
     # -- RPC handlers ----------------------------------------------------------------------------------
     def register_rpc(self) -> None:
         r = self.rpc.register
         r("ping", self.rpc_ping)
-        r("daemon.status", lambda _p, _c: self.daemon_status())
+        # (an in-process caller, the dashboard's, has no project: it sees the whole service)
+        r("daemon.status", lambda _p, c: self.daemon_status(getattr(c, "project", None)))
         r("daemon.reload", self.rpc_reload)
         r("project.add", self.rpc_project_add)
         r("project.remove", self.rpc_project_remove)
@@ -501,20 +650,69 @@ class Service:
     def rpc_ping(_params: p.NoParams, _conn: Connection) -> dict[str, Any]:
         return {"pong": True, "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds")}
 
+    async def change(self, name: str, fn: Any) -> Any:
+        """Run ``fn`` as a service-owned change (see ``operations``); a caller that hangs up loses only the
+        reply. Refused with SERVER_BUSY once the service is stopping."""
+        try:
+            return await self.ops.run(name, fn)
+        except Stopping as exc:
+            raise p.RpcError(p.SERVER_BUSY, str(exc)) from None
+
     async def rpc_reload(self, _params: p.ReloadParams, _conn: Connection) -> dict[str, Any]:
-        result = await self.reload()
+        result = await self.change("daemon.reload", self._reload)
+        if result.get("rolled_back"):
+            raise p.RpcError(p.INTERNAL_ERROR, result["errors"][0], {"errors": result["errors"], "rolled_back": True})
         if not result["reloaded"]:
             raise p.RpcError(p.CONFIG_INVALID, "reload refused: invalid config; the old config keeps running",
                              {"errors": result["errors"]})
+        if result.get("failed"):
+            raise p.RpcError(p.CONFIG_INVALID, f"reload refused for {len(result['failed'])} project(s): invalid "
+                             "config; each keeps its last good config (or is not served); the others reloaded",
+                             {"errors": result["errors"], "failed": result["failed"]})
         return result
 
-    def rpc_project_list(self, _params: p.NoParams, _conn: Connection) -> dict[str, Any]:
+    def project_infos(self) -> list[dict[str, Any]]:
+        """Every project: served ones, then those not served because their config failed."""
         assert self.configs is not None
-        return {"projects": [pr.info() for pr in self.configs.projects.values()]}
+        registered = set(self.registered()) if self.stopped else set()
+        stopped = [{"path": r, "state": "stopped", "served": False, "persistent": r in registered, "warnings": [],
+                    "config": str(paths.project_config_file(r)), "trusted": False, "untrusted_reason": None,
+                    "needs_trust": [], "errors": [],
+                    "reason": "stopped through its .aiwg/daemon.pid; `aiwgctl project add` serves it again"}
+                   for r in sorted(self.stopped)]
+        return ([pr.info() for pr in self.configs.projects.values()] + [f.info() for f in self.configs.failed.values()]
+                + stopped)
+
+    def rpc_project_list(self, _params: p.NoParams, _conn: Connection) -> dict[str, Any]:
+        return {"projects": self.project_infos()}
 
     async def rpc_project_add(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
-        assert self.configs is not None
         root = resolve_root(params.path)
+        return await self.change("project.add", lambda: self._project_add(root))  # type: ignore[no-any-return]
+
+    def _save_registry_or_refuse(self, configs: Configs, what: str) -> None:
+        try:
+            self.save_registry(configs)
+        except OSError as exc:
+            raise p.RpcError(p.INTERNAL_ERROR, f"{what}: cannot write {self.registry_file()}: "
+                                               f"{exc.strerror or exc}; nothing changed") from None
+
+    async def _switch_projects(self, new: Configs, what: str) -> None:
+        """Disk first (the registry), then memory (every subsystem); a refusal puts both back."""
+        assert self.configs is not None
+        old = self.configs
+        self._save_registry_or_refuse(new, what)
+        try:
+            await self.switch_configs(new, what.split(" ", 1)[0])
+        except ApplyFailed as exc:
+            try:
+                self.save_registry(old)
+            except OSError as err:
+                log.error("%s: cannot restore %s: %s", what, self.registry_file(), err)
+            raise p.RpcError(p.INTERNAL_ERROR, f"{what} failed in {exc}; nothing changed") from None
+
+    async def _project_add(self, root: str) -> dict[str, Any]:
+        assert self.configs is not None
         existing = self.configs.projects.get(root)
         if existing is not None and existing.persistent:
             return {"added": False, "project": existing.info()}
@@ -523,10 +721,12 @@ class Service:
         except config.ConfigError as exc:
             raise p.RpcError(p.CONFIG_INVALID if Path(root).is_dir() else p.INVALID_PARAMS,
                              f"cannot add {root}: {exc.errors[0]}", {"param": "path", "errors": exc.errors}) from None
-        self.configs.projects[root] = project
-        self.save_registry()
-        self.link_project(root)
-        await self.apply_configs()
+        old = self.configs
+        await self._switch_projects(Configs(old.service, old.service_warnings, {**old.projects, root: project},
+                                            {r: f for r, f in old.failed.items() if r != root}),
+                                    f"project.add {root}")
+        self.stopped.discard(root)
+        await self.sync_presence()
         self.write_state()
         log.info("project added: %s", root, extra={"PROJECT": root})
         self.bus.publish("project.added", root, {"path": root}, "service")
@@ -534,15 +734,22 @@ class Service:
         return {"added": True, "project": project.info()}
 
     async def rpc_project_remove(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
-        assert self.configs is not None
         root = resolve_root(params.path)
-        if root not in self.configs.projects:
+        return await self.change("project.remove", lambda: self._project_remove(root))  # type: ignore[no-any-return]
+
+    async def _project_remove(self, root: str) -> dict[str, Any]:
+        assert self.configs is not None
+        if root not in self.configs.projects and root not in self.configs.failed:
             raise p.RpcError(p.INVALID_PARAMS, f"Invalid params: path: {root} is not a registered project",
                              {"param": "path"})
-        del self.configs.projects[root]
-        self.save_registry()
-        self.unlink_project(root)
-        await self.apply_configs()
+        old = self.configs
+        await self._switch_projects(Configs(old.service, old.service_warnings,
+                                            {r: pr for r, pr in old.projects.items() if r != root},
+                                            {r: f for r, f in old.failed.items() if r != root}),
+                                    f"project.remove {root}")
+        self.last_good.forget(root)
+        self.stopped.discard(root)
+        await self.sync_presence()
         self.write_state()
         log.info("project removed: %s", root, extra={"PROJECT": root})
         self.bus.publish("project.removed", root, {"path": root}, "service")
@@ -566,6 +773,9 @@ class Service:
         return self._describe(params.path)
 
     async def rpc_trust_allow(self, params: p.TrustParams, _conn: Connection) -> dict[str, Any]:
+        return await self.change("trust.allow", lambda: self._trust_allow(params))  # type: ignore[no-any-return]
+
+    async def _trust_allow(self, params: p.TrustParams) -> dict[str, Any]:
         d = self._describe(params.path)
         root = d["path"]
         if d["problem"]:
@@ -584,6 +794,9 @@ class Service:
 
     async def rpc_trust_revoke(self, params: p.ProjectPathParams, _conn: Connection) -> dict[str, Any]:
         root = resolve_root(params.path)
+        return await self.change("trust.revoke", lambda: self._trust_revoke(root))  # type: ignore[no-any-return]
+
+    async def _trust_revoke(self, root: str) -> dict[str, Any]:
         try:
             had = self.trust_store.revoke(root)
         except OSError as exc:

@@ -293,13 +293,14 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
 
     turns = TurnWaiter(core.bus)
 
-    async def ask(chat_key: str, text: str) -> str:
-        """One turn of the chat's own conversation (kept under its key: one resumed session per chat)."""
+    async def ask(chat_key: str, text: str, project: str | None = None) -> str:
+        """One turn of the chat's own conversation (kept under its key: one resumed session per chat), in the
+        project the chat picked (``/project``), else ``messaging.project``, else the only one served."""
         from .chat.conversations import ChatError
 
         try:
             sent = chat.open().send(text, key=chat_key, source="messaging",
-                                    project=core.configs().service.messaging.project)
+                                    project=project or core.configs().service.messaging.project)
         except ChatError as exc:
             raise AskRefused(str(exc)) from None
         task = await turns.wait(sent.task_id)
@@ -307,7 +308,8 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
             raise RuntimeError(task.get("error") or f"the turn ended {task.get('state')}")
         return str(task.get("result") or "")
 
-    ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, ask=ask, decide=decide)
+    ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, ask=ask, decide=decide,
+                         projects=lambda: list(core.configs().projects))
     return MessagingSubsystem(core.bus, core.rpc.register, core.configs, core.state_dir, ports)
 
 

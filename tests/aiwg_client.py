@@ -10,10 +10,13 @@
   back to ``.aiwg/daemon/state.json`` when the socket does not answer;
 - ``task submit --priority`` sends ``parseInt`` of the flag (``null`` for a non-number), and params left
   ``undefined`` are absent from the JSON (``JSON.stringify``);
-- ``task list`` iterates the result as an array; ``stop`` sends SIGTERM to the pid and waits.
+- ``task list`` iterates the result as an array; ``stop`` sends SIGTERM to the pid and waits;
+- ``logs [--lines N]`` prints the last N lines (50) of ``.aiwg/daemon/daemon.log`` or "No log file found";
+  ``logs --follow`` runs ``tail -f -n N`` on that path.
 
-Usage: ``aiwg_client.py --project DIR COMMAND ...`` (commands: status, stop, task submit|list|get|cancel|stats,
-chat MESSAGE, repl LINE..., automation enable|disable [RULE]). Exit 1 on an error, as the real CLI.
+Usage: ``aiwg_client.py --project DIR COMMAND ...`` (commands: status, stop, logs [--lines N] [--follow],
+task submit|list|get|cancel|stats, chat MESSAGE, repl LINE..., automation enable|disable [RULE]). Exit 1 on an
+error, as the real CLI.
 """
 
 from __future__ import annotations
@@ -171,6 +174,8 @@ def run(project: Path, args: list[str]) -> int:
         print("Daemon is not running")
         return 1
     cmd = args[0] if args else "status"
+    if cmd == "logs":
+        return logs(project, args[1:])
     if cmd == "stop":
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
@@ -196,6 +201,23 @@ def run(project: Path, args: list[str]) -> int:
         return 1
     finally:
         client.close()
+
+
+def logs(project: Path, rest: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="logs", exit_on_error=False)
+    ap.add_argument("--lines", default="50")
+    ap.add_argument("--follow", action="store_true")
+    o = ap.parse_args(rest)
+    path = project / ".aiwg" / "daemon" / "daemon.log"
+    if not path.exists():
+        print("No log file found")
+        return 1
+    n = parse_int(o.lines) or 50
+    if o.follow:
+        os.execvp("tail", ["tail", "-f", "-n", str(n), str(path)])
+    for line in path.read_text(errors="replace").splitlines()[-n:]:
+        print(line)
+    return 0
 
 
 def command(client: IpcClient, pid: int, cmd: str, rest: list[str]) -> int:

@@ -40,6 +40,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.longrepr = f"skipped, but AIWG_NO_SKIP=1 forbids skips: {reason}"
 
 
+#: What a skipped test's reason or id says about the protection it checks (first match wins).
+SECURITY_KINDS = (
+    ("two users / peer uid", ("another uid", "create users", "peer", "two_user", "other_user", "trust_socket")),
+    ("ssh host keys", ("sshd", "ssh", "host key", "host_key")),
+    ("systemd confinement", ("systemd", "user manager", "unshare", "namespace", "cgroup")),
+)
+_SKIPPED: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append((report.nodeid, reason))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Outside CI a green run can hide security tests that never ran: say how many, and which kinds."""
+    kinds: dict[str, int] = {}
+    for nodeid, reason in _SKIPPED:
+        text = f"{nodeid} {reason}".lower()
+        kind = next((k for k, words in SECURITY_KINDS if any(w in text for w in words)), None)
+        if kind is not None:
+            kinds[kind] = kinds.get(kind, 0) + 1
+    if kinds:
+        total = sum(kinds.values())
+        detail = ", ".join(f"{n} {k}" for k, n in kinds.items())
+        terminalreporter.write_sep("!", f"{total} SECURITY TEST(S) DID NOT RUN ({detail})", red=True, bold=True)
+        terminalreporter.write_line("This run proves nothing about them: run as root with the tools they need "
+                                    "(CI sets AIWG_NO_SKIP=1, which fails every skip).")
+
+
 @pytest.fixture(scope="session")
 def user_manager() -> Iterator[UserManager]:
     """One private ``systemd --user`` (+ journald) for the whole session."""

@@ -60,6 +60,9 @@ def test_agent_survives_stop_and_kill9_with_every_line_once(svc_env: ServiceEnv)
     try:
         log_path = Path(svc_env.call("task.get", {"taskId": tid})["log_path"])
         wait_for(lambda: log_path.exists() and len(ticks_in(log_path.read_text())) >= 3, 20, what="first ticks")
+        # the follower is connected before the stop (a follower that never reached the service fails at once)
+        wait_for(lambda: svc_env.call("daemon.status")["subsystems"]["supervisor"]["log_followers"] >= 1, 20,
+                 what="the follower to be connected")
         assert svc_env.stop() == 0  # graceful: the agent keeps running
         assert "start" in mark.read_text() and "end" not in mark.read_text()
         svc_env.start()

@@ -192,3 +192,108 @@ def test_an_aiwg_rules_agent_is_a_subagent(svc_env: ServiceEnv) -> None:
     assert rule_task["agent"] == "claude" and rule_task["subagent"] == "code-reviewer"
     assert rule_task["prompt"] == f"review {t['id']}"
     assert wait_state(svc_env, rule_task["id"], "completed")["result"].startswith("Done: review")
+
+
+def _every_command(env: ServiceEnv, project: Path, other_tasks: set[str]) -> set[str]:
+    """Every command of the stand-in AIWG client, in ``project``: each answer is about that project only."""
+    # its stand-in's, not the service's (the socket answers a moment before the service is ready)
+    pid = wait_for(lambda: pidfile.read(project), 15, what="the project's daemon.pid")
+    assert pid != env.proc.pid  # type: ignore[union-attr]
+    st = aiwg(env, "status", project=project)
+    assert st.returncode == 0 and f"PID: {pid}" in st.stdout and "Health: healthy" in st.stdout
+    assert "Automation: enabled (2 rules)" in st.stdout  # this project's: its rule + its health-check job
+    assert "Scheduler: 1 jobs" in st.stdout
+    sub = aiwg(env, "task", "submit", f"hello {project.name}", project=project)
+    tid = sub.stdout.split("Task submitted: ")[1].split()[0]
+    done = wait_state(env, tid, "completed")
+    assert done["project"] == str(project)
+    ctid = aiwg(env, "chat", "what", "changed?", project=project).stdout.split("Task: ")[1].split()[0]
+    assert wait_state(env, ctid, "completed")["project"] == str(project)
+    rows = aiwg(env, "task", "list", project=project).stdout.split()
+    assert tid in rows and ctid in rows and not other_tasks & set(rows)
+    got = json.loads(aiwg(env, "task", "get", tid, project=project).stdout)
+    assert got["output"] == got["result"] and got["metadata"]["project"] == str(project) and got["createdAt"]
+    for other in other_tasks:  # another project's task is not there for this project's clients
+        assert aiwg(env, "task", "get", other, project=project).returncode == 1
+        assert "Cancelled: false" in aiwg(env, "task", "cancel", other, project=project).stdout
+    stats = json.loads(aiwg(env, "task", "stats", project=project).stdout)
+    assert stats["completed"] == 2 and stats["total"] == 2
+    repl = aiwg(env, "repl", "/status", "/run echo", "/tasks", "/quit", project=project)
+    assert repl.returncode == 0 and "Task: t-" in repl.stdout
+    rid = repl.stdout.split("Task: ")[1].split()[0]
+    assert wait_state(env, rid, "completed")["project"] == str(project)
+    assert "ts-review" in aiwg(env, "automation", "disable", "ts-review", project=project).stdout
+    assert aiwg(env, "automation", "enable", project=project).returncode == 0
+    return {tid, ctid, rid}
+
+
+def test_two_projects_at_once_and_stop_in_one(svc_env: ServiceEnv, tmp_path: Path) -> None:
+    """The AIWG CLI in each of two served projects: every command works unchanged, about its own project;
+    its ``stop`` in one project stops serving that one only; in the last one, it stops the service."""
+    a, b = svc_env.project, tmp_path / "second"
+    b.mkdir()
+    rules = {"rules": [{"id": "ts-review", "trigger": {"type": "file.modify"},
+                        "action": {"type": "notify", "message": "x"}}]}
+    for p in (a, b):
+        svc_env.write_project_config(rules, project=p)
+    start(svc_env, projects=[a, b])
+    tasks_a = _every_command(svc_env, a, set())
+    tasks_b = _every_command(svc_env, b, tasks_a)
+    assert tasks_a.isdisjoint(tasks_b)
+
+    stand_in = pidfile.read(a)
+    stop = aiwg(svc_env, "stop", project=a)
+    assert stop.returncode == 0 and "Daemon stopped" in stop.stdout
+    wait_for(lambda: pidfile.read(a) is None, 15, what="a's daemon.pid to go")
+    assert aiwg(svc_env, "status", project=a).stdout.strip() == "Daemon is not running"
+    listed = {p["path"]: p for p in svc_env.call("project.list")["projects"]}
+    assert listed[str(a)]["state"] == "stopped" and listed[str(b)]["state"] == "ok"
+    # b is served on: with one project left, its daemon.pid is the service's own
+    wait_for(lambda: pidfile.read(b) == svc_env.proc.pid, 15, what="b's daemon.pid to be the service's")  # type: ignore[union-attr]
+    assert stand_in is not None and not os.path.exists(f"/proc/{stand_in}")
+    st = aiwg(svc_env, "status", project=b)
+    assert st.returncode == 0 and "Health: healthy" in st.stdout
+    sub = aiwg(svc_env, "task", "submit", "still here", project=b)
+    assert wait_state(svc_env, sub.stdout.split("Task submitted: ")[1].split()[0], "completed")["project"] == str(b)
+    # aiwgctl project add serves a again
+    svc_env.ctl("project", "add", str(a), check=True)
+    wait_for(lambda: pidfile.read(a) not in (None, svc_env.proc.pid), 15, what="a's stand-in")  # type: ignore[union-attr]
+    assert aiwg(svc_env, "status", project=a).returncode == 0
+    svc_env.ctl("project", "remove", str(a), check=True)
+    # stop in the last project stops the service, as with one project before
+    assert aiwg(svc_env, "stop", project=b).returncode == 0
+    assert svc_env.proc.wait(20) == 0  # type: ignore[union-attr]
+
+
+def test_logs_follow_sees_a_rule_line_of_its_project_only(svc_env: ServiceEnv, tmp_path: Path) -> None:
+    """``.aiwg/daemon/daemon.log``: that project's lines only, 0600; ``logs --follow`` (tail -f) sees a rule run."""
+    a, b = svc_env.project, tmp_path / "second"
+    b.mkdir()
+    for p in (a, b):
+        (p / "src").mkdir()
+        svc_env.write_project_config({"watch": {"paths": [{"path": "src/"}], "debounce_ms": 50}, "rules": [
+            {"id": f"note-{p.name}", "trigger": {"type": "file.create"},
+             "action": {"type": "notify", "message": "saw {{payload.path}}"}}]}, project=p)
+    start(svc_env, projects=[a, b])
+    log_a = a / ".aiwg" / "daemon" / "daemon.log"
+    wait_for(lambda: aiwg(svc_env, "logs", project=a).returncode == 0, 15, what="a's daemon.log")
+    assert log_a.stat().st_mode & 0o777 == 0o600
+    follow = subprocess.Popen([sys.executable, str(CLIENT), "--project", str(a), "logs", "--follow", "--lines", "5"],
+                              stdout=subprocess.PIPE, text=True, env=svc_env.env)
+    try:
+        (a / "src" / "new.txt").write_text("x")
+        (b / "src" / "other.txt").write_text("y")
+        seen: list[str] = []
+
+        def rule_line() -> bool:
+            seen.append(follow.stdout.readline())  # type: ignore[union-attr]
+            return "rule note-project" in seen[-1] and "saw src/new.txt" in seen[-1]
+
+        wait_for(rule_line, 30, what="the rule's line through tail -f")
+    finally:
+        follow.kill()
+        follow.wait(10)
+    wait_for(lambda: "note-second" in (b / ".aiwg" / "daemon" / "daemon.log").read_text(), 15, what="b's rule line")
+    assert "note-second" not in log_a.read_text() and str(b) not in log_a.read_text()
+    last = aiwg(svc_env, "logs", "--lines", "1", project=a)
+    assert last.returncode == 0 and len(last.stdout.splitlines()) == 1 and "rule note-project" in last.stdout

@@ -106,3 +106,37 @@ def test_a_conversation_of_a_project_no_longer_served_is_refused(tmp_path: Path)
         convs.send("again", conversation=a.conversation)
     assert gone.value.param == "conversation" and "no longer serves" in str(gone.value)
     assert len(q.tasks) == 1  # nothing queued
+
+
+def test_the_turn_is_written_before_its_task_and_a_lost_link_is_recovered(setup: Any) -> None:
+    """Turn first (pending), then the task: a crash between the task's commit and the turn's update leaves a
+    turn without its task id; the task finds it by its origin as it starts, and resumes the session."""
+    convs, q, _project = setup
+    first = convs.send("one", key="k")
+    sid = convs.get(first.conversation).session_id
+    q.finish(first.task_id, session_id=sid, result="ok")
+    store = convs.store
+    original = store.set_turn_task
+    store.set_turn_task = lambda placeholder, task_id: None  # type: ignore[method-assign]  # "crash" before it
+    try:
+        second = convs.send("two", key="k")
+    finally:
+        store.set_turn_task = original  # type: ignore[method-assign]
+    pending = store.turns(first.conversation)[-1]
+    assert pending.n == 2 and pending.state == "pending" and pending.task_id.startswith("pending-")
+    # the task starts: it finds its turn by origin and resumes the conversation's session, not a new one
+    assert convs.agent_args(second.task_id, 0, q.tasks[second.task_id]["origin"]) == ["--resume", sid]
+    assert store.turn_of_task(second.task_id).n == 2  # type: ignore[union-attr]
+
+
+def test_a_refused_task_leaves_no_turn(setup: Any) -> None:
+    convs, _q, _project = setup
+
+    def refuse(*_a: Any) -> str:
+        raise ValueError("unknown agent profile 'x'")
+
+    convs._submit = refuse  # type: ignore[method-assign]
+    with pytest.raises(ChatError):
+        convs.send("hello", key="k")
+    conv = convs.store.by_key("k")
+    assert conv is None or convs.store.turns(conv.id) == []

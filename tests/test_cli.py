@@ -38,7 +38,7 @@ def test_project_commands(service: ServiceEnv, tmp_path: Path) -> None:
     assert "added: " in service.ctl("project", "add", str(other), check=True).stdout
     assert "already registered" in service.ctl("project", "add", str(other), check=True).stdout
     listing = service.ctl("project", "list", check=True).stdout
-    assert listing.splitlines()[0].split() == ["PROJECT", "PERSISTENT", "TRUSTED", "CONFIG"]
+    assert listing.splitlines()[0].split() == ["PROJECT", "STATE", "PERSISTENT", "TRUSTED", "CONFIG"]
     assert str(other) in listing
     data = json.loads(service.ctl("project", "list", "--json", check=True).stdout)
     assert str(other) in {p["path"] for p in data["projects"]}

@@ -4,6 +4,7 @@ tasks for a full or down executor (with the reason) and wakes the supervisor whe
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,7 +39,9 @@ def test_reload_adds_replaces_and_removes(tmp_path: Path, monkeypatch: Any) -> N
         assert reg.get("cluster") is first  # unchanged: kept
         sub.apply(configs({"cluster": {"kind": "slurm", "partition": "b"}}))
         assert reg.get("cluster") is not first and reg.get("cluster").cfg.partition == "b"  # type: ignore[attr-defined]
-        await asyncio.sleep(0.1)
+        deadline = time.monotonic() + 10  # the probe runs in the background: wait for its verdict
+        while sub.rows()[0]["state"] != "down" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         assert sub.rows()[0]["state"] == "down" and "squeue not found on PATH" in sub.rows()[0]["last_error"]
         sub.apply(configs({}))
         assert reg.names() == ["local"] and sub.limit("local") is None

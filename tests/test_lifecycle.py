@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,16 @@ def test_first_start_writes_default_config_and_links_socket(service: ServiceEnv)
     cfg = json.loads((service.project / ".aiwg" / "daemon.json").read_text())
     assert cfg["schedule"]["jobs"][0]["id"] == "health-check"
     link = service.project / ".aiwg" / "daemon" / "daemon.sock"
-    assert link.is_symlink() and Path(os.readlink(link)) == service.socket
-    # an AIWG tool that only knows the project path reaches the service through the link
+    # the project's own socket, 0600 in the service's private runtime directory
+    target = Path(os.readlink(link))
+    assert link.is_symlink() and target.parent == service.socket.parent / "p" and target.is_socket()
+    assert target.stat().st_mode & 0o777 == 0o600 and target.parent.stat().st_mode & 0o777 == 0o700
+    # an AIWG tool that only knows the project path reaches the service through the link, about that project
     from service_fixture import RpcConn
 
     c = RpcConn(link)
     assert c.call("ping")["pong"] is True
+    assert c.call("daemon.status")["project"] == str(service.project)
 
 
 def test_sigterm_stops_cleanly_and_persists_state(service: ServiceEnv) -> None:
@@ -71,12 +74,22 @@ def test_state_and_heartbeat_files(svc_env: ServiceEnv) -> None:
     wait_for(lambda: not list(svc_env.state_dir.glob(".*.tmp")), what="no temp file left in the state dir")
 
 
-def test_invalid_config_at_start_exits_78(svc_env: ServiceEnv) -> None:
+def test_invalid_config_at_start_fails_its_project_only(svc_env: ServiceEnv) -> None:
+    """A project's bad file fails that project (listed with the reason); only the service file stops it (78)."""
     svc_env.write_project_config({"watch": {"paths": [{"path": "src/", "events": ["modfy"]}]}})
+    svc_env.start()
+    (failed,) = svc_env.call("project.list")["projects"]
+    assert failed["state"] == "failed" and failed["served"] is False
+    msg = f'{svc_env.project}/.aiwg/daemon.json: watch.paths[0].events[0]: "modfy" is not one of create, modify, delete'
+    assert msg in failed["reason"] and msg in svc_env.log_text()  # the error names which project's file
+    st = svc_env.call("daemon.status")
+    assert st["health"] == "degraded" and any("failed" in i and msg in i for i in st["issues"])
+    svc_env.stop()
+    (svc_env.config_home / "aiwg").mkdir(parents=True)
+    (svc_env.config_home / "aiwg" / "daemon.json").write_text('{"daemon": {"max_parallel_actions": 0}}')
     proc = svc_env.start(wait=False)
     assert proc.wait(20) == 78
-    assert '.aiwg/daemon.json: watch.paths[0].events[0]: "modfy" is not one of create, modify, delete' \
-        in svc_env.log_text()
+    assert "daemon.max_parallel_actions" in svc_env.log_text()
     assert "Traceback" not in svc_env.log_text()
 
 
@@ -168,11 +181,12 @@ def test_runs_as_pid1_reaps_and_stops_on_sigterm(svc_env: ServiceEnv) -> None:
     # an orphan re-parented to PID 1 is reaped, not left a zombie: spawn one inside the namespace
     init_pid = int(subprocess.check_output(["pgrep", "-P", str(proc.pid)], text=True).split()[0])
     subprocess.run(["nsenter", "-t", str(init_pid), "-p", "--", "sh", "-c", "sleep 0.1 & exit 0"], check=True)
-    time.sleep(0.5)
-    children = subprocess.run(["pgrep", "-P", str(init_pid), "-l"], capture_output=True, text=True).stdout
-    states = [Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
-              for pid in subprocess.run(["pgrep", "-P", str(init_pid)], capture_output=True, text=True).stdout.split()]
-    assert "Z" not in states, children
+
+    def reaped() -> bool:  # a zombie keeps its name: the orphan is gone only once init reaped it
+        children = subprocess.run(["pgrep", "-P", str(init_pid), "-l"], capture_output=True, text=True).stdout
+        return "sleep" not in children
+
+    wait_for(reaped, 10, what="the orphan to be reaped by our init")
     os.kill(init_pid, signal.SIGTERM)
     assert proc.wait(20) == 0
 

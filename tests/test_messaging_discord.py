@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fake_discord import TOKEN, FakeDiscord
 from messaging_support import write_service_config
 from service_fixture import ServiceEnv, wait_for
@@ -61,4 +63,18 @@ def test_gateway_drop_resume_neither_loses_nor_repeats(svc_env: ServiceEnv) -> N
         assert len([m for m in dc.messages if m["channel_id"] == "5001"]) == 1
         assert len([m for m in dc.messages if m["channel_id"] == "5002"]) == 1
         assert "discord delivered msg:" in svc_env.log_text()  # the replayed event was recognised and skipped
+        assert svc_env.stop() == 0
+
+
+def test_a_read_only_user_cannot_run_a_write_command_and_health_answers(svc_env: ServiceEnv) -> None:
+    with FakeDiscord() as dc:
+        _start(svc_env, dc)
+        dc.push_message("7002", "cancel t-1", channel="4101")  # 7002 may only read
+        dc.wait(lambda: [m for m in dc.messages if m["channel_id"] == "4101"], what="the write refusal")
+        assert "needs write permission" in next(m for m in dc.messages if m["channel_id"] == "4101")["content"]
+        dc.push_message("7002", "health", channel="4102")
+        dc.wait(lambda: [m for m in dc.messages if m["channel_id"] == "4102"], what="the /health answer")
+        health = next(m for m in dc.messages if m["channel_id"] == "4102")
+        text = health["content"] + json.dumps(health.get("embeds", []))
+        assert "supervisor:" in text and "bridge discord: connected" in text
         assert svc_env.stop() == 0

@@ -91,3 +91,16 @@ def test_revoked_tokens_stop_retrying_and_say_so(svc_env: ServiceEnv) -> None:
         assert "slack:error" in status and "discord:error" in status
         assert slack.connections == calls and dc.identifies == 0  # nothing keeps hammering the platforms
         assert svc_env.stop() == 0
+
+
+def test_a_read_only_user_cannot_run_a_write_command_and_health_answers(svc_env: ServiceEnv) -> None:
+    with FakeSlack() as slack:
+        _start(svc_env, slack)
+        slack.push_dm("U2", "cancel t-1", channel="D2")  # U2 may only read
+        slack.wait(lambda: slack.texts("D2"), what="the write refusal")
+        assert "needs write permission" in slack.texts("D2")[0]
+        slack.push_dm("U2", "health", channel="D3")  # reading is fine
+        slack.wait(lambda: slack.texts("D3"), what="the /health answer")
+        health = slack.texts("D3")[0]
+        assert "supervisor:" in health and "bridge slack: connected" in health
+        assert svc_env.stop() == 0

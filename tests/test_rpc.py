@@ -97,6 +97,19 @@ def test_oversized_line_is_refused_and_closed(service: ServiceEnv) -> None:
     assert service.call("ping")["pong"] is True  # the service is fine
 
 
+def test_an_unterminated_oversized_line_is_refused_before_its_end(service: ServiceEnv) -> None:
+    """No newline ever comes: the buffer check alone must refuse it (and the service's memory stays bounded)."""
+    c = service.connect()
+    head = b'{"jsonrpc":"2.0","method":"ping","params":{"x":"'
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        c.send_raw(head + b"a" * (p.MAX_LINE + 4096))  # and no newline
+    r = c.read()
+    assert r["id"] is None and r["error"]["code"] == -32600 and "exceeds" in r["error"]["message"]
+    with pytest.raises((EOFError, ConnectionResetError)):
+        c.read()
+    assert service.call("ping")["pong"] is True
+
+
 def test_stalled_and_garbage_clients_do_not_block_others(service: ServiceEnv) -> None:
     stalled = service.connect()
     stalled.send_raw(b'{"jsonrpc":"2.0","method":"pi')  # half a request, then nothing

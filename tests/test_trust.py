@@ -55,7 +55,7 @@ def test_clone_runs_nothing_until_trusted_and_again_after_a_pull(svc_env: Servic
     added = json.loads(svc_env.ctl("project", "add", str(clone), "--json", check=True).stdout)["project"]
     assert added["trusted"] is False and "not trusted yet" in added["untrusted_reason"]
     # the committed socket link was replaced by ours (never followed to someone else's socket)
-    assert os.readlink(clone / ".aiwg/daemon/daemon.sock") == str(svc_env.socket)
+    assert os.path.dirname(os.readlink(clone / ".aiwg/daemon/daemon.sock")) == str(svc_env.socket.parent / "p")
 
     (clone / "src/a.txt").write_text("edit 1")
     wait_for(lambda: "untrusted" in outcomes(svc_env, "pwn", clone), 20, what="a held-back run")
@@ -66,7 +66,7 @@ def test_clone_runs_nothing_until_trusted_and_again_after_a_pull(svc_env: Servic
     ev = svc_env.call("events.list", {"type": "trust.required"})["events"]
     assert [e["project"] for e in ev] == [str(clone)] and ev[0]["data"]["needs"]
     assert "NO (runs nothing)" in svc_env.ctl("status", check=True).stdout
-    assert "held: untrusted" in svc_env.ctl("rules", check=True).stdout
+    assert "held: untrusted" in svc_env.ctl("rules", cwd=clone, check=True).stdout  # its rules: cwd is in it
     test = svc_env.call("automation.test", {"ruleId": "pwn", "project": str(clone)})
     assert test["would_run"] is False and test["conditions"] == [] and lines(marker) == []
 

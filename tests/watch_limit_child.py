@@ -48,14 +48,20 @@ async def main(tmp: Path) -> None:
     def health() -> dict:
         return w.health()["roots"][str(tmp)]
 
-    def exact(step: str) -> dict:
-        h = health()
-        real = dir_count(tmp)
-        assert h["watched_dirs"] == len(w._by_wd), (step, h, len(w._by_wd))
-        assert h["watched_dirs"] + h["unwatched_dirs"] == real, (step, h, real)
-        return h
+    async def exact(step: str) -> dict:
+        """The counts are true once the re-check a status read asks for has run (within a second or so:
+        status never walks the unwatched trees itself)."""
+        def true() -> bool:
+            h = health()
+            return h["watched_dirs"] == len(w._by_wd) and h["watched_dirs"] + h["unwatched_dirs"] == dir_count(tmp)
 
-    h = exact("start")
+        try:
+            await until(true, f"true counts at {step}", timeout=10)
+        except AssertionError:
+            raise AssertionError((step, health(), len(w._by_wd), dir_count(tmp))) from None
+        return health()
+
+    h = await exact("start")
     assert h["watched_dirs"] == 20 and h["unwatched_dirs"] == 11, h
     assert "max_user_watches" in h["last_error"]
     unwatched = sorted(d.path for s in w._roots[str(tmp)].specs.values() for d in s.unwatched)
@@ -63,7 +69,7 @@ async def main(tmp: Path) -> None:
     # directories made inside an unwatched directory are counted and seen (files included)
     (inside / "new" / "deeper").mkdir(parents=True)
     (inside / "new" / "deeper" / "f.txt").write_text("x")
-    h = exact("mkdir inside unwatched")
+    h = await exact("mkdir inside unwatched")
     assert h["unwatched_dirs"] == 13, h
     rel = str((inside / "new" / "deeper" / "f.txt").relative_to(tmp))
     await until(lambda: (rel, "create") in reports(events), "the file in the unwatched subtree")
@@ -73,18 +79,18 @@ async def main(tmp: Path) -> None:
     await until(lambda: (rel2, "create") in reports(events), "the timer's re-check", timeout=10)
     # a deleted unwatched directory stops being counted
     shutil.rmtree(unwatched[1])
-    h = exact("rmdir unwatched")
+    h = await exact("rmdir unwatched")
     assert h["unwatched_dirs"] == 12, h
     # deleting watched directories frees watches: the unwatched ones are watched and rescanned
     watched = sorted(p for p in w._by_path if w._by_path[p].wd >= 0 and p.startswith(str(src) + "/d"))
     for p in watched[:5]:
         shutil.rmtree(p)
     await until(lambda: health()["unwatched_dirs"] == 7 and health()["watched_dirs"] == 20, "freed watches reused")
-    exact("after freeing")
+    await exact("after freeing")
     # the limit raised, then a reload: everything is watched, and a write in a formerly unwatched dir is live
     set_limit(10_000)
     w.set_root(str(tmp), [WatchSpec("src")])
-    h = exact("limit raised + reload")
+    h = await exact("limit raised + reload")
     assert h["unwatched_dirs"] == 0 and h["last_error"] is None, h
     assert w._recheck_timer is None  # nothing unwatched: no timer
     (inside / "new" / "deeper" / "live.txt").write_text("z")

@@ -42,6 +42,8 @@ GetTask = Callable[[str], dict[str, Any] | None]
 
 #: What claude prints when ``--resume`` names a session it does not have (deleted, or another cwd).
 LOST_MARK = "No conversation found with session ID"
+#: the task id of a turn recorded before its task was queued (see ``_queue_turn``)
+PENDING_PREFIX = "pending-"
 #: What it prints when ``--session-id`` names one that exists already.
 IN_USE_MARK = "is already in use"
 TITLE_MAX = 80
@@ -191,10 +193,10 @@ class Conversations:
         return self._get(conversation)
 
     # -- the supervisor's hook ----------------------------------------------------------------------
-    def agent_args(self, task_id: str, attempts: int = 0) -> list[str]:
+    def agent_args(self, task_id: str, attempts: int = 0, origin: dict[str, Any] | None = None) -> list[str]:
         """Session flags for the task about to start: nothing unless it is a turn.  ``attempts`` is how
-        many times the task started before."""
-        turn = self.store.turn_of_task(task_id)
+        many times the task started before; ``origin`` finds a turn that never learnt its task id."""
+        turn = self.store.turn_of_task(task_id) or self._adopt(task_id, origin)
         if turn is None:
             return []
         conv = self.store.get(turn.conversation)
@@ -234,7 +236,7 @@ class Conversations:
     def _get(self, conversation: str) -> Conversation:
         conv = self.store.get(conversation)
         if conv is None:
-            raise ChatError(f"no conversation {conversation!r} (see `aiwgctl chat --list`)", param="conversation")
+            raise ChatError(f"no conversation {conversation!r} (see `aiwgctl chat list`)", param="conversation")
         return conv
 
     def _project(self, value: str | None) -> str:
@@ -264,13 +266,32 @@ class Conversations:
             raise ChatError(f"project {conv.project} now resolves to {os.path.realpath(conv.project)}, not "
                             f"{conv.cwd} where the session lives; the agent could not resume it there",
                             param="conversation")
+        # The turn first, marked pending, then the task (another database), then the turn gets its task id.
+        # A crash between the two leaves a recoverable pair: the task finds its turn by ``origin``
+        # (``agent_args``), and a turn whose task never came is found lost by ``_sync``.
+        placeholder = f"{PENDING_PREFIX}{uuid.uuid4()}"
+        self.store.add_turn(Turn(conversation=conv.id, n=n, task_id=placeholder, message=message, source=source,
+                                 state="pending", created_at=utc_now()), utc_now())
         try:
             task_id = self._submit(conv.project, prompt, conv.agent, priority, source, None, origin)
-        except ValueError as exc:
-            raise ChatError(str(exc), param="agent") from None
-        self.store.add_turn(Turn(conversation=conv.id, n=n, task_id=task_id, message=message, source=source,
-                                 created_at=utc_now()), utc_now())
+        except BaseException as exc:
+            self.store.delete_turn(placeholder)
+            if isinstance(exc, ValueError):
+                raise ChatError(str(exc), param="agent") from None
+            raise
+        self.store.set_turn_task(placeholder, task_id)
         return SendResult(task_id=task_id, conversation=conv.id, turn=n)
+
+    def _adopt(self, task_id: str, origin: dict[str, Any] | None) -> Turn | None:
+        """The turn a task was queued for, when the service stopped before the turn learnt its task id."""
+        if not origin or "conversation" not in origin or "turn" not in origin:
+            return None
+        for t in self.store.turns(str(origin["conversation"])):
+            if t.n == origin["turn"] and t.task_id.startswith(PENDING_PREFIX):
+                log.info("conversation %s: turn %d adopts its task %s", t.conversation, t.n, task_id)
+                self.store.set_turn_task(t.task_id, task_id)
+                return self.store.turn_of_task(task_id)
+        return None
 
     def _recap(self, parent: str, upto: int | None) -> str:
         """The first prompt of a summary fork: the old turns, newest kept when they do not all fit."""

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import command
 from ..protocol import utc_now
 from .conversations import ChatError
 from .store import ConversationStore
@@ -59,7 +60,10 @@ class Recorder(Protocol):
 async def _git(*args: str, cwd: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec("git", *args, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
+    try:
+        out, _ = await command.finish(proc, command.GIT_TIMEOUT_S, f"git {args[0] if args else ''}")
+    except command.CommandTimeout as e:
+        return 124, str(e)
     return proc.returncode or 0, out.decode(errors="replace").strip()
 
 

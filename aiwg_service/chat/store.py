@@ -230,6 +230,16 @@ class ConversationStore:
                        vals)
             db.execute("UPDATE conversations SET last_used_at = ? WHERE id = ?", (touch, turn.conversation))
 
+    def set_turn_task(self, placeholder: str, task_id: str) -> None:
+        """A pending turn learns its task (see ``Conversations._queue_turn``)."""
+        with self.tx() as db:
+            db.execute("UPDATE turns SET task_id = ?, state = 'queued', error = NULL, finished_at = NULL "
+                       "WHERE task_id = ?", (task_id, placeholder))
+
+    def delete_turn(self, task_id: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM turns WHERE task_id = ?", (task_id,))
+
     def turns(self, conv_id: str, upto: int | None = None) -> list[Turn]:
         sql = f"SELECT {', '.join(_TURN_FIELDS)} FROM turns WHERE conversation = ?"
         params: list[Any] = [conv_id]

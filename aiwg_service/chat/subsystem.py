@@ -97,7 +97,7 @@ class ChatSubsystem:
 
     def agent_args(self, task: Any) -> list[str]:
         """The supervisor's hook: session flags for a turn, nothing for any other task."""
-        return self.open().agent_args(task.id, task.attempts)
+        return self.open().agent_args(task.id, task.attempts, getattr(task, "origin", None))
 
     async def start(self) -> None:
         self.open()

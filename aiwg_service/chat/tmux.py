@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .. import command
 from ..systemd import user_manager_reachable
 
 __all__ = ["Pane", "Tmux", "TmuxError", "TmuxMissing", "scope_available"]
@@ -74,7 +75,10 @@ class Tmux:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = await asyncio.create_subprocess_exec(
                 *prefix, *self.argv(*args), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, env=self.env)
-            rc = await proc.wait()
+            try:
+                rc = await command.wait(proc, command.TMUX_TIMEOUT_S, f"tmux {args[0] if args else ''}")
+            except command.CommandTimeout as e:
+                raise TmuxError(str(e)) from None
             out.seek(0)
             err.seek(0)
             text, problem = out.read().decode(errors="replace"), err.read().decode(errors="replace").strip()

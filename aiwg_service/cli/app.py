@@ -124,11 +124,13 @@ def project_list(json: JsonOpt = False) -> None:
     if json:
         render.emit_json(res)
         return
-    render.table(["project", "persistent", "trusted", "config"],
-                 [(pr["path"], "yes" if pr["persistent"] else "no", trust_cell(pr), pr["config"])
-                  for pr in res["projects"]],
+    render.table(["project", "state", "persistent", "trusted", "config"],
+                 [(pr["path"], pr.get("state", "ok"), "yes" if pr["persistent"] else "no", trust_cell(pr),
+                   pr.get("config", "")) for pr in res["projects"]],
                  empty="no projects (add one with `aiwgctl project add PATH`)")
     for pr in res["projects"]:
+        if pr.get("reason"):
+            print(f"{pr.get('state')}: {pr['path']}: {pr['reason']}")
         if pr.get("untrusted_reason"):
             print(f"untrusted: {pr['path']}: {pr['untrusted_reason']}")
 

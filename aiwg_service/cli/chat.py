@@ -10,24 +10,30 @@ from typing import Annotated
 import typer
 
 from .. import protocol as p
-from .core import START_HINT, fail
+from .core import START_HINT, fail, project_param
 
 
 def chat(
     conversation: Annotated[str | None, typer.Argument(
-        help="conversation to continue (default: the last one used); '-' reads one message from stdin")] = None,
+        help="conversation to continue (default: the last one used); '-' reads one message from stdin; "
+             "'list' lists the conversations")] = None,
     project: Annotated[Path | None, typer.Option("--project", help="project root (needed when the service "
                                                  "serves several)")] = None,
     new: Annotated[bool, typer.Option("--new", help="start a new conversation")] = False,
     message: Annotated[str | None, typer.Option("--message", "-m", help="send this one message, print the "
                                                 "answer and exit (0 done, 1 failed); without CONVERSATION it starts "
                                                 "a new conversation (scripts never continue one by accident)")] = None,
+    json: Annotated[bool, typer.Option("--json", help="with list: print machine-readable JSON")] = False,
 ) -> None:
-    """Talk to the agent; each conversation keeps its context (one resumed agent session)."""
+    """Talk to the agent; each conversation keeps its context (one resumed agent session).
+    `aiwgctl chat list` lists the conversations (of the project, inferred from the working directory)."""
     from ..client import NotRunning
     from .chat_repl import one_shot, repl
 
-    proj = str(project.expanduser().resolve()) if project is not None else None
+    proj = project_param(project)
+    if conversation == "list" and message is None and not new:
+        list_conversations(proj, json)
+        return
     conv = conversation
     if conversation == "-":
         conv = None
@@ -52,3 +58,22 @@ def chat(
     except p.RpcError as exc:
         fail(exc.message)
     raise typer.Exit(code)
+
+
+def list_conversations(project: str | None, json: bool) -> None:
+    """``aiwgctl chat list``: newest use first."""
+    from . import render
+    from .core import call
+
+    params: dict[str, object] = {"limit": 100}
+    if project is not None:
+        params["project"] = project
+    res = call("chat.list", params)
+    if json:
+        render.emit_json(res)
+        return
+    convs = res.get("conversations", res) if isinstance(res, dict) else res
+    render.table(["id", "project", "turns", "last used", "title"],
+                 [(c["id"], c["project"], c.get("turns", 0), (c.get("last_used_at") or "").replace("T", " ")[:19],
+                   (c.get("title") or "")[:50]) for c in convs],
+                 empty="no conversations yet (start one with `aiwgctl chat`)")

@@ -56,6 +56,14 @@ def no_service(exc: Exception) -> str:
     return str(exc) if isinstance(exc, Impostor) else f"{exc}; {START_HINT}"
 
 
+def project_param(path: Path | None) -> str | None:
+    """``--project``, else the served project that contains the working directory (innermost first, as git
+    finds its repository), else None: the service then picks its only project, or names them all."""
+    if path is not None:
+        return str(path.expanduser().resolve())
+    return locate.find_project(os.getcwd())
+
+
 def use_instance(project: Path) -> None:
     from ..systemd import systemd_escape_path
 
@@ -98,6 +106,8 @@ def call(method: str, params: dict[str, Any] | None = None, timeout: float | Non
 
 
 def trust_cell(project: dict[str, Any]) -> str:
+    if project.get("served") is False:
+        return "-"  # not served: its config runs nothing either way
     if project.get("untrusted_reason"):
         return "NO (runs nothing)"
     return "yes" if project.get("needs_trust") else "yes (nothing to trust)"
@@ -134,8 +144,8 @@ def cmd_status(json: bool) -> None:
     for issue in st.get("issues", []):
         print(f"  {issue}")
     print()
-    render.table(["project", "persistent", "trusted"],
-                 [(pr["path"], "yes" if pr["persistent"] else "no (this run)", trust_cell(pr))
+    render.table(["project", "state", "persistent", "trusted"],
+                 [(pr["path"], pr.get("state", "ok"), "yes" if pr["persistent"] else "no (this run)", trust_cell(pr))
                   for pr in st["projects"]], empty="no projects")
     for pr in st["projects"]:
         if pr.get("untrusted_reason"):

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from . import render
-from .core import call, fail
+from .core import call, fail, project_param
 
 rules_app = typer.Typer(help="Automation rules: list, enable/disable, traces, dry runs.", invoke_without_command=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
@@ -18,7 +18,8 @@ ProjectOpt = Annotated[Path | None, typer.Option("--project", help="only this pr
 
 
 def _project(project: Path | None) -> dict[str, Any]:
-    return {"project": str(project.expanduser().resolve())} if project is not None else {}
+    root = project_param(project)
+    return {"project": root} if root is not None else {}
 
 
 def _when(iso: str | None) -> str:
@@ -37,6 +38,8 @@ def rules_list(ctx: typer.Context, project: ProjectOpt = None, json: JsonOpt = F
     rows = []
     for r in res["rules"]:
         enabled = ("held: untrusted" if r.get("untrusted") else "yes") if r["enabled"] else "no"
+        if r.get("override"):  # automation.enable/disable RULE: kept across reloads until `aiwgctl rules enable`
+            enabled += " (override)"
         rows.append((r["id"], r["project"], enabled, r["mode"], _when(r.get("last_run")), r.get("last_outcome") or "",
                      r["runs"], r["skipped"], r.get("next_fire", "")))
     render.table(["id", "project", "enabled", "mode", "last run", "outcome", "runs", "skipped", "next fire"], rows,
@@ -44,6 +47,10 @@ def rules_list(ctx: typer.Context, project: ProjectOpt = None, json: JsonOpt = F
     for r in res["rules"]:
         if r.get("disabled_reason"):
             print(f"{r['id']}: {r['disabled_reason']}")
+        elif r.get("override") == "enabled" and r.get("config_enabled") is False:
+            print(f"{r['id']}: enabled by automation.enable (the config disables it)")
+    if any(r.get("override") for r in res["rules"]):
+        print("overrides hold across reloads and restarts; `aiwgctl rules enable` (no rule) drops them all")
     untrusted = {r["project"]: r["untrusted"] for r in res["rules"] if r.get("untrusted")}
     for root, why in untrusted.items():
         print(f"{root}: untrusted, its rules run nothing: {why}")
@@ -57,6 +64,10 @@ def _set(rule_id: str | None, enabled: bool, project: Path | None, json: bool) -
     if json:
         render.emit_json(res)
         return
+    if res.get("restored"):
+        print(f"every rule as its config says: enabled {', '.join(res['enabled_rules']) or 'none'}"
+              + (f"; disabled in config: {', '.join(res['disabled_in_config'])}" if res["disabled_in_config"] else ""))
+        return
     what = rule_id if rule_id is not None else f"all rules ({', '.join(res.get('rules', []))})"
     print(f"{what}: {'enabled' if enabled else 'disabled'}")
 
@@ -64,7 +75,8 @@ def _set(rule_id: str | None, enabled: bool, project: Path | None, json: bool) -
 @rules_app.command("enable")
 def rules_enable(rule_id: Annotated[str | None, typer.Argument(help="rule id (default: every rule)")] = None,
                  project: ProjectOpt = None, json: JsonOpt = False) -> None:
-    """Enable a rule (persists across restarts and reloads; also lifts a loop-guard pause)."""
+    """Enable a rule (persists across restarts and reloads; also lifts a loop-guard pause); with no rule, drop
+    every override: each rule is as its config says."""
     _set(rule_id, True, project, json)
 
 

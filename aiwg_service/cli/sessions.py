@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from . import render
-from .core import call, fail
+from .core import call, fail, project_param
 
 session_app = typer.Typer(help="Interactive agent sessions in tmux: new, list, attach, send, kill.",
                           no_args_is_help=True)
@@ -24,7 +24,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JS
 
 
 def _project(path: Path | None) -> str | None:
-    return str(path.expanduser().resolve()) if path is not None else None
+    return project_param(path)
 
 
 def _exec_attach(socket: str, session: str, read_only: bool) -> None:

@@ -108,6 +108,10 @@ def install(
     webhook_port_: Annotated[int | None, typer.Option("--webhook-port", min=1, max=65535,
                                                       help="port for aiwg-webhook.socket (default: webhook.port "
                                                            "from the service-wide config, else 9471)")] = None,
+    at_login: Annotated[bool, typer.Option("--at-login", help="also enable aiwg.service, so the service runs from "
+                                           "login on, not only once something connects: the AIWG daemon's own CLI "
+                                           "needs it (it looks for .aiwg/daemon.pid before it tries the socket)")]
+    = False,
     web: Annotated[bool, typer.Option("--web", help="also enable aiwg-web.socket (the dashboard and /metrics on "
                                       "127.0.0.1:web.port, and a Unix socket for a reverse proxy)")] = False,
 ) -> None:
@@ -137,6 +141,12 @@ def install(
     if start:
         systemctl("enable", "--now", "aiwg.socket")
         print("aiwg.socket enabled and listening; the service starts on first use (try `aiwgctl ping`)")
+        if at_login:
+            systemctl("enable", "--now", "aiwg.service")
+            print("aiwg.service enabled: it runs from login on, so the AIWG CLI finds it in every project")
+        else:
+            print("tip: `aiwgctl install --at-login` runs the service from login on; the AIWG daemon's own CLI "
+                  "needs that (an idle socket-activated service has no .aiwg/daemon.pid for it to find)")
         if webhook:
             # restart, not start: a port rewritten by this install takes effect now
             systemctl("enable", "aiwg-webhook.socket")

@@ -18,7 +18,7 @@ import typer
 from .. import protocol as p
 from ..streamjson import readable
 from . import render
-from .core import call, fail, no_service, resolve_socket
+from .core import call, fail, no_service, project_param, resolve_socket
 
 task_app = typer.Typer(help="Agent tasks: submit, follow, list, inspect, cancel.", no_args_is_help=True)
 
@@ -31,7 +31,7 @@ STATES = ["queued", "held", "running", "completed", "failed", "timeout", "cancel
 
 
 def _project(path: Path | None) -> str | None:
-    return str(path.expanduser().resolve()) if path is not None else None
+    return project_param(path)
 
 
 def _since(iso: str | None, until: str | None = None) -> float | None:

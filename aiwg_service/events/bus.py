@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
-import json
 import logging
 import random
 import re
@@ -24,8 +23,9 @@ from typing import Any
 
 import msgspec
 
-from ..atomic import write_atomic
+from .. import looplag
 from ..protocol import Event, utc_now
+from .deadletters import DeadLetterJournal
 
 log = logging.getLogger("aiwg.bus")
 
@@ -192,6 +192,7 @@ class EventBus:
         self.history: deque[Event] = deque(maxlen=history)
         self.dlq_path = dlq_path
         self.dlq: list[DeadLetter] = []
+        self._dlq_file = DeadLetterJournal(dlq_path, DeadLetter, DLQ_MAX) if dlq_path is not None else None
         self.retry_delays = retry_delays
         self.jitter = jitter
         self.published = 0
@@ -219,6 +220,8 @@ class EventBus:
         await asyncio.gather(*tasks, return_exceptions=True)
         for s in self.subs:
             s.task = None
+        if self._dlq_file is not None:
+            await asyncio.to_thread(self._dlq_file.close)  # the letters queued for disk reach it
 
     def health(self) -> dict[str, Any]:
         return {
@@ -238,6 +241,7 @@ class EventBus:
 
     def publish_event(self, event: Event) -> Event:
         """Deliver ``event`` (made encodable first if a source slipped in a non-UTF-8 string); returns it."""
+        looplag.poke()
         try:
             _probe.encode(event)
         except UnicodeEncodeError:
@@ -318,14 +322,16 @@ class EventBus:
                         attempts, utc_now())
         self.dlq.append(dl)
         del self.dlq[:-DLQ_MAX]
-        self._save_dlq()
+        if self._dlq_file is not None:
+            self._dlq_file.append(dl, self.dlq)
 
     def replay(self, dl_id: str) -> DeadLetter | None:
         """Deliver a dead letter again to its subscriber (or to everyone, if it is gone)."""
         for i, dl in enumerate(self.dlq):
             if dl.id == dl_id:
                 del self.dlq[i]
-                self._save_dlq()
+                if self._dlq_file is not None:
+                    self._dlq_file.drop(dl.id, self.dlq)
                 targets = [s for s in self.subs if s.name == dl.subscriber]
                 if targets:
                     for s in targets:
@@ -335,19 +341,6 @@ class EventBus:
                 return dl
         return None
 
-    def _save_dlq(self) -> None:
-        if self.dlq_path is None:
-            return
-        try:
-            write_atomic(self.dlq_path, msgspec.json.encode(self.dlq))
-        except OSError as exc:
-            log.error("cannot persist the dead-letter queue to %s: %s", self.dlq_path, exc)
-
     def _load_dlq(self) -> None:
-        if self.dlq_path is None or not self.dlq_path.exists():
-            return
-        try:
-            self.dlq = msgspec.json.decode(self.dlq_path.read_bytes(), type=list[DeadLetter])
-        except (OSError, msgspec.DecodeError, json.JSONDecodeError) as exc:
-            log.error("dead-letter file %s unreadable (%s); starting with an empty queue", self.dlq_path, exc)
-            self.dlq = []
+        if self._dlq_file is not None:
+            self.dlq = self._dlq_file.load()

@@ -153,6 +153,9 @@ class CronScheduler:
                  "last_fire": format_time(j.last_fire) if j.last_fire else None}
                 for j in sorted(self.jobs.values(), key=lambda j: (j.next_fire or _now(), j.key))]
 
+    def project_health(self, root: str) -> dict[str, Any]:
+        return {"jobs": sum(1 for j in self.jobs.values() if j.project == root)}
+
     def health(self) -> dict[str, Any]:
         nxt = min((j.next_fire for j in self.jobs.values() if j.next_fire is not None), default=None)
         return {"jobs": len(self.jobs), "next_fire": format_time(nxt) if nxt else None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+from .. import command
+
 __all__ = ["git_head", "mismatch", "remote_cwd"]
 
 
@@ -28,7 +30,10 @@ async def git_head(path: str, env: dict[str, str] | None = None) -> tuple[str | 
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     except OSError as e:
         return None, f"cannot run git: {e.strerror or e}"
-    out, err = await proc.communicate()
+    try:
+        out, err = await command.finish(proc, command.GIT_TIMEOUT_S, f"git rev-parse in {path}")
+    except command.CommandTimeout as e:
+        return None, str(e)
     if proc.returncode != 0:
         if not os.path.isdir(path):
             return None, f"{path} does not exist"

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import command
 from ..sandbox import proxy as sandbox_proxy
 from ..sandbox.launch import Confinement, confine
 from ..systemd import user_manager_reachable
@@ -204,7 +205,10 @@ class LocalExecutor:
                 stderr=asyncio.subprocess.PIPE, start_new_session=True, env=self._runner_env())
         except OSError as e:
             raise LaunchError(f"cannot start the agent runner ({self.python}): {e.strerror or e}") from None
-        out, err = await proc.communicate()
+        try:
+            out, err = await command.finish(proc, command.SYSTEMD_TIMEOUT_S, "the agent runner's start")
+        except command.CommandTimeout as e:
+            raise LaunchError(str(e)) from None
         try:
             pid = int(out.split()[0])
         except (ValueError, IndexError):
@@ -257,7 +261,10 @@ class LocalExecutor:
                 stderr=asyncio.subprocess.PIPE, env=self.environ)
         except OSError as e:
             raise LaunchError(f"cannot run {argv[0]}: {e.strerror or e}") from None
-        out, err = await proc.communicate()
+        try:
+            out, err = await command.finish(proc, command.SYSTEMD_TIMEOUT_S, argv[0])
+        except command.CommandTimeout as e:
+            raise LaunchError(str(e)) from None
         assert proc.returncode is not None
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import asyncssh
 
+from .. import command
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .checkout import git_head, mismatch, remote_cwd
 from .remote_common import ExecutorUnavailable, exit_info, spec_bytes
@@ -212,7 +213,10 @@ class SshExecutor:
             "git", "-C", local_cwd, "push", "--quiet", "--force", f"ssh://{self.cfg.host}{_abs(cwd)}",
             f"{commit}:refs/aiwg/sync", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env)
-        _out, err = await proc.communicate()
+        try:
+            _out, err = await command.finish(proc, command.GIT_TIMEOUT_S * 2, f"git push to {self.cfg.host}")
+        except command.CommandTimeout as e:
+            raise LaunchError(str(e)) from None
         if proc.returncode != 0:
             raise LaunchError(f"git push to {self.cfg.host}:{cwd} failed: {err.decode(errors='replace').strip()}")
         r = await self._run(f"cd {_q(cwd)} && git diff --quiet HEAD && git diff --cached --quiet && "

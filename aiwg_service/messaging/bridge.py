@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import random
@@ -11,6 +10,7 @@ from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..owned import OwnedTasks
 from .model import BridgeState, Inbound, OutMessage
 from .store import MessagingStore
 
@@ -56,7 +56,7 @@ class Bridge:
         self.host = host
         self.state = BridgeState(self.name)
         self.backoff = Backoff()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks(f"messaging.{self.name}", log)
 
     def secret(self, env_name: str) -> str:
         """The value of an ``*_env`` variable, else of the systemd credential of that name; empty if neither."""
@@ -81,21 +81,14 @@ class Bridge:
         for m in modules:
             await asyncio.to_thread(importlib.import_module, m)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str = "a background task") -> asyncio.Task[Any]:
+        return self._tasks.spawn(coro, what)
 
     async def start(self) -> None:
         raise NotImplementedError
 
     async def stop(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await t
+        await self._tasks.close()
         if self.state.enabled:
             self.state.state = "stopped"
 

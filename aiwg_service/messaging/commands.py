@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .binding import ChatProjects, pick
 from .model import Inbound, OutMessage
 from .ports import AskRefused, ServicePorts
 from .schema import MessagingSection
@@ -36,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {  # name: (permission, usage, what 
     "health": ("read", "/health", "each subsystem's and bridge's health"),
     "tasks": ("read", "/tasks", "the newest tasks"),
     "ask": ("write", "/ask QUESTION", "ask the agent; this chat keeps its own conversation"),
+    "project": ("write", "/project [NAME]", "show or pick the project this chat's /ask works in"),
     "cancel": ("write", "/cancel ID", "cancel a task"),
     "approve": ("write", "/approve ID", "approve a pending approval"),
     "reject": ("write", "/reject ID [reason]", "reject a pending approval"),
@@ -80,8 +83,9 @@ Reply = Callable[[OutMessage], Awaitable[None]]
 
 class CommandRunner:
     def __init__(self, ports: ServicePorts, section: Callable[[], MessagingSection],
-                 bridges: Callable[[], dict[str, dict[str, Any]]]) -> None:
+                 bridges: Callable[[], dict[str, dict[str, Any]]], bindings: ChatProjects | None = None) -> None:
         self.ports = ports
+        self.bindings = bindings
         self.section = section
         self.bridges = bridges
         cfg = section()
@@ -194,11 +198,23 @@ class CommandRunner:
         if self.ports.ask is None:
             await reply(OutMessage("/ask is not available: this service has no conversations.", reply=True))
             return
+        project, _why = self.project_of(inbound.chat_key)
+        served = self.served()
+        if project is None and len(served) != 1:
+            names = ", ".join(os.path.basename(r) for r in served) or "none"
+            await reply(OutMessage(f"This chat has no project: pick one with /project NAME (served: {names}), or "
+                                   "have the owner set messaging.project in the service's config.", reply=True))
+            return
         cfg = self.section()
-        turn = asyncio.ensure_future(self.ports.ask(inbound.chat_key, args))
-        done, _ = await asyncio.wait({turn}, timeout=cfg.working_notice_seconds)
-        if not done:
-            await reply(OutMessage("working…", reply=True))
+        # awaited below, and cancelled with this command (the agent's turn itself is a task in the queue)
+        turn = asyncio.ensure_future(self.ports.ask(inbound.chat_key, args, project))
+        try:
+            done, _ = await asyncio.wait({turn}, timeout=cfg.working_notice_seconds)
+            if not done:
+                await reply(OutMessage("working…", reply=True))
+        except BaseException:
+            turn.cancel()
+            raise
         try:
             answer = await asyncio.wait_for(turn, cfg.ask_timeout_seconds)
         except TimeoutError:
@@ -212,6 +228,40 @@ class CommandRunner:
             await reply(OutMessage(f"The agent failed: {exc}", severity="warning", reply=True))
             return
         await reply(OutMessage(answer or "(empty answer)", reply=True))
+
+    def served(self) -> list[str]:
+        return self.ports.projects() if self.ports.projects is not None else []
+
+    def project_of(self, chat_key: str) -> tuple[str | None, str]:
+        """The project this chat's /ask works in, and why: its /project, else messaging.project, else None."""
+        served = self.served()
+        bound = self.bindings.get(chat_key) if self.bindings is not None else None
+        if bound is not None and bound in served:
+            return bound, "picked with /project"
+        if self.section().project:
+            return self.section().project, "messaging.project"
+        return None, ""
+
+    async def cmd_project(self, inbound: Inbound, args: str, reply: Reply) -> None:
+        served = self.served()
+        names = ", ".join(os.path.basename(r) for r in served) or "none"
+        if not args:
+            project, why = self.project_of(inbound.chat_key)
+            if project is None and len(served) == 1:
+                project, why = served[0], "the only project served"
+            now = f"This chat works in {project} ({why})." if project else "This chat has no project yet."
+            await reply(OutMessage(f"{now} Served: {names}. Pick one with /project NAME.", reply=True))
+            return
+        root = pick(args.split()[0], served)
+        if root is None:
+            await reply(OutMessage(f"No served project is called {args.split()[0]!r}. Served: {names}.", reply=True))
+            return
+        if self.bindings is None:
+            await reply(OutMessage("/project is not available here.", reply=True))
+            return
+        self.bindings.set(inbound.chat_key, root)
+        log.info("messaging: chat %s now works in %s (set by %s)", inbound.chat_key, root, inbound.user_key)
+        await reply(OutMessage(f"This chat's /ask now works in {root}.", reply=True))
 
     async def _decide(self, inbound: Inbound, args: str, reply: Reply, approve: bool) -> None:
         word = "approve" if approve else "reject"

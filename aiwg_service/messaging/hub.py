@@ -16,7 +16,6 @@ whoever can commit there must not be able to grant themselves commands. A projec
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -27,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..events.bus import compile_pattern
+from ..owned import OwnedTasks
 from ..protocol import Event
+from .binding import ChatProjects
 from .bridge import Bridge
 from .commands import CommandRunner
 from .model import Button, Inbound, OutMessage, SendError, Severity
@@ -115,10 +116,12 @@ class MessagingSubsystem:
         self.bridges: dict[str, Bridge] = {}
         self._subs: dict[str, Any] = {}
         self._keys: dict[str, Any] = {}
-        self._handling: set[asyncio.Task[None]] = set()
+        #: commands being answered: a crash marks the inbox row failed (never ``started`` for good)
+        self._handling = OwnedTasks("messaging", log)
         self._resumed: set[str] = set()
         self._matchers: list[tuple[Subscription, Callable[[str], bool], str | None]] = []
-        self.runner = CommandRunner(ports, lambda: self.section, self.bridge_states)
+        self.runner = CommandRunner(ports, lambda: self.section, self.bridge_states,
+                                    ChatProjects(state_dir / "messaging-projects.json") if state_dir else None)
         self.running = False
         register("messaging.status", lambda _p, _c: self.health())
         register("messaging.notify", self.rpc_notify)
@@ -131,10 +134,8 @@ class MessagingSubsystem:
 
     async def stop(self) -> None:
         self.running = False
-        if self._handling:  # commands in flight get a moment to answer; the inbox covers the rest
-            await asyncio.wait(set(self._handling), timeout=STOP_GRACE_S)
-        for t in list(self._handling):
-            t.cancel()
+        # commands in flight get a moment to answer; the inbox covers the rest
+        await self._handling.close(grace=STOP_GRACE_S)
         for name in list(self.bridges):
             await self._drop(name)
         if self.store is not None:
@@ -267,7 +268,7 @@ class MessagingSubsystem:
             log.info("messaging: %s delivered %s again; ignored", bridge.name, inbound.key)
             return False
         bridge.state.messages_in += 1
-        self._spawn(self.handle(bridge, inbound))
+        self._spawn_command(bridge, inbound)
         return True
 
     def ready(self, bridge: Bridge) -> None:
@@ -280,17 +281,26 @@ class MessagingSubsystem:
             inbound = Inbound(rec["platform"], rec["user_id"], rec["chat_id"], rec["text"], key, rec.get("display", ""))
             if state == "received":
                 log.info("messaging: running %s command %s received before a restart", bridge.name, key)
-                self._spawn(self.handle(bridge, inbound))
+                self._spawn_command(bridge, inbound)
             else:
                 self.store.mark(bridge.name, key, "done")
                 text = (f"The service restarted while answering “{inbound.text[:100]}”, so this answer is lost. "
                         f"Send it again if you still need it.")
                 self._spawn(self._reply(bridge, inbound, OutMessage(text, reply=True)))
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._handling.add(task)
-        task.add_done_callback(self._handling.discard)
+    def _spawn(self, coro: Any, what: str = "a reply") -> None:
+        self._handling.spawn(coro, what)
+
+    def _spawn_command(self, bridge: Bridge, inbound: Inbound) -> None:
+        def failed(exc: BaseException) -> None:
+            if self.store is not None:
+                with contextlib.suppress(Exception):  # the store may be closing
+                    self.store.mark(bridge.name, inbound.key, "failed")
+            if self.running:
+                self._spawn(self._reply(bridge, inbound, OutMessage(
+                    f"That command failed: {str(exc)[:200] or type(exc).__name__}", severity="warning", reply=True)))
+
+        self._handling.spawn(self.handle(bridge, inbound), f"{bridge.name} command {inbound.key}", on_error=failed)
 
     async def handle(self, bridge: Bridge, inbound: Inbound) -> None:
         store = self.store

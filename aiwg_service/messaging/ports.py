@@ -21,9 +21,10 @@ class AskRefused(Exception):
 
 
 class AskPort(Protocol):
-    def __call__(self, chat_key: str, text: str) -> Awaitable[str]:
-        """Run one turn of ``chat_key``'s conversation; the answer's text. Raises AskRefused with a message
-        for the user, or any other exception when the turn failed."""
+    def __call__(self, chat_key: str, text: str, project: str | None = None) -> Awaitable[str]:
+        """Run one turn of ``chat_key``'s conversation in ``project`` (None: ``messaging.project``, else the only
+        project served); the answer's text. Raises AskRefused with a message for the user, or any other
+        exception when the turn failed."""
         ...
 
 
@@ -44,3 +45,5 @@ class ServicePorts:
     cancel: Callable[[str], dict[str, Any]]
     ask: AskPort | None = None
     decide: DecidePort | None = None
+    #: the roots served now (what ``/project`` picks from)
+    projects: Callable[[], list[str]] | None = None

@@ -20,7 +20,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS offsets (bridge TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS inbox (
     bridge TEXT NOT NULL, key TEXT NOT NULL, received REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'received',  -- received | started | done | refused
+    state TEXT NOT NULL DEFAULT 'received',  -- received | started | done | refused | failed
     record TEXT NOT NULL,
     PRIMARY KEY (bridge, key)
 );
@@ -39,7 +39,7 @@ class MessagingStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        self.db.execute("DELETE FROM inbox WHERE state IN ('done','refused') AND received < ?",
+        self.db.execute("DELETE FROM inbox WHERE state IN ('done','refused','failed') AND received < ?",
                         (time.time() - KEEP_DAYS * 86400,))
 
     def close(self) -> None:

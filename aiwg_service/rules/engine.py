@@ -137,7 +137,6 @@ class AutomationEngine:
             # let a pending flush finish (at most flush_interval): cancelling it mid-write would leave its
             # thread writing while close() flushes on the same connection
             await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
         self.approvals.close()
         self.store.close()
 
@@ -148,15 +147,29 @@ class AutomationEngine:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_soon(), name="automation:flush")
 
     async def _flush_soon(self) -> None:
-        """Write the traces gathered over ``flush_interval`` in one transaction, off the event loop."""
-        await asyncio.sleep(self.flush_interval)
-        self._flusher = None  # traces added while we write schedule the next flush
+        """Write the traces gathered over ``flush_interval`` in one transaction, off the event loop.
+
+        The task stays ``_flusher`` until its write is done (and loops while traces came in meanwhile), so
+        ``stop`` waits for the write in its thread before it closes the database."""
         try:
-            batch = self.store.take()
-            if batch:
-                await asyncio.to_thread(self.store.write, batch)  # keeps SQLite off the event loop
-        except Exception:
-            log.exception("cannot write automation traces to %s", self.store.path)
+            while True:
+                await asyncio.sleep(self.flush_interval)
+                try:
+                    batch = self.store.take()
+                    if batch:
+                        await asyncio.to_thread(self.store.write, batch)  # keeps SQLite off the event loop
+                except Exception:
+                    log.exception("cannot write automation traces to %s", self.store.path)
+                if not self.store.pending:
+                    return
+        finally:
+            self._flusher = None
+
+    def project_health(self, root: str) -> dict[str, Any]:
+        """Rule counts for a client that came through ``root``'s own socket."""
+        rules = self.rules.get(root, {})
+        return {"rules": len(rules), "ruleCount": len(rules),
+                "rules_enabled": sum(1 for r in rules.values() if self._enabled(r))}
 
     def health(self) -> dict[str, Any]:
         states = list(self.states.values())
@@ -629,10 +642,16 @@ class AutomationEngine:
             self._start(rule, st, event, paths, depth)
 
     # -- enable / disable --------------------------------------------------------------------------------------
-    def set_enabled(self, rule: Rule, enabled: bool) -> None:
+    def set_enabled(self, rule: Rule, enabled: bool | None) -> None:
+        """Override the config's ``enabled`` (kept across reloads and restarts); None drops the override."""
         key = (rule.project, rule.id)
-        self.overrides[key] = enabled
-        self.store.set_override(rule.project, rule.id, enabled, utc_now())
+        if enabled is None:
+            self.overrides.pop(key, None)
+            self.store.clear_override(rule.project, rule.id)
+            enabled = rule.enabled
+        else:
+            self.overrides[key] = enabled
+            self.store.set_override(rule.project, rule.id, enabled, utc_now())
         st = self.states.get(key)
         if st is not None:
             if enabled:
@@ -691,6 +710,9 @@ class AutomationEngine:
         }
         if reason:
             out["disabled_reason"] = reason
+        ov = self.overrides.get((rule.project, rule.id))
+        out["config_enabled"] = rule.enabled
+        out["override"] = None if ov is None else ("enabled" if ov else "disabled")
         why = self.untrusted(rule.project)
         if why is not None:
             out["untrusted"] = why
@@ -735,13 +757,22 @@ class AutomationEngine:
         return {"rules": [self.rule_status(r) for r in self.find(None, params.project)]}
 
     def _set(self, params: p.RuleIdParams, enabled: bool) -> dict[str, Any]:
+        """One rule: override its config's ``enabled``. Every rule (no ``ruleId``): ``disable`` switches them
+        all off; ``enable`` drops the overrides, so each is as its config says (never on where it says off)."""
         rules = self.find(params.ruleId, params.project)
+        restore = enabled and params.ruleId is None
         for r in rules:
-            self.set_enabled(r, enabled)
-            log.info("rule %s %s", r.id, "enabled" if enabled else "disabled", extra={"PROJECT": r.project})
+            self.set_enabled(r, None if restore else enabled)
+            word = (("enabled" if r.enabled else "left disabled (as its config says)") if restore
+                    else "enabled" if enabled else "disabled")
+            log.info("rule %s %s", r.id, word, extra={"PROJECT": r.project})
         out: dict[str, Any] = {"ruleId": params.ruleId, "enabled": enabled}
         if params.ruleId is None:
             out["rules"] = [r.id for r in rules]
+            if restore:
+                out["restored"] = True
+                out["enabled_rules"] = [r.id for r in rules if r.enabled]
+                out["disabled_in_config"] = [r.id for r in rules if not r.enabled]
         return out
 
     def rpc_enable(self, params: p.RuleIdParams, _conn: Any = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from .. import paths, redact
+from .. import faults, paths, redact
 
 #: traces are encoded in the flush thread while it holds the GIL: msgspec is several times faster than json, so
 #: the event loop waits less for the GIL (that wait showed up in the webhook listener's p99)
@@ -100,8 +100,13 @@ class TraceStore:
                     detail = _encode(t).decode()
                 rows.append((t["run_id"], t["project"], t["rule_id"], t["started"], t["outcome"],
                              _encode(summary_of(t)).decode(), detail))
+        stall = faults.delay("traces.write_delay")
+        if stall:  # a test's slow disk (see ``faults``)
+            faults.stalling("traces.write", stall)
         with self.lock:
             db = self.db
+            if db is None:
+                raise RuntimeError(f"{self.path} was closed before {len(rows)} trace(s) were written")
             db.execute("BEGIN")
             try:
                 db.executemany("INSERT OR REPLACE INTO runs (run_id, project, rule_id, started, outcome, summary, "
@@ -170,6 +175,11 @@ class TraceStore:
     def overrides(self) -> dict[tuple[str, str], bool]:
         assert self.db is not None
         return {(p, r): bool(e) for p, r, e in self.db.execute("SELECT project, rule_id, enabled FROM overrides")}
+
+    def clear_override(self, project: str, rule_id: str) -> None:
+        assert self.db is not None
+        with self.lock:
+            self.db.execute("DELETE FROM overrides WHERE project = ? AND rule_id = ?", (project, rule_id))
 
     def set_override(self, project: str, rule_id: str, enabled: bool, when: str) -> None:
         assert self.db is not None

@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 
+from .. import command
 from .bwrap import bwrap_argv
 from .mechanism import Mechanism
 from .policy import Policy, split_hidden
@@ -35,7 +36,7 @@ async def exposure(properties: list[str], timeout: float = 20.0) -> tuple[float 
             proc = await asyncio.create_subprocess_exec(
                 exe, "security", "--offline=yes", "--no-pager", unit, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+            out, err = await command.finish(proc, timeout, "systemd-analyze security")  # killed if it hangs
         except (OSError, TimeoutError) as e:
             return None, f"systemd-analyze failed: {e}"
     m = _SCORE.search(out.decode(errors="replace"))

@@ -45,9 +45,17 @@ _LIST_PAGE = 100
 
 
 def task_result(task: Task) -> dict[str, Any]:
-    """A task as clients see it: every field, plus ``taskId`` (the AIWG daemon's name for ``id``)."""
+    """A task as clients see it: every field, plus the AIWG daemon's names for them beside ours (``taskId``,
+    ``output``, ``metadata`` and the camelCase times its CLI reads)."""
     d = task.to_dict()
     d["taskId"] = task.id
+    d["output"] = task.result
+    d["metadata"] = {"source": task.source.value, "agent": task.subagent or task.agent, "project": task.project,
+                     "origin": task.origin}
+    d["createdAt"] = task.created_at
+    d["startedAt"] = task.started_at
+    d["completedAt"] = task.finished_at
+    d["exitCode"] = task.exit_code
     return d
 
 
@@ -258,11 +266,16 @@ def register(
         except StoreError as exc:
             raise p.RpcError(p.SERVER_BUSY, f"the task store cannot take the task: {exc}") from None
 
-    def get_task(task_id: str) -> Task:
+    def get_task(task_id: str, conn: Connection | None = None) -> Task:
         task = store().get(task_id)
-        if task is None:
+        if task is None or not in_scope(task, conn):
             raise _invalid("taskId", f"Task not found: {task_id}")
         return task
+
+    def in_scope(task: Task, conn: Connection | None) -> bool:
+        """A connection through a project's own socket sees that project's tasks only."""
+        scope = getattr(conn, "project", None)  # an in-process caller (the dashboard) has none
+        return scope is None or task.project == scope
 
     async def task_submit(params: p.TaskSubmitParams, conn: Connection) -> dict[str, Any]:
         priority = 0 if params.priority is None else params.priority
@@ -282,16 +295,19 @@ def register(
         final = store().get(task.id)
         return task_result(final if final is not None else task)
 
-    def task_get(params: p.TaskIdParams, _conn: Connection) -> dict[str, Any]:
-        return task_result(get_task(params.taskId))
+    def task_get(params: p.TaskIdParams, conn: Connection) -> dict[str, Any]:
+        return task_result(get_task(params.taskId, conn))
 
-    def task_cancel(params: p.TaskIdParams, _conn: Connection) -> dict[str, Any]:
+    def task_cancel(params: p.TaskIdParams, conn: Connection) -> dict[str, Any]:
         task = store().get(params.taskId)
-        if task is None:  # the AIWG daemon answers {cancelled: false} here, not an error
+        if task is None or not in_scope(task, conn):  # the AIWG daemon answers {cancelled: false} here, not an error
             return {"taskId": params.taskId, "cancelled": False, "state": None, "error": "no such task"}
         cancelled = supervisor().cancel(task.id)
         now = store().get(task.id) or task
-        return {"taskId": task.id, "cancelled": cancelled, "state": now.state.value}
+        out = {"taskId": task.id, "cancelled": cancelled, "state": now.state.value}
+        if cancelled and now.state is TaskState.running:
+            out["requested"] = True  # asked to stop: ``task.cancelled`` comes when it has exited
+        return out
 
     def task_list(params: p.TaskListParams, _conn: Connection) -> list[dict[str, Any]]:
         """An array, newest first, as the AIWG CLI iterates it; the next page is ``before`` = the last id."""
@@ -307,7 +323,8 @@ def register(
             for t in tasks:
                 if out and size > LIST_BYTES:
                     break
-                size += _TASK_OVERHEAD + len(t.prompt) + len(t.result or "") + len(t.error or "")
+                # the result twice: as ``result`` and as the AIWG daemon's ``output``
+                size += _TASK_OVERHEAD + len(t.prompt) + 2 * len(t.result or "") + len(t.error or "")
                 out.append(task_result(t))
             if cursor is None:
                 break
@@ -321,7 +338,7 @@ def register(
         return out
 
     def task_logs(params: p.TaskLogsParams, conn: Connection) -> dict[str, Any]:
-        task = get_task(params.taskId)
+        task = get_task(params.taskId, conn)
         path = Path(task.log_path) if task.log_path else log_dir / f"{task.id}.log"
         data = b""
         size = 0

@@ -296,10 +296,13 @@ class Store:
         nxt = tasks[-1].id if len(tasks) == limit else None
         return tasks, nxt
 
-    def count(self, state: TaskState | str) -> int:
-        """Tasks in ``state`` (an index range count: cheap enough for every status line)."""
-        return int(self._db.execute("SELECT count(*) FROM tasks WHERE state = ?",
-                                    (TaskState(state).value,)).fetchone()[0])
+    def count(self, state: TaskState | str, project: str | None = None) -> int:
+        """Tasks in ``state`` (an index range count: cheap enough for every status line), of one project."""
+        if project is None:
+            return int(self._db.execute("SELECT count(*) FROM tasks WHERE state = ?",
+                                        (TaskState(state).value,)).fetchone()[0])
+        return int(self._db.execute("SELECT count(*) FROM tasks WHERE state = ? AND project = ?",
+                                    (TaskState(state).value, project)).fetchone()[0])
 
     def queued_groups(self) -> list[tuple[str, str, str | None, int]]:
         """(agent, project, requested executor, count) of the queued tasks: where they will run is the
@@ -527,27 +530,41 @@ class Store:
 
     def prune(self, retention_days: float = 30, *, now: float | None = None, batch: int = 1000) -> int:
         """Delete finished tasks older than ``retention_days`` and then their log files."""
-        cutoff = format_time((time.time() if now is None else now) - retention_days * 86400)
-        finals = [s.value for s in FINISHED_STATES]
         removed = 0
         while True:
-            with self._tx() as db:
-                rows = db.execute(
-                    f"SELECT id, log_path FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ? "
-                    f"AND state IN ({', '.join('?' * len(finals))}) LIMIT ?",
-                    (cutoff, *finals, batch)).fetchall()
-                if rows:
-                    db.executemany("DELETE FROM tasks WHERE id = ?", [(r[0],) for r in rows])
-            for _id, lp in rows:
-                if lp:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(lp)
-            removed += len(rows)
-            if len(rows) < batch:
+            n = len(self.prune_slice(retention_days, now=now, batch=batch))
+            removed += n
+            if n < batch:
                 return removed
+
+    def prune_slice(self, retention_days: float = 30, *, now: float | None = None, batch: int = 200,
+                    unlink: bool = True) -> list[str]:
+        """One transaction of ``prune`` (at most ``batch`` tasks); returns their log files (removed unless
+        ``unlink`` is False: the service removes them in a thread). The service runs these with the loop
+        free between them, so a large prune never stalls it."""
+        cutoff = format_time((time.time() if now is None else now) - retention_days * 86400)
+        finals = [s.value for s in FINISHED_STATES]
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT id, log_path FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ? "
+                f"AND state IN ({', '.join('?' * len(finals))}) LIMIT ?",
+                (cutoff, *finals, batch)).fetchall()
+            if rows:
+                db.executemany("DELETE FROM tasks WHERE id = ?", [(r[0],) for r in rows])
+        logs = [lp for _id, lp in rows if lp]
+        if unlink:
+            remove_files(logs)
+        return [*logs, *([""] * (len(rows) - len(logs)))]  # one entry per task pruned
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def remove_files(paths: list[str]) -> None:
+    for lp in paths:
+        if lp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lp)
 
 
 def _sql_value(field: str, v: Any) -> Any:

@@ -23,6 +23,7 @@ from .. import paths
 from ..config import Configs, resolve_root
 from ..executors.local import LocalExecutor, systemd_available
 from ..executors.registry import Executors
+from ..owned import OwnedTasks
 from ..ports import ConfigsView
 from ..rpc import RpcServer
 from ..sandbox import Mechanism, Policy, SandboxSection, choose, narrow, resolve
@@ -31,12 +32,13 @@ from . import sandbox_api
 from .agents import BUILTIN_PROFILES
 from .api import TaskHub, register
 from .model import AgentProfile, Task, TaskState
-from .store import Store
+from .store import Store, remove_files
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_S = 86400.0
+PRUNE_SLICE = 100  # tasks per transaction: a few ms of loop time each (their log files go in a thread)
 #: Agents create files in project trees: they get a normal umask, not the service's UMask=0077.
 CHILD_UMASK = 0o022
 
@@ -52,6 +54,7 @@ class StoreSubsystem:
         self.hub = hub
         self.store: Store | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._pruning = OwnedTasks("store", log)
         self.last_pruned = 0
 
     async def start(self) -> None:
@@ -59,20 +62,32 @@ class StoreSubsystem:
         self.prune()
 
     def prune(self) -> None:
-        """One pass, then re-arm: a daily timer, not a loop that wakes to look."""
+        """One pass in the background, then re-arm: a daily timer, not a loop that wakes to look."""
+        self._pruning.spawn(self._prune(), "pruning finished tasks")
+        self._timer = asyncio.get_running_loop().call_later(PRUNE_INTERVAL_S, self.prune)
+
+    async def _prune(self) -> None:
+        """Slices of ``PRUNE_SLICE`` tasks, the loop free between them (20,000 at once stalled it)."""
         assert self.store is not None
         days = self.configs().service.daemon.retention_days
+        removed = 0
         try:
-            self.last_pruned = self.store.prune(days)
-            if self.last_pruned:
-                log.info("pruned %d finished task(s) older than %d days", self.last_pruned, days)
+            while True:
+                logs = self.store.prune_slice(days, batch=PRUNE_SLICE, unlink=False)
+                removed += len(logs)
+                await asyncio.to_thread(remove_files, logs)  # the log files go off the loop
+                if len(logs) < PRUNE_SLICE:
+                    break
         except Exception as exc:  # a full disk must not take the service down; try again tomorrow
             log.error("pruning the task store failed: %s", exc)
-        self._timer = asyncio.get_running_loop().call_later(PRUNE_INTERVAL_S, self.prune)
+        self.last_pruned = removed
+        if removed:
+            log.info("pruned %d finished task(s) older than %d days", removed, days)
 
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        await self._pruning.close()  # a slice is one transaction: cancelled between slices, never inside
         if self.store is not None:
             self.store.close()
 
@@ -233,6 +248,17 @@ class SupervisorSubsystem:
         return {"running": len(sup.running), "adopted": adopted, "queued": queued,
                 "max_parallel": sup.max_parallel, "systemd_units": sup.use_systemd_scope,
                 "executors": self.executors.names(), "log_followers": self.hub.followers}
+
+    def project_health(self, root: str) -> dict[str, Any]:
+        """The counts ``daemon.status`` shows a client that came through ``root``'s own socket."""
+        sup = self.supervisor
+        if sup is None:
+            return {}
+        try:
+            queued: int | None = sup.store.count(TaskState.queued, root)
+        except Exception:
+            queued = None
+        return {"running": sum(1 for t in sup.running.values() if t.project == root), "queued": queued}
 
 
 def build(publish: Callable[..., Any], rpc: RpcServer, configs: ConfigsView, state_dir: Path,

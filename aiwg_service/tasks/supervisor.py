@@ -27,6 +27,7 @@ from ..executors.follow import LogTail, LogWatch
 from ..executors.local import LocalExecutor
 from ..executors.registry import DEFAULT_EXECUTOR, Executors
 from ..executors.remote_common import ExecutorUnavailable
+from ..owned import OwnedTasks
 from ..sandbox.policy import Policy
 from .agents import StreamJsonParser, build_argv, child_env
 from .model import AgentProfile, Emit, Task, TaskSource, TaskState
@@ -133,6 +134,8 @@ class Supervisor:
         self.child_umask = child_umask
         self.on_output = on_output
         self.executor_gate = executor_gate
+        #: stops under way (cancel, budget): kept, so stop waits for them and their failures are logged
+        self._stopping_runs = OwnedTasks("supervisor", log)
         #: task id -> the reason recorded for it while queued (written only when it changes).
         self._waiting: dict[str, str] = {}
         self.executors = executors if executors is not None else Executors(
@@ -190,13 +193,9 @@ class Supervisor:
             for job in jobs:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)
-            for run in runs:  # launches under way: let them finish and record their handles
-                if run.launch is not None and run.handle is None:
-                    try:
-                        handle = await asyncio.wait_for(run.launch, 30)
-                        self.store.set_handle(run.task.id, handle)
-                    except Exception as e:  # recovery's claim settles it at the next start
-                        log.warning("task %s: launch cut short by the stop: %s", run.task.id, e)
+            # launches under way: let them finish (all at once, not one after another) and record their handles
+            await asyncio.gather(*(self._settle_launch(run, 30) for run in runs
+                                   if run.launch is not None and run.handle is None))
             try:
                 self.store.note_detached(self.detached)
             except StoreError as e:
@@ -204,9 +203,19 @@ class Supervisor:
             log.info("left %d agent(s) running for the next start to re-adopt: %s", len(self.detached),
                      ", ".join(self.detached))
             self._emit("agents.detached", None, {"tasks": self.detached})
+        # cancels and budget stops asked for before the stop: let them end (SIGKILL comes after kill_grace_s)
+        await self._stopping_runs.close(grace=self.kill_grace_s + 5)
         if self._watch is not None:
             self._watch.close()
         await self.executors.close()
+
+    async def _settle_launch(self, run: _Run, timeout: float) -> None:
+        assert run.launch is not None
+        try:
+            handle = await asyncio.wait_for(asyncio.shield(run.launch), timeout)
+            self.store.set_handle(run.task.id, handle)
+        except Exception as e:  # recovery's claim settles it at the next start
+            log.warning("task %s: launch cut short by the stop: %s", run.task.id, e)
 
     # -- API ------------------------------------------------------------------------------
 
@@ -237,8 +246,8 @@ class Supervisor:
         run = self._runs.get(task_id)
         if run is not None:
             if run.reason in (None, "cancel"):
-                asyncio.get_running_loop().create_task(self._terminate(run, "cancel"))
-                return True
+                self._stopping_runs.spawn(self._terminate(run, "cancel"), f"cancel of task {task_id}")
+                return True  # requested: the task becomes ``cancelled`` once it has exited
             return False
         return self.store.cancel_queued(task_id) is not None
 
@@ -585,7 +594,7 @@ class Supervisor:
                 self._emit("budget.exceeded", run.task.project, {
                     "budget": "task", "key": run.task.id, "spent_usd": round(cost, 6), "limit_usd": run.budget,
                     "task": run.task.id, "action": "stopped"})
-                asyncio.get_running_loop().create_task(self._terminate(run, "budget"))
+                self._stopping_runs.spawn(self._terminate(run, "budget"), f"budget stop of task {run.task.id}")
 
     def _record(self, run: _Run, info: ExitInfo) -> None:
         parser = run.parser

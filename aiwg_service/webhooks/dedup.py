@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from .. import faults
+
 log = logging.getLogger("aiwg.webhooks")
 
 WINDOW_S = 24 * 3600.0
@@ -62,7 +64,6 @@ class DeliveryLog:
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
         self.write(self.take())
         if self.db is not None:
             self.db.close()
@@ -91,22 +92,34 @@ class DeliveryLog:
         return batch
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(self.flush_interval)
-        self._flusher = None  # ids recorded while this batch is written schedule the next flush
-        batch = self._writing = self.take()
+        """One batch per ``flush_interval``; the task stays ``_flusher`` until its threaded write is done
+        (looping while ids came in meanwhile), so ``close`` waits for it before closing the database."""
         try:
-            await asyncio.to_thread(self.write, batch)
-        except Exception:
-            log.exception("webhooks: cannot record delivery ids in %s", self.path)
+            while True:
+                await asyncio.sleep(self.flush_interval)
+                batch = self._writing = self.take()
+                try:
+                    await asyncio.to_thread(self.write, batch)
+                except Exception:
+                    log.exception("webhooks: cannot record delivery ids in %s", self.path)
+                finally:
+                    self._writing = {}
+                if not self.pending:
+                    return
         finally:
-            self._writing = {}
+            self._flusher = None
 
     def write(self, batch: dict[tuple[str, str], float]) -> None:
         if not batch or self.db is None:
             return
         now = max(batch.values())
+        stall = faults.delay("dedup.write_delay")
+        if stall:  # a test's slow disk (see ``faults``)
+            faults.stalling("dedup.write", stall)
         with self._lock:
             db = self.db
+            if db is None:
+                raise RuntimeError(f"{self.path} was closed before {len(batch)} delivery id(s) were written")
             db.execute("BEGIN")
             try:
                 db.executemany("INSERT OR REPLACE INTO deliveries (hook, delivery_id, received) VALUES (?, ?, ?)",

@@ -28,6 +28,8 @@ log = logging.getLogger("aiwg.watcher")
 RECHECK_S = 2.0
 #: After watches were freed (directories deleted), the unwatched ones are retried this soon.
 FREED_RECHECK_S = 0.05
+#: a status read asks for a re-check of unwatched subtrees no sooner than this (never inline)
+HEALTH_RECHECK_S = 1.0
 #: Clock slack for the ctime watermark of a re-check (coarse kernel timestamps).
 RECHECK_CTIME_SLACK_NS = 20_000_000
 
@@ -209,10 +211,12 @@ class FileWatcher:
         """Snapshot for ``aiwgctl status``: global fd state plus per-root counters.
 
         While the watch limit leaves directories unwatched, nothing tells us about directories made or
-        removed inside them, so the snapshot re-checks those subtrees first: the count is true when read.
+        removed inside them, so a snapshot asks for a re-check of those subtrees, within
+        ``HEALTH_RECHECK_S``: never on the status path itself (status runs every heartbeat and task event,
+        and a walk there blocked the loop and could emit events from a read).
         """
         if self._any_unwatched():
-            self._recheck()
+            self._schedule_recheck(HEALTH_RECHECK_S)
         roots: dict[str, dict] = {}
         for path, r in self._roots.items():
             dirs: set[Dir] = set()

@@ -17,6 +17,8 @@ AUTO_IGNORE_FILES = frozenset({".git", "4913"})  # .git is a file in worktrees/s
 AUTO_IGNORE_SUFFIXES = (".swp", ".swo", ".swx", "~")
 #: The service's own state inside a project is never reported (its socket link lives there).
 DAEMON_STATE = ".aiwg/daemon"
+#: Nor is the service's ``.aiwg/daemon.pid`` (and the temp file it is renamed from).
+DAEMON_PID = "daemon.pid"
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class IgnoreMatcher:
 class Filter:
     """The decisions of one spec under one root: which directories to prune, which files and kinds to report."""
 
-    __slots__ = ("abs", "daemon_dir", "error", "events", "exts", "matcher", "plen", "spec")
+    __slots__ = ("abs", "daemon_dir", "error", "events", "exts", "matcher", "pid_file", "plen", "spec")
 
     def __init__(self, root_path: str, spec: WatchSpec) -> None:
         self.spec = spec
@@ -111,6 +113,7 @@ class Filter:
         self.abs = root_path if rel == "." else os.path.join(root_path, rel)
         self.plen = len(self.abs) + (0 if self.abs.endswith("/") else 1)
         self.daemon_dir = os.path.join(root_path, DAEMON_STATE)
+        self.pid_file = os.path.join(root_path, ".aiwg", DAEMON_PID)
         self.events = frozenset(e for e in spec.events if e in KINDS)
         self.exts = tuple(e if e.startswith(".") else "." + e for e in spec.extensions if e)
         self.matcher = IgnoreMatcher(spec.ignore)
@@ -124,6 +127,9 @@ class Filter:
     def accepts_file(self, path: str, name: str) -> bool:
         if name in AUTO_IGNORE_FILES or name.endswith(AUTO_IGNORE_SUFFIXES) or name.startswith(".#"):
             return False
+        if (name == DAEMON_PID and path == self.pid_file) or (
+                name.startswith(".daemon.pid.") and os.path.dirname(path) == os.path.dirname(self.pid_file)):
+            return False  # the service's own file: writing it must never look like a change to the project
         if self.exts and not name.endswith(self.exts):
             return False
         return not (self.matcher and self.matcher.match(path[self.plen :], False))
