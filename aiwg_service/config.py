@@ -29,7 +29,8 @@ import msgspec
 import msgspec.inspect as mi
 from msgspec import Meta, Struct, field
 
-from . import paths, redact, safefs
+from . import paths, safefs
+from .policy import redact
 
 EX_CONFIG = 78  # sysexits.h: configuration error; the unit's RestartPreventExitStatus= names it
 
@@ -76,6 +77,10 @@ class DaemonSection(Struct):
     max_rule_processes: Annotated[int, Meta(ge=1, le=256)] = 8
     #: Client connections open at once; one more is answered with an error and closed.
     max_connections: Annotated[int, Meta(ge=1, le=65_536)] = 256
+    #: The bus's history (what ``events.query {since}`` and a resuming follower can still fetch): at most this
+    #: many events and this many bytes of them, whichever is reached first.
+    event_history: Annotated[int, Meta(ge=100, le=1_000_000)] = 10_000
+    event_history_bytes: Annotated[int, Meta(ge=65_536, le=1 << 30)] = 8 * 1024 * 1024
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -133,6 +138,16 @@ def _service_only_warnings(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 _MISSING = object()
+
+
+#: Checks across files: ``check(service config, service file name, {project file name: config}) -> [line]``
+#: (each line ``file: path: problem``), run at start and at every reload, on what each project is served with.
+FilesCheck = Callable[[Any, str, dict[str, Any]], list[str]]
+FILES_CHECKS: list[FilesCheck] = []
+
+
+def add_files_check(check: FilesCheck) -> None:
+    FILES_CHECKS.append(check)
 
 
 def add_check(check: SemanticCheck) -> None:

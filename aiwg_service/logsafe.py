@@ -8,8 +8,11 @@ renders the message once, cleans it, and cleans the extra journald fields (``PRO
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import os
+from typing import Any
 
-from .redact import escape_controls, redact
+from .policy.redact import escape_controls, redact
 
 
 class SafeRecords(logging.Filter):
@@ -24,6 +27,16 @@ class SafeRecords(logging.Filter):
             if key.isupper() and isinstance(value, str):
                 setattr(record, key, escape_controls(redact(value)))
         return True
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """``--log-file``: created 0600 whatever the umask (and each rotated file too), never through a symlink."""
+
+    def _open(self) -> Any:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.baseFilename, flags, 0o600)
+        os.fchmod(fd, 0o600)  # an older file the user made with another mode: ours now
+        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
 
 
 def install(handler: logging.Handler) -> logging.Handler:

@@ -45,7 +45,9 @@ def setup_logging(args: argparse.Namespace, log_cfg: config.LogConfig) -> None:
     root.setLevel(level)
     handler: logging.Handler
     if args.log_file:
-        handler = logging.handlers.RotatingFileHandler(
+        from .logsafe import PrivateRotatingFileHandler
+
+        handler = PrivateRotatingFileHandler(
             args.log_file, maxBytes=log_cfg.max_size_mb * 1024 * 1024, backupCount=log_cfg.max_files)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
     elif sd.under_journal():
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.getpid() == 1 and not os.environ.get("AIWG_NO_INIT"):
         _init_as_pid1()
 
+    _raise_fd_limit()
     import uvloop
 
     from .rpc import SocketInUse
@@ -112,6 +115,18 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     sys.exit(0)
+
+
+def _raise_fd_limit() -> None:
+    """Soft fd limit up to the hard one (systemd's LimitNOFILE=, or the login's): connections, watches and
+    agents' pipes all take fds, and the webhook listener sizes its cap from what is there."""
+    import contextlib
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 if __name__ == "__main__":

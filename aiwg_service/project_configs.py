@@ -16,9 +16,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from . import config, paths, safefs, trust
+from . import config, paths, safefs
 from .atomic import write_atomic
 from .config import FailedProject, Project
+from .policy import trust
 
 log = logging.getLogger("aiwg.service")
 
@@ -55,8 +56,12 @@ class LastGood:
             self._path(root).unlink()
 
 
-def read_project(root: str, persistent: bool) -> tuple[Project, bytes | None]:
-    """Load ``root``'s file as it is now (writing the default one if it has none), with the file's bytes;
+#: what the service does to a project just read: judge its trust and serve it only what it may set
+Prepare = Callable[[Project, "config.Loaded"], None]
+
+
+def read_project(root: str, persistent: bool) -> tuple[Project, config.Loaded]:
+    """Load ``root``'s file as it is now (writing the default one if it has none), with what was loaded;
     raise ConfigError."""
     if not Path(root).is_dir():
         raise config.ConfigError([f"{root}: not a directory"])
@@ -68,23 +73,25 @@ def read_project(root: str, persistent: bool) -> tuple[Project, bytes | None]:
         raise config.ConfigError([f"{cfg_path}: cannot write the default config: {exc.strerror or exc}"]) from None
     loaded = config.load_file(cfg_path)  # errors name the whole path: which project's file it is
     project = Project(root, loaded.config, loaded.warnings, persistent, loaded.sha256, trust.needs(loaded.raw))
-    return project, loaded.data
+    return project, loaded
 
 
 def load(root: str, persistent: bool, previous: Project | None, last_good: LastGood,
-         assess: Callable[[Project], None]) -> Project | FailedProject:
-    """The project as it should run now: its file, else its last good config (marked failed), else failed."""
+         prepare: Prepare, assess: Callable[[Project], None]) -> Project | FailedProject:
+    """The project as it should run now: its file, else its last good config (marked failed), else failed.
+    ``prepare`` judges a freshly read config's trust and restricts it to what the project may set;
+    ``assess`` re-judges the trust of the config already running."""
     try:
-        project, data = read_project(root, persistent)
+        project, loaded = read_project(root, persistent)
     except config.ConfigError as exc:
         errors = exc.errors
     except Exception as exc:  # whatever else fails one project's load (a check's bug) fails that project only
         log.debug("loading %s failed", root, exc_info=True, extra={"PROJECT": root})
         errors = [f"{paths.project_config_file(root)}: cannot be loaded: {exc.__class__.__name__}: {exc}"]
     else:
-        if data is not None:
-            last_good.save(root, data)
-        assess(project)
+        if loaded.data is not None:
+            last_good.save(root, loaded.data)
+        prepare(project, loaded)
         return project
     for e in errors:
         log.error("%s", e, extra={"PROJECT": root})
@@ -106,7 +113,7 @@ def load(root: str, persistent: bool, previous: Project | None, last_good: LastG
                               trust.needs(loaded.raw), errors=list(errors), last_good="saved")
             log.warning("project %s runs its last good config, saved from an earlier run", root,
                         extra={"PROJECT": root})
-            assess(project)
+            prepare(project, loaded)
             return project
     log.warning("project %s is not served: its config failed and it has no good one to fall back on", root,
                 extra={"PROJECT": root})

@@ -8,6 +8,7 @@ Framing: one JSON value per line (UTF-8, ``\\n``-terminated), both ways.
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -36,6 +37,9 @@ MAX_QUOTE = 200  # bytes of client input a log line or an error message may repe
 MAX_PATH = 4096  # PATH_MAX: longer path params are refused before they reach the file system
 MAX_NAME = 255  # NAME_MAX: the longest path component
 MAX_OFFSET = 2**53 - 1  # the largest integer every JSON client (JavaScript's Number) holds exactly
+#: Deepest nesting of arrays and objects in one param's value: checked on the raw bytes before any handler
+#: sees it, so that nothing deeper reaches a store, the bus or an encoder (msgspec refuses ~1,000 levels).
+MAX_DEPTH = 64
 
 ID = int | float | str | None
 
@@ -78,7 +82,8 @@ class Notification(Struct):
 
 
 class Event(Struct, omit_defaults=True):
-    """One event on the bus. ``id`` sorts by time; ``project`` is the root path or None."""
+    """One event on the bus. ``id`` sorts by time; ``project`` is the root path or None; ``seq`` is the bus's
+    sequence number, rising for the life of the state directory (0: never published, e.g. a rule test)."""
 
     id: str
     type: str
@@ -86,6 +91,7 @@ class Event(Struct, omit_defaults=True):
     project: str | None = None
     source: str = ""
     data: dict[str, Any] = {}
+    seq: int = 0
 
 
 # -- params: one Struct per method; unknown params are refused so that typos surface ----------------
@@ -199,7 +205,9 @@ class ApprovalListParams(Params):
 class ApprovalDecideParams(Params):
     approvalId: Annotated[str, Meta(min_length=1)]
     reason: Annotated[str, Meta(max_length=2000)] | None = None
-    via: Annotated[str, Meta(min_length=1, max_length=40)] = "rpc"  # how: cli, rpc (who comes from SO_PEERCRED)
+    #: ignored: the service sets ``via`` from the channel that delivered the decision (``cli`` for the socket),
+    #: so a local process cannot claim to be a chat user an approval names; kept so older clients still work
+    via: Annotated[str, Meta(min_length=1, max_length=40)] = "rpc"
 
 
 class SecretQuery(Struct, forbid_unknown_fields=True):
@@ -213,23 +221,38 @@ class WebhookSecretsParams(Params):
 
 class WebhookTestParams(Params):
     hookId: Annotated[str, Meta(min_length=1)]
-    event: Annotated[str, Meta(min_length=1, max_length=100)] | None = None
+    #: sent as an HTTP header: no control characters (CR/LF would split it)
+    event: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
     payload: Any = None
 
 
 EventPattern = Annotated[str, Meta(max_length=256)]
 
 
+Seq = Annotated[int, Meta(ge=0, le=MAX_OFFSET)]
+
+
 class EventsListParams(Params):
     type: EventPattern | None = None  # exact type or wildcard pattern: file.*, *
     project: str | None = None
-    since: str | None = None  # an event id or an ISO-8601 time
+    since: Seq | str | None = None  # a sequence number, an event id or an ISO-8601 time
     limit: Limit = 100
+
+
+class EventsQueryParams(Params):
+    """Events after a sequence number, oldest first: how a follower catches up (``next`` pages on)."""
+
+    since: Seq | None = None  # omitted: the newest ``limit``
+    type: EventPattern | None = None
+    project: str | None = None
+    limit: Limit = 1000
 
 
 class EventsSubscribeParams(Params):
     type: EventPattern = "*"
     project: str | None = None
+    #: resume: first send every retained event after this sequence number (a ``gap`` first if some are gone)
+    since: Seq | None = None
 
 
 class EventIdParams(Params):
@@ -241,10 +264,13 @@ class ChatSendParams(Params):
     priority: Priority | None = None  # null or omitted: 5, the AIWG daemon's default (chat goes first)
     project: str | None = None
     conversation: str | None = None  # omitted: a new conversation
+    #: continue a conversation a chat bridge started (it becomes this terminal's; the chat gets a new one)
+    take: bool = False
 
 
 class ChatListParams(Params):
     project: str | None = None
+    terminal: bool = False  # only conversations started at a terminal (not by a chat bridge)
     limit: Limit = 50
 
 
@@ -351,6 +377,7 @@ METHODS: dict[str, type[Params]] = {
     "events.dlq": NoParams,
     "events.replay": EventIdParams,
     "events.subscribe": EventsSubscribeParams,
+    "events.query": EventsQueryParams,
     "cron.list": NoParams,
     "chat.send": ChatSendParams,
     "messaging.status": NoParams,
@@ -376,13 +403,16 @@ METHODS: dict[str, type[Params]] = {
 
 #: Methods that only read: still answered while the service is stopping (everything else is refused).
 READ_ONLY = frozenset({"ping", "daemon.status", "project.list", "task.get", "task.list", "task.stats", "task.logs",
-                       "automation.status", "automation.trace", "events.list", "events.dlq", "cron.list",
+                       "automation.status", "automation.trace", "events.list", "events.query", "events.dlq",
+                       "cron.list",
                        "messaging.status", "chat.list", "chat.history", "session.list", "session.capture",
                        "budget.status", "trace.get", "executors.list", "approval.list", "webhook.list",
                        "trust.show", "sandbox.check", "doctor"})
 
 #: Server-to-client notifications on a streaming connection.
 NOTIFY_EVENT = "events.event"
+#: A follower missed events that fell out of the history: ``{"from", "to", "lost"}`` (sequence numbers).
+NOTIFY_GAP = "events.gap"
 NOTIFY_TASK_OUTPUT = "task.output"
 
 def utc_now() -> str:
@@ -474,11 +504,45 @@ def _cut(text: str, limit: int = MAX_QUOTE) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+_STRING = re.compile(rb'"(?:[^"\\\\]|\\\\.)*"', re.S)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def nesting_depth(data: bytes) -> int:
+    """How deeply arrays and objects nest in the JSON text ``data`` (brackets inside strings do not count);
+    when there are few brackets, their count (an upper bound, found without scanning)."""
+    opened = data.count(b"[") + data.count(b"{")
+    if opened <= MAX_DEPTH:
+        return opened
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKET)
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def _check_depth(method: str, data: bytes) -> None:
+    """-32602 naming the param whose value nests deeper than ``MAX_DEPTH`` (params themselves are level 1)."""
+    if nesting_depth(data) <= MAX_DEPTH + 1:
+        return
+    fields = METHODS[method].__struct_fields__
+    try:
+        top = msgspec.json.decode(data, type=dict[str, Raw] | list[Raw])
+    except (msgspec.DecodeError, RecursionError):
+        top = {}
+    items = top.items() if isinstance(top, dict) else zip(fields, top, strict=False)
+    name = next((k for k, v in items if nesting_depth(bytes(v)) > MAX_DEPTH), None)
+    problem = f"nested deeper than {MAX_DEPTH} levels"
+    name = _cut(name) if name is not None else None
+    raise RpcError(INVALID_PARAMS, f"Invalid params: {name}: {problem}" if name else f"Invalid params: {problem}",
+                   {"param": name, "problem": problem})
+
+
 def decode_params(method: str, raw: Raw) -> Params:
     """Decode and validate a method's params in one pass; raise -32602 naming the bad param."""
     ptype = METHODS[method]
     data = bytes(raw)
     first = data.lstrip(b" \t\r\n")[:1]
+    if data:
+        _check_depth(method, data)
     if not data:
         data = b"{}"
     elif first not in (b"{", b"["):

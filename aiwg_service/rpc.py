@@ -49,6 +49,9 @@ BATCH_INLINE = 8
 #: stop being read until the total falls (their data waits in the kernel, not in our memory).
 INPUT_BUDGET = 16 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 256
+#: Complete request lines one connection may have waiting (for room for their replies) while still being
+#: read; past this it is paused. Reading on is what shows a client's hang-up while its handlers run.
+HOLD_BYTES = 256 * 1024
 #: JSON's whitespace (RFC 8259): a line of only these is skipped; any other control character is an error.
 _JSON_WS = b" \t\r"
 
@@ -103,6 +106,8 @@ class Connection(asyncio.BufferedProtocol):
         self.buf = bytearray()
         self.peer_pid: int | None = None
         self.peer_uid: int | None = None
+        #: who is calling (``policy.identity.Caller``), looked up by the gate on first need, then kept
+        self.caller: Any = None
         self.closed = asyncio.get_running_loop().create_future()
         self._close_callbacks: list[Callable[[], None]] = []
         self._drain_callbacks: list[Callable[[], None]] = []
@@ -117,6 +122,7 @@ class Connection(asyncio.BufferedProtocol):
         self._partial_timer: asyncio.TimerHandle | None = None
         self._lines = 0
         self.streams = 0
+        self.batch_turn = asyncio.Lock()  # long batches of this connection run one at a time
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -241,8 +247,11 @@ class Connection(asyncio.BufferedProtocol):
                 return
         if start:
             del buf[:start]
-        self._held = (self.full or self._yielding) and buf.find(b"\n") >= 0
-        if not self._held and len(buf) > p.MAX_LINE:
+        # Lines wait for room (replies to drain, handlers to finish, the next turn): keep reading while the
+        # waiting input is small, so that a client hanging up is seen at once (its fd and slot freed then,
+        # not when its handlers end); past HOLD_BYTES leave the rest in the kernel.
+        self._held = (self.full or self._yielding) and len(buf) >= HOLD_BYTES and buf.find(b"\n") >= 0
+        if len(buf) - (buf.rfind(b"\n") + 1) > p.MAX_LINE:
             self._too_large()
             return
         self._account_input()
@@ -402,11 +411,14 @@ class RpcServer:
         self.input_budget = INPUT_BUDGET
         self.input_bytes = 0  # incomplete request lines held, over every connection
         self.notifications_dropped = 0  # events not sent to subscribers whose budget was full
+        self.notification_errors = 0  # notifications (no reply) that failed: logged, throttled
         self.starving: dict[Connection, None] = {}  # paused for the input budget, oldest first
         self.privileged: Connection | None = None  # the one allowed past the budget to finish its line
         self.throttle = _Throttle()
         #: one listening socket per served project; its connections carry the project (``Connection.project``)
         self.project_servers: dict[str, asyncio.AbstractServer] = {}
+        #: the policy gate (``policy.gate.Gate.rpc_hook``): the reason a call is refused for its caller, or None
+        self.gate: Callable[[str, Any, Connection], str | None] | None = None
 
     def wake_starving(self, every: bool = False) -> None:
         """Read again from connections paused for the input budget: all of them once the total has
@@ -477,8 +489,11 @@ class RpcServer:
             try:
                 line.decode()
             except UnicodeDecodeError as exc:
-                # the whole line is not JSON text, batch or not (RFC 8259 8.1); echo the id if it shows
+                # the whole line is not JSON text, batch or not (RFC 8259 8.1); echo the id only if it reads
+                # intact (an id holding the bad bytes would come back mangled: null then)
                 rid = _salvage_id(line.decode("utf-8", "replace").encode())
+                if isinstance(rid, str) and "\ufffd" in rid:
+                    rid = None
                 conn.send(p.encode_error(rid, p.RpcError(p.PARSE_ERROR, f"Parse error: invalid UTF-8 at byte "
                                                                         f"{exc.start}")))
                 return
@@ -528,17 +543,21 @@ class RpcServer:
         self._finish_batch(conn, replies, pending)
 
     async def _run_batch(self, items: list[msgspec.Raw], conn: Connection) -> None:
-        replies: list[bytes] = []
-        pending: list[asyncio.Future[bytes | None]] = []
-        size = 0
-        until = time.perf_counter() + TURN_SECONDS
-        for raw in items:
-            if time.perf_counter() > until:
-                await asyncio.sleep(0)
-                until = time.perf_counter() + TURN_SECONDS
-                if conn.is_closing:
-                    return
-            size += self._batch_item(raw, conn, replies, pending, size)
+        """A long batch, in turns of ``TURN_SECONDS``. One connection runs one long batch at a time (the
+        others wait for its turn, costing nothing), so a client with 128 batches in flight gets the same
+        share of the loop as one with a single batch: fairness is per connection, not per batch."""
+        async with conn.batch_turn:
+            replies: list[bytes] = []
+            pending: list[asyncio.Future[bytes | None]] = []
+            size = 0
+            until = time.perf_counter() + TURN_SECONDS
+            for raw in items:
+                if time.perf_counter() > until:
+                    await asyncio.sleep(0)
+                    until = time.perf_counter() + TURN_SECONDS
+                    if conn.is_closing:
+                        return
+                size += self._batch_item(raw, conn, replies, pending, size)
         self._finish_batch(conn, replies, pending)
 
     def _batch_item(self, raw: msgspec.Raw, conn: Connection, replies: list[bytes],
@@ -556,13 +575,13 @@ class RpcServer:
                     p.INVALID_REQUEST, f"Invalid Request: not run, the batch's replies passed {OUTPUT_BUDGET} "
                     "bytes; send fewer requests per batch")))
             return 0
-        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        out = self._call(req, conn, fut)
+        out = self._call(req, conn, in_batch=True)
+        if isinstance(out, asyncio.Future):
+            pending.append(out)
+            return 0
         if out is not None:
             replies.append(out)
             return len(out)
-        if not fut.done() and req.method in self.handlers and self.handlers[req.method].is_async:
-            pending.append(fut)
         return 0
 
     @staticmethod
@@ -578,8 +597,13 @@ class RpcServer:
         elif replies:
             conn.send(b"[" + b",".join(f.rstrip(b"\n") for f in replies) + b"]\n")
 
-    def _call(self, req: p.Request, conn: Connection, batch_fut: asyncio.Future[bytes | None] | None) -> bytes | None:
-        """Run one request. Returns the reply frame now, or None (notification, or answered later)."""
+    def _call(self, req: p.Request, conn: Connection,
+              in_batch: bool = False) -> bytes | asyncio.Future[bytes | None] | None:
+        """Run one request. Returns the reply frame now, None (a notification, or a coroutine that answers by
+        itself), or, for a request inside a batch whose handler is a coroutine, the future of its reply.
+
+        A notification never yields a future: nobody waits for it, so it can never hold a batch (or a
+        connection's slot) open; its failures are logged (throttled) instead of answered."""
         self.requests += 1
         rid = None if req.id is msgspec.UNSET else req.id
         notification = req.is_notification
@@ -590,43 +614,69 @@ class RpcServer:
             else:
                 name = req.method if len(req.method) <= p.MAX_QUOTE else p.quote(req.method)
                 err = p.RpcError(p.METHOD_NOT_FOUND, f"Method not found: {name}")
-            return None if notification else p.encode_error(rid, err)
+            return self._refuse(req.method, rid, notification, err)
         try:
             params = p.decode_params(req.method, req.params)
         except p.RpcError as err:
-            return None if notification else p.encode_error(rid, err)
+            return self._refuse(req.method, rid, notification, err)
         if conn.project is not None and getattr(params, "project", False) is None:
             params.project = conn.project  # the connection says the project; an explicit one still wins
+        if self.gate is not None:
+            why = self.gate(req.method, params, conn)
+            if why is not None:
+                return self._refuse(req.method, rid, notification,
+                                    p.RpcError(p.NOT_ALLOWED, why, {"method": req.method}))
         if not self.accepting and req.method not in p.READ_ONLY:
             err = p.RpcError(p.SERVER_BUSY, "the service is stopping and takes no new work; retry once it is back")
-            return None if notification else p.encode_error(rid, err)
+            return self._refuse(req.method, rid, notification, err)
         if entry.is_async:
-            conn.spawn(self._run_async(entry, params, conn, rid, notification, batch_fut))
-            return None
+            fut: asyncio.Future[bytes | None] | None = None
+            if in_batch and not notification:
+                fut = asyncio.get_running_loop().create_future()
+            conn.spawn(self._run_async(entry, params, conn, rid, notification, fut))
+            return fut
         try:
             result = entry.fn(params, conn)
         except p.RpcError as err:
-            return None if notification else p.encode_error(rid, err)
+            return self._refuse(req.method, rid, notification, err)
         except Exception:
             return self._internal(req.method, rid, notification)
-        return None if notification else p.encode_result(rid, result)
+        return None if notification else self._encode_result(req.method, rid, result)
 
     async def _run_async(self, entry: _Entry, params: Any, conn: Connection, rid: p.ID, notification: bool,
                          batch_fut: asyncio.Future[bytes | None] | None) -> None:
-        frame: bytes | None
+        name = getattr(entry.fn, "__name__", "?")
+        frame: bytes | None = None
         try:
             result = await entry.fn(params, conn)
-            frame = None if notification else p.encode_result(rid, result)
+            frame = None if notification else self._encode_result(name, rid, result)
         except p.RpcError as err:
-            frame = None if notification else p.encode_error(rid, err)
-        except asyncio.CancelledError:
-            raise
+            frame = self._refuse(name, rid, notification, err)
         except Exception:
-            frame = self._internal(getattr(entry.fn, "__name__", "?"), rid, notification)
-        if batch_fut is not None:
-            batch_fut.set_result(frame)
-        elif frame is not None:
+            frame = self._internal(name, rid, notification)
+        finally:
+            # cancelled (the client went away) or not, a batch waiting on this reply must end
+            if batch_fut is not None and not batch_fut.done():
+                batch_fut.set_result(frame)
+        if batch_fut is None and frame is not None:
             conn.send(frame)
+
+    def _refuse(self, method: str, rid: p.ID, notification: bool, err: p.RpcError) -> bytes | None:
+        """The error reply, or for a notification (which gets none) one throttled log line."""
+        if not notification:
+            return p.encode_error(rid, err)
+        self.notification_errors += 1
+        if self.throttle.allow(f"notification error {err.code}"):
+            log.info("a notification to %s failed (no reply is sent for notifications): %s",
+                     p.quote(method, 80), p.quote(err.message))
+        return None
+
+    def _encode_result(self, method: str, rid: p.ID, result: Any) -> bytes:
+        """The result frame; a result that cannot be encoded is an internal error, never a dropped reply."""
+        try:
+            return p.encode_result(rid, result)
+        except (TypeError, ValueError, OverflowError, RecursionError, UnicodeEncodeError):
+            return self._internal(method, rid, False) or b""
 
     def _internal(self, method: str, rid: p.ID, notification: bool) -> bytes | None:
         self.errors += 1
@@ -675,7 +725,8 @@ class RpcSubsystem:
         rpc = self.rpc
         return {"connections": len(rpc.connections), "requests": rpc.requests,
                 "max_connections": rpc.max_connections, "input_buffered": rpc.input_bytes,
-                "notifications_dropped": rpc.notifications_dropped}
+                "notifications_dropped": rpc.notifications_dropped, "internal_errors": rpc.errors,
+                "notification_errors": rpc.notification_errors}
 
 
 # -- the listening socket ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import gc
 import json
@@ -36,7 +37,6 @@ from . import (
     project_log,
     safefs,
     served,
-    trust,
 )
 from . import protocol as p
 from . import schemas as _schemas  # noqa: F401  (importing it registers every config section)
@@ -47,6 +47,8 @@ from .events import api as events_api
 from .events.bus import EventBus
 from .operations import Operations, Stopping
 from .owned import OwnedTasks
+from .policy import fields, identity, trust
+from .policy.gate import Gate
 from .ports import Subsystem
 from .rpc import Connection, RpcServer, bind_socket
 
@@ -91,7 +93,7 @@ class Service:
         self.log_to = "file" if opts.log_file else "journal" if sd.under_journal() else "stderr"
         self.state_dir = paths.state_dir()
         self.socket_path = paths.socket_path(opts.socket)
-        self.bus = EventBus(self.state_dir / "deadletters.json")
+        self.bus = EventBus(self.state_dir / "deadletters.json", seq_path=self.state_dir / "events.seq")
         self.rpc = RpcServer()
         self.subsystems: list[Subsystem] = []
         self.started: list[Subsystem] = []
@@ -118,6 +120,8 @@ class Service:
         self.presence = served.Presence(self.rpc, paths.runtime_base() / "p", lambda: self.socket_path,
                                         self.state_dir / "state.json", self.stop_serving)
         self._trust_announced: dict[str, tuple[str | None, str]] = {}
+        self.gate = Gate(self.untrusted, self._project_channels, self.bus.publish)
+        self.rpc.gate = self.gate.rpc_hook
 
     # -- config ----------------------------------------------------------------------------------------
     def registry_file(self) -> Path:
@@ -141,13 +145,37 @@ class Service:
                        | {r for r, f in configs.failed.items() if f.persistent})  # a failed one stays registered
         write_atomic(self.registry_file(), json.dumps({"projects": roots}, indent=2).encode() + b"\n")
 
-    def load_project(self, root: str, persistent: bool) -> Project:
+    def _project_channels(self) -> dict[str, list[str]]:
+        return self.configs.service.messaging.project_channels if self.configs is not None else {}
+
+    def load_project(self, root: str, persistent: bool, service_cfg: Any = None) -> Project:
         """``root``'s config as it is on disk now (``project.add``): raise ConfigError if it cannot be used."""
-        project, data = project_configs.read_project(root, persistent)
-        if data is not None:
-            self.last_good.save(root, data)
-        self.assess_trust(project)
+        project, loaded = project_configs.read_project(root, persistent)
+        if loaded.data is not None:
+            self.last_good.save(root, loaded.data)
+        self.prepare_project(project, loaded, service_cfg)
         return project
+
+    def prepare_project(self, project: Project, loaded: config.Loaded, service_cfg: Any = None) -> None:
+        """Judge a freshly read config's trust, then serve it only what it may set: inert fields, and limits
+        no higher than the service's (``policy.fields``)."""
+        self.assess_trust(project)
+        if loaded.raw is not None:  # serve only what it may set: inert fields, limits no higher than ours
+            service = service_cfg if service_cfg is not None else self.current_configs().service
+            project.config = self._restricted(project, loaded, service)
+
+    @staticmethod
+    def _restricted(project: Project, loaded: config.Loaded, service: Any) -> Any:
+        display = config.display_name(paths.project_config_file(project.root), Path(project.root))
+        raw = fields.restrict(loaded.raw, project.untrusted is None, service, project.warnings.append)
+        if raw == loaded.raw:
+            return loaded.config
+        try:
+            return config.validate(raw, display).config
+        except config.ConfigError:  # e.g. a rule naming an agent profile it may not define: hold every rule
+            raw = {k: v for k, v in raw.items() if k != "rules"}
+            raw.get("schedule", {}).pop("jobs", None)
+            return config.validate(raw, display).config
 
     # -- trust -----------------------------------------------------------------------------------------
     def assess_trust(self, project: Project) -> None:
@@ -175,12 +203,11 @@ class Service:
                                                       "needs": pr.needs_trust, "sha256": pr.sha256}, "service")
 
     async def trust_changed(self, root: str, sha256: str | None) -> None:
-        """Re-judge every project; reload when the file on disk is newer than the one running."""
+        """Re-judge every project: reload, since what a project is served with depends on its trust (and the
+        user trusted what is on disk now: run that, not the older copy)."""
         assert self.configs is not None
-        pr = self.configs.projects.get(root)
-        if pr is not None and sha256 is not None and pr.sha256 != sha256:
-            # the user trusted what is on disk now: run that, not the older copy (already inside a change)
-            await self._reload()
+        del root, sha256  # what a project is served with depends on its trust: re-read them all (what is on
+        await self._reload()  # disk now, which is what the user trusted; already inside a change)
         for project in self.configs.projects.values():
             self.assess_trust(project)
         self.announce_trust()
@@ -222,16 +249,45 @@ class Service:
                 continue
             # one project's file never takes down another: it keeps its last good config, or is not served
             previous = self.configs.projects.get(root) if self.configs is not None else None
-            got = project_configs.load(root, persistent, previous, self.last_good, self.assess_trust)
+            got = project_configs.load(root, persistent, previous, self.last_good,
+                                       lambda pr, ld: self.prepare_project(pr, ld, service_cfg), self.assess_trust)
             if isinstance(got, Project):
                 projects[root] = got
             else:
                 failed[root] = got
+        self.fail_across_files(service_cfg, projects, failed)
         return Configs(service_cfg, service_warnings, projects, failed)
+
+    def fail_across_files(self, service_cfg: Any, projects: dict[str, Project],
+                          failed: dict[str, config.FailedProject]) -> None:
+        """Checks across files (a hook id defined twice...): the project whose file a problem names fails as a
+        bad file of its own would: it keeps the config it runs now, or, with none, is not served; the others run."""
+        errors = self.files_errors(service_cfg, projects)
+        for root in list(projects):
+            mine = [e for e in errors if e.startswith(f"{paths.project_config_file(root)}:")]
+            if not mine:
+                continue
+            previous = self.configs.projects.get(root) if self.configs is not None else None
+            for e in mine:
+                log.error("%s (project %s %s)", e, root,
+                          "keeps the config it runs" if previous is not None else "is not served",
+                          extra={"PROJECT": root})
+            if previous is not None:
+                projects[root] = dataclasses.replace(previous, errors=mine,
+                                                     last_good=previous.last_good or "memory")
+            else:
+                failed[root] = config.FailedProject(root, projects.pop(root).persistent, mine)
+
+    @staticmethod
+    def files_errors(service_cfg: Any, projects: dict[str, Project]) -> list[str]:
+        """Checks across files (``config.FILES_CHECKS``: a hook id in two files...), on what is served."""
+        files = {str(paths.project_config_file(r)): pr.config for r, pr in projects.items()}
+        return [e for check in config.FILES_CHECKS for e in check(service_cfg, str(paths.service_config_file()), files)]
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
         paths.ensure_private_dir(self.state_dir, allow_link=True)  # the user's own choice of disk
+        identity.load_key(self.state_dir)  # signs the caller tokens agents and rule shells carry
         changed = paths.tighten_tree(self.state_dir)
         if changed:
             log.info("made %d file(s) in %s private (0600/0700)", changed, self.state_dir)
@@ -273,7 +329,7 @@ class Service:
             bus=self.bus, rpc=self.rpc, configs=self.current_configs, state_dir=self.state_dir,
             listen=self.listening_socket, health=self.health, config_status=lambda: self.last_reload,
             socket_path=lambda: self.socket_path, untrusted=self.untrusted, state=self.state,
-            request_stop=self.request_stop,
+            request_stop=self.request_stop, gate=self.gate,
         ))
 
     def current_configs(self) -> Configs:
@@ -721,6 +777,9 @@ class Service:
         except config.ConfigError as exc:
             raise p.RpcError(p.CONFIG_INVALID if Path(root).is_dir() else p.INVALID_PARAMS,
                              f"cannot add {root}: {exc.errors[0]}", {"param": "path", "errors": exc.errors}) from None
+        errors = self.files_errors(self.configs.service, {**self.configs.projects, root: project})
+        if errors:
+            raise p.RpcError(p.CONFIG_INVALID, f"cannot add {root}: {errors[0]}", {"param": "path", "errors": errors})
         old = self.configs
         await self._switch_projects(Configs(old.service, old.service_warnings, {**old.projects, root: project},
                                             {r: f for r, f in old.failed.items() if r != root}),

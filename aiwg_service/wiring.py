@@ -29,6 +29,7 @@ from .events.bus import EventBus
 from .events.scheduler import CronScheduler
 from .events.subsystems import WatcherSubsystem
 from .executors.subsystem import ExecutorsSubsystem
+from .policy.gate import Gate
 from .ports import ConfigsView, Subsystem
 from .rpc import RpcServer, RpcSubsystem
 from .rules.engine import AutomationEngine
@@ -113,6 +114,8 @@ class CorePorts:
     state: Callable[[], dict[str, Any]]
     #: Stop the service as SIGTERM would (``daemon.stop``).
     request_stop: Callable[[], None] | None = None
+    #: the policy gate: every run / send / spend / listen decision (``policy.gate``)
+    gate: Gate | None = None
 
 
 def session_argv(supervisor: tasks.SupervisorSubsystem, root: str, cwd: str, argv: list[str]) -> list[str]:
@@ -309,7 +312,8 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
         return str(task.get("result") or "")
 
     ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, ask=ask, decide=decide,
-                         projects=lambda: list(core.configs().projects))
+                         projects=lambda: list(core.configs().projects),
+                         channel_refused=core.gate.channel_refused if core.gate is not None else None)
     return MessagingSubsystem(core.bus, core.rpc.register, core.configs, core.state_dir, ports)
 
 
@@ -338,7 +342,8 @@ def _trace_ports(core: CorePorts, store: tasks.StoreSubsystem, automation: Autom
 
     def events_of_task(tid: str) -> list[dict[str, Any]]:
         out = {ev.id: event_dict(ev) for ev in core.bus.history
-               if ev.type.startswith("task.") and isinstance(ev.data, dict) and ev.data.get("id") == tid}
+               if isinstance(ev.data, dict) and ((ev.type.startswith("task.") and ev.data.get("id") == tid)
+                                                 or (ev.type == "policy.refused" and ev.data.get("ref") == tid))}
         for run in automation.store.by_event(task_id=tid):
             e = run.get("event") or {}
             if e.get("id"):

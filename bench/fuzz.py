@@ -12,6 +12,11 @@ without pause, runs:
   5. 300 connections each sending a 1 MiB partial line (past ``daemon.max_connections``);
   6. a mutation fuzzer: ``--count`` mutated requests (default 20,000), each followed by a sentinel ping so
      every reply is accounted for, within ``--time-limit`` seconds.
+Then the abuses of issue 23, each its own phase with the pinging client's p99:
+  7. 300 connections each sending 200 batches holding a failing notification, then hanging up unread;
+  8. one client keeping 128 batches of 50 ``daemon.status`` in flight (reading its replies), then not reading;
+  9. 50 connections x 64 subscriptions that never read, during a watcher storm of 3 x 20,000 files;
+ 10. 1,100 half-open HTTP connections on the webhook listener.
 It prints the replies per error code, dropped connections, the service's RSS before, at its peak and after,
 and the pinging client's latency under attack against the same client's latency on the idle service (the
 floor), with the targets: RSS < 150 MB, ping p99 < 10 ms.
@@ -46,6 +51,10 @@ from aiwg_service.tasks.store import Store  # noqa: E402
 
 RSS_TARGET_MB = 150
 P99_TARGET_MS = 10
+#: last turn's figures (before issue 23), printed beside this run's
+LAST_TURN = {"mutation p99": "17-37 ms", "rss peak": "97 MB"}
+BAD_NOTIFY = b'{"jsonrpc":"2.0","method":"messaging.notify","params":{}}'
+BENCH_TOKEN = "bench-token-" + "x" * 20
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -245,6 +254,97 @@ def attacks(path: Path, log_task: str) -> tuple[list[Conn], dict[str, Any]]:
     return held, out
 
 
+# -- issue 23's abuses --------------------------------------------------------------------------------------
+
+
+def edge_abuses(path: Path, project: Path, webhook_port: int, phases: list[tuple[str, float]]) -> dict[str, Any]:
+    """Phases 7-10; appends each phase's start to ``phases``."""
+    out: dict[str, Any] = {}
+    phases.append(("wedge batches", time.time()))
+    baseline = _call(path, "daemon.status")["subsystems"]["ipc"]["connections"]  # the held attackers, the pinger
+    t = time.monotonic()
+    for _ in range(300):
+        with contextlib.suppress(OSError):
+            c = Conn(path, timeout=5)
+            c.send((b"[" + BAD_NOTIFY + b',{"jsonrpc":"2.0","method":"ping","id":1}]\n') * 200)
+            c.close()
+    deadline = time.monotonic() + 30
+    while _call(path, "daemon.status")["subsystems"]["ipc"]["connections"] > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out["wedge_connections_after"] = _call(path, "daemon.status")["subsystems"]["ipc"]["connections"] - baseline
+    out["wedge_seconds"] = time.monotonic() - t
+
+    phases.append(("greedy batches (reading)", time.time()))
+    batch = json.dumps([{"jsonrpc": "2.0", "method": "daemon.status", "id": i} for i in range(50)]).encode() + b"\n"
+    for reading in (True, False):
+        g = Conn(path, timeout=5)
+        stop = threading.Event()
+        replies = [0]
+
+        def reader(conn: Conn = g, stop: threading.Event = stop, replies: list[int] = replies) -> None:
+            while not stop.is_set():
+                try:
+                    conn.read()
+                    replies[0] += 1
+                except (OSError, EOFError, ValueError):
+                    return
+
+        if reading:
+            threading.Thread(target=reader, daemon=True).start()
+        until = time.monotonic() + 5
+        sent = 0
+        while time.monotonic() < until:
+            try:
+                g.send(batch)
+                sent += 1
+            except OSError:  # not read: our share is used up, the service stopped reading us
+                time.sleep(0.01)
+        out["greedy_reading" if reading else "greedy_not_reading"] = {"batches_sent": sent, "replies": replies[0]}
+        stop.set()
+        g.close()
+        if reading:
+            phases.append(("greedy batches (not reading)", time.time()))
+
+    phases.append(("never-read subscriptions + 60k-file storm", time.time()))
+    subs = []
+    for _ in range(50):
+        c = Conn(path, timeout=30, rcvbuf=4096)
+        c.send(b"".join(req("events.subscribe", {"type": "*"}, i) + b"\n" for i in range(64)))
+        subs.append(c)
+    bulk = project / ".aiwg" / "bulk"
+    bulk.mkdir(parents=True, exist_ok=True)
+    before = _call(path, "daemon.status")["subsystems"]["router"]["seq"]
+    for rnd in range(3):
+        for i in range(20_000):
+            os.close(os.open(bulk / f"f{rnd}-{i:05d}", os.O_CREAT | os.O_WRONLY, 0o644))
+        time.sleep(2.5)  # the watcher's default 2 s window
+    router = _call(path, "daemon.status")["subsystems"]["router"]
+    out["storm_events"] = router["seq"] - before
+    out["history"] = router["history"]
+    out["followers_behind"] = router["followers_behind"]
+    for c in subs:
+        c.close()
+
+    phases.append(("1,100 half-open webhook connections", time.time()))
+    socks = []
+    for _ in range(1100):
+        try:
+            s = socket.create_connection(("127.0.0.1", webhook_port), timeout=5)
+            s.sendall(b"POST /hooks/bench HTTP/1.1\r\nHost: x\r\n")
+            socks.append(s)
+        except OSError:
+            break
+    time.sleep(6)  # past the header deadline (5 s)
+    out["webhooks"] = {k: v for k, v in _call(path, "daemon.status")["subsystems"]["webhooks"].items()
+                       if k.endswith("connections")}
+    out["half_open_opened"] = len(socks)
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.close()
+    phases.append(("edge end", time.time()))
+    return out
+
+
 # -- the mutation fuzzer -----------------------------------------------------------------------------------
 
 
@@ -400,6 +500,18 @@ def main() -> int:
         env.update(XDG_RUNTIME_DIR=str(tmp / "run"), XDG_STATE_HOME=str(tmp / "state"),
                    XDG_CONFIG_HOME=str(tmp / "config"), PATH="/usr/bin:/bin",
                    PYTHONPATH=str(REPO))
+        import resource
+
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,100 sockets of ours, and the service's
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        webhook_port = probe.getsockname()[1]
+        probe.close()
+        (tmp / "config" / "aiwg").mkdir(parents=True, mode=0o700)
+        (tmp / "config" / "aiwg" / "daemon.json").write_text(json.dumps({"webhook": {
+            "port": webhook_port, "hooks": [{"id": "bench", "kind": "token", "secret_env": "AIWG_BENCH_TOKEN"}]}}))
+        env["AIWG_BENCH_TOKEN"] = BENCH_TOKEN
         sock = tmp / "run" / "aiwg" / "daemon.sock"
         logf = open(tmp / "service.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen([str(BIN / "aiwg-service"), "run", "--project", str(project)], env=env,
@@ -428,8 +540,9 @@ def main() -> int:
             phases.append(("mutation fuzzer", time.time()))
             tasks_before = _call(sock, "task.stats")["total"]
             fuzzed = fuzz(sock, project, log_task, args.seed, args.count, started + args.time_limit)
+            edge = edge_abuses(sock, project, webhook_port, phases)
             phases.append(("end", time.time()))
-            fuzzed["tasks"] = _call(sock, "task.stats")["total"] - tasks_before
+            fuzzed["tasks"] = _call(sock, "task.stats")["total"] - tasks_before  # (and what edge phases queued)
             attack_s = time.monotonic() - t0
             pinger.finish()
             for c in held:
@@ -474,6 +587,22 @@ def main() -> int:
     print(f"  ... during the mutation fuzzer ({fuzzed['tasks']} tasks queued by mutants): {len(fz):,} pings, "
           f"p50 {pct(fz, 0.5):.3f} ms, p99 {pct(fz, 0.99):.3f} ms, max {max(fz, default=0):.1f} ms; "
           f"all: {len(lat_ms):,} pings, failures {pinger.failures}")
+    print(f"  last turn: ping p99 during the mutation phase {LAST_TURN['mutation p99']}, RSS peak "
+          f"{LAST_TURN['rss peak']}")
+    print("  issue 23's abuses, the other client's ping in each:")
+    for name in ("wedge batches", "greedy batches (reading)", "greedy batches (not reading)",
+                 "never-read subscriptions + 60k-file storm", "1,100 half-open webhook connections"):
+        ph = by_phase[name]
+        print(f"    {name}: {len(ph):,} pings, p50 {pct(ph, 0.5):.3f} ms, p99 {pct(ph, 0.99):.3f} ms, "
+              f"max {max(ph, default=0):.1f} ms (target p99 < {P99_TARGET_MS} ms: "
+              f"{'ok' if pct(ph, 0.99) < P99_TARGET_MS else 'MISSED'})")
+    print(f"    wedge: connections still open (past the baseline) after 300 hung-up clients: "
+          f"{edge['wedge_connections_after']} "
+          f"(in {edge['wedge_seconds']:.1f} s); greedy: {edge['greedy_reading']} / {edge['greedy_not_reading']}")
+    print(f"    storm: {edge['storm_events']:,} events while 3,200 subscriptions never read; history "
+          f"{edge['history']['events']:,} events / {edge['history']['bytes'] / 2**20:.1f} MiB, "
+          f"{edge['followers_behind']:,} followers behind")
+    print(f"    webhooks: {edge['half_open_opened']:,} half-open connections opened: {edge['webhooks']}")
     print(f"  floor, the same client on the idle service: p50 {pct(floor_ms, 0.5):.3f} ms, "
           f"p99 {pct(floor_ms, 0.99):.3f} ms; under attack / floor p99 = {p99 / pct(floor_ms, 0.99):.1f}x")
     return 0

@@ -9,7 +9,11 @@ Figures:
 * service RSS: the real ``aiwg-service`` process (VmRSS) on a project with an empty ``src/`` (its base) and
   after watching N directories (target: under 50 MB for 20,000);
 * peer: watchman (Debian's, if installed) on the same tree in the same run: time to watch and crawl, RSS
-  after it, and write -> subscription latency with ``settle: 1`` ms; ratios are printed beside ours.
+  after it, and write -> subscription latency with ``settle: 1`` ms; ratios are printed beside ours;
+* storm: 100,000 files created in ``src/`` of the real service, with a prompt follower on the socket: its lag
+  (last file written -> the last path of the flush received), paths received against paths created, gaps,
+  and the service's peak RSS meanwhile (issue 23: a flush of any size reaches a prompt follower whole).
+Last turn's figures are printed beside this run's (``LAST_TURN``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiwg_service.events.watcher import FileWatcher, WatchSpec
 
 LIMIT_PATH = "/proc/sys/fs/inotify/max_user_watches"
+#: the figures of the turn before issue 23, printed beside this run's
+LAST_TURN = {"setup 20k dirs": "434 ms", "write->event p50": "0.885 ms"}
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 #: Figures of this run, for the ratios against the peer.
@@ -83,13 +89,18 @@ def running_service(base: Path, debounce_ms: int = 200) -> Iterator[tuple[subpro
 
 
 def service_rss(base: Path, expect_dirs: int) -> tuple[float, float]:
-    """Start the real service on ``base``; (seconds until every dir is watched, RSS MB once settled)."""
+    """Start the real service on ``base``; (seconds until every dir is watched, RSS MB once settled). Pings
+    meanwhile: the longest round trip while the tree is walked goes to ``FIG["walk_ping_max"]``."""
     t0 = time.perf_counter()
+    pings: list[float] = []
     with running_service(base) as (proc, sock):
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"aiwg-service exited with {proc.returncode}")
             try:
+                tp = time.perf_counter()
+                rpc(sock, "ping")
+                pings.append((time.perf_counter() - tp) * 1000)
                 st = rpc(sock, "daemon.status")["result"]["subsystems"]["watcher"]
                 if st.get("watched_dirs", 0) >= expect_dirs:
                     break
@@ -97,6 +108,8 @@ def service_rss(base: Path, expect_dirs: int) -> tuple[float, float]:
                 pass
             time.sleep(0.05)
         dt = time.perf_counter() - t0
+        FIG["walk_ping_max"] = max(pings[1:], default=0.0)  # (the first one waits for the service to start)
+        FIG["walk_pings"] = len(pings) - 1
         time.sleep(1.0)  # start-up garbage collected, first heartbeat done
         return dt, proc_rss_mb(proc.pid)
 
@@ -261,7 +274,9 @@ def bench_service_rss(n_dirs: int, peer: bool) -> None:
         dt, rss1 = service_rss(big, made)
         FIG["rss"] = rss1
         print(f"service RSS: base {rss0:.1f} MB (empty src/); after watching {made} dirs {rss1:.1f} MB "
-              f"(+{rss1 - rss0:.1f} MB; target < 50 MB); start to all watched {dt:.2f} s")
+              f"(+{rss1 - rss0:.1f} MB; target < 50 MB); start to all watched {dt:.2f} s; longest ping while "
+              f"the tree was walked {FIG.get('walk_ping_max', 0):.1f} ms ({FIG.get('walk_pings', 0):.0f} pings; "
+              f"last turn the walk held the loop 650 ms)")
         if not peer:
             return
         wm = Watchman(Path(tmp))
@@ -396,6 +411,70 @@ async def bench_bus_throughput(n: int = 200_000) -> None:
           f"(publish alone {n / t_pub:,.0f}/s)")
 
 
+def bench_storm(n_files: int) -> None:
+    """A prompt follower of the real service during a storm of ``n_files`` creates in one window."""
+    import threading
+
+    with tempfile.TemporaryDirectory(prefix="aiwg-bench-") as tmp:
+        base = Path(tmp)
+        (base / "src").mkdir()
+        with running_service(base, debounce_ms=200) as (proc, sock):
+            deadline = time.monotonic() + 30
+            while not sock.exists() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(120)
+            s.connect(str(sock))
+            s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "events.subscribe",
+                                  "params": {"type": "file.*"}}).encode() + b"\n")
+            rf = s.makefile("rb")
+            rf.readline()
+            got = {"paths": 0, "gaps": 0, "last": 0.0}
+            peak = [0.0]
+            stop = threading.Event()
+
+            def follow() -> None:
+                while not stop.is_set():
+                    try:
+                        line = rf.readline()
+                    except OSError:
+                        return
+                    if not line:
+                        return
+                    msg = json.loads(line)
+                    if msg.get("method") == "events.gap":
+                        got["gaps"] += msg["params"]["lost"]
+                    elif msg.get("method") == "events.event":
+                        d = msg["params"]["data"]
+                        got["paths"] += len(d["paths"]) if "paths" in d else 1
+                        got["last"] = time.perf_counter()
+
+            def sample() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(OSError):
+                        peak[0] = max(peak[0], proc_rss_mb(proc.pid))
+                    time.sleep(0.05)
+
+            threads = [threading.Thread(target=follow, daemon=True), threading.Thread(target=sample, daemon=True)]
+            for t in threads:
+                t.start()
+            t0 = time.perf_counter()
+            for i in range(n_files):
+                os.close(os.open(base / "src" / f"f{i:06d}", os.O_CREAT | os.O_WRONLY, 0o644))
+            t_written = time.perf_counter()
+            deadline = time.monotonic() + 120
+            while got["paths"] < n_files and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stop.set()
+            s.close()
+            lag = (got["last"] - t_written) * 1000
+            print(f"storm: {n_files:,} files created in {t_written - t0:.2f} s; a prompt follower received "
+                  f"{got['paths']:,} paths ({'whole' if got['paths'] == n_files else 'MISSING some'}), gaps "
+                  f"{got['gaps']}, lag (last write -> last path received) {lag:.0f} ms incl. the 200 ms window; "
+                  f"service peak RSS {peak[0]:.0f} MB")
+
+
 async def main(args: argparse.Namespace) -> None:
     await bench_setup(args.dirs, not args.no_raise_limit)
     await bench_latency(args.writes)
@@ -404,12 +483,16 @@ async def main(args: argparse.Namespace) -> None:
         bench_peer_latency(min(args.writes, 200))
     await bench_bus_throughput()
     bench_service_rss(args.dirs, not args.no_peer)
+    bench_storm(args.storm)
+    print(f"last turn: setup of 20,000 dirs {LAST_TURN['setup 20k dirs']}, write->event p50 "
+          f"{LAST_TURN['write->event p50']}")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dirs", type=int, default=20_000)
     ap.add_argument("--writes", type=int, default=500)
+    ap.add_argument("--storm", type=int, default=100_000, help="files created in the storm")
     ap.add_argument("--no-raise-limit", action="store_true", help="never raise max_user_watches")
     ap.add_argument("--no-peer", action="store_true", help="skip the watchman figures")
     uvloop.run(main(ap.parse_args()))

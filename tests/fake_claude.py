@@ -12,6 +12,7 @@ Behaviour is steered by words in the prompt:
   garbage          interleave non-JSON lines
   env=NAME         report the value of env var NAME in the result text
   mark=PATH        append "start <pid> <t>" / "end <pid> <t>" lines to PATH
+  rpc=SOCKET       call the service's socket from inside the task (``fake_claude_calls.py``)
   probe            try the other words as reads, writes and connects (``fake_probe.py``); the result
                    text is ``PROBE {json}``: what a confined agent could do
 
@@ -124,6 +125,11 @@ def main() -> int:
         while (left := end - time.monotonic()) > 0:
             time.sleep(left)
     text = "Done: " + prompt[:200]
+    import fake_claude_calls
+
+    called = fake_claude_calls.maybe_call(words)
+    if called is not None:
+        text = called
     if "probe" in words:
         import fake_probe
 

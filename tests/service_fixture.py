@@ -171,7 +171,7 @@ class ServiceEnv:
 
     def trust(self, project: Path | None = None) -> None:
         """Record the project's current config as trusted, straight in this service's trust store."""
-        from aiwg_service import trust
+        from aiwg_service.policy import trust
 
         root = str((project or self.project).resolve())
         try:

@@ -111,7 +111,7 @@ def test_reject_ends_the_run_and_single_mode_skips_while_pending(tmp_path: Path)
         assert not (h.project / "s-ran").exists()
         last = h.runs("s")
         assert [r["outcome"] for r in last][:1] == ["rejected"]
-        assert "rejected by local via rpc: not today" in last[0]["reason"]
+        assert "rejected by local via cli: not today" in last[0]["reason"]
         assert [e.data["reason"] for e in h.of_type("gate.rejected")] == ["not today"]
         assert eng.rpc_approval_list(ApprovalListParams(state="rejected"))["approvals"][0]["id"] == by_rule["s"]["id"]
         await h.stop()
@@ -157,7 +157,7 @@ def test_approvers_and_timeout_approve(tmp_path: Path) -> None:
     async def body() -> None:
         h = Harness(tmp_path)
         eng = await h.start([{"id": "a", "triggers": [{"type": "go"}],
-                              "actions": [{"approve": {"approvers": ["telegram:42", "cli"]}}, {"shell": "touch a"}]},
+                              "actions": [{"approve": {"approvers": ["telegram:42"]}}, {"shell": "touch a"}]},
                              {"id": "b", "triggers": [{"type": "go"}], "actions": [
                                  {"approve": {"timeout_minutes": 0.005, "on_timeout": "approve"}},
                                  {"shell": "touch b"}]}])
@@ -167,10 +167,10 @@ def test_approvers_and_timeout_approve(tmp_path: Path) -> None:
         a_id = next(e.data["id"] for e in h.of_type("approval.requested") if e.data["rule_id"] == "a")
         with pytest.raises(ApprovalNotAllowed, match="telegram:7 may not decide"):
             eng.approvals.decide(a_id, True, "telegram:7", "telegram")
-        with pytest.raises(RpcError) as exc:
-            eng._rpc_decide(ApprovalDecideParams(approvalId=a_id), None, True)
+        with pytest.raises(RpcError) as exc:  # the socket is "cli", whatever the caller claims
+            eng._rpc_decide(ApprovalDecideParams(approvalId=a_id, via="telegram:42"), None, True)
         assert exc.value.code == NOT_ALLOWED
-        eng.approvals.decide(a_id, True, "alice", "cli")  # "cli" as an approver admits any local CLI user
+        eng.approvals.decide(a_id, True, "telegram:42", "telegram")  # as the bridge decides for that user
         await h.until(lambda: (h.project / "a").exists() and (h.project / "b").exists(), timeout=15,
                       what="both actions")
         await h.idle()

@@ -175,10 +175,10 @@ def test_async_handler_failure_and_unsubscribe(tmp_path: Path) -> None:
 
 
 def test_subscribe_and_list_over_the_real_socket(service: ServiceEnv, tmp_path: Path) -> None:
-    baseline = service.call("daemon.status")["subsystems"]["router"]["subscribers"]
+    baseline = service.call("daemon.status")["subsystems"]["router"]["followers"]
     sub = service.connect()
     reply = sub.request("events.subscribe", {"type": "project.*"})
-    assert service.call("daemon.status")["subsystems"]["router"]["subscribers"] == baseline + 1
+    assert service.call("daemon.status")["subsystems"]["router"]["followers"] == baseline + 1
     assert reply["result"]["subscribed"] is True
     other = tmp_path / "p2"
     other.mkdir()
@@ -193,7 +193,7 @@ def test_subscribe_and_list_over_the_real_socket(service: ServiceEnv, tmp_path: 
     assert bad["error"]["code"] == -32602 and bad["error"]["data"]["param"] == "id"
     assert service.call("events.dlq") == {"dead_letters": []}
     sub.close()
-    wait_for(lambda: service.call("daemon.status")["subsystems"]["router"]["subscribers"] == baseline,
+    wait_for(lambda: service.call("daemon.status")["subsystems"]["router"]["followers"] == baseline,
              what="the subscription to go away with its connection")
 
 

@@ -98,6 +98,7 @@ def test_worktree_sessions_setup_and_a_dirty_worktree_is_never_removed(svc: Serv
     data = json.loads(cfg.read_text())
     data["sessions"] = {"worktree_setup": ["sh", "-c", 'echo "ready in $PWD" > setup.txt']}
     cfg.write_text(json.dumps(data))
+    svc.trust()  # a setup command runs as the owner: it needs trust
     svc.call("daemon.reload")
     bad = error(svc, "session.new", {"worktree": "bad..name"})
     assert bad["code"] == -32602 and bad["data"]["param"] == "worktree" and "not a valid branch name" in bad["message"]

@@ -30,7 +30,7 @@ def test_config_check_never_requires_the_services_secret(svc_env: ServiceEnv) ->
     # a running service whose systemd credential holds it (LoadCredential=): asked, and it says set
     creds = svc_env.tmp / "creds"
     creds.mkdir()
-    (creds / "AIWG_NEWCOMER_GH").write_text("credential-secret-123\n")
+    (creds / "AIWG_NEWCOMER_GH").write_text("credential-secret-0123456789abcdefghijklmnop\n")
     svc_env.env["CREDENTIALS_DIRECTORY"] = str(creds)
     svc_env.start()
     del svc_env.env["CREDENTIALS_DIRECTORY"]  # aiwgctl's environment has neither the variable nor the credential
@@ -48,7 +48,7 @@ def test_config_check_never_requires_the_services_secret(svc_env: ServiceEnv) ->
     assert f"{missing}: webhook secret AIWG_NEWCOMER_NONE: the secret is not set" in res.stderr, res.stderr
     # the service's answer never carries the value
     got = svc_env.call("webhook.secrets", {"secrets": [{"name": "AIWG_NEWCOMER_GH", "kind": "github"}]})
-    assert "credential-secret-123" not in json.dumps(got) and got["secrets"][0]["set"] is True
+    assert "credential-secret-0123456789abcdefghijklmnop" not in json.dumps(got) and got["secrets"][0]["set"] is True
     bad = svc_env.connect().request("webhook.secrets", {"secrets": [{"name": "not a name"}]})
     assert bad["error"]["code"] == -32602 and "secrets" in bad["error"]["message"]
 

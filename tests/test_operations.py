@@ -38,7 +38,8 @@ def test_a_reload_whose_caller_hangs_up_still_happens(svc_env: ServiceEnv) -> No
     env.start()
     assert env.call("daemon.status")["subsystems"]["webhooks"].get("listening") is None
     port = free_port()
-    write_service_config(env, {"webhook": {"port": port}})
+    # a project's hook takes its secret from a variable the service-wide file names (the policy gate)
+    write_service_config(env, {"webhook": {"port": port, "secret_vars": ["AIWG_TEST_GH"]}})
     env.write_project_config({"watch": {"paths": []}, "schedule": {"jobs": []},
                               "webhook": {"hooks": [{"id": "gh", "kind": "github", "secret_env": "AIWG_TEST_GH"}]}})
     send_and_hang_up(env, "daemon.reload")

@@ -15,7 +15,7 @@ from rules_support import Harness, run
 from service_fixture import ServiceEnv, wait_for
 from trust_support import Origin, User
 
-from aiwg_service import trust
+from aiwg_service.policy import trust
 from tests.tasks_support import make_fakebin
 
 
@@ -219,7 +219,8 @@ def test_needs_lists_what_can_run_and_nothing_else() -> None:
     assert got == ["rules[1] (w): webhook action: POST http://h/",
                    "rules[2] (c): conditions[0].not[0]: shell condition: false",
                    "schedule.jobs[1] (s, @daily): agent task: run the tests please",
-                   "agents.x: sets permission_mode bypassPermissions"]
+                   "agents.claude.model: sets opus",
+                   "agents.x.permission_mode: sets bypassPermissions"]
     from aiwg_service import config
     assert trust.needs(config.default_dict()) == []
 

@@ -31,6 +31,8 @@ PHASES = int(os.environ.get("AIWG_WATCH_PHASES", "14"))
 FILE_NAMES = ["a", "b", "c", "d.txt", "e.py", "f.md", "g", os.fsdecode(b"bad\xff.txt")]
 DIR_NAMES = ["d1", "d2", "d3", "sub", "x", "y", os.fsdecode(b"dir\xfe")]
 DEBOUNCE_MS = 60
+#: Paths in the one big flush of every seed (issue 23: a flush of any size reaches its follower whole).
+BIG_FLUSH = 10_500
 #: Phase 3 of the first seed overflows the kernel queue on purpose (if it runs in one window).
 FLOOD = os.environ.get("AIWG_WATCH_FLOOD", "1") == "1"
 
@@ -341,6 +343,21 @@ class World:
         for p in sorted(self.files)[:300]:
             self._write(p, "y", "a")
 
+    def move_in_big(self, n: int = BIG_FLUSH) -> None:
+        """A directory of ``n`` files moved in from outside in one rename: one flush of ``n`` paths (no queue
+        overflow: the kernel queues one event, the scan finds the files), so every seed has a 10k+ flush."""
+        target = self.free("src", ["big", "big2", "big3"])
+        if not target:
+            return
+        o = f"outside/{self.uniq()}"
+        os.makedirs(self.abs(o))
+        for i in range(n):
+            os.close(os.open(self.abs(f"{o}/b{i:05d}"), os.O_CREAT | os.O_WRONLY, 0o644))
+        self.mv(o, target)
+        self.dirs.add(target)
+        for i in range(n):
+            self._add_file(f"{target}/b{i:05d}")
+
     OPS = (create, create, modify, modify, touch, delete, rename, rename, chain, atomic_save, atomic_save, mkdir,
            mkdir, rmtree, rename_dir, rename_dir, rename_over_empty_dir, swap_kind, rebuild, move_out, move_in,
            burst)
@@ -348,6 +365,18 @@ class World:
     def phase(self, n: int) -> None:
         for _ in range(n):
             self.rng.choice(self.OPS)(self)
+
+
+def whole_flushes(events: list[tuple[str, str, dict]]) -> int:
+    """Check every ``file.batch`` flush arrived whole (``sum(len(part.paths)) == count``); the largest count."""
+    parts: dict[object, list[dict]] = {}
+    for t, _root, d in events:
+        if t == "file.batch":
+            parts.setdefault(d["flush"], []).append(d)
+    for fid, ps in parts.items():
+        assert sum(len(p["paths"]) for p in ps) == ps[0]["count"], f"flush {fid} arrived in part"
+        assert sorted(p["part"] for p in ps) == list(range(1, ps[0]["parts"] + 1)), f"flush {fid} parts"
+    return max((ps[0]["count"] for ps in parts.values()), default=0)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -365,7 +394,8 @@ def test_differential_against_ground_truth(tmp_path: Path, seed: int) -> None:
         async def quiet() -> None:
             for _ in range(2):
                 await asyncio.sleep(DEBOUNCE_MS / 1000 + 0.05)
-                await until(lambda: not root.pending and not w._moves, timeout=30, what="the watcher to settle")
+                await until(lambda: not root.pending and not w._moves and not w.walking, timeout=30,
+                            what="the watcher to settle")
 
         flooded = False
         for ph in range(PHASES):
@@ -386,7 +416,13 @@ def test_differential_against_ground_truth(tmp_path: Path, seed: int) -> None:
                 await asyncio.to_thread(world.phase, n)
             else:
                 world.phase(n)
+            big = ph == 1
+            if big:
+                world.move_in_big()
             await quiet()
+            biggest = whole_flushes(rec.events)
+            if big:
+                assert biggest >= BIG_FLUSH, f"seed {seed}: no flush of {BIG_FLUSH}+ paths ({biggest})"
             after = tree_files(tmp_path)
             assert after == {f for f in world.files}, f"seed {seed} phase {ph}: the generator lost track"
             bad = problems(before, after, world.touched, world.ever, rec.events)
@@ -425,6 +461,7 @@ def test_differential_through_the_service(svc_env: ServiceEnv) -> None:
         try:
             while True:
                 note = follower.read()
+                assert note.get("method") == "events.event", note  # never an events.gap: nothing lost
                 with lock:
                     got.append((note["params"]["type"], note["params"]["project"], note["params"]["data"]))
         except (OSError, EOFError, json.JSONDecodeError):
@@ -445,6 +482,8 @@ def test_differential_through_the_service(svc_env: ServiceEnv) -> None:
         with lock:
             got.clear()
         world.phase(rng.randrange(10, 40))
+        if ph == 2:
+            world.move_in_big()  # one flush of 10,500 paths, as the follower receives it
         time.sleep(0.5)
         wait_for(lambda: pending() == 0, timeout=30, what="the service's watcher to settle")
         time.sleep(0.3)
@@ -453,6 +492,9 @@ def test_differential_through_the_service(svc_env: ServiceEnv) -> None:
             events = list(got)
         bad = problems(before, after, world.touched, world.ever, events)
         assert bad == [], f"phase {ph}: {bad[:6]}\n" + "\n".join(x for x in world.log if not x.startswith("write"))
+        biggest = whole_flushes(events)
+        if ph == 2:
+            assert biggest >= BIG_FLUSH, f"no flush of {BIG_FLUSH}+ paths reached the follower ({biggest})"
         h = svc_env.call("daemon.status")["subsystems"]["watcher"]["roots"][root]
         assert h["watched_dirs"] == dir_count(svc_env.project) and h["unwatched_dirs"] == 0, (ph, h)
     follower.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread (closing under it would wait for it)

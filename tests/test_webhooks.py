@@ -50,6 +50,7 @@ def setup(env: ServiceEnv, port: int, rate: dict[str, float] | None = None, cred
     service_cfg = env.config_home / "aiwg" / "daemon.json"
     service_cfg.parent.mkdir(parents=True, exist_ok=True)
     service_cfg.write_text(json.dumps({"webhook": {
+        "secret_vars": sorted(SECRETS),  # the service-wide file names what may be a project hook's secret
         "port": port, "max_body_bytes": 4096,
         "rate_limit": rate or {"per_source_burst": 1000, "per_source_per_second": 1000,
                                "per_hook_burst": 1000, "per_hook_per_second": 1000}}}))
@@ -269,7 +270,7 @@ def test_unset_secret_is_refused_at_config_check(monkeypatch: pytest.MonkeyPatch
     creds = tmp_path / "creds"
     creds.mkdir()
     for name in ("AIWG_TEST_GH", "AIWG_WEBHOOK_SECRET"):
-        (creds / name).write_text("credential-secret-123\n")
+        (creds / name).write_text("credential-secret-0123456789-abcdefghij\n")
     (creds / "X_Y").write_text("short\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     assert parse_errors({"webhook": {"hooks": [
@@ -277,7 +278,8 @@ def test_unset_secret_is_refused_at_config_check(monkeypatch: pytest.MonkeyPatch
         {"id": "gh", "kind": "token", "secret_env": "X_Y", "events": ["push"]}]}}) == [
         'daemon.json: webhook.hooks[2].id: duplicate hook id "gh" (also webhook.hooks[0])',
         'daemon.json: webhook.hooks[2].events: only applies to kind github or gitlab, not "token"',
-        "daemon.json: webhook.hooks[2].secret_env: the secret in X_Y is shorter than 8 characters"]
+        "daemon.json: webhook.hooks[2].secret_env: the secret in X_Y is shorter than 32 bytes (use e.g. `openssl "
+        "rand -hex 32`)"]
     assert parse_errors({"webhook": {"hooks": [{"id": "gh", "kind": "github", "secret_env": "AIWG_TEST_GH"}]}}) == []
     assert parse_errors({"webhook": {"hooks": [{"id": "gh", "kind": "github", "secret": "hunter22"}]}}) == [
         'daemon.json: webhook.hooks[0].secret: looks like a secret; keep it out of config: set an environment '

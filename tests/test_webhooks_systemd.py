@@ -28,7 +28,7 @@ def test_webhook_socket_activates_the_service_and_the_rule_fires(sd: UserManager
     port = free_port()
     config_home = tmp_path / "config"
     # a service-wide hook whose secret only the service's EnvironmentFile= holds: install must not require it
-    service_cfg = json.dumps({"webhook": {"port": port, "hooks": [
+    service_cfg = json.dumps({"webhook": {"port": port, "secret_vars": ["AIWG_TEST_GH"], "hooks": [
         {"id": "svc", "kind": "github", "secret_env": "AIWG_TEST_GH"}]}})
     for home in (config_home, sd.config_home):  # the service's (drop-in) and aiwgctl's view of the config
         (home / "aiwg").mkdir(parents=True, exist_ok=True)

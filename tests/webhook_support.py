@@ -11,9 +11,10 @@ import socket
 import time
 from typing import Any
 
-SECRETS = {"AIWG_TEST_GH": "gh-secret-0123456789", "AIWG_TEST_GL": "gl-token-0123456789",
-           "AIWG_TEST_STD": "whsec_" + base64.b64encode(b"standard-key-0123456789").decode(),
-           "AIWG_TEST_TOK": "bearer-token-0123456789"}
+SECRETS = {"AIWG_TEST_GH": "gh-secret-0123456789-abcdefghijklmnop",
+           "AIWG_TEST_GL": "gl-token-0123456789-abcdefghijklmnop",
+           "AIWG_TEST_STD": "whsec_" + base64.b64encode(b"standard-key-0123456789-abcdefghij").decode(),
+           "AIWG_TEST_TOK": "bearer-token-0123456789-abcdefghijklm"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -33,10 +33,10 @@ def register(rpc: Any, conversations: Callable[[], Conversations]) -> None:
     def send(params: p.ChatSendParams) -> dict[str, Any]:
         priority = 5 if params.priority is None else params.priority  # the AIWG daemon's default for chat
         return conversations().send(params.message, conversation=params.conversation, project=params.project,
-                                    priority=priority).to_dict()
+                                    priority=priority, take=params.take).to_dict()
 
     def list_(params: p.ChatListParams) -> dict[str, Any]:
-        return {"conversations": conversations().list(params.project, params.limit)}
+        return {"conversations": conversations().list(params.project, params.limit, terminal=params.terminal)}
 
     def history(params: p.ChatConversationParams) -> dict[str, Any]:
         return conversations().history(params.conversation)

@@ -89,11 +89,14 @@ class Conversations:
 
     # -- the API ---------------------------------------------------------------------------------
     def send(self, message: str, *, conversation: str | None = None, project: str | None = None,
-             key: str | None = None, source: str = "chat", priority: int = 5) -> SendResult:
+             key: str | None = None, source: str = "chat", priority: int = 5, take: bool = False) -> SendResult:
         """Queue the next turn of ``conversation`` (or of the one kept under ``key``, e.g. one per
         external chat), or of a new conversation.  Refuses an unknown conversation, one of another
         project, one whose turn is still in flight, and one whose session the agent lost (unless it
-        is reached by ``key``: then a fork with a recap takes its place under that key)."""
+        is reached by ``key``: then a fork with a recap takes its place under that key).
+
+        A conversation belongs to where it started: one a chat bridge keeps under its key is read-only from
+        the socket (by explicit id) unless ``take`` moves it here (the chat then starts a new one)."""
         if not message.strip():
             raise ChatError("message is empty", param="message")
         root = self._project(project) if project is not None or conversation is None else None
@@ -102,6 +105,13 @@ class Conversations:
             conv = self._get(conversation)
         elif key is not None:
             conv = self.store.by_key(key)
+        if conv is not None and conversation is not None and key is None and conv.key is not None:
+            if not take:
+                raise ChatError(f"conversation {conv.id} belongs to the chat {conv.key}: it is read-only here "
+                                f"(`aiwgctl chat {conv.id} --take` moves it to this terminal)",
+                                param="conversation", owner=conv.key)
+            self.store.update(conv.id, key=None)
+            conv = self._get(conv.id)
         if conv is not None:
             if root is not None and root != conv.project:
                 raise ChatError(f"conversation {conv.id} belongs to project {conv.project}, not {root}",
@@ -173,11 +183,12 @@ class Conversations:
         self.store.delete(conv.id)
         return {"conversation": conv.id, "deleted": True}
 
-    def list(self, project: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list(self, project: str | None = None, limit: int = 50, *, terminal: bool = False) -> list[dict[str, Any]]:
+        """Newest first; ``terminal``: only those started at a terminal (no bridge key)."""
         root = self._project(project) if project is not None else None
         for t in self.store.unfinished_turns():
             self._sync_turn(t)
-        return self.store.list(root, limit)
+        return self.store.list(root, limit, terminal=terminal)
 
     def history(self, conversation: str) -> dict[str, Any]:
         conv = self._get(conversation)

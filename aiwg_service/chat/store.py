@@ -202,9 +202,12 @@ class ConversationStore:
             db.execute(f"UPDATE conversations SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                        (*fields.values(), conv_id))
 
-    def list(self, project: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list(self, project: str | None = None, limit: int = 50, *, terminal: bool = False) -> list[dict[str, Any]]:
         """Newest use first, with each conversation's turn count, total cost and last turn's state."""
-        where, params = ("WHERE c.project = ?", [project]) if project is not None else ("", [])
+        conds, params = (["c.project = ?"], [project]) if project is not None else ([], [])
+        if terminal:
+            conds.append("c.key IS NULL")
+        where = f"WHERE {' AND '.join(conds)}" if conds else ""
         sql = (f"SELECT {', '.join('c.' + f for f in _CONV_FIELDS)}, count(t.n), total(t.cost_usd), "
                f"(SELECT state FROM turns WHERE conversation = c.id ORDER BY n DESC LIMIT 1) "
                f"FROM conversations c LEFT JOIN turns t ON t.conversation = c.id {where} "

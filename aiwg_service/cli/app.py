@@ -90,7 +90,7 @@ def reload(json: JsonOpt = False) -> None:
         return
     print("reloaded")
     for w in res.get("warnings", []):
-        print(f"warning: {w}")
+        print(render.safe(f"warning: {w}"))
 
 
 @project_app.command("add")
@@ -159,7 +159,7 @@ def config_check(
             for w in exc.warnings:
                 print(f"warning: {w}", file=sys.stderr)
         raise typer.Exit(1) from None
-    from ..trust import needs
+    from ..policy.trust import needs
 
     # only a project's file needs trust (the service-wide file is the user's own)
     what = needs(loaded.raw) if config.project_root_of(target) is not None else []
@@ -180,9 +180,10 @@ def config_check(
     for s in secrets:
         print(configfile.describe(s))
     if what:
-        print("needs trust before it runs anything (`aiwgctl trust`); it can run, as you:")
+        print("needs trust before it runs anything (`aiwgctl trust`); what it sets that a repository may not "
+              "set alone (it runs, sends, spends or listens as you):")
         for line in what:
-            print(f"  {line}")
+            print(render.safe(f"  {line}"))
 
 
 @app.command()

@@ -15,8 +15,8 @@ from .core import START_HINT, fail, project_param
 
 def chat(
     conversation: Annotated[str | None, typer.Argument(
-        help="conversation to continue (default: the last one used); '-' reads one message from stdin; "
-             "'list' lists the conversations")] = None,
+        help="conversation to continue (default: the last one started at a terminal); '-' reads one message "
+             "from stdin; 'list' lists the conversations")] = None,
     project: Annotated[Path | None, typer.Option("--project", help="project root (needed when the service "
                                                  "serves several)")] = None,
     new: Annotated[bool, typer.Option("--new", help="start a new conversation")] = False,
@@ -24,6 +24,8 @@ def chat(
                                                 "answer and exit (0 done, 1 failed); without CONVERSATION it starts "
                                                 "a new conversation (scripts never continue one by accident)")] = None,
     json: Annotated[bool, typer.Option("--json", help="with list: print machine-readable JSON")] = False,
+    take: Annotated[bool, typer.Option("--take", help="continue a conversation a chat bridge started (it is "
+                                       "read-only here otherwise); the chat starts a new one")] = False,
 ) -> None:
     """Talk to the agent; each conversation keeps its context (one resumed agent session).
     `aiwgctl chat list` lists the conversations (of the project, inferred from the working directory)."""
@@ -44,11 +46,11 @@ def chat(
         conv = None  # -m without a conversation asks a fresh one, as `--new -m` does
     try:
         if message is not None:
-            code = asyncio.run(one_shot(message, None if new else conv, proj))
+            code = asyncio.run(one_shot(message, None if new else conv, proj, take))
         else:
             if not sys.stdin.isatty():
                 fail("the chat REPL needs a terminal; use -m MESSAGE or `aiwgctl chat -` for scripts")
-            code = asyncio.run(repl(conv, proj, new))
+            code = asyncio.run(repl(conv, proj, new, take=take))
     except NotRunning as exc:
         fail(f"{exc}; {START_HINT}")
     except (FileNotFoundError, ConnectionRefusedError) as exc:

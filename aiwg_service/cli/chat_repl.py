@@ -51,11 +51,12 @@ def _socket() -> str:
 # -- non-interactive ---------------------------------------------------------------------------------
 
 
-async def one_shot(message: str, conversation: str | None, project: str | None) -> int:
+async def one_shot(message: str, conversation: str | None, project: str | None, take: bool = False) -> int:
     """Send one message, print the answer as it streams, exit 0 if the turn completed, else 1."""
     rpc = await AsyncRpc.connect(_socket())
     try:
-        res = await rpc.call("chat.send", {"message": message, "conversation": conversation, "project": project})
+        res = await rpc.call("chat.send", {"message": message, "conversation": conversation, "project": project,
+                                           **({"take": True} if take else {})})
         printer = TurnPrinter(lambda s: (sys.stdout.write(s), sys.stdout.flush()), Style(is_tty(sys.stdout)))
         state = await follow_turn(rpc, res["taskId"], printer, Spinner(sys.stderr, is_tty(sys.stderr)))
         sys.stderr.write(f"conversation {res['conversation']} turn {res['turn']}: {state}\n")
@@ -83,6 +84,7 @@ class Repl:
         self.job: asyncio.Task[None] | None = None  # the turn in flight, as the REPL awaits it
         self.lost: Exception | None = None
         self.done = False
+        self.take = False  # --take: continue a chat bridge's conversation here
 
     @property
     def busy(self) -> bool:
@@ -109,7 +111,7 @@ class Repl:
 
     async def turn(self, message: str) -> None:
         res = await self.rpc.call("chat.send", {"message": message, "conversation": self.conversation,
-                                               "project": self.project})
+                                               "project": self.project, **({"take": True} if self.take else {})})
         if res["conversation"] != self.conversation:
             self.say(self.s.dim(f"(conversation {res['conversation']})"))
         self.conversation = res["conversation"]
@@ -221,13 +223,14 @@ async def _pick_conversation(rpc: AsyncRpc, conversation: str | None, project: s
     if conversation is not None:
         h = await rpc.call("chat.history", {"conversation": conversation})
         return str(h["id"])
-    res = await rpc.call("chat.list", {"project": project, "limit": 1})
+    # only a conversation started at a terminal: a chat bridge's is reached by its id, never by default
+    res = await rpc.call("chat.list", {"project": project, "limit": 1, "terminal": True})
     convs = res.get("conversations", [])
     return str(convs[0]["id"]) if convs else None
 
 
 async def repl(conversation: str | None, project: str | None, new: bool, *, input: Any = None,
-               output: Any = None) -> int:
+               output: Any = None, take: bool = False) -> int:
     """The interactive loop.  ``input``/``output`` are prompt_toolkit's (tests pass a pipe input)."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory
@@ -250,6 +253,7 @@ async def repl(conversation: str | None, project: str | None, new: bool, *, inpu
             sys.stdout.flush()
 
         r = Repl(rpc, conv, project, write, is_tty(sys.stdout) and output is None)
+        r.take = take
         where = f"conversation {conv}" if conv else "a new conversation"
         r.say(r.s.dim(f"aiwg chat: {where}. /help for commands, Ctrl-D to quit."))
         loop = asyncio.get_running_loop()

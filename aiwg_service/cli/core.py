@@ -140,16 +140,16 @@ def cmd_status(json: bool) -> None:
         ("health", st.get("health", "?")),
     ])
     for e in cfg.get("errors", []):
-        print(f"  {e}")
+        print(render.safe(f"  {e}"))
     for issue in st.get("issues", []):
-        print(f"  {issue}")
+        print(render.safe(f"  {issue}"))
     print()
     render.table(["project", "state", "persistent", "trusted"],
                  [(pr["path"], pr.get("state", "ok"), "yes" if pr["persistent"] else "no (this run)", trust_cell(pr))
                   for pr in st["projects"]], empty="no projects")
     for pr in st["projects"]:
         if pr.get("untrusted_reason"):
-            print(f"untrusted: {pr['path']}: {pr['untrusted_reason']}")
+            print(render.safe(f"untrusted: {pr['path']}: {pr['untrusted_reason']}"))
     print()
     rows = []
     for name, h in st["subsystems"].items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Annotated, Any
 
 import typer
@@ -24,7 +25,7 @@ def _line(ev: dict[str, Any]) -> str:
     elif ev["type"] == "file.move" and data.get("from_path"):
         detail = f"{data['from_path']} -> {detail}"
     project = ev.get("project") or "-"
-    return f"{ev['time']}  {ev['type']:<16} {project}  {detail}".rstrip()
+    return render.safe(f"{ev['time']}  {ev['type']:<16} {project}  {detail}".rstrip())
 
 
 @events_app.callback(invoke_without_command=True)
@@ -36,6 +37,9 @@ def events(
     limit: Annotated[int, typer.Option("-n", help="how many past events to show")] = 50,
     dead: Annotated[bool, typer.Option("--dead", help="list the dead-letter queue instead")] = False,
     json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    since: Annotated[int | None, typer.Option(
+        "--since", "--after-cursor", min=0,
+        help="with -f: start after this event sequence number (the `seq` of the last event seen)")] = None,
 ) -> None:
     """Show recent events from the bus; -f follows new ones as they come."""
     if ctx.invoked_subcommand is not None:
@@ -54,21 +58,51 @@ def events(
         for ev in res["events"]:
             print(render.dumps(ev) if json else _line(ev))
         return
-    from ..client import Client, NotRunning
-
     try:
-        with Client(resolve_socket(), None) as c:
-            stream = c.stream("events.subscribe", {"type": type, "project": project})
-            for msg in stream:
-                if msg.get("method") == p.NOTIFY_EVENT:
-                    ev = msg["params"]
-                    print(render.dumps(ev) if json else _line(ev), flush=True)
-    except NotRunning as exc:
-        fail(no_service(exc))
-    except p.RpcError as exc:
-        fail(exc.message)
+        _follow(type, project, since, json)
     except KeyboardInterrupt:
         sys.exit(0)
+
+
+def _follow(type: str, project: str | None, since: int | None, as_json: bool) -> None:
+    """Print events as they come, resuming by sequence number: after a gap (told on stderr, with how many
+    events were lost) and across a restart of the service, which it waits for, retrying with backoff."""
+    from ..client import Client, NotRunning
+
+    last = since
+    backoff = 0.1
+    connected = False
+    while True:
+        try:
+            with Client(resolve_socket(), None) as c:
+                params: dict[str, Any] = {"type": type, "project": project, "since": last}
+                for msg in c.stream("events.subscribe", params):
+                    method = msg.get("method")
+                    if method == p.NOTIFY_EVENT:
+                        ev = msg["params"]
+                        last = ev.get("seq", last)
+                        print(render.dumps(ev) if as_json else _line(ev), flush=True)
+                    elif method == p.NOTIFY_GAP:
+                        gap = msg["params"]
+                        print(f"aiwgctl: {gap['lost']} events were lost (sequence {gap['from']}-{gap['to']} fell out "
+                              "of the service's history before they could be shown)", file=sys.stderr, flush=True)
+                        last = gap["to"]
+                    elif "result" in msg:
+                        if last is None:
+                            last = msg["result"]["seq"]
+                        if connected:
+                            print(f"aiwgctl: reconnected; resuming after event {last}", file=sys.stderr, flush=True)
+                        connected = True
+                        backoff = 0.1
+        except NotRunning as exc:
+            if not connected:
+                fail(no_service(exc))
+        except p.RpcError as exc:
+            fail(exc.message)
+        if backoff == 0.1:
+            print("aiwgctl: the service went away; waiting for it to come back", file=sys.stderr, flush=True)
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
 
 
 @events_app.command("replay")

@@ -21,11 +21,30 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(jsonlite.dumps(data, indent=2, default=str) + "\n")
 
 
+def safe(text: Any) -> str:
+    """Text for a terminal: control characters as visible escapes (``\n``, ``\x1b``), so a file name or a
+    message from anyone cannot forge a line or redraw the screen (the log does the same)."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else
+                   _ESC.get(c, f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}") for c in s)
+
+
+_ESC = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def text(value: Any) -> str:
+    """Multi-line text (an agent's answer) for a terminal: its lines kept, every other control character
+    (an escape sequence, a carriage return that would overwrite the line) escaped."""
+    return "\n".join(safe(line) for line in str(value).split("\n"))
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str = "(none)") -> None:
     if not rows:
-        print(empty)
+        print(safe(empty))
         return
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    cells = [[("" if c is None else safe(c)) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for r in cells:
@@ -35,7 +54,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str = "(
 def kv(pairs: Sequence[tuple[str, Any]]) -> None:
     width = max(len(k) for k, _ in pairs)
     for k, v in pairs:
-        print(f"{k + ':':<{width + 1}} {v}")
+        print(f"{k + ':':<{width + 1}} {safe(v)}")
 
 
 def duration(seconds: float) -> str:
@@ -53,4 +72,5 @@ def duration(seconds: float) -> str:
 
 
 def error(msg: str) -> None:
-    sys.stderr.write(f"aiwgctl: {msg}\n")
+    # line by line: our own messages span lines (config errors); every other control character is escaped
+    sys.stderr.write("aiwgctl: " + text(msg) + "\n")

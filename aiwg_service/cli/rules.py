@@ -46,14 +46,14 @@ def rules_list(ctx: typer.Context, project: ProjectOpt = None, json: JsonOpt = F
                  empty="no rules (add them under \"rules\" in .aiwg/daemon.json)")
     for r in res["rules"]:
         if r.get("disabled_reason"):
-            print(f"{r['id']}: {r['disabled_reason']}")
+            print(render.safe(f"{r['id']}: {r['disabled_reason']}"))
         elif r.get("override") == "enabled" and r.get("config_enabled") is False:
             print(f"{r['id']}: enabled by automation.enable (the config disables it)")
     if any(r.get("override") for r in res["rules"]):
         print("overrides hold across reloads and restarts; `aiwgctl rules enable` (no rule) drops them all")
     untrusted = {r["project"]: r["untrusted"] for r in res["rules"] if r.get("untrusted")}
     for root, why in untrusted.items():
-        print(f"{root}: untrusted, its rules run nothing: {why}")
+        print(render.safe(f"{root}: untrusted, its rules run nothing: {why}"))
 
 
 def _set(rule_id: str | None, enabled: bool, project: Path | None, json: bool) -> None:
@@ -131,8 +131,8 @@ def rules_test(rule_id: Annotated[str, typer.Argument(help="rule id")],
         extra = f" exit {c['exit']}, {c['duration_ms']} ms" if c.get("kind") == "shell" else ""
         print(f"condition:  {c['kind']}: {'pass' if c['ok'] else 'FAIL'}{extra}")
     for b in res["blocked_by"]:
-        print(f"blocked:    {b}")
+        print(render.safe(f"blocked:    {b}"))
     print(f"would run:  {'yes' if res['would_run'] else 'no'}")
     for a in res["actions"]:
         desc = ", ".join(f"{k}={v}" for k, v in a.items() if k != "kind")
-        print(f"  action:   {a['kind']}: {desc}")
+        print(render.safe(f"  action:   {a['kind']}: {desc}"))

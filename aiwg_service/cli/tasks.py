@@ -126,19 +126,19 @@ class LineRenderer:
 
     def feed(self, text: str) -> None:
         if self.raw:
-            self.out.print(text)
+            self.out.print(render.text(text))
             return
         self.buf += text
         *lines, self.buf = self.buf.split("\n")
         shown = [r for r in (readable(ln) for ln in lines) if r is not None]
         if shown:
-            self.out.print("\n".join(shown) + "\n")
+            self.out.print(render.text("\n".join(shown)) + "\n")
 
     def close(self) -> None:
         if self.buf and not self.raw:
             r = readable(self.buf)
             if r is not None:
-                self.out.print(r + "\n")
+                self.out.print(render.text(r) + "\n")
         self.buf = ""
 
 
@@ -244,7 +244,7 @@ def _print_task(t: dict[str, Any]) -> None:
     render.kv(pairs)
     if t.get("result"):
         print()
-        print(t["result"])
+        print(render.text(t["result"]))
 
 
 # -- commands -----------------------------------------------------------------------------------------------

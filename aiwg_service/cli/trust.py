@@ -15,8 +15,8 @@ from typing import Annotated, Any
 import typer
 
 from .. import paths
-from .. import trust as tr
 from .. import wire as p
+from ..policy import trust as tr
 from . import render
 from .core import fail, no_service, resolve_socket
 
@@ -45,7 +45,8 @@ def _offline_store() -> tr.TrustStore:
 
 def _show(d: dict[str, Any]) -> None:
     sha = (d.get("sha256") or "")[:12]
-    print(f"{d['path']}: its config ({d['config']}, sha256 {sha}…) can make aiwg-service run, as you:")
+    print(render.safe(f"{d['path']}: its config ({d['config']}, sha256 {sha}…) sets what a repository may not "
+                      f"set alone; it can make aiwg-service run, send or spend, as you:"))
     for line in d["needs"]:
         print(f"  {line}")
     prev = d.get("previous")

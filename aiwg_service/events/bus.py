@@ -17,7 +17,7 @@ import random
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +26,48 @@ import msgspec
 from .. import looplag
 from ..protocol import Event, utc_now
 from .deadletters import DeadLetterJournal
+from .history import FRAME_HEAD, FRAME_TAIL, MAX_BYTES, MAX_EVENTS, History, Kept, SeqFile
 
 log = logging.getLogger("aiwg.bus")
 
 Handler = Callable[[Event], Awaitable[None] | None]
-HISTORY = 1000
+HISTORY = MAX_EVENTS
 DLQ_MAX = 1000
 RETRY_DELAYS = (1.0, 2.0, 4.0)
 
 
 _counter = itertools.count()
 _probe = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
+_new_kept = tuple.__new__  # a Kept from a tuple without NamedTuple's Python-level constructor (publish is hot)
+
+
+class Follower:
+    """What the bus asks of a reader of its history (``events.subscribe``): to be told there is more, and
+    where it stands. ``prompt`` followers pin what they have not read yet (see ``History.trim``)."""
+
+    cursor: int
+
+    def wake(self) -> None: ...
+
+    @property
+    def prompt(self) -> bool: ...
+
+
+class EventView:
+    """The history as ``Event`` objects, decoded on demand (for ``trace.get``; followers read frames)."""
+
+    def __init__(self, history: History) -> None:
+        self._h = history
+
+    def __len__(self) -> int:
+        return len(self._h)
+
+    def __iter__(self) -> Iterator[Event]:
+        return (_event_decoder.decode(k.raw) for k in self._h)
+
+    def __reversed__(self) -> Iterator[Event]:
+        return (_event_decoder.decode(k.raw) for k in reversed(self._h))
 
 
 def wire_safe(obj: Any) -> Any:
@@ -186,10 +217,16 @@ class EventBus:
 
     name = "router"
 
-    def __init__(self, dlq_path: Path | None = None, *, history: int = HISTORY,
-                 retry_delays: tuple[float, ...] = RETRY_DELAYS, jitter: float = 0.25) -> None:
+    def __init__(self, dlq_path: Path | None = None, *, history: int = HISTORY, history_bytes: int = MAX_BYTES,
+                 seq_path: Path | None = None, retry_delays: tuple[float, ...] = RETRY_DELAYS,
+                 jitter: float = 0.25) -> None:
         self.subs: list[Subscription] = []
-        self.history: deque[Event] = deque(maxlen=history)
+        self.kept = History(history, history_bytes)
+        self.history = EventView(self.kept)
+        self.followers: set[Follower] = set()
+        self.seqfile = SeqFile(seq_path)
+        #: the last number of the previous run: followers resuming from before it lost what it held then
+        self.kept.start_at(self.seqfile.load())
         self.dlq_path = dlq_path
         self.dlq: list[DeadLetter] = []
         self._dlq_file = DeadLetterJournal(dlq_path, DeadLetter, DLQ_MAX) if dlq_path is not None else None
@@ -205,6 +242,7 @@ class EventBus:
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         self._load_dlq()
+        self.seqfile.reserve(self.kept.last_seq)
         self._started = True
         for sub in self.subs:
             self._start_sub(sub)
@@ -222,6 +260,13 @@ class EventBus:
             s.task = None
         if self._dlq_file is not None:
             await asyncio.to_thread(self._dlq_file.close)  # the letters queued for disk reach it
+        self.seqfile.close(self.kept.last_seq)
+
+    def apply(self, configs: Any) -> None:
+        daemon = configs.service.daemon
+        self.kept.max_events = daemon.event_history
+        self.kept.max_bytes = daemon.event_history_bytes
+        self.trim()
 
     def health(self) -> dict[str, Any]:
         return {
@@ -230,6 +275,12 @@ class EventBus:
             "dead_letters": len(self.dlq),
             "queue_depth": sum(len(s.queue) for s in self.subs),
             "subscribers": len(self.subs),
+            "followers": len(self.followers),
+            "followers_behind": sum(1 for f in self.followers if f.cursor < self.kept.last_seq),
+            "seq": self.kept.last_seq,
+            "history": {"events": len(self.kept), "bytes": self.kept.bytes, "first_seq": self.kept.first_seq,
+                        "evicted": self.kept.evicted, "max_events": self.kept.max_events,
+                        "max_bytes": self.kept.max_bytes},
             "events_by_type": dict(self.by_type),
         }
 
@@ -240,21 +291,47 @@ class EventBus:
         return self.publish_event(event)
 
     def publish_event(self, event: Event) -> Event:
-        """Deliver ``event`` (made encodable first if a source slipped in a non-UTF-8 string); returns it."""
+        """Number ``event``, keep it in the history, deliver it (made encodable first if a source slipped in a
+        non-UTF-8 string); returns it."""
         looplag.poke()
+        seq = self.kept.last_seq + 1
+        event.seq = seq
         try:
-            _probe.encode(event)
+            raw = _probe.encode(event)
         except UnicodeEncodeError:
             event = Event(event.id, wire_safe(event.type), event.time, wire_safe(event.project), event.source,
-                          wire_safe(event.data))
+                          wire_safe(event.data), seq)
+            raw = _probe.encode(event)
+        if seq > self.seqfile.reserved:
+            self.seqfile.reserve(seq)
         self.published += 1
         self.by_type[event.type] += 1
-        self.history.append(event)
+        kept = self.kept
+        kept.append(_new_kept(Kept, (seq, event.id, event.time, event.type, event.project,
+                                     FRAME_HEAD + raw + FRAME_TAIL)))
+        if kept.bytes > kept.max_bytes or len(kept._items) - kept._head > kept.max_events:
+            self.trim()
         t = event.type
         for sub in self.subs:
             if sub.matches(t):
                 sub.offer(event)
+        for f in self.followers:
+            f.wake()
         return event
+
+    # -- followers (readers of the history by sequence number) -------------------------------------------
+    def follow(self, follower: Follower) -> None:
+        self.followers.add(follower)
+
+    def unfollow(self, follower: Follower) -> None:
+        self.followers.discard(follower)
+        if self.kept.over:
+            self.trim()
+
+    def trim(self) -> None:
+        """Bound the history; what a prompt follower has yet to read stays (within ``PIN_FACTOR``)."""
+        pinned = min((f.cursor for f in self.followers if f.prompt), default=None) if self.followers else None
+        self.kept.trim(pinned)
 
     def subscribe(self, pattern: str, handler: Handler, *, name: str | None = None, max_queue: int = 10_000,
                   retries: int = 3) -> Subscription:
@@ -289,31 +366,39 @@ class EventBus:
         self._timers.add(handle)
 
     # -- history ---------------------------------------------------------------------------------------
-    def query(self, pattern: str | None = None, project: str | None = None, since: str | None = None,
+    def query(self, pattern: str | None = None, project: str | None = None, since: str | int | None = None,
               limit: int = 100) -> list[Event]:
-        """Matching events, oldest first: the newest ``limit``, or the first ``limit`` after ``since``
-        (an event id or an ISO time), which is how a client pages forward."""
+        """Matching events, oldest first (see ``query_kept``), as ``Event`` objects."""
+        return [_event_decoder.decode(k.raw) for k in self.query_kept(pattern, project, since, limit)]
+
+    def query_kept(self, pattern: str | None = None, project: str | None = None, since: str | int | None = None,
+                   limit: int = 100) -> list[Kept]:
+        """Matching retained events, oldest first: the newest ``limit``, or the first ``limit`` after ``since``
+        (a sequence number, an event id or an ISO time), which is how a client pages forward."""
         match = compile_pattern(pattern) if pattern else None
 
-        def wanted(ev: Event) -> bool:
-            return (match is None or match(ev.type)) and (project is None or ev.project == project)
+        def wanted(k: Kept) -> bool:
+            return (match is None or match(k.type)) and (project is None or k.project == project)
 
-        out: list[Event] = []
+        out: list[Kept] = []
         if since is None:
-            for ev in reversed(self.history):
-                if wanted(ev):
-                    out.append(ev)
+            for k in reversed(self.kept):
+                if wanted(k):
+                    out.append(k)
                     if len(out) >= limit:
                         break
             out.reverse()
             return out
-        by_id = since.startswith("ev-")
-        for ev in self.history:
-            if (ev.id if by_id else ev.time) <= since or not wanted(ev):
-                continue
-            out.append(ev)
-            if len(out) >= limit:
-                break
+        if isinstance(since, int):
+            source: Iterator[Kept] = self.kept.after(since)
+        else:
+            by_id = since.startswith("ev-")
+            source = (k for k in self.kept if (k.id if by_id else k.time) > since)
+        for k in source:
+            if wanted(k):
+                out.append(k)
+                if len(out) >= limit:
+                    break
         return out
 
     # -- dead letters ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ class WatcherSubsystem:
 
     def __init__(self, bus: EventBus) -> None:
         self.engine = FileWatcher(lambda type, root, data: bus.publish(type, root, data, "watch"))
+        self.engine.slice_walks = True  # a big project added or reloaded never holds the loop for its walk
 
     async def start(self) -> None:
         await self.engine.start()

@@ -219,6 +219,8 @@ class MessagingSubsystem:
                     if b != bridge:
                         return []
                     target = t or None
+            if self._refused(event.project, bridge, target, event):  # a project's rule picked the channel
+                return []
             return [(event_message(event), target)]
         for sub, matches, root in self._matchers:
             if root is not None and event.project != root:
@@ -231,8 +233,14 @@ class MessagingSubsystem:
                 if b != bridge:
                     continue
                 target = t or None
+            if root is not None and self._refused(root, bridge, target, event):  # the project's own subscription
+                return []
             return [(event_message(event, sub.severity), target)]
         return []
+
+    def _refused(self, project: str | None, bridge: str, target: str | None, event: Event) -> bool:
+        gate = getattr(self.ports, "channel_refused", None)
+        return gate is not None and gate(project, f"{bridge}:{target}" if target else bridge, event.id) is not None
 
     def _deliverer(self, bridge: Bridge) -> Callable[[Event], Any]:
         sub_name = f"messaging.{bridge.name}"

@@ -47,3 +47,6 @@ class ServicePorts:
     decide: DecidePort | None = None
     #: the roots served now (what ``/project`` picks from)
     projects: Callable[[], list[str]] | None = None
+    #: the policy gate's send check: why ``project``'s events may not go to ``channel`` (``bridge`` or
+    #: ``bridge:target``), or None; the refusal is recorded by the gate. None: everything may (tests).
+    channel_refused: Callable[[str | None, str, str | None], str | None] | None = None

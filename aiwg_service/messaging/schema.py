@@ -76,7 +76,7 @@ class Subscription(Struct, forbid_unknown_fields=False):
 def default_subscriptions() -> list[Subscription]:
     """What the service file subscribes to when it says nothing (a project file subscribes to nothing)."""
     return [Subscription("task.failed"), Subscription("task.timeout"), Subscription("automation.loop_detected"),
-            Subscription("approval.requested"), Subscription("health.degraded")]
+            Subscription("approval.requested"), Subscription("approval.cancelled"), Subscription("health.degraded")]
 
 
 class MessagingSection(Struct, forbid_unknown_fields=False):
@@ -87,6 +87,10 @@ class MessagingSection(Struct, forbid_unknown_fields=False):
     users: dict[str, Permission] = field(default_factory=dict)
     rate_limit: RateLimit = field(default_factory=RateLimit)
     subscriptions: list[Subscription] | None = None  # None: the defaults above (service file) / none (project)
+    #: where each project's events may be sent (service file only): ``{"*": [...], "/path/to/project": [...]}``,
+    #: entries ``telegram`` (the bridge's own target), ``telegram:123`` (that chat) or ``telegram:*``. A project
+    #: file's subscriptions and notify actions can only pick among these (``policy.gate``).
+    project_channels: dict[str, list[str]] = field(default_factory=lambda: {"*": list(BRIDGES)})
     #: the project /ask conversations work in; default: the only project served
     project: str | None = None
     working_notice_seconds: Annotated[float, Meta(ge=0, le=3600)] = 5.0

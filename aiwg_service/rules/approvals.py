@@ -13,6 +13,7 @@ Expiry sleeps on one timer for the earliest deadline; nothing polls.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -166,14 +167,27 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
         "approvers": json.loads(row["approvers"]), "actions": json.loads(row["actions"]),
         "event": {k: event.get(k) for k in ("id", "type", "time", "source", "data")},
         "decided_at": row["decided_at"], "decided_by": row["decided_by"], "decided_via": row["decided_via"],
-        "reason": row["reason"],
+        "reason": row["reason"], "actions_sha256": actions_hash(row["actions"]),
         "origin": {"approval_id": row["id"], "rule_id": row["rule_id"], "run_id": row["run_id"],
                    "event_id": event.get("id"), "project": row["project"]},
     }
 
 
+def actions_hash(shown: str) -> str:
+    """The hash of the exact actions a request showed (its ``actions`` column, as shown): an approval is
+    bound to it, and resumes nothing else."""
+    return hashlib.sha256(shown.encode()).hexdigest()
+
+
+def shown(actions: list[dict[str, Any]]) -> str:
+    """The actions as a request stores and shows them."""
+    return json.dumps(actions, default=str)
+
+
 #: Called when an approval is decided: (row, approved). The engine runs or ends the parked run.
 OnDecided = Callable[[dict[str, Any], bool], None]
+#: Why a pending approval no longer matches what its rule would run now (its actions changed), or None.
+StillShown = Callable[[dict[str, Any]], str | None]
 
 
 class ApprovalGate:
@@ -183,6 +197,8 @@ class ApprovalGate:
         self.bus = bus
         self.store = ApprovalStore(Path(state_dir) / "approvals.db")
         self.on_decided = on_decided
+        #: the engine's check that a request's rule would still run exactly what it showed
+        self.changed: StillShown | None = None
         self.pending_by_rule: dict[tuple[str, str], set[str]] = {}
         self._deadlines: dict[str, float] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -237,7 +253,7 @@ class ApprovalGate:
         row: dict[str, Any] = {
             "id": new_approval_id(), "project": project, "rule_id": rule_id, "run_id": run_id, "state": "pending",
             "requested": iso(now), "expires_at": now + timeout_s, "on_timeout": on_timeout, "resume_at": resume_at,
-            "message": message, "approvers": json.dumps(approvers), "actions": json.dumps(actions, default=str),
+            "message": message, "approvers": json.dumps(approvers), "actions": shown(actions),
             "event": json.dumps(event, default=str), "paths": json.dumps(paths),
         }
         for _ in range(5):
@@ -291,6 +307,11 @@ class ApprovalGate:
         approvers = json.loads(row["approvers"])
         if approvers and by not in approvers and via not in approvers:
             raise ApprovalNotAllowed(f"{by} may not decide approval {approval_id} (approvers: {', '.join(approvers)})")
+        why = self.changed(row) if approve and self.changed is not None else None
+        if why is not None:
+            self.cancel(row, why)
+            raise ApprovalAlreadyDecided(f"approval {approval_id} was cancelled: {why}; nothing ran",
+                                         public(self.store.get(approval_id) or row))
         state = "approved" if approve else "rejected"
         if not self.store.decide(approval_id, state, by, via, reason, iso(time.time())):
             row = self.store.get(approval_id) or row
@@ -317,6 +338,25 @@ class ApprovalGate:
             except Exception:
                 log.exception("approval %s: resuming the run failed", approval_id)
         return pub
+
+    def cancel(self, row: dict[str, Any], why: str) -> None:
+        """End a pending request whose rule changed what it would run: rejected by the service, with the reason
+        on the bus (``approval.cancelled``, and the usual ``approval.rejected`` the chats show)."""
+        if self.store.decide(row["id"], "rejected", "service", "policy", f"cancelled: {why}", iso(time.time())):
+            log.warning("approval %s cancelled: %s", row["id"], why, extra={"PROJECT": row["project"],
+                                                                           "RULE": row["rule_id"]})
+            pub = self._decided(row["id"], False)
+            self.bus.publish("approval.cancelled", row["project"], {**pub, "approval_id": row["id"], "why": why},
+                             source="automation")
+
+    def cancel_changed(self) -> None:
+        """After a reload: cancel every pending request whose rule would now run something else."""
+        if self.changed is None:
+            return
+        for row in self.store.pending():
+            why = self.changed(row)
+            if why is not None:
+                self.cancel(row, why)
 
     # -- expiry ------------------------------------------------------------------------------------------------
     def _expire(self, row: dict[str, Any]) -> None:

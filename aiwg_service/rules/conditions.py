@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from ..childenv import sanitized
+from ..policy import identity
 from ..protocol import Event
 from .matching import MISSING, get_field
 from .regexes import RegexTimeout, UserRegex
@@ -65,6 +66,7 @@ class Ctx:
             "AIWG_PROJECT": self.project,
             "AIWG_RULE_ID": self.rule_id,
             "AIWG_RUN_ID": self.run_id,
+            **identity.child_env("rule", self.project, self.run_id),  # its calls back to the socket are confined
         }
 
 

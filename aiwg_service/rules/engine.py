@@ -27,7 +27,14 @@ from .. import protocol as p
 from ..events.bus import EventBus
 from ..protocol import Event, utc_now
 from .actions import ActionFailed, ApproveAction, Doctor, Hooks, SubmitTask
-from .approvals import ApprovalAlreadyDecided, ApprovalGate, ApprovalNotAllowed, ApprovalNotFound
+from .approvals import (
+    ApprovalAlreadyDecided,
+    ApprovalGate,
+    ApprovalNotAllowed,
+    ApprovalNotFound,
+    actions_hash,
+    shown,
+)
 from .conditions import Ctx, ProcessGate
 from .matching import TriggerIndex, event_paths
 from .regexes import TIMEOUT_S as REGEX_TIMEOUT_S
@@ -96,6 +103,7 @@ class AutomationEngine:
         self.store = TraceStore(Path(state_dir) / "automation.db", keep_traces)
         self.hooks = Hooks(bus, submit_task, doctor)
         self.approvals = ApprovalGate(bus, state_dir, on_decided=self._on_decided)
+        self.approvals.changed = self._shown_changed
         self.loop_disable_seconds = loop_disable_seconds
         self.flush_interval = flush_interval
         self.rules: dict[str, dict[str, Rule]] = {}
@@ -212,6 +220,7 @@ class AutomationEngine:
                 del self.indexes[root]
         if not self.approvals.armed:  # first apply: the rules are known, so overdue approvals can expire now
             self.arm_approvals()
+        self.approvals.cancel_changed()  # a request resumes only what it showed
 
     def set_project(self, root: str, cfg: Any) -> list[Rule]:
         auto = getattr(cfg, "automation", None)
@@ -527,6 +536,23 @@ class AutomationEngine:
             trace["actions"].append({"index": resume_at - 1, "kind": "approve", "ok": None, "approval_id": ap["id"]})
         return f"waiting for approval {ap['id']} (expires {ap['expires']})"
 
+    def _shown_changed(self, row: dict[str, Any]) -> str | None:
+        """Why a pending request's rule would now run something other than what the request showed, or None.
+        (A rule that is gone is handled when the decision comes.)"""
+        rule = self.rules.get(row["project"], {}).get(row["rule_id"])
+        if rule is None:
+            return None
+        event = msgspec.convert(json.loads(row["event"]), Event)
+        ctx = Ctx(event, row["project"], row["rule_id"], row["run_id"], json.loads(row["paths"]), rule.env, 0,
+                  self.gate)
+        try:
+            now = shown([a.describe(ctx) for a in rule.actions[row["resume_at"]:]])
+        except Exception as exc:  # a template that no longer renders: not what was shown either
+            return f"the rule's actions cannot be shown any more ({exc})"
+        if actions_hash(now) != actions_hash(row["actions"]):
+            return f"rule {row['rule_id']}'s actions changed since the request was shown"
+        return None
+
     def _on_decided(self, row: dict[str, Any], go_on: bool) -> None:
         """The gate's callback: run the rest of the actions with the original event, or end the run."""
         project, rule_id, run_id = row["project"], row["rule_id"], row["run_id"]
@@ -549,6 +575,9 @@ class AutomationEngine:
                 a["result"] = {"state": row["state"], "by": row["decided_by"], "via": row["decided_via"]}
         st = self._state((project, rule_id))
         t0 = time.monotonic()
+        why = self._shown_changed(row) if go_on and rule is not None else None
+        if why is not None:  # e.g. expired with on_timeout approve after the rule changed: run nothing
+            go_on, row = False, {**row, "state": "rejected", "reason": f"cancelled: {why}"}
         if rule is None or not go_on or self._stopping:
             self.approvals.store.set_resumed(row["id"], "done" if not go_on else "running")
             if not go_on:
@@ -741,8 +770,11 @@ class AutomationEngine:
         return {"approvals": self.approvals.list(state, root, params.limit)}
 
     def _rpc_decide(self, params: p.ApprovalDecideParams, conn: Any, approve: bool) -> dict[str, Any]:
+        """``via`` comes from the channel that delivered the decision, never from the params (a caller cannot
+        claim to be a chat user an approval names): a channel the service built says so (the dashboard: ``web``),
+        the local socket is ``cli``; who is the peer's user, from SO_PEERCRED."""
         by = _peer_name(conn)
-        via = getattr(conn, "channel", None) or params.via  # a channel the service built (the dashboard) says so
+        via = getattr(conn, "channel", None) or "cli"
         try:
             ap = self.approvals.decide(params.approvalId, approve, by, via, params.reason)
         except ApprovalNotFound as exc:

@@ -16,7 +16,8 @@ from typing import Any
 
 import msgspec
 
-from .. import faults, paths, redact
+from .. import faults, paths
+from ..policy import redact
 
 #: traces are encoded in the flush thread while it holds the GIL: msgspec is several times faster than json, so
 #: the event loop waits less for the GIL (that wait showed up in the webhook listener's p99)

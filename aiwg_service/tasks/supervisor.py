@@ -28,6 +28,7 @@ from ..executors.local import LocalExecutor
 from ..executors.registry import DEFAULT_EXECUTOR, Executors
 from ..executors.remote_common import ExecutorUnavailable
 from ..owned import OwnedTasks
+from ..policy import identity
 from ..sandbox.policy import Policy
 from .agents import StreamJsonParser, build_argv, child_env
 from .model import AgentProfile, Emit, Task, TaskSource, TaskState
@@ -468,6 +469,7 @@ class Supervisor:
                 self.store.fail_queued(task.id, f"cannot prepare the agent's arguments: {e}")
                 return
         env = child_env(profile, task.id)
+        env.update(identity.child_env("agent", task.project, task.id))  # its calls back carry who it is
         try:
             policy = self.sandbox(task, profile) if self.sandbox is not None else None
         except (OSError, ValueError) as e:

@@ -146,9 +146,10 @@ class Tracer:
                     "session_id": d.get("session_id"), "cost_usd": cost, "cost_status": d.get("cost_status"),
                     "exit_code": d.get("exit_code"), "error": d.get("error"), "started_at": d.get("started_at"),
                     "finished_at": d.get("finished_at"), "attempts": d.get("attempts"), "adopted": d.get("adopted")}
-            # the events it caused that something acted on (e.g. task.failed firing another rule)
+            # the events it caused that something acted on (e.g. task.failed firing another rule), and what
+            # the policy gate refused it (its calls back to the socket)
             for e in self.p.events_of_task(nid):
-                if self.p.runs_for_event(e["id"]):
+                if e.get("type") == "policy.refused" or self.p.runs_for_event(e["id"]):
                     kids.append(("event", e))
         else:  # conversation
             node = {"kind": "conversation", "id": nid}

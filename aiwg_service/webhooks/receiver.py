@@ -16,10 +16,13 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from aiohttp import web
+from aiohttp import ClientError, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EofStream
 
 from ..protocol import utc_now
 from .dedup import DeliveryLog
+from .guard import Guard
 from .hooks import LiveHook, Publish
 from .limits import Buckets, LogLimiter
 
@@ -47,6 +50,7 @@ class Receiver:
         self.per_source = Buckets(10.0, 50)
         self.logs = LogLimiter(log)
         self.counts: dict[str, int] = {}
+        self.guard = Guard()
 
     def configure(self, hooks: dict[str, LiveHook], max_body: int, per_hook: Buckets, per_source: Buckets) -> None:
         for h in hooks.values():  # counters and the last delivery carry over a reload
@@ -62,7 +66,7 @@ class Receiver:
 
     def app(self) -> web.Application:
         # the cap is ours (self.max_body, reloadable); aiohttp's own limit only has to be above any allowed cap
-        app = web.Application(client_max_size=MAX_CAP + 1)
+        app = web.Application(client_max_size=MAX_CAP + 1, middlewares=[self.guard.middleware()])
         app.router.add_route("*", "/hooks/{id}", self.handle)
         app.router.add_route("*", "/{tail:.*}", self.not_found)
         return app
@@ -100,7 +104,12 @@ class Receiver:
         declared = request.content_length
         if declared is not None and declared > self.max_body:
             return self.refuse(hook, hook_id, 413, f"body of {declared} bytes", source, "payload too large")
-        body = await self._read(request, declared)
+        try:
+            body = await self._read(request, declared)
+        except (ConnectionError, ClientError, EofStream, HttpProcessingError, TimeoutError):
+            # the sender went away mid-body (or was closed for being too slow): nobody is left to answer
+            return self.refuse(hook, hook_id, 400, "connection closed before the body was complete", source,
+                               "incomplete body")
         if body is None:
             return self.refuse(hook, hook_id, 413, f"body over {self.max_body} bytes", source, "payload too large")
         verdict = hook.verify(hook.key, request.headers, body, time.time())

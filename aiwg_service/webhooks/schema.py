@@ -7,6 +7,7 @@ project's file (or the service-wide one) under ``webhook.hooks``. Imports only l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from msgspec import Meta, Struct, field
@@ -44,9 +45,20 @@ class WebhookSection(Struct):
     port: Annotated[int, Meta(ge=1, le=65535)] = DEFAULT_PORT
     bind: Annotated[str, Meta(min_length=1)] = "127.0.0.1"
     secret_env: Annotated[str, Meta(pattern=ENV_NAME)] = "AIWG_WEBHOOK_SECRET"
+    #: service file: the variables (besides ``secret_env`` and its own hooks') that hold webhook secrets; a
+    #: project's hook may name only these, or a systemd credential
+    secret_vars: list[Annotated[str, Meta(pattern=ENV_NAME)]] = field(default_factory=list)
     hooks: list[Hook] = field(default_factory=list)
     max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = DEFAULT_MAX_BODY
     rate_limit: RateLimit = field(default_factory=RateLimit)
+    #: connections the listener holds at once, and from one source address (more are answered 503 and closed;
+    #: the fd limit less a reserve for the RPC socket caps the total too)
+    max_connections: Annotated[int, Meta(ge=1, le=65_536)] = 256
+    max_connections_per_source: Annotated[int, Meta(ge=1, le=65_536)] = 64
+    #: a request's headers must be complete this long after the connection (or the last answer), and the whole
+    #: request read and answered this long after its headers: else the connection is closed (slowloris)
+    header_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = 5.0
+    body_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = 10.0
 
 
 def secret_name(section: WebhookSection, hook: Hook) -> str:
@@ -58,6 +70,36 @@ def needed_secrets(section: WebhookSection) -> list[tuple[str, str]]:
     if not section.enabled:
         return []
     return list(dict.fromkeys((secret_name(section, h), h.kind) for h in section.hooks if h.enabled))
+
+
+def named_secrets(service: WebhookSection) -> set[str]:
+    """The variables the service-wide file names as webhook secrets."""
+    return {service.secret_env, *service.secret_vars, *(h.secret_env for h in service.hooks if h.secret_env)}
+
+
+def check_files(service: WebhookSection, service_file: str, projects: dict[str, WebhookSection],
+                credential: Callable[[str], bool]) -> list[str]:
+    """Across files: a hook id defined twice is an error naming both files; a project's hook takes its secret
+    only from a variable the service-wide file names, or from a systemd credential."""
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    for h in service.hooks if service.enabled else []:
+        seen.setdefault(h.id, service_file)
+    named = named_secrets(service)
+    for file, sec in sorted(projects.items()):
+        if not sec.enabled:
+            continue
+        for i, h in enumerate(sec.hooks):
+            if h.id in seen:
+                errors.append(f"{file}: webhook.hooks[{i}].id: hook id \"{h.id}\" is also defined in {seen[h.id]}; "
+                              f"a hook id must be unique across every config file")
+            else:
+                seen[h.id] = file
+            name = secret_name(sec, h)
+            if h.enabled and name not in named and not credential(name):
+                errors.append(f"{file}: webhook.hooks[{i}].secret_env: {name} is not named as a webhook secret by the "
+                              f"service-wide file (webhook.secret_vars) and is no systemd credential")
+    return errors
 
 
 def check_section(section: WebhookSection) -> list[tuple[str, str]]:

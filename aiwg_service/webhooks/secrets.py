@@ -25,6 +25,28 @@ def secrets_are_elsewhere() -> None:
     global _seen_here
     _seen_here = False
 
+#: A hook's secret is at least this long (after ``whsec_``), with at least ``MIN_DISTINCT`` different characters:
+#: a guessable value (a home directory, a user name, ``aaaa…``) is no secret.
+MIN_SECRET = 32
+MIN_DISTINCT = 8
+#: Variables every process has, whose values anyone on the machine can guess: never a hook's secret.
+WELL_KNOWN = frozenset({
+    "HOME", "PATH", "USER", "LOGNAME", "SHELL", "PWD", "OLDPWD", "TERM", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+    "HOSTNAME", "MAIL", "EDITOR", "VISUAL", "PAGER", "DISPLAY", "WAYLAND_DISPLAY", "SSH_AUTH_SOCK", "SSH_CONNECTION",
+    "SSH_CLIENT", "SSH_TTY", "DBUS_SESSION_BUS_ADDRESS", "INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET",
+    "MANAGERPID", "SYSTEMD_EXEC_PID", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY", "RUNTIME_DIRECTORY",
+    "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID", "PYTHONPATH", "VIRTUAL_ENV",
+})
+
+
+def well_known(name: str) -> bool:
+    return name in WELL_KNOWN or name.startswith(("XDG_", "LC_"))
+
+
+def credential_exists(name: str) -> bool:
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    return bool(creds) and (Path(creds) / name).is_file()
+
 
 def read_secret(name: str) -> str | None:
     """The secret's text, or None when neither the variable nor the credential is set (or both are empty)."""
@@ -50,6 +72,9 @@ def secret_key(text: str, kind: str) -> bytes:
 
 def secret_problem(name: str, kind: str) -> str | None:
     """Why a hook cannot be served with this secret, or None. Never says anything about the value itself."""
+    if well_known(name):
+        return (f"{name} is a well-known variable whose value anyone can guess, not a secret: name a variable "
+                f"that holds a random secret, or a systemd credential")
     if not _seen_here:
         return None
     text = read_secret(name)
@@ -58,11 +83,12 @@ def secret_problem(name: str, kind: str) -> str | None:
                 f"credential named {name} (LoadCredential=)")
     if kind == "standard" and text.startswith(STANDARD_PREFIX):
         try:
-            key = secret_key(text, kind)
+            secret_key(text, kind)
         except (binascii.Error, ValueError):
             return f"the secret in {name} starts with {STANDARD_PREFIX} but the rest is not valid base64"
-        if len(key) < 16:
-            return f"the secret in {name} is shorter than 16 bytes"
-    elif len(text) < 8:
-        return f"the secret in {name} is shorter than 8 characters"
+        text = text[len(STANDARD_PREFIX):]
+    if len(text.encode()) < MIN_SECRET:
+        return f"the secret in {name} is shorter than {MIN_SECRET} bytes (use e.g. `openssl rand -hex 32`)"
+    if len(set(text)) < MIN_DISTINCT:
+        return f"the secret in {name} is not random enough (fewer than {MIN_DISTINCT} different characters)"
     return None

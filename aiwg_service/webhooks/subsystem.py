@@ -40,6 +40,10 @@ log = logging.getLogger("aiwg.webhooks")
 FD_NAMES = ("webhook", "aiwg-webhook.socket")
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 class WebhookSubsystem:
     name = "webhooks"
 
@@ -77,7 +81,8 @@ class WebhookSubsystem:
         rc = self.receiver
         out: dict[str, Any] = {"hooks": len(rc.hooks) if rc else 0,
                                "listening": f"{self.address[0]}:{self.address[1]}" if self.address else None,
-                               "from_systemd": self.from_systemd, **(rc.counts if rc else {})}
+                               "from_systemd": self.from_systemd, **(rc.counts if rc else {}),
+                               **(rc.guard.counts() if rc else {})}
         if self.error:
             out["error"] = self.error
         if self.conflicts:
@@ -122,6 +127,9 @@ class WebhookSubsystem:
         self.receiver.configure(hooks, service.max_body_bytes if service.max_body_bytes else DEFAULT_MAX_BODY,
                                 Buckets(rl.per_hook_per_second, rl.per_hook_burst),
                                 Buckets(rl.per_source_per_second, rl.per_source_burst))
+        g = self.receiver.guard
+        g.max_connections, g.per_source = service.max_connections, service.max_connections_per_source
+        g.header_timeout, g.body_timeout = service.header_timeout_seconds, service.body_timeout_seconds
         self.want = (service.bind, service.port)
         async with self._lock:
             if not hooks:
@@ -138,22 +146,27 @@ class WebhookSubsystem:
     async def _listen(self) -> None:
         from aiohttp import web
 
+        from .guard import GuardedSite, quiet_aiohttp
+
         assert self.receiver is not None
+        quiet_aiohttp()
         runner = web.AppRunner(self.receiver.app(), handle_signals=False, access_log=None)
         await runner.setup()
         fd = self.inherited_fd()
         try:
             if fd is not None:
                 sock = socket.socket(fileno=os.dup(fd))  # a dup: closing the site never closes systemd's fd
-                site: web.BaseSite = web.SockSite(runner, sock)
                 addr = sock.getsockname()
                 self.from_systemd = True
                 if addr[1] != self.want[1]:
                     log.warning("webhooks: the socket unit listens on port %d but webhook.port is %d; run "
                                 "`aiwgctl install --webhook` to rewrite aiwg-webhook.socket", addr[1], self.want[1])
             else:
-                site = web.TCPSite(runner, self.want[0], self.want[1], reuse_address=True)
+                sock = socket.create_server(self.want, family=_family(self.want[0]), backlog=1024)
                 self.from_systemd = False
+            sock.setblocking(False)
+            # every connection through the guard: caps per source and in total, header and body deadlines
+            site: web.BaseSite = GuardedSite(runner, sock, self.receiver.guard)
             await site.start()
         except OSError as exc:
             await runner.cleanup()

@@ -8,19 +8,23 @@ watch existed (``mkdir -p a/b/c && touch a/b/c/f``) are still reported.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from inotify_simple import INotify, flags
 
 from .filters import WatchSpec
-from .rescan import RESCAN_CTIME_SLACK_NS, Scanner
+from .rescan import RESCAN_CTIME_SLACK_NS, Scanner, ctime_slack
 from .settle import Emit, Settler
 from .table import NO_CHILDREN, NO_FILES, NO_SPECS, Dir, Root, Spec, WatchTable, max_user_watches
 from .table import isdir as is_dir
+
+#: The longest an overflow rescan holds the loop at a time (it goes on in the next turn).
+RESCAN_SLICE_S = 0.02
 
 log = logging.getLogger("aiwg.watcher")
 
@@ -79,6 +83,15 @@ class FileWatcher:
         self._last_read_ns = time.time_ns()
         self._recheck_timer: asyncio.TimerHandle | None = None
         self._recheck_ns = 0  # start of the previous re-check of unwatched directories (ctime watermark)
+        #: walks running in slices, reading paused meanwhile: an overflow rescan, a big new tree's first walk
+        self._walks: Iterator[None] | None = None
+        self._slice_handle: asyncio.Handle | None = None
+        self.walk_turns = 0  # loop turns the sliced walks took (a big tree takes many short ones)
+        #: walk new trees in slices too (the service: a project of 20,000 dirs held the loop 650 ms); tests
+        #: and tools that write right after ``set_root`` keep it off, so its walk is done when it returns
+        self.slice_walks = False
+        self.slice_s = RESCAN_SLICE_S
+        self._activating: set[Spec] = set()
 
     # Tunables live in the settle step; these keep them where callers have always set them.
     @property
@@ -139,7 +152,7 @@ class FileWatcher:
         """Remove the reader, close the fd, cancel timers. Pending changes are dropped, not flushed."""
         if self.table.inotify is None:
             return
-        if self._loop is not None:
+        if self._loop is not None and self._walks is None:  # (a sliced walk under way removed it already)
             self._loop.remove_reader(self.table.inotify.fileno())
         for r in self._roots.values():
             self.settle.drop(r)
@@ -154,6 +167,11 @@ class FileWatcher:
         if self._recheck_timer is not None:
             self._recheck_timer.cancel()
             self._recheck_timer = None
+        if self._slice_handle is not None:
+            self._slice_handle.cancel()
+            self._slice_handle = None
+        self._walks = None
+        self._activating.clear()
         self._moves.clear()
         self.table.close()
 
@@ -188,8 +206,12 @@ class FileWatcher:
                 continue
             if not enabled:
                 self._deactivate(s)
-            elif not s.active and s.wait_dir is None:
-                self._activate(s, "baseline")
+            elif not s.active and s.wait_dir is None and s not in self._activating:
+                if self.slice_walks and self._inside(s):
+                    self._activating.add(s)
+                    self._run_sliced(self._first_walk(s))
+                else:
+                    self._activate(s, "baseline")
         self._recheck()  # retry directories the watch limit refused (it may have been raised)
         self._log_limit()
 
@@ -241,11 +263,12 @@ class FileWatcher:
                 "unwatched_dirs": len(unwatched),
                 "overflows": r.overflows,
                 "rescans": r.rescans,
-                "pending": len(r.pending),
+                "pending": len(r.pending) + (1 if self._walks is not None else 0),  # a sliced walk is pending work
                 "events": dict(r.counts),
                 "last_error": last_error,
             }
-        return {"running": self.table.inotify is not None, "watches": len(self.table.by_wd), "roots": roots}
+        return {"running": self.table.inotify is not None, "watches": len(self.table.by_wd), "roots": roots,
+                "walking": self._walks is not None, "walk_turns": self.walk_turns}
 
     # ---------------------------------------------------------------- reader
 
@@ -509,19 +532,24 @@ class FileWatcher:
     # ---------------------------------------------------------------- overflow
 
     def _overflow(self, since_ns: int) -> None:
-        """The kernel queue overflowed and events were lost: rescan every root against the view."""
+        """The kernel queue overflowed and events were lost: rescan every root against the view.
+
+        The walk runs in slices of at most ``RESCAN_SLICE_S`` (a tree of 100,000 files took a second), with
+        the inotify fd not read meanwhile: the kernel queues what happens during it, applied once the view
+        is whole again, so no event meets a half-refreshed view (and a second overflow means a second rescan).
+        """
         for away in self._moves.values():  # left their old names for sure; the rescan finds where they went
             self._gone_away(away)
         self._moves.clear()
-        watermark = since_ns - RESCAN_CTIME_SLACK_NS
         roots = [r for r in self._roots.values() if r.enabled and r.specs]
         log.warning("inotify event queue overflowed; rescanning %d root(s)", len(roots))
+        jobs: list[tuple[Root, Spec, int]] = []
         for r in roots:
             r.overflows += 1
             r.rescans += 1
             self.settle.emit(r, "file.rescan", {"reason": "overflow", "event_type": "rescan"})
             for s in list(r.specs.values()):
-                if s.error:
+                if s.error or s in self._activating:  # (a first walk under way sees the tree as it is now)
                     continue
                 if not s.active:
                     self._activate(s, "sync")
@@ -532,10 +560,87 @@ class FileWatcher:
                             self._drop_tree(d, emit_deletes=True, rm=True)
                     self._activate(s, "sync")
                     continue
-                visited = self.scan.walk([s], s.abs, "rescan", watermark)
+                jobs.append((r, s, since_ns - ctime_slack(s.abs)))
+        self._log_limit()
+        if not jobs:
+            return
+        self._run_sliced(self._rescan_jobs(jobs))
+
+    def _run_sliced(self, steps: Iterator[None]) -> None:
+        """Run ``steps`` (walks that yield after each directory) in slices of ``slice_s``, the inotify fd not
+        read until they are done; the first slice runs now (a small tree is done before this returns)."""
+        if self._walks is not None:  # already walking: this one goes after
+            self._walks = itertools.chain(self._walks, steps)
+            return
+        self._walks = steps
+        inotify = self.table.inotify
+        if self._loop is None or inotify is None:
+            for _ in steps:
+                pass
+            self._walks = None
+            return
+        self._loop.remove_reader(inotify.fileno())
+        self._walk_turn()
+
+    def _rescan_jobs(self, jobs: list[tuple[Root, Spec, int]]) -> Iterator[None]:
+        for r, s, watermark in jobs:
+            visited: set[Dir] = set()
+            for _ in self.scan.walk_steps([s], s.abs, "rescan", watermark, visited=visited):
+                if self._roots.get(r.path) is not r or r.specs.get(s.spec) is not s or not s.active:
+                    break  # its root was removed or reconfigured meanwhile: that did its own scan
+                yield
+            else:
                 for d in list(s.dirs):
                     if d in s.dirs and d not in visited:
                         self._drop_tree(d, emit_deletes=True, rm=True)
+
+    def _walk_turn(self) -> None:
+        """One slice of the rescan; the next on the next loop turn, or reading resumes when it is done."""
+        self._slice_handle = None
+        gen = self._walks
+        if gen is None:
+            return
+        self.walk_turns += 1
+        until = time.perf_counter() + self.slice_s
+        settle_now = self.settle.now
+        self.settle.now = self._loop.time() if self._loop is not None else None
+        try:
+            for _ in gen:
+                if time.perf_counter() > until:
+                    assert self._loop is not None
+                    self._slice_handle = self._loop.call_soon(self._walk_turn)
+                    return
+        finally:
+            self.settle.now = settle_now
+        self._walks = None
+        self._log_limit()
+        inotify = self.table.inotify
+        if self._loop is not None and inotify is not None:
+            self._last_read_ns = time.time_ns()  # what the kernel queued meanwhile is read next, not lost
+            self._loop.add_reader(inotify.fileno(), self._on_readable)
+
+    @property
+    def walking(self) -> bool:
+        """A sliced walk (rescan or first walk) is under way: events wait in the kernel until it is done."""
+        return self._walks is not None
+
+    def _first_walk(self, s: Spec) -> Iterator[None]:
+        """``_activate(s, "baseline")`` for a tree that exists, in steps (``slice_walks``)."""
+        r = s.root
+        since = time.time_ns() - 10_000_000  # less a tick of the kernel's coarse clock
+        try:
+            for _ in self.scan.walk_steps([s], s.abs, "baseline", since):
+                if self._roots.get(r.path) is not r or r.specs.get(s.spec) is not s or not r.enabled:
+                    return  # removed or reconfigured meanwhile
+                yield
+        finally:
+            self._activating.discard(s)
+        top = self.table.by_path.get(s.abs)
+        if top is not None and s in top.owners:
+            s.active = True
+        else:  # it moved or went while we walked: the usual way (wait for it, or walk it now)
+            self._activate(s, "sync")
+        self._recheck()
         self._log_limit()
 
     # ---------------------------------------------------------------- watches
@@ -573,6 +678,14 @@ class FileWatcher:
                 return
             self._clear_wait(s)
             mode = "sync"
+
+    @staticmethod
+    def _inside(s: Spec) -> bool:
+        """The spec's directory exists and is inside its root (else ``_activate`` says why, or waits)."""
+        if not is_dir(s.abs):
+            return False
+        real = os.path.realpath(s.abs)
+        return real == s.root.path or real.startswith(s.root.path.rstrip("/") + "/")
 
     def _clear_wait(self, s: Spec) -> None:
         d = s.wait_dir

@@ -1,15 +1,16 @@
-"""Project trust: a cloned repository runs nothing until its owner allows it (as direnv's ``allow``).
+"""Project trust: a cloned repository changes nothing until its owner allows it (as direnv's ``allow``).
 
-A project's ``.aiwg/daemon.json`` travels with the repository, and some of it makes the service run things as
-the user: shell conditions and actions, shell and agent jobs, agent and webhook actions, and agent profiles
-that set a command, environment grants, arguments or permissions. Such a config is untrusted until the user
-runs ``aiwgctl trust``; the record is keyed by the project's real path and the sha256 of the file's bytes, so
-any edit (a ``git pull``) needs a new look. A config whose file or ``.aiwg`` directory is not the user's, or is
-group- or world-writable, is never trusted (as sshd's StrictModes). The store is one JSON file in the state
-directory (0600); if it cannot be read, nothing is trusted.
+A project's ``.aiwg/daemon.json`` travels with the repository. What it may set alone is an allow-list
+(``fields.DECLARED``: what to watch, debounce, log level, lower limits, rules and jobs that only notify, emit
+or run the doctor); anything else, including every field added to the schema later, needs trust. Such a
+config is untrusted until the user runs ``aiwgctl trust``; the record is keyed by the project's real path and
+the sha256 of the file's bytes, so any edit (a ``git pull``) needs a new look. A project whose ``.aiwg``
+directory or file is not the user's, a symlink, or group- or world-writable is never trusted, whatever it
+sets (as sshd's StrictModes). The store is one JSON file in the state directory (0600); if it cannot be
+read, nothing is trusted.
 
-This module only reads raw JSON and the file system: the core asks it, and hands the answer to the rules
-engine and the task supervisor as a ``trusted(project)`` port.
+This module only reads raw JSON and the file system; ``policy.gate`` asks it, and the core serves an
+untrusted project with only its inert fields (``fields.restrict``).
 """
 
 from __future__ import annotations
@@ -22,20 +23,16 @@ import stat
 import time
 from typing import Any
 
-from . import safefs
+from .. import safefs
+from .fields import gated, short
 
 STORE_NAME = "trust.json"
-#: keys of an ``agents`` entry that change what runs or what it may touch
-AGENT_KEYS = ("command", "env", "args", "permission_mode", "allowed_tools", "kind")
-
-
-def _short(value: Any) -> str:
-    """A value in full (a trust prompt that truncates could hide the payload), on one line, with control
-    characters escaped so a config cannot redraw the terminal to hide what it runs."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    if not text.isprintable():
-        text = json.dumps(text, ensure_ascii=True)
-    return text
+_short = short
+#: Event types only the service publishes: a rule that emits one could forge a task's failure, an approval
+#: or a delivery, so it needs trust (``emit`` of the project's own types stays inert).
+SERVICE_EVENTS = ("task.", "approval.", "gate.", "trust.", "policy.", "webhook.", "budget.", "project.",
+                  "health.", "automation.", "daemon.", "notify.", "messaging.", "session.", "chat.", "cron.",
+                  "file.")
 
 
 def _conditions(conds: Any, where: str, out: list[str]) -> None:
@@ -79,6 +76,10 @@ def _rule(raw: Any, i: int, out: list[str]) -> None:
             out.append(f"{at}: agent task{who}: {_short(body.get('prompt', ''))}")
         if isinstance(a.get("webhook"), dict):
             out.append(f"{at}: webhook: POST {_url(a['webhook'])}")
+        emit = a.get("emit")
+        etype = emit.get("type") if isinstance(emit, dict) else None
+        if isinstance(etype, str) and etype.startswith(SERVICE_EVENTS):
+            out.append(f"{at}: emits a service event: {_short(etype)}")
     env = raw.get("env")
     if len(out) > before and isinstance(env, list) and env:  # what those commands may read of yours
         out.append(f"{where}: passes your environment variables {_short(', '.join(map(str, env)))}")
@@ -104,9 +105,10 @@ def _job(job: Any, i: int, out: list[str]) -> None:
 
 
 def needs(raw: Any) -> list[str]:
-    """What this config (parsed JSON, as written) could make the service run: one line each, in file order.
+    """What this config (parsed JSON, as written) sets that needs trust: one line each. Rules and jobs that
+    run something first (in file order), then every other field outside the allow-list.
 
-    Empty means it runs nothing of its own (the default config: doctor and notifications) and needs no trust."""
+    Empty means it sets only inert fields (the default config) and needs no trust."""
     out: list[str] = []
     if not isinstance(raw, dict):
         return out
@@ -117,12 +119,7 @@ def needs(raw: Any) -> list[str]:
     jobs = sched.get("jobs") if isinstance(sched, dict) else None
     for i, j in enumerate(jobs if isinstance(jobs, list) else []):
         _job(j, i, out)
-    agents = raw.get("agents")
-    for name, prof in (agents.items() if isinstance(agents, dict) else []):
-        if isinstance(prof, dict):
-            sets = [f"{k} {_short(prof[k])}" for k in AGENT_KEYS if k in prof]
-            if sets:
-                out.append(f"agents.{name}: sets {'; '.join(sets)}")
+    out.extend(gated(raw))
     return out
 
 
@@ -221,13 +218,15 @@ class TrustStore:
 
 
 def verdict(root: str, sha256: str | None, what: list[str], store: TrustStore) -> str | None:
-    """None if the project may run what its config says; else why not, in one line."""
-    if not what:
-        return None  # runs nothing of its own: nothing to trust
-    hint = f"review and allow it with `aiwgctl trust {root}`"
+    """None if the project may run what its config says; else why not, in one line.
+
+    StrictModes come first, whatever the config sets: a project that is not the user's is never trusted."""
     problem = strict_modes(root)
     if problem:
         return f"never trusted: {problem} (fix the ownership or mode first)"
+    if not what:
+        return None  # sets only inert fields: nothing to trust
+    hint = f"review and allow it with `aiwgctl trust {root}`"
     try:
         rec = store.get(root)
     except StoreError as exc:
@@ -272,6 +271,6 @@ def describe(root: str, store: TrustStore) -> dict[str, Any]:
     except StoreError as exc:
         out["store_error"] = str(exc)
     prev = out["previous"]
-    out["trusted"] = not out["needs"] or (prev is not None and prev.get("sha256") == out["sha256"]
-                                          and out["problem"] is None)
+    out["trusted"] = out["problem"] is None and (not out["needs"] or (prev is not None
+                                                                       and prev.get("sha256") == out["sha256"]))
     return out
