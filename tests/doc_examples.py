@@ -125,10 +125,12 @@ def run(sc: Scenario, env: dict[str, str], home: Path, deadline_s: float = 30.0)
         text = PLACEHOLDER.sub(lambda m: captures.get(m.group(1), m.group(0)), cmd.text)
         script = f'{text}\nrc=$?; pwd > "{cwd_file}"; exit $rc\n'
         deadline = time.monotonic() + deadline_s
+        first: list[str] | None = None
         while True:
             res = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
                                  timeout=deadline_s + 30)
             out = (res.stdout + res.stderr).splitlines()
+            first = out if first is None else first
             if not cmd.expected:
                 got = {} if res.returncode == 0 else None
             else:
@@ -138,7 +140,8 @@ def run(sc: Scenario, env: dict[str, str], home: Path, deadline_s: float = 30.0)
             time.sleep(0.2)  # the service has not reached the state shown yet: ask again
         assert "Traceback" not in res.stderr, f"{sc.path}:{cmd.line}: $ {text}\n{res.stderr}"
         assert got is not None, (f"{sc.path}:{cmd.line}: $ {text}\nexit {res.returncode}; expected:\n"
-                                 + "\n".join(cmd.expected) + "\ngot:\n" + "\n".join(out))
+                                 + "\n".join(cmd.expected) + "\ngot:\n" + "\n".join(out)
+                                 + ("" if first == out else "\n(first run:)\n" + "\n".join(first)))
         captures.update(got)
         if cwd_file.exists():
             cwd = Path(cwd_file.read_text().strip())
