@@ -177,7 +177,8 @@ def test_deb_file_list(built: Built) -> None:
                  "/usr/share/man/man1/aiwgctl.1.gz", "/usr/share/man/man1/aiwg-service.1.gz",
                  "/usr/share/bash-completion/completions/aiwgctl", "/usr/share/zsh/vendor-completions/_aiwgctl",
                  "/usr/share/fish/vendor_completions.d/aiwgctl.fish",
-                 "/usr/share/doc/aiwg-service/README.md", "/usr/share/doc/aiwg-service/copyright"]:
+                 "/usr/share/doc/aiwg-service/README.md", "/usr/share/doc/aiwg-service/copyright",
+                 "/usr/share/doc/aiwg-service/docs/README.md", "/usr/share/doc/aiwg-service/docs/security.md"]:
         assert entries[path][0] == "-rw-r--r--", (path, entries.get(path))
     assert {owner for _, owner, _ in entries.values()} == {"root/root"}
     assert not [p for p in entries if re.search(r"/site-packages/(pip|setuptools)[-/]", p)]
