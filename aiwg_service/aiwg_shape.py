@@ -36,6 +36,15 @@ def issues(health: dict[str, dict[str, Any]], last_reload: dict[str, Any],
     for root, r in (watcher.get("roots") or {}).items():
         if r.get("last_error"):
             out.append(f"file watcher: {root}: {r['last_error']}")
+    for name, b in (health.get("messaging", {}).get("bridges") or {}).items():
+        if not isinstance(b, dict) or not b.get("enabled"):
+            continue
+        waiting = (b.get("outbox") or {}).get("queued") or 0
+        held = f"; {waiting} message(s) wait in its outbox" if waiting else ""
+        if b.get("state") in ("error", "stopped"):
+            out.append(f"messaging: the {name} bridge stopped: {b.get('detail') or b.get('last_error')}{held}")
+        elif b.get("state") == "connecting" and waiting:
+            out.append(f"messaging: the {name} bridge is reconnecting ({b.get('detail')}){held}")
     for name in ("router", "automation"):
         if _int(health.get(name, {}).get("config_errors")):
             out.append(f"{name}: {health[name]['config_errors']} config error(s)")

@@ -29,6 +29,8 @@ class Facts:
     socket_path: Callable[[], Path]
     health: Callable[[], dict[str, Any]]
     state_dir: Path
+    #: profile -> the executable its tasks run (None: not found), for ``project`` (None: the service's).
+    agents: Callable[[str | None], dict[str, str | None]] | None = None
     #: agent profile -> the sandbox mechanism its tasks get ("systemd", "bubblewrap", "off", "refused: why")
     sandbox: Callable[[], dict[str, str]] | None = None
 
@@ -53,8 +55,12 @@ def run(facts: Facts, project: str | None) -> dict[str, Any]:
         checks.append(_check("disk", ok, f"{du.free / 2**30:.1f} GiB free in {facts.state_dir}"))
     except OSError as exc:
         checks.append(_check("disk", False, f"cannot stat {facts.state_dir}: {exc.strerror}"))
-    claude = shutil.which("claude")
-    checks.append(_check("agent", claude is not None, claude or "`claude` is not on PATH (agent tasks will fail)"))
+    agents = facts.agents(project) if facts.agents is not None else {"claude": shutil.which("claude")}
+    for name, exe in agents.items():
+        where = " or in ~/.local/bin, ~/.claude/local" if name == "claude" else ""
+        # "agent": the default profile's row keeps its old name (rules and scripts read it)
+        checks.append(_check("agent" if name == "claude" else f"agent {name}", exe is not None,
+                             exe or f"its command is not on PATH{where} (its tasks will fail)"))
     if facts.sandbox is not None:
         for name, mech in sorted(facts.sandbox().items()):
             checks.append(_check(f"sandbox {name}", not mech.startswith("refused"), mech if mech != "off" else

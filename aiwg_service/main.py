@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -57,7 +56,25 @@ def setup_logging(args: argparse.Namespace, log_cfg: config.LogConfig) -> None:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
     from .logsafe import install
 
+    handler.addFilter(Demote())
     root.addHandler(install(handler))
+    logging.captureWarnings(True)  # Python warnings into the log (demoted below), not onto stderr
+
+
+class Demote(logging.Filter):
+    """Python ``warnings`` (asyncssh's and cryptography's deprecations are the libraries' business, not the
+    operator's) and chatty libraries' INFO (asyncssh logs every command it runs: whole remote scripts) go
+    out at DEBUG: they never reach the journal as warnings, and are there when debugging."""
+
+    #: Logger name prefixes whose records below WARNING are demoted; ``py.warnings`` is demoted whole.
+    CHATTY = ("asyncssh",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if name == "py.warnings" or (record.levelno < logging.WARNING and name.startswith(self.CHATTY)):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
 
 
 def _init_as_pid1() -> None:

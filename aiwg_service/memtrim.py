@@ -9,36 +9,57 @@ this does nothing.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-_trim = None
-try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    _trim = _libc.malloc_trim
-    _trim.argtypes = [ctypes.c_size_t]
-    _trim.restype = ctypes.c_int
-except (OSError, AttributeError):  # not glibc (musl, ...): nothing to trim
-    _trim = None
-
+_trim: Callable[[int], int] | None = None
+_resolved = False
 _pending = False
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, looked up on first use: ``ctypes.util.find_library`` runs ``ldconfig``, which
+    has no place in the service's start-up (it cost tens of milliseconds before the first answer)."""
+    global _trim, _resolved
+    if not _resolved:
+        _resolved = True
+        import ctypes
+
+        for name in ("libc.so.6", None):
+            try:
+                if name is None:
+                    import ctypes.util
+
+                    name = ctypes.util.find_library("c")
+                    if name is None:
+                        break
+                fn = ctypes.CDLL(name).malloc_trim
+                fn.argtypes = [ctypes.c_size_t]
+                fn.restype = ctypes.c_int
+                _trim = fn
+                break
+            except (OSError, AttributeError):  # not glibc (musl, ...): nothing to trim
+                continue
+    return _trim
 
 
 def trim_soon(delay: float = 1.0) -> None:
     """Trim once, ``delay`` seconds from now (calls meanwhile are folded into it)."""
     global _pending
-    if _trim is None or _pending:
+    if _pending:
         return
     _pending = True
 
     def run() -> None:
         global _pending
         _pending = False
+        trim = _malloc_trim()
+        if trim is None:
+            return
         try:
-            _trim(0)
+            trim(0)
         except Exception as exc:  # never let housekeeping break the loop
             log.debug("malloc_trim failed: %s", exc)
 

@@ -395,6 +395,10 @@ class Connection(asyncio.BufferedProtocol):
             self.transport.close()
 
 
+#: What the service answers before its subsystems have started (everything else waits for them).
+ANSWERED_WHILE_STARTING = frozenset({"ping", "daemon.status"})
+
+
 class RpcServer:
     """Maps method names to handlers and serves them on one listening socket."""
 
@@ -415,6 +419,9 @@ class RpcServer:
         self.starving: dict[Connection, None] = {}  # paused for the input budget, oldest first
         self.privileged: Connection | None = None  # the one allowed past the budget to finish its line
         self.throttle = _Throttle()
+        #: Set while the service still starts: ping and daemon.status answer at once, a method whose
+        #: subsystem is not up yet waits for it (instead of "not available"), then runs.
+        self.starting: asyncio.Event | None = None
         #: one listening socket per served project; its connections carry the project (``Connection.project``)
         self.project_servers: dict[str, asyncio.AbstractServer] = {}
         #: the policy gate (``policy.gate.Gate.rpc_hook``): the reason a call is refused for its caller, or None
@@ -608,6 +615,14 @@ class RpcServer:
         rid = None if req.id is msgspec.UNSET else req.id
         notification = req.is_notification
         entry = self.handlers.get(req.method)
+        if (self.starting is not None and not self.starting.is_set() and req.method in p.METHODS
+                and req.method not in ANSWERED_WHILE_STARTING):
+            self.requests -= 1  # counted when it runs
+            waiting: asyncio.Future[bytes | None] | None = None
+            if in_batch and not notification:
+                waiting = asyncio.get_running_loop().create_future()
+            conn.spawn(self._after_start(self.starting, req, conn, waiting))
+            return waiting
         if entry is None:
             if req.method in p.METHODS:
                 err = p.RpcError(p.METHOD_NOT_FOUND, f"Method not available yet: {req.method}")
@@ -642,6 +657,20 @@ class RpcServer:
         except Exception:
             return self._internal(req.method, rid, notification)
         return None if notification else self._encode_result(req.method, rid, result)
+
+    async def _after_start(self, started: asyncio.Event, req: p.Request, conn: Connection,
+                           batch_fut: asyncio.Future[bytes | None] | None) -> None:
+        """A request that came while the service started: run it once every subsystem is up."""
+        frame: bytes | None = None
+        try:
+            await started.wait()
+            out = self._call(req, conn, in_batch=batch_fut is not None)
+            frame = await out if isinstance(out, asyncio.Future) else out
+        finally:
+            if batch_fut is not None and not batch_fut.done():  # a batch waiting on it must end
+                batch_fut.set_result(frame)
+        if batch_fut is None and frame is not None:
+            conn.send(frame)
 
     async def _run_async(self, entry: _Entry, params: Any, conn: Connection, rid: p.ID, notification: bool,
                          batch_fut: asyncio.Future[bytes | None] | None) -> None:
@@ -713,7 +742,8 @@ class RpcSubsystem:
         self.listen = listen
 
     async def start(self) -> None:
-        await self.rpc.serve(self.listen())
+        if not self.rpc.serving:  # the service serves early (ping during start-up): then nothing to do
+            await self.rpc.serve(self.listen())
 
     def apply(self, configs: Any) -> None:
         self.rpc.max_connections = configs.service.daemon.max_connections

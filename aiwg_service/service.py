@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import fcntl
 import gc
+import importlib
 import json
 import logging
 import os
@@ -356,13 +357,26 @@ class Service:
             for w in pr.warnings:
                 log.warning("%s", w, extra={"PROJECT": pr.root})
         self.register_rpc()
-        self.build()
-        for sub in self.subsystems:
-            log.debug("starting %s", sub.name)
-            await sub.start()
-            self.started.append(sub)
-        await self.apply_configs()
-        await self.sync_presence()
+        # Answer first: the socket serves as soon as the config is loaded, so ping and daemon.status answer
+        # (saying what is still starting) while the subsystems are imported and started; any other method
+        # waits until they are (rpc.RpcServer.starting).
+        self.rpc.starting = asyncio.Event()
+        self.rpc.max_connections = self.configs.service.daemon.max_connections
+        await self.rpc.serve(self.listening_socket())
+        try:
+            # the subsystems' modules load in a thread: the loop answers pings meanwhile
+            await asyncio.to_thread(importlib.import_module, "aiwg_service.wiring")
+            self.build()
+            for sub in self.subsystems:
+                await asyncio.sleep(0)  # a turn for whatever arrived on the socket
+                log.debug("starting %s", sub.name)
+                await sub.start()
+                self.started.append(sub)
+            await self.apply_configs()
+            await self.sync_presence()  # project sockets and links: in place before "ready"
+        finally:
+            self.rpc.starting.set()  # waiting requests run now (or fail as they would, if start failed)
+            self.rpc.starting = None
         self.announce_trust()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -522,9 +536,21 @@ class Service:
         return {"reloaded": True, "errors": errors, "warnings": warnings, "failed": failed}
 
     # -- state, heartbeat, watchdog, status line --------------------------------------------------------
+    def starting(self) -> list[str]:
+        """Subsystems not started yet (all of them, by name, while the wiring is still being imported)."""
+        if self.rpc.starting is None:
+            return []
+        if not self.subsystems:
+            return ["subsystems"]
+        return [sub.name for sub in self.subsystems if sub not in self.started]
+
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        waiting = set(self.starting())
         for sub in self.subsystems:
+            if sub.name in waiting:
+                out[sub.name] = {"starting": True}
+                continue
             try:
                 out[sub.name] = sub.health()
             except Exception as exc:
@@ -551,6 +577,7 @@ class Service:
             "loop": self.loop_lag.snapshot(),
             "operations": {"current": self.ops.current, "done": self.ops.done, "stopping": self.ops.stopping},
             "status": self.status_line(),
+            "starting": self.starting(),
         }
 
     def daemon_status(self, project: str | None = None) -> dict[str, Any]:
@@ -640,6 +667,9 @@ class Service:
             parts.append(f"{untrusted} untrusted (aiwgctl trust)")
         if not self.last_reload.get("ok", True):
             parts.append("last reload failed" if self.last_reload.get("rolled_back") else "last reload refused")
+        starting = self.starting()
+        if starting:
+            parts.append("starting " + ", ".join(starting))
         return " · ".join(parts)
 
     def schedule_status(self) -> None:

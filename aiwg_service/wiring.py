@@ -207,7 +207,7 @@ def build_subsystems(core: CorePorts) -> list[Subsystem]:
 
     facts = doctor.Facts(config_status=core.config_status, serving=lambda: core.rpc.serving,
                          socket_path=core.socket_path, health=core.health, state_dir=core.state_dir,
-                         sandbox=supervisor.sandbox_mechanisms)
+                         agents=supervisor.agent_binaries, sandbox=supervisor.sandbox_mechanisms)
     core.rpc.register("doctor", lambda params, _conn: doctor.run(facts, params.project))
     supervisor.socket_path = core.socket_path
     automation = AutomationEngine(core.bus, core.state_dir, submit_task=submit_task,
@@ -291,28 +291,61 @@ def build_messaging(core: CorePorts, store: tasks.StoreSubsystem, supervisor: ta
             return automation.approvals.decide(approval_id, approve, by, via, reason)
         except ApprovalNotFound:
             raise KeyError(approval_id) from None
-        except (ApprovalAlreadyDecided, ApprovalNotAllowed) as exc:
+        except ApprovalNotAllowed as exc:
+            raise PermissionError(str(exc)) from None
+        except ApprovalAlreadyDecided as exc:
             raise ValueError(str(exc)) from None
 
     turns = TurnWaiter(core.bus)
 
-    async def ask(chat_key: str, text: str, project: str | None = None) -> str:
-        """One turn of the chat's own conversation (kept under its key: one resumed session per chat), in the
-        project the chat picked (``/project``), else ``messaging.project``, else the only one served."""
-        from .chat.conversations import ChatError
+    async def final(task_id: str) -> dict[str, Any]:
+        """A task once it is final (at once if it already is)."""
+        from .tasks.model import FINISHED_STATES
 
-        try:
-            sent = chat.open().send(text, key=chat_key, source="messaging",
-                                    project=project or core.configs().service.messaging.project)
-        except ChatError as exc:
-            raise AskRefused(str(exc)) from None
-        task = await turns.wait(sent.task_id)
+        waiting = turns.wait(task_id)
+        now = store.store.get(task_id) if store.store is not None else None
+        if now is None:
+            turns.waiting.pop(task_id, None)
+            raise RuntimeError(f"task {task_id} is unknown")
+        if now.state in FINISHED_STATES:
+            turns.waiting.pop(task_id, None)
+            return now.to_dict()
+        return await waiting
+
+    async def answer(task_id: str) -> str:
+        """The answer of a turn's task, once it is final."""
+        task = await final(task_id)
         if task.get("state") != "completed":
             raise RuntimeError(task.get("error") or f"the turn ended {task.get('state')}")
         return str(task.get("result") or "")
 
+    async def ask(chat_key: str, text: str, project: str | None = None,
+                  on_task: Callable[[str], None] | None = None) -> str:
+        """One turn of the chat's own conversation (kept under its key: one resumed session per chat), in the
+        project the chat picked (``/project``), else ``messaging.project``, else the only one served."""
+        from .chat.conversations import ChatError
+
+        while True:
+            try:
+                sent = chat.open().send(text, key=chat_key, source="messaging",
+                                        project=project or core.configs().service.messaging.project)
+                break
+            except ChatError as exc:
+                running = exc.data.get("taskId") if exc.busy else None
+                if not running:
+                    raise AskRefused(str(exc)) from None
+                # the chat's last question is still being answered: this one waits behind it, as in the REPL
+                await final(str(running))
+        if on_task is not None:
+            on_task(sent.task_id)
+        return await answer(sent.task_id)
+
+    def task(task_id: str) -> dict[str, Any] | None:
+        t = store.store.get(task_id) if store.store is not None else None
+        return t.to_dict() if t is not None else None
+
     ports = ServicePorts(status=core.state, tasks=recent_tasks, cancel=cancel, ask=ask, decide=decide,
-                         projects=lambda: list(core.configs().projects),
+                         answer=answer, task=task, projects=lambda: list(core.configs().projects),
                          channel_refused=core.gate.channel_refused if core.gate is not None else None)
     return MessagingSubsystem(core.bus, core.rpc.register, core.configs, core.state_dir, ports)
 
@@ -350,6 +383,22 @@ def _trace_ports(core: CorePorts, store: tasks.StoreSubsystem, automation: Autom
                 out.setdefault(e["id"], dict(e))
         return sorted(out.values(), key=lambda e: e["id"])
 
+    def approval(aid: str) -> dict[str, Any] | None:
+        from .rules.approvals import ApprovalNotFound
+
+        try:
+            return automation.approvals.store.get(aid)
+        except (ApprovalNotFound, AttributeError):
+            return None
+
+    def event_by_delivery(did: str) -> dict[str, Any] | None:
+        for ev in reversed(core.bus.history):
+            if ev.type.startswith("webhook.") and isinstance(ev.data, dict) and ev.data.get("delivery_id") == did:
+                return event_dict(ev)
+        runs = automation.store.by_event(delivery_id=did)
+        return dict(runs[0]["event"]) if runs else None
+
     return TracePorts(event=event, rule_run=automation.store.by_run_id,
                       runs_for_event=lambda eid: automation.store.by_event(eid), task=task,
-                      tasks_by_origin=by_origin, events_of_task=events_of_task)
+                      tasks_by_origin=by_origin, events_of_task=events_of_task, approval=approval,
+                      event_by_delivery=event_by_delivery)

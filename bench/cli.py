@@ -7,9 +7,10 @@ from it in the foreground with private XDG directories, then times whole command
 
   * floor:  ``python -c pass`` from the same venv (interpreter start-up and site, nothing of ours);
   * ping:   ``aiwgctl ping`` (connect, one request, print);
-  * status: ``aiwgctl status`` (the same, plus rendering daemon.status).
+  * status: ``aiwgctl status`` (the same, plus rendering daemon.status);
+  * completion: bash's Tab after ``aiwgctl ta`` (through ``env``, which adds an exec).
 
-Prints the medians and the ratios to the floor. Targets: ping <= 1.3x, status <= 1.6x.
+Prints the medians and the ratios to the floor. Targets: ping <= 1.3x, status <= 1.6x, completion < 100 ms.
 """
 
 from __future__ import annotations
@@ -86,17 +87,19 @@ def main() -> None:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_socket(runtime / "aiwg/daemon.sock", time.monotonic() + 20)
-            commands = [[str(py), "-c", "pass"], [str(ctl), "ping"], [str(ctl), "status"]]
+            complete = ["env", "_AIWGCTL_COMPLETE=complete_bash", "COMP_WORDS=aiwgctl ta", "COMP_CWORD=1", str(ctl)]
+            commands = [[str(py), "-c", "pass"], [str(ctl), "ping"], [str(ctl), "status"], complete]
             interleaved(commands, env, 3)  # warm the page cache and the pyc files
-            floor, ping, status = interleaved(commands, env, args.runs)
+            floor, ping, status, completion = interleaved(commands, env, args.runs)
         finally:
             svc_proc.send_signal(signal.SIGTERM)
             svc_proc.wait(timeout=30)
-    f, pg, st = (statistics.median(x) for x in (floor, ping, status))
+    f, pg, st, co = (statistics.median(x) for x in (floor, ping, status, completion))
     print(f"runs: {args.runs} each, regular install in {venv}")
     print(f"floor  python -c pass   median {f:6.1f} ms")
     print(f"aiwgctl ping            median {pg:6.1f} ms   ratio {pg / f:.2f}x   (target <= 1.30x)")
     print(f"aiwgctl status          median {st:6.1f} ms   ratio {st / f:.2f}x   (target <= 1.60x)")
+    print(f"Tab completion (bash)   median {co:6.1f} ms   ratio {co / f:.2f}x   (target < 100 ms)")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,13 @@ def main() -> int:
     if "-p" not in argv and "--print" not in argv:
         return sessions.interactive(argv)
     # the prompt is the positional argument: after "--" when the caller ends options (as aiwg-service does)
-    prompt = argv[argv.index("--") + 1] if "--" in argv else argv[argv.index("-p") + 1] if "-p" in argv else ""
+    # or, as aiwg-service gives it, on stdin (as `claude -p` reads it when no prompt word follows)
+    if "--" in argv:
+        prompt = argv[argv.index("--") + 1]
+    elif "-p" in argv and argv.index("-p") + 1 < len(argv) and not argv[argv.index("-p") + 1].startswith("-"):
+        prompt = argv[argv.index("-p") + 1]
+    else:
+        prompt = sys.stdin.read()
     model = argv[argv.index("--model") + 1] if "--model" in argv else "fake-model"
     words = prompt.split()
     try:

@@ -7,6 +7,7 @@ fake's other users can extend it without conflicts).  Steered by words in the pr
   cost=X      the result's total_cost_usd (default 0.0123)
   no-cost     the result line has no total_cost_usd
   bad-cost    the result line's total_cost_usd is not a number
+  long=N      the result text is N characters long (lines of "word")
 """
 
 from __future__ import annotations
@@ -45,3 +46,7 @@ def adjust_result(words: list[str], result: dict[str, Any]) -> None:
         result.pop("total_cost_usd", None)
     if "bad-cost" in words:
         result["total_cost_usd"] = "lots"
+    long = _opt(words, "long")
+    if long is not None:
+        n = int(long)
+        result["result"] = ("word " * (n // 5 + 1))[:n]

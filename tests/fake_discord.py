@@ -41,9 +41,13 @@ class FakeDiscord(ThreadedServer):
         self.delivered_seq = 0  # highest seq written to the current socket
         self.resume_overlap = 0
         self.messages: list[dict[str, Any]] = []  # POST /channels/{id}/messages
+        self.edits: list[dict[str, Any]] = []  # PATCH /channels/{id}/messages/{id}
         self.callbacks: list[dict[str, Any]] = []  # interaction callbacks
         self.followups: list[dict[str, Any]] = []  # webhook edits and posts, with "kind"
         self.commands: list[dict[str, Any]] = []
+        self.rate_limit_next = 0  # answer this many channel messages with 429 (retry_after 0.5 s), as Discord does
+        self.rate_limited: list[float] = []  # when each 429 was given (loop time)
+        self.expired_tokens: set[str] = set()  # interaction tokens past their 15 minutes
         self._ws: web.WebSocketResponse | None = None
         self._wake: asyncio.Event | None = None
 
@@ -116,6 +120,11 @@ class FakeDiscord(ThreadedServer):
         self._dispatch("MESSAGE_CREATE", d)
         return mid
 
+    def expire_interactions(self) -> None:
+        """Every interaction token given so far is past its 15 minutes: responses through it get 401."""
+        with self.lock:
+            self.expired_tokens |= {c["token"] for c in self.callbacks}
+
     def drop(self) -> None:
         self.soon(lambda: asyncio.ensure_future(self._close_ws()))
 
@@ -179,6 +188,14 @@ class FakeDiscord(ThreadedServer):
                                for c in body])
         parts = path.split("/")
         if m == "POST" and len(parts) == 3 and parts[0] == "channels" and parts[2] == "messages":
+            if self.rate_limit_next > 0:
+                self.rate_limit_next -= 1
+                self.rate_limited.append(asyncio.get_running_loop().time())
+                return web.json_response(
+                    {"message": "You are being rate limited.", "retry_after": 0.5, "global": False}, status=429,
+                    headers={"Retry-After": "0.5", "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
+                             "X-RateLimit-Reset-After": "0.5", "X-RateLimit-Bucket": "chan",
+                             "X-RateLimit-Scope": "user"})
             problem = self._invalid(body)
             if problem:
                 return self._json({"message": "Invalid Form Body", "code": 50035, "errors": problem}, 400)
@@ -186,15 +203,25 @@ class FakeDiscord(ThreadedServer):
             with self.lock:
                 self.messages.append(msg)
             return self._json(msg)
+        if m == "PATCH" and len(parts) == 4 and parts[0] == "channels" and parts[2] == "messages":
+            with self.lock:
+                old = next((x for x in self.messages if x["id"] == parts[3] and x["channel_id"] == parts[1]), None)
+                if old is None:
+                    return self._json({"message": "Unknown Message", "code": 10008}, 404)
+                old.update({k: v for k, v in body.items() if k in ("content", "embeds", "components")})
+                self.edits.append({"id": parts[3], **body})
+            return self._json(old)
         if m == "POST" and len(parts) == 4 and parts[0] == "interactions" and parts[3] == "callback":
             with self.lock:
                 self.callbacks.append({"id": parts[1], "token": parts[2], **body})
             return web.Response(status=204)
         if parts[0] == "webhooks" and len(parts) >= 3:
+            if parts[2] in self.expired_tokens:
+                return self._json({"message": "Invalid Webhook Token", "code": 50027}, 401)
             problem = self._invalid(body)
             if problem:
                 return self._json({"message": "Invalid Form Body", "code": 50035, "errors": problem}, 400)
-            kind = "edit" if m == "PATCH" else "followup"
+            kind = {"PATCH": "edit", "DELETE": "delete"}.get(m, "followup")
             msg = self._message("0", body)
             with self.lock:
                 self.followups.append({**body, "kind": kind, "token": parts[2]})

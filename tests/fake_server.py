@@ -39,11 +39,24 @@ class ThreadedServer:
         return self
 
     async def _start(self) -> None:
-        self.runner = web.AppRunner(self.app(), handle_signals=False)
+        self.runner = web.AppRunner(self.app(), handle_signals=False, shutdown_timeout=0.2)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    # -- outages: the port stops answering (connects are refused) and open connections are cut -----------
+    def down(self) -> None:
+        self.call(self._down())
+
+    async def _down(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    def up(self) -> None:
+        """Back on the same port, as a server is after an outage."""
+        self.call(self._start())
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

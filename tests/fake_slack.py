@@ -31,6 +31,8 @@ class FakeSlack(ThreadedServer):
         self.app_tokens = {APP_TOKEN}
         self.posts: list[dict[str, Any]] = []
         self.hook_posts: list[dict[str, Any]] = []
+        self.ephemeral: list[dict[str, Any]] = []  # chat.postEphemeral: seen by body["user"] only
+        self.updates: list[dict[str, Any]] = []  # chat.update (a decided approval prompt)
         self.acks: list[str] = []
         self.unacked: dict[str, dict[str, Any]] = {}  # envelope id -> envelope, in send order
         self.outbox: list[dict[str, Any]] = []
@@ -131,6 +133,20 @@ class FakeSlack(ThreadedServer):
         if method == "auth.test":
             return web.json_response({"ok": True, "url": "https://fake.slack/", "team": "T", "user": "aiwg",
                                       "team_id": "T000", "user_id": "UBOT", "bot_id": "B000"})
+        if method == "chat.update":
+            with self.lock:
+                i = int(str(body.get("ts", "0")).split(".")[0]) - 1
+                if not 0 <= i < len(self.posts) or self.posts[i].get("channel") != body.get("channel"):
+                    return web.json_response({"ok": False, "error": "message_not_found"})
+                self.posts[i] = {**self.posts[i], **body}
+                self.updates.append(body)
+            return web.json_response({"ok": True, "channel": body["channel"], "ts": body["ts"]})
+        if method == "chat.postEphemeral":
+            if not body.get("channel") or not body.get("user"):
+                return web.json_response({"ok": False, "error": "channel_not_found"})
+            with self.lock:
+                self.ephemeral.append(body)
+            return web.json_response({"ok": True, "message_ts": f"{len(self.ephemeral)}.0002"})
         if method == "chat.postMessage":
             if self.rate_limit_next > 0:
                 self.rate_limit_next -= 1

@@ -57,6 +57,7 @@ class FakeTelegram(ThreadedServer):
         self.sent: list[dict[str, Any]] = []
         self.edits: list[dict[str, Any]] = []
         self.callbacks_answered: list[str] = []
+        self.callback_answers: list[dict[str, Any]] = []  # the whole answers (text, show_alert)
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.polls = 0
         self.poll_offsets: list[int | None] = []
@@ -263,4 +264,5 @@ class FakeTelegram(ThreadedServer):
     async def m_answerCallbackQuery(self, params: dict[str, Any]) -> web.Response:
         with self.lock:
             self.callbacks_answered.append(str(params.get("callback_query_id")))
+            self.callback_answers.append(params)
         return self._ok(True)

@@ -124,7 +124,8 @@ class ServiceEnv:
             except OSError:
                 return False
             try:
-                return bool(c.call("ping")["pong"])
+                # ping answers as soon as the config is loaded; ready means every subsystem has started
+                return bool(c.call("ping")["pong"]) and not c.call("daemon.status").get("starting")
             except (OSError, EOFError, ValueError):  # a slow or cut answer: the probe is retried until the deadline
                 return False
             finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -66,6 +67,11 @@ def test_agent_survives_restart_kill9_and_stop_start(svc: Svc, project: Path) ->
     try:
         log = Path(task(svc, tid)["log_path"])
         sd.wait_for(lambda: log.exists() and len(ticks_in(log.read_text())) >= 2, timeout=20, message="ticks")
+        # the follower is connected (it printed) before the service goes: aiwgctl's start-up on a loaded
+        # machine can outlast the first ticks, and a follower that never connected rightly gives up
+        assert follower.stdout is not None
+        assert select.select([follower.stdout], [], [], 30)[0], "the follower printed nothing"
+        first = os.read(follower.stdout.fileno(), 1 << 20).decode()  # communicate() reads the fd too
         pid = svc.main_pid()
         sd.systemctl("restart", "aiwg.service", check=True)
         assert svc.main_pid() not in (0, pid)
@@ -83,6 +89,7 @@ def test_agent_survives_restart_kill9_and_stop_start(svc: Svc, project: Path) ->
         sd.systemctl("start", "aiwg.service", check=True)
         done = wait_task(svc, tid, lambda t: t["state"] not in ("queued", "running"), timeout=40)
         out, err = follower.communicate(timeout=30)
+        out = first + out
     finally:
         if follower.poll() is None:
             follower.kill()
@@ -118,3 +125,28 @@ def test_stop_agents_stops_the_unit(svc: Svc, project: Path) -> None:
     t = task(svc, tid)  # re-queued per retry (1) and started again by the activated service
     assert t["interruptions"] == 1
     svc.ctl("task", "cancel", tid)
+
+
+def test_claude_only_in_local_bin_runs_under_the_user_manager(svc: Svc, project: Path) -> None:
+    """Claude Code's installer puts ``claude`` in ~/.local/bin, which a user manager's PATH lacks: the
+    service finds it there, and ``aiwgctl doctor`` says which binary the profile runs."""
+    sd: UserManager = svc.sd
+    local_bin = sd.home / ".local" / "bin"
+    local_bin.mkdir(parents=True, exist_ok=True)
+    (local_bin / "claude").symlink_to(FAKE)
+    try:
+        configure(svc)
+        sd.systemctl("start", "aiwg.socket", check=True)
+        svc.ctl("project", "add", str(project))
+        on_path = sd.run(["systemd-run", "--user", "--wait", "--pipe", "--quiet", "sh", "-c",
+                          "command -v claude || echo none"], as_user=True).stdout.strip()
+        assert on_path == "none", "the user manager's PATH must not have claude for this test"
+        res = json.loads(svc.ctl("task", "submit", "hello from local bin", "--json", cwd=project).stdout)
+        done = wait_task(svc, res["taskId"], lambda t: t["state"] not in ("queued", "running"), timeout=60)
+        assert done["state"] == "completed", done
+        assert done["result"] == "Done: hello from local bin"
+        doc = svc.ctl("doctor", check=False).stdout
+        row = next(ln for ln in doc.splitlines() if ln.split()[:1] == ["agent"])  # the claude profile's row
+        assert row.split()[-1] == str(local_bin / "claude"), doc
+    finally:
+        (local_bin / "claude").unlink()

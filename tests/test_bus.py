@@ -201,9 +201,10 @@ def test_aiwgctl_events(service: ServiceEnv, tmp_path: Path) -> None:
     other = tmp_path / "p3"
     other.mkdir()
     service.call("project.add", {"path": str(other)})
-    out = service.ctl("events", "--type", "project.*", check=True).stdout
+    # inside a project's directory aiwgctl means that project (as git does): the added one's own events
+    out = service.ctl("events", "--type", "project.*", check=True, cwd=other).stdout
     assert "project.added" in out and str(other) in out
-    lines = service.ctl("events", "--json", check=True).stdout.splitlines()
+    lines = service.ctl("events", "--json", check=True, cwd=other).stdout.splitlines()
     assert any(json.loads(x)["type"] == "project.added" for x in lines)
     assert "no dead letters" in service.ctl("events", "--dead", check=True).stdout
     res = service.ctl("events", "replay", "dl-x")

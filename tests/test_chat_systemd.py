@@ -62,3 +62,49 @@ def test_restart_of_the_unit_leaves_sessions_alive(chat_svc: Svc) -> None:
         assert done["state"] == "completed" and done["exit_code"] == 0 and done["source"] == "session"
     finally:
         shutil.rmtree(project, ignore_errors=True)
+
+
+def test_dashboard_panes_ride_out_a_kill_9_and_a_restart_of_the_unit(chat_svc: Svc) -> None:
+    svc, sd = chat_svc, chat_svc.sd
+    project = Path(tempfile.mkdtemp(prefix="aiwgd", dir="/tmp"))
+    sock = str(sd.runtime_dir / "aiwg" / "tmux.sock")
+
+    def pane(target: str) -> str:
+        return sd.run(["tmux", "-S", sock, "capture-pane", "-p", "-J", "-t", target]).stdout
+
+    def typed(text: str) -> None:
+        sd.run(["tmux", "-S", sock, "send-keys", "-t", "=aiwg:.{top}", "-l", text], check=True)
+        sd.run(["tmux", "-S", sock, "send-keys", "-t", "=aiwg:.{top}", "Enter"], check=True)
+
+    try:
+        svc.sd.systemctl("start", "aiwg.socket", check=True)
+        svc.ctl("project", "add", str(project))
+        assert "aiwg: created" in svc.ctl("attach", "--detach", "--project", str(project)).stdout
+        sd.wait_for(lambda: "aiwg top" in pane("=aiwg:.{bottom}"), timeout=30, message="top in the dashboard")
+        sd.wait_for(lambda: "you>" in pane("=aiwg:.{top}"), timeout=30, message="the REPL in the dashboard")
+        tmux_pid = sd.run(["tmux", "-S", sock, "display-message", "-p", "#{pid}"], check=True).stdout.strip()
+        cgroup = Path(f"/proc/{tmux_pid}/cgroup").read_text()
+        assert "aiwg-tmux-" in cgroup and "aiwg.service" not in cgroup, cgroup
+        # kill -9: systemd restarts it (Restart=on-failure); a line typed meanwhile is answered once
+        old = svc.main_pid()
+        sd.systemctl("kill", "--signal=SIGKILL", "aiwg.service", check=True)
+        typed("typed across a kill")
+        sd.wait_for(lambda: "Done: typed across a kill" in pane("=aiwg:.{top}"), timeout=60,
+                    message="the answer after the kill -9")
+        assert svc.main_pid() not in (0, old)
+        # a plain restart: the panes stay and go on
+        sd.systemctl("restart", "aiwg.service", check=True)
+        typed("after the restart")
+        sd.wait_for(lambda: "Done: after the restart" in pane("=aiwg:.{top}"), timeout=60,
+                    message="the answer after the restart")
+        task = json.loads(svc.ctl("task", "submit", "echo hi", "--agent", "shell", "--project", str(project),
+                                  "--json").stdout)
+        tid = task.get("taskId") or task.get("id")
+        sd.wait_for(lambda: tid in pane("=aiwg:.{bottom}"), timeout=30, message="top following events again")
+        assert Path(f"/proc/{tmux_pid}").exists()  # the same tmux server throughout
+        screen = pane("=aiwg:.{top}")
+        assert screen.count("Done: typed across a kill") == 1 and "reconnected to the service" in screen
+        panes = sd.run(["tmux", "-S", sock, "list-panes", "-t", "=aiwg:", "-F", "#{pane_dead}"]).stdout.split()
+        assert panes == ["0", "0"]
+    finally:
+        shutil.rmtree(project, ignore_errors=True)

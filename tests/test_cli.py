@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
-from service_fixture import ServiceEnv
+from service_fixture import BIN, ServiceEnv
 
 
 def test_not_running_is_one_clear_line(svc_env: ServiceEnv) -> None:
@@ -76,6 +77,24 @@ def test_config_check_without_a_service(svc_env: ServiceEnv) -> None:
 def test_help_and_completion(svc_env: ServiceEnv) -> None:
     res = svc_env.ctl("--help", check=True)
     assert "project" in res.stdout and "status" in res.stdout
+    # commands in a sensible order (the service first, configuration last) and plain flag types
+    listed = re.findall(r"^│ ([a-z]+) ", res.stdout.split("Commands", 1)[1], re.M)
+    assert listed.index("status") < listed.index("chat") < listed.index("task") < listed.index("config")
+    assert listed[0] == "status"
+    assert "<bool>" not in res.stdout and "<path>" not in res.stdout and "PATH" in res.stdout
+    sub = svc_env.ctl("task", "list", "--help", check=True).stdout
+    assert "<" not in sub.replace("<=", "") and "--json " in sub
+    # Tab on a command word answers from a table (no typer import); the table is the app's own
+    from aiwg_service.cli.words import TREE, from_app
+
+    assert from_app() == TREE, "run `python -m aiwg_service.cli.words` to rewrite the table"
+    for words, cword, want in (("aiwgctl ta", "1", "task"), ("aiwgctl task ", "2", "submit\nlist\nget\ncancel"
+                                                                                    "\nstats\nlogs"),
+                               ("aiwgctl messaging st", "2", "status")):
+        out = subprocess.run([str(BIN / "aiwgctl")], env={**svc_env.env, "_AIWGCTL_COMPLETE": "complete_bash",
+                                                         "COMP_WORDS": words, "COMP_CWORD": cword},
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and out.stdout == want, (words, out.stdout, out.stderr)
     # typer detects the shell from the parent process, so ask from inside bash
     res = subprocess.run(["bash", "-c", "aiwgctl --show-completion"], env=svc_env.env, capture_output=True,
                          text=True, timeout=30)

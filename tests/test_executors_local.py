@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from aiwg_service.executors import ExitInfo, LaunchError, LaunchSpec, RunRef
-from aiwg_service.executors.local import RUNNER, LocalExecutor, unit_name
+from aiwg_service.executors.local import RUNNER, SHIM_FILE, LocalExecutor, unit_name
 from aiwg_service.executors.runner import CLAIM_LOST
 
 FAKE = str(Path(__file__).with_name("fake_claude.py"))
@@ -52,7 +52,8 @@ def result_line(log: Path) -> dict:
 def test_run_and_record(tmp_path: Path, mode: dict) -> None:
     async def go() -> None:
         ex = make(tmp_path, mode)
-        h = await ex.start(spec(tmp_path, "t-a", "hello", memory_max="256M", cpu_quota="50%"))
+        # it runs long enough for its unit to be looked at (the agent now starts at once: no runner first)
+        h = await ex.start(spec(tmp_path, "t-a", "sleep=2 hello", memory_max="256M", cpu_quota="50%"))
         assert h["kind"] == ("local-unit" if mode["use_systemd"] else "local-runner")
         if mode["sd"] is not None:
             props = mode["sd"].show(unit_name("t-a"), "MemoryMax", "CPUQuotaPerSecUSec", "ControlGroup")
@@ -63,11 +64,11 @@ def test_run_and_record(tmp_path: Path, mode: dict) -> None:
         log = tmp_path / "t-a.log"
         assert info.exit_code == 0 and info.signal is None and not info.timed_out
         assert info.log_bytes == log.stat().st_size
-        assert result_line(log)["result"] == "Done: hello"
+        assert result_line(log)["result"] == "Done: sleep=2 hello"
         spec_file = Path(h["run"] + ".spec")
         assert not spec_file.exists()  # the env (secrets) does not stay on disk
         await ex.forget(h)
-        assert not list((tmp_path / "state" / "runs").iterdir())
+        assert [p.name for p in (tmp_path / "state" / "runs").iterdir()] == [SHIM_FILE]  # only the shim
 
     asyncio.run(go())
 
@@ -190,3 +191,43 @@ def test_unit_name_in_use_is_a_clear_error(tmp_path: Path, sd) -> None:
         asyncio.run(go())
     finally:
         sd.systemctl("stop", "aiwg-task-t-i.service")
+
+
+def test_agent_that_closes_its_stdio_is_still_timed_out_and_cancelled(tmp_path: Path, mode: dict) -> None:
+    """Issue #30.1: after EOF on the agent's output the runner still watches the deadline and the stop."""
+    quiet = [*("/bin/sh", "-c"), "echo started; exec >&- 2>&-; exec sleep 60"]
+
+    async def go() -> None:
+        ex = make(tmp_path, mode)
+        base = {"cwd": str(tmp_path), "env": {"PATH": os.environ["PATH"]}, "kill_grace_s": 1.0}
+        ht = await ex.start(LaunchSpec(task_id="t-q1", argv=quiet, log_path=str(tmp_path / "t-q1.log"),
+                                       timeout_s=3.0, **base))
+        hc = await ex.start(LaunchSpec(task_id="t-q2", argv=quiet, log_path=str(tmp_path / "t-q2.log"), **base))
+        await first_line(tmp_path / "t-q2.log")
+        t0 = time.monotonic()
+        await ex.cancel(hc)
+        c = await asyncio.wait_for(ex.wait(hc), 30)
+        assert c.signal == 15 and not c.timed_out
+        assert time.monotonic() - t0 < 20
+        t = await asyncio.wait_for(ex.wait(ht), 30)
+        assert t.timed_out and t.signal == 15
+
+    asyncio.run(go())
+
+
+def test_prompt_of_a_mebibyte_goes_on_stdin(tmp_path: Path, mode: dict) -> None:
+    """Issue #26: a prompt far past argv's 128 KiB per word reaches the agent whole, on stdin."""
+    prompt = ("0123456789abcdef" * 65536)[:1024 * 1024 - 1] + "!"
+
+    async def go() -> None:
+        ex = make(tmp_path, mode)
+        h = await ex.start(LaunchSpec(task_id="t-big", argv=["/bin/sh", "-c", "wc -c; exec tail -c 1"],
+                                      cwd=str(tmp_path), env={"PATH": os.environ["PATH"]},
+                                      log_path=str(tmp_path / "t-big.log"), stdin=prompt))
+        info = await ex.wait(h)
+        assert info.exit_code == 0
+        # wc read it all; tail found the stream at its end (stdin is not rewound for it): nothing
+        assert (tmp_path / "t-big.log").read_text().split() == [str(len(prompt.encode()))]
+        assert not list(ex.runs_dir.glob("*.spec"))
+
+    asyncio.run(go())

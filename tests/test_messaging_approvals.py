@@ -49,18 +49,19 @@ def test_approval_buttons_on_every_platform_decided_once(svc_env: ServiceEnv) ->
         tg.push_callback(WRITER, approve_data, message_id=prompt["message_id"])
         tg.wait(lambda: any("already approved by slack:U1" in t for t in tg.texts(777)), what="already decided")
         assert tg.callbacks_answered  # the button's spinner was stopped
-        # the prompt itself now shows the outcome and has no buttons left; pressing again changes nothing
-        tg.wait(lambda: tg.edits, what="the prompt edited")
-        assert "already approved by slack:U1" in tg.edits[0]["text"]
+        # every prompt (Telegram's, Discord's, Slack's own) shows the outcome and has no buttons left
+        tg.wait(lambda: tg.edits, what="the telegram prompt edited")
+        assert "approved by slack:U1" in tg.edits[0]["text"]
         assert tg.edits[0]["reply_markup"] == {"inline_keyboard": []}
-        tg.push_callback(WRITER, approve_data, message_id=prompt["message_id"])
-        tg.wait(lambda: len([c for c in tg.calls if c[0] == "editMessageText"]) >= 2, what="the second edit")
-        assert len(tg.edits) == 1  # refused as "message is not modified", which the bridge takes as success
-        assert "editMessageText" not in svc_env.log_text()
+        dc.wait(lambda: dc.edits, what="the discord prompt edited")
+        assert dc.edits[0]["components"] == [] and "approved by slack:U1" in str(dc.edits[0]["embeds"])
+        slack.wait(lambda: slack.updates, what="the slack prompt edited")
+        assert "approved by slack:U1" in slack.updates[0]["text"] and "actions" not in str(slack.updates[0]["blocks"])
+        assert len(tg.edits) == 1 and "editMessageText" not in svc_env.log_text()
         # a second approval, rejected by a Discord button
         (svc_env.project / "inbox" / "b").write_text("")
-        dc.wait(lambda: len([m for m in dc.messages if m.get("components")]) >= 2, what="second discord prompt")
-        second = [m for m in dc.messages if m.get("components")][1]
+        dc.wait(lambda: len([m for m in dc.messages if "Approval needed" in str(m)]) >= 2, what="second discord prompt")
+        second = [m for m in dc.messages if "Approval needed" in str(m)][1]
         custom_id = second["components"][0]["components"][1]["custom_id"]
         assert custom_id.startswith("aiwg:reject:ap-")
         dc.push_component("7001", custom_id)

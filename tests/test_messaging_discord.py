@@ -77,4 +77,27 @@ def test_a_read_only_user_cannot_run_a_write_command_and_health_answers(svc_env:
         health = next(m for m in dc.messages if m["channel_id"] == "4102")
         text = health["content"] + json.dumps(health.get("embeds", []))
         assert "supervisor:" in text and "bridge discord: connected" in text
+
+
+def test_429s_keep_order_and_an_answer_outliving_its_interaction_token_goes_to_the_channel(
+        svc_env: ServiceEnv) -> None:
+    from tasks_support import make_fakebin
+
+    svc_env.env["PATH"] = f"{make_fakebin(svc_env.tmp)}:{svc_env.env['PATH']}"
+    with FakeDiscord() as dc:
+        _start(svc_env, dc)
+        dc.rate_limit_next = 2  # Discord says 429 twice: Retry-After is honoured and the order kept
+        for i in range(4):
+            svc_env.ctl("notify", f"n{i}", "--channel", "discord", check=True)
+        dc.wait(lambda: len([m for m in dc.messages if m["channel_id"] == "4242"]) >= 4, 30, what="four messages")
+        got = [m["embeds"][0]["description"] for m in dc.messages if m["channel_id"] == "4242"]
+        assert got == ["n0", "n1", "n2", "n3"] and len(dc.rate_limited) == 2
+        # an /ask whose answer comes after the interaction token expired: posted to the channel instead
+        dc.push_slash("7001", "ask", "slow one sleep=2", channel="4100")
+        dc.wait(lambda: dc.callbacks and any(c["type"] == 5 for c in dc.callbacks), what="the deferral")
+        dc.expire_interactions()
+        dc.wait(lambda: [m for m in dc.messages if m["channel_id"] == "4100"], 60, what="the answer in the channel")
+        answer = next(m for m in dc.messages if m["channel_id"] == "4100")
+        assert "Done: slow one" in str(answer)
+        assert not any("Done: slow one" in str(f) for f in dc.followups)
         assert svc_env.stop() == 0

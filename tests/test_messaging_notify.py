@@ -66,10 +66,8 @@ def test_a_rules_notify_reaches_every_platform(svc_env: ServiceEnv) -> None:
         assert embed["description"] == "new file inbox/report.txt <ok\\>"
         assert dc.messages[0]["channel_id"] == "4242" and embed["footer"]["text"].endswith("warning")
         assert sink.posts[0]["message"] == "new file inbox/report.txt <ok>" and sink.posts[0]["type"] == "warning"
-        # each counter moves once its send has returned, a moment after the fake got the post: wait for it
-        def counted() -> bool:
-            bridges = svc_env.call("messaging.status")["bridges"]
-            return all(bridges[b]["messages_out"] == 1 for b in ("telegram", "slack", "discord", "apprise"))
-
-        wait_for(counted, 10, what="every bridge to count its message")
+        # counted once the platform's answer is back (the fake records the post a moment before)
+        wait_for(lambda: all((bs := svc_env.call("messaging.status")["bridges"])[b]["messages_out"] == 1
+                             and bs[b]["outbox"]["queued"] == 0 for b in ("telegram", "slack", "discord", "apprise")),
+                 20, what="each bridge's one message counted and its outbox empty")
         assert svc_env.stop() == 0

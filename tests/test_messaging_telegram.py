@@ -111,25 +111,49 @@ def test_conflict_revoked_token_rate_limit_and_bad_updates(svc_env: ServiceEnv) 
         assert svc_env.stop() == 0
 
 
-def test_undeliverable_messages_are_retried_then_dead_lettered_and_replayed(svc_env: ServiceEnv) -> None:
+def test_undeliverable_messages_wait_in_the_outbox_and_refusals_are_dead_lettered(svc_env: ServiceEnv) -> None:
     with FakeTelegram() as tg:
         tg.fail_sends = True
         start_with_telegram(svc_env, tg.base, retries=1)
         wait_for(lambda: _bridge(svc_env)["state"] == "connected", 15, what="telegram connected")
         svc_env.ctl("notify", "first", check=True)
         svc_env.ctl("notify", "nobody home", "--channel", "telegram:404", check=True)  # permanent: no retry
-        dead = wait_for(lambda: len(svc_env.call("events.dlq")["dead_letters"]) == 2
-                        and svc_env.call("events.dlq")["dead_letters"], 30, what="two dead letters")
-        by_text = {d["event"]["data"]["message"]: d for d in dead}
-        assert by_text["first"]["subscriber"] == "messaging.telegram" and by_text["first"]["attempts"] == 2
-        assert "502" in by_text["first"]["error"]
-        assert by_text["nobody home"]["attempts"] == 1 and "chat not found" in by_text["nobody home"]["error"]
-        assert _bridge(svc_env)["send_failures"] >= 3
-        # the platform is back: a replay re-sends it to that bridge only
+        svc_env.ctl("notify", "third", check=True)
+        # Telegram answers 502: the messages wait in the outbox, in order, however many attempts it takes
+        wait_for(lambda: _bridge(svc_env)["send_failures"] >= 3, 30, what="three failed attempts")
+        box = _bridge(svc_env)["outbox"]
+        assert box["queued"] == 3 and box["dropped"] == 0
+        assert svc_env.call("events.dlq")["dead_letters"] == []
+        tg.fail_sends = False  # the platform is back: each goes once, in order; the refused one is dead-lettered
+        tg.wait(lambda: len(tg.texts(777)) >= 2, what="the waiting messages")
+        assert ["first" in t for t in tg.texts(777)] == [True, False] and "third" in tg.texts(777)[1]
+        dead = wait_for(lambda: svc_env.call("events.dlq")["dead_letters"], 20, what="the refused message")
+        assert len(dead) == 1 and dead[0]["event"]["data"]["message"] == "nobody home"
+        assert dead[0]["subscriber"] == "messaging.telegram" and "chat not found" in dead[0]["error"]
+        wait_for(lambda: _bridge(svc_env)["outbox"]["queued"] == 0, 20, what="the outbox empty")
+        # a replay queues it again (and it is refused again: the chat still does not exist)
+        svc_env.ctl("events", "replay", dead[0]["id"], check=True)
+        wait_for(lambda: len(svc_env.call("events.dlq")["dead_letters"]) == 1
+                 and svc_env.call("events.dlq")["dead_letters"][0]["id"] != dead[0]["id"], 20, what="refused again")
+        assert svc_env.call("ping")["pong"] is True
+        assert svc_env.stop() == 0
+
+
+def test_the_outbox_is_bounded_oldest_first_and_survives_a_restart(svc_env: ServiceEnv) -> None:
+    with FakeTelegram() as tg:
+        tg.fail_sends = True
+        start_with_telegram(svc_env, tg.base, outbox_max=3)
+        wait_for(lambda: _bridge(svc_env)["state"] == "connected", 15, what="telegram connected")
+        for i in range(5):
+            svc_env.ctl("notify", f"n{i}", check=True)
+        wait_for(lambda: _bridge(svc_env)["outbox"]["dropped"] == 2, 20, what="two dropped")
+        assert _bridge(svc_env)["outbox"]["queued"] == 3
+        assert svc_env.stop() == 0  # what waits is on disk: the next run sends it
         tg.fail_sends = False
-        svc_env.ctl("events", "replay", by_text["first"]["id"], check=True)
-        tg.wait(lambda: tg.texts(777), what="the replayed message")
-        assert "first" in tg.texts(777)[0] and svc_env.call("ping")["pong"] is True
+        svc_env.start()
+        tg.wait(lambda: len(tg.texts(777)) >= 3, what="the kept messages after a restart")
+        assert [t.split()[-1] for t in tg.texts(777)] == ["n2", "n3", "n4"]
+        assert "dropped its 1 oldest" in svc_env.log_text()
         assert svc_env.stop() == 0
 
 
@@ -149,4 +173,38 @@ def test_reload_changes_permissions_without_reconnecting(svc_env: ServiceEnv) ->
         tg.wait(lambda: len(tg.texts(READER)) >= 2, what="the second answer")
         assert tg.texts(READER)[1] == "No task t-1."
         assert [c[0] for c in tg.calls].count("getMe") == 1  # the bridge kept its connection
+        assert svc_env.stop() == 0
+
+
+def test_unknown_channel_is_an_error_and_a_fixed_credential_restarts_a_stopped_bridge(svc_env: ServiceEnv) -> None:
+    from messaging_support import TG_TOKEN, telegram_section, write_service_config
+
+    with FakeTelegram() as tg:
+        creds = svc_env.tmp / "credentials"
+        creds.mkdir(mode=0o700)
+        (creds / "AIWG_TELEGRAM_TOKEN").write_text("123456:WRONG-token\n")
+        svc_env.env["CREDENTIALS_DIRECTORY"] = str(creds)
+        svc_env.env["AIWG_TELEGRAM_CHAT_ID"] = "777"
+        write_service_config(svc_env, telegram_section(tg.base))
+        svc_env.start()
+        st = wait_for(lambda: _bridge(svc_env)["state"] == "error" and _bridge(svc_env), 30, what="the 401 stop")
+        assert "token rejected" in st["detail"]
+        status = svc_env.ctl("status")
+        assert "degraded" in status.stdout + status.stderr and "the telegram bridge stopped: token rejected" \
+            in status.stdout + status.stderr
+        # a typo in the channel is an error, not a message to every bridge
+        bad = svc_env.ctl("notify", "hello", "-c", "telegramm")
+        assert bad.returncode == 1 and "'telegramm' names no bridge" in bad.stderr
+        off = svc_env.ctl("notify", "hello", "-c", "slack")
+        assert off.returncode == 1 and "the slack bridge is not enabled" in off.stderr
+        # a message meanwhile waits in the outbox (not dead-lettered: the token is bad, not the message)
+        svc_env.ctl("notify", "while stopped", "-c", "telegram", check=True)
+        wait_for(lambda: _bridge(svc_env)["outbox"]["queued"] == 1, 20, what="the message waiting")
+        # the credential is fixed: a reload restarts the bridge (the same config would not)
+        (creds / "AIWG_TELEGRAM_TOKEN").write_text(TG_TOKEN + "\n")
+        assert svc_env.call("daemon.reload")["reloaded"] is True
+        wait_for(lambda: _bridge(svc_env)["state"] == "connected", 30, what="the bridge back after the reload")
+        tg.wait(lambda: tg.texts(777), what="the waiting message after the fix")
+        assert "while stopped" in tg.texts(777)[0] and svc_env.call("events.dlq")["dead_letters"] == []
+        assert svc_env.call("daemon.status")["health"] == "healthy"
         assert svc_env.stop() == 0

@@ -8,9 +8,10 @@ import pytest
 
 from aiwg_service import config, schemas  # noqa: F401  (registers every section)
 from aiwg_service.messaging import format as fmt
+from aiwg_service.messaging.announce import event_message, severity_of
 from aiwg_service.messaging.bridge import Backoff
 from aiwg_service.messaging.commands import RateLimiter, parse
-from aiwg_service.messaging.hub import MessagingSubsystem, event_message, severity_of
+from aiwg_service.messaging.hub import MessagingSubsystem
 from aiwg_service.messaging.model import Button, OutMessage
 from aiwg_service.messaging.schema import MessagingSection, Subscription
 from aiwg_service.protocol import Event
@@ -82,6 +83,11 @@ def test_severity_and_messages_from_events() -> None:
     assert m.title == "Approval needed: ap-1 · proj" and [b.action for b in m.buttons] == ["approve", "reject"]
     t = event_message(ev("task.failed", {"id": "t-1", "prompt": "fix", "error": "boom"}))
     assert t.title == "Task t-1 failed" and "error: boom" in t.text
+    b = event_message(ev("budget.warning", {"budget": "project.daily", "key": "/p/proj", "period": "2026-12-07",
+                                            "spent_usd": 0.0123, "limit_usd": 0.015}))
+    assert b.title == "Budget warning" and b.text == "project.daily budget for /p/proj: $0.0123 of $0.0150 (2026-12-07)"
+    other = event_message(ev("health.degraded", {"subsystem": "watcher", "roots": ["/a", "/b"]}))
+    assert other.text == 'subsystem: watcher\nroots: ["/a","/b"]' and "{" not in other.text
 
 
 class _Bus:

@@ -141,6 +141,8 @@ def test_socket_activation_on_first_connect(svc: Svc) -> None:
 
     res = svc.ctl("ping")  # the first connect starts the service; the request waits in the backlog
     assert res.stdout.startswith(f"pong from {svc.socket}")
+    # ping answers as soon as the config is loaded; READY=1 (active) follows once every subsystem started
+    svc.sd.wait_for(lambda: svc.show("ActiveState")["ActiveState"] == "active", timeout=20, message="active")
     props = svc.show("ActiveState", "MainPID")
     assert props["ActiveState"] == "active"
     st = svc.status()
@@ -421,8 +423,8 @@ def test_aiwgctl_install_start_stop_uninstall(svc: Svc) -> None:
         assert svc.show("ActiveState", unit="aiwg.socket")["ActiveState"] == "active"
         assert svc.show("ActiveState")["ActiveState"] == "inactive"
 
-        assert svc.ctl("ping").stdout.startswith("pong")  # activates it
-        assert svc.show("ActiveState")["ActiveState"] == "active"
+        assert svc.ctl("ping").stdout.startswith("pong")  # activates it (ping answers first, READY=1 follows)
+        sd.wait_for(lambda: svc.show("ActiveState")["ActiveState"] == "active", timeout=20, message="active")
 
         ctl("stop")
         assert svc.show("ActiveState")["ActiveState"] == "inactive"
@@ -466,6 +468,8 @@ def test_per_project_instance(svc: Svc, project: Path) -> None:
         assert svc.show("ActiveState", unit=f"aiwg@{instance}.service")["ActiveState"] == "inactive"
         res = svc.ctl("--instance", str(project), "ping")
         assert f"/aiwg/instances/{instance}.sock" in res.stdout
+        svc.sd.wait_for(lambda: svc.show("ActiveState", unit=f"aiwg@{instance}.service")["ActiveState"] == "active",
+                        timeout=20, message="active (READY=1 follows the first answer)")
         props = svc.show("ActiveState", "MainPID", unit=f"aiwg@{instance}.service")
         assert props["ActiveState"] == "active"
         # From inside the project dir, plain `aiwgctl status` finds the instance through the project link.

@@ -15,6 +15,7 @@ from aiwg_service.tasks.agents import (
     build_argv,
     child_env,
     profile_lookup,
+    prompt_stdin,
 )
 from aiwg_service.tasks.model import AgentProfile, Task, TaskState, new_task_id, parse_time, profile_problems, utc_now
 
@@ -85,14 +86,19 @@ def test_model_imports_light() -> None:
 def test_build_argv() -> None:
     p = AgentProfile(model="sonnet", max_turns=7, allowed_tools=["Read", "Bash(git log:*)"],
                      permission_mode="acceptEdits", args=["--add-dir", "/x"])
-    # the prompt comes last, after "--": options end before it (issue 19)
+    # the prompt is not in argv at all: it goes on stdin (any size; never read as an option)
     assert build_argv(p, "do it; rm -rf /") == [
         "claude", "-p", "--output-format", "stream-json", "--verbose",
         "--model", "sonnet", "--max-turns", "7", "--allowedTools", "Read,Bash(git log:*)",
-        "--permission-mode", "acceptEdits", "--add-dir", "/x", "--", "do it; rm -rf /"]
+        "--permission-mode", "acceptEdits", "--add-dir", "/x"]
+    assert prompt_stdin(p, "do it; rm -rf /") == "do it; rm -rf /"
     assert build_argv(AgentProfile(kind="shell"), "echo $HOME") == ["/bin/sh", "-c", "echo $HOME"]
+    assert prompt_stdin(AgentProfile(kind="shell"), "echo $HOME") is None
     custom = AgentProfile(kind="command", command=["agent", "--message", "{prompt}"], args=["--json"])
     assert build_argv(custom, "a b; c") == ["agent", "--message", "a b; c", "--json"]
+    assert prompt_stdin(custom, "a b; c") is None
+    reads = AgentProfile(kind="command", command=["agent", "--from-stdin"])
+    assert build_argv(reads, "a b; c") == ["agent", "--from-stdin"] and prompt_stdin(reads, "a b; c") == "a b; c"
 
 
 def test_profile_lookup() -> None:
@@ -178,7 +184,7 @@ def test_a_prompt_that_looks_like_an_option_stays_a_prompt() -> None:
     """A file named ``--permission-mode=bypassPermissions`` with the prompt template ``{path}``."""
     evil = "--permission-mode=bypassPermissions"
     argv = build_argv(AgentProfile(), evil)
-    assert argv[-2:] == ["--", evil] and argv.count(evil) == 1
+    assert evil not in argv and prompt_stdin(AgentProfile(), evil) == evil  # on stdin, never an option
     argv = build_argv(AgentProfile(kind="command", command=["tool", "-v", "--message", "{prompt}"]), evil)
     assert argv == ["tool", "-v", "--message", evil]  # one element, the value of --message
     problems = profile_problems(AgentProfile(kind="command", command=["tool", "--task={prompt}"]))

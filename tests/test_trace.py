@@ -65,3 +65,36 @@ def test_rule_chain_trace(svc_env: ServiceEnv) -> None:
     assert js["root"]["id"] == first["origin"]["event_id"]
     bad = svc_env.connect().request("trace.get", {"id": "t-nope"})
     assert bad["error"]["code"] == -32602 and "nothing known" in bad["error"]["message"]
+
+
+def test_trace_starts_from_an_approval_and_a_webhook_delivery(svc_env: ServiceEnv) -> None:
+    import uuid
+
+    from webhook_support import SECRETS, free_port, post, token_headers
+
+    port = free_port()
+    svc_env.env.update(SECRETS)
+    cfg = svc_env.config_home / "aiwg" / "daemon.json"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(json.dumps({"webhook": {"port": port}}))
+    svc_env.write_project_config({
+        "watch": {"paths": []}, "schedule": {"jobs": []},
+        "webhook": {"hooks": [{"id": "tok", "kind": "token", "secret_env": "AIWG_TEST_TOK"}]},
+        "rules": [{"id": "deploy", "triggers": [{"type": "webhook.tok"}],
+                   "actions": [{"approve": {"message": "deploy?"}}, {"shell": "touch deployed"}]}]})
+    svc_env.start()
+    wait_for(lambda: svc_env.call("daemon.status")["subsystems"]["webhooks"].get("listening"), 15,
+             what="the webhook listener")
+    delivery = str(uuid.uuid4())
+    body = b'{"ref": "main"}'
+    assert post(port, "/hooks/tok", body, token_headers(SECRETS["AIWG_TEST_TOK"], body, delivery))[0] == 202
+    (approval,) = wait_for(lambda: svc_env.call("approval.list", {})["approvals"], 15, what="the approval")
+    for ident in (approval["id"], delivery):
+        tr = svc_env.call("trace.get", {"id": ident})
+        assert tr is not None, ident
+        root = tr["root"]
+        assert root["kind"] == "event" and root["type"] == "webhook.tok", (ident, root)
+        (run,) = root["children"]
+        assert run["kind"] == "rule_run" and run["rule"] == "deploy" and run["approval"], run
+    out = svc_env.ctl("trace", approval["id"])
+    assert out.returncode == 0 and "rule deploy run" in out.stdout and "nothing known" not in out.stdout

@@ -4,6 +4,12 @@ Why in memory: the check runs for every task start and must cost microseconds, n
 ledger loads the month's finished costs once (at start, at each new day, after a reload), adds each
 finished task's cost as it is recorded, and counts running tasks at their live cost, so a budget is
 judged on what is spent *now*.
+
+Why reserve: a run's cost is $0 until its first usage (or its result line), so tasks started together all
+passed the check and a $0.50 limit ended at $1.16.  A start now *reserves* what the task may spend (its
+``max_budget_usd``, else its profile's, else the typical final cost learned from that agent's past runs),
+and a running task counts at the larger of its reservation and its cost so far; its final cost settles
+it.  Concurrent starts can then overshoot a limit by at most one task's reservation.
 """
 
 from __future__ import annotations
@@ -80,6 +86,10 @@ class Ledger:
         self.period = _Period()
         self.spend = _Spend()
         self.live: dict[str, tuple[str, str | None, float]] = {}
+        #: task id -> what its start reserved (counted in ``live`` until its cost passes it or it ends).
+        self.reserved: dict[str, float] = {}
+        #: agent profile name -> typical final cost (a moving average of its runs), for tasks with no budget.
+        self.typical: dict[str, float] = {}
         self._announced: set[tuple[str, str, str, str]] = set()  # (event, budget name, key, period)
 
     # -- periods ------------------------------------------------------------------------------------
@@ -154,17 +164,33 @@ class Ledger:
         return self.period.day if b.period == "day" else self.period.month
 
     # -- the hooks the supervisor calls -------------------------------------------------------------------
-    def admit(self, task: Any, _profile: Any = None) -> str | None:
-        """None if ``task`` may start; else the reason it waits (``held``)."""
+    def reservation(self, task: Any, profile: Any = None) -> float:
+        """What a start of ``task`` reserves: its budget, its profile's, or its agent's typical cost."""
+        for v in (getattr(task, "max_budget_usd", None), getattr(profile, "max_budget_usd", None)):
+            if isinstance(v, int | float) and v > 0:
+                return float(v)
+        return self.typical.get(getattr(task, "agent", ""), 0.0)
+
+    def admit(self, task: Any, profile: Any = None, *, reserve: bool = True) -> str | None:
+        """None if ``task`` may start (and, with ``reserve``, its reservation is taken: the supervisor
+        starts it now and reports its end through :meth:`on_cost`); else the reason it waits (``held``)."""
         self._roll()
         rule = _rule_of(task)
-        for b in self.budgets_for(task.project, rule):
+        budgets = self.budgets_for(task.project, rule)
+        for b in budgets:
             s = self.spent(b)
             if s >= b.limit:
                 reason = (f"{b.name} budget{'' if b.kind == 'service' else ' for ' + b.key} is spent: "
                           f"${s:.4f} of ${b.limit:g} ({self.period_of(b)})")
+                if s - sum(c for t, (_p, _r, c) in self.live.items() if t in self.reserved) < b.limit:
+                    reason += " counting what running tasks have reserved"
                 self._announce("budget.exceeded", b, s, task.project, task=task.id, action="held")
                 return reason
+        if reserve and budgets:
+            r = self.reservation(task, profile)
+            if r > 0:
+                self.reserved[task.id] = r
+                self.live[task.id] = (task.project, rule, r)
         return None
 
     def blocking(self, task: Any) -> Budget | None:
@@ -181,7 +207,11 @@ class Ledger:
         state = getattr(task.state, "value", task.state)
         if state != "running":
             self.live.pop(task.id, None)
+            self.reserved.pop(task.id, None)
             final = task.cost_usd
+            if final is not None and final >= 0 and getattr(task, "agent", None):
+                old = self.typical.get(task.agent)
+                self.typical[task.agent] = final if old is None else 0.7 * old + 0.3 * final
             if final is not None and not rolled and task.finished_at and task.finished_at >= self.period.month_start:
                 sp = self.spend
                 sp.service_month += final
@@ -195,8 +225,9 @@ class Ledger:
             return
         if cost is None:
             self.live.pop(task.id, None)
+            self.reserved.pop(task.id, None)
             return
-        self.live[task.id] = (task.project, rule, cost)
+        self.live[task.id] = (task.project, rule, max(cost, self.reserved.get(task.id, 0.0)))
         self._check(task.project, rule)
 
     def _check(self, project: str, rule: str | None) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from .. import paths
 from . import approvals as approvals_cli
@@ -29,11 +30,41 @@ from .trust import trust, untrust
 from .web import web as web_cmd
 from .webhooks import webhook_app
 
+#: ``--help`` lists commands in this order: the service, then talking to the agent, the work it does, why it
+#: ran, and the configuration; anything not named here follows, in the order it was registered.
+ORDER = ("status", "ping", "start", "stop", "restart", "reload", "logs", "doctor", "install", "uninstall",
+         "chat", "attach", "top", "web", "session", "task", "approvals", "approve", "reject", "trace", "budget",
+         "events", "rules", "cron", "notify", "messaging", "webhook", "executors", "sandbox",
+         "project", "trust", "untrust", "config")
+
+
+class OrderedGroup(typer.core.TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = list(self.commands)
+        return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER) + names.index(n))
+
+
+def _plain_option_types() -> None:
+    """Help shows ``--socket PATH`` and a bare ``--json``, not ``<path>`` and ``<bool>`` on every flag."""
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) or getattr(self, "count", False):
+            return None
+        if self.metavar is not None:
+            return str(self.metavar)
+        shown = self.display_type(ctx).strip("<>").removesuffix(" range")
+        return {"str": "TEXT", "int": "N", "float": "NUMBER", "bool": None}.get(shown, shown.upper())
+
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    typer.core.TyperArgument.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_plain_option_types()
 app = typer.Typer(
     help="Control aiwg-service, the per-user service that supervises your projects.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    cls=OrderedGroup,
 )
 project_app = typer.Typer(help="Projects the service watches (like watchman's roots).", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)

@@ -80,3 +80,4 @@ def trace(ident: Annotated[str, typer.Argument(help="an event, rule run, task or
     _tree(res["root"])
     if res.get("total_cost_usd") is not None:
         print(f"total cost ${res['total_cost_usd']:.4f}")
+

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import protocol as p
-from .chat_rpc import AsyncRpc
+from .chat_rpc import Link
 
-__all__ = ["Spinner", "Style", "TurnPrinter", "excerpt", "follow_turn", "is_tty"]
+__all__ = ["Spinner", "Style", "TurnPrinter", "excerpt", "follow_turn", "held_reason", "is_tty"]
 
 
 def is_tty(stream: Any) -> bool:
@@ -149,36 +149,78 @@ class Spinner:
             self.shown = False
 
 
-async def follow_turn(rpc: AsyncRpc, task_id: str, printer: TurnPrinter, spinner: Spinner) -> str:
-    """Stream the task's log through ``printer`` until the task is done; its final state."""
+def held_reason(task: dict[str, Any]) -> str:
+    return str(task.get("held_reason") or "waiting for a budget")
+
+
+async def follow_turn(link: Link, task_id: str, printer: TurnPrinter, spinner: Spinner,
+                      on_held: Callable[[str], None] | None = None, *, stop_when_held: bool = False) -> str:
+    """Stream the task's log through ``printer`` until the task is done; its final state.
+
+    The service may go away meanwhile (a restart, a ``kill -9``): the turn is re-adopted by the next
+    service, and the log is followed again from the last byte printed, so nothing shows twice.  A turn
+    held by a budget is reported through ``on_held(reason)`` (once per hold), and followed on, or with
+    ``stop_when_held`` left with the state ``held``."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[str] = loop.create_future()
+    offset = 0
+    held_shown: str | None = None
+
+    def show(data: str) -> None:
+        spinner.clear()
+        printer.feed(data)
+        spinner.start()
+
+    def held(reason: str) -> None:
+        nonlocal held_shown
+        if reason == held_shown:
+            return
+        held_shown = reason
+        if on_held is not None:
+            on_held(reason)
+        if stop_when_held and not done.done():
+            done.set_result("held")
 
     def on_output(params: dict[str, Any]) -> None:
+        nonlocal offset
         if params.get("taskId") != task_id:
             return
         if params.get("data"):
-            spinner.clear()
-            printer.feed(params["data"])
-            spinner.start()
+            show(params["data"])
+        if isinstance(params.get("offset"), int):
+            offset = params["offset"]
         if params.get("done") and not done.done():
             done.set_result(str(params.get("state", "unknown")))
 
-    off = rpc.on(p.NOTIFY_TASK_OUTPUT, on_output)
+    def on_event(params: dict[str, Any]) -> None:
+        ev = params.get("event", params)
+        data = ev.get("data") if isinstance(ev, dict) else None
+        if isinstance(data, dict) and data.get("id") == task_id and ev.get("type") == "task.held":
+            held(held_reason(data))
+
+    offs = [link.on(p.NOTIFY_TASK_OUTPUT, on_output), link.on(p.NOTIFY_EVENT, on_event)]
     spinner.start()
     try:
-        res = await rpc.call("task.logs", {"taskId": task_id, "follow": True})
-        if res.get("data"):
-            spinner.clear()
-            printer.feed(res["data"])
-            spinner.start()
-        closed = loop.create_task(rpc.closed.wait())
-        await asyncio.wait([done, closed], return_when=asyncio.FIRST_COMPLETED)
-        closed.cancel()
-        if not done.done():
-            raise ConnectionError("the service closed the connection")
-        return done.result()
+        while True:
+            rpc = await link.current()
+            try:
+                res = await rpc.call("task.logs", {"taskId": task_id, "offset": offset, "follow": True})
+                if res.get("data"):
+                    show(res["data"])
+                offset = max(offset, int(res.get("offset") or 0))
+                if res.get("state") == "held":
+                    held(held_reason(await rpc.call("task.get", {"taskId": task_id})))
+                    if done.done():
+                        return done.result()
+            except ConnectionError:
+                continue  # the link reconnects; follow again from ``offset``
+            closed = loop.create_task(rpc.closed.wait())
+            await asyncio.wait([done, closed], return_when=asyncio.FIRST_COMPLETED)
+            closed.cancel()
+            if done.done():
+                return done.result()
     finally:
-        off()
+        for off in offs:
+            off()
         spinner.clear()
         printer.close()

@@ -40,9 +40,42 @@ def fast_path(argv: list[str]) -> bool:
     return True
 
 
+def fast_complete(environ: dict[str, str] | None = None) -> bool:
+    """Bash's Tab on a command or subcommand word, answered from ``words.TREE`` without importing typer
+    (under 100 ms instead of about a second); anything else (options, values, other shells) goes to typer."""
+    import os
+
+    env = os.environ if environ is None else environ
+    if env.get("_AIWGCTL_COMPLETE") != "complete_bash":
+        return False
+    line = env.get("COMP_WORDS", "")
+    if any(c in line for c in "\"'\\"):
+        return False
+    words = line.split()
+    try:
+        cword = int(env.get("COMP_CWORD", ""))
+    except ValueError:
+        return False
+    args, incomplete = words[1:cword], (words[cword] if cword < len(words) else "")
+    if incomplete.startswith("-") or any(a.startswith("-") for a in args):
+        return False
+    from .words import TREE
+
+    if not args:
+        names: tuple[str, ...] = tuple(TREE)
+    elif len(args) == 1 and TREE.get(args[0]):
+        names = TREE[args[0]]
+    else:
+        return False
+    sys.stdout.write("\n".join(n for n in names if n.startswith(incomplete)))
+    return True
+
+
 def main() -> None:
     """The ``aiwgctl`` entry point: fast path, else typer; never a traceback."""
     try:
+        if fast_complete():
+            return
         argv = json_anywhere(sys.argv[1:])
         if not fast_path(argv):
             from .app import app

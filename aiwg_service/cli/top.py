@@ -1,7 +1,9 @@
 """``aiwgctl top``: a live status screen that redraws when something happens, and sleeps otherwise.
 
 It subscribes to the bus (``events.subscribe``) and redraws on each event (coalesced over 100 ms), or when
-the terminal is resized.  No timer runs while nothing happens: idle, it uses no CPU.
+the terminal is resized.  No timer runs while nothing happens: idle, it uses no CPU.  When the service goes
+away (a restart, a ``kill -9``), the screen keeps its last picture under a status line and reconnects;
+once the service answers again it subscribes again and redraws.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .. import protocol as p
-from .chat_rpc import AsyncRpc
+from .chat_rpc import AsyncRpc, Link
 
 __all__ = ["Top", "run"]
 
@@ -34,9 +36,11 @@ def _tasks(res: Any) -> list[dict[str, Any]]:
 
 
 class Top:
-    def __init__(self, rpc: AsyncRpc, out: Any) -> None:
+    def __init__(self, rpc: Link, out: Any) -> None:
         self.rpc = rpc
         self.out = out
+        self.away: str | None = None  # the status line while the service is away
+        self.last: dict[str, Any] | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=10)
         self._pending: asyncio.TimerHandle | None = None
         self._drawing: asyncio.Task[None] | None = None
@@ -110,32 +114,51 @@ class Top:
         return [ln[:width] for ln in lines]
 
     async def draw(self) -> None:
-        data = await self.gather()
+        if self.away is None or self.last is None:
+            self.last = await self.gather()
         size = shutil.get_terminal_size((100, 40))
-        lines = self.render(data, size.columns)[: size.lines - 1]
+        lines = self.render(self.last, size.columns)
+        if self.away is not None:
+            lines = [self.away[: size.columns], *lines]
+        lines = lines[: size.lines - 1]
         self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
         self.out.flush()
         self.draws += 1
 
 
 async def run(once: bool, socket: Any) -> int:
-    rpc = await AsyncRpc.connect(socket)
+    top: list[Top] = []
+
+    def status(state: str, _gone: float) -> None:
+        if top:
+            if top[0]._drawing is not None and state == "down":
+                top[0]._drawing.cancel()  # a redraw waiting for the lost service: draw the status line now
+            top[0].away = (f"the service went away at {datetime.now(UTC).strftime('%H:%M:%S')} UTC: reconnecting…"
+                           if state == "down" else None)
+            top[0].schedule()
+
+    link = await Link.open(socket, status)
     try:
-        top = Top(rpc, sys.stdout)
+        t = Top(link, sys.stdout)
+        top.append(t)
         if once:
-            await top.load_history()
-            data = await top.gather()
-            sys.stdout.write("\n".join(top.render(data, shutil.get_terminal_size((120, 40)).columns)) + "\n")
+            await t.load_history()
+            data = await t.gather()
+            sys.stdout.write("\n".join(t.render(data, shutil.get_terminal_size((120, 40)).columns)) + "\n")
             return 0
-        rpc.on(p.NOTIFY_EVENT, top.on_event)
-        await rpc.call("events.subscribe", {"type": "*"})
-        await top.load_history()
+        link.on(p.NOTIFY_EVENT, t.on_event)
+
+        async def subscribe(rpc: AsyncRpc) -> None:
+            await rpc.call("events.subscribe", {"type": "*"})
+
+        link.on_up(subscribe)
+        await subscribe(await link.current())
+        await t.load_history()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signal.SIGWINCH, top.schedule)
-        await top.draw()
-        await rpc.closed.wait()
-        sys.stderr.write("aiwgctl top: the service closed the connection\n")
-        return 1
+            loop.add_signal_handler(signal.SIGWINCH, t.schedule)
+        await t.draw()
+        await asyncio.Event().wait()  # until interrupted: the link rides out the service's restarts
+        return 0
     finally:
-        await rpc.close()
+        await link.close()

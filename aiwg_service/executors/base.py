@@ -75,6 +75,9 @@ class LaunchSpec(msgspec.Struct, kw_only=True):
     #: never put it on a command line or in unit properties).
     env: dict[str, str]
     log_path: str
+    #: What the agent reads on stdin (the prompt, for agents that take it there): any size, where argv
+    #: words stop at 128 KiB.  None: /dev/null.
+    stdin: str | None = None
     #: Wall-clock limit; the executor enforces it even while the service is down.
     timeout_s: float | None = None
     #: systemd-style limits from the profile ("4G", "200%"); executors map them as they can.

@@ -81,38 +81,94 @@ class LogTail:
 
 
 class LogWatch:
-    """One inotify descriptor on the log directory; routes changes to the tails by file name."""
+    """One inotify descriptor on the log directory; routes changes to the tails by file name.
 
-    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+    If inotify cannot be had (the user's watch or instance limit is full: ENOSPC, EMFILE) or fails
+    while reading, the tails are read every ``poll_s`` instead, and inotify is tried again at each of
+    those reads: a reconciliation that runs only while the event source is broken (logged once when it
+    breaks, once when it is back), never while all is well.  Following output is never what says a run
+    ended (the executor's ``wait`` does), so a broken watch delays output, it never loses a run."""
+
+    def __init__(self, log_dir: str | os.PathLike[str], *, poll_s: float = 1.0) -> None:
         self.dir = Path(log_dir)
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.poll_s = poll_s
         self._tails: dict[str, LogTail] = {}
         self._ino: INotify | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        #: Why the tails are being read on a timer (inotify failed), None while inotify works.
+        self.failed: str | None = None
 
-    def _ensure(self) -> None:
-        if self._ino is None:
-            self._loop = asyncio.get_running_loop()
-            self._ino = INotify(nonblocking=True)
-            self._ino.add_watch(str(self.dir), _MASK)
-            self._loop.add_reader(self._ino.fileno(), self._events)
+    def _ensure(self) -> bool:
+        """inotify on the directory; False (and the timer armed) if it cannot be had now."""
+        if self._ino is not None:
+            return True
+        self._loop = asyncio.get_running_loop()
+        ino: INotify | None = None
+        try:
+            ino = INotify(nonblocking=True)
+            ino.add_watch(str(self.dir), _MASK)
+        except OSError as e:
+            if ino is not None:
+                ino.close()
+            self._fall_back(f"cannot watch {self.dir}: {e}")
+            return False
+        self._ino = ino
+        self._loop.add_reader(ino.fileno(), self._events)
+        if self.failed is not None:
+            log.warning("following task logs by inotify again (it had failed: %s)", self.failed)
+            self.failed = None
+        return True
+
+    def _fall_back(self, why: str) -> None:
+        if self.failed is None:
+            log.warning("following task logs: %s; reading them every %gs until inotify works again", why,
+                        self.poll_s)
+        self.failed = why
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is None and self._tails and self._loop is not None and self.failed is not None:
+            self._timer = self._loop.call_later(self.poll_s, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._ensure()  # back to events if it works now; then one full read catches up either way
+        self._read(list(self._tails))
+        self._arm()
 
     def add(self, tail: LogTail) -> None:
-        self._ensure()
         self._tails[tail.path.name] = tail
+        self._ensure()
+        self._arm()
         tail.read()
 
     def remove(self, tail: LogTail) -> None:
         if self._tails.get(tail.path.name) is tail:
             del self._tails[tail.path.name]
         tail.close()
+        if not self._tails and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _drop_inotify(self) -> None:
+        if self._ino is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._ino.fileno())
+            with contextlib.suppress(OSError):
+                self._ino.close()
+            self._ino = None
 
     def _events(self) -> None:
         assert self._ino is not None
         try:
             events = self._ino.read(timeout=0)
         except OSError as e:
-            log.error("log watch failed: %s", e)
+            self._drop_inotify()
+            self._fall_back(f"reading the inotify queue failed: {e}")
+            self._read(list(self._tails))
             return
         seen: set[str] = set()
         overflow = False
@@ -126,7 +182,9 @@ class LogWatch:
             if ev.mask & (flags.CREATE | flags.MOVED_TO):
                 tail.reopen()
             seen.add(ev.name)
-        names = list(self._tails) if overflow else seen
+        self._read(list(self._tails) if overflow else seen)
+
+    def _read(self, names: list[str] | set[str]) -> None:
         for name in names:
             tail = self._tails.get(name)
             if tail is not None:
@@ -139,9 +197,7 @@ class LogWatch:
         for t in self._tails.values():
             t.close()
         self._tails.clear()
-        if self._ino is not None:
-            if self._loop is not None:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(self._ino.fileno())
-            self._ino.close()
-            self._ino = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._drop_inotify()

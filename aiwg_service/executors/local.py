@@ -21,6 +21,7 @@ import json
 import logging
 import marshal
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -34,12 +35,19 @@ from ..systemd import user_manager_reachable
 from .base import ExecutorError, ExitInfo, Handle, LaunchError, LaunchSpec, Probe, RunRef
 from .runner import claim as _claim
 from .runner import write_bytes_atomic
+from .shim import SCRIPT, script_for, shell_ok, write_private
 
 __all__ = ["RUNNER", "LocalExecutor", "unit_name"]
 
 log = logging.getLogger(__name__)
 
 RUNNER = str(Path(__file__).with_name("runner.py"))
+
+
+#: Every file of a run, ``<state>/runs/<id>.<attempt><suffix>``: dropped together.
+#: The shim (``shim.py``), written once into the runs dir (which a confined unit keeps writable and visible).
+SHIM_FILE = ".agent-shim.sh"
+_RUN_FILES = (".spec", ".sh", ".stdin", ".fifo", ".child", ".rc", ".exit", ".claim")
 
 
 def unit_name(task_id: str) -> str:
@@ -108,6 +116,16 @@ class LocalExecutor:
         self.python = python or sys.executable
         self.environ = dict(os.environ if environ is None else environ)
         self._boot = _boot_id()
+        #: ``setsid`` and ``/bin/sh`` for the exec-first start (``shim.py``); None: the runner starts agents.
+        self._setsid = shutil.which("setsid", path=self.environ.get("PATH") or "/usr/bin:/bin")
+        self._shim: str | None = None
+        if self._setsid and os.access("/bin/sh", os.X_OK):
+            self._shim = str(self.runs_dir / SHIM_FILE)  # in the runs dir: a confined unit sees it
+            try:
+                write_bytes_atomic(self._shim, SCRIPT.encode(), durable=False)
+            except OSError as e:
+                log.warning("cannot write %s (%s): agents start through the runner", self._shim, e)
+                self._shim = None
         #: ``network: allow`` runs: the task's filtering proxy, by task id (closed when the run is forgotten)
         self._proxies: dict[str, sandbox_proxy.Proxy] = {}
 
@@ -140,27 +158,42 @@ class LocalExecutor:
         # The sandbox seam: one call, the policy rendered for the mechanism this launch uses (unit
         # properties, or a bubblewrap argv prefix), plus the proxy of ``network: allow``.
         box = await self._confine(spec, base)
-        argv = [box.program, *spec.argv[1:]] if box.program else spec.argv
-        record = {"argv": [*box.prefix, *argv], "cwd": spec.cwd, "env": {**spec.env, **box.env},
-                  "log_path": spec.log_path,
-                  "timeout_s": spec.timeout_s, "umask": spec.umask, "max_output_bytes": spec.max_output_bytes,
-                  "kill_grace_s": spec.kill_grace_s}
+        argv = [*box.prefix, *([box.program, *spec.argv[1:]] if box.program else spec.argv)]
+        env = {**spec.env, **box.env}
+        exe = self._exec_first(argv, env, spec.cwd)
+        if exe is not None:  # the shim starts the agent, then becomes its runner: only limits in the spec
+            record: dict[str, Any] = {"log_path": spec.log_path, "timeout_s": spec.timeout_s,
+                                      "max_output_bytes": spec.max_output_bytes, "kill_grace_s": spec.kill_grace_s}
+        else:  # the runner starts it (the agent or its cwd is missing: the runner records the clear error)
+            record = {"argv": argv, "cwd": spec.cwd, "env": env,
+                      "log_path": spec.log_path, "timeout_s": spec.timeout_s, "umask": spec.umask,
+                      "max_output_bytes": spec.max_output_bytes, "kill_grace_s": spec.kill_grace_s,
+                      "stdin": spec.stdin}
         try:  # marshal: the runner reads it without importing json (its start-up is every task's)
             write_bytes_atomic(str(spec_path), marshal.dumps(record), durable=False)
+            if exe is not None:
+                self._write_shim_files(str(base), spec, [exe, *argv[1:]], env)
         except (OSError, ValueError) as e:
-            raise LaunchError(f"cannot write the run's spec {spec_path}: {e.strerror or e}") from None
+            self._drop_files(str(base))
+            await self._drop_proxy(spec.task_id)
+            raise LaunchError(f"cannot write the run's files {base}.*: {e.strerror or e}") from None
         runner = [self.python, "-I", "-S", RUNNER]
         try:
-            if self.use_systemd:
-                handle = await self._start_unit(spec, runner, str(spec_path), box.properties)
+            if exe is not None:
+                cmd = ["/bin/sh", str(self._shim), str(base), self.python, RUNNER, str(self._setsid)]
+                if self.use_systemd:
+                    handle = await self._start_unit(spec, cmd, box.properties)
+                else:  # in a thread: vfork holds the caller until the child's exec, long on a busy machine
+                    handle = await asyncio.to_thread(self._spawn_shim, cmd, env)
+            elif self.use_systemd:
+                handle = await self._start_unit(spec, [*runner, str(spec_path)], box.properties)
             else:
                 handle = await self._start_runner(runner, str(spec_path))
         except LaunchError:
             await self._drop_proxy(spec.task_id)
             # Nothing was launched.  (On a cancel the launch may be under way: the spec stays for the
             # runner, and recovery's claim settles it if the runner never came.)
-            with contextlib.suppress(OSError):
-                spec_path.unlink()
+            self._drop_files(str(base))
             raise
         handle["run"] = str(base)
         handle["sandbox"] = box.record
@@ -198,6 +231,43 @@ class LocalExecutor:
         if px is not None:
             await px.close(remove_dir=done)
 
+    def _exec_first(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str | None:
+        """The agent's path when the shim can start it (see ``shim.py``), else None (the runner does)."""
+        if self._shim is None or not argv or not shell_ok(env) or not os.path.isdir(cwd):
+            return None
+        exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
+        if exe is None or not os.access(exe, os.X_OK) or os.path.isdir(exe):
+            return None
+        return exe
+
+    def _write_shim_files(self, base: str, spec: LaunchSpec, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        stdin_path = f"{base}.stdin" if spec.stdin is not None else None
+        if stdin_path is not None:
+            write_private(stdin_path, (spec.stdin or "").encode())
+        write_private(f"{base}.sh", script_for(argv=argv, env=env, cwd=spec.cwd, umask=spec.umask,
+                                               stdin_path=stdin_path, clear_env=self.use_systemd).encode())
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{base}.fifo")
+        os.mkfifo(f"{base}.fifo", 0o600)
+
+    @staticmethod
+    def _drop_files(base: str) -> None:
+        for suffix in _RUN_FILES:
+            with contextlib.suppress(OSError):
+                os.unlink(base + suffix)
+
+    def _spawn_shim(self, cmd: list[str], env: Mapping[str, str]) -> Handle:
+        """fork+exec of the shim in its own session, the agent's env as its own; it outlives us (it is
+        our child only until we go: :meth:`wait` reaps it)."""
+        try:
+            pid = os.posix_spawn(cmd[0], cmd, dict(env), setsid=True, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, 1, 2)])
+        except OSError as e:
+            raise LaunchError(f"cannot start the agent's shim ({cmd[0]}): {e.strerror or e}") from None
+        return {"kind": "local-runner", "pid": pid, "start_time": _start_time(pid), "boot_id": self._boot}
+
     async def _start_runner(self, runner: list[str], spec_path: str) -> Handle:
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -221,8 +291,9 @@ class LocalExecutor:
         keep = ("PATH", "LANG", "LC_ALL", "TZ")
         return {k: v for k, v in self.environ.items() if k in keep}
 
-    def unit_argv(self, spec: LaunchSpec, runner: Sequence[str], spec_path: str,
-                  properties: Sequence[str] = ()) -> list[str]:
+    def unit_argv(self, spec: LaunchSpec, command: Sequence[str], properties: Sequence[str] = ()) -> list[str]:
+        """``systemd-run`` for the run's transient unit; ``properties`` (the sandbox's) are added as ``-p``
+        after the service's own."""
         unit = unit_name(spec.task_id)
         argv = ["systemd-run", "--user", f"--unit={unit}", "--collect", "--quiet",
                 "-p", "Type=exec", "-p", "KillMode=mixed",
@@ -235,12 +306,11 @@ class LocalExecutor:
             argv += ["-p", f"CPUQuota={spec.cpu_quota}"]
         for prop in properties:
             argv += ["-p", prop]
-        return [*argv, "--", *runner, spec_path]
+        return [*argv, "--", *command]
 
-    async def _start_unit(self, spec: LaunchSpec, runner: list[str], spec_path: str,
-                          properties: Sequence[str] = ()) -> Handle:
+    async def _start_unit(self, spec: LaunchSpec, command: list[str], properties: Sequence[str] = ()) -> Handle:
         unit = unit_name(spec.task_id)
-        rc, _out, err = await self._run(self.unit_argv(spec, runner, spec_path, properties))
+        rc, _out, err = await self._run(self.unit_argv(spec, command, properties))
         if rc != 0:
             msg = err.strip().splitlines()[-1] if err.strip() else f"exit status {rc}"
             if "already" in err or "exists" in err:
@@ -310,8 +380,9 @@ class LocalExecutor:
                          log_start=start)
         if cl is None and not claim_path.exists():
             if _claim(str(claim_path), {"by": "recovery", "pid": os.getpid()}):
-                with contextlib.suppress(OSError):
-                    _spec.unlink()
+                for suffix in (".spec", ".sh", ".stdin", ".fifo"):  # what the launch left (env, prompt)
+                    with contextlib.suppress(OSError):
+                        os.unlink(base + suffix)
                 return Probe(state="never_started")
             cl = _read_json(claim_path)
         if cl is None or cl.get("by") != "runner":
@@ -324,7 +395,7 @@ class LocalExecutor:
         rec = _read_json(exit_path)  # it may have finished between the two looks
         if rec is not None:
             return Probe(state="finished", handle=handle, exit=_exit_info(rec), log_start=start)
-        self._sweep_child(cl)
+        self._sweep_child(cl, base)
         return Probe(state="lost", handle=handle, log_start=start,
                      exit=ExitInfo(error="the agent runner ended without recording a result (killed?)"))
 
@@ -343,10 +414,14 @@ class LocalExecutor:
         h["run"] = base
         return h
 
-    def _sweep_child(self, cl: Mapping[str, Any]) -> None:
+    def _sweep_child(self, cl: Mapping[str, Any], base: str | None = None) -> None:
         """The runner died (SIGKILL) and left its agent's group: kill it (the group id cannot be
-        reused while any member lives, so what is left in it is ours)."""
+        reused while any member lives, so what is left in it is ours).  The shim records the agent's
+        pid in ``<run>.child`` before the runner is up to put it in the claim."""
         child = cl.get("child")
+        if not isinstance(child, int) and base is not None:
+            with contextlib.suppress(OSError, ValueError), open(base + ".child") as f:
+                child = int(f.read().strip())
         if isinstance(child, int) and child > 1:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child, signal.SIGKILL)
@@ -368,7 +443,7 @@ class LocalExecutor:
             return _exit_info(rec)
         cl = _read_json(claim_path)
         if cl is not None:
-            self._sweep_child(cl)
+            self._sweep_child(cl, handle["run"])
         return ExitInfo(error="the agent runner ended without recording a result (killed?)")
 
     async def _pid_exit(self, pid: int) -> None:
@@ -390,6 +465,8 @@ class LocalExecutor:
         finally:
             loop.remove_reader(fd)
             os.close(fd)
+        with contextlib.suppress(ChildProcessError):  # our own child (a shim we spawned): reap it
+            os.waitpid(pid, os.WNOHANG)
 
     async def cancel(self, handle: Handle, *, grace_s: float = 5.0) -> None:
         """SIGTERM to the runner: it stops the agent's group (SIGKILL after its grace) and records it."""
@@ -406,15 +483,12 @@ class LocalExecutor:
     async def forget(self, handle: Handle) -> None:
         if "run" not in handle:
             raise ExecutorError("not a local handle (no 'run')")
-        spec, claim_path, exit_path = self._paths(handle)
         box = handle.get("sandbox") or {}
         if box.get("proxy"):
             for task_id, px in list(self._proxies.items()):
                 if px.path == box["proxy"]:
                     await self._drop_proxy(task_id)
-        for p in (spec, exit_path, claim_path):
-            with contextlib.suppress(OSError):
-                p.unlink()
+        await asyncio.to_thread(self._drop_files, str(handle["run"]))
 
     async def close(self) -> None:
         """The proxies stop with the service (a restart's ``adopt`` serves live runs' proxies again)."""

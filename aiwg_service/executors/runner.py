@@ -11,10 +11,12 @@ What it does, in order:
    the same when it finds no trace of a run; whoever creates the file first wins, so an attempt
    runs at most once even if the service died while launching it.
 2. Reads the spec (argv, cwd, env, log path, limits) and deletes it (it may hold secrets).
-3. Starts the agent in its own process group with stdout+stderr on a pipe, and copies the pipe to
+3. Starts the agent in its own process group with the prompt on stdin (an anonymous file: no size
+   limit, unlike argv) and stdout+stderr on a pipe, and copies the pipe to
    the log (up to the cap; then it drains), re-creating the log if it was deleted underneath.
 4. Enforces the timeout itself (SIGTERM the group, SIGKILL after the grace), so a run cannot
-   outlive its limit while the service is down; SIGTERM to the runner does the same (cancel).
+   outlive its limit while the service is down; SIGTERM to the runner does the same (cancel).  Both
+   hold until the agent exits, also after it closed its stdout and stderr.
 5. When the agent exits, sweeps its group, drains the pipe and writes ``<run>.exit`` atomically:
    exit status, signal, timeout, and ``log_bytes`` (the log's size at the end of the stream).
 """
@@ -197,8 +199,9 @@ def _which(name: str, path: str | None) -> str | None:
 
 
 def _spawn(spec: dict, wfd: int) -> int:
-    """The agent in its own session, stdin /dev/null, stdout+stderr on ``wfd``, in the spec's cwd
-    with its umask and env.  posix_spawn: no subprocess import, no Python between fork and exec."""
+    """The agent in its own session, stdin the spec's ``stdin`` (else /dev/null), stdout+stderr on
+    ``wfd``, in the spec's cwd with its umask and env.  posix_spawn: no subprocess import, no Python
+    between fork and exec."""
     argv = list(spec["argv"])
     env = dict(spec["env"])
     exe = _which(argv[0], env.get("PATH"))
@@ -207,14 +210,41 @@ def _spawn(spec: dict, wfd: int) -> int:
     os.chdir(spec["cwd"])  # inherited by the child (posix_spawn has no chdir before 3.13)
     if spec.get("umask") is not None:
         os.umask(int(spec["umask"]))
-    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+    data = spec.get("stdin")
+    stdin = _stdin_fd(data.encode() if isinstance(data, str) else data, spec.get("_dir") or ".") \
+        if data is not None else None
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0) if stdin is None
+               else (os.POSIX_SPAWN_DUP2, stdin, 0),
                (os.POSIX_SPAWN_DUP2, wfd, 1), (os.POSIX_SPAWN_DUP2, wfd, 2)]
     # Python ignores SIGPIPE/SIGXFSZ and we ignore SIGHUP: the agent gets the defaults back.
-    return os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True,
-                          setsigdef=(signal.SIGPIPE, signal.SIGHUP, signal.SIGXFSZ))
+    try:
+        return os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True,
+                              setsigdef=(signal.SIGPIPE, signal.SIGHUP, signal.SIGXFSZ))
+    finally:
+        if stdin is not None:
+            os.close(stdin)
 
 
-def run(spec_path: str) -> int:
+def _stdin_fd(data: bytes, where: str) -> int:
+    """The agent's stdin: the prompt in an anonymous file (any size: argv stops at 128 KiB per word),
+    read from its start.  memfd where there is one, else an unlinked file beside the spec."""
+    try:
+        fd = os.memfd_create("aiwg-prompt", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        path = os.path.join(where, f".stdin.{os.getpid()}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.unlink(path)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def run(spec_path: str, waiter: int | None = None, unit: str | None = None) -> int:
+    """``waiter``: the agent is already running (started by the shim, see ``shim.py``, which claimed the
+    run and then became this process), its output on ``<run>.fifo``, its status to come in ``<run>.rc``
+    from the ``waiter`` subshell; otherwise claim and start the agent here."""
     base = spec_path[: -len(".spec")] if spec_path.endswith(".spec") else spec_path
     claim_path, exit_path = base + ".claim", base + ".exit"
     # Signals first: a cancel that arrives while we start must still be recorded, not kill us.
@@ -228,15 +258,35 @@ def run(spec_path: str) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
-    me = {"by": "runner", "pid": os.getpid(), "ident": _identity(os.getpid()), "unit": os.environ.get("AIWG_UNIT")}
-    if not claim(claim_path, me):
+    me = {"by": "runner", "pid": os.getpid(), "ident": _identity(os.getpid()),
+          "unit": unit or os.environ.get("AIWG_UNIT") or None}
+    if waiter is None and not claim(claim_path, me):
         return CLAIM_LOST
+    rfd = -1
+    child: int | None = None
+    if waiter is not None:  # the shim's end of the agent's output: read it here, hold no writer
+        try:
+            rfd = os.open(base + ".fifo", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        finally:
+            try:  # noqa: SIM105 - contextlib costs start-up time here
+                os.close(3)
+            except OSError:
+                pass
+            for suffix in (".fifo", ".sh", ".stdin"):
+                try:  # noqa: SIM105
+                    os.unlink(base + suffix)
+                except OSError:
+                    pass
     try:
         with open(spec_path, "rb") as f:
             spec = marshal.loads(f.read())
         if not isinstance(spec, dict):
             raise ValueError("not a run spec")
+        spec["_dir"] = os.path.dirname(os.path.abspath(spec_path))
     except (OSError, ValueError, EOFError, TypeError) as e:
+        agent = _agent_pid(base, waiter) if waiter is not None else None
+        if agent is not None:
+            _killpg(agent, signal.SIGKILL)
         write_json_atomic(exit_path, {"error": f"cannot read the run's spec {spec_path}: {e}",
                                       "finished_at": _utc(time.time())})
         return 1
@@ -249,19 +299,41 @@ def run(spec_path: str) -> int:
     grace = float(spec.get("kill_grace_s") or 5.0)
     timeout = spec.get("timeout_s")
 
-    rfd, wfd = os.pipe()
-    try:
-        child = _spawn(spec, wfd)
-    except OSError as e:
-        msg = f"cannot start agent {spec['argv'][0]!r}: {e.strerror or e}"
-        log.note(msg)
-        write_json_atomic(exit_path, {"error": msg, "exit_code": 127, "log_bytes": log.size(),
-                                      "finished_at": _utc(time.time()), "spawn_failed": True})
-        return 1
-    os.close(wfd)
+    if waiter is not None:
+        child = _agent_pid(base, waiter)
+        if child is None:
+            write_json_atomic(exit_path, {"error": "the agent's shim ended before it started the agent",
+                                          "log_bytes": log.size(), "finished_at": _utc(time.time())})
+            return 1
+    else:
+        rfd, wfd = os.pipe()
+        try:
+            child = _spawn(spec, wfd)
+        except OSError as e:
+            msg = f"cannot start agent {spec['argv'][0]!r}: {e.strerror or e}"
+            log.note(msg)
+            write_json_atomic(exit_path, {"error": msg, "exit_code": 127, "log_bytes": log.size(),
+                                          "finished_at": _utc(time.time()), "spawn_failed": True})
+            return 1
+        os.close(wfd)
     write_json_atomic(claim_path, {**me, "child": child, "log_start": log.start}, durable=False)
-    pidfd = os.pidfd_open(child)
+    # What says the agent ended: its own pidfd (our child), or the waiter's (the shim's subshell, which
+    # may be gone already: then its status file is all there is).
+    watched = child if waiter is None else waiter
+    try:
+        pidfd: int | None = os.pidfd_open(watched)
+    except ProcessLookupError:
+        pidfd = None
     os.set_blocking(rfd, False)
+
+    def ended() -> int:
+        if waiter is None:
+            return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+        try:  # noqa: SIM105
+            os.waitpid(waiter, 0)
+        except ChildProcessError:  # the shell reaped it before it became us
+            pass
+        return _waiter_status(base)
 
     deadline = time.monotonic() + float(timeout) if timeout else None
     kill_at: float | None = None
@@ -269,7 +341,9 @@ def run(spec_path: str) -> int:
     rc: int | None = None
     eof = False
     drain_until: float | None = None
-    while not eof:
+    # Until the agent has exited AND its output is drained.  The deadline and the stop signal are
+    # watched the whole time, also after the agent closed its stdout/stderr (EOF) while running on.
+    while True:
         now = time.monotonic()
         if rc is None:
             if stop["sig"] is not None and kill_at is None:
@@ -282,12 +356,19 @@ def run(spec_path: str) -> int:
             if kill_at is not None and now >= kill_at:
                 _killpg(child, signal.SIGKILL)
                 kill_at = float("inf")
+        elif eof:
+            break
         elif drain_until is not None and now >= drain_until:
             log.note("output still open after the agent exited; stopped reading")
             break
         waits = [t for t in (deadline if kill_at is None else None, kill_at, drain_until) if t is not None]
         wait = max(0.0, min(waits) - now) if waits and min(waits) != float("inf") else None
-        fds = [rfd, wake_r] + ([pidfd] if rc is None else [])
+        if rc is None and pidfd is None:  # the waiter was gone before we looked
+            rc = ended()
+            _killpg(child, signal.SIGKILL)
+            drain_until = time.monotonic() + DRAIN_S
+            continue
+        fds = ([] if eof else [rfd]) + [wake_r] + ([pidfd] if rc is None and pidfd is not None else [])
         try:
             ready, _, _ = select.select(fds, [], [], wait)
         except InterruptedError:
@@ -311,14 +392,13 @@ def run(spec_path: str) -> int:
             elif data:
                 log.write(data)
         if rc is None and pidfd in ready:
-            rc = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+            rc = ended()
             # The leader is gone: whatever is left of its group goes with it (grandchildren that
             # kept the pipe open), then we read what remains.
             _killpg(child, signal.SIGKILL)
             drain_until = time.monotonic() + DRAIN_S
-    if rc is None:
-        rc = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
-    os.close(pidfd)
+    if pidfd is not None:
+        os.close(pidfd)
     info = {
         "exit_code": rc if rc >= 0 else None,
         "signal": -rc if rc < 0 else None,
@@ -336,12 +416,49 @@ def run(spec_path: str) -> int:
     return 0
 
 
+def _agent_pid(base: str, waiter: int) -> int | None:
+    """The agent's pid, as the waiter wrote it (a moment after it forked; None if it never did)."""
+    end = time.monotonic() + 5.0
+    while True:
+        try:
+            with open(base + ".child", "rb") as f:
+                text = f.read().strip()
+            if text:
+                return int(text)
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > end or not os.path.exists(f"/proc/{waiter}"):
+            return None
+        select.select([], [], [], 0.001)
+
+
+def _waiter_status(base: str) -> int:
+    """The agent's status from ``<run>.rc`` as ``waitstatus_to_exitcode`` would give it (-N: signal N).
+    Missing: the waiter was killed; reported as SIGKILL."""
+    try:
+        with open(base + ".rc", "rb") as f:
+            status = int(f.read().strip())
+    except (OSError, ValueError):
+        return -signal.SIGKILL
+    return -(status - 128) if status > 128 else status
+
+
 def main(argv: list[str]) -> int:
     detach = "--detach" in argv
-    args = [a for a in argv if a != "--detach"]
+    waiter = unit = None
+    args = []
+    for a in argv:
+        if a.startswith("--waiter="):
+            waiter = int(a[9:])
+        elif a.startswith("--unit="):
+            unit = a[7:] or None
+        elif a != "--detach":
+            args.append(a)
     if len(args) != 1:
-        sys.stderr.write("usage: runner.py [--detach] SPEC\n")
+        sys.stderr.write("usage: runner.py [--detach] [--waiter=PID [--unit=NAME]] SPEC\n")
         return 2
+    if waiter is not None:
+        return run(args[0], waiter, unit)
     if detach:
         pid = os.fork()
         if pid:

@@ -384,7 +384,7 @@ class SlurmExecutor:
         spec_path = Path(f"{base}.spec")
         record = {"argv": spec.argv, "cwd": cwd, "env": spec.env, "log_path": spec.log_path,
                   "timeout_s": spec.timeout_s, "umask": spec.umask, "max_output_bytes": spec.max_output_bytes,
-                  "kill_grace_s": spec.kill_grace_s}
+                  "kill_grace_s": spec.kill_grace_s, "stdin": spec.stdin}
         try:
             runner = self._runner_path()
             write_bytes_atomic(str(spec_path), spec_bytes(record))

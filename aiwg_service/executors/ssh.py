@@ -240,7 +240,7 @@ class SshExecutor:
         base = f"{self._dir}/{spec.task_id}.{spec.attempt}.{os.urandom(3).hex()}"
         record = {"argv": spec.argv, "cwd": cwd, "env": self.remote_env(spec.env), "log_path": f"{base}.log",
                   "timeout_s": spec.timeout_s, "umask": spec.umask, "max_output_bytes": spec.max_output_bytes,
-                  "kill_grace_s": spec.kill_grace_s}
+                  "kill_grace_s": spec.kill_grace_s, "stdin": spec.stdin}
         runner = f"{_q(self.cfg.python)} -I -S {_q(self._dir + '/aiwg-runner.py')}"
         unit = f"aiwg-task-{spec.task_id}.service"
         if self.systemd:

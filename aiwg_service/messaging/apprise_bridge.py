@@ -47,7 +47,7 @@ class AppriseBridge(Bridge):
             log.warning("messaging: %d of the URLs in $%s are not valid Apprise URLs; skipped", bad,
                         self.cfg.urls_env)
 
-    async def send(self, msg: OutMessage, target: str | None = None) -> None:
+    async def send(self, msg: OutMessage, target: str | None = None) -> str | None:
         if self.apprise is None:
             raise SendError("the apprise bridge is not running")
         import apprise
@@ -60,3 +60,4 @@ class AppriseBridge(Bridge):
         if not result:
             raise SendError("apprise: at least one service did not accept the message")
         self.state.messages_out += 1
+        return None

@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {  # name: (permission, usage, what 
     "reject": ("write", "/reject ID [reason]", "reject a pending approval"),
 }
 KNOWN = ", ".join(f"/{c}" for c in COMMANDS)
+#: how much of an answer fits one message on each platform (its limit, less room for escaping and the tail)
+ANSWER_ROOM = {"telegram": 3600, "discord": 1800, "slack": 2700}
 REFUSAL = "Sorry, you are not allowed to use this service. Ask its owner to add your user id ({user}) to its config."
 
 
@@ -58,6 +60,32 @@ def parse(text: str) -> tuple[str, str]:
         rest = more + (" " + rest if rest else "")
     word = word.split("@", 1)[0].lower()
     return word, rest.strip()
+
+
+def fit_answer(answer: str, platform: str, task_id: str | None) -> str:
+    """An answer too long for one message is cut, and says which task holds all of it and how to read it."""
+    room = ANSWER_ROOM.get(platform, 3600)
+    if len(answer) <= room:
+        return answer
+    where = f"aiwgctl task logs {task_id}" if task_id else "aiwgctl task list --source messaging"
+    tail = f"\n… (cut; the whole answer: {where})"
+    return answer[: room - len(tail)] + tail
+
+
+def as_command(text: str, *, private: bool, plain_ask: bool) -> str | None:
+    """What a message means, the same on every platform: ``/cmd …`` is that command; a message that starts
+    with a command's name (``@bot status``) is that command; any other text in a private chat (or
+    addressed to the bot) is a question, ``/ask`` (unless ``plain_ask`` is off: then None, ignored)."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith("/"):
+        return text
+    if text.split(maxsplit=1)[0].lower() in COMMANDS:
+        return "/" + text
+    if plain_ask and private:
+        return "/ask " + text
+    return None
 
 
 class RateLimiter:
@@ -93,6 +121,19 @@ class CommandRunner:
         self.refused = 0
         self.limited = 0
         self.ran = 0
+        self._told: dict[str, float] = {}  # when each user was last told of a refusal (one per window)
+
+    def _once(self, user: str, text: str) -> OutMessage:
+        """A refusal, said once per rate-limit window to each user: a burst of 46 commands gets one answer
+        in the chat (the empty text says "say nothing more"; a button press still gets its private answer)."""
+        now = time.monotonic()
+        window = self.section().rate_limit.per_seconds
+        if now - self._told.get(user, -1e18) < window:
+            return OutMessage("", reply=True, private=True)
+        self._told[user] = now
+        if len(self._told) > 10_000:  # strangers must not grow it without bound
+            self._told = {u: t for u, t in self._told.items() if now - t < window}
+        return OutMessage(text, reply=True, private=True)
 
     def reconfigure(self) -> None:
         cfg = self.section()
@@ -108,21 +149,20 @@ class CommandRunner:
             self.refused += 1
             log.warning("messaging: refused a command from unlisted user %s (%r): %s", inbound.user_key,
                         inbound.display, inbound.text[:80])
-            if not self.limiter.allow("unlisted:" + inbound.user_key):
-                return OutMessage("", reply=True)  # do not become a reply amplifier
-            return OutMessage(REFUSAL.format(user=inbound.user_key), reply=True)
+            return self._once("unlisted:" + inbound.user_key, REFUSAL.format(user=inbound.user_key))
         if not self.limiter.allow(inbound.user_key):
             self.limited += 1
             log.warning("messaging: rate limit exceeded for %s", inbound.user_key)
             cfg = self.section().rate_limit
-            return OutMessage(f"Rate limit exceeded: at most {cfg.commands} commands per {cfg.per_seconds} s.",
-                              reply=True)
+            return self._once("limited:" + inbound.user_key,
+                              f"Rate limit exceeded: at most {cfg.commands} commands per {cfg.per_seconds} s; "
+                              f"further commands in this window are ignored.")
         name, _ = parse(inbound.text)
         need = COMMANDS.get(name, ("read",))[0]
         if need == "write" and perm != "write":
             self.refused += 1
             log.warning("messaging: %s has read permission only; refused /%s", inbound.user_key, name)
-            return OutMessage(f"/{name} needs write permission; you have read.", reply=True)
+            return OutMessage(f"/{name} needs write permission; you have read.", reply=True, private=True)
         return None
 
     async def run(self, inbound: Inbound, reply: Reply) -> None:
@@ -205,21 +245,44 @@ class CommandRunner:
             await reply(OutMessage(f"This chat has no project: pick one with /project NAME (served: {names}), or "
                                    "have the owner set messaging.project in the service's config.", reply=True))
             return
+        task_ids: list[str] = []
+
+        def on_task(task_id: str) -> None:
+            task_ids.append(task_id)
+            if inbound.on_task is not None:
+                inbound.on_task(task_id)
+
+        turn = asyncio.ensure_future(self.ports.ask(inbound.chat_key, args, project, on_task))
+        await self._answer(inbound, turn, task_ids, reply)
+
+    async def resume_ask(self, inbound: Inbound, task_id: str, reply: Reply) -> None:
+        """An /ask whose turn a previous run of the service queued: its answer, once the turn is done."""
+        if self.ports.answer is None:
+            return
+        await self._answer(inbound, asyncio.ensure_future(self.ports.answer(task_id)), [task_id], reply,
+                           notice=False)
+
+    async def _answer(self, inbound: Inbound, turn: asyncio.Future[str], task_ids: list[str], reply: Reply,
+                      notice: bool = True) -> None:
         cfg = self.section()
-        # awaited below, and cancelled with this command (the agent's turn itself is a task in the queue)
-        turn = asyncio.ensure_future(self.ports.ask(inbound.chat_key, args, project))
-        try:
+        try:  # awaited below, and cancelled with this command (the agent's turn itself is a task in the queue)
             done, _ = await asyncio.wait({turn}, timeout=cfg.working_notice_seconds)
-            if not done:
-                await reply(OutMessage("working…", reply=True))
         except BaseException:
             turn.cancel()
             raise
+        if not done and notice:
+            task = self.ports.task(task_ids[-1]) if self.ports.task is not None and task_ids else None
+            if task is not None and task.get("state") == "held":  # a budget holds it: say so, not "working…"
+                await reply(OutMessage(f"held: {task.get('held_reason') or 'waiting for a budget'} (task "
+                                       f"{task_ids[-1]}; /cancel {task_ids[-1]} cancels it)", reply=True))
+            else:
+                await reply(OutMessage("working…", reply=True))
         try:
             answer = await asyncio.wait_for(turn, cfg.ask_timeout_seconds)
         except TimeoutError:
+            where = f" (task {task_ids[-1]}: `aiwgctl task logs {task_ids[-1]}`)" if task_ids else ""
             await reply(OutMessage(f"No answer after {cfg.ask_timeout_seconds:g} s; the turn goes on in the "
-                                   f"background.", reply=True))
+                                   f"background{where}.", reply=True))
             return
         except AskRefused as exc:
             await reply(OutMessage(str(exc), reply=True))
@@ -227,7 +290,8 @@ class CommandRunner:
         except Exception as exc:
             await reply(OutMessage(f"The agent failed: {exc}", severity="warning", reply=True))
             return
-        await reply(OutMessage(answer or "(empty answer)", reply=True))
+        await reply(OutMessage(fit_answer(answer, inbound.platform, task_ids[-1] if task_ids else None)
+                               or "(empty answer)", reply=True))
 
     def served(self) -> list[str]:
         return self.ports.projects() if self.ports.projects is not None else []
@@ -277,6 +341,9 @@ class CommandRunner:
                                           reason.strip() or None)
         except KeyError:
             await reply(OutMessage(f"No pending approval {approval_id}.", reply=True))
+            return
+        except PermissionError as exc:  # not one of its approvers: told privately, the buttons stay
+            await reply(OutMessage(f"Approval {approval_id}: {exc}", reply=True, private=True))
             return
         except ValueError as exc:
             await reply(OutMessage(f"Approval {approval_id}: {exc}", reply=True))

@@ -2,8 +2,11 @@
 
 Commands come as slash commands (registered at start), in DMs, or in messages that @mention the bot:
 Discord delivers the content of exactly those without the privileged MESSAGE_CONTENT intent, so the bot
-needs no special approval. discord.py keeps the gateway (heartbeats, RESUME after a drop, its own
-backoff); REST calls go through its HTTP client (auth, rate-limit buckets, 429 handling).
+needs no special approval. discord.py keeps the gateway (heartbeats, RESUME after a drop); its reconnect
+delay is ours (``Bridge.retry_delay``: capped, reset by each READY or RESUMED), not its own, which grows
+across outages and resets only after 34 minutes. REST calls go through its HTTP client (auth, rate-limit
+buckets, 429 handling). An answer to a slash command goes through the interaction's token while it is
+valid (15 minutes); a later answer, or one the token no longer takes, is posted to the channel.
 
 ``api_base_url`` sets discord.py's REST base (``discord.http.Route.BASE``, a class attribute: one
 Discord bridge per process, which the service is). The gateway URL comes from ``GET /gateway/bot``.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Any
 
 from . import format as fmt
@@ -23,6 +27,8 @@ from .model import Inbound, OutMessage, SendError
 
 log = logging.getLogger("aiwg.messaging")
 _MENTION = re.compile(r"<@!?\d+>\s*")
+#: an interaction token is valid for 15 minutes; past this, answers go to the channel instead
+INTERACTION_TOKEN_S = 14 * 60
 #: slash-command options, in order: what each command takes
 OPTIONS = {"ask": [("question", True)], "cancel": [("id", True)], "approve": [("id", True)],
            "reject": [("id", True), ("reason", False)]}
@@ -83,9 +89,7 @@ class DiscordBridge(Bridge):
 
         @client.event
         async def on_ready() -> None:
-            self.state.state, self.state.detail = "connected", f"gateway as {client.user}"
-            self.backoff.reset()
-            self.host.ready(self)
+            self.connected(f"gateway as {client.user}")
             if self.cfg.slash_commands and not self._registered and client.application_id:
                 self._registered = True
                 try:
@@ -95,7 +99,7 @@ class DiscordBridge(Bridge):
 
         @client.event
         async def on_resumed() -> None:
-            self.state.state, self.state.detail = "connected", f"gateway as {client.user} (resumed)"
+            self.connected(f"gateway as {client.user} (resumed)")
 
         @client.event
         async def on_disconnect() -> None:
@@ -134,6 +138,18 @@ class DiscordBridge(Bridge):
         from discord.http import Route
 
         Route.BASE = self.cfg.api_base_url.rstrip("/")
+        bridge = self
+
+        class BridgeBackoff:
+            """discord.py's reconnect delay, replaced (``Client.connect`` builds one per connection)."""
+
+            def __init__(self, *_args: Any, **_kw: Any) -> None:
+                pass
+
+            def delay(self) -> float:
+                return bridge.retry_delay(unreachable=True)
+
+        discord.client.ExponentialBackoff = BridgeBackoff  # type: ignore[attr-defined,misc]
         while True:
             client = self._new_client()
             self.client = client
@@ -171,7 +187,7 @@ class DiscordBridge(Bridge):
                 return
             self.state.state, self.state.detail = "connecting", "reconnecting"
             self.state.reconnects += 1
-            await asyncio.sleep(self.backoff.next())
+            await asyncio.sleep(self.retry_delay(unreachable=True))
 
     def _fatal(self, text: str) -> None:
         self.state.state, self.state.detail = "error", text
@@ -188,11 +204,11 @@ class DiscordBridge(Bridge):
         mentioned = client.user is not None and any(u.id == client.user.id for u in message.mentions)
         if not (is_dm or mentioned):
             return None
-        text = _MENTION.sub("", message.content or "").strip()
-        if not text:
+        command = self.host.command_of(_MENTION.sub("", message.content or ""), True)
+        if command is None:
             return None
-        return Inbound("discord", str(message.author.id), str(message.channel.id),
-                       text if text.startswith("/") else "/" + text, f"msg:{message.id}", str(message.author))
+        return Inbound("discord", str(message.author.id), str(message.channel.id), command, f"msg:{message.id}",
+                       str(message.author))
 
     async def _from_interaction(self, client: Any, interaction: Any) -> Inbound | None:
         import discord
@@ -215,8 +231,11 @@ class DiscordBridge(Bridge):
                          {"type": ack}, interaction_id=interaction.id, interaction_token=interaction.token)
         first = [ack == 5]
         app_id, token = interaction.application_id, interaction.token
+        born = time.monotonic()
 
         async def respond(msg: OutMessage) -> None:
+            if time.monotonic() - born > INTERACTION_TOKEN_S:
+                raise SendError("discord: the interaction token has expired", permanent=True)
             body = fmt.discord(msg)
             if first[0]:
                 first[0] = False
@@ -227,8 +246,20 @@ class DiscordBridge(Bridge):
                                  webhook_id=app_id, webhook_token=token)
             self.state.messages_out += 1
 
+        async def private(msg: OutMessage) -> None:
+            """Ephemeral: only the one who typed or pressed sees it. A slash command's public "thinking…"
+            goes, so nothing public is left for a refused command; a pressed button keeps its message."""
+            if time.monotonic() - born > INTERACTION_TOKEN_S:
+                raise SendError("discord: the interaction token has expired", permanent=True)
+            await self._rest("POST", "/webhooks/{webhook_id}/{webhook_token}", {**fmt.discord(msg), "flags": 64},
+                             webhook_id=app_id, webhook_token=token)
+            if first[0]:
+                first[0] = False
+                await self._rest("DELETE", "/webhooks/{webhook_id}/{webhook_token}/messages/@original", {},
+                                 webhook_id=app_id, webhook_token=token)
+
         return Inbound("discord", str(interaction.user.id), str(interaction.channel_id), text,
-                       f"int:{interaction.id}", str(interaction.user), responder=respond)
+                       f"int:{interaction.id}", str(interaction.user), responder=respond, private_reply=private)
 
     # -- outbound ------------------------------------------------------------------------------------------
     async def _rest(self, method: str, path: str, body: dict[str, Any], **params: Any) -> Any:
@@ -248,9 +279,17 @@ class DiscordBridge(Bridge):
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise SendError(f"discord {method} {path}: {type(exc).__name__}: {exc}") from None
 
-    async def send(self, msg: OutMessage, target: str | None = None) -> None:
+    async def send(self, msg: OutMessage, target: str | None = None) -> str | None:
         channel = target or self.channel_id
         if not channel:
             raise SendError("discord: no channel: set $" + self.cfg.channel_id_env, permanent=True)
-        await self._rest("POST", "/channels/{channel_id}/messages", fmt.discord(msg), channel_id=channel)
+        sent = await self._rest("POST", "/channels/{channel_id}/messages", fmt.discord(msg), channel_id=channel)
         self.state.messages_out += 1
+        mid = sent.get("id") if isinstance(sent, dict) else None
+        return f"{channel}:{mid}" if mid else None
+
+    async def close_prompt(self, ref: str, msg: OutMessage, outcome: str) -> None:
+        channel, _, mid = ref.rpartition(":")
+        body = fmt.discord(OutMessage(f"{msg.text}\n→ {outcome}", msg.title, msg.severity, [], msg.reply))
+        await self._rest("PATCH", "/channels/{channel_id}/messages/{message_id}", {**body, "components": []},
+                         channel_id=channel, message_id=mid)

@@ -29,6 +29,8 @@ class OutMessage:
     buttons: list[Button] = field(default_factory=list)
     #: set when the message answers a command: quote nothing, no severity badge
     reply: bool = False
+    #: for the one who typed or pressed only, where the platform can (an ephemeral message, a button's alert)
+    private: bool = False
 
 
 @dataclass
@@ -44,6 +46,10 @@ class Inbound:
     #: the bridge's fast reply path for this one command (an interaction response); None: send to chat_id
     responder: Callable[[OutMessage], Awaitable[None]] | None = None
     received: float = field(default_factory=time.monotonic)
+    #: the platform's way to answer only the one who acted (a refusal); None: answer in the chat
+    private_reply: Callable[[OutMessage], Awaitable[None]] | None = None
+    #: told the task id of the turn an /ask started (the inbox keeps it: the answer survives a restart)
+    on_task: Callable[[str], None] | None = None
 
     @property
     def user_key(self) -> str:

@@ -34,7 +34,8 @@ class SlackBridge(Struct, forbid_unknown_fields=False):
     channel: str | None = None  # where notifications go with a bot token (an id such as C0123)
     channel_env: EnvName = "AIWG_SLACK_CHANNEL"
     api_base_url: BaseUrl = "https://slack.com/api/"
-    ping_interval_seconds: Annotated[float, Meta(ge=0.5, le=300)] = 10.0  # Socket Mode keep-alive
+    #: Socket Mode keep-alive: slack_sdk notices a dropped socket, and reconnects, at its next ping
+    ping_interval_seconds: Annotated[float, Meta(ge=0.5, le=300)] = 2.0
 
 
 class DiscordBridge(Struct, forbid_unknown_fields=False):
@@ -93,9 +94,13 @@ class MessagingSection(Struct, forbid_unknown_fields=False):
     project_channels: dict[str, list[str]] = field(default_factory=lambda: {"*": list(BRIDGES)})
     #: the project /ask conversations work in; default: the only project served
     project: str | None = None
+    #: a message without a leading ``/`` in a private chat (or addressed to the bot) is a question (/ask)
+    plain_messages_ask: bool = True
     working_notice_seconds: Annotated[float, Meta(ge=0, le=3600)] = 5.0
     ask_timeout_seconds: Annotated[float, Meta(ge=1, le=86_400)] = 1800.0
     retries: Annotated[int, Meta(ge=0, le=10)] = 3
+    #: messages each bridge's outbox keeps while its platform is away; beyond it the oldest go (counted)
+    outbox_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
     slack: SlackBridge = field(default_factory=SlackBridge)
     discord: DiscordBridge = field(default_factory=DiscordBridge)
     telegram: TelegramBridge = field(default_factory=TelegramBridge)

@@ -100,6 +100,7 @@ class SlackBridge(Bridge):
 
         app_web = AsyncWebClient(token=self.app_token, base_url=self._base(), session=self.http)
         while True:
+            unreachable = False
             try:
                 who = await self.web.auth_test()
                 self.bot_user = str(who.get("user_id") or "")
@@ -128,13 +129,13 @@ class SlackBridge(Bridge):
             except Exception as exc:
                 self.state.error(f"{type(exc).__name__}: {exc}")
                 self.state.state, self.state.detail = "connecting", f"reconnecting after: {type(exc).__name__}"
+                unreachable = isinstance(exc, aiohttp.ClientConnectionError | OSError | TimeoutError)
             self.state.reconnects += 1
-            await asyncio.sleep(self.backoff.next())
+            await asyncio.sleep(self.retry_delay(unreachable))
 
     async def _on_message(self, client: Any, message: dict[str, Any], raw: str | None) -> None:
         if message.get("type") == "hello":
-            self.state.state, self.state.detail = "connected", "socket mode"
-            self.host.ready(self)
+            self.connected("socket mode")
         elif message.get("type") == "disconnect":
             self.state.state, self.state.detail = "connecting", f"slack asked to reconnect ({message.get('reason')})"
             self.state.reconnects += 1
@@ -162,8 +163,9 @@ class SlackBridge(Bridge):
         if kind == "slash_commands":
             cmd, text = str(payload["command"]).lower(), str(payload.get("text") or "").strip()
             line = "/" + text if cmd in UMBRELLA else f"{cmd} {text}".strip()
-            return Inbound("slack", str(payload["user_id"]), str(payload["channel_id"]), line or "/help",
-                           "env:" + envelope_id, str(payload.get("user_name") or ""))
+            user, channel = str(payload["user_id"]), str(payload["channel_id"])
+            return Inbound("slack", user, channel, line or "/help", "env:" + envelope_id,
+                           str(payload.get("user_name") or ""), private_reply=self._ephemeral(channel, user))
         if kind == "events_api":
             ev = payload["event"]
             if ev.get("bot_id") or ev.get("subtype") or (self.bot_user and ev.get("user") == self.bot_user):
@@ -171,40 +173,73 @@ class SlackBridge(Bridge):
             is_dm = ev.get("type") == "message" and ev.get("channel_type") == "im"
             if ev.get("type") != "app_mention" and not is_dm:
                 return None
-            text = _MENTION.sub("", str(ev.get("text") or "")).strip()
-            if not text:
+            command = self.host.command_of(_MENTION.sub("", str(ev.get("text") or "")), True)
+            if command is None:
                 return None
             key = "ev:" + str(payload.get("event_id") or envelope_id)
-            return Inbound("slack", str(ev["user"]), str(ev["channel"]), text if text.startswith("/") else "/" + text,
-                           key)
+            return Inbound("slack", str(ev["user"]), str(ev["channel"]), command, key)
         if kind == "interactive" and payload.get("type") == "block_actions":
             action = payload["actions"][0]
             verb = {"aiwg_approve": "approve", "aiwg_reject": "reject"}.get(str(action.get("action_id")))
             if verb is None:
                 return None
             channel = (payload.get("channel") or {}).get("id") or (payload.get("container") or {}).get("channel_id")
-            return Inbound("slack", str(payload["user"]["id"]), str(channel), f"/{verb} {action['value']}",
-                           "env:" + envelope_id, str(payload["user"].get("username") or ""))
+            user = str(payload["user"]["id"])
+            return Inbound("slack", user, str(channel), f"/{verb} {action['value']}", "env:" + envelope_id,
+                           str(payload["user"].get("username") or ""),
+                           private_reply=self._ephemeral(str(channel), user))
         return None
 
+    def _ephemeral(self, channel: str, user: str) -> Any:
+        """An answer only ``user`` sees, in the channel they typed or pressed in (chat.postEphemeral)."""
+
+        async def say(msg: OutMessage) -> None:
+            web = await self._web()
+            from slack_sdk.errors import SlackApiError
+
+            body = fmt.slack(msg)
+            try:
+                await web.chat_postEphemeral(channel=channel, user=user, text=body["text"], blocks=body["blocks"])
+            except SlackApiError as exc:
+                raise SendError(f"slack chat.postEphemeral: {exc.response.get('error') or exc}") from None
+
+        return say
+
     # -- outbound ------------------------------------------------------------------------------------------
-    async def send(self, msg: OutMessage, target: str | None = None) -> None:
+    async def send(self, msg: OutMessage, target: str | None = None) -> str | None:
         body = fmt.slack(msg)
         channel = target or self.channel
+        ref = None
         if self.bot_token and channel:
-            await self._post_message(channel, body)
+            ref = await self._post_message(channel, body)
         elif self.webhook_url and target is None:
             await self._post_webhook(body)
         else:
             raise SendError("slack: no channel for chat.postMessage and no incoming webhook", permanent=True)
         self.state.messages_out += 1
+        return ref
 
-    async def _post_message(self, channel: str, body: dict[str, Any]) -> None:
+    async def close_prompt(self, ref: str, msg: OutMessage, outcome: str) -> None:
+        channel, _, ts = ref.rpartition(":")
+        web = await self._web()
+        from slack_sdk.errors import SlackApiError
+
+        body = fmt.slack(OutMessage(f"{msg.text}\n→ {outcome}", msg.title, msg.severity, [], msg.reply))
+        try:
+            await web.chat_update(channel=channel, ts=ts, text=body["text"], blocks=body["blocks"])
+        except SlackApiError as exc:
+            raise SendError(f"slack chat.update: {exc.response.get('error') or exc}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SendError(f"slack chat.update: {type(exc).__name__}: {exc}") from None
+
+    async def _post_message(self, channel: str, body: dict[str, Any]) -> str | None:
         web = await self._web()
         from slack_sdk.errors import SlackApiError
 
         try:
-            await web.chat_postMessage(channel=channel, **body)
+            res = await web.chat_postMessage(channel=channel, **body)
+            ts = res.get("ts")
+            return f"{res.get('channel') or channel}:{ts}" if ts else None
         except SlackApiError as exc:
             err = str(exc.response.get("error") or exc)
             retry = exc.response.headers.get("Retry-After") if exc.response.status_code == 429 else None

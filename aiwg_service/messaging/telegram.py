@@ -87,25 +87,25 @@ class TelegramBridge(Bridge):
     # -- inbound: the long-poll loop -------------------------------------------------------------------
     async def _run(self) -> None:
         offset = self.host.store.offset(self.name)
-        ready_sent = False
+        webhook_cleared = False
+        verified = False  # getMe answered since the last failure
         while True:
             try:
-                if not self.username:
+                if not verified:
                     me = await self.call("getMe")
                     self.username = str((me or {}).get("username") or "")
-                    await self.call("deleteWebhook", {"drop_pending_updates": False})
+                    if not webhook_cleared:
+                        await self.call("deleteWebhook", {"drop_pending_updates": False})
+                        webhook_cleared = True
+                    verified = True
+                    self.connected(f"long polling as @{self.username}")
                 timeout = self.cfg.poll_timeout_seconds
                 payload: dict[str, Any] = {"timeout": timeout, "allowed_updates": ["message", "callback_query"]}
                 if offset is not None:
                     payload["offset"] = offset
-                if self.state.state != "connected":
-                    self.state.state, self.state.detail = "connected", f"long polling as @{self.username}"
-                    if not ready_sent:
-                        ready_sent = True
-                        self.host.ready(self)
                 # the HTTP timeout outlasts the poll timeout, so an idle poll ends on Telegram's side
                 updates = await self.call("getUpdates", payload, timeout=timeout + 15)
-                self.backoff.reset()
+                self.connected(f"long polling as @{self.username}")
                 if not isinstance(updates, list):
                     log.warning("messaging: telegram getUpdates answered %r; ignored", type(updates).__name__)
                     continue
@@ -114,6 +114,7 @@ class TelegramBridge(Bridge):
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
+                verified = False
                 if exc.status == 401 or (exc.status == 404 and "Not Found" in exc.description):
                     self.state.state = "error"
                     self.state.detail = "token rejected (401 Unauthorized): revoked or wrong; not retrying"
@@ -131,7 +132,7 @@ class TelegramBridge(Bridge):
                     self.state.detail = f"reconnecting after: {exc}"
                 self.state.error(str(exc))
                 self.state.reconnects += 1
-                delay = exc.retry_after if exc.retry_after else self.backoff.next()
+                delay = exc.retry_after if exc.retry_after else self.retry_delay(unreachable=exc.status == 0)
                 await asyncio.sleep(min(float(delay), 300.0))
 
     def _take(self, upd: Any, offset: int | None) -> int | None:
@@ -157,49 +158,66 @@ class TelegramBridge(Bridge):
         if "callback_query" in upd:
             cq = upd["callback_query"]
             action, _, value = str(cq.get("data") or "").partition(":")
-            self.spawn(self._answer_callback(cq["id"]))
             verb = {"a": "approve", "r": "reject"}.get(action)
             if verb is None or not value:
+                self.spawn(self._answer_callback(cq["id"], ""))
                 return None
             prompt = cq.get("message") or {}
             chat = prompt.get("chat") or {}
             sender = cq["from"]
             chat_id = str(chat.get("id", sender["id"]))
+            answered = [False]  # Telegram takes one answer per press: the outcome, or a refusal as an alert
+
+            async def private(msg: OutMessage) -> None:
+                if not answered[0]:
+                    answered[0] = True
+                    await self._answer_callback(cq["id"], msg.text, alert=True)
+
             responder = None
             if isinstance(prompt.get("message_id"), int):
-                responder = self._decision_responder(chat_id, prompt["message_id"], str(prompt.get("text") or ""))
+                responder = self._decision_responder(chat_id, prompt["message_id"], str(prompt.get("text") or ""),
+                                                     cq["id"], answered)
             return Inbound("telegram", str(int(sender["id"])), chat_id, f"/{verb} {value}",
-                           key, str(sender.get("username") or ""), responder=responder)
+                           key, str(sender.get("username") or ""), responder=responder, private_reply=private)
         msg = upd.get("message")
         if not isinstance(msg, dict):
             return None
         text = msg.get("text")
         sender = msg.get("from")
-        if not isinstance(text, str) or not text.startswith("/") or not isinstance(sender, dict):
+        if not isinstance(text, str) or not isinstance(sender, dict):
             return None
+        if not text.startswith("/"):  # a plain message: a question in a private chat (as on Slack, Discord)
+            private = (msg.get("chat") or {}).get("type") == "private"
+            command = self.host.command_of(text, private)
+            if command is None:
+                return None
+            text = command
         word = text.split(maxsplit=1)[0]
         if "@" in word and self.username and word.split("@", 1)[1].lower() != self.username.lower():
             return None  # a command for another bot in a group
         return Inbound("telegram", str(int(sender["id"])), str(int(msg["chat"]["id"])), text, key,
                        str(sender.get("username") or ""))
 
-    def _decision_responder(self, chat_id: str, message_id: int, prompt_text: str) -> Any:
+    def _decision_responder(self, chat_id: str, message_id: int, prompt_text: str, callback_id: str,
+                            answered: list[bool]) -> Any:
         """A button's answer goes to the chat, and the prompt itself shows the outcome, its buttons gone."""
 
-        original = prompt_text.split(OUTCOME)[0]  # a second press sees the text our first edit left
-
         async def respond(msg: OutMessage) -> None:
-            await self.send(msg, chat_id)
-            await self.edit(chat_id, message_id, fmt.cut(f"{original}{OUTCOME}{msg.text}", fmt.TELEGRAM_TEXT))
+            if not answered[0]:
+                answered[0] = True
+                await self._answer_callback(callback_id, "Received")
+            await self.send(msg, chat_id)  # the prompt itself is updated by the decision's event, everywhere
 
         return respond
 
-    async def _answer_callback(self, callback_id: str) -> None:
+    async def _answer_callback(self, callback_id: str, text: str, alert: bool = False) -> None:
+        """Stop the button's spinner; with ``alert``, the text shows to the presser only, as a dialog."""
         with contextlib.suppress(ApiError):
-            await self.call("answerCallbackQuery", {"callback_query_id": callback_id, "text": "Received"})
+            await self.call("answerCallbackQuery", {"callback_query_id": callback_id, "text": text[:200],
+                                                    "show_alert": alert})
 
     # -- outbound --------------------------------------------------------------------------------------
-    async def send(self, msg: OutMessage, target: str | None = None) -> None:
+    async def send(self, msg: OutMessage, target: str | None = None) -> str | None:
         chat = target or self.chat_id
         if not chat:
             raise SendError("no chat id: set $" + self.cfg.chat_id_env, permanent=True)
@@ -213,9 +231,10 @@ class TelegramBridge(Bridge):
             body = fmt.telegram(msg)
         for attempt in range(3):
             try:
-                await self.call("sendMessage", {"chat_id": chat, **body})
+                sent = await self.call("sendMessage", {"chat_id": chat, **body})
                 self.state.messages_out += 1
-                return
+                mid = sent.get("message_id") if isinstance(sent, dict) else None
+                return f"{chat}:{mid}" if isinstance(mid, int) else None
             except ApiError as exc:
                 if exc.status == 429 and exc.retry_after is not None and attempt < 2:
                     await asyncio.sleep(min(float(exc.retry_after), 30.0))
@@ -226,15 +245,19 @@ class TelegramBridge(Bridge):
                                 exc.description)
                     body = fmt.telegram_plain(msg)
                     continue
-                raise SendError(f"telegram sendMessage: {exc}", permanent=exc.status in (400, 401, 403),
+                # 401: the token, not this message, is bad: it waits in the outbox for the fixed token
+                raise SendError(f"telegram sendMessage: {exc}", permanent=exc.status in (400, 403),
                                 retry_after=exc.retry_after) from None
         raise SendError("telegram sendMessage: still rate-limited after retries")
 
-    async def edit(self, chat_id: str, message_id: int, text: str) -> None:
-        """Replace a message's text (an approval prompt once decided); "not modified" is success."""
+    async def close_prompt(self, ref: str, msg: OutMessage, outcome: str) -> None:
+        chat_id, _, mid = ref.rpartition(":")
+        shown = OutMessage(fmt.cut(f"{msg.text}{OUTCOME}{outcome}", fmt.TELEGRAM_TEXT - 200), msg.title,
+                           msg.severity, [], msg.reply)
+        body = fmt.telegram(shown)
         try:
-            await self.call("editMessageText", {"chat_id": chat_id, "message_id": message_id,
-                                                "text": text, "reply_markup": {"inline_keyboard": []}})
+            await self.call("editMessageText", {"chat_id": chat_id, "message_id": int(mid), **body,
+                                                "reply_markup": {"inline_keyboard": []}})
         except ApiError as exc:
             if "message is not modified" not in exc.description:
                 raise SendError(f"telegram editMessageText: {exc}") from None

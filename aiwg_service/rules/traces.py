@@ -151,11 +151,13 @@ class TraceStore:
             row = self.db.execute("SELECT detail FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def by_event(self, event_id: str = "", *, task_id: str = "") -> list[dict[str, Any]]:
-        """Runs a given event triggered, or runs triggered by events about a task (``trace.get``)."""
+    def by_event(self, event_id: str = "", *, task_id: str = "", delivery_id: str = "") -> list[dict[str, Any]]:
+        """Runs a given event triggered, runs triggered by events about a task, or by a webhook delivery
+        (``trace.get``)."""
         self.flush()
         assert self.db is not None
-        path, value = ("$.event.id", event_id) if event_id else ("$.event.data.id", task_id)
+        path, value = (("$.event.id", event_id) if event_id else ("$.event.data.id", task_id) if task_id
+                       else ("$.event.data.delivery_id", delivery_id))
         with self.lock:
             rows = self.db.execute("SELECT detail FROM runs WHERE json_extract(detail, ?) = ? ORDER BY seq",
                                    (path, value)).fetchall()

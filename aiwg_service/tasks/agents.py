@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import select
+import shutil
 import signal
 from collections.abc import Callable, Mapping
 
@@ -25,8 +26,10 @@ __all__ = [
     "build_argv",
     "child_env",
     "kill_orphan_group",
+    "locate_agent",
     "proc_identity",
     "profile_lookup",
+    "prompt_stdin",
 ]
 
 BUILTIN_PROFILES: dict[str, AgentProfile] = {
@@ -55,9 +58,11 @@ def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None,
     checked by the protocol) becomes ``--agent NAME`` for the ``claude`` kind; ``max_budget_usd`` goes
     to claude as ``--max-budget-usd`` unless the profile says its claude lacks the flag (``budget_flag``).
 
-    For ``claude`` it comes last, after every option and after ``--``: a prompt made from a file named
-    ``--permission-mode=bypassPermissions`` stays a prompt. A ``command`` profile's ``{prompt}`` is an argv
-    element of its own (config check refuses ``--task={prompt}``), replaced whole, never glued to an option.
+    For ``claude`` the prompt is not in argv at all: it goes on stdin (:func:`prompt_stdin`), so it can be
+    of any size (an argv word stops at 128 KiB) and a prompt made from a file named
+    ``--permission-mode=bypassPermissions`` can never be read as an option. A ``command`` profile's
+    ``{prompt}`` is an argv element of its own (config check refuses ``--task={prompt}``), replaced whole,
+    never glued to an option.
     """
     if profile.command:
         return [prompt if part == "{prompt}" else part for part in profile.command] + list(profile.args)
@@ -76,7 +81,34 @@ def build_argv(profile: AgentProfile, prompt: str, subagent: str | None = None,
         argv += ["--agent", subagent]
     if max_budget_usd is not None and profile.budget_flag:
         argv += ["--max-budget-usd", f"{max_budget_usd:g}"]
-    return [*argv, *profile.args, "--", prompt]
+    return [*argv, *profile.args]
+
+
+#: Where Claude Code's installers put ``claude`` besides PATH (the native installer, ``claude migrate-installer``).
+#: A user manager's PATH rarely has them, so a service under systemd looks there too.
+CLAUDE_HOMES = (".local/bin", ".claude/local")
+
+
+def locate_agent(name: str, path: str | None, home: str | None = None) -> str | None:
+    """The executable an agent's argv[0] runs: PATH first, then, for ``claude``, its installers' places."""
+    if "/" in name:
+        return name if os.access(name, os.X_OK) and not os.path.isdir(name) else None
+    found = shutil.which(name, path=path)
+    if found is not None or name != "claude":
+        return found
+    home = home if home is not None else os.environ.get("HOME") or os.path.expanduser("~")
+    for d in CLAUDE_HOMES:
+        cand = os.path.join(home, d, name)
+        if os.access(cand, os.X_OK) and not os.path.isdir(cand):
+            return cand
+    return None
+
+
+def prompt_stdin(profile: AgentProfile, prompt: str) -> str | None:
+    """What the agent reads on stdin: the prompt, unless its argv carries it (``shell``, ``{prompt}``)."""
+    if profile.command:
+        return None if "{prompt}" in profile.command else prompt
+    return None if profile.kind == "shell" else prompt
 
 
 def child_env(

@@ -281,6 +281,10 @@ def register(
         priority = 0 if params.priority is None else params.priority
         task = submit(params.prompt, params.agent, priority, params.project, params.timeout, params.source,
                       params.origin, params.max_budget_usd, params.executor)
+        try:
+            await store().durable()  # answered = on disk (one fsync for every submit of this moment)
+        except StoreError as exc:
+            raise p.RpcError(p.SERVER_BUSY, f"the task store cannot take the task: {exc}") from None
         if not params.wait:
             return task_result(task)
         fut = hub.waiter(task.id)

@@ -29,7 +29,7 @@ from ..rpc import RpcServer
 from ..sandbox import Mechanism, Policy, SandboxSection, choose, narrow, resolve
 from ..sandbox.schema import section_of
 from . import sandbox_api
-from .agents import BUILTIN_PROFILES
+from .agents import BUILTIN_PROFILES, build_argv, child_env, locate_agent
 from .api import TaskHub, register
 from .model import AgentProfile, Task, TaskState
 from .store import Store, remove_files
@@ -185,6 +185,20 @@ class SupervisorSubsystem:
         if pr is not None and self._untrusted(pr.root) is None:
             names |= set(pr.config.agents)
         return sorted(names)
+
+    def agent_binaries(self, project: str | None = None) -> dict[str, str | None]:
+        """Each profile -> the executable a task of it would run now (None: not found): for the doctor."""
+        c = self._configs()
+        names = self.agent_names(project) if project else sorted(set(BUILTIN_PROFILES) | set(c.service.agents))
+        out: dict[str, str | None] = {}
+        for name in names:
+            try:
+                prof = self.profile(name, project)
+                env = child_env(prof, "doctor")
+                out[name] = locate_agent(build_argv(prof, "")[0], env.get("PATH"), env.get("HOME"))
+            except Exception:
+                out[name] = None
+        return out
 
     def project_limit(self, project: str) -> int | None:
         pr = self._configs().projects.get(project)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +29,8 @@ from ..executors.remote_common import ExecutorUnavailable
 from ..owned import OwnedTasks
 from ..policy import identity
 from ..sandbox.policy import Policy
-from .agents import StreamJsonParser, build_argv, child_env
-from .model import AgentProfile, Emit, Task, TaskSource, TaskState
+from .agents import StreamJsonParser, build_argv, child_env, locate_agent, prompt_stdin
+from .model import AgentProfile, Emit, Task, TaskSource, TaskState, parse_time
 from .store import Store, StoreError
 
 __all__ = ["Admission", "ExecutorGate", "Supervisor"]
@@ -148,7 +147,11 @@ class Supervisor:
         self.sandbox = sandbox
         #: Pause before trying the queue again after a failed store write (disk full).
         self.store_retry_s = 5.0
+        #: Interval of the reconciliation that replaces a run's failed liveness source (never otherwise).
+        self.reconcile_s = 2.0
         self._runs: dict[str, _Run] = {}
+        #: Runs whose outcome is recorded, still making it durable and dropping their run files.
+        self._finishing: dict[str, _Run] = {}
         self._watch: LogWatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -181,6 +184,9 @@ class Supervisor:
         re-queues them per the profile's ``retry``)."""
         self._stopping = True
         stop_agents = self.stop_agents if stop_agents is None else stop_agents
+        finishing = [r.job for r in self._finishing.values() if r.job is not None]
+        if finishing:  # recorded runs still dropping their files: let them (it takes an fsync)
+            await asyncio.wait(finishing, timeout=10)
         runs = list(self._runs.values())
         jobs = [r.job for r in runs if r.job is not None]
         if stop_agents and jobs:
@@ -273,6 +279,7 @@ class Supervisor:
             except KeyError:
                 prof = AgentProfile()
             if self.admit is None or self.admit(t, prof) is None:
+                self._unreserve(t)  # only asked; its start will be admitted (and reserve) again
                 done = self.store.release(t.id)
                 if done is not None:
                     out.append(done)
@@ -367,6 +374,7 @@ class Supervisor:
             try:
                 executor = self.executors.get(name)
             except ExecutorError as e:
+                self._unreserve(task)
                 self.store.fail_queued(task.id, str(e))
                 continue
             per_project[task.project] += 1
@@ -380,6 +388,11 @@ class Supervisor:
             run.job = asyncio.get_running_loop().create_task(self._run(run, profile), name=f"aiwg-task-{task.id}")
         if not self._runs:
             self._idle.set()
+
+    def _unreserve(self, task: Task) -> None:
+        """An admitted task that does not start now: give back what its admission reserved."""
+        if self.on_cost is not None:
+            self._safe(self.on_cost, task, None)
 
     def counts_by_executor(self) -> dict[str, dict[str, int]]:
         """Running and queued tasks per executor name (for ``executors.list``)."""
@@ -444,6 +457,8 @@ class Supervisor:
                 self._watch.remove(run.tail)
             if self._runs.get(run.task.id) is run:
                 del self._runs[run.task.id]
+            if self._finishing.get(run.task.id) is run:
+                del self._finishing[run.task.id]
             if self.on_cost is not None:
                 self._safe(self.on_cost, run.task, None)
             if not self._stopping:
@@ -461,9 +476,7 @@ class Supervisor:
         if self.agent_args is not None and profile.kind == "claude":
             try:
                 extra = self.agent_args(task)
-                # options go before the "--" that ends them (the prompt stays the last, positional word)
-                at = len(argv) - 2 if len(argv) >= 2 and argv[-2] == "--" and not profile.command else len(argv)
-                argv[at:at] = extra
+                argv += extra  # the prompt is on stdin, not in argv
             except Exception as e:
                 log.exception("task %s: cannot compute its agent arguments", task.id)
                 self.store.fail_queued(task.id, f"cannot prepare the agent's arguments: {e}")
@@ -476,9 +489,10 @@ class Supervisor:
             self.store.fail_queued(task.id, f"cannot resolve the agent's sandbox: {e}")
             return
         # Resolve here so "no such agent" is a clear error before anything is launched.
-        exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
+        exe = locate_agent(argv[0], env.get("PATH"), env.get("HOME"))
         if exe is None:
-            self.store.fail_queued(task.id, f"cannot start agent {argv[0]!r}: not found on PATH")
+            where = " or in ~/.local/bin, ~/.claude/local" if argv[0] == "claude" else ""
+            self.store.fail_queued(task.id, f"cannot start agent {argv[0]!r}: not found on PATH{where}")
             return
         argv = [exe, *argv[1:]]
         log_path = self.log_dir / f"{task.id}.log"
@@ -497,12 +511,16 @@ class Supervisor:
         started = self.store.mark_started(task.id, log_path=str(log_path), executor=run.executor.name)
         if started is None:  # no longer queued (cancelled behind our back): do not run it
             return
+        # Committed, not yet fsynced: a crash of the service cannot lose it (the WAL is in the page cache),
+        # and the fsync it will share with others is not waited for here; a machine crash kills the run too,
+        # and recovery then re-queues it like any interrupted run.
         run.task = started
         run.budget = budget
         run.timeout = self._timeout_for(task, profile)
         spec = LaunchSpec(
             task_id=task.id, attempt=started.attempts, argv=argv, cwd=task.project, env=env,
-            log_path=str(log_path), timeout_s=run.timeout, memory_max=profile.memory_max,
+            log_path=str(log_path), stdin=prompt_stdin(profile, task.prompt), timeout_s=run.timeout,
+            memory_max=profile.memory_max,
             cpu_quota=profile.cpu_quota, umask=self.child_umask,
             max_output_bytes=profile.max_output_mb * 1024 * 1024, kill_grace_s=self.kill_grace_s,
             profile=task.agent, project=task.project, options=dict(profile.executor_options), sandbox=policy)
@@ -537,6 +555,34 @@ class Supervisor:
             await self._terminate(run, run.reason, force=True)
         await self._follow(run, log_start, None)
 
+    async def _wait_end(self, run: _Run) -> ExitInfo:
+        """Until the run ends, by its executor's event source (a pidfd, a unit's state, a job's end).
+
+        If that source fails, the run is not given up (it stays ``running`` only while something
+        proves it): the executor is asked every ``reconcile_s`` what became of it, until it ends."""
+        assert run.handle is not None
+        try:
+            return await run.executor.wait(run.handle)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("task %s: lost its liveness source (%s); asking executor %s every %gs until it ends",
+                        run.task.id, e, run.executor.name, self.reconcile_s, extra={"TASK_ID": run.task.id})
+        ref = RunRef(task_id=run.task.id, attempt=max(run.task.attempts, 1), log_path=run.task.log_path or "",
+                     handle=run.handle)
+        while True:
+            await asyncio.sleep(self.reconcile_s)
+            try:
+                probe = (await run.executor.poll([ref])).get(run.task.id)
+            except Exception as e:  # unreachable for now: ask again
+                log.debug("task %s: reconciliation failed: %s", run.task.id, e)
+                continue
+            if probe is None or probe.state == "running":
+                continue
+            if probe.state == "finished" and probe.exit is not None:
+                return probe.exit
+            return probe.exit or ExitInfo(error=f"the run was {probe.state.replace('_', ' ')}")
+
     def _prices(self, run: _Run, profile: AgentProfile) -> None:
         if profile.price_per_mtok is not None:
             run.parser.prices = profile.price_per_mtok.as_tuple()
@@ -556,8 +602,8 @@ class Supervisor:
                 run.replaying = False
                 run.had_session = run.parser.session_id is not None
         if finished is None:
-            self._watch.add(tail)
-            info = await run.executor.wait(run.handle)
+            self._watch.add(tail)  # never fails: it falls back to reading on a timer (and says so)
+            info = await self._wait_end(run)
         else:
             info = finished
         tail.read()
@@ -566,6 +612,13 @@ class Supervisor:
             run.parser.feed(info.stream_tail.encode())
         run.parser.close()
         self._record(run, info)
+        # Recorded: its slot is free now (status and limits count it no more); the fsync and the removal of
+        # its run files finish in this same job, which stop() still waits for (``_finishing``).
+        if self._runs.get(run.task.id) is run:
+            del self._runs[run.task.id]
+            self._finishing[run.task.id] = run
+            self.wake()
+        await self.store.durable()  # the outcome is on disk before the run's own record of it goes
         try:
             await run.executor.forget(run.handle)
         except ExecutorError as e:
@@ -590,7 +643,8 @@ class Supervisor:
         if cost is not None:
             if self.on_cost is not None:
                 self._safe(self.on_cost, run.task, cost)
-            if run.budget is not None and cost > run.budget and run.reason is None:
+            # A reported total (the result line) means the agent is done: over budget, but not stopped.
+            if run.budget is not None and cost > run.budget and run.reason is None and p.cost_usd is None:
                 log.warning("task %s: cost $%.4f passed its budget $%.4f: stopping it", run.task.id, cost,
                             run.budget, extra={"TASK_ID": run.task.id})
                 self._emit("budget.exceeded", run.task.project, {
@@ -629,8 +683,13 @@ class Supervisor:
         reason = run.reason or run.task.stop_reason
         if reason is None and info.timed_out:
             reason = "timeout"
+        if reason == "budget" and info.signal is None and info.exit_code == 0 and parser.cost_usd is not None:
+            reason = None  # it finished (result line, exit 0) before the stop reached it: not "stopped"
+        if info.finished_at and _is_time(info.finished_at):
+            fields["finished_at"] = info.finished_at  # the runner's own clock: it may have ended while we were away
         try:
             if reason == "stop":
+                fields.pop("finished_at", None)
                 done = self.store.mark_interrupted(tid, finished_at=None, error="service stopped while running",
                                                    **fields)
             elif reason == "cancel":
@@ -765,6 +824,14 @@ class Supervisor:
             fn(*args)
         except Exception:  # an observer must never stop the follower
             log.exception("observer %r failed", fn)
+
+
+def _is_time(s: str) -> bool:
+    try:
+        parse_time(s)
+    except ValueError:
+        return False
+    return True
 
 
 def _signame(sig: int) -> str:

@@ -27,6 +27,10 @@ class TracePorts:
     tasks_by_origin: Callable[[str, str], list[dict[str, Any]]]
     #: Events a task caused (its ``task.*`` events still in history, or seen by rule runs).
     events_of_task: Callable[[str], list[dict[str, Any]]]
+    #: An approval gate by its id (its ``run_id`` leads to the rule run that asked).
+    approval: Callable[[str], dict[str, Any] | None] = lambda _aid: None
+    #: The event a webhook delivery published, by the delivery's id.
+    event_by_delivery: Callable[[str], dict[str, Any] | None] = lambda _did: None
 
 
 def _rule_of(origin: dict[str, Any]) -> str | None:
@@ -51,7 +55,13 @@ class Tracer:
         tasks = self.p.tasks_by_origin("conversation", ident)
         if tasks:
             return ("conversation", {"id": ident, "tasks": tasks})
-        # an approval, a webhook delivery or a cron job: start from a task it led to
+        ap = self.p.approval(ident)  # an approval: the rule run that asked for it
+        if ap and ap.get("run_id") and (r := self.p.rule_run(str(ap["run_id"]))):
+            return ("rule_run", r)
+        ev = self.p.event_by_delivery(ident)  # a webhook delivery: the event it published
+        if ev:
+            return ("event", ev)
+        # a cron job, or an approval / delivery whose run or event is gone: start from a task it led to
         for key in ("approval_id", "approval", "webhook_delivery_id", "webhook_delivery", "cron_job"):
             tasks = self.p.tasks_by_origin(key, ident)
             if tasks:
