@@ -76,7 +76,8 @@ def test_trace_starts_from_an_approval_and_a_webhook_delivery(svc_env: ServiceEn
     svc_env.env.update(SECRETS)
     cfg = svc_env.config_home / "aiwg" / "daemon.json"
     cfg.parent.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(json.dumps({"webhook": {"port": port}}))
+    # a project's hook takes its secret only from a variable the service-wide file names (the gate, issue 22)
+    cfg.write_text(json.dumps({"webhook": {"port": port, "secret_vars": ["AIWG_TEST_TOK"]}}))
     svc_env.write_project_config({
         "watch": {"paths": []}, "schedule": {"jobs": []},
         "webhook": {"hooks": [{"id": "tok", "kind": "token", "secret_env": "AIWG_TEST_TOK"}]},
