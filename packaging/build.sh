@@ -23,6 +23,7 @@ PREFIX=/usr/lib/aiwg-service          # where the venv lives on the installed sy
 PY=/usr/bin/python3                   # Debian's interpreter: the venv is tied to it
 BUILD_DEPS=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev)
 UNITS=(aiwg.socket aiwg.service aiwg@.socket aiwg@.service aiwg-webhook.socket aiwg-web.socket)
+PLAIN_UNITS=(aiwg-web.socket aiwg-webhook.socket aiwg.socket aiwg.service)   # what removal stops and disables (templates: by glob)
 
 say() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -120,7 +121,7 @@ if [ "$("$PY" -c 'import sys; print(sys.maxsize > 2**32)')" = True ]; then
 else
   RPM_LIBSYSTEMD='libsystemd.so.0'
 fi
-MAINTAINER="${DEBFULLNAME:-aiwg-service developers} <${DEBEMAIL:-aiwg-service@localhost}>"
+MAINTAINER="${DEBFULLNAME:-aiwg-service maintainers} <${DEBEMAIL:-maintainers@aiwg-service.org}>"
 # Reproducible timestamps: the last commit's date, unless SOURCE_DATE_EPOCH says otherwise.
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
   SOURCE_DATE_EPOCH=$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)
@@ -144,7 +145,7 @@ stage() {
   mkdir -p "$STAGE"
   # Build from a copy of just what the sdist needs, so the checkout gets no build/ or *.egg-info.
   mkdir -p "$WORK/src"
-  cp -a "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/aiwg_service" "$REPO/units" "$WORK/src/"
+  cp -a "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/LICENSE" "$REPO/aiwg_service" "$REPO/units" "$WORK/src/"
   find "$WORK/src" -name __pycache__ -type d -prune -exec rm -rf {} +
 
   # A clean environment for the build interpreter: no caller's venv or PYTHONPATH leaks in.
@@ -153,11 +154,21 @@ stage() {
 
   say "creating the venv for $PREFIX (staged in $VENV) with $PY"
   "$PY" -m venv "$VENV"
-  say "pip install aiwg-service $VERSION and its dependencies"
-  "$VENV/bin/python" -m pip install -q --no-compile --no-warn-script-location "$WORK/src"
+  # Reproducible from any machine: no pip cache (a wheel cached from another interpreter carried that
+  # interpreter's RUNPATH), every download checked against the hash-pinned lock files (packaging/lock.sh
+  # writes them), the only compiled sdist (systemd-python) built here with Debian's interpreter, without debug
+  # info (it would name pip's random build directory) and with the build path mapped away.
+  export PIP_NO_CACHE_DIR=1 CFLAGS="-g0 -ffile-prefix-map=$WORK=." SOURCE_DATE_EPOCH
+  say "pip, setuptools and wheel from packaging/build-requirements.lock"
+  "$VENV/bin/python" -m pip install -q --require-hashes --no-compile -r "$REPO/packaging/build-requirements.lock"
+  say "the dependencies from packaging/requirements.lock, then aiwg-service $VERSION"
+  "$VENV/bin/python" -m pip install -q --require-hashes --no-compile --no-build-isolation --no-warn-script-location \
+    -r "$REPO/packaging/requirements.lock"
+  "$VENV/bin/python" -m pip install -q --no-deps --no-index --no-compile --no-build-isolation \
+    --no-warn-script-location "$WORK/src"
   # pip, setuptools and wheel only built the venv: the package ships none of them.
-  "$VENV/bin/python" -m pip uninstall -q -y pip setuptools wheel 2>/dev/null \
-    || "$VENV/bin/python" -m pip uninstall -q -y pip
+  "$VENV/bin/python" -m pip uninstall -q -y setuptools wheel packaging
+  "$VENV/bin/python" -m pip uninstall -q -y pip
   # bin/ keeps the interpreter links and our two commands; dependencies' own scripts (typer, pygmentize...)
   # have no use here
   find "$VENV/bin" -maxdepth 1 \( -type f -o -type l \) ! -name 'python*' ! -name aiwg-service ! -name aiwgctl -delete
@@ -174,6 +185,25 @@ stage() {
       sed -i "s|$VENV|$PREFIX|g" "$f"
     fi
   done < <(find "$VENV/bin" "$VENV/pyvenv.cfg" -maxdepth 1 -type f -print0)
+  # The RECORD files list bin/ scripts with the hashes they had while they named the staging path: drop the
+  # scripts deleted above and hash the rewritten ones, so RECORD is true and the same on every build.
+  "$VENV/bin/python" -I - "$SITE" <<'PY'
+import base64, hashlib, pathlib, sys
+site = pathlib.Path(sys.argv[1])
+for record in site.glob("*.dist-info/RECORD"):
+    out = []
+    for line in record.read_text().splitlines():
+        path = line.rsplit(",", 2)[0]
+        if path.startswith("../../../bin/"):
+            script = site / path
+            if not script.exists():
+                continue
+            data = script.read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            line = f"{path},sha256={digest},{len(data)}"
+        out.append(line)
+    record.write_text("\n".join(out) + "\n")
+PY
   # Wheels ship extension modules with debug info (uvloop's alone is 13 MB); strip it as dh_strip would.
   if command -v strip >/dev/null; then
     find "$VENV/lib" -type f \( -name '*.so' -o -name '*.so.[0-9]*' \) -exec strip --strip-unneeded {} +
@@ -192,19 +222,26 @@ stage() {
     grep -q aiwgctl "$WORK/completion.$shell" || die "aiwgctl printed no $shell completion script"
   done
   mv "$WORK/completion.bash" "$STAGE/completions/aiwgctl.bash"
-  mv "$WORK/completion.zsh" "$STAGE/completions/_aiwgctl"
+  # zsh reads `#compdef` only on the very first line: no leading blank line may stay
+  sed '/./,$!d' "$WORK/completion.zsh" >"$STAGE/completions/_aiwgctl"
   mv "$WORK/completion.fish" "$STAGE/completions/aiwgctl.fish"
 
-  # Ship the bytecode, compiled for the final paths (so dpkg/rpm own it and remove it with the rest).
-  # unchecked-hash: valid whatever mtimes the package manager sets; the files are not edited in place.
+  # No bytecode in the package (Debian policy: it is compiled on the target by postinst, for the interpreter
+  # that runs it, and removed again by prerm/postrm).
   find "$VENV" -name __pycache__ -type d -prune -exec rm -rf {} +
-  "$VENV/bin/python" -m compileall -q -j0 --invalidation-mode unchecked-hash -s "$STAGE" -p / "$VENV/lib" >/dev/null
 
   # --- units, docs ---
   mkdir -p "$STAGE/usr/lib/systemd/user"
   for unit in "${UNITS[@]}"; do
     sed 's|@BINDIR@|/usr/bin|g' "$REPO/units/$unit" >"$STAGE/usr/lib/systemd/user/$unit"
   done
+  # Nothing is enabled by `systemctl --user preset` (Debian's and Fedora's policy for user units): each user
+  # opts in with `systemctl --user enable --now aiwg.socket` or `aiwgctl install`.
+  mkdir -p "$STAGE/usr/lib/systemd/user-preset"
+  {
+    echo "# aiwg-service: each user opts in (systemctl --user enable --now aiwg.socket); presets enable nothing"
+    printf 'disable %s\n' "${UNITS[@]}"
+  } >"$STAGE/usr/lib/systemd/user-preset/90-aiwg-service.preset"
   DOC=$STAGE/usr/share/doc/aiwg-service
   mkdir -p "$DOC"
   cp "$REPO/README.md" "$DOC/README.md"
@@ -212,18 +249,30 @@ stage() {
   mkdir -p "$DOC/docs"
   cp "$REPO"/docs/*.md "$DOC/docs/"
   cp "$REPO/packaging/README.md" "$DOC/README.packaging.md"
-  (cd / && "$VENV/bin/python" -I "$REPO/packaging/copyright.py" "$REPO" "$PREFIX" "$PYVER") >"$DOC/copyright"
+  (cd / && "$VENV/bin/python" -I "$REPO/packaging/copyright.py" "$REPO" "$PREFIX" "$PYVER" "$STAGE") \
+    >"$DOC/copyright" || die "cannot write the copyright file (see above)"
+  (cd / && "$VENV/bin/python" -I "$REPO/packaging/copyright.py" --spdx) >"$WORK/license" \
+    || die "cannot tell the package's licence (see above)"
+  # The changelog: nfpm writes it as changelog.Debian.gz in the .deb and as %changelog in the .rpm.
   {
-    printf '%s\n' "aiwg-service ($PKGVERSION) unstable; urgency=medium" "" \
-      "  * aiwg-service $VERSION, with its Python dependencies in a private virtualenv" \
-      "    at $PREFIX (built against python$PYVER)." "" \
-      " -- $MAINTAINER  $(date -R -u -d "@$SOURCE_DATE_EPOCH")"
-  } | gzip -9n >"$DOC/changelog.gz"
+    echo "- semver: $PKGVERSION-$release"
+    echo "  date: $(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)"
+    echo "  packager: $MAINTAINER"
+    echo "  deb:"
+    echo "    urgency: medium"
+    echo "    distributions: [unstable]"
+    echo "  changes:"
+    echo "    - note: aiwg-service $VERSION, its Python dependencies bundled in $PREFIX"
+  } >"$WORK/changelog.yml"
+  # lintian's overrides, each with its reason, ship with the .deb (packaging/lintian-overrides)
+  mkdir -p "$STAGE/usr/share/lintian/overrides"
+  sed "s|@PYTHON@|python$PYVER|g" "$REPO/packaging/lintian-overrides" >"$STAGE/usr/share/lintian/overrides/aiwg-service"
 
   # Maintainer scripts (shared by both formats; each handles both formats' arguments).
   mkdir -p "$WORK/scripts"
   for s in preinstall postinstall preremove postremove; do
-    sed -e "s|@PYTHON@|python$PYVER|g" -e "s|@PYNODOT@|$PYNODOT|g" "$REPO/packaging/scripts/$s.sh" \
+    sed -e "s|@PYTHON@|python$PYVER|g" -e "s|@PYNODOT@|$PYNODOT|g" -e "s|@USER_UNITS@|${PLAIN_UNITS[*]}|g" \
+      "$REPO/packaging/scripts/$s.sh" \
       >"$WORK/scripts/$s.sh"
   done
 
@@ -237,6 +286,8 @@ stage() {
   find "$STAGE" -type f ! -perm -u+x -exec chmod 0644 {} +
   find "$STAGE" -type f -perm -u+x -exec chmod 0755 {} +
   find "$VENV/lib" -type f \( -name '*.so' -o -name '*.so.[0-9]*' \) -exec chmod 0644 {} +   # libraries are not executables
+  # nothing under lib/ is run directly: a wheel's stray executable bit (a test module, say) goes
+  find "$VENV/lib" -type f -perm -u+x -exec chmod 0644 {} +
   find "$STAGE" -newermt "@$SOURCE_DATE_EPOCH" -print0 | xargs -0r touch -h -d "@$SOURCE_DATE_EPOCH"
   echo "$PYVER $VERSION" >"$WORK/staged"
 }
@@ -250,8 +301,15 @@ else
 fi
 
 # --- packages ------------------------------------------------------------------------------------
+# The newest glibc symbol version any bundled extension module needs: the .deb's libc6 dependency.
+GLIBC=$({ find "$STAGE" -type f -name '*.so*' -exec objdump -T {} + 2>/dev/null || true; } \
+  | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
+[ -n "$GLIBC" ] || die "no glibc version found in the bundled extension modules"
+# nfpm expands no variable in license: or changelog:, so its config is written with them filled in
+sed -e "s|@LICENSE@|$(cat "$WORK/license")|" "$REPO/packaging/nfpm.yaml" >"$WORK/nfpm.yaml"
 export AIWG_PKG_ARCH=$NFPMARCH AIWG_PKG_VERSION=$PKGVERSION AIWG_PKG_RELEASE=$release \
-  AIWG_PKG_MAINTAINER=$MAINTAINER AIWG_PKG_PYTHON=python$PYVER AIWG_PKG_RPM_LIBSYSTEMD=$RPM_LIBSYSTEMD
+  AIWG_PKG_MAINTAINER=$MAINTAINER AIWG_PKG_PYTHON=python$PYVER AIWG_PKG_RPM_LIBSYSTEMD=$RPM_LIBSYSTEMD \
+  AIWG_PKG_GLIBC=$GLIBC
 mkdir -p "$outdir"
 OUT=$(cd "$outdir" && pwd)
 installed_kb=$(du -sk "$STAGE" | cut -f1)
@@ -259,7 +317,7 @@ built=()
 for fmt in "${FORMATS[@]}"; do
   target=$WORK/out-$fmt
   rm -rf "$target" && mkdir -p "$target"
-  (cd "$WORK" && "$NFPM" package --config "$REPO/packaging/nfpm.yaml" --packager "$fmt" --target "$target/") >/dev/null \
+  (cd "$WORK" && "$NFPM" package --config "$WORK/nfpm.yaml" --packager "$fmt" --target "$target/") >/dev/null \
     || die "nfpm failed to build the $fmt package"
   pkg=$(find "$target" -maxdepth 1 -type f -name "aiwg-service*.$fmt")
   [ -n "$pkg" ] || die "nfpm wrote no .$fmt"

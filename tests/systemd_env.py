@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -125,8 +126,13 @@ class UserManager:
     never raise on a non-zero exit unless ``check=True``.
     """
 
-    def __init__(self, base: Path | None = None, uid: int = 0) -> None:
+    def __init__(self, base: Path | None = None, uid: int = 0, root: Path | None = None) -> None:
         """*uid* != 0 runs the manager (and systemctl) as that unprivileged user.
+
+        *root*: boot journald and the manager from another root file system (a clean Debian root made by
+        mmdebstrap, say), pivoted into it; ``run``/``systemctl`` then run that root's commands. Its
+        ``$XDG_RUNTIME_DIR`` is ``/run/user/UID`` inside the root, as logind would make it (the same directory
+        as :attr:`runtime_dir` on the host), and :attr:`base` appears at the same path inside.
 
         Root is the default because tests can then read/write whatever the
         units produce; an unprivileged manager is what real users have and is
@@ -134,8 +140,11 @@ class UserManager:
         differently without privileges).
         """
         self.uid = uid
+        self.root = root
         self.base = Path(base or tempfile.mkdtemp(prefix="aiwg-sd-"))
         self.runtime_dir = self.base / "rt"
+        #: the runtime dir as the manager and its clients see it
+        self.runtime_path = f"/run/user/{uid}" if root is not None else str(self.runtime_dir)
         self.home = self.base / "home"
         self.config_home = self.home / ".config"
         self.state_home = self.home / ".local" / "state"
@@ -156,12 +165,12 @@ class UserManager:
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "LANG": "C.UTF-8",
             "HOME": str(self.home),
-            "XDG_RUNTIME_DIR": str(self.runtime_dir),
+            "XDG_RUNTIME_DIR": self.runtime_path,
             "XDG_CONFIG_HOME": str(self.config_home),
             "XDG_STATE_HOME": str(self.state_home),
             "XDG_DATA_HOME": str(self.home / ".local" / "share"),
             "XDG_CACHE_HOME": str(self.home / ".cache"),
-            "DBUS_SESSION_BUS_ADDRESS": f"unix:path={self.runtime_dir}/bus",
+            "DBUS_SESSION_BUS_ADDRESS": f"unix:path={self.runtime_path}/bus",
             "SYSTEMD_PAGER": "",
             "SYSTEMD_COLORS": "0",
         }
@@ -179,7 +188,8 @@ class UserManager:
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env={**self.env, "PYTHONDONTWRITEBYTECODE": "1", "AIWG_SD_UID": str(self.uid)},
+            env={**self.env, "PYTHONDONTWRITEBYTECODE": "1", "AIWG_SD_UID": str(self.uid),
+                 "AIWG_SD_ROOT": str(self.root or "")},
         )
         log.close()
         assert self._holder.stdout is not None
@@ -237,7 +247,10 @@ class UserManager:
     def _nsenter(self) -> list[str]:
         if self.holder_pid is None:
             raise ManagerError("manager not started")
-        return ["nsenter", f"--mount=/proc/{self.holder_pid}/ns/mnt", "--"]
+        enter = ["nsenter", f"--mount=/proc/{self.holder_pid}/ns/mnt"]
+        if self.root is not None:  # the holder's chroot, and its cwd (that root's /)
+            enter += [f"--root=/proc/{self.holder_pid}/root", f"--wd=/proc/{self.holder_pid}/cwd"]
+        return [*enter, "--"]
 
     def _as_user(self) -> list[str]:
         """Drop to the manager's uid for clients that must talk to it as its owner."""
@@ -469,6 +482,9 @@ def sweep_stale_cgroups() -> None:
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 MS_REC = 0x4000
+MS_BIND = 0x1000
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 MS_PRIVATE = 1 << 18
 
 
@@ -530,27 +546,55 @@ def _holder_main(base: Path, cgroup_name: str) -> int:
         raise OSError(err, f"unshare: {os.strerror(err)}")
     _mount(libc, "none", "/", None, MS_REC | MS_PRIVATE, None)
 
-    _mount(libc, "tmpfs", "/run/systemd", "tmpfs", 0, "mode=0755")
-    Path("/run/systemd/system").mkdir()  # makes sd_booted() true -- only in here
-    _inaccessible_nodes(Path("/run/systemd/inaccessible"))
+    newroot = os.environ.get("AIWG_SD_ROOT") or ""
+    uid = int(os.environ.get("AIWG_SD_UID", "0"))
+    if newroot:
+        # pivot_root needs the new root to be a mount point of its own
+        _mount(libc, newroot, newroot, None, MS_BIND | MS_REC, None)
+        # another root file system: the host's devices and kernel views, a fresh /run with the user's runtime
+        # dir where logind would put it, and the test's base dir at its own path; then everything below is
+        # mounted inside the root, and the holder pivots into it before it starts journald
+        _mount(libc, "/dev", f"{newroot}/dev", None, MS_BIND | MS_REC, None)
+        _mount(libc, "proc", f"{newroot}/proc", "proc", 0, None)
+        _mount(libc, "/sys", f"{newroot}/sys", None, MS_BIND | MS_REC, None)
+        _mount(libc, "tmpfs", f"{newroot}/run", "tmpfs", 0, "mode=0755")
+        Path(f"{newroot}/run/systemd").mkdir()
+        Path(f"{newroot}/run/user/{uid}").mkdir(parents=True)
+        _mount(libc, str(base / "rt"), f"{newroot}/run/user/{uid}", None, MS_BIND, None)
+        Path(f"{newroot}{base}").mkdir(parents=True, exist_ok=True)
+        _mount(libc, str(base), f"{newroot}{base}", None, MS_BIND, None)
+    _mount(libc, "tmpfs", f"{newroot}/run/systemd", "tmpfs", 0, "mode=0755")
+    Path(f"{newroot}/run/systemd/system").mkdir()  # makes sd_booted() true -- only in here
+    _inaccessible_nodes(Path(f"{newroot}/run/systemd/inaccessible"))
     # journald: volatile only, and do not read the host's kernel ring buffer (it would
     # import other sessions' kmsg lines into our journal).
-    Path("/run/systemd/journald.conf.d").mkdir()
-    Path("/run/systemd/journald.conf.d/aiwg-test.conf").write_text(
+    Path(f"{newroot}/run/systemd/journald.conf.d").mkdir()
+    Path(f"{newroot}/run/systemd/journald.conf.d/aiwg-test.conf").write_text(
         "[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\nForwardToWall=no\n"
         "RateLimitIntervalSec=0\n"
     )
-    Path("/run/log").mkdir(exist_ok=True)
-    _mount(libc, "tmpfs", "/run/log", "tmpfs", 0, "mode=0755")
-    Path("/run/log/journal").mkdir()
-    if Path("/var/log/journal").is_dir():  # keep journald from writing the host's persistent journal
-        _mount(libc, "tmpfs", "/var/log/journal", "tmpfs", 0, "mode=0755")
-    _mount(libc, "tmpfs", "/sys/fs/cgroup", "tmpfs", 0, "mode=0755")
+    Path(f"{newroot}/run/log").mkdir(exist_ok=True)
+    _mount(libc, "tmpfs", f"{newroot}/run/log", "tmpfs", 0, "mode=0755")
+    Path(f"{newroot}/run/log/journal").mkdir()
+    if Path(f"{newroot}/var/log/journal").is_dir():  # keep journald from writing the persistent journal
+        _mount(libc, "tmpfs", f"{newroot}/var/log/journal", "tmpfs", 0, "mode=0755")
+    _mount(libc, "tmpfs", f"{newroot}/sys/fs/cgroup", "tmpfs", 0, "mode=0755")
     if HOST_CGROUP_SYSTEMD.parent.exists():
-        Path("/sys/fs/cgroup/systemd").mkdir()
-        _mount(libc, "cgroup", "/sys/fs/cgroup/systemd", "cgroup", 0, "none,name=systemd")
-        Path("/sys/fs/cgroup/unified").mkdir()
-        _mount(libc, "cgroup2", "/sys/fs/cgroup/unified", "cgroup2", 0, None)
+        Path(f"{newroot}/sys/fs/cgroup/systemd").mkdir()
+        _mount(libc, "cgroup", f"{newroot}/sys/fs/cgroup/systemd", "cgroup", 0, "none,name=systemd")
+        Path(f"{newroot}/sys/fs/cgroup/unified").mkdir()
+        _mount(libc, "cgroup2", f"{newroot}/sys/fs/cgroup/unified", "cgroup2", 0, None)
+    if newroot:
+        # pivot_root, not chroot: a chrooted process may not create user namespaces, which PrivateUsers= and
+        # every sandboxed unit need; after pivot_root the namespace's own root is the new one
+        os.chdir(newroot)
+        if libc.syscall(SYS_PIVOT_ROOT[platform.machine()], b".", b".") != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"pivot_root: {os.strerror(err)}")
+        if libc.umount2(b".", MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"umount the old root: {os.strerror(err)}")
+        os.chdir("/")
 
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -573,7 +617,8 @@ def _holder_main(base: Path, cgroup_name: str) -> int:
             return 1
         time.sleep(0.02)
 
-    uid = int(env.pop("AIWG_SD_UID", "0"))
+    env.pop("AIWG_SD_UID", None)
+    env.pop("AIWG_SD_ROOT", None)
     if uid:
         # Delegate our cgroups and hand the user its dirs, as logind/user@.service would.
         for d in (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified")):

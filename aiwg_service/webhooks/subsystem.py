@@ -118,8 +118,11 @@ class WebhookSubsystem:
             log.error("webhooks: %s", c)
         self.conflicts = conflicts
         rl = service.rate_limit
+        # systemd's socket is served even with no hook, so a delivery gets its 404 at once instead of waiting
+        # in the unit's backlog for a listener that will never come
+        serve = bool(hooks) or self.inherited_fd() is not None
         if self.receiver is None:
-            if not hooks:
+            if not serve:
                 return
             from .receiver import Receiver
 
@@ -132,7 +135,7 @@ class WebhookSubsystem:
         g.header_timeout, g.body_timeout = service.header_timeout_seconds, service.body_timeout_seconds
         self.want = (service.bind, service.port)
         async with self._lock:
-            if not hooks:
+            if not serve:
                 if self.runner is not None:
                     log.info("webhooks: no hooks configured; no longer listening")
                 await self._close()

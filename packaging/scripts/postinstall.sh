@@ -12,6 +12,10 @@ case "$1" in
   *) exit 0 ;;   # deb abort-upgrade/abort-remove/...: the old files are back as they were
 esac
 
+# Bytecode for this machine's interpreter (the package ships none; prerm/postrm remove it again).
+# unchecked-hash: valid whatever mtimes the package manager set.
+"$venv/bin/python" -I -m compileall -q -f -j0 --invalidation-mode unchecked-hash "$venv/lib" >/dev/null 2>&1 || true
+
 # The venv must work with this machine's interpreter (only a forced install can get here without it).
 if ! "$venv/bin/python" -I -c 'import aiwg_service.main, msgspec, uvloop, cronsim, inotify_simple, systemd.daemon' \
     >/dev/null 2>&1; then

@@ -2,7 +2,7 @@
 # After aiwg-service's files are gone (deb postrm remove|purge|upgrade|...; rpm %postun, $1 = 0 erase,
 # 1 upgrade). The package ships its bytecode, so only what Python wrote later (e.g. `python -O` run as
 # root) can be left in /usr/lib/aiwg-service: remove that and the then empty directories. Users' homes
-# (state, configuration, enable symlinks in ~/.config/systemd/user) are never touched, purge included.
+# (state, configuration, enable symlinks in their own systemd directory) are never touched, purge included.
 set -e
 case "$1" in
   remove|purge|0)
