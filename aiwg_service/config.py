@@ -98,6 +98,9 @@ class Section:
     #: a loosely typed section (dicts of anything): its ``*_env`` values are checked to be variable names here,
     #: as a typed section's schema does (every section is scanned for secrets by key name and value shape)
     scan_secrets: bool = False
+    #: what a loosely typed section's entries really are (its own code converts them): for the generated
+    #: reference (docs/gen_config_reference.py), never for validation
+    doc_type: Any = None
 
 
 SemanticCheck = Callable[[Any], list[tuple[str, str]]]
@@ -106,11 +109,35 @@ _document: Any = None
 
 
 def register_section(name: str, type_: Any, default: Callable[[], Any], *, check: SemanticCheck | None = None,
-                     scan_secrets: bool = False) -> None:
+                     scan_secrets: bool = False, doc_type: Any = None) -> None:
     """Add a top-level section; ``check(cfg)`` gets the whole document, for checks that span sections."""
     global _document
-    SECTIONS[name] = Section(name, type_, default, [check] if check else [], scan_secrets)
+    SECTIONS[name] = Section(name, type_, default, [check] if check else [], scan_secrets, doc_type)
     _document = None
+
+
+#: Keys read from the service-wide file only (JSON path -> why): in a project's file they are named as ignored.
+SERVICE_ONLY: dict[str, str] = {}
+SERVICE_ONLY_DEFAULT_WHY = "only the service-wide file sets it"
+
+
+def service_only(path: str, why: str = SERVICE_ONLY_DEFAULT_WHY) -> None:
+    """Declare a key (``messaging.users``) or a whole section (``web``) that a project's file cannot set."""
+    SERVICE_ONLY[path] = why
+
+
+def _service_only_warnings(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for path, why in SERVICE_ONLY.items():
+        node: Any = raw
+        for part in path.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING:
+            out.append((path, f"ignored in a project's file: {why}"))
+    return out
+
+
+_MISSING = object()
 
 
 #: Checks across files: ``check(service config, service file name, {project file name: config}) -> [line]``
@@ -170,11 +197,13 @@ _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_?key|access_?key|pr
 
 
 class ConfigError(Exception):
-    """Invalid config: ``errors`` are complete lines (``file: path: problem``)."""
+    """Invalid config: ``errors`` are complete lines (``file: path: problem``); ``warnings`` (unknown keys,
+    service-only keys in a project's file) are kept too, so a check reports every problem at once."""
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], warnings: list[str] | None = None) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+        self.warnings = warnings or []
 
 
 class Loaded(msgspec.Struct):
@@ -358,7 +387,7 @@ def nesting_depth(data: bytes) -> int:
     return deepest
 
 
-def parse(data: bytes | str, display: str) -> Loaded:
+def parse(data: bytes | str, display: str, project: bool = False) -> Loaded:
     """Validate ``data`` fully; raise ConfigError listing every problem as ``display: path: problem``."""
     as_bytes = data.encode() if isinstance(data, str) else data
     if nesting_depth(as_bytes) > MAX_DEPTH:
@@ -369,16 +398,20 @@ def parse(data: bytes | str, display: str) -> Loaded:
         raise ConfigError([f"{display}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}"]) from None
     except (RecursionError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError([f"{display}: (top level): not a JSON document ({exc.__class__.__name__})"]) from None
-    return validate(raw, display)
+    return validate(raw, display, project)
 
 
-def validate(raw: Any, display: str) -> Loaded:
+def validate(raw: Any, display: str, project: bool = False) -> Loaded:
+    """``project``: the file is a project's, where service-only keys are named as ignored."""
     errors: list[tuple[str, str]] = []
     warnings: list[tuple[str, str]] = []
     if not isinstance(raw, dict):
         raise ConfigError([f"{display}: the top level must be a JSON object"])
     doc = document_type()
     _walk(raw, _CONFIG_TYPE, "", errors, warnings)
+    if project:
+        warnings.extend(_service_only_warnings(raw))
+    shown = [f"{display}: {p}: {m}" for p, m in warnings]
     for section in SECTIONS.values():
         if section.name in raw:
             _secret_scan(raw[section.name], section.name, errors, section.scan_secrets)
@@ -387,16 +420,16 @@ def validate(raw: Any, display: str) -> Loaded:
         try:
             cfg = msgspec.convert(raw, doc)
         except msgspec.ValidationError as exc:  # a __post_init__ check the walker cannot see
-            raise ConfigError([f"{display}: {p}: {m}" for p, m in _convert_errors(raw, exc)]) from None
+            raise ConfigError([f"{display}: {p}: {m}" for p, m in _convert_errors(raw, exc)], shown) from None
         for section in SECTIONS.values():
             for check in section.checks:
                 errors.extend(check(cfg))
         for check in SEMANTIC_CHECKS:
             errors.extend(check(cfg))
     if errors:  # the walker and the secret scan may both see one unknown secret-named key: say it once
-        raise ConfigError([f"{display}: {p or '(top level)'}: {m}" for p, m in dict.fromkeys(errors)])
+        raise ConfigError([f"{display}: {p or '(top level)'}: {m}" for p, m in dict.fromkeys(errors)], shown)
     assert cfg is not None
-    return Loaded(cfg, [f"{display}: {p}: {m}" for p, m in warnings], raw)
+    return Loaded(cfg, shown, raw)
 
 
 def _convert_errors(raw: dict[str, Any], exc: msgspec.ValidationError) -> list[tuple[str, str]]:
@@ -502,13 +535,13 @@ def service_only_warnings(raw: Any, display: str) -> list[str]:
 
 def load_bytes(data: bytes, path: Path, display: str) -> Loaded:
     """Validate a file's bytes (read now, or a project's last good copy) as the file at ``path``."""
-    loaded = parse(data, display)
     project = project_root_of(path)
+    loaded = parse(data, display, project is not None)
     if project is not None:
         loaded.warnings.extend(service_only_warnings(loaded.raw, display))
         problems = [x for check in ROOT_CHECKS for x in check(loaded.config, project)]
         if problems:
-            raise ConfigError([f"{display}: {p}: {m}" for p, m in problems])
+            raise ConfigError([f"{display}: {p}: {m}" for p, m in problems], loaded.warnings)
     loaded.sha256 = hashlib.sha256(data).hexdigest()
     loaded.data = data
     return loaded

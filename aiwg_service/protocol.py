@@ -210,6 +210,15 @@ class ApprovalDecideParams(Params):
     via: Annotated[str, Meta(min_length=1, max_length=40)] = "rpc"
 
 
+class SecretQuery(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
+    kind: Literal["github", "gitlab", "standard", "token"] = "standard"
+
+
+class WebhookSecretsParams(Params):
+    secrets: Annotated[list[SecretQuery], Meta(max_length=1000)]
+
+
 class WebhookTestParams(Params):
     hookId: Annotated[str, Meta(min_length=1)]
     #: sent as an HTTP header: no control characters (CR/LF would split it)
@@ -363,6 +372,7 @@ METHODS: dict[str, type[Params]] = {
     "approval.reject": ApprovalDecideParams,
     "webhook.list": NoParams,
     "webhook.test": WebhookTestParams,
+    "webhook.secrets": WebhookSecretsParams,
     "events.list": EventsListParams,
     "events.dlq": NoParams,
     "events.replay": EventIdParams,

@@ -90,6 +90,8 @@ class Service:
 
     def __init__(self, opts: RunOptions) -> None:
         self.opts = opts
+        #: where the log goes (main.setup_logging chose the same way): ``aiwgctl logs`` reads it from state.json
+        self.log_to = "file" if opts.log_file else "journal" if sd.under_journal() else "stderr"
         self.state_dir = paths.state_dir()
         self.socket_path = paths.socket_path(opts.socket)
         self.bus = EventBus(self.state_dir / "deadletters.json", seq_path=self.state_dir / "events.seq")
@@ -565,6 +567,7 @@ class Service:
             "socket": str(self.socket_path),
             "socket_activated": self.socket_activated,
             "log_file": self.opts.log_file and str(Path(self.opts.log_file).resolve()),
+            "log_to": self.log_to,
             "state_dir": str(self.state_dir),
             "projects": self.project_infos(),
             "subsystems": self.health(),

@@ -245,6 +245,9 @@ PY
   DOC=$STAGE/usr/share/doc/aiwg-service
   mkdir -p "$DOC"
   cp "$REPO/README.md" "$DOC/README.md"
+  # the manual (docs/*.md; its README's links stay relative, so it reads the same in the package)
+  mkdir -p "$DOC/docs"
+  cp "$REPO"/docs/*.md "$DOC/docs/"
   cp "$REPO/packaging/README.md" "$DOC/README.packaging.md"
   (cd / && "$VENV/bin/python" -I "$REPO/packaging/copyright.py" "$REPO" "$PREFIX" "$PYVER" "$STAGE") \
     >"$DOC/copyright" || die "cannot write the copyright file (see above)"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 SEE_ALSO = (r"\fBsystemctl\fR(1), \fBjournalctl\fR(1), \fBsystemd.socket\fR(5), "
-            "/usr/share/doc/aiwg-service/README.md")
+            "/usr/share/doc/aiwg-service/README.md and the manual in /usr/share/doc/aiwg-service/docs/")
 
 FILES = [
     ("$XDG_RUNTIME_DIR/aiwg/daemon.sock", "the service's socket (0600 in a 0700 directory)"),

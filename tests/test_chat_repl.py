@@ -80,6 +80,10 @@ def test_one_shot_message_and_stdin(chat: ServiceEnv) -> None:
     conv = re.search(r"conversation (c-\S+) turn 1: completed", res.stderr).group(1)
     res = chat.ctl("chat", conv, "-m", "and then")
     assert res.returncode == 0 and "earlier: what is up" in res.stdout
+    # -m without a conversation starts a new one (as the README says), never continues the last one used
+    fresh = chat.ctl("chat", "-m", "alone")
+    other = re.search(r"conversation (c-\S+) turn 1: completed", fresh.stderr).group(1)
+    assert fresh.returncode == 0 and other != conv and "earlier: -)" in fresh.stdout  # no context carried
     piped = subprocess.run([str(BIN / "aiwgctl"), "chat", "-"], input="from a pipe\n", env=chat.env,
                            cwd=chat.project, capture_output=True, text=True, timeout=30)
     assert piped.returncode == 0 and "Done: from a pipe" in piped.stdout

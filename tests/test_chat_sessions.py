@@ -126,6 +126,10 @@ def test_worktree_sessions_setup_and_a_dirty_worktree_is_never_removed(svc: Serv
     gone = svc.call("session.kill", {"id": clean["id"]})
     assert gone["worktree_removed"] and not Path(clean["worktree"]).exists()
     assert "feat/y" in git(svc.project, "branch", "--list")  # the branch (and its commits) stay
+    # a second kill: the session had ended and its worktree is gone; nothing is said to be "kept at" it
+    again = svc.ctl("session", "kill", clean["id"], check=True).stdout.strip()
+    assert again == f"{clean['id']}: had already ended; its worktree is already gone (branch feat/y kept)", again
+    assert svc.call("session.kill", {"id": clean["id"]})["was_running"] is False
 
 
 def test_sessions_outlive_a_kill_9_and_a_restart_of_the_service(svc: ServiceEnv) -> None:

@@ -119,7 +119,8 @@ def test_deb_file_list(built: Built) -> None:
                  "/usr/share/fish/vendor_completions.d/aiwgctl.fish",
                  "/usr/share/doc/aiwg-service/README.md", "/usr/share/doc/aiwg-service/copyright",
                  "/usr/share/doc/aiwg-service/changelog.Debian.gz", "/usr/share/lintian/overrides/aiwg-service",
-                 "/usr/lib/systemd/user-preset/90-aiwg-service.preset"]:
+                 "/usr/lib/systemd/user-preset/90-aiwg-service.preset",
+                 "/usr/share/doc/aiwg-service/docs/README.md", "/usr/share/doc/aiwg-service/docs/security.md"]:
         assert entries[path][0] == "-rw-r--r--", (path, entries.get(path))
     assert {owner for _, owner, _ in entries.values()} <= {"root/root", "0/0"}  # nfpm's changelog: 0/0
     assert not [p for p in entries if re.search(r"/site-packages/(pip|setuptools)[-/]", p)]

@@ -27,7 +27,9 @@ def test_webhook_socket_activates_the_service_and_the_rule_fires(sd: UserManager
         shutil.rmtree(d, ignore_errors=True)
     port = free_port()
     config_home = tmp_path / "config"
-    service_cfg = json.dumps({"webhook": {"port": port, "secret_vars": ["AIWG_TEST_GH"]}})
+    # a service-wide hook whose secret only the service's EnvironmentFile= holds: install must not require it
+    service_cfg = json.dumps({"webhook": {"port": port, "secret_vars": ["AIWG_TEST_GH"], "hooks": [
+        {"id": "svc", "kind": "github", "secret_env": "AIWG_TEST_GH"}]}})
     for home in (config_home, sd.config_home):  # the service's (drop-in) and aiwgctl's view of the config
         (home / "aiwg").mkdir(parents=True, exist_ok=True)
         (home / "aiwg" / "daemon.json").write_text(service_cfg)
@@ -57,10 +59,15 @@ def test_webhook_socket_activates_the_service_and_the_rule_fires(sd: UserManager
                        "actions": [{"shell": "echo \"$AIWG_EVENT_JSON\" > pushed.json"}]}]}))
         out = ctl("install", "--webhook")
         assert f"aiwg-webhook.socket enabled, listening on 127.0.0.1:{port}" in out
+        # asked of the service (the request starts it through aiwg.socket), never of aiwgctl's own environment
+        assert ("webhook secret AIWG_TEST_GH: provided by the service's environment or credentials: set in the "
+                "running service") in out, out
         unit = (sd.unit_dir / "aiwg-webhook.socket").read_text()
         assert f"\nListenStream=127.0.0.1:{port}\n" in unit and "FileDescriptorName=webhook" in unit
         assert sd.show("aiwg-webhook.socket", "ActiveState")["ActiveState"] == "active"
-        ctl("project", "add", str(project))  # starts the service through aiwg.socket
+        ctl("project", "add", str(project))
+        checked = ctl("config", "check", str(project / ".aiwg" / "daemon.json"))
+        assert "set in the running service" in checked and "valid" in checked, checked
         # the config runs a shell action: trusted through the service, in its own $STATE_DIRECTORY
         assert "trusted: " in ctl("trust", str(project), "--yes")
         sd.systemctl("stop", "aiwg.service", check=True)
@@ -80,7 +87,8 @@ def test_webhook_socket_activates_the_service_and_the_rule_fires(sd: UserManager
         assert post(port, "/hooks/ci", body, github_headers("wrong-secret-123", body, str(uuid.uuid4())))[0] == 401
         listing = json.loads(ctl("webhook", "list", "--json"))
         assert listing["from_systemd"] is True and listing["listening"] == f"127.0.0.1:{port}"
-        assert listing["hooks"][0]["accepted"] == 1 and listing["hooks"][0]["refused"] == 1
+        (ci,) = [h for h in listing["hooks"] if h["id"] == "ci"]
+        assert ci["accepted"] == 1 and ci["refused"] == 1
         assert ctl("ping").startswith("pong")
         # the secret is in neither the unit nor the journal
         assert SECRET not in sd.show("aiwg.service", "Environment")["Environment"]

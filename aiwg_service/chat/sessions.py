@@ -205,7 +205,8 @@ class Sessions:
                 raise ChatError(f"the worktree {row['worktree']} has changes that are not committed:\n{changes}\n"
                                 f"commit them, or kill with --keep-worktree", param="keep_worktree",
                                 changes=changes.splitlines())
-        if row["ended_at"] is None:
+        was_running = row["ended_at"] is None
+        if was_running:
             self._killing.add(sid)
             waiter = self._waiters.pop(sid, None)
             if waiter is not None:
@@ -217,8 +218,10 @@ class Sessions:
             if rc != 0:
                 raise ChatError(f"the session ended, but its worktree could not be removed: {out}")
             removed = True
-        return {"id": sid, "killed": True, "worktree_removed": removed,
-                "branch": row["branch"], "worktree": row["worktree"]}
+        # worktree_exists: a second kill (or a worktree removed by hand) must not report a path "kept" that is gone
+        return {"id": sid, "killed": True, "was_running": was_running, "worktree_removed": removed,
+                "branch": row["branch"], "worktree": row["worktree"],
+                "worktree_exists": bool(row["worktree"]) and os.path.isdir(row["worktree"])}
 
     # -- internals ------------------------------------------------------------------------------------
     def _public(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -171,31 +171,45 @@ def config_check(
     path: Annotated[Path | None, typer.Argument(help="a daemon.json (default: ./.aiwg/daemon.json)")] = None,
     json: JsonOpt = False,
 ) -> None:
-    """Validate a config file without a running service."""
-    from .. import config, schemas  # noqa: F401  (schemas registers every section, so all of them are checked)
+    """Validate a config file without a running service (a running one is asked about webhook secrets)."""
+    from .. import config
+    from . import configfile
 
-    target = path or paths.project_config_file(Path.cwd())
+    # named as the user would (relative by default), so each line points at the file from where they stand
+    target = path or paths.project_config_file(Path("."))
     if not target.exists():
         fail(f"{target}: no such file")
     try:
-        loaded = config.load_file(target)
-    except config.ConfigError as exc:
+        loaded = configfile.load(target)
+    except config.ConfigError as exc:  # every problem at once: the errors, then the warnings
         if json:
-            render.emit_json({"valid": False, "errors": exc.errors})
+            render.emit_json({"valid": False, "errors": exc.errors, "warnings": exc.warnings})
         else:
             for e in exc.errors:
                 print(e, file=sys.stderr)
+            for w in exc.warnings:
+                print(f"warning: {w}", file=sys.stderr)
         raise typer.Exit(1) from None
     from ..policy.trust import needs
 
     # only a project's file needs trust (the service-wide file is the user's own)
     what = needs(loaded.raw) if config.project_root_of(target) is not None else []
+    secrets = configfile.check_secrets(loaded.config)
+    bad = [s for s in secrets if s["status"] == "problem"]
     if json:
-        render.emit_json({"valid": True, "warnings": loaded.warnings, "needs_trust": what})
+        render.emit_json({"valid": not bad, "warnings": loaded.warnings, "needs_trust": what, "secrets": secrets})
+        if bad:
+            raise typer.Exit(1)
         return
     for w in loaded.warnings:
         print(f"warning: {w}")
+    for s in bad:
+        print(f"{target}: {configfile.describe(s)}", file=sys.stderr)
+    if bad:
+        raise typer.Exit(1)
     print(f"{target}: valid")
+    for s in secrets:
+        print(configfile.describe(s))
     if what:
         print("needs trust before it runs anything (`aiwgctl trust`); what it sets that a repository may not "
               "set alone (it runs, sends, spends or listens as you):")

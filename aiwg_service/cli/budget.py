@@ -25,7 +25,7 @@ def budget(project: Annotated[Path | None, typer.Option("--project", help="only 
              f"{100 * b['spent_usd'] / b['limit_usd']:.0f}%" if b["limit_usd"] else "-",
              ", ".join(b["held"]) or "-") for b in res["budgets"]]
     render.table(["budget", "for", "period", "spent", "limit", "used", "held"], rows,
-                 empty="no budgets configured (see `budgets` in the README)")
+                 empty="no budgets configured (see docs/budgets.md)")
     for h in res.get("held", []):
         print(f"held {h['taskId']}: {h['reason']}")
 
@@ -36,13 +36,19 @@ def _approval(ap: Any) -> str:
     return f" approval {ap}"
 
 
+def _cond(c: dict[str, Any]) -> str:
+    """A condition's result as the trace stores it (``kind`` and ``ok``, see rules/conditions.py); one not
+    evaluated (the run stopped at an earlier one) has no ``ok`` and shows as ``-``."""
+    ok = c.get("ok")
+    return f"{c.get('kind', 'condition')}={'-' if ok is None else 'ok' if ok else 'no'}"
+
+
 def _line(node: dict[str, Any]) -> str:
     kind, d = node["kind"], node
     if kind == "event":
         return f"event {d['id']} {d.get('type', '')} {d.get('time', '')}".rstrip()
     if kind == "rule_run":
-        conds = ", ".join(f"{c.get('type', 'condition')}={'ok' if c.get('passed') else 'no'}"
-                          for c in d.get("conditions", []))
+        conds = ", ".join(_cond(c) for c in d.get("conditions", []))
         return (f"rule {d.get('rule')} run {d['id']}: {d.get('outcome', '?')}" + (f" [{conds}]" if conds else "")
                 + (_approval(d["approval"]) if d.get("approval") else ""))
     if kind == "task":

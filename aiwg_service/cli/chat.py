@@ -21,7 +21,9 @@ def chat(
                                                  "serves several)")] = None,
     new: Annotated[bool, typer.Option("--new", help="start a new conversation")] = False,
     message: Annotated[str | None, typer.Option("--message", "-m", help="send this one message, print the "
-                                                "answer and exit (0 done, 2 held by a budget, 1 failed)")] = None,
+                                                "answer and exit (0 done, 2 held by a budget, 1 failed); without "
+                                                "CONVERSATION it starts a new conversation (scripts never continue "
+                                                "one by accident)")] = None,
     json: Annotated[bool, typer.Option("--json", help="with list: print machine-readable JSON")] = False,
     take: Annotated[bool, typer.Option("--take", help="continue a conversation a chat bridge started (it is "
                                        "read-only here otherwise); the chat starts a new one")] = False,

@@ -151,9 +151,11 @@ def kill(
     if json:
         render.emit_json(res)
         return
-    msg = f"{session_id}: killed"
+    msg = f"{session_id}: {'killed' if res.get('was_running', True) else 'had already ended'}"
     if res.get("worktree_removed"):
         msg += f"; worktree removed (branch {res['branch']} kept)"
-    elif res.get("worktree"):
+    elif res.get("worktree") and res.get("worktree_exists", True):
         msg += f"; worktree kept at {res['worktree']}"
+    elif res.get("worktree"):
+        msg += f"; its worktree is already gone (branch {res['branch']} kept)"
     print(msg)

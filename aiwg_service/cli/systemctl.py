@@ -27,6 +27,10 @@ NO_MANAGER = ("no systemd user manager is reachable ({why}). In a login session 
               "the service in the foreground with `aiwg-service run`")
 
 
+FOREGROUND_LOG = ("no log to show: the service runs in the foreground without --log-file, so it logs to its stderr "
+                  "(the terminal or file it was started with); start it with `aiwg-service run --log-file FILE` "
+                  "for `aiwgctl logs` to show it")
+
 #: Where distribution packages and admins put user units, in systemd's search order (systemd.unit(5)).
 #: aiwg units found here belong to a package: copies in ~/.config/systemd/user would shadow them.
 SYSTEM_UNIT_DIRS = (Path("/etc/systemd/user"), Path("/usr/local/lib/systemd/user"), Path("/usr/lib/systemd/user"),
@@ -76,20 +80,22 @@ def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
 
 def webhook_port() -> int:
     """``webhook.port`` from the service-wide config (9471 when unset); a broken file is a clear error."""
-    from .. import config, schemas  # noqa: F401  (schemas registers every section, webhook's too)
+    from .. import config
+    from .configfile import load  # never requires a secret only the service's environment holds
 
     try:
-        return config.load_file(paths.service_config_file()).config.webhook.port
+        return load(paths.service_config_file()).config.webhook.port
     except config.ConfigError as exc:
         fail("cannot read the webhook port:\n" + "\n".join(exc.errors))
 
 
 def web_port() -> int:
     """``web.port`` from the service-wide config (9472 when unset)."""
-    from .. import config, schemas  # noqa: F401
+    from .. import config
+    from .configfile import load
 
     try:
-        return config.load_file(paths.service_config_file()).config.web.port
+        return load(paths.service_config_file()).config.web.port
     except config.ConfigError as exc:
         fail("cannot read the web port:\n" + "\n".join(exc.errors))
 
@@ -146,10 +152,24 @@ def install(
             # restart, not start: a port rewritten by this install takes effect now
             restart_sockets("aiwg-webhook.socket")
             print(f"aiwg-webhook.socket enabled, listening on 127.0.0.1:{port}")
+            _report_secrets()
         if web:
             systemctl("enable", "aiwg-web.socket")
             restart_sockets("aiwg-web.socket")
             print(f"aiwg-web.socket enabled, listening on 127.0.0.1:{dash_port}; open it with `aiwgctl web`")
+
+
+def _report_secrets() -> None:
+    """The service-wide file's hook secrets: never required here, asked of the service (which the socket starts)."""
+    from .. import config
+    from .configfile import check_secrets, describe, load
+
+    with contextlib.suppress(config.ConfigError):
+        for s in check_secrets(load(paths.service_config_file()).config):
+            if s["status"] == "problem":
+                render.error(f"warning: {describe(s)}")
+            else:
+                print(describe(s))
 
 
 def restart_sockets(*sockets: str) -> None:
@@ -254,16 +274,18 @@ def logs(
 ) -> None:
     """Show the service's log: its journal under systemd, else its foreground --log-file."""
     state_file = paths.state_dir() / "state.json"
-    log_file = None
-    with contextlib.suppress(OSError, ValueError):
-        log_file = json.loads(state_file.read_text()).get("log_file")
+    log_file = log_to = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        state = json.loads(state_file.read_text())
+        log_file, log_to = state.get("log_file"), state.get("log_to")
+    if log_to == "stderr":  # the foreground without --log-file: the journal has nothing of it
+        fail(FOREGROUND_LOG)
     if log_file:
         cmd = ["tail", "-n", str(lines), *(["-F"] if follow else []), log_file]
     elif shutil.which("journalctl"):
         cmd = ["journalctl", "-t", "aiwg", "-n", str(lines), "--no-pager", *(["-f"] if follow else [])]
     else:
-        fail("no log to show: the service is not under systemd and was not started with --log-file "
-             "(in the foreground it logs to its stderr)")
+        fail(FOREGROUND_LOG)
     try:
         os.execvp(cmd[0], cmd)
     except OSError as exc:

@@ -52,6 +52,13 @@ class Top:
             self.events.appendleft(ev)
         self.schedule()
 
+    async def load_history(self) -> None:
+        """The bus's recent events, so the screen starts with what already happened (live ones stay first)."""
+        res = await self.rpc.call("events.list", {"limit": self.events.maxlen})
+        seen = {e.get("id") for e in self.events}
+        older = [e for e in reversed(res.get("events", [])) if e.get("id") not in seen]
+        self.events = deque([*self.events, *older], maxlen=self.events.maxlen)
+
     def schedule(self) -> None:
         if self._pending is None:
             loop = asyncio.get_running_loop()
@@ -135,6 +142,7 @@ async def run(once: bool, socket: Any) -> int:
         t = Top(link, sys.stdout)
         top.append(t)
         if once:
+            await t.load_history()
             data = await t.gather()
             sys.stdout.write("\n".join(t.render(data, shutil.get_terminal_size((120, 40)).columns)) + "\n")
             return 0
@@ -145,6 +153,7 @@ async def run(once: bool, socket: Any) -> int:
 
         link.on_up(subscribe)
         await subscribe(await link.current())
+        await t.load_history()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGWINCH, t.schedule)

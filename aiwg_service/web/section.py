@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..config import register_section
+from ..config import register_section, service_only
 from .schema import WebSection
 
 register_section("web", WebSection, WebSection)
+service_only("web")

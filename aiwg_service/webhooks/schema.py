@@ -65,6 +65,13 @@ def secret_name(section: WebhookSection, hook: Hook) -> str:
     return hook.secret_env or section.secret_env
 
 
+def needed_secrets(section: WebhookSection) -> list[tuple[str, str]]:
+    """The secret each enabled hook of this file needs, with the hook's kind (which decides its form)."""
+    if not section.enabled:
+        return []
+    return list(dict.fromkeys((secret_name(section, h), h.kind) for h in section.hooks if h.enabled))
+
+
 def named_secrets(service: WebhookSection) -> set[str]:
     """The variables the service-wide file names as webhook secrets."""
     return {service.secret_env, *service.secret_vars, *(h.secret_env for h in service.hooks if h.secret_env)}

@@ -13,6 +13,18 @@ import os
 from pathlib import Path
 
 STANDARD_PREFIX = "whsec_"
+ELSEWHERE = "provided by the service's environment or credentials"
+
+#: False in aiwgctl: the service's secrets are in its own environment and credentials (environment.d,
+#: LoadCredential=), which the CLI's process does not see; the running service checks them (``webhook.secrets``).
+_seen_here = True
+
+
+def secrets_are_elsewhere() -> None:
+    """Called by aiwgctl before it validates a config: a secret is then not looked up in its own environment."""
+    global _seen_here
+    _seen_here = False
+
 #: A hook's secret is at least this long (after ``whsec_``), with at least ``MIN_DISTINCT`` different characters:
 #: a guessable value (a home directory, a user name, ``aaaa…``) is no secret.
 MIN_SECRET = 32
@@ -63,6 +75,8 @@ def secret_problem(name: str, kind: str) -> str | None:
     if well_known(name):
         return (f"{name} is a well-known variable whose value anyone can guess, not a secret: name a variable "
                 f"that holds a random secret, or a systemd credential")
+    if not _seen_here:
+        return None
     text = read_secret(name)
     if text is None:
         return (f"the secret is not set: set the environment variable {name} for the service, or give it a systemd "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import add_files_check, register_literal, register_pattern, register_section
+from ..config import add_files_check, register_literal, register_pattern, register_section, service_only
 from .schema import HOOK_ID, HookKind, WebhookSection, check_files, check_section
 from .secrets import credential_exists
 
@@ -22,3 +22,5 @@ def check_webhook_files(service: Any, service_file: str, projects: dict[str, Any
 
 register_section("webhook", WebhookSection, WebhookSection, check=check_webhook)
 add_files_check(check_webhook_files)
+for _key in ("port", "bind", "max_body_bytes", "rate_limit"):  # the one listener is the service's
+    service_only(f"webhook.{_key}")

@@ -31,7 +31,7 @@ from .dedup import DeliveryLog
 from .hooks import LiveHook, Publish
 from .limits import Buckets
 from .schema import DEFAULT_MAX_BODY, DEFAULT_PORT, WebhookSection, secret_name
-from .secrets import read_secret, secret_key
+from .secrets import read_secret, secret_key, secret_problem
 from .verify import VERIFIERS, sign_headers
 
 log = logging.getLogger("aiwg.webhooks")
@@ -188,6 +188,7 @@ class WebhookSubsystem:
     def register_rpc(self, rpc: Any) -> None:
         rpc.register("webhook.list", self.rpc_list)
         rpc.register("webhook.test", self.rpc_test)
+        rpc.register("webhook.secrets", self.rpc_secrets)
 
     def url(self, hook_id: str) -> str | None:
         if self.address is None:
@@ -203,6 +204,12 @@ class WebhookSubsystem:
                  for h in (self.receiver.hooks.values() if self.receiver else ())]
         return {"listening": self.health()["listening"], "from_systemd": self.from_systemd, "error": self.error,
                 "conflicts": self.conflicts, "hooks": hooks}
+
+    def rpc_secrets(self, params: p.WebhookSecretsParams, _conn: Any = None) -> dict[str, Any]:
+        """Whether each named secret is set where the service looks (its environment, its credentials) and fit for
+        the kind; for ``aiwgctl config check``, whose own environment is not the service's. Never the value."""
+        return {"secrets": [{"name": q.name, "kind": q.kind, "set": read_secret(q.name) is not None,
+                             "problem": secret_problem(q.name, q.kind)} for q in params.secrets]}
 
     async def rpc_test(self, params: p.WebhookTestParams, _conn: Any = None) -> dict[str, Any]:
         """Sign a delivery with the hook's own secret and POST it to the listener, as the sender would."""
