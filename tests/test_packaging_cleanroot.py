@@ -167,10 +167,10 @@ def test_deb_under_a_user_manager_from_install_to_purge(deb_root: tuple[Path, st
         (dropin / "port.conf").write_text(f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n")
         run("chown", "-R", f"{USER}:{USER}", mgr.config_home)
         user("systemctl", "--user", "daemon-reload")
-        readme = (REPO / "README.md").read_text()
+        readme = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
         step = ("systemctl --user enable aiwg-webhook.socket && systemctl --user stop aiwg.service && "
                 "systemctl --user start aiwg-webhook.socket aiwg.service")
-        assert step in readme, "the README's step is the one tested here"
+        assert step in readme, "the manual's step is the one tested here"
         user("sh", "-c", step)
         mgr.wait_for_state("aiwg.service", "active", "running")
         started = time.monotonic()
