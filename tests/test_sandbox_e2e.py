@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from aiwg_service.executors import LaunchSpec
@@ -126,6 +127,11 @@ def mode(request: pytest.FixtureRequest) -> Iterator[dict]:
 
 def run_probe(world: World, mode: dict, task_id: str, words: list[str], policy, cwd: Path | None = None,
               during=None, report: bool = True) -> dict[str, str]:
+    if policy is not None and os.path.dirname(PROBE) not in policy.read_only:
+        # the probe script is an argument, not the program: keep the checkout's tests visible (read-only), as
+        # they would be were the checkout not under /tmp (hidden by the private /tmp)
+        policy = msgspec.structs.replace(policy, read_only=[*policy.read_only, os.path.dirname(PROBE)])
+
     async def go() -> dict[str, str]:
         ex = LocalExecutor(world.state, use_systemd=mode["use_systemd"], environ=mode["environ"])
         log = world.tmp / f"{task_id}.log"
