@@ -127,7 +127,9 @@ def seed_finished_tasks(state_dir: Path, projects: list[str], n: int, days: int 
     total = 0.0
     with Store(state_dir) as store:
         for i in range(n):
-            end = now - timedelta(days=(i * 7) % days, minutes=i % 50 + 1)
+            # at most days-2 whole days and an hour back: inside the page's last ``days`` calendar days whatever
+            # the time of day the test runs (just after midnight, the oldest day would fall outside)
+            end = now - timedelta(days=(i * 7) % (days - 1), minutes=i % 50 + 1)
             start = end - timedelta(seconds=20 + (i * 37) % 900)
             cost = round(0.02 + ((i * 13) % 17) / 40, 4)
             total += cost

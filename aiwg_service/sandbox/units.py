@@ -43,6 +43,9 @@ def unit_properties(policy: Policy, *, keep: Sequence[str] = (),
     if not policy.enabled:
         return []
     props = list(HARDENING)
+    if os.geteuid() != 0:
+        # an unprivileged user manager sets up mount namespaces only inside a user namespace of the unit's own
+        props.append("PrivateUsers=yes")
     props.append(f"MemoryDenyWriteExecute={'yes' if policy.memory_deny_write_execute else 'no'}")
     binds = [p for p in (*policy.write, *keep) if exists(p)]
     ro_binds = [p for p in (*policy.read_only, *([policy.socket] if policy.socket else []),
