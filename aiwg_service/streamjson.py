@@ -9,8 +9,8 @@ import json
 from typing import Any
 
 
-def excerpt(text: str, n: int = 50) -> str:
-    one = " ".join(text.split())
+def excerpt(text: object, n: int = 50) -> str:
+    one = " ".join(str(text).split())
     return one if len(one) <= n else one[: n - 1] + "…"
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import protocol as p
+from ..streamjson import excerpt
+from ..streamjson import tool_input as _tool_input
 from .chat_rpc import Link
 
 __all__ = ["Spinner", "Style", "TurnPrinter", "excerpt", "follow_turn", "held_reason", "is_tty"]
@@ -34,20 +36,6 @@ class Style:
 
     def bold(self, s: str) -> str:
         return f"\x1b[1m{s}\x1b[0m" if self.color else s
-
-
-def excerpt(text: str, n: int) -> str:
-    one = " ".join(str(text).split())
-    return one if len(one) <= n else one[: n - 1] + "…"
-
-
-def _tool_input(inp: Any) -> str:
-    if isinstance(inp, dict):
-        for key in ("command", "file_path", "path", "pattern", "url", "description", "prompt"):
-            if isinstance(inp.get(key), str):
-                return excerpt(inp[key], 100)
-        return excerpt(json.dumps(inp, ensure_ascii=False), 100)
-    return excerpt(str(inp), 100)
 
 
 class TurnPrinter:

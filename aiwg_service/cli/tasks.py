@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import protocol as p
-from ..streamjson import readable
+from ..streamjson import excerpt, readable
 from . import render
 from .core import call, fail, no_service, project_param, resolve_socket
 
@@ -54,11 +54,6 @@ def _cost(t: dict[str, Any]) -> str:
     if c is None:
         return "unknown" if t.get("cost_status") in ("missing", "malformed") else "-"
     return f"${c:.4f}" + ("~" if t.get("cost_status") == "estimated" else "")
-
-
-def _excerpt(text: str, n: int = 50) -> str:
-    one = " ".join(text.split())
-    return one if len(one) <= n else one[: n - 1] + "…"
 
 
 def _took(t: dict[str, Any]) -> str:
@@ -240,7 +235,7 @@ def _print_task(t: dict[str, Any]) -> None:
     if t.get("session_id"):
         pairs.append(("session", t["session_id"]))
     pairs.append(("log", t.get("log_path") or "-"))
-    pairs.append(("prompt", _excerpt(t["prompt"], 200)))
+    pairs.append(("prompt", excerpt(t["prompt"], 200)))
     render.kv(pairs)
     if t.get("result"):
         print()
@@ -314,7 +309,7 @@ def list_(
         render.emit_json(res)
         return
     rows = [(t["id"], _state(t), _agent(t), t["priority"], _short(_since(t["created_at"])), _took(t), _cost(t),
-             _excerpt(t["prompt"])) for t in res]
+             excerpt(t["prompt"])) for t in res]
     render.table(["id", "state", "agent", "pri", "age", "took", "cost", "prompt"], rows, empty="no tasks")
     if len(res) == limit:  # keyset paging: the next page is what is older than the last id shown
         print(f"(more: aiwgctl task list --before {res[-1]['id']})")
