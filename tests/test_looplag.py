@@ -41,8 +41,8 @@ def test_a_stall_is_measured_and_named_then_the_probe_sleeps(caplog: pytest.LogC
 
     with caplog.at_level(logging.WARNING, logger="aiwg.loop"):
         snap = asyncio.run(main())
-    assert snap["max_ms"] >= 250 and snap["stalls_over_100ms"] == 1, snap
-    assert "busy_for_a_while" in (snap["last_stall"]["where"] or ""), snap
+    # (a loaded machine may add a stall of its own: at least ours, and ours named)
+    assert snap["max_ms"] >= 250 and snap["stalls_over_100ms"] >= 1, snap
     assert any("event loop blocked for" in r.getMessage() and "busy_for_a_while" in r.getMessage()
                for r in caplog.records)
     assert snap["armed_after_quiet"] is False
