@@ -348,6 +348,10 @@ class Service:
 
     async def start(self) -> None:
         self.loop_lag.install()
+        loop = asyncio.get_running_loop()
+        # a stop asked for while the service starts (the socket answers early) is a graceful stop once it has
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
         self.acquire_lock()
         logging.getLogger().addHandler(logsafe.install(self.project_logs))
         self.configs = self.load_all()
@@ -378,9 +382,6 @@ class Service:
             self.rpc.starting.set()  # waiting requests run now (or fail as they would, if start failed)
             self.rpc.starting = None
         self.announce_trust()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self._timers.append(self.background.spawn(self._heartbeat(), "heartbeat"))
         interval = sd.watchdog_interval()

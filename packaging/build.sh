@@ -306,7 +306,12 @@ GLIBC=$({ find "$STAGE" -type f -name '*.so*' -exec objdump -T {} + 2>/dev/null 
   | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
 [ -n "$GLIBC" ] || die "no glibc version found in the bundled extension modules"
 # nfpm expands no variable in license: or changelog:, so its config is written with them filled in
-sed -e "s|@LICENSE@|$(cat "$WORK/license")|" "$REPO/packaging/nfpm.yaml" >"$WORK/nfpm.yaml"
+docs_entries=$(cd "$STAGE" && for f in usr/share/doc/aiwg-service/docs/*.md; do
+  printf '  - src: root/%s\n    dst: /%s\n    packager: deb\n' "$f" "$f"
+  printf '  - src: root/%s\n    dst: /%s\n    type: doc\n    packager: rpm\n' "$f" "$f"
+done)
+sed -e "s|@LICENSE@|$(cat "$WORK/license")|" "$REPO/packaging/nfpm.yaml" \
+  | awk -v docs="$docs_entries" '/# @DOCS@/ { print docs; next } { print }' >"$WORK/nfpm.yaml"
 export AIWG_PKG_ARCH=$NFPMARCH AIWG_PKG_VERSION=$PKGVERSION AIWG_PKG_RELEASE=$release \
   AIWG_PKG_MAINTAINER=$MAINTAINER AIWG_PKG_PYTHON=python$PYVER AIWG_PKG_RPM_LIBSYSTEMD=$RPM_LIBSYSTEMD \
   AIWG_PKG_GLIBC=$GLIBC

@@ -617,7 +617,7 @@ def test_installed_package_end_to_end(built: Built, mgr: UserManager) -> None:
     # agent sandbox's mount namespace (226/NAMESPACE; issue #27 says so). What this test proves is the package.
     service_cfg = mgr.config_home / "aiwg" / "daemon.json"
     service_cfg.parent.mkdir(parents=True, exist_ok=True)
-    service_cfg.write_text(json.dumps({"agents": {"shell": {"sandbox": "off"}}}))
+    service_cfg.write_text(json.dumps({"agents": {"shell": {"kind": "shell", "sandbox": "off"}}}))
     run("chown", "-R", f"{USER}:{USER}", service_cfg.parent)
     service_cfg.parent.chmod(0o700)
     run("chown", "-R", f"{USER}:{USER}", project)
