@@ -31,7 +31,7 @@ def test_a_stall_is_measured_and_named_then_the_probe_sleeps(caplog: pytest.LogC
             busy_for_a_while(0.3)
             await asyncio.sleep(0.05)
             snap = looplag.snapshot()
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60  # a loaded machine may take a while to give it a quiet second
             while mon.snapshot()["armed"] and time.monotonic() < deadline:  # disarms after a quiet second
                 await asyncio.sleep(0.1)
             snap["armed_after_quiet"] = mon.snapshot()["armed"]
@@ -44,8 +44,8 @@ def test_a_stall_is_measured_and_named_then_the_probe_sleeps(caplog: pytest.LogC
     # (a loaded machine may add a stall of its own: at least ours, and ours named)
     assert snap["max_ms"] >= 250 and snap["stalls_over_100ms"] >= 1, snap
     assert any("event loop blocked for" in r.getMessage() and "busy_for_a_while" in r.getMessage()
-               for r in caplog.records)
-    assert snap["armed_after_quiet"] is False
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert snap["armed_after_quiet"] is False, snap
     assert looplag.snapshot() == {}  # closed: nothing installed
 
 
